@@ -1,0 +1,234 @@
+"""The asyncio adapter of the DHCP service: it moves bytes and counts; it decides nothing.
+
+Listens on UDP port 67 (DHCP; proxy-DHCP in proxy mode) and 4011 (PXE boot server),
+bound to the cluster interface. Each datagram goes through the sans-IO codec and the pure
+policy; the adapter applies the policy's lease action to the registry, records what the
+node did on its timeline, and sends the reply where the policy says. A malformed or
+foreign datagram is counted, logged at debug level and dropped; only a failed bind is fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address
+
+from provisioner.boot.dhcp_codec import DhcpPacket, MessageType, decode, encode
+from provisioner.boot.dhcp_policy import (
+    Decision,
+    Destination,
+    DhcpMode,
+    LeaseAction,
+    LeaseActionKind,
+    PolicyConfig,
+    decide,
+)
+from provisioner.config import Config, Mode
+from provisioner.errors import BootServiceError, DhcpDecodeError
+from provisioner.metrics import Metrics
+from provisioner.registry import EventKind, LeaseKind, Registry
+
+log = logging.getLogger(__name__)
+
+BOOTP_CLIENT_PORT = 68
+DECLINE_HOLD_SECONDS = 600
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+def policy_config(cfg: Config) -> PolicyConfig:
+    return PolicyConfig(
+        mode=DhcpMode.FULL if cfg.network.mode is Mode.FULL else DhcpMode.PROXY,
+        server_ip=cfg.network.server_ip,
+        http_port=cfg.http.port,
+        subnet=cfg.network.subnet,
+        pool_start=cfg.dhcp.range_start,
+        pool_end=cfg.dhcp.range_end,
+        router=cfg.dhcp.router,
+        dns_servers=cfg.dhcp.dns,
+        domain=cfg.dhcp.domain,
+        lease_seconds=cfg.dhcp.lease_seconds,
+        reservations=dict(cfg.dhcp.reservations),
+        bios_file=cfg.boot.bios_binary,
+        efi_x64_file=cfg.boot.efi_binary,
+        efi_arm64_file=cfg.boot.arm64_binary,
+    )
+
+
+def open_socket(interface: str, port: int) -> socket.socket:
+    """A UDP socket on 0.0.0.0:port that sees only ``interface`` (broadcasts included)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode() + b"\0")
+        sock.bind(("0.0.0.0", port))
+    except OSError as exc:
+        sock.close()
+        raise BootServiceError(
+            f"DHCP cannot listen on {interface} port {port}: {exc.strerror}"
+        ) from exc
+    sock.setblocking(False)
+    return sock
+
+
+class DhcpService:
+    def __init__(self, cfg: Config, registry: Registry, metrics: Metrics):
+        self.cfg = cfg
+        self.policy = policy_config(cfg)
+        self.registry = registry
+        self.metrics = metrics
+        self.transports: list[asyncio.DatagramTransport] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for port in (self.cfg.dhcp.port, self.cfg.dhcp.pxe_port):
+            sock = open_socket(self.cfg.network.interface, port)
+            transport, _ = await loop.create_datagram_endpoint(_factory(self, port), sock=sock)
+            self.transports.append(transport)
+        log.info(
+            "DHCP (%s mode) on %s ports %d and %d",
+            self.cfg.network.mode.value,
+            self.cfg.network.interface,
+            self.cfg.dhcp.port,
+            self.cfg.dhcp.pxe_port,
+        )
+
+    def stop(self) -> None:
+        for transport in self.transports:
+            transport.close()
+        self.transports.clear()
+
+    # ------------------------------------------------------------------ one datagram
+
+    def handle(
+        self, data: bytes, source: tuple[str, int], port: int
+    ) -> tuple[bytes, tuple[str, int]] | None:
+        """Decode, decide, apply; returns the reply and where to send it (or None)."""
+        self.metrics.inc("provisioner_dhcp_packets_total", port=str(port))
+        try:
+            packet = decode(data)
+        except DhcpDecodeError as exc:
+            self._drop("malformed", source, str(exc))
+            return None
+        now = time.time()
+        leases = self.registry.active_leases(now) if self.policy.mode is DhcpMode.FULL else {}
+        decision = decide(packet, self.policy, port=port, leases=leases, now=now)
+        if packet.mac is not None:
+            self._record(packet.mac, packet, decision, port)
+        if decision.lease is not None:
+            self._apply(decision.lease, packet)
+        if decision.reply is None:
+            self._drop(decision.reason, source, packet.mac or "-")
+            return None
+        dest = _destination(decision, packet, source)
+        self.metrics.inc(
+            "provisioner_dhcp_replies_total", type=_type_name(decision.reply.message_type)
+        )
+        return encode(decision.reply, max_size=packet.max_message_size), dest
+
+    def _drop(self, reason: str, source: tuple[str, int], what: str) -> None:
+        self.metrics.inc("provisioner_dhcp_dropped_total", reason=reason)
+        log.debug("dhcp drop reason=%s from=%s:%d %s", reason, source[0], source[1], what)
+
+    def _record(self, mac: str, packet: DhcpPacket, decision: Decision, port: int) -> None:
+        client = decision.client
+        if client is None or not (client.is_pxe or client.is_ipxe or client.is_http_client):
+            return  # not a network-booting node: no registry entry
+        seen_ip = packet.requested_address or (
+            packet.ciaddr if packet.ciaddr != IPv4Address(0) else None
+        )
+        self.registry.touch_node(
+            mac,
+            ip=str(seen_ip) if seen_ip and self.policy.mode is DhcpMode.PROXY else None,
+            firmware=client.firmware.value,
+            arch=client.arch,
+            firmware_is_guess=client.is_ipxe,
+        )
+        msg = _type_name(packet.message_type)
+        detail: dict[str, str | int | None] = {
+            "msg": msg,
+            "port": port,
+            "arch": client.arch,
+            "client": "ipxe" if client.is_ipxe else client.firmware.value,
+        }
+        self.registry.add_event(mac, EventKind.DHCP, detail)
+        reply = decision.reply
+        if reply is not None:
+            self.registry.add_event(
+                mac,
+                EventKind.DHCP_REPLY,
+                {
+                    "msg": _type_name(reply.message_type),
+                    "address": str(reply.yiaddr) if reply.yiaddr != IPv4Address(0) else None,
+                    "boot": reply.file or None,
+                },
+            )
+        log.info(
+            "dhcp %s mac=%s port=%d -> %s",
+            msg,
+            mac,
+            port,
+            _type_name(reply.message_type) if reply else decision.reason,
+        )
+
+    def _apply(self, action: LeaseAction, packet: DhcpPacket) -> None:
+        if action.kind is LeaseActionKind.COMMIT:
+            assert action.ip is not None and action.expires_at is not None
+            kind = (
+                LeaseKind.BOUND if packet.message_type is MessageType.REQUEST else LeaseKind.OFFERED
+            )
+            self.registry.commit_lease(action.mac, action.ip, action.expires_at, kind)
+        elif action.kind is LeaseActionKind.RELEASE:
+            self.registry.release_lease(action.mac)
+        elif action.kind is LeaseActionKind.DECLINE and action.ip is not None:
+            self.registry.decline(action.ip, action.mac, time.time() + DECLINE_HOLD_SECONDS)
+
+
+def _type_name(message_type: MessageType | None) -> str:
+    return message_type.name.lower() if message_type is not None else "bootp"
+
+
+def _destination(
+    decision: Decision, packet: DhcpPacket, source: tuple[str, int]
+) -> tuple[str, int]:
+    match decision.destination:
+        case Destination.RELAY:
+            return str(packet.giaddr), 67
+        case Destination.SOURCE:
+            return source
+        case Destination.CLIENT:
+            return str(packet.ciaddr), BOOTP_CLIENT_PORT
+        case _:
+            return "255.255.255.255", BOOTP_CLIENT_PORT
+
+
+def _factory(service: DhcpService, port: int) -> Callable[[], _Protocol]:
+    return lambda: _Protocol(service, port)
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, service: DhcpService, port: int):
+        self.service = service
+        self.port = port
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            result = self.service.handle(data, addr, self.port)
+        except Exception:  # a bug must not stop serving; count it and go on
+            log.exception("dhcp: error handling a datagram from %s", addr[0])
+            self.service.metrics.inc("provisioner_dhcp_dropped_total", reason="internal-error")
+            return
+        if result is not None and self.transport is not None:
+            reply, dest = result
+            self.transport.sendto(reply, dest)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("dhcp socket error on port %d: %s", self.port, exc)

@@ -1,0 +1,252 @@
+"""The HTTP side of the boot service (FastAPI): boot scripts, files, and the REST API.
+
+- ``GET /boot/{mac}.ipxe``: the node's iPXE script, decided by the boot policy;
+- ``GET|HEAD /images/{name}/{file}``: kernels, initrds, root images (Content-Length, Range);
+- ``GET|HEAD /tftp/{file}``: the TFTP root over HTTP (UEFI HTTP boot fetches iPXE here);
+- ``/api/v1/...``: nodes; mutating calls need the API bearer token, the agent's inventory
+  POST needs the per-boot token its boot script carried;
+- ``GET /metrics``: Prometheus counters.
+
+Every request a node makes is put on its timeline in the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from pydantic import BaseModel
+from starlette.background import BackgroundTask
+
+from provisioner.boot.ipxe import ScriptRenderer
+from provisioner.boot.policy import INITRD_FILE, KERNEL_FILE, boot_spec
+from provisioner.boot.tftp import confine
+from provisioner.config import Config, normalize_mac
+from provisioner.errors import IllegalTransition, RegistryError, TftpPathError
+from provisioner.metrics import Metrics
+from provisioner.registry import EventKind, Node, Registry
+from provisioner.states import NodeEvent
+
+log = logging.getLogger(__name__)
+
+MAX_INVENTORY_BYTES = 8 * 1024 * 1024
+IPXE_MEDIA_TYPE = "text/plain; charset=utf-8"
+
+
+@dataclass
+class AppContext:
+    config: Config
+    registry: Registry
+    api_token: str
+    metrics: Metrics
+    renderer: ScriptRenderer
+
+    def image_exists(self, name: str) -> bool:
+        try:
+            confine(self.config.image_dir, f"{name}/{KERNEL_FILE}")
+            confine(self.config.image_dir, f"{name}/{INITRD_FILE}")
+        except TftpPathError:
+            return False
+        return True
+
+
+class NodeUpdate(BaseModel):
+    hostname: str | None = None
+    boot: str | None = None  # "local" | "network"
+
+
+def create_app(ctx: AppContext) -> FastAPI:
+    app = FastAPI(title="provisioner", version="1", docs_url="/api/docs", redoc_url=None)
+    app.state.ctx = ctx
+
+    def bearer(authorization: str | None) -> str | None:
+        if authorization and authorization.lower().startswith("bearer "):
+            return authorization[7:].strip()
+        return None
+
+    def require_api_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        token = bearer(authorization)
+        if token is None or not secrets.compare_digest(token, ctx.api_token):
+            ctx.metrics.inc("provisioner_http_refused_total", reason="api-token")
+            raise HTTPException(
+                401, "a valid API bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    def mac_or_404(raw: str) -> str:
+        mac = normalize_mac(raw)
+        if mac is None:
+            raise HTTPException(404, f"not a MAC address: {raw}")
+        return mac
+
+    def client_ip(request: Request) -> str:
+        return request.client.host if request.client else "?"
+
+    # ---------------------------------------------------------------- boot scripts
+
+    @app.get("/boot/{name}", response_class=PlainTextResponse)
+    def boot_script(name: str, request: Request) -> Response:
+        if not name.endswith(".ipxe"):
+            raise HTTPException(404, "boot scripts are /boot/<mac>.ipxe")
+        mac = mac_or_404(name.removesuffix(".ipxe"))
+        node = ctx.registry.touch_node(mac, ip=client_ip(request))
+        spec = boot_spec(node, ctx.image_exists, ctx.config.boot.kernel_args)
+        token = secrets.token_urlsafe(24)
+        ctx.registry.new_boot_token(mac, token)
+        script = ctx.renderer.render(
+            spec, mac=mac, state=node.state, base=ctx.config.http_base, token=token
+        )
+        ctx.registry.add_event(
+            mac,
+            EventKind.SCRIPT,
+            {"boot": spec.kind.value, "image": spec.image, "client": client_ip(request)},
+        )
+        log.info("boot script served mac=%s boot=%s image=%s", mac, spec.kind, spec.image)
+        return PlainTextResponse(script, media_type=IPXE_MEDIA_TYPE)
+
+    # ---------------------------------------------------------------- files
+
+    def serve_file(root: Path, rel: str, area: str, request: Request) -> FileResponse:
+        try:
+            path = confine(root, rel)
+        except TftpPathError as exc:
+            ctx.metrics.inc("provisioner_http_refused_total", reason="path")
+            raise HTTPException(404, f"not found: {rel}") from exc
+        mac = normalize_mac(request.query_params.get("mac", ""))
+        node = ctx.registry.node(mac) if mac else ctx.registry.node_by_ip(client_ip(request))
+        started = time.monotonic()
+        size = path.stat().st_size
+        ctx.metrics.inc("provisioner_http_files_total", area=area)
+        task = None
+        if node is not None and request.method == "GET":
+            task = BackgroundTask(
+                _record_file,
+                ctx.registry,
+                node,
+                area,
+                rel,
+                size,
+                request.headers.get("range"),
+                started,
+                client_ip(request),
+            )
+        return FileResponse(path, media_type="application/octet-stream", background=task)
+
+    @app.api_route("/images/{rel:path}", methods=["GET", "HEAD"])
+    def image_file(rel: str, request: Request) -> FileResponse:
+        return serve_file(ctx.config.image_dir, rel, "images", request)
+
+    @app.api_route("/tftp/{rel:path}", methods=["GET", "HEAD"])
+    def tftp_file(rel: str, request: Request) -> FileResponse:
+        return serve_file(ctx.config.tftp_root, rel, "tftp", request)
+
+    # ---------------------------------------------------------------- API
+
+    @app.get("/api/v1/nodes")
+    def list_nodes() -> list[dict[str, str | float | int | None]]:
+        return [n.as_dict() for n in ctx.registry.nodes()]
+
+    @app.get("/api/v1/nodes/{key}")
+    def show_node(key: str) -> dict[str, object]:
+        node = ctx.registry.node(normalize_mac(key) or key)
+        if node is None:
+            raise HTTPException(404, f"no node {key}")
+        inventory = ctx.registry.inventory(node.mac)
+        return {
+            **node.as_dict(),
+            "timeline": [e.as_dict() for e in ctx.registry.events(node.mac)],
+            "inventory": json.loads(inventory) if inventory else None,
+        }
+
+    @app.post("/api/v1/nodes/{mac_raw}/inventory", status_code=202)
+    async def post_inventory(
+        mac_raw: str, request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, str]:
+        mac = mac_or_404(mac_raw)
+        token = bearer(authorization)
+        if token is None or not ctx.registry.check_boot_token(mac, token):
+            ctx.metrics.inc("provisioner_http_refused_total", reason="boot-token")
+            if ctx.registry.node(mac) is not None:
+                ctx.registry.add_event(
+                    mac, EventKind.REFUSED, {"what": "inventory", "why": "bad boot token"}
+                )
+            raise HTTPException(
+                401, "a valid per-boot token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+        body = await request.body()
+        if len(body) > MAX_INVENTORY_BYTES:
+            raise HTTPException(413, f"inventory over {MAX_INVENTORY_BYTES} bytes")
+        try:
+            parsed = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise HTTPException(400, f"inventory is not JSON: {exc}") from exc
+        if not isinstance(parsed, dict):
+            raise HTTPException(400, "inventory must be a JSON object")
+        node = ctx.registry.store_inventory(mac, json.dumps(parsed))
+        log.info("inventory received mac=%s state=%s", mac, node.state)
+        return {"mac": mac, "state": node.state.value}
+
+    @app.patch("/api/v1/nodes/{key}", dependencies=[Depends(require_api_token)])
+    def update_node(key: str, update: NodeUpdate) -> dict[str, str | float | int | None]:
+        node = ctx.registry.node(normalize_mac(key) or key)
+        if node is None:
+            raise HTTPException(404, f"no node {key}")
+        if update.boot not in (None, "local", "network"):
+            raise HTTPException(422, "boot must be 'local' or 'network'")
+        try:
+            if update.hostname is not None:
+                node = ctx.registry.set_hostname(node.mac, update.hostname or None)
+            if update.boot is not None:
+                event = NodeEvent.BOOT_LOCAL if update.boot == "local" else NodeEvent.BOOT_NETWORK
+                node = ctx.registry.transition(node.mac, event, reason="api")
+        except IllegalTransition as exc:
+            raise HTTPException(409, str(exc)) from exc
+        except RegistryError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return node.as_dict()
+
+    @app.delete("/api/v1/nodes/{key}", status_code=204, dependencies=[Depends(require_api_token)])
+    def delete_node(key: str) -> Response:
+        node = ctx.registry.node(normalize_mac(key) or key)
+        if node is None:
+            raise HTTPException(404, f"no node {key}")
+        ctx.registry.forget(node.mac)
+        return Response(status_code=204)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        return JSONResponse({"ok": True, "mode": ctx.config.network.mode.value})
+
+    return app
+
+
+def _record_file(
+    registry: Registry,
+    node: Node,
+    area: str,
+    rel: str,
+    size: int,
+    range_header: str | None,
+    started: float,
+    client: str,
+) -> None:
+    detail: dict[str, str | int | float | None] = {
+        "area": area,
+        "file": rel,
+        "size": size,
+        "seconds": round(time.monotonic() - started, 4),
+        "client": client,
+    }
+    if range_header:
+        detail["range"] = range_header
+    registry.add_event(node.mac, EventKind.HTTP_FILE, detail)

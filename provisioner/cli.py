@@ -1,0 +1,255 @@
+"""The `provisioner` command: thin; it parses, calls, prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from provisioner import __version__
+from provisioner.config import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_STATE_DIR,
+    Config,
+    Mode,
+    ensure_api_token,
+    load_config,
+    render_config,
+    write_config,
+)
+from provisioner.errors import ProvisionerError
+from provisioner.registry import Event, Node, Registry
+
+log = logging.getLogger("provisioner")
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    if args.config:
+        return Path(args.config)
+    return Path(os.environ.get("PROVISIONER_CONFIG", DEFAULT_CONFIG_PATH))
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(_config_path(args))
+
+
+def _print_json(data: object) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+# ---------------------------------------------------------------- config
+
+
+def cmd_config_init(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else _config_path(args)
+    if out.exists() and not args.force:
+        print(f"{out} exists; use --force to overwrite it", file=sys.stderr)
+        return 1
+    text = render_config(
+        interface=args.interface,
+        address=args.address,
+        mode=Mode(args.mode),
+        dhcp_range=args.range,
+        state_dir=Path(args.state_dir),
+        http_port=args.http_port,
+    )
+    write_config(out, text)
+    token_path = Path(args.state_dir) / "api-token"
+    ensure_api_token(Path(args.state_dir))
+    print(f"wrote {out}\nAPI token in {token_path} (mode 0600)")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    data = {
+        "source": str(cfg.source),
+        "interface": cfg.network.interface,
+        "address": str(cfg.network.address),
+        "mode": cfg.network.mode.value,
+        "range": f"{cfg.dhcp.range_start}-{cfg.dhcp.range_end}" if cfg.dhcp.range_start else None,
+        "ports": {
+            "dhcp": cfg.dhcp.port,
+            "pxe": cfg.dhcp.pxe_port,
+            "tftp": cfg.tftp.port,
+            "http": cfg.http.port,
+        },
+        "state_dir": str(cfg.state_dir),
+        "tftp_root": str(cfg.tftp_root),
+    }
+    if args.json:
+        _print_json(data)
+    else:
+        for key, value in data.items():
+            print(f"{key:10} {value}")
+    return 0
+
+
+# ---------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from provisioner.serve import run_forever
+
+    cfg = _load(args)
+    run_forever(cfg)
+    return 0
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def _registry(cfg: Config) -> Registry:
+    return Registry(cfg.registry_path)
+
+
+def cmd_node_list(args: argparse.Namespace) -> int:
+    nodes = _registry(_load(args)).nodes()
+    if args.json:
+        _print_json([n.as_dict() for n in nodes])
+        return 0
+    if not nodes:
+        print("no nodes yet: power on a node set to boot from the network")
+        return 0
+    header = ("MAC", "HOSTNAME", "STATE", "PROFILE", "IP", "FIRMWARE", "LAST SEEN")
+    rows = [
+        (
+            n.mac,
+            n.hostname or "-",
+            n.state.value,
+            n.profile or "-",
+            n.ip or "-",
+            n.firmware or "-",
+            _ago(n.last_seen),
+        )
+        for n in nodes
+    ]
+    _table(header, rows)
+    return 0
+
+
+def cmd_node_show(args: argparse.Namespace) -> int:
+    reg = _registry(_load(args))
+    from provisioner.config import normalize_mac
+
+    node = reg.node(normalize_mac(args.node) or args.node)
+    if node is None:
+        print(f"no node {args.node}", file=sys.stderr)
+        return 1
+    events = reg.events(node.mac)
+    inventory = reg.inventory(node.mac)
+    if args.json:
+        _print_json(
+            {
+                **node.as_dict(),
+                "timeline": [e.as_dict() for e in events],
+                "inventory": json.loads(inventory) if inventory else None,
+            }
+        )
+        return 0
+    _show_node(node, events, has_inventory=inventory is not None)
+    return 0
+
+
+def _show_node(node: Node, events: list[Event], *, has_inventory: bool) -> None:
+    for key, value in node.as_dict().items():
+        if key in ("first_seen", "last_seen") and isinstance(value, float):
+            value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+        print(f"{key:11} {value if value is not None else '-'}")
+    print(f"{'inventory':11} {'received' if has_inventory else '-'}")
+    print("\nboot timeline (t = seconds since the first step shown, + = since the previous):")
+    if not events:
+        print("  (nothing yet)")
+        return
+    first = prev = events[0].ts
+    for e in events:
+        detail = " ".join(f"{k}={v}" for k, v in e.detail.items() if v is not None)
+        print(f"  t={e.ts - first:8.3f}  +{e.ts - prev:7.3f}  {e.kind.value:11} {detail}")
+        prev = e.ts
+
+
+def _ago(ts: float) -> str:
+    secs = max(0, int(time.time() - ts))
+    if secs < 120:
+        return f"{secs}s ago"
+    if secs < 7200:
+        return f"{secs // 60}m ago"
+    return f"{secs // 3600}h ago"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="provisioner", description=__doc__)
+    p.add_argument("--version", action="version", version=f"provisioner {__version__}")
+    p.add_argument(
+        "--config", help=f"config file (default: $PROVISIONER_CONFIG or {DEFAULT_CONFIG_PATH})"
+    )
+    p.add_argument("--log-level", default=os.environ.get("PROVISIONER_LOG", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    cfg = sub.add_parser("config", help="write or show provisioner.toml")
+    cfg_sub = cfg.add_subparsers(dest="subcommand", required=True)
+    init = cfg_sub.add_parser("init", help="write a commented provisioner.toml")
+    init.add_argument("--interface", required=True, help="the cluster-facing interface")
+    init.add_argument(
+        "--address", required=True, help="this node's address there, e.g. 10.10.0.1/24"
+    )
+    init.add_argument("--mode", required=True, choices=[m.value for m in Mode])
+    init.add_argument("--range", help="full mode: the address pool FIRST-LAST")
+    init.add_argument("--out", help="where to write (default: the --config path)")
+    init.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR))
+    init.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(func=cmd_config_init)
+    show = cfg_sub.add_parser("show", help="the configuration in force")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_config_show)
+
+    serve = sub.add_parser("serve", help="run DHCP, TFTP and HTTP boot services")
+    serve.set_defaults(func=cmd_serve)
+
+    node = sub.add_parser("node", help="nodes in the registry")
+    node_sub = node.add_subparsers(dest="subcommand", required=True)
+    nlist = node_sub.add_parser("list", help="every node with its state")
+    nlist.add_argument("--json", action="store_true")
+    nlist.set_defaults(func=cmd_node_list)
+    nshow = node_sub.add_parser("show", help="one node and its boot timeline")
+    nshow.add_argument("node", help="MAC or hostname")
+    nshow.add_argument("--json", action="store_true")
+    nshow.set_defaults(func=cmd_node_show)
+
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except ProvisionerError as exc:
+        print(f"provisioner: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

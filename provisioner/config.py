@@ -1,0 +1,438 @@
+"""provisioner.toml: the appliance's configuration.
+
+The file is read and written with tomlkit so that edits made by the tool keep the user's
+comments. Values become frozen dataclasses; a bad value is refused at load time with the
+key, the value and the reason (:class:`~provisioner.errors.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+import tomlkit
+from tomlkit.exceptions import ParseError
+from tomlkit.items import Table
+
+from provisioner.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/provisioner/provisioner.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/provisioner")
+DEFAULT_IPXE_DIR = Path("/usr/lib/ipxe")
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_LEASE_SECONDS = 3600
+DEFAULT_KERNEL_ARGS = "console=tty0 console=ttyS0,115200n8"
+API_TOKEN_FILE = "api-token"
+EFI_BINARIES = ("ipxe.efi", "snponly.efi")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+class Mode(StrEnum):
+    PROXY = "proxy"
+    FULL = "full"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    interface: str
+    address: IPv4Interface  # the control node's address on the cluster network, with prefix
+    mode: Mode
+
+    @property
+    def server_ip(self) -> IPv4Address:
+        return self.address.ip
+
+    @property
+    def subnet(self) -> IPv4Network:
+        return self.address.network
+
+
+@dataclass(frozen=True)
+class DhcpConfig:
+    port: int = 67
+    pxe_port: int = 4011
+    range_start: IPv4Address | None = None
+    range_end: IPv4Address | None = None
+    lease_seconds: int = DEFAULT_LEASE_SECONDS
+    router: IPv4Address | None = None
+    dns: tuple[IPv4Address, ...] = ()
+    domain: str | None = None
+    reservations: Mapping[str, IPv4Address] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TftpConfig:
+    port: int = 69
+    root: Path | None = None  # None: <state_dir>/tftp, filled from ipxe_dir
+    ipxe_dir: Path = DEFAULT_IPXE_DIR
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    port: int = DEFAULT_HTTP_PORT
+    bind: str = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    bios_binary: str = "undionly.kpxe"
+    efi_binary: str = "ipxe.efi"
+    arm64_binary: str = "arm64/ipxe.efi"
+    kernel_args: str = DEFAULT_KERNEL_ARGS
+
+
+@dataclass(frozen=True)
+class Config:
+    network: NetworkConfig
+    dhcp: DhcpConfig = DhcpConfig()
+    tftp: TftpConfig = TftpConfig()
+    http: HttpConfig = HttpConfig()
+    boot: BootConfig = BootConfig()
+    state_dir: Path = DEFAULT_STATE_DIR
+    source: Path | None = None
+
+    @property
+    def tftp_root(self) -> Path:
+        return self.tftp.root if self.tftp.root is not None else self.state_dir / "tftp"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.state_dir / "images"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.state_dir / "registry.sqlite3"
+
+    @property
+    def api_token_path(self) -> Path:
+        return self.state_dir / API_TOKEN_FILE
+
+    @property
+    def http_base(self) -> str:
+        return f"http://{self.network.server_ip}:{self.http.port}"
+
+
+# ---------------------------------------------------------------- parsing and validation
+
+
+class _Reader:
+    """Reads typed values out of the parsed TOML, raising ConfigError on the first bad one."""
+
+    def __init__(self, doc: Mapping[str, object], source: str | None):
+        self.doc = doc
+        self.source = source
+
+    def fail(self, key: str, value: object, reason: str) -> ConfigError:
+        return ConfigError(key, value, reason, source=self.source)
+
+    def table(self, name: str) -> Mapping[str, object]:
+        value = self.doc.get(name, {})
+        if not isinstance(value, Mapping):
+            raise self.fail(name, value, "must be a table")
+        return value
+
+    def get(self, section: str, key: str, default: object) -> object:
+        return self.table(section).get(key, default)
+
+    def text(self, section: str, key: str, default: str | None) -> str | None:
+        value = self.get(section, key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(f"{section}.{key}", value, "must be a string")
+        return value
+
+    def port(self, section: str, key: str, default: int) -> int:
+        value = self.get(section, key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise self.fail(f"{section}.{key}", value, "must be a port number 1-65535")
+        return value
+
+    def ip(self, section: str, key: str) -> IPv4Address | None:
+        value = self.text(section, key, None)
+        if not value:
+            return None
+        try:
+            return IPv4Address(value)
+        except ValueError as exc:
+            raise self.fail(f"{section}.{key}", value, "not an IPv4 address") from exc
+
+
+def parse_config(text: str, source: str | None = None) -> Config:
+    """Parse and validate provisioner.toml text; raises ConfigError naming key, value, why."""
+    try:
+        doc = tomlkit.parse(text).unwrap()
+    except ParseError as exc:
+        raise ConfigError("(file)", text[:0], f"not valid TOML: {exc}", source=source) from exc
+    r = _Reader(doc, source)
+    network = _parse_network(r)
+    dhcp = _parse_dhcp(r, network)
+    tftp = TftpConfig(
+        port=r.port("tftp", "port", 69),
+        root=_opt_path(r.text("tftp", "root", "")),
+        ipxe_dir=Path(r.text("tftp", "ipxe_dir", str(DEFAULT_IPXE_DIR)) or DEFAULT_IPXE_DIR),
+    )
+    bind = r.text("http", "bind", "0.0.0.0") or "0.0.0.0"
+    try:
+        ipaddress.ip_address(bind)
+    except ValueError as exc:
+        raise r.fail("http.bind", bind, "not an IP address") from exc
+    http = HttpConfig(port=r.port("http", "port", DEFAULT_HTTP_PORT), bind=bind)
+    efi = r.text("boot", "efi_binary", "ipxe.efi") or "ipxe.efi"
+    if efi not in EFI_BINARIES:
+        raise r.fail("boot.efi_binary", efi, f"must be one of {', '.join(EFI_BINARIES)}")
+    boot = BootConfig(
+        bios_binary=r.text("boot", "bios_binary", "undionly.kpxe") or "undionly.kpxe",
+        efi_binary=efi,
+        arm64_binary=r.text("boot", "arm64_binary", "arm64/ipxe.efi") or "arm64/ipxe.efi",
+        kernel_args=r.text("boot", "kernel_args", DEFAULT_KERNEL_ARGS) or "",
+    )
+    state_dir = Path(r.text("paths", "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
+    if not state_dir.is_absolute():
+        raise r.fail("paths.state_dir", str(state_dir), "must be an absolute path")
+    ports = {"dhcp.port": dhcp.port, "dhcp.pxe_port": dhcp.pxe_port, "tftp.port": tftp.port}
+    if len(set(ports.values())) != len(ports):
+        raise r.fail("dhcp.pxe_port", dhcp.pxe_port, "UDP ports must differ: " + str(ports))
+    return Config(
+        network=network,
+        dhcp=dhcp,
+        tftp=tftp,
+        http=http,
+        boot=boot,
+        state_dir=state_dir,
+        source=Path(source) if source else None,
+    )
+
+
+def _opt_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _parse_network(r: _Reader) -> NetworkConfig:
+    interface = r.text("network", "interface", None)
+    if not interface or len(interface) > 15 or "/" in interface or " " in interface:
+        raise r.fail("network.interface", interface, "must be a network interface name")
+    raw = r.text("network", "address", None)
+    if not raw:
+        raise r.fail("network.address", raw, "required: this node's address, e.g. 10.10.0.1/24")
+    try:
+        address = IPv4Interface(raw if "/" in raw else raw + "/24")
+    except ValueError as exc:
+        raise r.fail("network.address", raw, "not an IPv4 address with prefix") from exc
+    if address.ip == address.network.network_address or address.network.prefixlen > 30:
+        raise r.fail("network.address", raw, "must be a host address in a subnet of /30 or more")
+    mode_raw = r.text("network", "mode", None)
+    try:
+        mode = Mode(mode_raw or "")
+    except ValueError as exc:
+        raise r.fail("network.mode", mode_raw, "must be 'proxy' or 'full'") from exc
+    return NetworkConfig(interface=interface, address=address, mode=mode)
+
+
+def _parse_dhcp(r: _Reader, net: NetworkConfig) -> DhcpConfig:
+    start, end = _parse_range(r, net)
+    lease = r.get("dhcp", "lease_seconds", DEFAULT_LEASE_SECONDS)
+    if isinstance(lease, bool) or not isinstance(lease, int) or not 60 <= lease <= 2**31:
+        raise r.fail("dhcp.lease_seconds", lease, "must be an integer number of seconds >= 60")
+    router = r.ip("dhcp", "router")
+    if router is not None and router not in net.subnet:
+        raise r.fail("dhcp.router", str(router), f"not in the cluster subnet {net.subnet}")
+    dns_raw = r.get("dhcp", "dns", [])
+    if not isinstance(dns_raw, list):
+        raise r.fail("dhcp.dns", dns_raw, "must be a list of IPv4 addresses")
+    dns: list[IPv4Address] = []
+    for item in dns_raw:
+        try:
+            dns.append(IPv4Address(str(item)))
+        except ValueError as exc:
+            raise r.fail("dhcp.dns", item, "not an IPv4 address") from exc
+    reservations: dict[str, IPv4Address] = {}
+    raw_res = r.get("dhcp", "reservations", {})
+    if not isinstance(raw_res, Mapping):
+        raise r.fail("dhcp.reservations", raw_res, "must be a table of MAC = address")
+    for mac, ip in raw_res.items():
+        key = f"dhcp.reservations.{mac}"
+        norm = normalize_mac(str(mac))
+        if norm is None:
+            raise r.fail(key, mac, "not a MAC address (aa:bb:cc:dd:ee:ff)")
+        try:
+            addr = IPv4Address(str(ip))
+        except ValueError as exc:
+            raise r.fail(key, ip, "not an IPv4 address") from exc
+        if addr not in net.subnet or addr == net.server_ip:
+            raise r.fail(key, ip, f"must be a free host address in {net.subnet}")
+        if addr in reservations.values():
+            raise r.fail(key, ip, "reserved twice")
+        reservations[norm] = addr
+    return DhcpConfig(
+        port=r.port("dhcp", "port", 67),
+        pxe_port=r.port("dhcp", "pxe_port", 4011),
+        range_start=start,
+        range_end=end,
+        lease_seconds=lease,
+        router=router,
+        dns=tuple(dns),
+        domain=r.text("dhcp", "domain", None) or None,
+        reservations=reservations,
+    )
+
+
+def _parse_range(r: _Reader, net: NetworkConfig) -> tuple[IPv4Address | None, IPv4Address | None]:
+    raw = r.text("dhcp", "range", "")
+    if not raw:
+        if net.mode is Mode.FULL:
+            raise r.fail("dhcp.range", raw, "full mode needs an address range FIRST-LAST")
+        return None, None
+    try:
+        first, last = (IPv4Address(p.strip()) for p in raw.split("-", 1))
+    except ValueError as exc:
+        raise r.fail("dhcp.range", raw, "must be FIRST-LAST, two IPv4 addresses") from exc
+    if first > last:
+        raise r.fail("dhcp.range", raw, "first address is after the last")
+    for addr in (first, last):
+        if addr not in net.subnet or addr in (
+            net.subnet.network_address,
+            net.subnet.broadcast_address,
+        ):
+            raise r.fail("dhcp.range", raw, f"{addr} is not a host address in {net.subnet}")
+    if first <= net.server_ip <= last:
+        raise r.fail("dhcp.range", raw, f"contains this node's own address {net.server_ip}")
+    return first, last
+
+
+def normalize_mac(text: str) -> str | None:
+    """'AA-BB-CC-DD-EE-FF', 'aabb.ccdd.eeff' or 'aa:bb:..' -> 'aa:bb:cc:dd:ee:ff'; None if bad."""
+    hexdigits = re.sub(r"[:\-.]", "", text.strip().lower())
+    if len(hexdigits) != 12 or not re.fullmatch(r"[0-9a-f]{12}", hexdigits):
+        return None
+    return ":".join(hexdigits[i : i + 2] for i in range(0, 12, 2))
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError("(file)", str(path), f"cannot read: {exc.strerror}") from exc
+    return parse_config(text, source=str(path))
+
+
+# ---------------------------------------------------------------- writing
+
+
+def render_config(
+    *,
+    interface: str,
+    address: str,
+    mode: Mode,
+    dhcp_range: str | None,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    http_port: int = DEFAULT_HTTP_PORT,
+) -> str:
+    """A commented provisioner.toml; validated before it is returned."""
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("provisioner.toml: written by `provisioner config init`."))
+    doc.add(tomlkit.comment("Edit freely: the tool keeps your comments when it changes a value."))
+    doc.add(tomlkit.nl())
+
+    net = tomlkit.table()
+    net.add(tomlkit.comment("The cluster-facing interface and this node's address on it."))
+    net.add("interface", interface)
+    net.add("address", address if "/" in address else address + "/24")
+    net.add(tomlkit.comment('"full": we are the only DHCP server (isolated cluster network);'))
+    net.add(tomlkit.comment('"proxy": a site DHCP server gives addresses, we add boot files.'))
+    net.add("mode", str(mode))
+    doc.add("network", net)
+
+    dhcp = tomlkit.table()
+    dhcp.add("port", 67)
+    dhcp.add(tomlkit.comment("PXE boot server port (firmware asks here after the offer)."))
+    dhcp.add("pxe_port", 4011)
+    dhcp.add(tomlkit.comment("Address pool for full mode, FIRST-LAST; unused in proxy mode."))
+    dhcp.add("range", dhcp_range or "")
+    dhcp.add("lease_seconds", DEFAULT_LEASE_SECONDS)
+    dhcp.add(tomlkit.comment('Optional: router = "10.10.0.254", dns = ["10.10.0.1"],'))
+    dhcp.add(tomlkit.comment('domain = "cluster".'))
+    res = tomlkit.table()
+    res.add(tomlkit.comment('Static addresses: "aa:bb:cc:dd:ee:01" = "10.10.0.11"'))
+    dhcp.add("reservations", res)
+    doc.add("dhcp", dhcp)
+
+    tftp = tomlkit.table()
+    tftp.add("port", 69)
+    tftp.add(tomlkit.comment("Empty root: <state_dir>/tftp, filled with iPXE from ipxe_dir."))
+    tftp.add("root", "")
+    tftp.add("ipxe_dir", str(DEFAULT_IPXE_DIR))
+    doc.add("tftp", tftp)
+
+    http = tomlkit.table()
+    http.add("port", http_port)
+    http.add("bind", "0.0.0.0")
+    doc.add("http", http)
+
+    boot = tomlkit.table()
+    boot.add("bios_binary", "undionly.kpxe")
+    boot.add(
+        tomlkit.comment('x86-64 UEFI: "ipxe.efi" (own drivers) or "snponly.efi" (firmware\'s).')
+    )
+    boot.add("efi_binary", "ipxe.efi")
+    boot.add("arm64_binary", "arm64/ipxe.efi")
+    boot.add("kernel_args", DEFAULT_KERNEL_ARGS)
+    doc.add("boot", boot)
+
+    paths = tomlkit.table()
+    paths.add("state_dir", str(state_dir))
+    doc.add("paths", paths)
+
+    text = tomlkit.dumps(doc)
+    parse_config(text, source="(generated)")
+    return text
+
+
+def set_value(path: Path, dotted_key: str, value: str | int) -> Config:
+    """Change one key in place, keeping comments; refuses (and writes nothing) if invalid."""
+    doc = tomlkit.parse(path.read_text())
+    *tables, last = dotted_key.split(".")
+    node: Table | tomlkit.TOMLDocument = doc
+    for name in tables:
+        child = node.get(name)
+        if not isinstance(child, Table):
+            child = tomlkit.table()
+            node.add(name, child)
+        node = child
+    node[last] = value
+    text = tomlkit.dumps(doc)
+    cfg = parse_config(text, source=str(path))
+    _atomic_write(path, text, mode=0o644)
+    return cfg
+
+
+def ensure_api_token(state_dir: Path) -> str:
+    """The bearer token for mutating API calls: made once, mode 0600."""
+    path = state_dir / API_TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    _atomic_write(path, token + "\n", mode=0o600)
+    return token
+
+
+def _atomic_write(path: Path, text: str, *, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def write_config(path: Path, text: str) -> None:
+    _atomic_write(path, text, mode=0o644)

@@ -1,0 +1,58 @@
+"""The exception tree of provisioner, in one place.
+
+::
+
+    ProvisionerError                 base of everything we raise on purpose
+    ├── ConfigError                  a bad provisioner.toml: key, value and why
+    ├── RegistryError                the registry refused an operation
+    │   └── IllegalTransition        a node state change the state table forbids
+    ├── ProtocolError                bytes from the wire that break a protocol's rules
+    │   ├── DhcpDecodeError          a datagram that is not a well-formed BOOTP/DHCP packet
+    │   └── TftpPathError            a TFTP file name outside the served root
+    └── BootServiceError             a boot service failed to start (a bind, a missing file)
+
+Third-party exceptions (tftpy, uvicorn, subprocess, OSError) are translated at the
+adapter edge with ``raise OurError(...) from exc``.
+"""
+
+from __future__ import annotations
+
+
+class ProvisionerError(Exception):
+    """Base of every error provisioner raises on purpose."""
+
+
+class ConfigError(ProvisionerError):
+    """A configuration value is invalid; names the key, the value and the reason."""
+
+    def __init__(self, key: str, value: object, reason: str, *, source: str | None = None):
+        self.key = key
+        self.value = value
+        self.reason = reason
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key} = {value!r}: {reason}")
+
+
+class RegistryError(ProvisionerError):
+    """The registry could not carry out an operation."""
+
+
+class IllegalTransition(RegistryError):
+    """A node state change that the state table does not allow."""
+
+
+class ProtocolError(ProvisionerError):
+    """Bytes received from the network that break a protocol's rules (remote's fault)."""
+
+
+class DhcpDecodeError(ProtocolError):
+    """A datagram that is not a well-formed BOOTP/DHCP packet."""
+
+
+class TftpPathError(ProtocolError):
+    """A TFTP file name that would leave the served root (traversal, NUL, symlink)."""
+
+
+class BootServiceError(ProvisionerError):
+    """A boot service could not start or keep running (bind failure, missing file)."""

@@ -1,0 +1,380 @@
+"""The registry: the one source of truth about nodes, leases, inventories and events.
+
+SQLite in WAL mode, one file in the state directory. Every service (DHCP, TFTP, HTTP, the
+CLI) reads and writes node facts only through :class:`Registry`, so a PostgreSQL backend
+can later replace this module's SQL without touching callers. One connection guarded by a
+lock: the services run in threads (TFTP) and an event loop (DHCP, HTTP), and SQLite
+serialises writers anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from provisioner.errors import RegistryError
+from provisioner.states import NodeEvent, NodeState, apply
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+Detail = Mapping[str, str | int | float | bool | None]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    mac TEXT PRIMARY KEY,
+    hostname TEXT UNIQUE,
+    state TEXT NOT NULL,
+    profile TEXT,
+    ip TEXT,
+    firmware TEXT,
+    arch INTEGER,
+    boot_token TEXT,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS nodes_ip ON nodes(ip);
+CREATE TABLE IF NOT EXISTS leases (
+    ip TEXT PRIMARY KEY,
+    mac TEXT NOT NULL,
+    expires REAL NOT NULL,
+    kind TEXT NOT NULL          -- offered | bound | declined
+);
+CREATE INDEX IF NOT EXISTS leases_mac ON leases(mac);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    mac TEXT NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
+CREATE TABLE IF NOT EXISTS inventories (
+    mac TEXT PRIMARY KEY,
+    received REAL NOT NULL,
+    data TEXT NOT NULL
+);
+"""
+
+
+class EventKind(StrEnum):
+    """Steps of a node's boot timeline, in the order a healthy boot shows them."""
+
+    DHCP = "dhcp"  # a DHCP/PXE request from the node
+    DHCP_REPLY = "dhcp-reply"  # our answer: address and/or boot file
+    TFTP = "tftp"  # a file sent over TFTP
+    SCRIPT = "script"  # its iPXE boot script served
+    HTTP_FILE = "http-file"  # kernel, initrd or root image fetched over HTTP
+    INVENTORY = "inventory"  # the agent reported the hardware
+    STATE = "state"  # the node changed state
+    REFUSED = "refused"  # a request from or about the node was refused
+
+
+class LeaseKind(StrEnum):
+    OFFERED = "offered"
+    BOUND = "bound"
+    DECLINED = "declined"
+
+
+@dataclass(frozen=True)
+class Node:
+    mac: str
+    hostname: str | None
+    state: NodeState
+    profile: str | None
+    ip: str | None
+    firmware: str | None
+    arch: int | None
+    first_seen: float
+    last_seen: float
+
+    def as_dict(self) -> dict[str, str | float | int | None]:
+        return {
+            "mac": self.mac,
+            "hostname": self.hostname,
+            "state": self.state.value,
+            "profile": self.profile,
+            "ip": self.ip,
+            "firmware": self.firmware,
+            "arch": self.arch,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    mac: str
+    ts: float
+    kind: EventKind
+    detail: Detail
+
+    def as_dict(self) -> dict[str, object]:
+        return {"ts": self.ts, "kind": self.kind.value, "detail": dict(self.detail)}
+
+
+@dataclass(frozen=True)
+class Lease:
+    ip: IPv4Address
+    mac: str
+    expires: float
+    kind: LeaseKind
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Registry:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.Error as exc:
+            raise RegistryError(f"cannot open registry {path}: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ nodes
+
+    def touch_node(
+        self,
+        mac: str,
+        *,
+        ip: str | None = None,
+        firmware: str | None = None,
+        arch: int | None = None,
+        firmware_is_guess: bool = False,
+        now: float | None = None,
+    ) -> Node:
+        """Create the node at first sight (state new) or refresh what we saw of it.
+
+        ``firmware_is_guess``: only fill the firmware in if none is known yet (iPXE's own
+        DHCP requests say less about the machine than its firmware's did).
+        """
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO nodes(mac, state, first_seen, last_seen) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(mac) DO UPDATE SET last_seen = excluded.last_seen",
+                (mac, NodeState.NEW.value, now, now),
+            )
+            if ip is not None:
+                db.execute("UPDATE nodes SET ip = ? WHERE mac = ?", (ip, mac))
+            if firmware is not None and firmware_is_guess:
+                db.execute(
+                    "UPDATE nodes SET firmware = ?, arch = ? WHERE mac = ? AND firmware IS NULL",
+                    (firmware, arch, mac),
+                )
+            elif firmware is not None:
+                db.execute(
+                    "UPDATE nodes SET firmware = ?, arch = ? WHERE mac = ?", (firmware, arch, mac)
+                )
+        node = self.node(mac)
+        assert node is not None
+        return node
+
+    def node(self, key: str) -> Node | None:
+        """A node by MAC or by hostname."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM nodes WHERE mac = ? OR hostname = ?", (key, key)
+            ).fetchone()
+        return _node(row) if row else None
+
+    def node_by_ip(self, ip: str) -> Node | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM nodes WHERE ip = ? ORDER BY last_seen DESC LIMIT 1", (ip,)
+            ).fetchone()
+        return _node(row) if row else None
+
+    def nodes(self) -> list[Node]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM nodes ORDER BY first_seen, mac").fetchall()
+        return [_node(r) for r in rows]
+
+    def set_hostname(self, mac: str, hostname: str | None) -> Node:
+        try:
+            with self._tx() as db:
+                db.execute("UPDATE nodes SET hostname = ? WHERE mac = ?", (hostname, mac))
+        except sqlite3.IntegrityError as exc:
+            raise RegistryError(f"hostname {hostname!r} is taken by another node") from exc
+        return self._require(mac)
+
+    def transition(self, mac: str, event: NodeEvent, *, reason: str | None = None) -> Node:
+        """Apply a state-machine event; IllegalTransition leaves the node unchanged."""
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM nodes WHERE mac = ?", (mac,)).fetchone()
+            if row is None:
+                raise RegistryError(f"no node with MAC {mac}")
+            old = NodeState(row["state"])
+            new = apply(old, event)
+            if new is not old:
+                db.execute("UPDATE nodes SET state = ? WHERE mac = ?", (new.value, mac))
+                self._event(db, mac, EventKind.STATE, {"from": old, "to": new, "why": reason})
+        return self._require(mac)
+
+    def forget(self, mac: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM nodes WHERE mac = ?", (mac,))
+            db.execute("DELETE FROM inventories WHERE mac = ?", (mac,))
+            db.execute("DELETE FROM events WHERE mac = ?", (mac,))
+            db.execute("DELETE FROM leases WHERE mac = ? AND kind != ?", (mac, "declined"))
+
+    def _require(self, mac: str) -> Node:
+        node = self.node(mac)
+        if node is None:
+            raise RegistryError(f"no node with MAC {mac}")
+        return node
+
+    # ------------------------------------------------------------------ boot tokens
+
+    def new_boot_token(self, mac: str, token: str) -> None:
+        """Remember (a hash of) the token that this boot's script hands to the agent."""
+        with self._tx() as db:
+            db.execute("UPDATE nodes SET boot_token = ? WHERE mac = ?", (hash_token(token), mac))
+
+    def check_boot_token(self, mac: str, token: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT boot_token FROM nodes WHERE mac = ?", (mac,)).fetchone()
+        if row is None or not row["boot_token"]:
+            return False
+        return hmac.compare_digest(row["boot_token"], hash_token(token))
+
+    # ------------------------------------------------------------------ events
+
+    def add_event(
+        self, mac: str, kind: EventKind, detail: Detail, *, ts: float | None = None
+    ) -> None:
+        with self._tx() as db:
+            self._event(db, mac, kind, detail, ts)
+
+    @staticmethod
+    def _event(
+        db: sqlite3.Connection, mac: str, kind: EventKind, detail: Detail, ts: float | None = None
+    ) -> None:
+        db.execute(
+            "INSERT INTO events(mac, ts, kind, detail) VALUES (?, ?, ?, ?)",
+            (mac, time.time() if ts is None else ts, kind.value, json.dumps(dict(detail))),
+        )
+
+    def events(self, mac: str, *, limit: int = 500) -> list[Event]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM (SELECT * FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?)"
+                " ORDER BY id",
+                (mac, limit),
+            ).fetchall()
+        return [
+            Event(r["mac"], r["ts"], EventKind(r["kind"]), json.loads(r["detail"])) for r in rows
+        ]
+
+    # ------------------------------------------------------------------ inventories
+
+    def store_inventory(self, mac: str, data: str, *, now: float | None = None) -> Node:
+        """Keep the agent's report and move the node on (new/failed -> discovered)."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO inventories(mac, received, data) VALUES (?, ?, ?)"
+                " ON CONFLICT(mac) DO UPDATE"
+                " SET received = excluded.received, data = excluded.data",
+                (mac, now, data),
+            )
+            self._event(db, mac, EventKind.INVENTORY, {"bytes": len(data)}, now)
+        return self.transition(mac, NodeEvent.INVENTORY, reason="inventory received")
+
+    def inventory(self, mac: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM inventories WHERE mac = ?", (mac,)).fetchone()
+        return str(row["data"]) if row else None
+
+    # ------------------------------------------------------------------ leases
+
+    def active_leases(self, now: float | None = None) -> dict[IPv4Address, str]:
+        """Every address held (offered, bound or declined) and not expired: ip -> mac."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT ip, mac FROM leases WHERE expires > ?", (now,)
+            ).fetchall()
+        return {IPv4Address(r["ip"]): r["mac"] for r in rows}
+
+    def leases(self) -> list[Lease]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM leases ORDER BY ip").fetchall()
+        return [
+            Lease(IPv4Address(r["ip"]), r["mac"], r["expires"], LeaseKind(r["kind"])) for r in rows
+        ]
+
+    def commit_lease(self, mac: str, ip: IPv4Address, expires: float, kind: LeaseKind) -> None:
+        """Hold ``ip`` for ``mac``; one address per MAC (an older one is let go)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM leases WHERE mac = ? AND kind != ?", (mac, "declined"))
+            db.execute(
+                "INSERT INTO leases(ip, mac, expires, kind) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, expires = excluded.expires,"
+                " kind = excluded.kind",
+                (str(ip), mac, expires, kind.value),
+            )
+            if kind is LeaseKind.BOUND:
+                db.execute("UPDATE nodes SET ip = ? WHERE mac = ?", (str(ip), mac))
+
+    def release_lease(self, mac: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM leases WHERE mac = ? AND kind != ?", (mac, "declined"))
+
+    def decline(self, ip: IPv4Address, mac: str, until: float) -> None:
+        """An address a client found in use: keep it out of the pool until ``until``."""
+        self.commit_lease(f"declined-by-{mac}", ip, until, LeaseKind.DECLINED)
+
+
+def _node(row: sqlite3.Row) -> Node:
+    return Node(
+        mac=row["mac"],
+        hostname=row["hostname"],
+        state=NodeState(row["state"]),
+        profile=row["profile"],
+        ip=row["ip"],
+        firmware=row["firmware"],
+        arch=row["arch"],
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+    )

@@ -1,0 +1,170 @@
+"""`provisioner serve`: DHCP, TFTP and HTTP in one process, around one registry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import socket
+from collections.abc import Iterable
+
+import uvicorn
+
+from provisioner.boot.dhcp_server import DhcpService
+from provisioner.boot.http import AppContext, create_app
+from provisioner.boot.ipxe import ScriptRenderer
+from provisioner.boot.tftp import TftpService, TftpTransfer
+from provisioner.config import Config, ensure_api_token
+from provisioner.errors import BootServiceError
+from provisioner.metrics import Labels, Metrics
+from provisioner.registry import EventKind, Registry
+from provisioner.states import NodeState
+
+log = logging.getLogger(__name__)
+
+# What goes into the TFTP root from the iPXE directory (Debian's ipxe package by default).
+IPXE_FILES = ("undionly.kpxe", "undionly.kkpxe", "ipxe.efi", "snponly.efi", "ipxe.pxe")
+
+
+def prepare_tftp_root(cfg: Config) -> list[str]:
+    """Copy the iPXE binaries into the TFTP root (copies, not symlinks: the root is a jail).
+
+    A file the user put there is never overwritten. Returns the names copied.
+    """
+    root = cfg.tftp_root
+    root.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in IPXE_FILES:
+        src, dst = cfg.tftp.ipxe_dir / name, root / name
+        if src.is_file() and not dst.exists():
+            shutil.copy2(src, dst)
+            copied.append(name)
+    wanted = (cfg.boot.bios_binary, cfg.boot.efi_binary)
+    missing = [n for n in wanted if not (root / n).is_file()]
+    if missing:
+        log.warning(
+            "TFTP root %s lacks %s: install Debian's ipxe package or copy your own build there",
+            root,
+            ", ".join(missing),
+        )
+    return copied
+
+
+class BootServices:
+    """The running appliance: start() binds everything or raises; stop() undoes it."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        cfg.image_dir.mkdir(parents=True, exist_ok=True)
+        self.registry = Registry(cfg.registry_path)
+        self.metrics = Metrics()
+        self.metrics.add_gauges(self._node_gauges)
+        self.api_token = ensure_api_token(cfg.state_dir)
+        prepare_tftp_root(cfg)
+        self.tftp = TftpService(
+            cfg.tftp_root,
+            host=str(cfg.network.server_ip),
+            port=cfg.tftp.port,
+            on_transfer=self._on_tftp,
+        )
+        self.dhcp = DhcpService(cfg, self.registry, self.metrics)
+        self.app = create_app(
+            AppContext(cfg, self.registry, self.api_token, self.metrics, ScriptRenderer())
+        )
+        self.http: uvicorn.Server | None = None
+
+    def _node_gauges(self) -> Iterable[tuple[str, Labels, float]]:
+        counts = dict.fromkeys(NodeState, 0)
+        for node in self.registry.nodes():
+            counts[node.state] += 1
+        return [("provisioner_nodes", (("state", s.value),), float(n)) for s, n in counts.items()]
+
+    def _on_tftp(self, t: TftpTransfer) -> None:
+        self.metrics.inc("provisioner_tftp_events_total", kind="sent" if t.ok else "failed")
+        node = self.registry.node_by_ip(t.remote_ip)
+        if node is None:
+            log.info("tftp %s to %s (no known node at that address)", t.filename, t.remote_ip)
+            return
+        self.registry.add_event(
+            node.mac,
+            EventKind.TFTP,
+            {
+                "file": t.filename,
+                "size": t.size,
+                "seconds": round(t.seconds, 4),
+                "ok": t.ok,
+                "error": t.error,
+            },
+        )
+
+    async def start(self) -> None:
+        self.tftp.start()
+        try:
+            await self.dhcp.start()
+            self._http_socket = _listen_tcp(self.cfg.http.bind, self.cfg.http.port)
+            config = uvicorn.Config(
+                self.app,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                timeout_keep_alive=30,
+            )
+            self.http = uvicorn.Server(config)
+            # startup/main_loop/shutdown rather than serve(): serve() takes over the
+            # process's signal handlers, and the appliance owns those.
+            await self.http.startup(sockets=[self._http_socket])
+            self._http_task = asyncio.create_task(self.http.main_loop())
+        except BaseException:
+            self.tftp.stop()
+            self.dhcp.stop()
+            raise
+        log.info(
+            "serving: %s mode on %s (%s), TFTP :%d, HTTP %s",
+            self.cfg.network.mode.value,
+            self.cfg.network.interface,
+            self.cfg.network.address,
+            self.cfg.tftp.port,
+            self.cfg.http_base,
+        )
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            self.http.should_exit = True
+            await self._http_task
+            await self.http.shutdown(sockets=[self._http_socket])
+        self.dhcp.stop()
+        self.tftp.stop()
+        self.registry.close()
+
+
+def _listen_tcp(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise BootServiceError(f"HTTP cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
+    services = BootServices(cfg)
+    await services.start()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await services.stop()
+
+
+def run_forever(cfg: Config) -> None:
+    asyncio.run(serve(cfg))

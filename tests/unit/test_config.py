@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from provisioner.config import (
+    Mode,
+    ensure_api_token,
+    load_config,
+    normalize_mac,
+    parse_config,
+    render_config,
+    set_value,
+    write_config,
+)
+from provisioner.errors import ConfigError
+
+
+def full_text(**overrides: str) -> str:
+    text = render_config(
+        interface="enx8cae4cf44e21",
+        address="10.10.0.1",
+        mode=Mode.FULL,
+        dhcp_range="10.10.0.100-10.10.0.199",
+        state_dir=Path("/tmp/state"),
+    )
+    for old, new in overrides.items():
+        assert old in text
+        text = text.replace(old, new)
+    return text
+
+
+def test_rendered_config_is_commented_and_valid() -> None:
+    text = full_text()
+    assert text.count("#") >= 5
+    cfg = parse_config(text)
+    assert cfg.network.interface == "enx8cae4cf44e21"
+    assert cfg.network.server_ip == IPv4Address("10.10.0.1")
+    assert str(cfg.network.subnet) == "10.10.0.0/24"
+    assert cfg.network.mode is Mode.FULL
+    assert cfg.dhcp.range_start == IPv4Address("10.10.0.100")
+    assert cfg.dhcp.range_end == IPv4Address("10.10.0.199")
+    assert (cfg.dhcp.port, cfg.dhcp.pxe_port, cfg.tftp.port, cfg.http.port) == (67, 4011, 69, 8080)
+    assert cfg.tftp_root == Path("/tmp/state/tftp")
+    assert cfg.http_base == "http://10.10.0.1:8080"
+
+
+def test_proxy_mode_needs_no_range() -> None:
+    text = render_config(
+        interface="eth0", address="192.168.1.5/24", mode=Mode.PROXY, dhcp_range=None
+    )
+    cfg = parse_config(text)
+    assert cfg.network.mode is Mode.PROXY
+    assert cfg.dhcp.range_start is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "reason"),
+    [
+        ('mode = "full"', 'mode = "fast"', "network.mode", "proxy"),
+        ('range = "10.10.0.100-10.10.0.199"', 'range = ""', "dhcp.range", "full mode"),
+        (
+            'range = "10.10.0.100-10.10.0.199"',
+            'range = "10.10.0.199-10.10.0.100"',
+            "dhcp.range",
+            "after",
+        ),
+        (
+            'range = "10.10.0.100-10.10.0.199"',
+            'range = "10.10.1.1-10.10.1.9"',
+            "dhcp.range",
+            "not a host address",
+        ),
+        (
+            'range = "10.10.0.100-10.10.0.199"',
+            'range = "10.10.0.1-10.10.0.9"',
+            "dhcp.range",
+            "own address",
+        ),
+        ("port = 69", "port = 70000", "tftp.port", "1-65535"),
+        ("port = 8080", 'port = "http"', "http.port", "1-65535"),
+        ('address = "10.10.0.1/24"', 'address = "10.10.0.300/24"', "network.address", "IPv4"),
+        ('efi_binary = "ipxe.efi"', 'efi_binary = "grub.efi"', "boot.efi_binary", "one of"),
+        ('state_dir = "/tmp/state"', 'state_dir = "relative"', "paths.state_dir", "absolute"),
+        ("pxe_port = 4011", "pxe_port = 67", "dhcp.pxe_port", "differ"),
+    ],
+)
+def test_bad_values_are_refused_with_key_value_and_reason(
+    old: str, new: str, key: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(full_text(**{old: new}), source="p.toml")
+    assert info.value.key == key
+    assert reason in info.value.reason
+    assert str(info.value).startswith(f"p.toml: {key} = ")
+
+
+def test_reservations_are_normalised_and_checked() -> None:
+    text = full_text() + '\n[dhcp.reservations]\n"AA-BB-CC-DD-EE-01" = "10.10.0.11"\n'
+    # the rendered file already has an (empty) reservations table: replace it instead
+    text = full_text().replace(
+        "[dhcp.reservations]", '[dhcp.reservations]\n"AA-BB-CC-DD-EE-01" = "10.10.0.11"'
+    )
+    cfg = parse_config(text)
+    assert cfg.dhcp.reservations == {"aa:bb:cc:dd:ee:01": IPv4Address("10.10.0.11")}
+    bad = full_text().replace("[dhcp.reservations]", '[dhcp.reservations]\n"zz" = "10.10.0.11"')
+    with pytest.raises(ConfigError, match="not a MAC"):
+        parse_config(bad)
+    outside = full_text().replace(
+        "[dhcp.reservations]", '[dhcp.reservations]\n"aa:bb:cc:dd:ee:01" = "10.99.0.11"'
+    )
+    with pytest.raises(ConfigError, match="free host address"):
+        parse_config(outside)
+
+
+def test_not_toml_is_refused() -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse_config("[network\n")
+
+
+def test_set_value_keeps_comments_and_refuses_bad_values(tmp_path: Path) -> None:
+    path = tmp_path / "provisioner.toml"
+    write_config(path, full_text())
+    before = path.read_text()
+    path.write_text(before.replace("[tftp]", "# my own note about TFTP\n[tftp]"))
+    cfg = set_value(path, "http.port", 8081)
+    assert cfg.http.port == 8081
+    text = path.read_text()
+    assert "# my own note about TFTP" in text
+    assert "port = 8081" in text
+    with pytest.raises(ConfigError):
+        set_value(path, "http.port", 0)
+    assert path.read_text() == text  # refused: nothing changed
+    assert load_config(path).http.port == 8081
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_api_token_is_private_and_stable(tmp_path: Path) -> None:
+    token = ensure_api_token(tmp_path)
+    assert len(token) >= 32
+    assert (tmp_path / "api-token").stat().st_mode & 0o777 == 0o600
+    assert ensure_api_token(tmp_path) == token
+
+
+@pytest.mark.parametrize(
+    ("raw", "mac"),
+    [
+        ("AA:BB:CC:DD:EE:FF", "aa:bb:cc:dd:ee:ff"),
+        ("aa-bb-cc-dd-ee-ff", "aa:bb:cc:dd:ee:ff"),
+        ("aabb.ccdd.eeff", "aa:bb:cc:dd:ee:ff"),
+        ("aa:bb:cc:dd:ee", None),
+        ("gg:bb:cc:dd:ee:ff", None),
+        ("", None),
+    ],
+)
+def test_normalize_mac(raw: str, mac: str | None) -> None:
+    assert normalize_mac(raw) == mac

@@ -1,0 +1,207 @@
+"""The HTTP app through FastAPI's in-process client (no socket); the real-socket path is
+covered by the integration tests with curl."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from provisioner.boot.http import AppContext, create_app
+from provisioner.boot.ipxe import ScriptRenderer
+from provisioner.config import Mode, parse_config, render_config
+from provisioner.metrics import Metrics
+from provisioner.registry import EventKind, Registry
+from provisioner.states import NodeEvent, NodeState
+
+MAC = "52:54:00:aa:bb:01"
+API_TOKEN = "test-api-token-0123456789"
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> AppContext:
+    text = render_config(
+        interface="eth0",
+        address="10.20.0.1/24",
+        mode=Mode.FULL,
+        dhcp_range="10.20.0.100-10.20.0.120",
+        state_dir=tmp_path,
+    )
+    cfg = parse_config(text)
+    cfg.image_dir.mkdir(parents=True)
+    cfg.tftp_root.mkdir(parents=True)
+    (cfg.tftp_root / "ipxe.efi").write_bytes(b"EFI" * 100)
+    return AppContext(cfg, Registry(cfg.registry_path), API_TOKEN, Metrics(), ScriptRenderer())
+
+
+@pytest.fixture
+def client(ctx: AppContext) -> TestClient:
+    return TestClient(create_app(ctx), client=("10.20.0.100", 40000))
+
+
+def build_discovery(ctx: AppContext, size: int = 4096) -> bytes:
+    image = ctx.config.image_dir / "discovery"
+    image.mkdir(parents=True, exist_ok=True)
+    kernel = bytes(range(256)) * (size // 256)
+    (image / "vmlinuz").write_bytes(kernel)
+    (image / "initrd").write_bytes(b"initrd")
+    return kernel
+
+
+def test_unknown_node_without_image_is_told_to_wait(client: TestClient, ctx: AppContext) -> None:
+    r = client.get(f"/boot/{MAC}.ipxe")
+    assert r.status_code == 200
+    assert r.text.startswith("#!ipxe")
+    assert "not in the image store" in r.text
+    assert f"chain --replace --autofree http://10.20.0.1:8080/boot/{MAC}.ipxe" in r.text
+    node = ctx.registry.node(MAC)
+    assert node is not None and node.state is NodeState.NEW and node.ip == "10.20.0.100"
+
+
+def test_discovery_script_carries_kernel_initrd_and_a_fresh_token(
+    client: TestClient, ctx: AppContext
+) -> None:
+    build_discovery(ctx)
+    r = client.get(f"/boot/{MAC.upper().replace(':', '-')}.ipxe")
+    kernel = re.search(r"^kernel (\S+) (.*)$", r.text, re.M)
+    assert kernel is not None, r.text
+    assert kernel.group(1) == f"http://10.20.0.1:8080/images/discovery/vmlinuz?mac={MAC}"
+    assert "initrd=initrd" in kernel.group(2)
+    assert "console=ttyS0,115200n8" in kernel.group(2)
+    assert f"provisioner.mac={MAC}" in kernel.group(2)
+    token = re.search(r"provisioner\.token=(\S+)", r.text)
+    assert token is not None and ctx.registry.check_boot_token(MAC, token.group(1))
+    assert f"initrd --name initrd http://10.20.0.1:8080/images/discovery/initrd?mac={MAC}" in r.text
+    second = client.get(f"/boot/{MAC}.ipxe").text
+    assert re.search(r"provisioner\.token=(\S+)", second).group(1) != token.group(1)  # type: ignore[union-attr]
+    assert not ctx.registry.check_boot_token(MAC, token.group(1))
+
+
+def test_local_node_boots_from_disk(client: TestClient, ctx: AppContext) -> None:
+    build_discovery(ctx)
+    ctx.registry.touch_node(MAC)
+    ctx.registry.store_inventory(MAC, "{}")
+    ctx.registry.transition(MAC, NodeEvent.BOOT_LOCAL)
+    r = client.get(f"/boot/{MAC}.ipxe")
+    assert "\nexit\n" in r.text and "kernel" not in r.text
+
+
+def test_bad_mac_is_404(client: TestClient) -> None:
+    assert client.get("/boot/not-a-mac.ipxe").status_code == 404
+    assert client.get(f"/boot/{MAC}.txt").status_code == 404
+
+
+def test_images_have_length_and_ranges_and_land_on_the_timeline(
+    client: TestClient, ctx: AppContext
+) -> None:
+    kernel = build_discovery(ctx, 8192)
+    ctx.registry.touch_node(MAC, ip="10.20.0.100")  # the 2nd fetch is known by address only
+    r = client.get(f"/images/discovery/vmlinuz?mac={MAC}")
+    assert r.status_code == 200 and r.content == kernel
+    assert r.headers["content-length"] == "8192"
+    assert r.headers["accept-ranges"] == "bytes"
+    r = client.get("/images/discovery/vmlinuz", headers={"Range": "bytes=100-199"})
+    assert r.status_code == 206
+    assert r.content == kernel[100:200]
+    assert r.headers["content-range"] == "bytes 100-199/8192"
+    head = client.head("/images/discovery/vmlinuz")
+    assert head.status_code == 200 and head.headers["content-length"] == "8192"
+    files = [e for e in ctx.registry.events(MAC) if e.kind is EventKind.HTTP_FILE]
+    assert [e.detail["file"] for e in files] == ["discovery/vmlinuz", "discovery/vmlinuz"]
+    assert files[1].detail["range"] == "bytes=100-199"
+
+
+def test_tftp_root_over_http_for_uefi_http_boot(client: TestClient) -> None:
+    r = client.get("/tftp/ipxe.efi")
+    assert r.status_code == 200 and r.content == b"EFI" * 100
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/images/../registry.sqlite3",
+        "/images/%2e%2e/api-token",
+        "/tftp/..%2fapi-token",
+        "/images/discovery/nope",
+        "/images/discovery",
+    ],
+)
+def test_paths_outside_the_roots_are_not_served(
+    client: TestClient, ctx: AppContext, path: str
+) -> None:
+    build_discovery(ctx)
+    r = client.get(path)
+    assert r.status_code == 404
+    assert API_TOKEN not in r.text
+
+
+def test_inventory_needs_the_boot_token(client: TestClient, ctx: AppContext) -> None:
+    build_discovery(ctx)
+    script = client.get(f"/boot/{MAC}.ipxe").text
+    token = re.search(r"provisioner\.token=(\S+)", script).group(1)  # type: ignore[union-attr]
+    url = f"/api/v1/nodes/{MAC}/inventory"
+    assert client.post(url, json={"cpu": "x"}).status_code == 401
+    assert (
+        client.post(url, json={"cpu": "x"}, headers={"Authorization": "Bearer nope"}).status_code
+        == 401
+    )
+    assert (
+        client.post(
+            url, json={"cpu": "x"}, headers={"Authorization": f"Bearer {API_TOKEN}"}
+        ).status_code
+        == 401
+    )
+    assert ctx.registry.inventory(MAC) is None
+    node = ctx.registry.node(MAC)
+    assert node is not None and node.state is NodeState.NEW
+    auth = {"Authorization": f"Bearer {token}"}
+    assert client.post(url, content=b"not json", headers=auth).status_code == 400
+    assert client.post(url, json=[1, 2], headers=auth).status_code == 400
+    r = client.post(url, json={"cpu": "x"}, headers=auth)
+    assert r.status_code == 202 and r.json() == {"mac": MAC, "state": "discovered"}
+    shown = client.get(f"/api/v1/nodes/{MAC}").json()
+    assert shown["state"] == "discovered" and shown["inventory"] == {"cpu": "x"}
+    kinds = [e["kind"] for e in shown["timeline"]]
+    assert kinds[:1] == ["script"] and "refused" in kinds and kinds[-2:] == ["inventory", "state"]
+
+
+def test_api_writes_need_the_api_token_and_change_nothing_without_it(
+    client: TestClient, ctx: AppContext
+) -> None:
+    ctx.registry.touch_node(MAC)
+    ctx.registry.store_inventory(MAC, "{}")
+    assert client.patch(f"/api/v1/nodes/{MAC}", json={"hostname": "node0"}).status_code == 401
+    assert client.delete(f"/api/v1/nodes/{MAC}").status_code == 401
+    bad = {"Authorization": "Bearer wrong"}
+    assert (
+        client.patch(f"/api/v1/nodes/{MAC}", json={"boot": "local"}, headers=bad).status_code == 401
+    )
+    node = ctx.registry.node(MAC)
+    assert node is not None and node.hostname is None and node.state is NodeState.DISCOVERED
+    good = {"Authorization": f"Bearer {API_TOKEN}"}
+    r = client.patch(
+        f"/api/v1/nodes/{MAC}", json={"hostname": "node0", "boot": "local"}, headers=good
+    )
+    assert r.status_code == 200 and r.json()["hostname"] == "node0" and r.json()["state"] == "local"
+    assert client.get("/api/v1/nodes/node0").json()["mac"] == MAC
+    r = client.patch(f"/api/v1/nodes/{MAC}", json={"boot": "sideways"}, headers=good)
+    assert r.status_code == 422
+    assert client.delete("/api/v1/nodes/node0", headers=good).status_code == 204
+    assert client.get("/api/v1/nodes").json() == []
+
+
+def test_illegal_state_change_is_409(client: TestClient, ctx: AppContext) -> None:
+    ctx.registry.touch_node(MAC)
+    good = {"Authorization": f"Bearer {API_TOKEN}"}
+    r = client.patch(f"/api/v1/nodes/{MAC}", json={"boot": "local"}, headers=good)
+    assert r.status_code == 409 and "cannot take" in r.json()["detail"]
+
+
+def test_metrics_count_refusals_and_nodes(client: TestClient, ctx: AppContext) -> None:
+    ctx.registry.touch_node(MAC)
+    client.delete(f"/api/v1/nodes/{MAC}")
+    text = client.get("/metrics").text
+    assert 'provisioner_http_refused_total{reason="api-token"} 1' in text
+    assert "# TYPE provisioner_http_refused_total counter" in text
