@@ -14,6 +14,7 @@ HELP = {
     "provisioner_dhcp_dropped_total": "DHCP datagrams dropped, by reason",
     "provisioner_tftp_events_total": "TFTP requests and outcomes, by kind",
     "provisioner_http_files_total": "Files served over HTTP, by area",
+    "provisioner_http_bytes_total": "Bytes of files served over HTTP, by area",
     "provisioner_http_refused_total": "HTTP requests refused, by reason",
     "provisioner_nodes": "Nodes in the registry, by state",
 }

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import signal
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import uvicorn
 
 from provisioner.boot.dhcp_server import DhcpService
-from provisioner.boot.http import AppContext, create_app
+from provisioner.boot.http import AppContext, create_app, record_file
+from provisioner.boot.http_files import FileAreas, FileServed, FrontProtocol
 from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.boot.tftp import TftpService, TftpTransfer
 from provisioner.config import Config, ensure_api_token
@@ -70,10 +72,13 @@ class BootServices:
             on_transfer=self._on_tftp,
         )
         self.dhcp = DhcpService(cfg, self.registry, self.metrics)
-        self.app = create_app(
-            AppContext(cfg, self.registry, self.api_token, self.metrics, ScriptRenderer())
+        self.app_ctx = AppContext(
+            cfg, self.registry, self.api_token, self.metrics, ScriptRenderer()
         )
+        self.app = create_app(self.app_ctx)
+        self.areas = FileAreas({"images": cfg.image_dir, "tftp": cfg.tftp_root})
         self.http: uvicorn.Server | None = None
+        self._front: asyncio.Server | None = None
 
     def _node_gauges(self) -> Iterable[tuple[str, Labels, float]]:
         counts = dict.fromkeys(NodeState, 0)
@@ -111,11 +116,18 @@ class BootServices:
                 access_log=False,
                 timeout_keep_alive=30,
             )
-            self.http = uvicorn.Server(config)
-            # startup/main_loop/shutdown rather than serve(): serve() takes over the
-            # process's signal handlers, and the appliance owns those.
-            await self.http.startup(sockets=[self._http_socket])
-            self._http_task = asyncio.create_task(self.http.main_loop())
+            self.http = _QuietServer(config)
+            # uvicorn gets no listener of its own: the front protocol takes every
+            # connection, sends files with sendfile(2) and hands the rest to uvicorn.
+            self._http_task = asyncio.create_task(self.http.serve(sockets=[]))
+            while not self.http.started:
+                if self._http_task.done():
+                    self._http_task.result()
+                    raise BootServiceError("the HTTP service stopped while starting")
+                await asyncio.sleep(0.01)
+            self._front = await asyncio.get_running_loop().create_server(
+                self._front_protocol, sock=self._http_socket
+            )
         except BaseException:
             self.tftp.stop()
             self.dhcp.stop()
@@ -129,14 +141,42 @@ class BootServices:
             self.cfg.http_base,
         )
 
+    def _front_protocol(self) -> FrontProtocol:
+        assert self.http is not None
+        server, config = self.http, self.http.config
+        loop = asyncio.get_running_loop()
+
+        def uvicorn_protocol() -> asyncio.Protocol:
+            proto: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=server.server_state,
+                app_state=server.lifespan.state,
+                _loop=loop,
+            )
+            return proto
+
+        return FrontProtocol(self.areas, uvicorn_protocol, self._on_file)
+
+    def _on_file(self, served: FileServed) -> None:
+        record_file(self.app_ctx, served)
+
     async def stop(self) -> None:
+        if self._front is not None:
+            self._front.close()
         if self.http is not None:
             self.http.should_exit = True
             await self._http_task
-            await self.http.shutdown(sockets=[self._http_socket])
         self.dhcp.stop()
         self.tftp.stop()
         self.registry.close()
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn's server without its signal handlers: the appliance owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _listen_tcp(host: str, port: int) -> socket.socket:

@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
+from typing import cast
 
 from provisioner.boot.dhcp_codec import DhcpPacket, MessageType, decode, encode
 from provisioner.boot.dhcp_policy import (
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 BOOTP_CLIENT_PORT = 68
 DECLINE_HOLD_SECONDS = 600
+QUIET_OUTCOMES = frozenset({"release", "decline"})  # no reply by design: not drops
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 
@@ -43,6 +45,7 @@ def policy_config(cfg: Config) -> PolicyConfig:
         mode=DhcpMode.FULL if cfg.network.mode is Mode.FULL else DhcpMode.PROXY,
         server_ip=cfg.network.server_ip,
         http_port=cfg.http.port,
+        pxe_port=cfg.dhcp.pxe_port,
         subnet=cfg.network.subnet,
         pool_start=cfg.dhcp.range_start,
         pool_end=cfg.dhcp.range_end,
@@ -121,7 +124,8 @@ class DhcpService:
         if decision.lease is not None:
             self._apply(decision.lease, packet)
         if decision.reply is None:
-            self._drop(decision.reason, source, packet.mac or "-")
+            if decision.reason not in QUIET_OUTCOMES:
+                self._drop(decision.reason, source, packet.mac or "-")
             return None
         dest = _destination(decision, packet, source)
         self.metrics.inc(
@@ -216,8 +220,7 @@ class _Protocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:

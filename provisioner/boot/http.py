@@ -25,13 +25,14 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
+from provisioner.boot.http_files import FileServed
 from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.boot.policy import INITRD_FILE, KERNEL_FILE, boot_spec
 from provisioner.boot.tftp import confine
 from provisioner.config import Config, normalize_mac
 from provisioner.errors import IllegalTransition, RegistryError, TftpPathError
 from provisioner.metrics import Metrics
-from provisioner.registry import EventKind, Node, Registry
+from provisioner.registry import EventKind, Registry
 from provisioner.states import NodeEvent
 
 log = logging.getLogger(__name__)
@@ -118,24 +119,20 @@ def create_app(ctx: AppContext) -> FastAPI:
         except TftpPathError as exc:
             ctx.metrics.inc("provisioner_http_refused_total", reason="path")
             raise HTTPException(404, f"not found: {rel}") from exc
-        mac = normalize_mac(request.query_params.get("mac", ""))
-        node = ctx.registry.node(mac) if mac else ctx.registry.node_by_ip(client_ip(request))
-        started = time.monotonic()
         size = path.stat().st_size
-        ctx.metrics.inc("provisioner_http_files_total", area=area)
         task = None
-        if node is not None and request.method == "GET":
-            task = BackgroundTask(
-                _record_file,
-                ctx.registry,
-                node,
-                area,
-                rel,
-                size,
-                request.headers.get("range"),
-                started,
-                client_ip(request),
+        if request.method == "GET":
+            served = FileServed(
+                area=area,
+                rel=rel,
+                size=size,
+                sent=size,
+                range=request.headers.get("range"),
+                seconds=0.0,
+                client=client_ip(request),
+                mac_hint=request.query_params.get("mac"),
             )
+            task = BackgroundTask(record_file, ctx, served, time.monotonic())
         return FileResponse(path, media_type="application/octet-stream", background=task)
 
     @app.api_route("/images/{rel:path}", methods=["GET", "HEAD"])
@@ -230,23 +227,23 @@ def create_app(ctx: AppContext) -> FastAPI:
     return app
 
 
-def _record_file(
-    registry: Registry,
-    node: Node,
-    area: str,
-    rel: str,
-    size: int,
-    range_header: str | None,
-    started: float,
-    client: str,
-) -> None:
+def record_file(ctx: AppContext, served: FileServed, started: float | None = None) -> None:
+    """Count a file handed out and put it on its node's timeline (by ?mac= or address)."""
+    ctx.metrics.inc("provisioner_http_files_total", area=served.area)
+    ctx.metrics.inc("provisioner_http_bytes_total", served.sent, area=served.area)
+    mac = normalize_mac(served.mac_hint or "")
+    node = ctx.registry.node(mac) if mac else ctx.registry.node_by_ip(served.client)
+    if node is None:
+        return
+    seconds = served.seconds if started is None else time.monotonic() - started
     detail: dict[str, str | int | float | None] = {
-        "area": area,
-        "file": rel,
-        "size": size,
-        "seconds": round(time.monotonic() - started, 4),
-        "client": client,
+        "area": served.area,
+        "file": served.rel,
+        "size": served.size,
+        "sent": served.sent,
+        "seconds": round(seconds, 4),
+        "client": served.client,
     }
-    if range_header:
-        detail["range"] = range_header
-    registry.add_event(node.mac, EventKind.HTTP_FILE, detail)
+    if served.range:
+        detail["range"] = served.range
+    ctx.registry.add_event(node.mac, EventKind.HTTP_FILE, detail)
