@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import os
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import IO, cast
 
@@ -248,7 +250,7 @@ class FrontProtocol(asyncio.Protocol):
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
         try:
             with open(path, "rb") as fh:
-                st = path.stat()
+                st = os.fstat(fh.fileno())
                 plan = plan_response(
                     request.method.decode(),
                     st.st_size,
@@ -258,7 +260,11 @@ class FrontProtocol(asyncio.Protocol):
                 )
                 transport.write(
                     self.conn.send(
-                        h11.Response(status_code=plan.status, headers=plan.headers, reason=b"")
+                        h11.Response(
+                            status_code=plan.status,
+                            headers=plan.headers,
+                            reason=HTTPStatus(plan.status).phrase.encode(),
+                        )
                     )
                     or b""
                 )

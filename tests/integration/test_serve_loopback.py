@@ -1,0 +1,195 @@
+"""`provisioner serve` as a real process on loopback, driven by curl (HTTP and TFTP)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Appliance, make_image
+
+pytestmark = pytest.mark.netns
+
+MAC = "52:54:00:10:20:30"
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["curl", "-s", *args], capture_output=True, check=False, timeout=60)
+
+
+def test_boot_script_images_ranges_and_keepalive(
+    loopback_appliance: Appliance, tmp_path: Path
+) -> None:
+    app = loopback_appliance
+    kernel = make_image(app.state)
+    app.start()
+    script = curl(f"{app.base}/boot/{MAC}.ipxe").stdout.decode()
+    assert script.startswith("#!ipxe") and f"/images/discovery/vmlinuz?mac={MAC}" in script
+
+    full = curl(
+        f"{app.base}/images/discovery/vmlinuz?mac={MAC}", "-D", "-", "-o", str(tmp_path / "k")
+    )
+    headers = full.stdout.decode().lower()
+    assert "200 ok" in headers.splitlines()[0]
+    assert f"content-length: {len(kernel)}" in headers
+    assert "transfer-encoding" not in headers
+    assert (tmp_path / "k").read_bytes() == kernel
+
+    part = curl(
+        f"{app.base}/images/discovery/vmlinuz",
+        "-r",
+        "1000-1999",
+        "-D",
+        str(tmp_path / "h"),
+        "-o",
+        str(tmp_path / "p"),
+    )
+    assert part.returncode == 0
+    assert " 206 " in (tmp_path / "h").read_text().splitlines()[0]
+    assert (tmp_path / "p").read_bytes() == kernel[1000:2000]
+
+    # One connection: a file (sendfile path), then an API call (handed to the app), as
+    # iPXE's connection pool does. curl reports how many connections it opened.
+    both = curl(
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{num_connects}\n",
+        f"{app.base}/images/discovery/initrd",
+        f"{app.base}/api/v1/nodes",
+    )
+    assert both.stdout.decode().split() == ["1", "0"]
+
+    head = curl("-I", f"{app.base}/images/discovery/vmlinuz").stdout.decode().lower()
+    assert f"content-length: {len(kernel)}" in head
+    assert (
+        curl("-o", "/dev/null", "-w", "%{http_code}", f"{app.base}/images/../api-token").stdout
+        == b"404"
+    )
+    assert (
+        curl(
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--path-as-is",
+            f"{app.base}/images/../api-token",
+        ).stdout
+        == b"404"
+    )
+    assert (
+        curl(
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-r",
+            "999999999-",
+            f"{app.base}/images/discovery/vmlinuz",
+        ).stdout
+        == b"416"
+    )
+
+    shown = json.loads(app.cli("node", "show", MAC, "--json").stdout)
+    files = [e["detail"]["file"] for e in shown["timeline"] if e["kind"] == "http-file"]
+    assert files[:2] == ["discovery/vmlinuz", "discovery/vmlinuz"]
+    assert shown["timeline"][0]["kind"] == "script"
+
+
+def test_api_writes_need_a_token(loopback_appliance: Appliance) -> None:
+    app = loopback_appliance
+    app.start()
+    curl(f"{app.base}/boot/{MAC}.ipxe")
+    url = f"{app.base}/api/v1/nodes/{MAC}"
+    refused = curl(
+        "-X",
+        "PATCH",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        '{"hostname": "node0"}',
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        url,
+    )
+    assert refused.stdout == b"401"
+    assert json.loads(curl(url).stdout)["hostname"] is None
+    ok = curl(
+        "-X",
+        "PATCH",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        f"Authorization: Bearer {app.api_token}",
+        "-d",
+        '{"hostname": "node0"}',
+        url,
+    )
+    assert json.loads(ok.stdout)["hostname"] == "node0"
+    listed = json.loads(app.cli("node", "list", "--json").stdout)
+    assert [(n["mac"], n["hostname"], n["state"]) for n in listed] == [(MAC, "node0", "new")]
+    assert set(listed[0]) >= {"mac", "hostname", "state", "profile", "ip", "firmware"}
+
+
+def test_tftp_serves_ipxe_and_refuses_traversal(
+    loopback_appliance: Appliance, tmp_path: Path
+) -> None:
+    app = loopback_appliance
+    app.start()
+    undionly = Path("/usr/lib/ipxe/undionly.kpxe")
+    if not undionly.exists():
+        pytest.skip("Debian's ipxe package is not installed")
+    got = curl(
+        f"tftp://127.0.0.1:{app.tftp_port}/undionly.kpxe",
+        "--tftp-blksize",
+        "1468",
+        "-o",
+        str(tmp_path / "u"),
+    )
+    assert got.returncode == 0
+    assert (tmp_path / "u").read_bytes() == undionly.read_bytes()
+    bad = curl(
+        f"tftp://127.0.0.1:{app.tftp_port}/../registry.sqlite3",
+        "--path-as-is",
+        "-o",
+        str(tmp_path / "r"),
+    )
+    assert bad.returncode != 0
+    metrics = curl(f"{app.base}/metrics").stdout.decode()
+    assert re.search(r'provisioner_nodes\{state="new"\} 0', metrics)
+
+
+def test_garbage_on_the_dhcp_port_does_not_stop_serving(loopback_appliance: Appliance) -> None:
+    app = loopback_appliance
+    app.start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for junk in (b"", b"\x01", b"\x00" * 300, b"\x01\x01\x06\x00" + b"\xff" * 400):
+            s.sendto(junk, ("127.0.0.1", app.dhcp_port))
+    assert curl("-sf", f"{app.base}/healthz").returncode == 0
+    metrics = curl(f"{app.base}/metrics").stdout.decode()
+    dropped = re.search(r'provisioner_dhcp_dropped_total\{reason="malformed"\} (\d+)', metrics)
+    assert dropped is not None and int(dropped.group(1)) >= 3
+
+
+def test_bad_config_is_refused_at_start(tmp_path: Path) -> None:
+    conf = tmp_path / "p.toml"
+    conf.write_text('[network]\ninterface = "lo"\naddress = "127.0.0.1/8"\nmode = "fast"\n')
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "provisioner.cli", "--config", str(conf), "serve"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert run.returncode == 2
+    assert "network.mode = 'fast'" in run.stderr and "proxy" in run.stderr
