@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Figure, free_port, report, stop, wait_port  # noqa: E402
+from common import Figure, free_port, report, stop, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,13 +70,19 @@ def run_ours(work: Path, clients: int, size: int) -> float:
     conf = work / "provisioner.toml"
     udp = [free_port(2) for _ in range(3)]
     conf.write_text(
-        "[network]\ninterface = \"lo\"\naddress = \"127.0.0.1/8\"\nmode = \"proxy\"\n"
+        '[network]\ninterface = "lo"\naddress = "127.0.0.1/8"\nmode = "proxy"\n'
         f"[dhcp]\nport = {udp[0]}\npxe_port = {udp[1]}\n[tftp]\nport = {udp[2]}\n"
-        f"[http]\nport = {port}\nbind = \"127.0.0.1\"\n[paths]\nstate_dir = \"{state}\"\n"
+        f'[http]\nport = {port}\nbind = "127.0.0.1"\n[paths]\nstate_dir = "{state}"\n'
     )
     proc = subprocess.Popen(
-        [str(ROOT / ".venv/bin/provisioner"), "--config", str(conf), "--log-level", "WARNING",
-         "serve"],
+        [
+            str(ROOT / ".venv/bin/provisioner"),
+            "--config",
+            str(conf),
+            "--log-level",
+            "WARNING",
+            "serve",
+        ],
     )
     try:
         wait_port(port)

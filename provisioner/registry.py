@@ -155,6 +155,7 @@ class Registry:
             raise RegistryError(f"cannot open registry {path}: {exc}") from exc
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
+        self._depth = 0
 
     def close(self) -> None:
         with self._lock:
@@ -163,13 +164,25 @@ class Registry:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._depth:  # inside batch(): one transaction for all
+                yield self._db
+                return
+            self._depth += 1
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth -= 1
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run several registry calls as one transaction (all or nothing)."""
+        with self._tx():
+            yield
 
     # ------------------------------------------------------------------ nodes
 
@@ -363,7 +376,12 @@ class Registry:
 
     def decline(self, ip: IPv4Address, mac: str, until: float) -> None:
         """An address a client found in use: keep it out of the pool until ``until``."""
-        self.commit_lease(f"declined-by-{mac}", ip, until, LeaseKind.DECLINED)
+        self.commit_lease(declined_owner(mac), ip, until, LeaseKind.DECLINED)
+
+
+def declined_owner(mac: str) -> str:
+    """The owner recorded for an address ``mac`` declined: nobody can renew it."""
+    return f"declined-by-{mac}"
 
 
 def _node(row: sqlite3.Row) -> Node:

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 from ipaddress import IPv4Address
 
 from provisioner.errors import DhcpDecodeError
@@ -147,21 +148,22 @@ class DhcpPacket:
                 raise ValueError(f"option {code} appears twice; concatenate values instead")
             seen.add(code)
 
+    @cached_property
+    def _index(self) -> dict[int, bytes]:
+        return dict(self.options)  # codes are unique (checked above)
+
     def option(self, code: int) -> bytes | None:
         """The value of option ``code`` (all RFC 3396 instances joined), or None."""
-        for have, value in self.options:
-            if have == code:
-                return value
-        return None
+        return self._index.get(code)
 
-    @property
+    @cached_property
     def mac(self) -> str | None:
         """chaddr[:hlen] as lowercase "aa:bb:cc:dd:ee:ff"; None when hlen is 0."""
         if self.hlen == 0:
             return None
         return ":".join(f"{b:02x}" for b in self.chaddr[: self.hlen])
 
-    @property
+    @cached_property
     def message_type(self) -> MessageType | None:
         """Option 53, or None when absent or not a known type (1..8)."""
         value = self.option(OptionCode.MESSAGE_TYPE)

@@ -34,6 +34,7 @@ from provisioner.boot.dhcp_codec import (
     option_u32,
     reply_to,
 )
+from provisioner.boot.leases import LeaseTable
 from provisioner.errors import ConfigError
 
 PXE_SERVER_PORT = 4011
@@ -124,6 +125,9 @@ class PolicyConfig:
                 raise ConfigError(f"reservations.{mac}", str(ip), f"not in {self.subnet}")
         if self.lease_seconds <= 0:
             raise ConfigError("lease_seconds", self.lease_seconds, "must be positive")
+
+    def reserved_for_others(self, mac: str) -> frozenset[IPv4Address]:
+        return frozenset(ip for owner, ip in self.reservations.items() if owner != mac)
 
     def in_pool(self, ip: IPv4Address) -> bool:
         if self.pool_start is None or self.pool_end is None:
@@ -232,7 +236,7 @@ def choose_address(
     mac: str,
     requested: IPv4Address | None,
     cfg: PolicyConfig,
-    leases: Mapping[IPv4Address, str],
+    leases: LeaseTable,
 ) -> IPv4Address | None:
     """The address ``mac`` should have: reservation, current lease, requested, lowest free."""
     mac = mac.lower()
@@ -240,27 +244,22 @@ def choose_address(
     if cfg.router is not None:
         taboo.add(cfg.router)
     reserved = cfg.reservations.get(mac)
-    if reserved is not None and reserved not in taboo and leases.get(reserved, mac) == mac:
+    if reserved is not None and reserved not in taboo and leases.owner(reserved) in (None, mac):
         return reserved
-    others = taboo | {ip for owner, ip in cfg.reservations.items() if owner != mac}
-    held = sorted(ip for ip, owner in leases.items() if owner == mac)
-    for ip in held:
-        if cfg.in_pool(ip) and ip not in others:
-            return ip
+    others = taboo | cfg.reserved_for_others(mac)
+    held = leases.held_by(mac)
+    if held is not None and cfg.in_pool(held) and held not in others:
+        return held
     if (
         requested is not None
         and cfg.in_pool(requested)
         and requested not in others
-        and requested not in leases
+        and leases.owner(requested) is None
     ):
         return requested
     if cfg.pool_start is None or cfg.pool_end is None:
         return None
-    for value in range(int(cfg.pool_start), int(cfg.pool_end) + 1):
-        ip = IPv4Address(value)
-        if ip not in others and ip not in leases:
-            return ip
-    return None
+    return leases.lowest_free(cfg.pool_start, cfg.pool_end, others)
 
 
 def _ignore(
@@ -398,12 +397,12 @@ def _decide_full(
     mac: str,
     mt: MessageType,
     info: ClientInfo | None,
-    leases: Mapping[IPv4Address, str],
+    leases: LeaseTable,
     now: float,
 ) -> Decision:
     server_id = pkt.server_identifier
     if server_id is not None and server_id != cfg.server_ip:
-        if mt is MessageType.REQUEST and mac in leases.values():
+        if mt is MessageType.REQUEST and leases.held_by(mac) is not None:
             return _ignore("not-for-us", info, LeaseAction.release(mac))
         return _ignore("not-for-us", info)
     if pkt.giaddr != ZERO_IP and pkt.giaddr not in cfg.subnet:
@@ -414,7 +413,9 @@ def _decide_full(
             return _ignore("no-free-address", info)
         reply = _full_reply(pkt, cfg, mac, info, MessageType.OFFER, ip, network=True)
         hold = (
-            None if leases.get(ip) == mac else LeaseAction.commit(mac, ip, now + OFFER_HOLD_SECONDS)
+            None
+            if leases.owner(ip) == mac
+            else LeaseAction.commit(mac, ip, now + OFFER_HOLD_SECONDS)
         )
         return Decision(reply, _destination(pkt, False, MessageType.OFFER), hold, info, "offer")
     if mt is MessageType.REQUEST:
@@ -450,13 +451,14 @@ def decide(
     cfg: PolicyConfig,
     *,
     port: int,
-    leases: Mapping[IPv4Address, str],
+    leases: LeaseTable | Mapping[IPv4Address, str],
     now: float,
 ) -> Decision:
     """Answer ``pkt``, received on UDP ``port`` (``cfg.pxe_port`` = boot server, else DHCP).
 
-    ``leases`` maps every unexpired leased or offered address to its MAC (lowercase,
-    colon-separated, as ``DhcpPacket.mac``); ``now`` is the clock ``expires_at`` uses.
+    ``leases`` holds every unexpired leased or offered address with its MAC (lowercase,
+    colon-separated, as ``DhcpPacket.mac``): a :class:`LeaseTable`, or a plain mapping
+    (copied into one: fine for tests, O(n)); ``now`` is the clock ``expires_at`` uses.
     """
     if pkt.op != BOOTREQUEST:
         return _ignore("not-a-request")
@@ -471,4 +473,5 @@ def decide(
     info = classify(pkt)
     if port == cfg.pxe_port or cfg.mode is DhcpMode.PROXY:
         return _decide_boot_only(pkt, cfg, mac, mt, info, boot_server=port == cfg.pxe_port)
-    return _decide_full(pkt, cfg, mac, mt, info, leases, now)
+    table = leases if isinstance(leases, LeaseTable) else LeaseTable.from_mapping(leases)
+    return _decide_full(pkt, cfg, mac, mt, info, table, now)

@@ -10,6 +10,7 @@ foreign datagram is counted, logged at debug level and dropped; only a failed bi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
@@ -27,6 +28,7 @@ from provisioner.boot.dhcp_policy import (
     PolicyConfig,
     decide,
 )
+from provisioner.boot.leases import LeaseTable
 from provisioner.config import Config, Mode
 from provisioner.errors import BootServiceError, DhcpDecodeError
 from provisioner.metrics import Metrics
@@ -36,8 +38,11 @@ log = logging.getLogger(__name__)
 
 BOOTP_CLIENT_PORT = 68
 DECLINE_HOLD_SECONDS = 600
+FLUSH_SECONDS = 0.02
 QUIET_OUTCOMES = frozenset({"release", "decline"})  # no reply by design: not drops
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 def policy_config(cfg: Config) -> PolicyConfig:
@@ -67,6 +72,7 @@ def open_socket(interface: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode() + b"\0")
+        _grow_receive_buffer(sock)
         sock.bind(("0.0.0.0", port))
     except OSError as exc:
         sock.close()
@@ -77,6 +83,14 @@ def open_socket(interface: str, port: int) -> socket.socket:
     return sock
 
 
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    """Room for a burst (a rack powered on at once) while the loop writes the registry."""
+    try:  # SO_RCVBUFFORCE (root) passes net.core.rmem_max; SO_RCVBUF is capped by it
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+
+
 class DhcpService:
     def __init__(self, cfg: Config, registry: Registry, metrics: Metrics):
         self.cfg = cfg
@@ -84,6 +98,11 @@ class DhcpService:
         self.registry = registry
         self.metrics = metrics
         self.transports: list[asyncio.DatagramTransport] = []
+        self._pending: list[Callable[[], object]] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self.leases = LeaseTable.from_rows(
+            ((lease.ip, lease.mac, lease.expires) for lease in registry.leases()), time.time()
+        )
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -103,6 +122,36 @@ class DhcpService:
         for transport in self.transports:
             transport.close()
         self.transports.clear()
+        self.flush()
+
+    # ------------------------------------------------------------------ write-behind
+
+    def _later(self, op: Callable[[], object]) -> None:
+        """Queue a registry write; queued writes go in one transaction every 20 ms.
+
+        Answering does not wait for the disk: the in-memory lease table already holds
+        the decision, and at 2,000 packets/s one transaction per write is the bottleneck.
+        """
+        self._pending.append(op)
+        if self._flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # called outside the event loop (tests): write now
+                self.flush()
+                return
+            self._flush_handle = loop.call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        self._flush_handle = None
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            with self.registry.batch():
+                for op in pending:
+                    op()
+        except Exception:
+            log.exception("dhcp: %d registry writes failed", len(pending))
 
     # ------------------------------------------------------------------ one datagram
 
@@ -117,10 +166,10 @@ class DhcpService:
             self._drop("malformed", source, str(exc))
             return None
         now = time.time()
-        leases = self.registry.active_leases(now) if self.policy.mode is DhcpMode.FULL else {}
-        decision = decide(packet, self.policy, port=port, leases=leases, now=now)
+        self.leases.expire(now)
+        decision = decide(packet, self.policy, port=port, leases=self.leases, now=now)
         if packet.mac is not None:
-            self._record(packet.mac, packet, decision, port)
+            self._record(packet.mac, packet, decision, port, now)
         if decision.lease is not None:
             self._apply(decision.lease, packet)
         if decision.reply is None:
@@ -137,19 +186,25 @@ class DhcpService:
         self.metrics.inc("provisioner_dhcp_dropped_total", reason=reason)
         log.debug("dhcp drop reason=%s from=%s:%d %s", reason, source[0], source[1], what)
 
-    def _record(self, mac: str, packet: DhcpPacket, decision: Decision, port: int) -> None:
+    def _record(
+        self, mac: str, packet: DhcpPacket, decision: Decision, port: int, now: float
+    ) -> None:
         client = decision.client
         if client is None or not (client.is_pxe or client.is_ipxe or client.is_http_client):
             return  # not a network-booting node: no registry entry
         seen_ip = packet.requested_address or (
             packet.ciaddr if packet.ciaddr != IPv4Address(0) else None
         )
-        self.registry.touch_node(
-            mac,
-            ip=str(seen_ip) if seen_ip and self.policy.mode is DhcpMode.PROXY else None,
-            firmware=client.firmware.value,
-            arch=client.arch,
-            firmware_is_guess=client.is_ipxe,
+        self._later(
+            functools.partial(
+                self.registry.touch_node,
+                mac,
+                ip=str(seen_ip) if seen_ip and self.policy.mode is DhcpMode.PROXY else None,
+                firmware=client.firmware.value,
+                arch=client.arch,
+                firmware_is_guess=client.is_ipxe,
+                now=now,
+            )
         )
         msg = _type_name(packet.message_type)
         detail: dict[str, str | int | None] = {
@@ -158,17 +213,18 @@ class DhcpService:
             "arch": client.arch,
             "client": "ipxe" if client.is_ipxe else client.firmware.value,
         }
-        self.registry.add_event(mac, EventKind.DHCP, detail)
+        self._later(functools.partial(self.registry.add_event, mac, EventKind.DHCP, detail, ts=now))
         reply = decision.reply
         if reply is not None:
-            self.registry.add_event(
-                mac,
-                EventKind.DHCP_REPLY,
-                {
-                    "msg": _type_name(reply.message_type),
-                    "address": str(reply.yiaddr) if reply.yiaddr != IPv4Address(0) else None,
-                    "boot": reply.file or None,
-                },
+            answer = {
+                "msg": _type_name(reply.message_type),
+                "address": str(reply.yiaddr) if reply.yiaddr != IPv4Address(0) else None,
+                "boot": reply.file or None,
+            }
+            self._later(
+                functools.partial(
+                    self.registry.add_event, mac, EventKind.DHCP_REPLY, answer, ts=now
+                )
             )
         log.info(
             "dhcp %s mac=%s port=%d -> %s",
@@ -184,9 +240,13 @@ class DhcpService:
             kind = (
                 LeaseKind.BOUND if packet.message_type is MessageType.REQUEST else LeaseKind.OFFERED
             )
-            self.registry.commit_lease(action.mac, action.ip, action.expires_at, kind)
+            self._later(
+                functools.partial(
+                    self.registry.commit_lease, action.mac, action.ip, action.expires_at, kind
+                )
+            )
         elif action.kind is LeaseActionKind.RELEASE:
-            self.registry.release_lease(action.mac)
+            self._later(functools.partial(self.registry.release_lease, action.mac))
         elif action.kind is LeaseActionKind.DECLINE and action.ip is not None:
             self.registry.decline(action.ip, action.mac, time.time() + DECLINE_HOLD_SECONDS)
 

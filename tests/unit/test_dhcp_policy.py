@@ -29,6 +29,7 @@ from provisioner.boot.dhcp_policy import (
     classify,
     decide,
 )
+from provisioner.boot.leases import LeaseTable
 from provisioner.errors import ConfigError, DhcpDecodeError
 
 SERVER = IPv4Address("10.10.0.1")
@@ -394,7 +395,14 @@ _OTHER = "aa:aa:aa:aa:aa:aa"
         (MAC, None, {}, {"reservations": {_OTHER: IP("10.10.0.100")}}, "10.10.0.101"),
         (MAC, None, {}, {"server_ip": IP("10.10.0.100")}, "10.10.0.101"),
         (MAC, None, {}, {"router": IP("10.10.0.100")}, "10.10.0.101"),
-        (MAC, None, {IP(f"10.10.0.{n}"): _OTHER for n in range(100, 104)}, {}, None),
+        # one address per MAC (the lease table's rule): four other clients fill the pool
+        (
+            MAC,
+            None,
+            {IP(f"10.10.0.{n}"): f"aa:aa:aa:aa:aa:{n:02x}" for n in range(100, 104)},
+            {},
+            None,
+        ),
         (MAC, None, {}, {"pool_start": None, "pool_end": None}, None),
     ],
 )
@@ -407,7 +415,7 @@ def test_choose_address(
 ) -> None:
     cfg = replace(FULL, **cfg_change)
     wanted = IP(requested) if requested else None
-    chosen = choose_address(mac, wanted, cfg, leases)
+    chosen = choose_address(mac, wanted, cfg, LeaseTable.from_mapping(leases))
     assert chosen == (IP(expected) if expected else None)
 
 

@@ -1,0 +1,379 @@
+"""Network namespaces as lab building blocks: hosts on a private Linux bridge.
+
+A :class:`LabNetwork` is a throw-away Ethernet segment built only from network
+namespaces, so that DHCP, TFTP and HTTP traffic never reaches the machine's own
+interfaces::
+
+    <prefix>-sw      the "switch": a bridge br0 and one veth end per host
+    <prefix>-<host>  one namespace per host, its veth end renamed eth0
+
+Every name starts with a short unique prefix (``pv`` + 6 hex digits) so parallel
+runs and leftovers never collide; :func:`cleanup` removes leftovers by prefix.
+Processes started through the network are tracked by PID and ended by
+:meth:`LabNetwork.close` (SIGTERM, then SIGKILL after a grace period) before the
+namespaces are deleted, the switch last.
+
+Errors: :class:`LabError` (a :class:`~provisioner.errors.ProvisionerError`) and its
+child :class:`CommandError` for a command that failed or timed out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface
+from types import TracebackType
+from typing import IO, Any
+
+from provisioner.errors import ProvisionerError
+
+log = logging.getLogger(__name__)
+
+PREFIX_ROOT = "pv"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_GRACE = 3.0
+BRIDGE = "br0"
+HOST_IFACE = "eth0"
+IFNAMSIZ = 15  # longest interface name the kernel accepts
+
+_HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_QUIET_SYSCTLS = (
+    "net.ipv6.conf.all.disable_ipv6=1",
+    "net.ipv6.conf.default.disable_ipv6=1",
+)
+
+Redirect = int | IO[Any] | None
+
+
+class LabError(ProvisionerError):
+    """The lab network could not be built, used or torn down."""
+
+
+class CommandError(LabError):
+    """A command run for the lab exited non-zero or ran out of time."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str):
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        status = "timed out" if returncode is None else f"exited {returncode}"
+        detail = f": {stderr.strip()}" if stderr.strip() else ""
+        super().__init__(f"{' '.join(self.argv)} {status}{detail}")
+
+
+def new_prefix() -> str:
+    """A fresh name prefix: ``pv`` and 6 random hex digits."""
+    return PREFIX_ROOT + secrets.token_hex(3)
+
+
+def _run(
+    argv: Sequence[str], *, check: bool = True, timeout: float = DEFAULT_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv``; translate subprocess failures into :class:`CommandError`."""
+    try:
+        done = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(argv, None, f"after {timeout}s") from exc
+    except OSError as exc:
+        raise CommandError(argv, None, str(exc)) from exc
+    if check and done.returncode != 0:
+        raise CommandError(argv, done.returncode, done.stderr)
+    return done
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A named network namespace; commands run in it through ``ip netns exec``.
+
+    ``on_spawn`` is called with every process :meth:`popen` starts, so that the
+    owner (a :class:`LabNetwork`) can end it later.
+    """
+
+    name: str
+    on_spawn: Callable[[subprocess.Popen[bytes]], None] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        """The command line that runs ``argv`` inside this namespace."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def run(
+        self, argv: Sequence[str], *, check: bool = True, timeout: float = DEFAULT_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` here to completion, output captured as text."""
+        return _run(self.argv(argv), check=check, timeout=timeout)
+
+    def popen(
+        self,
+        argv: Sequence[str],
+        *,
+        stdout: Redirect = subprocess.DEVNULL,
+        stderr: Redirect = subprocess.DEVNULL,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` here in the background (``ip netns exec`` execs it: same PID)."""
+        full = self.argv(argv)
+        try:
+            proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+        except OSError as exc:
+            raise CommandError(full, None, str(exc)) from exc
+        log.debug("started pid=%d netns=%s argv=%s", proc.pid, self.name, list(argv))
+        if self.on_spawn is not None:
+            self.on_spawn(proc)
+        return proc
+
+    def pids(self) -> list[int]:
+        """PIDs of every process living in this namespace."""
+        done = _run(["ip", "netns", "pids", self.name], check=False)
+        return [int(word) for word in done.stdout.split() if word.isdigit()]
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A host to put on the lab segment: its name, optional address and MAC."""
+
+    name: str
+    address: IPv4Interface | None = None
+    mac: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _HOST_NAME.match(self.name):
+            raise LabError(f"host name {self.name!r}: want [a-z][a-z0-9]*, at most 12 chars")
+        if self.mac is not None and not _MAC.match(self.mac):
+            raise LabError(f"host {self.name}: MAC {self.mac!r} is not aa:bb:cc:dd:ee:ff")
+
+
+def list_namespaces() -> list[str]:
+    """Names of all named network namespaces (``ip netns list``)."""
+    done = _run(["ip", "netns", "list"])
+    return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+
+
+def _end_processes(procs: Iterable[subprocess.Popen[bytes]], grace: float) -> None:
+    """SIGTERM each process, SIGKILL what is left after ``grace`` seconds, reap all."""
+    live = [proc for proc in procs if proc.poll() is None]
+    for proc in live:
+        proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in live:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("pid=%d ignored SIGTERM for %.1fs, sending SIGKILL", proc.pid, grace)
+            proc.kill()
+            proc.wait()
+
+
+def _end_pids(pids: Iterable[int], grace: float) -> None:
+    """Like :func:`_end_processes` for PIDs we did not spawn ourselves (no reaping)."""
+    pending = set(pids)
+    for pid in list(pending):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pending.discard(pid)
+    deadline = time.monotonic() + grace
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+        pending = {pid for pid in pending if _alive(pid)}
+    for pid in pending:
+        log.warning("pid=%d ignored SIGTERM for %.1fs, sending SIGKILL", pid, grace)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _delete_namespace(name: str, grace: float) -> None:
+    """End the processes still inside namespace ``name``, then delete it."""
+    _end_pids(Namespace(name).pids(), grace)
+    _run(["ip", "netns", "delete", name], check=False)
+
+
+def cleanup(prefix: str, *, grace: float = DEFAULT_GRACE) -> list[str]:
+    """Remove every namespace whose name starts with ``prefix``; return their names.
+
+    Processes still inside them (a previous run's servers) are ended first; the
+    switch namespaces (``*-sw``) go last so that veth pairs die from the host end.
+    """
+    if len(prefix) < len(PREFIX_ROOT):
+        raise LabError(f"cleanup prefix {prefix!r} is too short to be safe")
+    doomed = [name for name in list_namespaces() if name.startswith(prefix)]
+    doomed.sort(key=lambda name: (name.endswith("-sw"), name))
+    for name in doomed:
+        log.info("removing leftover netns=%s", name)
+        _delete_namespace(name, grace)
+    return doomed
+
+
+class LabNetwork:
+    """A bridge in a switch namespace and hosts joined to it; a context manager.
+
+    >>> with LabNetwork([HostSpec("site", IPv4Interface("10.77.0.2/24"))]) as lab:
+    ...     lab.host("site").run(["ip", "addr"])
+    """
+
+    def __init__(
+        self,
+        hosts: Iterable[HostSpec] = (),
+        *,
+        prefix: str | None = None,
+        grace: float = DEFAULT_GRACE,
+    ) -> None:
+        self.prefix = prefix or new_prefix()
+        if len(self.prefix) + 4 > IFNAMSIZ:
+            raise LabError(f"prefix {self.prefix!r} leaves no room in a {IFNAMSIZ}-char name")
+        self.grace = grace
+        self._specs = list(hosts)
+        self._hosts: dict[str, Namespace] = {}
+        self._macs: dict[str, str] = {}
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._created: list[str] = []
+        self._switch: Namespace | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def __enter__(self) -> LabNetwork:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Create the switch and the hosts given at construction."""
+        if self._switch is not None:
+            raise LabError(f"lab {self.prefix} is already open")
+        try:
+            switch = self._new_namespace(f"{self.prefix}-sw")
+            switch.run(
+                ["ip", "link", "add", BRIDGE, "type", "bridge", "forward_delay", "0",
+                 "stp_state", "0", "mcast_snooping", "0"]
+            )  # fmt: skip
+            switch.run(["ip", "link", "set", BRIDGE, "up"])
+            self._switch = switch
+            for spec in self._specs:
+                self._add(spec)
+        except BaseException:
+            self.close()
+            raise
+        log.info("lab %s up with hosts %s", self.prefix, sorted(self._hosts))
+
+    def close(self) -> None:
+        """End tracked processes, then delete the namespaces (switch last). Idempotent."""
+        procs, self._procs = self._procs, []
+        try:
+            _end_processes(procs, self.grace)
+        finally:
+            for proc in procs:
+                for stream in (proc.stdin, proc.stdout, proc.stderr):
+                    if stream is not None:
+                        stream.close()
+            created, self._created = self._created, []
+            for name in sorted(created, key=lambda n: n.endswith("-sw")):
+                _delete_namespace(name, self.grace)
+            self._hosts.clear()
+            self._macs.clear()
+            self._switch = None
+
+    # -- hosts ---------------------------------------------------------------
+
+    def add_host(
+        self, name: str, *, address: IPv4Interface | str | None = None, mac: str | None = None
+    ) -> Namespace:
+        """Join one more host to the (open) segment and return its namespace."""
+        if isinstance(address, str):
+            address = IPv4Interface(address)
+        return self._add(HostSpec(name, address, mac.lower() if mac else None))
+
+    def host(self, name: str) -> Namespace:
+        """The namespace of host ``name``; its processes are tracked by this lab."""
+        try:
+            return self._hosts[name]
+        except KeyError:
+            raise LabError(f"lab {self.prefix} has no host {name!r}") from None
+
+    def mac(self, name: str) -> str:
+        """The MAC address of host ``name``'s eth0."""
+        self.host(name)
+        return self._macs[name]
+
+    @property
+    def switch(self) -> Namespace:
+        if self._switch is None:
+            raise LabError(f"lab {self.prefix} is not open")
+        return self._switch
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(self._hosts)
+
+    def namespaces(self) -> list[str]:
+        """Names of the namespaces this lab created and has not yet deleted."""
+        return list(self._created)
+
+    def pids(self) -> list[int]:
+        """PIDs of the tracked processes that are still running."""
+        return [proc.pid for proc in self._procs if proc.poll() is None]
+
+    # -- internals -----------------------------------------------------------
+
+    def _track(self, proc: subprocess.Popen[bytes]) -> None:
+        self._procs.append(proc)
+
+    def _new_namespace(self, name: str) -> Namespace:
+        _run(["ip", "netns", "add", name])
+        self._created.append(name)
+        ns = Namespace(name, on_spawn=self._track)
+        ns.run(["sysctl", "-q", "-w", *_QUIET_SYSCTLS])
+        ns.run(["ip", "link", "set", "lo", "up"])
+        return ns
+
+    def _add(self, spec: HostSpec) -> Namespace:
+        switch = self.switch
+        if spec.name in self._hosts:
+            raise LabError(f"lab {self.prefix} already has a host {spec.name!r}")
+        port = f"{self.prefix}v{len(self._hosts)}"
+        ns = self._new_namespace(f"{self.prefix}-{spec.name}")
+        peer = ["peer", "name", HOST_IFACE]
+        if spec.mac is not None:
+            peer += ["address", spec.mac]
+        switch.run(["ip", "link", "add", port, "type", "veth", *peer, "netns", ns.name])
+        switch.run(["ip", "link", "set", port, "master", BRIDGE])
+        switch.run(["ip", "link", "set", port, "up"])
+        if spec.address is not None:
+            ns.run(["ip", "addr", "add", spec.address.with_prefixlen, "dev", HOST_IFACE])
+        ns.run(["ip", "link", "set", HOST_IFACE, "up"])
+        self._hosts[spec.name] = ns
+        self._macs[spec.name] = _link_mac(ns, HOST_IFACE)
+        log.debug("lab %s: host %s mac=%s", self.prefix, spec.name, self._macs[spec.name])
+        return ns
+
+
+def _link_mac(ns: Namespace, iface: str) -> str:
+    done = ns.run(["ip", "-j", "link", "show", "dev", iface])
+    links: list[dict[str, object]] = json.loads(done.stdout)
+    return str(links[0]["address"])
