@@ -165,6 +165,10 @@ def _show_node(node: Node, events: list[Event], *, has_inventory: bool) -> None:
         print(f"{key:11} {value if value is not None else '-'}")
     print(f"{'inventory':11} {'received' if has_inventory else '-'}")
     print("\nboot timeline (t = seconds since the first step shown, + = since the previous):")
+    _print_timeline(events)
+
+
+def _print_timeline(events: list[Event]) -> None:
     if not events:
         print("  (nothing yet)")
         return
@@ -188,6 +192,57 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# ---------------------------------------------------------------- lab
+
+
+def cmd_lab_simulate(args: argparse.Namespace) -> int:
+    from provisioner.lab.simulate import simulate
+
+    def progress(who: str, what: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {who:6} {what}", file=sys.stderr, flush=True)
+
+    runs, nodes, timelines = simulate(
+        args.nodes,
+        Mode(args.mode),
+        args.firmware,
+        progress,
+        Path(args.state_dir) if args.state_dir else None,
+    )
+    if args.json:
+        _print_json(
+            {
+                "runs": [r.as_dict() for r in runs],
+                "nodes": [n.as_dict() for n in nodes],
+                "timelines": timelines,
+            }
+        )
+        return 0 if all(r.ok for r in runs) else 1
+    print()
+    _table(
+        ("MAC", "HOSTNAME", "STATE", "PROFILE", "IP", "FIRMWARE"),
+        [
+            (
+                n.mac,
+                n.hostname or "-",
+                n.state.value,
+                n.profile or "-",
+                n.ip or "-",
+                n.firmware or "-",
+            )
+            for n in nodes
+        ],
+    )
+    for node in nodes:
+        print(f"\n{node.mac}:")
+        _print_timeline([Event.from_dict(node.mac, e) for e in timelines[node.mac]])
+    failed = [r.name for r in runs if not r.ok]
+    print(
+        f"\n{len(runs) - len(failed)} of {len(runs)} nodes went through every step"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------- parser
@@ -233,6 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     nshow.add_argument("--json", action="store_true")
     nshow.set_defaults(func=cmd_node_show)
 
+    lab = sub.add_parser("lab", help="a virtual cluster on this machine")
+    lab_sub = lab.add_subparsers(dest="subcommand", required=True)
+    sim = lab_sub.add_parser(
+        "simulate",
+        help="serve in a throwaway network and PXE-boot simulated nodes through it",
+    )
+    sim.add_argument("--nodes", type=int, default=2)
+    sim.add_argument("--mode", choices=[m.value for m in Mode], default="full")
+    sim.add_argument("--firmware", choices=["bios", "uefi", "mixed"], default="mixed")
+    sim.add_argument("--state-dir", help="keep the registry here (default: thrown away)")
+    sim.add_argument("--json", action="store_true")
+    sim.set_defaults(func=cmd_lab_simulate)
     return p
 
 

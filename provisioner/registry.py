@@ -124,6 +124,17 @@ class Event:
     def as_dict(self) -> dict[str, object]:
         return {"ts": self.ts, "kind": self.kind.value, "detail": dict(self.detail)}
 
+    @classmethod
+    def from_dict(cls, mac: str, data: Mapping[str, object]) -> Event:
+        detail = data.get("detail")
+        ts = data.get("ts")
+        return cls(
+            mac,
+            float(ts) if isinstance(ts, (int, float)) else 0.0,
+            EventKind(str(data.get("kind"))),
+            detail if isinstance(detail, Mapping) else {},
+        )
+
 
 @dataclass(frozen=True)
 class Lease:

@@ -32,7 +32,7 @@ from provisioner.boot.leases import LeaseTable
 from provisioner.config import Config, Mode
 from provisioner.errors import BootServiceError, DhcpDecodeError
 from provisioner.metrics import Metrics
-from provisioner.registry import EventKind, LeaseKind, Registry
+from provisioner.registry import EventKind, LeaseKind, Registry, declined_owner
 
 log = logging.getLogger(__name__)
 
@@ -235,20 +235,24 @@ class DhcpService:
         )
 
     def _apply(self, action: LeaseAction, packet: DhcpPacket) -> None:
+        """Mirror a lease decision into the lease table now and the registry soon."""
         if action.kind is LeaseActionKind.COMMIT:
             assert action.ip is not None and action.expires_at is not None
-            kind = (
-                LeaseKind.BOUND if packet.message_type is MessageType.REQUEST else LeaseKind.OFFERED
-            )
+            bound = packet.message_type is MessageType.REQUEST
+            kind = LeaseKind.BOUND if bound else LeaseKind.OFFERED
+            self.leases.put(action.ip, action.mac, action.expires_at)
             self._later(
                 functools.partial(
                     self.registry.commit_lease, action.mac, action.ip, action.expires_at, kind
                 )
             )
         elif action.kind is LeaseActionKind.RELEASE:
+            self.leases.drop_mac(action.mac)
             self._later(functools.partial(self.registry.release_lease, action.mac))
         elif action.kind is LeaseActionKind.DECLINE and action.ip is not None:
-            self.registry.decline(action.ip, action.mac, time.time() + DECLINE_HOLD_SECONDS)
+            until = time.time() + DECLINE_HOLD_SECONDS
+            self.leases.put(action.ip, declined_owner(action.mac), until)
+            self._later(functools.partial(self.registry.decline, action.ip, action.mac, until))
 
 
 def _type_name(message_type: MessageType | None) -> str:

@@ -1,0 +1,84 @@
+"""The DHCP adapter's bookkeeping, fed datagrams directly (no socket): lease table and
+registry stay in step, and the replies go where the policy says."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+from scapy.layers.dhcp import BOOTP, DHCP
+
+from provisioner.boot.dhcp_codec import decode
+from provisioner.boot.dhcp_server import DhcpService
+from provisioner.config import Mode, parse_config, render_config
+from provisioner.metrics import Metrics
+from provisioner.registry import Registry
+
+PXE = [("vendor_class_id", b"PXEClient:Arch:00000:UNDI:002001"), (93, b"\x00\x00")]
+
+
+def packet(mac: str, kind: str, *extra: tuple[str, object]) -> bytes:
+    chaddr = bytes.fromhex(mac.replace(":", "")) + b"\0" * 10
+    options = [("message-type", kind), *PXE, *extra, "end"]
+    return bytes(BOOTP(op=1, chaddr=chaddr, xid=7, flags=0x8000) / DHCP(options=options))
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> DhcpService:
+    cfg = parse_config(
+        render_config(
+            interface="eth0",
+            address="10.60.0.1/24",
+            mode=Mode.FULL,
+            dhcp_range="10.60.0.10-10.60.0.20",
+            state_dir=tmp_path,
+        )
+    )
+    return DhcpService(cfg, Registry(cfg.registry_path), Metrics())
+
+
+def offer(service: DhcpService, mac: str) -> IPv4Address:
+    result = service.handle(packet(mac, "discover"), ("0.0.0.0", 68), 67)
+    assert result is not None
+    data, dest = result
+    assert dest == ("255.255.255.255", 68)
+    return decode(data).yiaddr
+
+
+def test_simultaneous_discovers_get_different_addresses(service: DhcpService) -> None:
+    a = offer(service, "02:00:00:00:00:01")
+    b = offer(service, "02:00:00:00:00:02")
+    assert (a, b) == (IPv4Address("10.60.0.10"), IPv4Address("10.60.0.11"))
+    assert offer(service, "02:00:00:00:00:01") == a  # a repeat keeps its offer
+
+
+def test_ack_is_remembered_by_a_new_service(service: DhcpService, tmp_path: Path) -> None:
+    mac = "02:00:00:00:00:05"
+    ip = offer(service, mac)
+    req = packet(mac, "request", ("requested_addr", str(ip)), ("server_id", "10.60.0.1"))
+    result = service.handle(req, ("0.0.0.0", 68), 67)
+    assert result is not None and decode(result[0]).message_type is not None
+    service.flush()
+    again = DhcpService(service.cfg, Registry(service.cfg.registry_path), Metrics())
+    assert again.leases.held_by(mac) == ip
+    assert offer(again, "02:00:00:00:00:06") != ip
+    node = again.registry.node(mac)
+    assert node is not None and node.ip == str(ip) and node.firmware == "bios"
+
+
+def test_release_and_decline_free_and_block(service: DhcpService) -> None:
+    mac = "02:00:00:00:00:07"
+    ip = offer(service, mac)
+    assert service.handle(packet(mac, "release"), ("10.60.0.10", 68), 67) is None
+    assert service.leases.held_by(mac) is None
+    decline = packet(mac, "decline", ("requested_addr", str(ip)))
+    assert service.handle(decline, ("0.0.0.0", 68), 67) is None
+    assert offer(service, "02:00:00:00:00:08") != ip
+    assert service.metrics.total("provisioner_dhcp_dropped_total") == 0
+
+
+def test_garbage_is_counted_not_raised(service: DhcpService) -> None:
+    assert service.handle(b"\x01\x02", ("10.0.0.9", 68), 67) is None
+    assert service.metrics.value("provisioner_dhcp_dropped_total", reason="malformed") == 1
+    assert offer(service, "02:00:00:00:00:09") == IPv4Address("10.60.0.10")
