@@ -9,7 +9,10 @@
     ├── ProtocolError                bytes from the wire that break a protocol's rules
     │   ├── DhcpDecodeError          a datagram that is not a well-formed BOOTP/DHCP packet
     │   └── TftpPathError            a TFTP file name outside the served root
-    └── BootServiceError             a boot service failed to start (a bind, a missing file)
+    ├── BootServiceError             a boot service failed to start (a bind, a missing file)
+    └── LabError (lab/netns.py)      the virtual lab could not be built or driven
+        ├── CommandError             a command (ip, dnsmasq, ...) failed: argv, status, stderr
+        └── PxeClientError (lab/pxepacket.py)  the scripted PXE client got no answer
 
 Third-party exceptions (tftpy, uvicorn, subprocess, OSError) are translated at the
 adapter edge with ``raise OurError(...) from exc``.
