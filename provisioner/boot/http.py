@@ -18,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
@@ -30,6 +30,7 @@ from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.boot.policy import INITRD_FILE, KERNEL_FILE, boot_spec
 from provisioner.boot.tftp import confine
 from provisioner.config import Config, normalize_mac
+from provisioner.discovery.report import parse_report
 from provisioner.errors import IllegalTransition, RegistryError, TftpPathError
 from provisioner.metrics import Metrics
 from provisioner.registry import EventKind, Registry
@@ -165,6 +166,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     async def post_inventory(
         mac_raw: str, request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> dict[str, str]:
+        """The agent's report: its raw text format (text/plain) or a JSON object."""
         mac = mac_or_404(mac_raw)
         token = bearer(authorization)
         if token is None or not ctx.registry.check_boot_token(mac, token):
@@ -179,15 +181,11 @@ def create_app(ctx: AppContext) -> FastAPI:
         body = await request.body()
         if len(body) > MAX_INVENTORY_BYTES:
             raise HTTPException(413, f"inventory over {MAX_INVENTORY_BYTES} bytes")
-        try:
-            parsed = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HTTPException(400, f"inventory is not JSON: {exc}") from exc
-        if not isinstance(parsed, dict):
-            raise HTTPException(400, "inventory must be a JSON object")
-        node = ctx.registry.store_inventory(mac, json.dumps(parsed))
-        log.info("inventory received mac=%s state=%s", mac, node.state)
-        return {"mac": mac, "state": node.state.value}
+        stored = _inventory_document(body, request.headers.get("content-type", ""))
+        node = ctx.registry.store_inventory(mac, json.dumps(stored))
+        problems = stored.get("problems") or []
+        log.info("inventory received mac=%s state=%s problems=%d", mac, node.state, len(problems))
+        return {"mac": mac, "state": node.state.value, "next": "stay"}
 
     @app.patch("/api/v1/nodes/{key}", dependencies=[Depends(require_api_token)])
     def update_node(key: str, update: NodeUpdate) -> dict[str, str | float | int | None]:
@@ -225,6 +223,31 @@ def create_app(ctx: AppContext) -> FastAPI:
         return JSONResponse({"ok": True, "mode": ctx.config.network.mode.value})
 
     return app
+
+
+def _inventory_document(body: bytes, content_type: str) -> dict[str, Any]:
+    """What the registry keeps of a report: the parsed inventory, problems, the raw text."""
+    if content_type.startswith("text/plain"):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise HTTPException(400, f"report is not UTF-8: {exc}") from exc
+        result = parse_report(text)
+        if not result.inventory.pci and not result.inventory.nics:
+            raise HTTPException(400, "not an agent report: " + "; ".join(result.problems[:3]))
+        return {
+            "format": "agent/1",
+            "inventory": result.inventory.as_dict(),
+            "problems": result.problems,
+            "raw": text,
+        }
+    try:
+        parsed = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPException(400, f"inventory is not JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise HTTPException(400, "inventory must be a JSON object")
+    return {"format": "json", "inventory": parsed, "problems": []}
 
 
 def record_file(ctx: AppContext, served: FileServed, started: float | None = None) -> None:

@@ -17,6 +17,7 @@ from provisioner.registry import EventKind, Registry
 from provisioner.states import NodeEvent, NodeState
 
 MAC = "52:54:00:aa:bb:01"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "agent"
 API_TOKEN = "test-api-token-0123456789"
 
 
@@ -160,9 +161,10 @@ def test_inventory_needs_the_boot_token(client: TestClient, ctx: AppContext) -> 
     assert client.post(url, content=b"not json", headers=auth).status_code == 400
     assert client.post(url, json=[1, 2], headers=auth).status_code == 400
     r = client.post(url, json={"cpu": "x"}, headers=auth)
-    assert r.status_code == 202 and r.json() == {"mac": MAC, "state": "discovered"}
+    assert r.status_code == 202
+    assert r.json() == {"mac": MAC, "state": "discovered", "next": "stay"}
     shown = client.get(f"/api/v1/nodes/{MAC}").json()
-    assert shown["state"] == "discovered" and shown["inventory"] == {"cpu": "x"}
+    assert shown["state"] == "discovered" and shown["inventory"]["inventory"] == {"cpu": "x"}
     kinds = [e["kind"] for e in shown["timeline"]]
     assert kinds[:1] == ["script"] and "refused" in kinds and kinds[-2:] == ["inventory", "state"]
 
@@ -205,3 +207,20 @@ def test_metrics_count_refusals_and_nodes(client: TestClient, ctx: AppContext) -
     text = client.get("/metrics").text
     assert 'provisioner_http_refused_total{reason="api-token"} 1' in text
     assert "# TYPE provisioner_http_refused_total counter" in text
+
+
+def test_agent_text_report_is_parsed_and_kept(client: TestClient, ctx: AppContext) -> None:
+    build_discovery(ctx)
+    script = client.get(f"/boot/{MAC}.ipxe").text
+    token = re.search(r"provisioner\.token=(\S+)", script).group(1)  # type: ignore[union-attr]
+    report = (FIXTURES / "qemu-q35-uefi.txt").read_text()
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain; charset=utf-8"}
+    url = f"/api/v1/nodes/{MAC}/inventory"
+    bad = client.post(url, content=b"hello", headers=auth)
+    assert bad.status_code == 400 and "not an agent report" in bad.json()["detail"]
+    r = client.post(url, content=report.encode(), headers=auth)
+    assert r.status_code == 202
+    kept = client.get(f"/api/v1/nodes/{MAC}").json()["inventory"]
+    assert kept["format"] == "agent/1" and kept["raw"] == report
+    assert kept["inventory"]["firmware"] == "uefi"
+    assert {d["vendor"] for d in kept["inventory"]["pci"]} >= {"1af4", "8086"}
