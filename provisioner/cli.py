@@ -30,9 +30,17 @@ log = logging.getLogger("provisioner")
 
 
 def _config_path(args: argparse.Namespace) -> Path:
+    """--config, else $PROVISIONER_CONFIG, else the system's, else a running lab's."""
     if args.config:
         return Path(args.config)
-    return Path(os.environ.get("PROVISIONER_CONFIG", DEFAULT_CONFIG_PATH))
+    if "PROVISIONER_CONFIG" in os.environ:
+        return Path(os.environ["PROVISIONER_CONFIG"])
+    from provisioner.lab.lab import DEFAULT_LAB_DIR
+
+    lab_config = DEFAULT_LAB_DIR / "provisioner.toml"
+    if not DEFAULT_CONFIG_PATH.exists() and lab_config.exists():
+        return lab_config
+    return DEFAULT_CONFIG_PATH
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -245,6 +253,71 @@ def cmd_lab_simulate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _lab_progress(what: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
+
+
+def cmd_lab_up(args: argparse.Namespace) -> int:
+    from provisioner.lab import lab
+
+    state = lab.up(
+        Path(args.dir),
+        nodes=args.nodes,
+        firmware=args.firmware,
+        mode=Mode(args.mode),
+        memory_mib=args.memory,
+        accel=args.accel,
+        progress=_lab_progress,
+        timeout=args.timeout,
+        appliance=not args.no_appliance,
+    )
+    return _report_lab(state, as_json=False)
+
+
+def cmd_lab_status(args: argparse.Namespace) -> int:
+    from provisioner.lab import lab
+
+    state = lab.LabState.load(Path(args.dir))
+    if state is None:
+        print("no lab is up (provisioner lab up)", file=sys.stderr)
+        return 1
+    return _report_lab(state, as_json=args.json, stuck_after=args.stuck_after)
+
+
+def _report_lab(state: object, *, as_json: bool, stuck_after: float | None = None) -> int:
+    from provisioner.lab import lab
+
+    assert isinstance(state, lab.LabState)
+    statuses = lab.status(state, stuck_after=stuck_after or lab.STUCK_SECONDS)
+    bad = [s.name for s in statuses if s.verdict in ("failed", "stuck")]
+    consoles = lab.vm_consoles(state, bad)
+    if as_json:
+        _print_json(
+            {
+                "prefix": state.prefix,
+                "mode": state.mode,
+                "config": str(state.config),
+                "nodes": [{**s.__dict__, "console_tail": consoles.get(s.name)} for s in statuses],
+            }
+        )
+    else:
+        print(f"lab {state.prefix} ({state.mode} mode), config {state.config}")
+        for s in statuses:
+            print("  " + s.line())
+            if s.name in consoles:
+                print("    serial console (last lines):")
+                for line in (consoles[s.name] or "(empty)").splitlines():
+                    print(f"      {line}")
+    return 1 if bad or any(s.verdict != "discovered" for s in statuses) else 0
+
+
+def cmd_lab_down(args: argparse.Namespace) -> int:
+    from provisioner.lab import lab
+
+    lab.down(Path(args.dir), _lab_progress)
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -300,6 +373,39 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--state-dir", help="keep the registry here (default: thrown away)")
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=cmd_lab_simulate)
+    from provisioner.lab.lab import DEFAULT_LAB_DIR
+
+    lab_up = lab_sub.add_parser("up", help="boot QEMU VMs through the appliance")
+    lab_up.add_argument("--nodes", type=int, default=2)
+    lab_up.add_argument("--firmware", choices=["bios", "uefi", "mixed"], default="mixed")
+    lab_up.add_argument("--mode", choices=[m.value for m in Mode], default="full")
+    lab_up.add_argument("--memory", type=int, default=512, help="MiB per VM")
+    lab_up.add_argument(
+        "--accel",
+        choices=["tcg", "kvm"],
+        default="tcg",
+        help="tcg (default): firmware hangs under the nested KVM here",
+    )
+    lab_up.add_argument("--timeout", type=float, default=900, help="seconds to follow the boots")
+    lab_up.add_argument(
+        "--no-appliance",
+        action="store_true",
+        help="leave provisioner serve off (see how nodes fail without it)",
+    )
+    lab_up.set_defaults(func=cmd_lab_up)
+    lab_status = lab_sub.add_parser("status", help="each lab node's state and last boot step")
+    lab_status.add_argument("--json", action="store_true")
+    lab_status.add_argument(
+        "--stuck-after",
+        type=float,
+        default=None,
+        help="seconds without a new boot step before a node counts as stuck",
+    )
+    lab_status.set_defaults(func=cmd_lab_status)
+    lab_down = lab_sub.add_parser("down", help="remove every namespace, tap and process of the lab")
+    lab_down.set_defaults(func=cmd_lab_down)
+    for sp in (lab_up, lab_status, lab_down):
+        sp.add_argument("--dir", default=str(DEFAULT_LAB_DIR), help="the lab's files")
     return p
 
 

@@ -1,0 +1,405 @@
+"""The virtual lab: `provisioner lab up | status | down`.
+
+`up` builds what is missing (the discovery image), makes an isolated network (a switch
+namespace with a bridge, the appliance in its own namespace, in proxy mode dnsmasq as the
+site DHCP server), starts `provisioner serve` there and powers on N QEMU VMs whose only
+boot device is the network, then follows each node through DHCP, TFTP, iPXE, its script,
+kernel, initrd and inventory. Everything it starts is recorded in ``lab.json``; `down`
+ends those processes by PID and deletes the lab's namespaces (with them its bridge,
+veths and taps), and nothing else. The lab's state directory (registry, image store) is
+kept, so `provisioner node list` still answers and the next `up` needs no rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Interface
+from pathlib import Path
+
+from provisioner.config import Mode, render_config, write_config
+from provisioner.lab.netns import (
+    HostSpec,
+    LabError,
+    LabNetwork,
+    Namespace,
+    cleanup,
+    list_namespaces,
+)
+from provisioner.lab.vm import VmSpec, console_tail, prepare, qemu_argv
+from provisioner.registry import Event, EventKind, Registry
+from provisioner.states import NodeState
+
+DEFAULT_LAB_DIR = Path(os.environ.get("PROVISIONER_LAB_DIR", "/var/lib/provisioner-lab"))
+SUBNET = "10.99.0"
+SERVER = f"{SUBNET}.1"
+SITE = f"{SUBNET}.2"
+HTTP_PORT = 8080
+LAB_KERNEL_ARGS = "console=ttyS0,115200n8 provisioner.after=poweroff"
+STEPS = ("dhcp", "tftp", "ipxe", "script", "kernel", "initrd", "inventory")
+STUCK_SECONDS = 180.0
+DISCOVERY_RECIPE = Path(__file__).resolve().parents[2] / "images" / "discovery.toml"
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class LabNode:
+    name: str
+    mac: str
+    firmware: str
+    tap: str
+    pid: int | None = None
+    powered_on: float | None = None
+
+
+@dataclass
+class LabState:
+    prefix: str
+    mode: str
+    directory: str
+    started: float
+    accel: str
+    memory_mib: int
+    pids: dict[str, int] = field(default_factory=dict)
+    nodes: list[LabNode] = field(default_factory=list)
+
+    @property
+    def config(self) -> Path:
+        return Path(self.directory) / "provisioner.toml"
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.directory) / "state"
+
+    def vm(self, node: LabNode) -> VmSpec:
+        return VmSpec(
+            node.name,
+            node.mac,
+            node.firmware,
+            node.tap,
+            Path(self.directory) / "vms",
+            self.memory_mib,
+            self.accel,
+        )
+
+    def save(self) -> None:
+        path = Path(self.directory) / "lab.json"
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> LabState | None:
+        path = directory / "lab.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        data["nodes"] = [LabNode(**n) for n in data["nodes"]]
+        return cls(**data)
+
+
+# ---------------------------------------------------------------- pure: where is a node
+
+
+def steps_reached(events: Iterable[Event]) -> list[str]:
+    """The boot steps a node's timeline shows, in boot order."""
+    seen: set[str] = set()
+    for e in events:
+        detail = e.detail
+        if e.kind is EventKind.DHCP_REPLY:
+            seen.add("dhcp")
+        elif e.kind is EventKind.DHCP and detail.get("client") == "ipxe":
+            seen.add("ipxe")
+        elif e.kind is EventKind.TFTP and detail.get("ok"):
+            seen.add("tftp")
+        elif e.kind is EventKind.SCRIPT:
+            seen.add("script")
+        elif e.kind is EventKind.HTTP_FILE:
+            name = str(detail.get("file", ""))
+            if name.endswith("/vmlinuz"):
+                seen.add("kernel")
+            elif name.endswith("/initrd"):
+                seen.add("initrd")
+        elif e.kind is EventKind.INVENTORY:
+            seen.add("inventory")
+    return [s for s in STEPS if s in seen]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    mac: str
+    firmware: str
+    state: str
+    steps: list[str]
+    last_step: str | None
+    idle_seconds: float | None
+    vm_running: bool
+    verdict: str  # discovered | booting | stuck | failed
+
+    def line(self) -> str:
+        last = self.last_step or "nothing yet"
+        idle = f", {self.idle_seconds:.0f}s ago" if self.idle_seconds is not None else ""
+        vm = "VM running" if self.vm_running else "VM off"
+        return (
+            f"{self.name:9} {self.mac}  {self.firmware:4}  {self.verdict:10} "
+            f"state={self.state}  last step: {last}{idle}  ({vm})"
+        )
+
+
+def judge(
+    state: str,
+    steps: list[str],
+    idle: float | None,
+    running: bool,
+    age: float,
+    stuck_after: float = STUCK_SECONDS,
+) -> str:
+    if state == NodeState.DISCOVERED.value or "inventory" in steps:
+        return "discovered"
+    if not running:
+        return "failed"
+    if (idle if idle is not None else age) > stuck_after:
+        return "stuck"
+    return "booting"
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (our own child that exited) counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _spawn(ns: Namespace, argv: Sequence[str], log: Path) -> int:
+    """Start a detached process in ``ns`` (it outlives this command); its PID."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            ns.argv(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def _stop_pid(pid: int, grace: float = 5.0) -> None:
+    if not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- up / status / down
+
+
+def ensure_discovery_image(image_dir: Path, progress: Progress) -> None:
+    if (image_dir / "discovery" / "vmlinuz").exists() and (
+        image_dir / "discovery" / "initrd"
+    ).exists():
+        return
+    from provisioner.image.discovery import build_discovery
+
+    progress("building the discovery image (first time: downloads Debian's kernel)")
+    build_discovery(DISCOVERY_RECIPE, image_dir, image_cache(), progress)
+
+
+def image_cache() -> Path:
+    """Downloaded .debs, keyed by package and version (see the README's cache section)."""
+    return Path(os.environ.get("PROVISIONER_CACHE", "/var/cache/provisioner"))
+
+
+def up(
+    directory: Path,
+    *,
+    nodes: int,
+    firmware: str,
+    mode: Mode,
+    memory_mib: int,
+    accel: str,
+    progress: Progress,
+    timeout: float,
+    appliance: bool = True,
+) -> LabState:
+    existing = LabState.load(directory)
+    if existing is not None and any(n.startswith(existing.prefix) for n in list_namespaces()):
+        raise LabError(f"a lab is already up ({existing.prefix}): run `provisioner lab down`")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vms").mkdir(exist_ok=True)
+    state_dir = directory / "state"
+    ensure_discovery_image(state_dir / "images", progress)
+    for stale in state_dir.glob("registry.sqlite3*"):
+        stale.unlink()  # a new lab: a fresh registry (images are kept)
+
+    hosts = [HostSpec("prov", IPv4Interface(f"{SERVER}/24"))]
+    if mode is Mode.PROXY:
+        hosts.append(HostSpec("site", IPv4Interface(f"{SITE}/24")))
+    net = LabNetwork(hosts)
+    net.open()  # not closed on return: `lab down` removes it
+    lab = LabState(net.prefix, mode.value, str(directory), time.time(), accel, memory_mib)
+    lab.save()
+    try:
+        for i in range(1, nodes + 1):
+            fw = firmware if firmware != "mixed" else ("bios" if i % 2 else "uefi")
+            tap = f"{net.prefix}t{i}"
+            net.switch.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"])
+            net.switch.run(["ip", "link", "set", tap, "master", "br0", "up"])
+            lab.nodes.append(LabNode(f"labnode{i}", f"52:54:00:99:00:{i:02x}", fw, tap))
+        write_config(lab.config, _lab_config(mode, state_dir))
+        lab.save()
+        if mode is Mode.PROXY:
+            lab.pids["site-dhcp"] = _spawn(
+                net.host("site"), _dnsmasq_argv(directory), directory / "site-dhcp.log"
+            )
+            progress(f"site DHCP server (dnsmasq) on {SITE}: addresses only")
+        if appliance:
+            _start_appliance(lab, net.host("prov"), directory, progress)
+        lab.save()
+        for node in lab.nodes:
+            spec = lab.vm(node)
+            prepare(spec)
+            node.pid = _spawn(net.switch, qemu_argv(spec), spec.workdir / f"{node.name}.qemu.log")
+            node.powered_on = time.time()
+            progress(f"{node.name} ({node.firmware}, {node.mac}) powered on")
+        lab.save()
+    except BaseException:
+        down(directory, progress)
+        raise
+    watch(lab, progress, timeout)
+    return lab
+
+
+def _lab_config(mode: Mode, state_dir: Path) -> str:
+    text = render_config(
+        interface="eth0",
+        address=f"{SERVER}/24",
+        mode=mode,
+        dhcp_range=f"{SUBNET}.100-{SUBNET}.199" if mode is Mode.FULL else None,
+        state_dir=state_dir,
+        http_port=HTTP_PORT,
+    )
+    default_args = 'kernel_args = "console=tty0 console=ttyS0,115200n8"'
+    return text.replace(default_args, f'kernel_args = "{LAB_KERNEL_ARGS}"')
+
+
+def _dnsmasq_argv(directory: Path) -> list[str]:
+    return [
+        "dnsmasq",
+        "--no-daemon",
+        "--conf-file=/dev/null",
+        "--port=0",
+        "--interface=eth0",
+        "--bind-interfaces",
+        f"--dhcp-range={SUBNET}.100,{SUBNET}.199,255.255.255.0,1h",
+        f"--dhcp-leasefile={directory / 'site.leases'}",
+        f"--pid-file={directory / 'site.pid'}",
+        "--log-dhcp",
+    ]
+
+
+def _start_appliance(lab: LabState, ns: Namespace, directory: Path, progress: Progress) -> None:
+    argv = [sys.executable, "-m", "provisioner.cli", "--config", str(lab.config), "serve"]
+    lab.pids["serve"] = _spawn(ns, argv, directory / "serve.log")
+    probe = ["curl", "-sf", "-o", "/dev/null", f"http://{SERVER}:{HTTP_PORT}/healthz"]
+    deadline = time.monotonic() + 30
+    while ns.run(probe, check=False).returncode != 0:
+        if not _alive(lab.pids["serve"]) or time.monotonic() > deadline:
+            tail = (directory / "serve.log").read_text()[-2000:]
+            raise LabError(f"provisioner serve did not start in the lab:\n{tail}")
+        time.sleep(0.2)
+    progress(f"appliance: provisioner serve ({lab.mode} mode) on {SERVER}")
+
+
+def status(
+    lab: LabState, now: float | None = None, stuck_after: float = STUCK_SECONDS
+) -> list[NodeStatus]:
+    now = time.time() if now is None else now
+    registry = Registry(lab.state_dir / "registry.sqlite3")
+    try:
+        out = []
+        for node in lab.nodes:
+            record = registry.node(node.mac)
+            events = registry.events(node.mac) if record else []
+            steps = steps_reached(events)
+            idle = now - events[-1].ts if events else None
+            running = _alive(node.pid)
+            state = record.state.value if record else "unseen"
+            out.append(
+                NodeStatus(
+                    node.name,
+                    node.mac,
+                    node.firmware,
+                    state,
+                    steps,
+                    steps[-1] if steps else None,
+                    idle,
+                    running,
+                    judge(state, steps, idle, running, now - lab.started, stuck_after),
+                )
+            )
+        return out
+    finally:
+        registry.close()
+
+
+def watch(lab: LabState, progress: Progress, timeout: float) -> list[NodeStatus]:
+    """Show each node's steps as they happen, until all are discovered, failed or stuck."""
+    shown: dict[str, list[str]] = {n.name: [] for n in lab.nodes}
+    started = time.monotonic()
+    while True:
+        current = status(lab)
+        for st in current:
+            for step in st.steps:
+                if step not in shown[st.name]:
+                    shown[st.name].append(step)
+                    progress(f"{st.name:9} {step}")
+        done = all(s.verdict in ("discovered", "failed") for s in current)
+        if done or time.monotonic() - started > timeout:
+            for st in current:
+                if st.verdict != "discovered":
+                    progress(f"{st.name}: {st.verdict}, last step {st.last_step or 'none'}")
+            return current
+        time.sleep(1.0)
+
+
+def down(directory: Path, progress: Progress) -> list[str]:
+    lab = LabState.load(directory)
+    if lab is None:
+        progress("no lab is up")
+        return []
+    for node in lab.nodes:
+        if node.pid:
+            _stop_pid(node.pid)
+    for pid in lab.pids.values():
+        _stop_pid(pid)
+    removed = cleanup(lab.prefix)
+    (directory / "lab.json").unlink()
+    progress(f"removed {len(removed)} namespaces of lab {lab.prefix}; processes ended")
+    return removed
+
+
+def vm_consoles(lab: LabState, names: Iterable[str]) -> dict[str, str]:
+    return {n.name: console_tail(lab.vm(n)) for n in lab.nodes if n.name in set(names)}

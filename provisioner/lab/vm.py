@@ -1,0 +1,136 @@
+"""Lab virtual machines: QEMU with real PXE firmware and nothing to boot but the network.
+
+``qemu_argv`` is pure (a VmSpec in, an argv out). BIOS VMs run SeaBIOS with QEMU's own
+virtio-net option ROM, which is iPXE: they skip the TFTP step as real iPXE-flashed NICs
+do. UEFI VMs run OVMF with the NIC's option ROM removed (``romfile=``), so OVMF's own PXE
+does DHCP, fetches ipxe.efi over TFTP and chains it: the full chain a real UEFI board
+takes. Each VM gets a serial console log and a QMP socket (power control uses it).
+
+QEMU runs under TCG: on these machines KVM makes the iPXE ROM hang and OVMF die with an
+emulation failure; ``accel="kvm"`` is for hosts where it works.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner.lab.netns import LabError
+
+QEMU = "qemu-system-x86_64"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+DISK_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    name: str
+    mac: str
+    firmware: str  # "bios" | "uefi"
+    tap: str
+    workdir: Path
+    memory_mib: int = 512
+    accel: str = "tcg"
+
+    @property
+    def console(self) -> Path:
+        return self.workdir / f"{self.name}.console.log"
+
+    @property
+    def qmp(self) -> Path:
+        return self.workdir / f"{self.name}.qmp"
+
+    @property
+    def disk(self) -> Path:
+        return self.workdir / f"{self.name}.disk"
+
+    @property
+    def vars(self) -> Path:
+        return self.workdir / f"{self.name}.OVMF_VARS.fd"
+
+
+def qemu_argv(spec: VmSpec) -> list[str]:
+    nic = f"virtio-net-pci,netdev=n0,mac={spec.mac},bootindex=1"
+    if spec.firmware == "uefi":
+        nic += ",romfile="  # OVMF's own PXE, not QEMU's iPXE ROM
+    argv = [
+        QEMU,
+        "-name",
+        spec.name,
+        "-machine",
+        "q35",
+        "-accel",
+        spec.accel,
+        "-m",
+        str(spec.memory_mib),
+        "-smp",
+        "1",
+        "-nographic",
+        "-nodefaults",
+        "-serial",
+        f"file:{spec.console}",
+        "-qmp",
+        f"unix:{spec.qmp},server=on,wait=off",
+        "-netdev",
+        f"tap,id=n0,ifname={spec.tap},script=no,downscript=no",
+        "-device",
+        nic,
+        "-drive",
+        f"file={spec.disk},if=none,id=d0,format=raw",
+        "-device",
+        "virtio-blk-pci,drive=d0",
+    ]
+    if spec.firmware == "uefi":
+        argv += [
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={spec.vars}",
+        ]
+    else:
+        argv += ["-boot", "order=n"]
+    return argv
+
+
+def prepare(spec: VmSpec) -> None:
+    """The VM's files: an empty disk (so the inventory has one) and its own UEFI vars."""
+    spec.workdir.mkdir(parents=True, exist_ok=True)
+    with open(spec.disk, "wb") as fh:
+        fh.truncate(DISK_BYTES)
+    if spec.firmware == "uefi":
+        if not OVMF_CODE.exists():
+            raise LabError(f"{OVMF_CODE} is missing: apt-get install ovmf")
+        shutil.copyfile(OVMF_VARS, spec.vars)
+    spec.console.write_bytes(b"")
+
+
+def console_tail(spec: VmSpec, lines: int = 15) -> str:
+    try:
+        text = spec.console.read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    cleaned = [ln.rstrip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+    return "\n".join(cleaned[-lines:])
+
+
+def qmp(spec: VmSpec, command: str, timeout: float = 5.0) -> dict[str, object]:
+    """One QMP command on the VM's socket (handshake, then the command); its answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(spec.qmp))
+            reader = sock.makefile("r")
+            json.loads(reader.readline())  # greeting
+            sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+            json.loads(reader.readline())
+            sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
+            while True:
+                answer = json.loads(reader.readline())
+                if "return" in answer or "error" in answer:
+                    return dict(answer)
+        except (OSError, ValueError) as exc:
+            raise LabError(f"{spec.name}: QMP {command} failed: {exc}") from exc

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from provisioner.lab.lab import judge, steps_reached
+from provisioner.lab.vm import VmSpec, qemu_argv
+from provisioner.registry import Event, EventKind
+
+MAC = "52:54:00:99:00:01"
+
+
+def ev(kind: EventKind, **detail: str | bool) -> Event:
+    return Event(MAC, 0.0, kind, detail)
+
+
+def test_steps_in_boot_order_whatever_the_event_order() -> None:
+    events = [
+        ev(EventKind.DHCP, client="uefi"),
+        ev(EventKind.DHCP_REPLY),
+        ev(EventKind.TFTP, ok=True),
+        ev(EventKind.DHCP, client="ipxe"),
+        ev(EventKind.SCRIPT),
+        ev(EventKind.HTTP_FILE, file="discovery/initrd"),
+        ev(EventKind.HTTP_FILE, file="discovery/vmlinuz"),
+        ev(EventKind.INVENTORY),
+    ]
+    assert steps_reached(events) == [
+        "dhcp",
+        "tftp",
+        "ipxe",
+        "script",
+        "kernel",
+        "initrd",
+        "inventory",
+    ]
+
+
+def test_a_failed_tftp_is_not_a_step() -> None:
+    assert steps_reached([ev(EventKind.DHCP_REPLY), ev(EventKind.TFTP, ok=False)]) == ["dhcp"]
+
+
+def test_judge() -> None:
+    assert judge("discovered", [], None, False, 0) == "discovered"
+    assert judge("new", ["dhcp"], 10, False, 20) == "failed"  # VM gone before inventory
+    assert judge("new", ["dhcp"], 10, True, 20) == "booting"
+    assert judge("new", ["dhcp"], 500, True, 600) == "stuck"
+    assert judge("unseen", [], None, True, 30, stuck_after=20) == "stuck"
+
+
+def test_uefi_vm_uses_ovmf_pxe_and_bios_vm_the_ipxe_rom(tmp_path: Path) -> None:
+    uefi = qemu_argv(VmSpec("labnode2", MAC, "uefi", "pvt2", tmp_path))
+    nic = uefi[uefi.index("-device") + 1]
+    assert nic.endswith(",romfile=") and f"mac={MAC}" in nic and "bootindex=1" in nic
+    assert any("OVMF_CODE" in a for a in uefi) and "-accel" in uefi
+    assert uefi[uefi.index("-accel") + 1] == "tcg"
+    bios = qemu_argv(VmSpec("labnode1", MAC, "bios", "pvt1", tmp_path))
+    assert not any("romfile" in a for a in bios) and not any("OVMF" in a for a in bios)
+    assert f"unix:{tmp_path}/labnode1.qmp,server=on,wait=off" in bios
+    assert "tap,id=n0,ifname=pvt1,script=no,downscript=no" in bios
