@@ -202,6 +202,50 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+# ---------------------------------------------------------------- images
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from provisioner.image.discovery import build_discovery, default_cache
+    from provisioner.lab.lab import DISCOVERY_RECIPE
+
+    recipe = DISCOVERY_RECIPE if args.recipe == "discovery" else Path(args.recipe)
+    cfg = _load(args)
+    manifest = build_discovery(recipe, cfg.image_dir, default_cache(), _lab_progress)
+    if args.json:
+        print(manifest.to_json(), end="")
+    else:
+        print(
+            f"{manifest.name}: kernel {manifest.kernel_release}, "
+            f"vmlinuz {manifest.vmlinuz.size} B, initrd {manifest.initrd.size} B "
+            f"in {cfg.image_dir / manifest.name}"
+        )
+    return 0
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    from provisioner.image.discovery import Manifest
+
+    cfg = _load(args)
+    manifests = []
+    for path in sorted(cfg.image_dir.glob("*/manifest.json")):
+        manifests.append(Manifest.from_json(path.read_text()))
+    if args.json:
+        _print_json([json.loads(m.to_json()) for m in manifests])
+        return 0
+    if not manifests:
+        print("no images yet: provisioner image build discovery")
+        return 0
+    _table(
+        ("NAME", "KERNEL", "VMLINUZ", "INITRD", "BUILT"),
+        [
+            (m.name, m.kernel_release, str(m.vmlinuz.size), str(m.initrd.size), str(m.built_at))
+            for m in manifests
+        ],
+    )
+    return 0
+
+
 # ---------------------------------------------------------------- lab
 
 
@@ -361,6 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     nshow.add_argument("--json", action="store_true")
     nshow.set_defaults(func=cmd_node_show)
 
+    image = sub.add_parser("image", help="the image store")
+    image_sub = image.add_subparsers(dest="subcommand", required=True)
+    build = image_sub.add_parser("build", help="build an image into the store")
+    build.add_argument("recipe", help="'discovery' (images/discovery.toml) or a recipe file")
+    build.add_argument("--json", action="store_true", help="print the manifest")
+    build.set_defaults(func=cmd_image_build)
+    ilist = image_sub.add_parser("list", help="images in the store")
+    ilist.add_argument("--json", action="store_true")
+    ilist.set_defaults(func=cmd_image_list)
+
     lab = sub.add_parser("lab", help="a virtual cluster on this machine")
     lab_sub = lab.add_subparsers(dest="subcommand", required=True)
     sim = lab_sub.add_parser(
@@ -422,6 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `provisioner ... | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

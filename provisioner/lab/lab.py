@@ -221,15 +221,10 @@ def ensure_discovery_image(image_dir: Path, progress: Progress) -> None:
         image_dir / "discovery" / "initrd"
     ).exists():
         return
-    from provisioner.image.discovery import build_discovery
+    from provisioner.image.discovery import build_discovery, default_cache
 
     progress("building the discovery image (first time: downloads Debian's kernel)")
-    build_discovery(DISCOVERY_RECIPE, image_dir, image_cache(), progress)
-
-
-def image_cache() -> Path:
-    """Downloaded .debs, keyed by package and version (see the README's cache section)."""
-    return Path(os.environ.get("PROVISIONER_CACHE", "/var/cache/provisioner"))
+    build_discovery(DISCOVERY_RECIPE, image_dir, default_cache(), progress)
 
 
 def up(
