@@ -4,7 +4,8 @@
 
     images/discovery.toml ──> discovery.load_recipe ──> DiscoveryRecipe
     debs.py       apt-cache / apt-get download / dpkg-deb, a cache keyed by name+version
-    discovery.py  kernel modules (modinfo, closure, modules.dep) and the build itself
+    kmod.py       kernel modules: modinfo, dependency closure, modules.dep/alias
+    discovery.py  the recipe, the initrd's contents, the build and its manifest
     cpio.py       a pure, deterministic newc writer for the initrd
 
 Errors raised here (subclasses of ``ProvisionerError``)::
