@@ -65,6 +65,7 @@ class DhcpConfig:
     dns: tuple[IPv4Address, ...] = ()
     domain: str | None = None
     reservations: Mapping[str, IPv4Address] = field(default_factory=dict)
+    router_advertisements: bool = False  # answer IPv6 RS with a lifetime-0 RA (boot/ra.py)
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,11 @@ def _parse_dhcp(r: _Reader, net: NetworkConfig) -> DhcpConfig:
         if addr in reservations.values():
             raise r.fail(key, ip, "reserved twice")
         reservations[norm] = addr
+    ra = r.get("dhcp", "router_advertisements", net.mode is Mode.FULL)
+    if not isinstance(ra, bool):
+        raise r.fail("dhcp.router_advertisements", ra, "must be true or false")
     return DhcpConfig(
+        router_advertisements=ra,
         port=r.port("dhcp", "port", 67),
         pxe_port=r.port("dhcp", "pxe_port", 4011),
         range_start=start,
@@ -357,6 +362,9 @@ def render_config(
     dhcp.add(tomlkit.comment("Address pool for full mode, FIRST-LAST; unused in proxy mode."))
     dhcp.add("range", dhcp_range or "")
     dhcp.add("lease_seconds", DEFAULT_LEASE_SECONDS)
+    dhcp.add(tomlkit.comment("Answer IPv6 router solicitations with 'no router here' so iPXE"))
+    dhcp.add(tomlkit.comment("does not wait ~12 s for IPv6 (default: on in full mode only)."))
+    dhcp.add("router_advertisements", mode is Mode.FULL)
     dhcp.add(tomlkit.comment('Optional: router = "10.10.0.254", dns = ["10.10.0.1"],'))
     dhcp.add(tomlkit.comment('domain = "cluster".'))
     res = tomlkit.table()

@@ -16,6 +16,7 @@ from provisioner.boot.dhcp_server import DhcpService
 from provisioner.boot.http import AppContext, create_app, record_file
 from provisioner.boot.http_files import FileAreas, FileServed, FrontProtocol
 from provisioner.boot.ipxe import ScriptRenderer
+from provisioner.boot.ra import RouterAdvertiser
 from provisioner.boot.tftp import TftpService, TftpTransfer
 from provisioner.config import Config, ensure_api_token
 from provisioner.errors import BootServiceError
@@ -79,6 +80,7 @@ class BootServices:
         self.areas = FileAreas({"images": cfg.image_dir, "tftp": cfg.tftp_root})
         self.http: uvicorn.Server | None = None
         self._front: asyncio.Server | None = None
+        self.ra: RouterAdvertiser | None = None
 
     def _node_gauges(self) -> Iterable[tuple[str, Labels, float]]:
         counts = dict.fromkeys(NodeState, 0)
@@ -128,6 +130,8 @@ class BootServices:
             self._front = await asyncio.get_running_loop().create_server(
                 self._front_protocol, sock=self._http_socket
             )
+            if self.cfg.dhcp.router_advertisements:
+                self._start_ra()
         except BaseException:
             self.tftp.stop()
             self.dhcp.stop()
@@ -140,6 +144,15 @@ class BootServices:
             self.cfg.tftp.port,
             self.cfg.http_base,
         )
+
+    def _start_ra(self) -> None:
+        advertiser = RouterAdvertiser(self.cfg.network.interface, self.metrics)
+        try:
+            advertiser.start()
+        except BootServiceError as exc:  # an optimisation: boots still work, only slower
+            log.warning("%s; iPXE will wait for IPv6 on every boot", exc)
+            return
+        self.ra = advertiser
 
     def _front_protocol(self) -> FrontProtocol:
         assert self.http is not None
@@ -163,6 +176,8 @@ class BootServices:
     async def stop(self) -> None:
         if self._front is not None:
             self._front.close()
+        if self.ra is not None:
+            self.ra.stop()
         if self.http is not None:
             self.http.should_exit = True
             await self._http_task

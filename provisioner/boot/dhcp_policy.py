@@ -45,6 +45,9 @@ DEFAULT_EFI_X64_FILE = "ipxe.efi"
 DEFAULT_EFI_ARM64_FILE = "arm64/ipxe.efi"
 # PXE vendor options (43): PXE_DISCOVERY_CONTROL (6) = 0x08, "boot the file in this offer".
 PXE_VENDOR_OPTIONS = bytes((6, 1, 0x08, 0xFF))
+# iPXE's encapsulated option 175, sub-option 176 "no-pxedhcp" = 1 (iPXE include/ipxe/dhcp.h,
+# DHCP_EB_NO_PXEDHCP): skip the wait for ProxyDHCP offers.
+IPXE_NO_PXEDHCP = bytes((176, 1, 1))
 _FILE_FIELD_MAX = 127
 
 
@@ -366,6 +369,9 @@ def _full_reply(
         file, boot_opts = _boot_parts(pkt, info, cfg, mac, proxy=False)
         file, siaddr, sname = _fit_file(file), cfg.server_ip, str(cfg.server_ip)
         opts.extend(boot_opts)
+        if info.is_ipxe:
+            # We are the only DHCP server here: iPXE need not wait ~2 s for ProxyDHCP.
+            opts.append((OptionCode.IPXE_ENCAPSULATED, IPXE_NO_PXEDHCP))
     return reply_to(
         pkt,
         message_type=message_type,

@@ -271,6 +271,8 @@ def up(
             )
             progress(f"site DHCP server (dnsmasq) on {SITE}: addresses only")
         if appliance:
+            # IPv6 on the appliance's NIC: it answers iPXE's router solicitations.
+            net.host("prov").run(["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"])
             _start_appliance(lab, net.host("prov"), directory, progress)
         lab.save()
         for node in lab.nodes:
@@ -297,6 +299,8 @@ def _lab_config(mode: Mode, state_dir: Path) -> str:
         http_port=HTTP_PORT,
     )
     default_args = 'kernel_args = "console=tty0 console=ttyS0,115200n8"'
+    # snponly.efi drives the NIC through OVMF's own driver: ~2.5 s less per UEFI boot here.
+    text = text.replace('efi_binary = "ipxe.efi"', 'efi_binary = "snponly.efi"')
     return text.replace(default_args, f'kernel_args = "{LAB_KERNEL_ARGS}"')
 
 

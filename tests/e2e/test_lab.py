@@ -1,7 +1,7 @@
 """The lab end to end: real firmware in QEMU (TCG) boots through the appliance.
 
 BIOS (SeaBIOS + QEMU's iPXE ROM) in proxy mode beside dnsmasq, and UEFI (OVMF's own PXE,
-then ipxe.efi over TFTP) in full mode; each node must reach `discovered` with an
+then snponly.efi over TFTP) in full mode; each node must reach `discovered` with an
 inventory naming its virtio NIC and disk and its firmware, and `lab down` must leave no
 namespace or process behind. A third test leaves the appliance off and checks that the
 node is reported stuck with the step it reached and its console, not left silent.

@@ -236,3 +236,45 @@ def test_full_mode_alone_and_the_lease_survives_a_restart(
     ]
     kinds = timeline_kinds(app)
     assert kinds.count("dhcp-reply") >= 6 and "tftp" in kinds
+
+
+RS_PROBE = """
+import select, socket, struct, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+idx = socket.if_nametoindex("eth0")
+for _ in range(20):
+    try:  # until the link-local address has passed duplicate address detection
+        s.sendto(bytes((133, 0, 0, 0, 0, 0, 0, 0)), ("ff02::2", 0, 0, idx))
+    except OSError:
+        select.select([], [], [], 0.5)
+        continue
+    if select.select([s], [], [], 0.5)[0]:
+        data, src = s.recvfrom(1500)
+        if data[0] == 134:
+            print(data.hex())
+            sys.exit(0)
+sys.exit(1)
+"""
+
+
+def test_full_mode_answers_router_solicitations(segment: tuple[LabNetwork, Appliance]) -> None:
+    """iPXE waits ~12 s for IPv6 autoconf unless an RA arrives: we send one, lifetime 0."""
+    lab, app = segment
+    for name in ("prov", "client"):
+        lab.host(name).run(["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"])
+    write_config(
+        app.config,
+        interface="eth0",
+        address=f"{SERVER}/24",
+        mode="full",
+        state=app.state,
+        http_port=app.http_port,
+        dhcp_range="10.77.0.200-10.77.0.220",
+    )
+    app.start()
+    probe = lab.host("client").run([sys.executable, "-c", RS_PROBE], check=False, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    ra = bytes.fromhex(probe.stdout.strip())
+    assert ra[0] == 134 and ra[5] == 0 and ra[6:8] == b"\x00\x00"  # no M/O flags, lifetime 0
+    assert ra[16:18] == b"\x01\x01" and ra[18:24] == bytes.fromhex(lab.mac("prov").replace(":", ""))

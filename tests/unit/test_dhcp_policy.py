@@ -574,3 +574,12 @@ def test_decide_is_total_on_mangled_requests() -> None:
                     decode(encode(decision.reply))
                 decided += 1
     assert decided > 1000
+
+
+def test_full_mode_tells_ipxe_not_to_wait_for_proxydhcp() -> None:
+    offer = run(request("discover", IPXE), FULL).reply
+    assert offer is not None and offer.option(175) == bytes((176, 1, 1))
+    firmware = run(request("discover", BIOS), FULL).reply
+    assert firmware is not None and firmware.option(175) is None
+    proxied = run(request("discover", IPXE), PROXY).reply
+    assert proxied is not None and proxied.option(175) is None
