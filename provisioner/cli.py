@@ -202,6 +202,54 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+# ---------------------------------------------------------------- hardware dumps
+
+
+def cmd_inventory_parse(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from provisioner.discovery.accelerators import accelerators
+    from provisioner.discovery.dumps import parse_dump
+
+    results = []
+    for name in args.files:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(errors="replace")
+        result = parse_dump(text)
+        found = accelerators(result.inventory)
+        results.append(
+            {
+                "file": name,
+                "format": result.format,
+                "partial": result.inventory.partial,
+                "accelerators": [
+                    {
+                        "slug": a.slug,
+                        "vendor": a.vendor,
+                        "device": a.device,
+                        "name": a.name,
+                        "count": a.count,
+                    }
+                    for a in found
+                ],
+                "pci_devices": len(result.inventory.pci),
+                "problems": list(result.inventory.problems),
+                **({"inventory": asdict(result.inventory)} if args.full else {}),
+            }
+        )
+    if args.json:
+        _print_json(results)
+    else:
+        for r in results:
+            accels = ", ".join(f"{a['slug']} x{a['count']}" for a in r["accelerators"]) or "none"
+            print(
+                f"{r['file']}: {r['format'] or 'unknown format'}; accelerators: {accels}"
+                + ("; partial" if r["partial"] else "")
+            )
+            for problem in r["problems"]:
+                print(f"  - {problem}")
+    return 0 if all(r["format"] for r in results) else 1
+
+
 # ---------------------------------------------------------------- images
 
 
@@ -405,6 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     nshow.add_argument("--json", action="store_true")
     nshow.set_defaults(func=cmd_node_show)
 
+    inventory = sub.add_parser("inventory", help="hardware dumps (lspci, lshw, nvidia-smi, ...)")
+    inventory_sub = inventory.add_subparsers(dest="subcommand", required=True)
+    parse = inventory_sub.add_parser("parse", help="detect a dump's format, list accelerators")
+    parse.add_argument("files", nargs="+", help="dump files; - reads standard input")
+    parse.add_argument("--json", action="store_true")
+    parse.add_argument("--full", action="store_true", help="with --json: the whole inventory")
+    parse.set_defaults(func=cmd_inventory_parse)
+
     image = sub.add_parser("image", help="the image store")
     image_sub = image.add_subparsers(dest="subcommand", required=True)
     build = image_sub.add_parser("build", help="build an image into the store")
@@ -436,9 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab_up.add_argument("--memory", type=int, default=512, help="MiB per VM")
     lab_up.add_argument(
         "--accel",
-        choices=["tcg", "kvm"],
-        default="tcg",
-        help="tcg (default): firmware hangs under the nested KVM here",
+        choices=["auto", "tcg", "kvm"],
+        default="auto",
+        help="auto: KVM only if a short OVMF boot under it works, else TCG",
     )
     lab_up.add_argument("--timeout", type=float, default=900, help="seconds to follow the boots")
     lab_up.add_argument(

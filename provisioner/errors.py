@@ -10,6 +10,9 @@
     │   ├── DhcpDecodeError          a datagram that is not a well-formed BOOTP/DHCP packet
     │   └── TftpPathError            a TFTP file name outside the served root
     ├── BootServiceError             a boot service failed to start (a bind, a missing file)
+    ├── ImageError (image/__init__.py)   an image could not be built
+    │   └── RecipeError              a bad image recipe: file, key and why
+    ├── AcceleratorTableError (discovery/accelerators.py)  a bad hwprofiles/accelerators.yaml
     └── LabError (lab/netns.py)      the virtual lab could not be built or driven
         ├── CommandError             a command (ip, dnsmasq, ...) failed: argv, status, stderr
         └── PxeClientError (lab/pxepacket.py)  the scripted PXE client got no answer

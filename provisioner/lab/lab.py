@@ -32,7 +32,7 @@ from provisioner.lab.netns import (
     cleanup,
     list_namespaces,
 )
-from provisioner.lab.vm import VmSpec, console_tail, prepare, qemu_argv
+from provisioner.lab.vm import VmSpec, console_tail, prepare, probe_accel, qemu_argv
 from provisioner.registry import Event, EventKind, Registry
 from provisioner.states import NodeState
 
@@ -254,6 +254,9 @@ def up(
         hosts.append(HostSpec("site", IPv4Interface(f"{SITE}/24")))
     net = LabNetwork(hosts)
     net.open()  # not closed on return: `lab down` removes it
+    if accel == "auto":
+        accel, why = probe_accel(directory / "vms")
+        progress(f"accelerator: {accel} ({why})")
     lab = LabState(net.prefix, mode.value, str(directory), time.time(), accel, memory_mib)
     lab.save()
     try:

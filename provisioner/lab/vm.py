@@ -13,8 +13,11 @@ emulation failure; ``accel="kvm"`` is for hosts where it works.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +118,67 @@ def console_tail(spec: VmSpec, lines: int = 15) -> str:
         return ""
     cleaned = [ln.rstrip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
     return "\n".join(cleaned[-lines:])
+
+
+KVM_FAILURES = ("emulation failure", "KVM internal error", "failed to initialize kvm")
+
+
+def probe_accel(workdir: Path, seconds: float = 8.0) -> tuple[str, str]:
+    """("kvm" or "tcg", why): KVM only if OVMF really runs under it here.
+
+    Under the nested KVM of some hosts OVMF dies at once with an emulation failure and
+    the BIOS iPXE ROM hangs; a short OVMF boot tells which kind of host this is.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "no usable /dev/kvm"
+    if not OVMF_CODE.exists():
+        return "tcg", f"{OVMF_CODE} missing: cannot probe KVM"
+    workdir.mkdir(parents=True, exist_ok=True)
+    console, varsfile = workdir / "kvm-probe.console", workdir / "kvm-probe.vars"
+    shutil.copyfile(OVMF_VARS, varsfile)
+    console.write_bytes(b"")
+    argv = [
+        QEMU,
+        "-accel",
+        "kvm",
+        "-machine",
+        "q35",
+        "-m",
+        "256",
+        "-nographic",
+        "-nodefaults",
+        "-serial",
+        f"file:{console}",
+        "-net",
+        "none",
+        "-drive",
+        f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        "-drive",
+        f"if=pflash,format=raw,unit=1,file={varsfile}",
+    ]
+    output = workdir / "kvm-probe.out"
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    deadline = time.monotonic() + seconds
+    verdict = ("tcg", f"OVMF printed nothing under KVM in {seconds:.0f} s")
+    try:
+        while time.monotonic() < deadline:
+            said = output.read_text(errors="replace")
+            failure = next((f for f in KVM_FAILURES if f in said), None)
+            if failure:
+                verdict = ("tcg", f"KVM here: {failure}")
+                break
+            if b"BdsDxe" in console.read_bytes():
+                verdict = ("kvm", "OVMF runs under KVM")
+                break
+            if proc.poll() is not None:
+                verdict = ("tcg", f"QEMU with KVM exited {proc.returncode}")
+                break
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    return verdict
 
 
 def qmp(spec: VmSpec, command: str, timeout: float = 5.0) -> dict[str, object]:
