@@ -250,6 +250,51 @@ def cmd_inventory_parse(args: argparse.Namespace) -> int:
     return 0 if all(r["format"] for r in results) else 1
 
 
+# ---------------------------------------------------------------- profiles
+
+
+def cmd_profile_reload(args: argparse.Namespace) -> int:
+    """Ask the running appliance to re-read hwprofiles/ and re-fingerprint its nodes."""
+    import urllib.error
+    import urllib.request
+
+    cfg = _load(args)
+    token = cfg.api_token_path.read_text().strip()
+    host = "127.0.0.1" if cfg.http.bind in ("0.0.0.0", "127.0.0.1") else cfg.http.bind
+    url = f"http://{host}:{cfg.http.port}/api/v1/profiles/reload"
+    request = urllib.request.Request(
+        url, method="POST", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            result = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("detail")
+        if args.json:
+            _print_json({"status": exc.code, "detail": detail})
+        elif isinstance(detail, dict):
+            print(detail.get("error"), file=sys.stderr)
+            for problem in detail.get("problems", []):
+                print(f"  {problem}", file=sys.stderr)
+        else:
+            print(f"reload refused ({exc.code}): {detail}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(
+            f"cannot reach provisioner serve at {url}: {exc} "
+            "(is it running? `kill -HUP <its pid>` reloads too)",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"{result['profiles']} profiles loaded; {len(result['changed'])} nodes changed profile")
+    for c in result["changed"]:
+        print(f"  {c['mac']} ({c['hostname'] or '-'}): {c['before'] or '-'} -> {c['after'] or '-'}")
+    return 0
+
+
 # ---------------------------------------------------------------- images
 
 
@@ -460,6 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
     parse.add_argument("--json", action="store_true")
     parse.add_argument("--full", action="store_true", help="with --json: the whole inventory")
     parse.set_defaults(func=cmd_inventory_parse)
+
+    from provisioner.profile_cli import add_profile_commands
+
+    profile_sub = add_profile_commands(sub)
+    reload = profile_sub.add_parser("reload", help="re-fingerprint nodes in the running serve")
+    reload.add_argument("--json", action="store_true")
+    reload.set_defaults(func=cmd_profile_reload)
 
     image = sub.add_parser("image", help="the image store")
     image_sub = image.add_subparsers(dest="subcommand", required=True)

@@ -89,6 +89,16 @@ class BootConfig:
     kernel_args: str = DEFAULT_KERNEL_ARGS
 
 
+DEFAULT_HOSTNAME_PATTERN = "node{n}"
+DEFAULT_HWPROFILES = Path(__file__).resolve().parents[1] / "hwprofiles"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    hostname_pattern: str = DEFAULT_HOSTNAME_PATTERN  # {n}: 0, 1, 2, ... first free
+    profiles_dir: Path = DEFAULT_HWPROFILES
+
+
 @dataclass(frozen=True)
 class Config:
     network: NetworkConfig
@@ -96,6 +106,7 @@ class Config:
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()
     boot: BootConfig = BootConfig()
+    cluster: ClusterConfig = ClusterConfig()
     state_dir: Path = DEFAULT_STATE_DIR
     source: Path | None = None
 
@@ -195,6 +206,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
         arm64_binary=r.text("boot", "arm64_binary", "arm64/ipxe.efi") or "arm64/ipxe.efi",
         kernel_args=r.text("boot", "kernel_args", DEFAULT_KERNEL_ARGS) or "",
     )
+    cluster = _parse_cluster(r)
     state_dir = Path(r.text("paths", "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
     if not state_dir.is_absolute():
         raise r.fail("paths.state_dir", str(state_dir), "must be an absolute path")
@@ -207,9 +219,26 @@ def parse_config(text: str, source: str | None = None) -> Config:
         tftp=tftp,
         http=http,
         boot=boot,
+        cluster=cluster,
         state_dir=state_dir,
         source=Path(source) if source else None,
     )
+
+
+def _parse_cluster(r: _Reader) -> ClusterConfig:
+    pattern = r.text("cluster", "hostname_pattern", DEFAULT_HOSTNAME_PATTERN) or ""
+    try:
+        sample = pattern.format(n=0)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise r.fail("cluster.hostname_pattern", pattern, "only {n} may be used") from exc
+    if "{n}" not in pattern or not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", sample):
+        raise r.fail(
+            "cluster.hostname_pattern", pattern, "must contain {n} and give hostnames like node0"
+        )
+    env = os.environ.get("PROVISIONER_HWPROFILES")
+    default = Path(env) if env else DEFAULT_HWPROFILES
+    profiles = Path(r.text("cluster", "profiles", str(default)) or default)
+    return ClusterConfig(hostname_pattern=pattern, profiles_dir=profiles)
 
 
 def _opt_path(value: str | None) -> Path | None:
@@ -393,6 +422,13 @@ def render_config(
     boot.add("arm64_binary", "arm64/ipxe.efi")
     boot.add("kernel_args", DEFAULT_KERNEL_ARGS)
     doc.add("boot", boot)
+
+    cluster = tomlkit.table()
+    cluster.add(tomlkit.comment("Names given to nodes as they are discovered: node0, node1, ..."))
+    cluster.add("hostname_pattern", DEFAULT_HOSTNAME_PATTERN)
+    cluster.add(tomlkit.comment("Hardware profiles (YAML) nodes are fingerprinted against."))
+    cluster.add("profiles", str(DEFAULT_HWPROFILES))
+    doc.add("cluster", cluster)
 
     paths = tomlkit.table()
     paths.add("state_dir", str(state_dir))

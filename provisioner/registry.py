@@ -79,6 +79,7 @@ class EventKind(StrEnum):
     HTTP_FILE = "http-file"  # kernel, initrd or root image fetched over HTTP
     INVENTORY = "inventory"  # the agent reported the hardware
     STATE = "state"  # the node changed state
+    PROFILE = "profile"  # fingerprinting gave (or took away) a profile
     REFUSED = "refused"  # a request from or about the node was refused
 
 
@@ -261,6 +262,32 @@ class Registry:
         except sqlite3.IntegrityError as exc:
             raise RegistryError(f"hostname {hostname!r} is taken by another node") from exc
         return self._require(mac)
+
+    def set_profile(self, mac: str, profile: str | None) -> Node:
+        with self._tx() as db:
+            db.execute("UPDATE nodes SET profile = ? WHERE mac = ?", (profile, mac))
+        return self._require(mac)
+
+    def assign_hostname(self, mac: str, pattern: str) -> Node:
+        """Give the node the first free name of ``pattern`` ("node{n}": node0, node1, ...)."""
+        with self._tx() as db:
+            row = db.execute("SELECT hostname FROM nodes WHERE mac = ?", (mac,)).fetchone()
+            if row is None:
+                raise RegistryError(f"no node with MAC {mac}")
+            if row["hostname"] is None:
+                taken = {r[0] for r in db.execute("SELECT hostname FROM nodes") if r[0]}
+                n = 0
+                while pattern.format(n=n) in taken:
+                    n += 1
+                db.execute(
+                    "UPDATE nodes SET hostname = ? WHERE mac = ?", (pattern.format(n=n), mac)
+                )
+        return self._require(mac)
+
+    def macs_with_inventory(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT mac FROM inventories ORDER BY mac").fetchall()
+        return [r["mac"] for r in rows]
 
     def transition(self, mac: str, event: NodeEvent, *, reason: str | None = None) -> Node:
         """Apply a state-machine event; IllegalTransition leaves the node unchanged."""

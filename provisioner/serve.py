@@ -19,8 +19,10 @@ from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.boot.ra import RouterAdvertiser
 from provisioner.boot.tftp import TftpService, TftpTransfer
 from provisioner.config import Config, ensure_api_token
+from provisioner.enroll import Enroller
 from provisioner.errors import BootServiceError
 from provisioner.metrics import Labels, Metrics
+from provisioner.profiles import ProfileError
 from provisioner.registry import EventKind, Registry
 from provisioner.states import NodeState
 
@@ -73,8 +75,11 @@ class BootServices:
             on_transfer=self._on_tftp,
         )
         self.dhcp = DhcpService(cfg, self.registry, self.metrics)
+        self.enroller = Enroller(
+            self.registry, cfg.cluster.profiles_dir, cfg.cluster.hostname_pattern
+        )
         self.app_ctx = AppContext(
-            cfg, self.registry, self.api_token, self.metrics, ScriptRenderer()
+            cfg, self.registry, self.api_token, self.metrics, ScriptRenderer(), self.enroller
         )
         self.app = create_app(self.app_ctx)
         self.areas = FileAreas({"images": cfg.image_dir, "tftp": cfg.tftp_root})
@@ -173,6 +178,17 @@ class BootServices:
     def _on_file(self, served: FileServed) -> None:
         record_file(self.app_ctx, served)
 
+    def reload_profiles(self) -> None:
+        """SIGHUP: re-read the profiles; a bad set is logged and the old one kept."""
+        try:
+            changes = self.enroller.reload()
+        except ProfileError as exc:
+            for problem in exc.problems:
+                log.error("profile reload refused: %s", problem)
+            return
+        for c in changes:
+            log.info("profile of %s (%s): %s -> %s", c.mac, c.hostname, c.before, c.after)
+
     async def stop(self) -> None:
         if self._front is not None:
             self._front.close()
@@ -214,6 +230,7 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, services.reload_profiles)
     try:
         await stop.wait()
     finally:

@@ -2,13 +2,15 @@
 
 ::
 
-    new ──inventory──> discovered ──enroll──> enrolled ──boot-local──> local
-     │                    │  ^                   │  ^                    │
-     │                    │  └──inventory────────┘  └──boot-network──────┘
-     └──────fail──────> failed <──fail── (any state)
-                          └──inventory──> discovered   (a good boot repairs)
+    new ──inventory──> discovered ──match──> matched ──enroll──> enrolled ──boot-local──> local
+                          │    ^               │ ^                 │  ^                   │
+                          │    └──inventory────┘ │ (no-match/match) │  └──boot-network─────┘
+                          └──no-match──> unmatched <───────────────┘
+     (any state) ──fail──> failed ──inventory──> discovered   (a good boot repairs)
 
-A node is ``new`` from its first DHCP packet until its agent reports an inventory.
+A node is ``new`` from its first DHCP packet until its agent reports an inventory; the
+inventory is then fingerprinted against the profiles at once (``matched`` with a profile,
+or ``unmatched``). Profiles reloaded re-fingerprint matched and unmatched nodes.
 ``forget`` from any state returns it to ``new`` (it is rediscovered at its next boot).
 """
 
@@ -22,6 +24,8 @@ from provisioner.errors import IllegalTransition
 class NodeState(StrEnum):
     NEW = "new"
     DISCOVERED = "discovered"
+    MATCHED = "matched"
+    UNMATCHED = "unmatched"
     ENROLLED = "enrolled"
     LOCAL = "local"
     FAILED = "failed"
@@ -29,6 +33,8 @@ class NodeState(StrEnum):
 
 class NodeEvent(StrEnum):
     INVENTORY = "inventory"  # the agent reported the node's hardware
+    MATCH = "match"  # fingerprinting found its profile
+    NO_MATCH = "no-match"  # no profile (or a conflict between two)
     ENROLL = "enroll"  # the node is given a profile and image
     BOOT_LOCAL = "boot-local"  # boot from its own disk from now on
     BOOT_NETWORK = "boot-network"  # back to network boot of its image
@@ -44,9 +50,20 @@ TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
     (S.ENROLLED, E.INVENTORY): S.ENROLLED,
     (S.LOCAL, E.INVENTORY): S.LOCAL,
     (S.FAILED, E.INVENTORY): S.DISCOVERED,
+    (S.MATCHED, E.INVENTORY): S.DISCOVERED,
+    (S.UNMATCHED, E.INVENTORY): S.DISCOVERED,
+    (S.DISCOVERED, E.MATCH): S.MATCHED,
+    (S.DISCOVERED, E.NO_MATCH): S.UNMATCHED,
+    (S.MATCHED, E.MATCH): S.MATCHED,
+    (S.MATCHED, E.NO_MATCH): S.UNMATCHED,
+    (S.UNMATCHED, E.MATCH): S.MATCHED,
+    (S.UNMATCHED, E.NO_MATCH): S.UNMATCHED,
+    (S.ENROLLED, E.MATCH): S.ENROLLED,
     (S.DISCOVERED, E.ENROLL): S.ENROLLED,
+    (S.MATCHED, E.ENROLL): S.ENROLLED,
     (S.ENROLLED, E.ENROLL): S.ENROLLED,
     (S.DISCOVERED, E.BOOT_LOCAL): S.LOCAL,
+    (S.MATCHED, E.BOOT_LOCAL): S.LOCAL,
     (S.ENROLLED, E.BOOT_LOCAL): S.LOCAL,
     (S.LOCAL, E.BOOT_LOCAL): S.LOCAL,
     (S.LOCAL, E.BOOT_NETWORK): S.ENROLLED,

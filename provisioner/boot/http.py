@@ -31,8 +31,10 @@ from provisioner.boot.policy import INITRD_FILE, KERNEL_FILE, boot_spec
 from provisioner.boot.tftp import confine
 from provisioner.config import Config, normalize_mac
 from provisioner.discovery.report import parse_report
+from provisioner.enroll import Enroller
 from provisioner.errors import IllegalTransition, RegistryError, TftpPathError
 from provisioner.metrics import Metrics
+from provisioner.profiles import ProfileError
 from provisioner.registry import EventKind, Registry
 from provisioner.states import NodeEvent
 
@@ -49,6 +51,7 @@ class AppContext:
     api_token: str
     metrics: Metrics
     renderer: ScriptRenderer
+    enroller: Enroller | None = None
 
     def image_exists(self, name: str) -> bool:
         try:
@@ -183,6 +186,8 @@ def create_app(ctx: AppContext) -> FastAPI:
             raise HTTPException(413, f"inventory over {MAX_INVENTORY_BYTES} bytes")
         stored = _inventory_document(body, request.headers.get("content-type", ""))
         node = ctx.registry.store_inventory(mac, json.dumps(stored))
+        if ctx.enroller is not None:
+            node = ctx.enroller.on_inventory(mac)
         problems = stored.get("problems") or []
         log.info("inventory received mac=%s state=%s problems=%d", mac, node.state, len(problems))
         return {"mac": mac, "state": node.state.value, "next": "stay"}
@@ -213,6 +218,23 @@ def create_app(ctx: AppContext) -> FastAPI:
             raise HTTPException(404, f"no node {key}")
         ctx.registry.forget(node.mac)
         return Response(status_code=204)
+
+    @app.post("/api/v1/profiles/reload", dependencies=[Depends(require_api_token)])
+    def reload_profiles() -> dict[str, object]:
+        """Read hwprofiles/ again and re-fingerprint every node (also on SIGHUP)."""
+        if ctx.enroller is None:
+            raise HTTPException(409, "this appliance runs without profiles")
+        try:
+            changes = ctx.enroller.reload()
+        except ProfileError as exc:
+            raise HTTPException(
+                422,
+                {
+                    "error": "profiles refused; the last good set stays",
+                    "problems": [str(p) for p in exc.problems],
+                },
+            ) from exc
+        return {"changed": [c.as_dict() for c in changes], "profiles": len(ctx.enroller.profiles)}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:

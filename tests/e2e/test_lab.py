@@ -62,7 +62,9 @@ def node_json(lab_dir: Path, mac: str) -> dict[str, object]:
 
 def check_discovered(lab_dir: Path, mac: str, firmware: str, steps: list[str]) -> None:
     node = node_json(lab_dir, mac)
-    assert node["state"] == "discovered" and node["firmware"] == firmware
+    # the inventory is fingerprinted at once: the lab's VMs are qemu-lab nodes
+    assert node["state"] == "matched" and node["profile"] == "qemu-lab", node["timeline"]
+    assert node["firmware"] == firmware and node["hostname"] == "node0"
     doc = node["inventory"]
     assert isinstance(doc, dict) and doc["format"] == "agent/1"
     inv = doc["inventory"]
@@ -74,7 +76,7 @@ def check_discovered(lab_dir: Path, mac: str, firmware: str, steps: list[str]) -
     assert any(d["name"] == "vda" and d["size_bytes"] == 64 * 1024 * 1024 for d in inv["disks"])
     kinds = [e["kind"] for e in node["timeline"]]
     files = [e["detail"].get("file") for e in node["timeline"] if e["kind"] == "http-file"]
-    for step in steps:
+    for step in [*steps, "profile"]:
         assert step in kinds, kinds
     assert "discovery/vmlinuz" in files and "discovery/initrd" in files
 

@@ -193,3 +193,26 @@ def test_bad_config_is_refused_at_start(tmp_path: Path) -> None:
     )
     assert run.returncode == 2
     assert "network.mode = 'fast'" in run.stderr and "proxy" in run.stderr
+
+
+def test_profile_reload_through_the_running_serve(
+    loopback_appliance: Appliance, tmp_path: Path
+) -> None:
+    import shutil
+
+    from provisioner.config import DEFAULT_HWPROFILES
+
+    app = loopback_appliance
+    profiles = tmp_path / "hwprofiles"
+    shutil.copytree(DEFAULT_HWPROFILES, profiles)
+    with open(app.config, "a") as fh:
+        fh.write(f'[cluster]\nprofiles = "{profiles}"\n')
+    app.start()
+    ok = app.cli("profile", "reload", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["profiles"] == len(list(profiles.glob("*.yaml"))) - 1
+    (profiles / "zz-bad.yaml").write_text("name: bad\nversion: one\n")
+    refused = app.cli("profile", "reload")
+    assert refused.returncode == 1
+    assert "zz-bad.yaml:" in refused.stderr and "last good set" in refused.stderr
+    assert curl("-sf", f"{app.base}/healthz").returncode == 0  # serving goes on

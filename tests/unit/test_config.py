@@ -161,3 +161,17 @@ def test_api_token_is_private_and_stable(tmp_path: Path) -> None:
 )
 def test_normalize_mac(raw: str, mac: str | None) -> None:
     assert normalize_mac(raw) == mac
+
+
+@pytest.mark.parametrize("pattern", ["node", "node{x}", "Node{n}", "{n}-", "n{n}{n}{"])
+def test_bad_hostname_patterns(pattern: str) -> None:
+    text = full_text().replace('hostname_pattern = "node{n}"', f'hostname_pattern = "{pattern}"')
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert info.value.key == "cluster.hostname_pattern"
+
+
+def test_cluster_defaults() -> None:
+    cfg = parse_config(full_text())
+    assert cfg.cluster.hostname_pattern.format(n=3) == "node3"
+    assert cfg.cluster.profiles_dir.name == "hwprofiles"

@@ -1,0 +1,443 @@
+"""``provisioner profile ...``: list, show, validate, match dumps, scaffold a new profile.
+
+Mounted by :mod:`provisioner.cli` with :func:`add_profile_commands`; each subcommand sets
+``func`` to a callable taking the parsed Namespace and returning the exit status. Thin:
+the work is in :mod:`provisioner.profiles` and :mod:`provisioner.discovery.fingerprint`.
+
+The profiles directory is ``--profiles DIR``, else ``$PROVISIONER_HWPROFILES``, else the
+``hwprofiles/`` next to the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import provisioner
+from provisioner.discovery import accelerators as acc
+from provisioner.discovery import pciids
+from provisioner.discovery.dumps import parse_dump
+from provisioner.discovery.fingerprint import Candidate, Match, fingerprint
+from provisioner.discovery.model import Inventory
+from provisioner.profiles import (
+    NAME_RE,
+    CpuRule,
+    DmiRule,
+    MemoryRule,
+    PciRule,
+    Profile,
+    ProfileError,
+    ProfileSet,
+    Rule,
+    load_profiles,
+    validate,
+)
+
+ENV_VAR = "PROVISIONER_HWPROFILES"
+
+
+def default_profiles_dir() -> Path:
+    """$PROVISIONER_HWPROFILES, else hwprofiles/ next to the package."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    return Path(provisioner.__file__).resolve().parents[1] / "hwprofiles"
+
+
+SubParsers = argparse._SubParsersAction  # the type argparse's add_subparsers() returns
+
+
+def add_profile_commands(subparsers: Any) -> SubParsers[argparse.ArgumentParser]:
+    """Register ``profile list|show|validate|match|new`` on a top-level subparsers object;
+    returns the ``profile`` subparsers so the caller can mount more (``reload``)."""
+    profile: argparse.ArgumentParser = subparsers.add_parser(
+        "profile", help="hardware profiles (hwprofiles/*.yaml)"
+    )
+    sub = profile.add_subparsers(dest="profile_command", required=True)
+
+    def with_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--profiles", metavar="DIR", help=f"profiles directory (${ENV_VAR})")
+
+    plist = sub.add_parser("list", help="every profile: name, version, engine, file")
+    with_dir(plist)
+    plist.add_argument("--json", action="store_true")
+    plist.set_defaults(func=cmd_list)
+
+    show = sub.add_parser("show", help="one profile in full")
+    with_dir(show)
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_show)
+
+    check = sub.add_parser("validate", help="report every problem as file:line: key: reason")
+    check.add_argument("paths", nargs="*", metavar="PATH", help="files or directories")
+    check.set_defaults(func=cmd_validate)
+
+    match = sub.add_parser("match", help="which profile a hardware dump gets, and why")
+    with_dir(match)
+    match.add_argument("files", nargs="+", metavar="FILE", help="dump files; - reads stdin")
+    match.add_argument("--explain", action="store_true", help="every profile, rule by rule")
+    match.add_argument("--json", action="store_true", help="a JSON array, one object per file")
+    match.set_defaults(func=cmd_match)
+
+    new = sub.add_parser("new", help="scaffold a profile from a real dump's accelerators")
+    new.add_argument("name")
+    new.add_argument("--from", dest="dump", required=True, metavar="DUMP", help="- is stdin")
+    new.add_argument("--out", metavar="FILE", help="write here instead of printing")
+    new.add_argument("--force", action="store_true", help="overwrite --out")
+    new.set_defaults(func=cmd_new)
+    return sub
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _load(args: argparse.Namespace) -> ProfileSet | None:
+    directory = Path(args.profiles) if args.profiles else default_profiles_dir()
+    try:
+        return load_profiles(directory)
+    except ProfileError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _print_json(data: object) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _read(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    return Path(name).read_text(encoding="utf-8", errors="replace")
+
+
+def rule_to_dict(rule: Rule) -> dict[str, object]:
+    if isinstance(rule, PciRule):
+        pci: dict[str, object] = (
+            {"ids": [str(i) for i in rule.ids]} if rule.ids else {"class": list(rule.classes)}
+        )
+        pci["min"] = rule.min
+        if rule.max is not None:
+            pci["max"] = rule.max
+        return {"pci": pci}
+    if isinstance(rule, CpuRule):
+        return {"cpu_model": rule.pattern.pattern}
+    if isinstance(rule, MemoryRule):
+        return {"memory_min_gib": rule.min_gib}
+    assert isinstance(rule, DmiRule)
+    value: object = rule.exact if rule.pattern is None else {"regex": rule.pattern.pattern}
+    return {"dmi": {rule.field: value}}
+
+
+def profile_to_dict(profile: Profile) -> dict[str, object]:
+    match: dict[str, object] = {}
+    if profile.all_of:
+        match["all"] = [rule_to_dict(r) for r in profile.all_of]
+    if profile.any_of:
+        match["any"] = [rule_to_dict(r) for r in profile.any_of]
+    smoke = profile.smoke
+    return {
+        "name": profile.name,
+        "version": profile.version,
+        "description": profile.description,
+        "sources": list(profile.sources),
+        "match": match,
+        "drivers": list(profile.drivers),
+        "engine": profile.engine.value,
+        "engine_defaults": {
+            "dtype": profile.engine_defaults.dtype,
+            "quantization": profile.engine_defaults.quantization,
+        },
+        "smoke": {
+            "reference_model": smoke.reference_model,
+            "min_tokens_per_s": smoke.min_tokens_per_s,
+            "max_ttft_s": smoke.max_ttft_s,
+        },
+        "kernel_args": list(profile.kernel_args),
+        "file": profile.file,
+    }
+
+
+def candidate_to_dict(c: Candidate) -> dict[str, object]:
+    def one(r: Any) -> dict[str, object]:
+        return {"group": r.group, "rule": r.rule, "observed": r.observed, "line": r.line}
+
+    return {
+        "profile": c.profile,
+        "matched": c.matched,
+        "specificity": list(c.specificity),
+        "passed": [one(r) for r in c.passed],
+        "failed": [one(r) for r in c.failed],
+    }
+
+
+def match_to_dict(name: str, fmt: str | None, inv: Inventory, m: Match) -> dict[str, object]:
+    return {
+        "file": name,
+        "format": fmt,
+        "profile": m.profile,
+        "conflict": list(m.conflict),
+        "accelerators": [
+            {
+                "vendor": a.vendor,
+                "device": a.device,
+                "name": a.name,
+                "count": a.count,
+                "slug": a.slug,
+                "family": a.family,
+                "ids_from_dump": a.ids_from_dump,
+            }
+            for a in m.accelerators
+        ],
+        "candidates": [candidate_to_dict(c) for c in m.candidates],
+        "partial": inv.partial,
+        "problems": list(inv.problems),
+    }
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    profiles = _load(args)
+    if profiles is None:
+        return 1
+    if args.json:
+        _print_json(
+            [
+                {
+                    "name": p.name,
+                    "version": p.version,
+                    "engine": p.engine.value,
+                    "description": p.description,
+                    "file": p.file,
+                }
+                for p in profiles
+            ]
+        )
+        return 0
+    for p in profiles:
+        first = p.description.split(". ")[0].rstrip(".")
+        print(f"{p.name:<22} v{p.version:<3} {p.engine.value:<10} {first}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    profiles = _load(args)
+    if profiles is None:
+        return 1
+    profile = profiles.get(args.name)
+    if profile is None:
+        print(f"no profile {args.name!r}; known: {', '.join(profiles.names)}", file=sys.stderr)
+        return 1
+    data = profile_to_dict(profile)
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"{profile.name} (version {profile.version}, {profile.file}:{profile.line})")
+    print(f"  {profile.description}")
+    for group, rules in (("all of", profile.all_of), ("any of", profile.any_of)):
+        for rule in rules:
+            print(f"  match {group}: {rule.describe()}")
+    if not profile.all_of and not profile.any_of:
+        print("  match: anything (no rules)")
+    print(f"  engine: {profile.engine.value}", end="")
+    defaults = profile.engine_defaults
+    extra = [
+        f"{k}={v}"
+        for k, v in (("dtype", defaults.dtype), ("quantization", defaults.quantization))
+        if v
+    ]
+    print(f" ({', '.join(extra)})" if extra else "")
+    if profile.drivers:
+        print(f"  drivers: {', '.join(profile.drivers)}")
+    if profile.kernel_args:
+        print(f"  kernel args: {' '.join(profile.kernel_args)}")
+    smoke = profile.smoke
+    if smoke.reference_model:
+        print(
+            f"  smoke: {smoke.reference_model}: >= {smoke.min_tokens_per_s} tokens/s, "
+            f"TTFT <= {smoke.max_ttft_s} s"
+        )
+    for source in profile.sources:
+        print(f"  source: {source}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.paths] or [default_profiles_dir()]
+    missing = [p for p in paths if not p.exists()]
+    for path in missing:
+        print(f"{path}:0: path: does not exist", file=sys.stderr)
+    problems = validate([p for p in paths if p.exists()])
+    for problem in problems:
+        print(problem)
+    if problems or missing:
+        return 1
+    print(f"ok: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    profiles = _load(args)
+    if profiles is None:
+        return 1
+    status = 0
+    results: list[dict[str, object]] = []
+    for name in args.files:
+        try:
+            text = _read(name)
+        except OSError as exc:
+            print(f"{name}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            status = 1
+            continue
+        dump = parse_dump(text)
+        if dump.format is None:
+            status = 1
+        m = fingerprint(dump.inventory, profiles, explain_all=args.explain)
+        if dump.format is None:  # nothing was read: no profile, not even the fallback
+            m = Match(None, m.accelerators, m.candidates, ())
+        if args.json:
+            results.append(match_to_dict(name, dump.format, dump.inventory, m))
+        else:
+            _print_match(name, dump.format, dump.inventory, m, profiles, explain=args.explain)
+    if args.json:
+        _print_json(results)
+    return status
+
+
+def _print_match(
+    name: str, fmt: str | None, inv: Inventory, m: Match, profiles: ProfileSet, *, explain: bool
+) -> None:
+    if m.profile is not None:
+        verdict = m.profile
+    elif m.conflict:
+        verdict = f"none: conflict between {', '.join(m.conflict)} (equally specific)"
+    else:
+        verdict = "none (unmatched)"
+    print(f"{name}: {fmt or 'unknown format'}: profile {verdict}")
+    for a in m.accelerators:
+        print(f"  accelerator: {a.slug} {a.vendor}:{a.device} {a.name!r} x{a.count}")
+    for problem in inv.problems if fmt is None else ():
+        print(f"  problem: {problem}")
+    for c in m.candidates:
+        state = "matched" if c.matched else "no match"
+        spec = ".".join(str(n) for n in c.specificity)
+        where = profiles.get(c.profile)
+        place = f"  {where.file}" if explain and where is not None else ""
+        print(f"  candidate {c.profile}: {state}, specificity {spec}{place}")
+        if not explain:
+            continue
+        if not c.rules:
+            print("    (no rules: matches anything)")
+        for r in c.rules:
+            mark = "pass" if r.passed else "FAIL"
+            print(f"    {mark} {r.group}-of line {r.line}: {r.rule}; observed {r.observed}")
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    if not NAME_RE.match(args.name):
+        print(f"{args.name!r}: use lowercase letters, digits and '-'", file=sys.stderr)
+        return 1
+    try:
+        text = _read(args.dump)
+    except OSError as exc:
+        print(f"{args.dump}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    dump = parse_dump(text)
+    if dump.format is None:
+        print(f"{args.dump}: {'; '.join(dump.inventory.problems)}", file=sys.stderr)
+        return 1
+    try:
+        body = scaffold(args.name, args.dump, dump.format, dump.inventory)
+    except ValueError as exc:
+        print(f"{args.dump}: {exc}", file=sys.stderr)
+        return 1
+    if not args.out:
+        sys.stdout.write(body)
+        return 0
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        print(f"{out} exists; use --force to overwrite it", file=sys.stderr)
+        return 1
+    out.write_text(body, encoding="utf-8")
+    print(f"wrote {out}; now: provisioner profile validate {out}")
+    return 0
+
+
+def scaffold(
+    name: str,
+    dump_name: str,
+    fmt: str,
+    inventory: Inventory,
+    table: acc.Table | None = None,
+    db: pciids.PciIds | None = None,
+) -> str:
+    """A profile YAML matching this dump's accelerators (else its DMI system), to edit."""
+    table = table or acc.default_table()
+    db = db if db is not None else pciids.default()
+    found = acc.accelerators(inventory, table, db)
+    ids: list[str] = []
+    sources: list[str] = []
+    for a in found:
+        revisions = {
+            e.revision
+            for e in table.entries
+            if (e.vendor, e.device) == (a.vendor, a.device) and e.revision
+        }
+        seen = {
+            d.revision
+            for d in inventory.pci
+            if (d.vendor, d.device) == (a.vendor, a.device) and d.revision in revisions
+        }
+        ids.extend(f"{a.vendor}:{a.device} rev {r}" for r in sorted(seen))
+        if not seen:
+            ids.append(f"{a.vendor}:{a.device}")
+        entry = table.lookup(a.vendor, a.device)
+        cited = entry.source if entry is not None else f"pci.ids {a.vendor} {a.device}"
+        how = "" if a.ids_from_dump else " (the dump printed only the name; check the ids)"
+        sources.append(f"{cited}{how}")
+    lines = [
+        f"# Scaffolded by `provisioner profile new {name} --from {dump_name}` ({fmt}).",
+        "# Edit the description, engine and smoke floors; cite every id; then run",
+        f"# `provisioner profile validate` and `provisioner profile match {dump_name} --explain`.",
+        f"name: {name}",
+        "version: 1",
+        "description: "
+        + json.dumps(f"TODO what this machine is, why this engine ({_names(found)})"),
+        "sources:",
+    ]
+    dmi = inventory.dmi
+    if ids:
+        lines += [f"  - {json.dumps(s)}" for s in sources]
+        lines += [
+            "match:",
+            "  all:",
+            "    - pci:",
+            f"        ids: {json.dumps(ids)}",
+            "        min: 1",
+        ]
+    elif dmi.system_vendor and dmi.system_product:
+        lines += [
+            f"  - {json.dumps(f'DMI of {dump_name}')}",
+            "match:",
+            "  all:",
+            "    - dmi:",
+            f"        system_vendor: {json.dumps(dmi.system_vendor.strip())}",
+            f"        system_product: {json.dumps(dmi.system_product.strip())}",
+        ]
+    else:
+        raise ValueError("no accelerator and no DMI system in this dump: nothing to match on")
+    lines += ["drivers: []", "engine: none", "kernel_args: []", ""]
+    return "\n".join(lines)
+
+
+def _names(found: list[acc.Accelerator]) -> str:
+    if not found:
+        return "no accelerator"
+    return ", ".join(f"{a.count} x {a.name}" for a in found)

@@ -1,0 +1,607 @@
+"""Hardware profiles: ``hwprofiles/*.yaml`` loaded, validated and indexed.
+
+A profile says which machines it is for (``match``: all-of / any-of rules over PCI ids or
+classes with counts, the CPU model, the memory size and DMI fields) and what follows from
+a match (driver recipes, inference engine and its defaults, smoke floors, kernel
+arguments). ``docs/profiles.md`` describes the format; ``hwprofiles/profile.schema.json``
+is its JSON Schema.
+
+Every problem found is a :class:`ProfileProblem` rendered ``file:line: key: reason``. The
+YAML is read with the compose (node) API so each problem knows its line. Nothing is
+half-loaded: :func:`load_profiles` raises :class:`ProfileError` carrying every problem,
+and the caller keeps its last good :class:`ProfileSet`.
+
+``accelerators.yaml`` in the same directory is the accelerator table, not a profile; it is
+skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+
+import yaml
+
+from provisioner.discovery.model import Dmi
+from provisioner.errors import ProvisionerError
+
+SCHEMA = "provisioner.profile/1"
+NOT_PROFILES = frozenset({"accelerators.yaml"})
+DMI_FIELDS = tuple(f.name for f in fields(Dmi))  # system_vendor, board_name, ...
+REQUIRED_KEYS = ("name", "version", "description", "sources", "match")
+OPTIONAL_KEYS = ("drivers", "engine", "engine_defaults", "smoke", "kernel_args")
+TOP_KEYS = frozenset(REQUIRED_KEYS + OPTIONAL_KEYS)
+RULE_KINDS = ("pci", "cpu_model", "memory_min_gib", "dmi")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+PCI_ID_RE = re.compile(r"^([0-9a-f]{4}):([0-9a-f]{4})(?: rev ([0-9a-f]{2}))?$", re.IGNORECASE)
+PCI_CLASS_RE = re.compile(r"^[0-9a-f]{4}$", re.IGNORECASE)
+GIB = 1024**3
+
+
+class Engine(StrEnum):
+    VLLM = "vllm"
+    LLAMA_RPC = "llama-rpc"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class ProfileProblem:
+    file: str
+    line: int
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.key}: {self.reason}"
+
+
+class ProfileError(ProvisionerError):
+    """Profiles refused at load: carries every :class:`ProfileProblem` found."""
+
+    def __init__(self, problems: list[ProfileProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+# ---------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class PciId:
+    vendor: str
+    device: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        rev = f" rev {self.revision}" if self.revision else ""
+        return f"{self.vendor}:{self.device}{rev}"
+
+
+@dataclass(frozen=True)
+class PciRule:
+    """Count the PCI devices with one of ``ids`` (or of ``classes``); min <= count <= max."""
+
+    ids: tuple[PciId, ...] = ()
+    classes: tuple[str, ...] = ()
+    min: int = 1
+    max: int | None = None
+    line: int = 0
+
+    def describe(self) -> str:
+        what = (
+            ", ".join(str(i) for i in self.ids) if self.ids else "class " + ", ".join(self.classes)
+        )
+        if self.max is None:
+            bound = f">= {self.min}"
+        elif self.min == self.max:
+            bound = f"== {self.min}"
+        else:
+            bound = f"{self.min}..{self.max}"
+        return f"pci [{what}] count {bound}"
+
+
+@dataclass(frozen=True)
+class CpuRule:
+    pattern: re.Pattern[str]
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"cpu_model ~ /{self.pattern.pattern}/"
+
+
+@dataclass(frozen=True)
+class MemoryRule:
+    min_gib: float
+    line: int = 0
+
+    @property
+    def min_bytes(self) -> int:
+        return int(self.min_gib * GIB)
+
+    def describe(self) -> str:
+        return f"memory >= {self.min_gib:g} GiB"
+
+
+@dataclass(frozen=True)
+class DmiRule:
+    field: str
+    exact: str | None = None
+    pattern: re.Pattern[str] | None = None
+    line: int = 0
+
+    def describe(self) -> str:
+        if self.pattern is not None:
+            return f"dmi.{self.field} ~ /{self.pattern.pattern}/"
+        return f"dmi.{self.field} == {self.exact!r}"
+
+
+Rule = PciRule | CpuRule | MemoryRule | DmiRule
+
+
+# ---------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class EngineDefaults:
+    dtype: str | None = None
+    quantization: str | None = None
+
+
+@dataclass(frozen=True)
+class Smoke:
+    reference_model: str | None = None
+    min_tokens_per_s: float | None = None
+    max_ttft_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    version: int
+    description: str
+    sources: tuple[str, ...]
+    all_of: tuple[Rule, ...] = ()
+    any_of: tuple[Rule, ...] = ()
+    drivers: tuple[str, ...] = ()
+    engine: Engine = Engine.NONE
+    engine_defaults: EngineDefaults = field(default_factory=EngineDefaults)
+    smoke: Smoke = field(default_factory=Smoke)
+    kernel_args: tuple[str, ...] = ()
+    file: str = ""
+    line: int = 1
+
+    @property
+    def anchor(self) -> PciRule | DmiRule | None:
+        """What indexes the profile: its first required PCI-id rule needing a device, else
+        its first required exact DMI rule; None when it must be checked on every inventory."""
+        for rule in self.all_of:
+            if isinstance(rule, PciRule) and rule.ids and rule.min >= 1:
+                return rule
+        for rule in self.all_of:
+            if isinstance(rule, DmiRule) and rule.exact is not None:
+                return rule
+        return None
+
+
+class ProfileSet:
+    """Loaded profiles by name, indexed by their anchor (PCI ids, or an exact DMI value)."""
+
+    def __init__(self, profiles: Iterable[Profile] = ()) -> None:
+        self.profiles: tuple[Profile, ...] = tuple(sorted(profiles, key=lambda p: p.name))
+        self._by_name = {p.name: p for p in self.profiles}
+        unanchored: list[int] = []
+        by_ids: dict[tuple[str, str], list[int]] = {}
+        by_dmi: dict[tuple[str, str], list[int]] = {}
+        for i, profile in enumerate(self.profiles):
+            anchor = profile.anchor
+            if isinstance(anchor, PciRule):
+                for key in {(pid.vendor, pid.device) for pid in anchor.ids}:
+                    by_ids.setdefault(key, []).append(i)
+            elif isinstance(anchor, DmiRule) and anchor.exact is not None:
+                by_dmi.setdefault((anchor.field, anchor.exact), []).append(i)
+            else:
+                unanchored.append(i)
+        self.anchored = {k: tuple(v) for k, v in by_ids.items()}
+        self.dmi_anchored = {k: tuple(v) for k, v in by_dmi.items()}
+        self.unanchored: tuple[int, ...] = tuple(unanchored)
+
+    def __iter__(self) -> Iterator[Profile]:
+        return iter(self.profiles)
+
+    def __len__(self) -> int:
+        return len(self.profiles)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def get(self, name: str) -> Profile | None:
+        return self._by_name.get(name)
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.profiles]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def profile_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand directories to their ``*.yaml``/``*.yml`` profiles (the accelerator table skipped)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                p
+                for p in sorted(path.iterdir())
+                if p.suffix in (".yaml", ".yml") and p.name not in NOT_PROFILES and p.is_file()
+            )
+        elif path.name not in NOT_PROFILES:
+            found.append(path)
+    return found
+
+
+def parse_profiles(paths: Iterable[Path]) -> tuple[list[Profile], list[ProfileProblem]]:
+    """Every profile that reads cleanly, and every problem (duplicates across files too)."""
+    profiles: list[Profile] = []
+    problems: list[ProfileProblem] = []
+    for path in profile_files(paths):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(ProfileProblem(str(path), 0, "file", f"cannot read: {exc}"))
+            continue
+        profile, found = parse_profile(text, str(path))
+        problems.extend(found)
+        if profile is not None:
+            profiles.append(profile)
+    first: dict[str, Profile] = {}
+    unique: list[Profile] = []
+    for profile in profiles:
+        if profile.name in first:
+            other = first[profile.name]
+            problems.append(
+                ProfileProblem(
+                    profile.file,
+                    profile.line,
+                    "name",
+                    f"duplicate profile name {profile.name!r} (first in {other.file}:{other.line})",
+                )
+            )
+            continue
+        first[profile.name] = profile
+        unique.append(profile)
+    return unique, problems
+
+
+def validate(paths: Iterable[Path]) -> list[ProfileProblem]:
+    """Every problem in these profile files or directories; empty when all are good."""
+    return parse_profiles(paths)[1]
+
+
+def load_profiles(directory: Path) -> ProfileSet:
+    """The profiles in ``directory``; raises :class:`ProfileError` with every problem."""
+    if not directory.is_dir():
+        raise ProfileError([ProfileProblem(str(directory), 0, "directory", "not a directory")])
+    profiles, problems = parse_profiles([directory])
+    if problems:
+        raise ProfileError(problems)
+    return ProfileSet(profiles)
+
+
+def parse_profile(text: str, source: str) -> tuple[Profile | None, list[ProfileProblem]]:
+    """One profile file's text; the profile is None when any problem was found."""
+    reader = _Reader(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        problem = getattr(exc, "problem", None) or str(exc)
+        return None, [ProfileProblem(source, line, "yaml", f"not valid YAML: {problem}")]
+    if root is None:
+        return None, [ProfileProblem(source, 1, "file", "empty: expected a profile mapping")]
+    profile = reader.profile(root)
+    if reader.problems:
+        return None, reader.problems
+    return profile, []
+
+
+_SCALAR_TAGS = {
+    "str": "tag:yaml.org,2002:str",
+    "int": "tag:yaml.org,2002:int",
+    "float": "tag:yaml.org,2002:float",
+    "bool": "tag:yaml.org,2002:bool",
+    "null": "tag:yaml.org,2002:null",
+}
+
+
+class _Reader:
+    """Walks the composed YAML nodes, collecting problems with their lines."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[ProfileProblem] = []
+
+    def fail(self, node: yaml.Node, key: str, reason: str) -> None:
+        self.problems.append(ProfileProblem(self.source, node.start_mark.line + 1, key, reason))
+
+    def mapping(
+        self, node: yaml.Node, key: str, allowed: Iterable[str]
+    ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+        """{key: (key node, value node)}; unknown and repeated keys are problems."""
+        if not isinstance(node, yaml.MappingNode):
+            self.fail(node, key, "expected a mapping")
+            return None
+        allowed = frozenset(allowed)
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for knode, vnode in node.value:
+            name = knode.value if isinstance(knode, yaml.ScalarNode) else str(knode.value)
+            where = f"{key}.{name}" if key else name
+            if name not in allowed:
+                self.fail(knode, where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+                continue
+            if name in out:
+                self.fail(knode, where, "repeated key")
+                continue
+            out[name] = (knode, vnode)
+        return out
+
+    def string(self, node: yaml.Node, key: str, *, empty: bool = False) -> str | None:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != _SCALAR_TAGS["str"]:
+            self.fail(node, key, "expected a string")
+            return None
+        value = str(node.value)
+        if not empty and not value.strip():
+            self.fail(node, key, "must not be empty")
+            return None
+        return value
+
+    def number(
+        self, node: yaml.Node, key: str, *, integer: bool = False, minimum: float = 0
+    ) -> float | None:
+        tags = [_SCALAR_TAGS["int"]] if integer else [_SCALAR_TAGS["int"], _SCALAR_TAGS["float"]]
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in tags:
+            self.fail(node, key, "expected an integer" if integer else "expected a number")
+            return None
+        value = yaml.constructor.SafeConstructor().construct_object(node)
+        assert isinstance(value, int | float)
+        if value < minimum:
+            self.fail(node, key, f"must be >= {minimum:g}, got {value}")
+            return None
+        return value
+
+    def strings(self, node: yaml.Node, key: str, *, empty: bool = True) -> tuple[str, ...]:
+        if not isinstance(node, yaml.SequenceNode):
+            self.fail(node, key, "expected a list of strings")
+            return ()
+        if not node.value and not empty:
+            self.fail(node, key, "must not be empty")
+        values = [self.string(item, f"{key}[{i}]") for i, item in enumerate(node.value)]
+        return tuple(v for v in values if v is not None)
+
+    def regex(self, node: yaml.Node, key: str) -> re.Pattern[str] | None:
+        text = self.string(node, key)
+        if text is None:
+            return None
+        try:
+            return re.compile(text)
+        except re.error as exc:
+            self.fail(node, key, f"bad regex {text!r}: {exc}")
+            return None
+
+    # ------------------------------------------------------------ the profile
+
+    def profile(self, root: yaml.Node) -> Profile | None:
+        top = self.mapping(root, "", TOP_KEYS)
+        if top is None:
+            return None
+        for key in REQUIRED_KEYS:
+            if key not in top:
+                self.fail(root, key, "required key missing")
+        v = {key: value for key, (_, value) in top.items()}
+        name = self._name(v["name"]) if "name" in v else None
+        version = (
+            self.number(v["version"], "version", integer=True, minimum=1)
+            if "version" in v
+            else None
+        )
+        description = self.string(v["description"], "description") if "description" in v else None
+        sources = self.strings(v["sources"], "sources", empty=False) if "sources" in v else ()
+        all_of, any_of = self._match(v["match"]) if "match" in v else ((), ())
+        drivers = self.strings(v["drivers"], "drivers") if "drivers" in v else ()
+        kernel_args = self.strings(v["kernel_args"], "kernel_args") if "kernel_args" in v else ()
+        engine = Engine.NONE
+        if (entry := top.get("engine")) is not None:
+            text = self.string(entry[1], "engine")
+            if text is not None:
+                try:
+                    engine = Engine(text)
+                except ValueError:
+                    choices = ", ".join(e.value for e in Engine)
+                    self.fail(entry[1], "engine", f"{text!r} is not one of: {choices}")
+        defaults = EngineDefaults()
+        if (entry := top.get("engine_defaults")) is not None:
+            defaults = self._engine_defaults(entry[1])
+            if engine is Engine.NONE and (defaults.dtype or defaults.quantization):
+                self.fail(entry[0], "engine_defaults", "given but engine is none")
+        smoke = self._smoke(v["smoke"]) if "smoke" in v else Smoke()
+        if name is None or version is None or description is None:
+            return None
+        return Profile(
+            name=name,
+            version=int(version),
+            description=description.strip(),
+            sources=sources,
+            all_of=all_of,
+            any_of=any_of,
+            drivers=drivers,
+            engine=engine,
+            engine_defaults=defaults,
+            smoke=smoke,
+            kernel_args=kernel_args,
+            file=self.source,
+            line=top["name"][0].start_mark.line + 1,
+        )
+
+    def _name(self, node: yaml.Node) -> str | None:
+        name = self.string(node, "name")
+        if name is not None and not NAME_RE.match(name):
+            self.fail(node, "name", f"{name!r}: use lowercase letters, digits and '-'")
+            return None
+        return name
+
+    def _engine_defaults(self, node: yaml.Node) -> EngineDefaults:
+        got = self.mapping(node, "engine_defaults", ("dtype", "quantization"))
+        if got is None:
+            return EngineDefaults()
+        values = {k: self.string(v, f"engine_defaults.{k}") for k, (_, v) in got.items()}
+        return EngineDefaults(values.get("dtype"), values.get("quantization"))
+
+    def _smoke(self, node: yaml.Node) -> Smoke:
+        keys = ("reference_model", "min_tokens_per_s", "max_ttft_s")
+        got = self.mapping(node, "smoke", keys)
+        if got is None:
+            return Smoke()
+        v = {key: value for key, (_, value) in got.items()}
+        model = (
+            self.string(v["reference_model"], "smoke.reference_model")
+            if "reference_model" in v
+            else None
+        )
+        tps = (
+            self.number(v["min_tokens_per_s"], "smoke.min_tokens_per_s")
+            if "min_tokens_per_s" in v
+            else None
+        )
+        ttft = self.number(v["max_ttft_s"], "smoke.max_ttft_s") if "max_ttft_s" in v else None
+        if (tps is not None or ttft is not None) and model is None:
+            self.fail(node, "smoke.reference_model", "floors need the model they were taken with")
+        return Smoke(model, tps, ttft)
+
+    def _match(self, node: yaml.Node) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
+        got = self.mapping(node, "match", ("all", "any"))
+        if got is None:
+            return (), ()
+        groups: dict[str, tuple[Rule, ...]] = {"all": (), "any": ()}
+        for group, (_, value) in got.items():
+            key = f"match.{group}"
+            if not isinstance(value, yaml.SequenceNode):
+                self.fail(value, key, "expected a list of rules")
+                continue
+            if not value.value:
+                self.fail(
+                    value,
+                    key,
+                    f"empty {group}-of: a profile that can never match"
+                    if group == "any"
+                    else "empty all-of: leave it out instead",
+                )
+                continue
+            rules: list[Rule] = []
+            for i, item in enumerate(value.value):
+                rules.extend(self._rule(item, f"{key}[{i}]"))
+            groups[group] = tuple(rules)
+        return groups["all"], groups["any"]
+
+    def _rule(self, node: yaml.Node, key: str) -> list[Rule]:
+        got = self.mapping(node, key, RULE_KINDS)
+        if got is None:
+            return []
+        if len(got) != 1:
+            if got:
+                self.fail(node, key, f"one rule per item, got {', '.join(sorted(got))}")
+            else:
+                self.fail(node, key, f"empty rule: expected one of {', '.join(RULE_KINDS)}")
+            return []
+        [(kind, (_, value))] = got.items()
+        where = f"{key}.{kind}"
+        line = node.start_mark.line + 1
+        if kind == "pci":
+            pci = self._pci(value, where, line)
+            return [pci] if pci is not None else []
+        if kind == "cpu_model":
+            pattern = self.regex(value, where)
+            return [CpuRule(pattern, line)] if pattern is not None else []
+        if kind == "memory_min_gib":
+            gib = self.number(value, where)
+            return [MemoryRule(gib, line)] if gib is not None else []
+        return list(self._dmi(value, where))
+
+    def _pci(self, node: yaml.Node, key: str, line: int) -> PciRule | None:
+        got = self.mapping(node, key, ("ids", "class", "min", "max"))
+        if got is None:
+            return None
+        if ("ids" in got) == ("class" in got):
+            self.fail(node, key, "give exactly one of ids or class")
+            return None
+        ids: list[PciId] = []
+        classes: list[str] = []
+        if "ids" in got:
+            value = got["ids"][1]
+            for i, text in enumerate(self.strings(value, f"{key}.ids", empty=False)):
+                found = PCI_ID_RE.match(text.strip())
+                if found is None:
+                    item = value.value[i] if isinstance(value, yaml.SequenceNode) else value
+                    self.fail(
+                        item,
+                        f"{key}.ids[{i}]",
+                        f"{text!r}: expected 'vvvv:dddd' or 'vvvv:dddd rev rr' (hex)",
+                    )
+                    continue
+                vendor, device, rev = found.groups()
+                ids.append(PciId(vendor.lower(), device.lower(), rev.lower() if rev else None))
+        else:
+            value = got["class"][1]
+            for i, text in enumerate(self.strings(value, f"{key}.class", empty=False)):
+                if not PCI_CLASS_RE.match(text):
+                    item = value.value[i] if isinstance(value, yaml.SequenceNode) else value
+                    self.fail(
+                        item,
+                        f"{key}.class[{i}]",
+                        f"{text!r}: expected 4 hex digits (base class + subclass, e.g. '0302')",
+                    )
+                    continue
+                classes.append(text.lower())
+        high = self.number(got["max"][1], f"{key}.max", integer=True) if "max" in got else None
+        default_min = 0 if high == 0 else 1  # ``max: 0`` alone says "none of these"
+        low = (
+            self.number(got["min"][1], f"{key}.min", integer=True) if "min" in got else default_min
+        )
+        if low is not None and high is not None and low > high:
+            self.fail(
+                got["min"][1] if "min" in got else node,
+                f"{key}.min",
+                f"impossible: min {int(low)} > max {int(high)}",
+            )
+            return None
+        if low is None or (high is None and "max" in got) or not (ids or classes):
+            return None
+        return PciRule(
+            tuple(ids), tuple(classes), int(low), int(high) if high is not None else None, line
+        )
+
+    def _dmi(self, node: yaml.Node, key: str) -> Iterator[DmiRule]:
+        got = self.mapping(node, key, DMI_FIELDS)
+        if got is None:
+            return
+        if not got:
+            self.fail(node, key, "empty: name at least one DMI field")
+        for name, (_, value) in got.items():
+            where = f"{key}.{name}"
+            line = value.start_mark.line + 1
+            if isinstance(value, yaml.MappingNode):
+                inner = self.mapping(value, where, ("regex",))
+                if inner is None or "regex" not in inner:
+                    if inner is not None:
+                        self.fail(value, where, "expected a string or {regex: ...}")
+                    continue
+                pattern = self.regex(inner["regex"][1], f"{where}.regex")
+                if pattern is not None:
+                    yield DmiRule(name, None, pattern, line)
+            else:
+                text = self.string(value, where)
+                if text is not None:
+                    yield DmiRule(name, text.strip(), None, line)
