@@ -295,6 +295,13 @@ def cmd_profile_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inventory_schema(args: argparse.Namespace) -> int:
+    from provisioner.discovery.schema import inventory_schema
+
+    _print_json(inventory_schema())
+    return 0
+
+
 # ---------------------------------------------------------------- images
 
 
@@ -505,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     parse.add_argument("--json", action="store_true")
     parse.add_argument("--full", action="store_true", help="with --json: the whole inventory")
     parse.set_defaults(func=cmd_inventory_parse)
+    ischema = inventory_sub.add_parser("schema", help="the inventory's JSON Schema")
+    ischema.set_defaults(func=cmd_inventory_schema)
 
     from provisioner.profile_cli import add_profile_commands
 

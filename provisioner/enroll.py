@@ -16,10 +16,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner.discovery.dumps.agent import from_report
+from provisioner.discovery import schema
 from provisioner.discovery.fingerprint import Match, fingerprint
 from provisioner.discovery.model import Inventory
-from provisioner.discovery.report import parse_report
 from provisioner.profiles import ProfileSet, load_profiles
 from provisioner.registry import EventKind, Node, Registry
 from provisioner.states import NodeEvent, NodeState
@@ -41,11 +40,11 @@ class Change:
 
 
 def inventory_of(document: str) -> Inventory | None:
-    """The model inventory from what the registry stored (agent reports only)."""
-    doc = json.loads(document)
-    if doc.get("format") != "agent/1" or not isinstance(doc.get("raw"), str):
+    """The inventory the registry stored (in its schema), or None if it does not fit."""
+    try:
+        return schema.from_json(json.loads(document).get("inventory"))
+    except (ValueError, schema.InventorySchemaError):
         return None
-    return from_report(parse_report(doc["raw"]))
 
 
 class Enroller:

@@ -30,6 +30,9 @@ from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.boot.policy import INITRD_FILE, KERNEL_FILE, boot_spec
 from provisioner.boot.tftp import confine
 from provisioner.config import Config, normalize_mac
+from provisioner.discovery import schema
+from provisioner.discovery.dumps.agent import from_report
+from provisioner.discovery.model import SCHEMA
 from provisioner.discovery.report import parse_report
 from provisioner.enroll import Enroller
 from provisioner.errors import IllegalTransition, RegistryError, TftpPathError
@@ -248,28 +251,28 @@ def create_app(ctx: AppContext) -> FastAPI:
 
 
 def _inventory_document(body: bytes, content_type: str) -> dict[str, Any]:
-    """What the registry keeps of a report: the parsed inventory, problems, the raw text."""
+    """What the registry keeps of a report: the inventory in its schema, problems, raw text."""
     if content_type.startswith("text/plain"):
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise HTTPException(400, f"report is not UTF-8: {exc}") from exc
+            raise HTTPException(422, f"report is not UTF-8: {exc}") from exc
         result = parse_report(text)
         if not result.inventory.pci and not result.inventory.nics:
-            raise HTTPException(400, "not an agent report: " + "; ".join(result.problems[:3]))
+            raise HTTPException(422, "not an agent report: " + "; ".join(result.problems[:3]))
         return {
             "format": "agent/1",
-            "inventory": result.inventory.as_dict(),
+            "inventory": schema.to_json(from_report(result)),
             "problems": result.problems,
             "raw": text,
         }
     try:
-        parsed = json.loads(body)
+        inventory = schema.from_json(json.loads(body))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HTTPException(400, f"inventory is not JSON: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise HTTPException(400, "inventory must be a JSON object")
-    return {"format": "json", "inventory": parsed, "problems": []}
+        raise HTTPException(422, f"inventory is not JSON: {exc}") from exc
+    except schema.InventorySchemaError as exc:
+        raise HTTPException(422, f"not a {SCHEMA} inventory: {exc}") from exc
+    return {"format": "json", "inventory": schema.to_json(inventory), "problems": []}
 
 
 def record_file(ctx: AppContext, served: FileServed, started: float | None = None) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.boot.http import _inventory_document
 from provisioner.config import DEFAULT_HWPROFILES
 from provisioner.enroll import Enroller
 from provisioner.profiles import ProfileError
@@ -19,8 +20,9 @@ A, B, C = "52:54:00:99:00:01", "52:54:00:99:00:02", "52:54:00:99:00:03"
 
 
 def agent_doc(name: str) -> str:
-    raw = (AGENT / name).read_text()
-    return json.dumps({"format": "agent/1", "inventory": {}, "problems": [], "raw": raw})
+    """What the inventory POST stores for the agent's report (the same function)."""
+    raw = (AGENT / name).read_bytes()
+    return json.dumps(_inventory_document(raw, "text/plain; charset=utf-8"))
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from provisioner.boot.http import AppContext, create_app
 from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.config import Mode, parse_config, render_config
+from provisioner.discovery.model import SCHEMA
 from provisioner.metrics import Metrics
 from provisioner.registry import EventKind, Registry
 from provisioner.states import NodeEvent, NodeState
@@ -158,13 +159,19 @@ def test_inventory_needs_the_boot_token(client: TestClient, ctx: AppContext) -> 
     node = ctx.registry.node(MAC)
     assert node is not None and node.state is NodeState.NEW
     auth = {"Authorization": f"Bearer {token}"}
-    assert client.post(url, content=b"not json", headers=auth).status_code == 400
-    assert client.post(url, json=[1, 2], headers=auth).status_code == 400
-    r = client.post(url, json={"cpu": "x"}, headers=auth)
+    assert client.post(url, content=b"not json", headers=auth).status_code == 422
+    assert client.post(url, json=[1, 2], headers=auth).status_code == 422
+    wrong = client.post(url, json={"schema": SCHEMA, "pci": [{"vendor": "XYZ"}]}, headers=auth)
+    assert wrong.status_code == 422 and "pci/0/vendor" in wrong.json()["detail"]
+    assert client.post(url, json={"cpu": "x"}, headers=auth).status_code == 422
+    assert ctx.registry.inventory(MAC) is None  # refused: nothing changed
+    good = {"schema": SCHEMA, "firmware": "uefi", "pci": [{"vendor": "10de", "device": "1b38"}]}
+    r = client.post(url, json=good, headers=auth)
     assert r.status_code == 202
     assert r.json() == {"mac": MAC, "state": "discovered", "next": "stay"}
     shown = client.get(f"/api/v1/nodes/{MAC}").json()
-    assert shown["state"] == "discovered" and shown["inventory"]["inventory"] == {"cpu": "x"}
+    assert shown["state"] == "discovered"
+    assert shown["inventory"]["inventory"]["pci"][0]["device"] == "1b38"
     kinds = [e["kind"] for e in shown["timeline"]]
     assert kinds[:1] == ["script"] and "refused" in kinds and kinds[-2:] == ["inventory", "state"]
 
@@ -217,7 +224,7 @@ def test_agent_text_report_is_parsed_and_kept(client: TestClient, ctx: AppContex
     auth = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain; charset=utf-8"}
     url = f"/api/v1/nodes/{MAC}/inventory"
     bad = client.post(url, content=b"hello", headers=auth)
-    assert bad.status_code == 400 and "not an agent report" in bad.json()["detail"]
+    assert bad.status_code == 422 and "not an agent report" in bad.json()["detail"]
     r = client.post(url, content=report.encode(), headers=auth)
     assert r.status_code == 202
     kept = client.get(f"/api/v1/nodes/{MAC}").json()["inventory"]

@@ -1,0 +1,129 @@
+"""The inventory's JSON form and its versioned JSON Schema (``provisioner.inventory/1``).
+
+The schema is derived from the dataclasses in :mod:`provisioner.discovery.model`, so the
+two cannot drift; ``docs/inventory.schema.json`` is a copy a test keeps equal. JSON
+inventories POSTed to the API are checked against it (jsonschema) and refused with the
+path and the reason (422) when they do not fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
+
+from provisioner.discovery.model import SCHEMA, Cpu, Disk, Dmi, Inventory, Nic, PciDevice
+from provisioner.errors import ProtocolError
+
+HEX4 = "^[0-9a-f]{4}$"
+PATTERNS = {
+    "PciDevice.vendor": HEX4,
+    "PciDevice.device": HEX4,
+    "PciDevice.subsystem_vendor": HEX4,
+    "PciDevice.subsystem_device": HEX4,
+    "PciDevice.pci_class": HEX4,
+    "PciDevice.prog_if": "^[0-9a-f]{2}$",
+    "Nic.mac": "^[0-9a-f]{2}(:[0-9a-f]{2}){5}$",
+}
+ENUMS: dict[str, list[str]] = {"Inventory.firmware": ["bios", "uefi"]}
+NESTED: dict[str, type[Any]] = {
+    "pci": PciDevice,
+    "cpu": Cpu,
+    "dmi": Dmi,
+    "nics": Nic,
+    "disks": Disk,
+}
+
+
+class InventorySchemaError(ProtocolError):
+    """A JSON inventory that does not fit the schema: where and why."""
+
+
+def _type_schema(name: str, hint: Any) -> dict[str, Any]:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in args if a is not type(None)]
+        one = _type_schema(name, inner[0])
+        kind = one.get("type")
+        if isinstance(kind, str):
+            one["type"] = [kind, "null"]
+            if "enum" in one:
+                one["enum"] = [*one["enum"], None]
+            return one
+        return {"anyOf": [one, {"type": "null"}]}
+    if origin in (tuple, list):
+        item = args[0]
+        return {"type": "array", "items": _type_schema(name, item)}
+    if dataclasses.is_dataclass(hint):
+        return object_schema(hint)
+    base = {str: "string", int: "integer", bool: "boolean"}[hint]
+    schema: dict[str, Any] = {"type": base}
+    if name in PATTERNS:
+        schema["pattern"] = PATTERNS[name]
+    if name in ENUMS:
+        schema["enum"] = [v for v in ENUMS[name] if v is not None]
+    return schema
+
+
+def object_schema(cls: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    props = {
+        f.name: _type_schema(f"{cls.__name__}.{f.name}", hints[f.name])
+        for f in dataclasses.fields(cls)
+    }
+    return {"type": "object", "properties": props, "additionalProperties": False}
+
+
+def inventory_schema() -> dict[str, Any]:
+    schema = object_schema(Inventory)
+    schema["properties"]["schema"] = {"const": SCHEMA}
+    schema["required"] = ["schema"]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://provisioner.invalid/schemas/{SCHEMA}",
+        "title": "provisioner hardware inventory",
+        **schema,
+    }
+
+
+_VALIDATOR = jsonschema.Draft202012Validator(inventory_schema())
+
+
+def to_json(inventory: Inventory) -> dict[str, Any]:
+    data = dataclasses.asdict(inventory)
+    data["schema"] = SCHEMA
+    return data
+
+
+def from_json(data: object) -> Inventory:
+    """An Inventory from its JSON form; InventorySchemaError names the path and reason."""
+    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(data))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top)"
+        raise InventorySchemaError(f"{where}: {error.message}")
+    assert isinstance(data, Mapping)
+    inventory: Inventory = _build(Inventory, {k: v for k, v in data.items() if k != "schema"})
+    return inventory
+
+
+def _build(cls: Any, data: Mapping[str, Any]) -> Any:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name in NESTED and value is not None:
+            nested = NESTED[f.name]
+            if isinstance(value, list):
+                value = tuple(_build(nested, v) for v in value)
+            else:
+                value = _build(nested, value)
+        elif isinstance(value, list) and f.name != "problems":
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**values)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from provisioner.discovery.dumps import parse_dump
+from provisioner.discovery.schema import (
+    InventorySchemaError,
+    from_json,
+    inventory_schema,
+    to_json,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+HW = ROOT.parent / "shared" / "fixtures" / "hw"
+
+
+def test_the_documented_schema_is_the_one_in_force() -> None:
+    documented = json.loads((ROOT / "docs" / "inventory.schema.json").read_text())
+    assert documented == inventory_schema(), "run: provisioner inventory schema > docs/..."
+
+
+def dumps() -> list[Path]:
+    agent = sorted((ROOT / "tests" / "fixtures" / "agent").glob("*.txt"))
+    hw = sorted(p for p in HW.glob("*") if p.suffix in (".txt", ".xml", ".json"))
+    return agent + hw
+
+
+@pytest.mark.parametrize("path", dumps(), ids=lambda p: p.name[:50])
+def test_every_parsed_dump_fits_the_schema_and_round_trips(path: Path) -> None:
+    inventory = parse_dump(path.read_text(errors="replace")).inventory
+    assert from_json(json.loads(json.dumps(to_json(inventory)))) == inventory
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        ({}, "schema"),
+        ({"schema": "provisioner.inventory/2"}, "schema"),
+        ({"schema": "provisioner.inventory/1", "pci": [{"vendor": "10DE"}]}, "pci/0/vendor"),
+        ({"schema": "provisioner.inventory/1", "firmware": "coreboot"}, "firmware"),
+        ({"schema": "provisioner.inventory/1", "nics": [{"mac": "zz"}]}, "nics/0/mac"),
+        ({"schema": "provisioner.inventory/1", "gpu": 1}, "gpu"),
+        ([], "(top)"),
+    ],
+)
+def test_what_does_not_fit_is_named(data: object, where: str) -> None:
+    with pytest.raises(InventorySchemaError) as info:
+        from_json(data)
+    assert where in str(info.value)
