@@ -24,7 +24,8 @@ from provisioner.config import (
     write_config,
 )
 from provisioner.errors import ProvisionerError
-from provisioner.registry import Event, Node, Registry
+from provisioner.registry import Event, EventKind, Node, Registry
+from provisioner.states import NodeState
 
 log = logging.getLogger("provisioner")
 
@@ -119,9 +120,16 @@ def _registry(cfg: Config) -> Registry:
 
 
 def cmd_node_list(args: argparse.Namespace) -> int:
-    nodes = _registry(_load(args)).nodes()
+    reg = _registry(_load(args))
+    nodes = reg.nodes()
+    nearest = {n.mac: _nearest(reg, n) for n in nodes if n.state is NodeState.UNMATCHED}
     if args.json:
-        _print_json([n.as_dict() for n in nodes])
+        _print_json(
+            [
+                {**n.as_dict(), **({"nearest": nearest[n.mac]} if n.mac in nearest else {})}
+                for n in nodes
+            ]
+        )
         return 0
     if not nodes:
         print("no nodes yet: power on a node set to boot from the network")
@@ -132,7 +140,8 @@ def cmd_node_list(args: argparse.Namespace) -> int:
             n.mac,
             n.hostname or "-",
             n.state.value,
-            n.profile or "-",
+            n.profile
+            or (f"nearest: {', '.join(nearest[n.mac]) or '-'}" if n.mac in nearest else "-"),
             n.ip or "-",
             n.firmware or "-",
             _ago(n.last_seen),
@@ -141,6 +150,15 @@ def cmd_node_list(args: argparse.Namespace) -> int:
     ]
     _table(header, rows)
     return 0
+
+
+def _nearest(reg: Registry, node: Node) -> list[str]:
+    """The candidates the last fingerprinting named for an unmatched node."""
+    for event in reversed(reg.events(node.mac)):
+        if event.kind is EventKind.PROFILE:
+            text = str(event.detail.get("candidates") or "")
+            return [c for c in text.split(", ") if c]
+    return []
 
 
 def cmd_node_show(args: argparse.Namespace) -> int:

@@ -79,6 +79,12 @@ class Disk:
 
 
 @dataclass(frozen=True)
+class SshHostKey:
+    type: str  # "ssh-ed25519"
+    fingerprint: str  # "SHA256:..." as ssh-keygen -l prints it
+
+
+@dataclass(frozen=True)
 class Inventory:
     pci: tuple[PciDevice, ...] = ()
     cpu: Cpu | None = None
@@ -89,6 +95,7 @@ class Inventory:
     firmware: str | None = None  # "bios" | "uefi"
     kernel: str | None = None
     hostname: str | None = None
+    ssh_host_keys: tuple[SshHostKey, ...] = ()
     partial: bool = False
     problems: list[str] = field(default_factory=list)
 

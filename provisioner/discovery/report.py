@@ -11,12 +11,16 @@ sections, each a header line ``==> NAME <==`` followed by verbatim lines::
                              class=, numa_node=, driver=
     ==> net eth0 <==        address=, speed=, driver=, operstate=, mtu=
     ==> block vda <==       size= (512-byte sectors), rotational=, removable=, model=
+    ==> ssh <==             key=<type> <base64> [comment], one per host key (if any)
 
 Anything this parser cannot read is listed in ``problems`` and skipped; it never raises.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -69,6 +73,25 @@ class Cpu:
 
 
 @dataclass(frozen=True)
+class SshHostKey:
+    type: str  # "ssh-ed25519"
+    fingerprint: str  # "SHA256:..." as ssh-keygen -l prints it
+
+
+def ssh_fingerprint(line: str) -> SshHostKey | None:
+    """'ssh-ed25519 AAAA... comment' -> its SHA256 fingerprint; None if not a key."""
+    parts = line.split()
+    if len(parts) < 2:
+        return None
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return SshHostKey(parts[0], f"SHA256:{digest}")
+
+
+@dataclass(frozen=True)
 class Inventory:
     firmware: str | None  # "bios" | "uefi"
     kernel: str | None
@@ -80,6 +103,7 @@ class Inventory:
     pci: tuple[PciDevice, ...]
     nics: tuple[Nic, ...]
     disks: tuple[Disk, ...]
+    ssh_host_keys: tuple[SshHostKey, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -174,6 +198,7 @@ def parse_report(text: str) -> ParseResult:
     pci: list[PciDevice] = []
     nics: list[Nic] = []
     disks: list[Disk] = []
+    keys: list[SshHostKey] = []
     sections = split_sections(text)
     if not sections:
         problems.append("no sections: not an agent report")
@@ -238,6 +263,13 @@ def parse_report(text: str) -> ParseResult:
                     model=values.get("model") or None,
                 )
             )
+        elif kind == "ssh":
+            for line in lines:
+                key = ssh_fingerprint(line.partition("=")[2])
+                if key is None:
+                    problems.append(f"ssh: not a public key: {line[:40]!r}")
+                else:
+                    keys.append(key)
         else:
             problems.append(f"unknown section {name!r} skipped")
     firmware = system.get("firmware")
@@ -255,5 +287,6 @@ def parse_report(text: str) -> ParseResult:
         pci=tuple(pci),
         nics=tuple(nics),
         disks=tuple(disks),
+        ssh_host_keys=tuple(keys),
     )
     return ParseResult(inventory, problems)

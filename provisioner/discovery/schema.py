@@ -16,7 +16,16 @@ from typing import Any
 
 import jsonschema
 
-from provisioner.discovery.model import SCHEMA, Cpu, Disk, Dmi, Inventory, Nic, PciDevice
+from provisioner.discovery.model import (
+    SCHEMA,
+    Cpu,
+    Disk,
+    Dmi,
+    Inventory,
+    Nic,
+    PciDevice,
+    SshHostKey,
+)
 from provisioner.errors import ProtocolError
 
 HEX4 = "^[0-9a-f]{4}$"
@@ -28,6 +37,7 @@ PATTERNS = {
     "PciDevice.pci_class": HEX4,
     "PciDevice.prog_if": "^[0-9a-f]{2}$",
     "Nic.mac": "^[0-9a-f]{2}(:[0-9a-f]{2}){5}$",
+    "SshHostKey.fingerprint": "^SHA256:[A-Za-z0-9+/]{43}$",
 }
 ENUMS: dict[str, list[str]] = {"Inventory.firmware": ["bios", "uefi"]}
 NESTED: dict[str, type[Any]] = {
@@ -35,6 +45,7 @@ NESTED: dict[str, type[Any]] = {
     "cpu": Cpu,
     "dmi": Dmi,
     "nics": Nic,
+    "ssh_host_keys": SshHostKey,
     "disks": Disk,
 }
 

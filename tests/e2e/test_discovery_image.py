@@ -438,3 +438,25 @@ def test_agent_without_url_exits_2(tree: Path) -> None:
     )
     assert done.returncode == 2
     assert "provisioner.url" in done.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_agent_reports_ssh_host_keys_and_they_match_ssh_keygen(
+    shell: list[str], tree: Path
+) -> None:
+    keygen = shutil.which("ssh-keygen")
+    if keygen is None:
+        pytest.skip("needs ssh-keygen (openssh-client)")
+    (tree / "etc" / "ssh").mkdir(parents=True)
+    key = tree / "etc" / "ssh" / "ssh_host_ed25519_key"
+    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    argv = [*shell_or_skip(shell), str(AGENT), "--print"]
+    done = subprocess.run(argv, env=agent_env(tree), capture_output=True, text=True, check=True)
+    assert "==> ssh <==\nkey=ssh-ed25519 " in done.stdout
+    from provisioner.discovery.report import parse_report
+
+    keys = parse_report(done.stdout).inventory.ssh_host_keys
+    listed = subprocess.run(
+        [keygen, "-lf", f"{key}.pub"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert [(k.type, k.fingerprint) for k in keys] == [("ssh-ed25519", listed[1])]

@@ -79,3 +79,17 @@ def test_multi_socket_cpuinfo_counts() -> None:
     result = parse_report("==> file /proc/cpuinfo <==\n" + "\n".join(blocks))
     cpu = result.inventory.cpu
     assert cpu is not None and (cpu.sockets, cpu.cores, cpu.threads) == (2, 4, 8)
+
+
+def test_ssh_host_keys_become_fingerprints_like_ssh_keygen() -> None:
+    import base64
+    import hashlib
+
+    blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(range(32))
+    line = f"ssh-ed25519 {base64.b64encode(blob).decode()} root@node0"
+    result = parse_report(f"==> ssh <==\nkey={line}\nkey=garbage\n")
+    expected = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    assert [(k.type, k.fingerprint) for k in result.inventory.ssh_host_keys] == [
+        ("ssh-ed25519", expected)
+    ]
+    assert any("not a public key" in p for p in result.problems)

@@ -13,7 +13,7 @@ from provisioner.config import DEFAULT_HWPROFILES
 from provisioner.enroll import Enroller
 from provisioner.profiles import ProfileError
 from provisioner.registry import EventKind, Registry
-from provisioner.states import NodeState
+from provisioner.states import NodeEvent, NodeState
 
 AGENT = Path(__file__).resolve().parents[1] / "fixtures" / "agent"
 A, B, C = "52:54:00:99:00:01", "52:54:00:99:00:02", "52:54:00:99:00:03"
@@ -87,3 +87,42 @@ def test_reload_shows_what_changed_and_a_bad_set_keeps_the_old(
     node = reg.node(A)
     assert node is not None and node.profile == changes[0].after
     assert node.state is (NodeState.MATCHED if node.profile else NodeState.UNMATCHED)
+
+
+def test_node_list_names_the_nearest_profiles_of_an_unmatched_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from provisioner.cli import main
+    from provisioner.config import Mode, render_config, write_config
+
+    state = tmp_path / "state"
+    config = tmp_path / "provisioner.toml"
+    write_config(
+        config,
+        render_config(
+            interface="eth0",
+            address="10.1.0.1/24",
+            mode=Mode.PROXY,
+            dhcp_range=None,
+            state_dir=state,
+        ),
+    )
+    reg = Registry(state / "registry.sqlite3")
+    reg.touch_node(C)
+    reg.store_inventory(C, "{}")
+    reg.transition(C, NodeEvent.NO_MATCH)
+    reg.add_event(
+        C,
+        EventKind.PROFILE,
+        {
+            "profile": None,
+            "candidates": "qemu-lab, generic-cpu",
+            "conflict": "qemu-lab, generic-cpu",
+        },
+    )
+    assert main(["--config", str(config), "node", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[0]["state"] == "unmatched"
+    assert listed[0]["nearest"] == ["qemu-lab", "generic-cpu"]
+    assert main(["--config", str(config), "node", "list"]) == 0
+    assert "nearest: qemu-lab, generic-cpu" in capsys.readouterr().out

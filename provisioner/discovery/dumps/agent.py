@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from provisioner.discovery import report
-from provisioner.discovery.model import Cpu, Disk, Dmi, Inventory, Nic, PciDevice
+from provisioner.discovery.model import (
+    Cpu,
+    Disk,
+    Dmi,
+    Inventory,
+    Nic,
+    PciDevice,
+    SshHostKey,
+)
 
 DMI_KEYS = {
     "system_vendor": "sys_vendor",
@@ -45,6 +53,7 @@ def from_report(result: report.ParseResult) -> Inventory:
         firmware=inv.firmware,
         kernel=inv.kernel,
         hostname=inv.hostname,
+        ssh_host_keys=tuple(SshHostKey(k.type, k.fingerprint) for k in inv.ssh_host_keys),
         problems=list(result.problems),
     )
 
