@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from provisioner import __version__
+from provisioner.cli_common import ago, print_json, print_timeline, stamped, table
 from provisioner.config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_HTTP_PORT,
@@ -46,11 +47,6 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(_config_path(args))
-
-
-def _print_json(data: object) -> None:
-    json.dump(data, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
 
 
 # ---------------------------------------------------------------- config
@@ -94,7 +90,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         "tftp_root": str(cfg.tftp_root),
     }
     if args.json:
-        _print_json(data)
+        print_json(data)
     else:
         for key, value in data.items():
             print(f"{key:10} {value}")
@@ -124,7 +120,7 @@ def cmd_node_list(args: argparse.Namespace) -> int:
     nodes = reg.nodes()
     nearest = {n.mac: _nearest(reg, n) for n in nodes if n.state is NodeState.UNMATCHED}
     if args.json:
-        _print_json(
+        print_json(
             [
                 {**n.as_dict(), **({"nearest": nearest[n.mac]} if n.mac in nearest else {})}
                 for n in nodes
@@ -144,11 +140,11 @@ def cmd_node_list(args: argparse.Namespace) -> int:
             or (f"nearest: {', '.join(nearest[n.mac]) or '-'}" if n.mac in nearest else "-"),
             n.ip or "-",
             n.firmware or "-",
-            _ago(n.last_seen),
+            ago(n.last_seen),
         )
         for n in nodes
     ]
-    _table(header, rows)
+    table(header, rows)
     return 0
 
 
@@ -172,7 +168,7 @@ def cmd_node_show(args: argparse.Namespace) -> int:
     events = reg.events(node.mac)
     inventory = reg.inventory(node.mac)
     if args.json:
-        _print_json(
+        print_json(
             {
                 **node.as_dict(),
                 "timeline": [e.as_dict() for e in events],
@@ -191,33 +187,7 @@ def _show_node(node: Node, events: list[Event], *, has_inventory: bool) -> None:
         print(f"{key:11} {value if value is not None else '-'}")
     print(f"{'inventory':11} {'received' if has_inventory else '-'}")
     print("\nboot timeline (t = seconds since the first step shown, + = since the previous):")
-    _print_timeline(events)
-
-
-def _print_timeline(events: list[Event]) -> None:
-    if not events:
-        print("  (nothing yet)")
-        return
-    first = prev = events[0].ts
-    for e in events:
-        detail = " ".join(f"{k}={v}" for k, v in e.detail.items() if v is not None)
-        print(f"  t={e.ts - first:8.3f}  +{e.ts - prev:7.3f}  {e.kind.value:11} {detail}")
-        prev = e.ts
-
-
-def _ago(ts: float) -> str:
-    secs = max(0, int(time.time() - ts))
-    if secs < 120:
-        return f"{secs}s ago"
-    if secs < 7200:
-        return f"{secs // 60}m ago"
-    return f"{secs // 3600}h ago"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print_timeline(events)
 
 
 # ---------------------------------------------------------------- hardware dumps
@@ -255,7 +225,7 @@ def cmd_inventory_parse(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        _print_json(results)
+        print_json(results)
     else:
         for r in results:
             accels = ", ".join(f"{a['slug']} x{a['count']}" for a in r["accelerators"]) or "none"
@@ -289,7 +259,7 @@ def cmd_profile_reload(args: argparse.Namespace) -> int:
     except urllib.error.HTTPError as exc:
         detail = json.loads(exc.read() or b"{}").get("detail")
         if args.json:
-            _print_json({"status": exc.code, "detail": detail})
+            print_json({"status": exc.code, "detail": detail})
         elif isinstance(detail, dict):
             print(detail.get("error"), file=sys.stderr)
             for problem in detail.get("problems", []):
@@ -305,7 +275,7 @@ def cmd_profile_reload(args: argparse.Namespace) -> int:
         )
         return 1
     if args.json:
-        _print_json(result)
+        print_json(result)
         return 0
     print(f"{result['profiles']} profiles loaded; {len(result['changed'])} nodes changed profile")
     for c in result["changed"]:
@@ -316,7 +286,7 @@ def cmd_profile_reload(args: argparse.Namespace) -> int:
 def cmd_inventory_schema(args: argparse.Namespace) -> int:
     from provisioner.discovery.schema import inventory_schema
 
-    _print_json(inventory_schema())
+    print_json(inventory_schema())
     return 0
 
 
@@ -329,7 +299,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
     recipe = DISCOVERY_RECIPE if args.recipe == "discovery" else Path(args.recipe)
     cfg = _load(args)
-    manifest = build_discovery(recipe, cfg.image_dir, default_cache(), _lab_progress)
+    manifest = build_discovery(recipe, cfg.image_dir, default_cache(), stamped)
     if args.json:
         print(manifest.to_json(), end="")
     else:
@@ -349,134 +319,18 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     for path in sorted(cfg.image_dir.glob("*/manifest.json")):
         manifests.append(Manifest.from_json(path.read_text()))
     if args.json:
-        _print_json([json.loads(m.to_json()) for m in manifests])
+        print_json([json.loads(m.to_json()) for m in manifests])
         return 0
     if not manifests:
         print("no images yet: provisioner image build discovery")
         return 0
-    _table(
+    table(
         ("NAME", "KERNEL", "VMLINUZ", "INITRD", "BUILT"),
         [
             (m.name, m.kernel_release, str(m.vmlinuz.size), str(m.initrd.size), str(m.built_at))
             for m in manifests
         ],
     )
-    return 0
-
-
-# ---------------------------------------------------------------- lab
-
-
-def cmd_lab_simulate(args: argparse.Namespace) -> int:
-    from provisioner.lab.simulate import simulate
-
-    def progress(who: str, what: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {who:6} {what}", file=sys.stderr, flush=True)
-
-    runs, nodes, timelines = simulate(
-        args.nodes,
-        Mode(args.mode),
-        args.firmware,
-        progress,
-        Path(args.state_dir) if args.state_dir else None,
-    )
-    if args.json:
-        _print_json(
-            {
-                "runs": [r.as_dict() for r in runs],
-                "nodes": [n.as_dict() for n in nodes],
-                "timelines": timelines,
-            }
-        )
-        return 0 if all(r.ok for r in runs) else 1
-    print()
-    _table(
-        ("MAC", "HOSTNAME", "STATE", "PROFILE", "IP", "FIRMWARE"),
-        [
-            (
-                n.mac,
-                n.hostname or "-",
-                n.state.value,
-                n.profile or "-",
-                n.ip or "-",
-                n.firmware or "-",
-            )
-            for n in nodes
-        ],
-    )
-    for node in nodes:
-        print(f"\n{node.mac}:")
-        _print_timeline([Event.from_dict(node.mac, e) for e in timelines[node.mac]])
-    failed = [r.name for r in runs if not r.ok]
-    print(
-        f"\n{len(runs) - len(failed)} of {len(runs)} nodes went through every step"
-        + (f"; failed: {', '.join(failed)}" if failed else "")
-    )
-    return 1 if failed else 0
-
-
-def _lab_progress(what: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
-
-
-def cmd_lab_up(args: argparse.Namespace) -> int:
-    from provisioner.lab import lab
-
-    state = lab.up(
-        Path(args.dir),
-        nodes=args.nodes,
-        firmware=args.firmware,
-        mode=Mode(args.mode),
-        memory_mib=args.memory,
-        accel=args.accel,
-        progress=_lab_progress,
-        timeout=args.timeout,
-        appliance=not args.no_appliance,
-    )
-    return _report_lab(state, as_json=False)
-
-
-def cmd_lab_status(args: argparse.Namespace) -> int:
-    from provisioner.lab import lab
-
-    state = lab.LabState.load(Path(args.dir))
-    if state is None:
-        print("no lab is up (provisioner lab up)", file=sys.stderr)
-        return 1
-    return _report_lab(state, as_json=args.json, stuck_after=args.stuck_after)
-
-
-def _report_lab(state: object, *, as_json: bool, stuck_after: float | None = None) -> int:
-    from provisioner.lab import lab
-
-    assert isinstance(state, lab.LabState)
-    statuses = lab.status(state, stuck_after=stuck_after or lab.STUCK_SECONDS)
-    bad = [s.name for s in statuses if s.verdict in ("failed", "stuck")]
-    consoles = lab.vm_consoles(state, bad)
-    if as_json:
-        _print_json(
-            {
-                "prefix": state.prefix,
-                "mode": state.mode,
-                "config": str(state.config),
-                "nodes": [{**s.__dict__, "console_tail": consoles.get(s.name)} for s in statuses],
-            }
-        )
-    else:
-        print(f"lab {state.prefix} ({state.mode} mode), config {state.config}")
-        for s in statuses:
-            print("  " + s.line())
-            if s.name in consoles:
-                print("    serial console (last lines):")
-                for line in (consoles[s.name] or "(empty)").splitlines():
-                    print(f"      {line}")
-    return 1 if bad or any(s.verdict != "discovered" for s in statuses) else 0
-
-
-def cmd_lab_down(args: argparse.Namespace) -> int:
-    from provisioner.lab import lab
-
-    lab.down(Path(args.dir), _lab_progress)
     return 0
 
 
@@ -550,51 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     ilist.add_argument("--json", action="store_true")
     ilist.set_defaults(func=cmd_image_list)
 
-    lab = sub.add_parser("lab", help="a virtual cluster on this machine")
-    lab_sub = lab.add_subparsers(dest="subcommand", required=True)
-    sim = lab_sub.add_parser(
-        "simulate",
-        help="serve in a throwaway network and PXE-boot simulated nodes through it",
-    )
-    sim.add_argument("--nodes", type=int, default=2)
-    sim.add_argument("--mode", choices=[m.value for m in Mode], default="full")
-    sim.add_argument("--firmware", choices=["bios", "uefi", "mixed"], default="mixed")
-    sim.add_argument("--state-dir", help="keep the registry here (default: thrown away)")
-    sim.add_argument("--json", action="store_true")
-    sim.set_defaults(func=cmd_lab_simulate)
-    from provisioner.lab.lab import DEFAULT_LAB_DIR
+    from provisioner.lab_cli import add_lab_commands
 
-    lab_up = lab_sub.add_parser("up", help="boot QEMU VMs through the appliance")
-    lab_up.add_argument("--nodes", type=int, default=2)
-    lab_up.add_argument("--firmware", choices=["bios", "uefi", "mixed"], default="mixed")
-    lab_up.add_argument("--mode", choices=[m.value for m in Mode], default="full")
-    lab_up.add_argument("--memory", type=int, default=512, help="MiB per VM")
-    lab_up.add_argument(
-        "--accel",
-        choices=["auto", "tcg", "kvm"],
-        default="auto",
-        help="auto: KVM only if a short OVMF boot under it works, else TCG",
-    )
-    lab_up.add_argument("--timeout", type=float, default=900, help="seconds to follow the boots")
-    lab_up.add_argument(
-        "--no-appliance",
-        action="store_true",
-        help="leave provisioner serve off (see how nodes fail without it)",
-    )
-    lab_up.set_defaults(func=cmd_lab_up)
-    lab_status = lab_sub.add_parser("status", help="each lab node's state and last boot step")
-    lab_status.add_argument("--json", action="store_true")
-    lab_status.add_argument(
-        "--stuck-after",
-        type=float,
-        default=None,
-        help="seconds without a new boot step before a node counts as stuck",
-    )
-    lab_status.set_defaults(func=cmd_lab_status)
-    lab_down = lab_sub.add_parser("down", help="remove every namespace, tap and process of the lab")
-    lab_down.set_defaults(func=cmd_lab_down)
-    for sp in (lab_up, lab_status, lab_down):
-        sp.add_argument("--dir", default=str(DEFAULT_LAB_DIR), help="the lab's files")
+    add_lab_commands(sub)
     return p
 
 

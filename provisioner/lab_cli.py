@@ -1,0 +1,170 @@
+"""The `provisioner lab` commands: simulate, up, status, down (thin: parse, call, print)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from provisioner.cli_common import print_json, print_timeline, stamped, table
+from provisioner.config import Mode
+from provisioner.registry import Event
+
+
+def cmd_lab_simulate(args: argparse.Namespace) -> int:
+    from provisioner.lab.simulate import simulate
+
+    def progress(who: str, what: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {who:6} {what}", file=sys.stderr, flush=True)
+
+    runs, nodes, timelines = simulate(
+        args.nodes,
+        Mode(args.mode),
+        args.firmware,
+        progress,
+        Path(args.state_dir) if args.state_dir else None,
+    )
+    if args.json:
+        print_json(
+            {
+                "runs": [r.as_dict() for r in runs],
+                "nodes": [n.as_dict() for n in nodes],
+                "timelines": timelines,
+            }
+        )
+        return 0 if all(r.ok for r in runs) else 1
+    print()
+    table(
+        ("MAC", "HOSTNAME", "STATE", "PROFILE", "IP", "FIRMWARE"),
+        [
+            (
+                n.mac,
+                n.hostname or "-",
+                n.state.value,
+                n.profile or "-",
+                n.ip or "-",
+                n.firmware or "-",
+            )
+            for n in nodes
+        ],
+    )
+    for node in nodes:
+        print(f"\n{node.mac}:")
+        print_timeline([Event.from_dict(node.mac, e) for e in timelines[node.mac]])
+    failed = [r.name for r in runs if not r.ok]
+    print(
+        f"\n{len(runs) - len(failed)} of {len(runs)} nodes went through every step"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def cmd_lab_up(args: argparse.Namespace) -> int:
+    from provisioner.lab import lab
+
+    state = lab.up(
+        Path(args.dir),
+        nodes=args.nodes,
+        firmware=args.firmware,
+        mode=Mode(args.mode),
+        memory_mib=args.memory,
+        accel=args.accel,
+        progress=stamped,
+        timeout=args.timeout,
+        appliance=not args.no_appliance,
+    )
+    return _report_lab(state, as_json=False)
+
+
+def cmd_lab_status(args: argparse.Namespace) -> int:
+    from provisioner.lab import lab
+
+    state = lab.LabState.load(Path(args.dir))
+    if state is None:
+        print("no lab is up (provisioner lab up)", file=sys.stderr)
+        return 1
+    return _report_lab(state, as_json=args.json, stuck_after=args.stuck_after)
+
+
+def _report_lab(state: object, *, as_json: bool, stuck_after: float | None = None) -> int:
+    from provisioner.lab import lab
+
+    assert isinstance(state, lab.LabState)
+    statuses = lab.status(state, stuck_after=stuck_after or lab.STUCK_SECONDS)
+    bad = [s.name for s in statuses if s.verdict in ("failed", "stuck")]
+    consoles = lab.vm_consoles(state, bad)
+    if as_json:
+        print_json(
+            {
+                "prefix": state.prefix,
+                "mode": state.mode,
+                "config": str(state.config),
+                "nodes": [{**s.__dict__, "console_tail": consoles.get(s.name)} for s in statuses],
+            }
+        )
+    else:
+        print(f"lab {state.prefix} ({state.mode} mode), config {state.config}")
+        for s in statuses:
+            print("  " + s.line())
+            if s.name in consoles:
+                print("    serial console (last lines):")
+                for line in (consoles[s.name] or "(empty)").splitlines():
+                    print(f"      {line}")
+    return 1 if bad or any(s.verdict != "discovered" for s in statuses) else 0
+
+
+def cmd_lab_down(args: argparse.Namespace) -> int:
+    from provisioner.lab import lab
+
+    lab.down(Path(args.dir), stamped)
+    return 0
+
+
+def add_lab_commands(sub: Any) -> None:
+    lab = sub.add_parser("lab", help="a virtual cluster on this machine")
+    lab_sub = lab.add_subparsers(dest="subcommand", required=True)
+    sim = lab_sub.add_parser(
+        "simulate",
+        help="serve in a throwaway network and PXE-boot simulated nodes through it",
+    )
+    sim.add_argument("--nodes", type=int, default=2)
+    sim.add_argument("--mode", choices=[m.value for m in Mode], default="full")
+    sim.add_argument("--firmware", choices=["bios", "uefi", "mixed"], default="mixed")
+    sim.add_argument("--state-dir", help="keep the registry here (default: thrown away)")
+    sim.add_argument("--json", action="store_true")
+    sim.set_defaults(func=cmd_lab_simulate)
+    from provisioner.lab.lab import DEFAULT_LAB_DIR
+
+    lab_up = lab_sub.add_parser("up", help="boot QEMU VMs through the appliance")
+    lab_up.add_argument("--nodes", type=int, default=2)
+    lab_up.add_argument("--firmware", choices=["bios", "uefi", "mixed"], default="mixed")
+    lab_up.add_argument("--mode", choices=[m.value for m in Mode], default="full")
+    lab_up.add_argument("--memory", type=int, default=512, help="MiB per VM")
+    lab_up.add_argument(
+        "--accel",
+        choices=["auto", "tcg", "kvm"],
+        default="auto",
+        help="auto: KVM only if a short OVMF boot under it works, else TCG",
+    )
+    lab_up.add_argument("--timeout", type=float, default=900, help="seconds to follow the boots")
+    lab_up.add_argument(
+        "--no-appliance",
+        action="store_true",
+        help="leave provisioner serve off (see how nodes fail without it)",
+    )
+    lab_up.set_defaults(func=cmd_lab_up)
+    lab_status = lab_sub.add_parser("status", help="each lab node's state and last boot step")
+    lab_status.add_argument("--json", action="store_true")
+    lab_status.add_argument(
+        "--stuck-after",
+        type=float,
+        default=None,
+        help="seconds without a new boot step before a node counts as stuck",
+    )
+    lab_status.set_defaults(func=cmd_lab_status)
+    lab_down = lab_sub.add_parser("down", help="remove every namespace, tap and process of the lab")
+    lab_down.set_defaults(func=cmd_lab_down)
+    for sp in (lab_up, lab_status, lab_down):
+        sp.add_argument("--dir", default=str(DEFAULT_LAB_DIR), help="the lab's files")
