@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,7 +271,9 @@ def up(
         lab.save()
         if mode is Mode.PROXY:
             lab.pids["site-dhcp"] = _spawn(
-                net.host("site"), _dnsmasq_argv(directory), directory / "site-dhcp.log"
+                net.host("site"),
+                site_dhcp_argv(f"{SUBNET}.100", f"{SUBNET}.199", directory),
+                directory / "site-dhcp.log",
             )
             progress(f"site DHCP server (dnsmasq) on {SITE}: addresses only")
         if appliance:
@@ -307,19 +310,21 @@ def _lab_config(mode: Mode, state_dir: Path) -> str:
     return text.replace(default_args, f'kernel_args = "{LAB_KERNEL_ARGS}"')
 
 
-def _dnsmasq_argv(directory: Path) -> list[str]:
-    return [
-        "dnsmasq",
+def site_dhcp_argv(first: str, last: str, workdir: Path, *, ping: bool = True) -> list[str]:
+    """dnsmasq as a site's DHCP server on eth0: addresses only, no PXE options at all."""
+    argv = [
+        shutil.which("dnsmasq") or "/usr/sbin/dnsmasq",
         "--no-daemon",
         "--conf-file=/dev/null",
         "--port=0",
         "--interface=eth0",
         "--bind-interfaces",
-        f"--dhcp-range={SUBNET}.100,{SUBNET}.199,255.255.255.0,1h",
-        f"--dhcp-leasefile={directory / 'site.leases'}",
-        f"--pid-file={directory / 'site.pid'}",
         "--log-dhcp",
+        f"--dhcp-range={first},{last},255.255.255.0,1h",
+        f"--dhcp-leasefile={workdir / 'site.leases'}",
+        f"--pid-file={workdir / 'site.pid'}",
     ]
+    return argv if ping else [*argv, "--no-ping"]
 
 
 def _start_appliance(lab: LabState, ns: Namespace, directory: Path, progress: Progress) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from provisioner.config import Mode, render_config, write_config
 from provisioner.errors import ProvisionerError
+from provisioner.lab.lab import site_dhcp_argv
 from provisioner.lab.netns import HostSpec, LabNetwork, Namespace
 from provisioner.registry import Node, Registry
 
@@ -114,17 +114,7 @@ class Simulation:
         return runs, nodes, timelines
 
     def _site_dhcp(self, ns: Namespace) -> None:
-        argv = [
-            shutil.which("dnsmasq") or "/usr/sbin/dnsmasq",
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--interface=eth0",
-            "--bind-interfaces",
-            f"--dhcp-range={SUBNET}.100,{SUBNET}.199,255.255.255.0,1h",
-            f"--dhcp-leasefile={self.work / 'site.leases'}",
-            f"--pid-file={self.work / 'site.pid'}",
-        ]
+        argv = site_dhcp_argv(f"{SUBNET}.100", f"{SUBNET}.199", self.work)
         with open(self.work / "site-dhcp.log", "wb") as log:
             ns.popen(argv, stderr=log)
         self.progress("site", "dnsmasq is the site DHCP server (addresses only)")

@@ -10,7 +10,6 @@ its lease survives a restart of `serve`. Every namespace, bridge and process is 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.lab.lab import site_dhcp_argv
 from provisioner.lab.netns import HostSpec, LabNetwork, Namespace
 from tests.integration.conftest import Appliance, make_image, need, need_root, write_config
 
@@ -106,19 +106,7 @@ def segment(tmp_path: Path) -> Iterator[tuple[LabNetwork, Appliance]]:
 
 def start_site_dhcp(lab: LabNetwork, tmp_path: Path) -> None:
     """dnsmasq as the site's DHCP server: addresses only, no PXE options at all."""
-    argv = [
-        shutil.which("dnsmasq") or "/usr/sbin/dnsmasq",
-        "--no-daemon",
-        "--conf-file=/dev/null",
-        "--port=0",
-        "--interface=eth0",
-        "--bind-interfaces",
-        "--no-ping",
-        "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
-        f"--dhcp-leasefile={tmp_path / 'dnsmasq.leases'}",
-        f"--pid-file={tmp_path / 'dnsmasq.pid'}",
-        "--log-dhcp",
-    ]
+    argv = site_dhcp_argv("10.77.0.100", "10.77.0.150", tmp_path, ping=False)
     with open(tmp_path / "dnsmasq.log", "wb") as log:  # the child keeps its own copy
         lab.host("site").popen(argv, stderr=log)
 
