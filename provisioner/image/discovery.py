@@ -39,6 +39,7 @@ from provisioner import __version__
 from provisioner.image import ImageError, RecipeError, debs
 from provisioner.image.cpio import Device, DeviceKind, Directory, Entry, File, Symlink, gzip_newc
 from provisioner.image.kmod import KernelTree, ModuleSet, collect_modules, first_existing
+from provisioner.image.recipe import RecipeReader
 
 log = logging.getLogger(__name__)
 
@@ -85,33 +86,9 @@ _RECIPE_KEYS: dict[str, frozenset[str]] = {
 }
 
 
-class _Reader:
-    """Typed access to a parsed recipe that names the file and key in every error."""
-
+class _Reader(RecipeReader):
     def __init__(self, source: Path, data: dict[str, object]) -> None:
-        self.source = source
-        self.data = data
-
-    def fail(self, key: str, reason: str) -> RecipeError:
-        return RecipeError(self.source, key, reason)
-
-    def table(self, key: str) -> dict[str, object]:
-        value = self.data.get(key)
-        if not isinstance(value, dict):
-            raise self.fail(key, "missing table" if value is None else "must be a table")
-        unknown = sorted(set(value) - _RECIPE_KEYS[key])
-        if unknown:
-            raise self.fail(f"{key}.{unknown[0]}", "unknown key")
-        return value
-
-    def string(self, table: str, key: str, pattern: re.Pattern[str] | None = None) -> str:
-        value = self.table(table).get(key) if table else self.data.get(key)
-        where = f"{table}.{key}" if table else key
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(where, "missing" if value is None else "must be a non-empty string")
-        if pattern is not None and not pattern.match(value):
-            raise self.fail(where, f"{value!r} does not match {pattern.pattern}")
-        return value
+        super().__init__(source, data, _RECIPE_KEYS)
 
     def strings(self, table: str, key: str, *, required: bool) -> tuple[str, ...]:
         value = self.table(table).get(key)

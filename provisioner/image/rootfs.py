@@ -43,6 +43,7 @@ from pathlib import Path
 from provisioner import __version__
 from provisioner.image import ImageError, RecipeError
 from provisioner.image.discovery import Artifact
+from provisioner.image.recipe import RecipeReader
 
 log = logging.getLogger(__name__)
 
@@ -130,35 +131,9 @@ _KEYS: dict[str, frozenset[str]] = {
 _TOP = frozenset({"name", "users", *_KEYS})
 
 
-class _Reader:
+class _Reader(RecipeReader):
     def __init__(self, source: Path, data: dict[str, object]) -> None:
-        self.source = source
-        self.data = data
-
-    def fail(self, key: str, reason: str) -> RecipeError:
-        return RecipeError(self.source, key, reason)
-
-    def table(self, key: str) -> dict[str, object]:
-        value = self.data.get(key)
-        if not isinstance(value, dict):
-            raise self.fail(key, "missing table" if value is None else "must be a table")
-        unknown = sorted(set(value) - _KEYS[key])
-        if unknown:
-            raise self.fail(f"{key}.{unknown[0]}", "unknown key")
-        return value
-
-    def string(
-        self, table: str, key: str, pattern: re.Pattern[str] | None = None, default: str = ""
-    ) -> str:
-        value = self.table(table).get(key) if table else self.data.get(key)
-        where = f"{table}.{key}" if table else key
-        if value is None and default:
-            return default
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(where, "missing" if value is None else "must be a non-empty string")
-        if pattern is not None and not pattern.match(value):
-            raise self.fail(where, f"{value!r} does not match {pattern.pattern}")
-        return value
+        super().__init__(source, data, _KEYS)
 
     def strings(self, where: str, value: object, pattern: re.Pattern[str]) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
