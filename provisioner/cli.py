@@ -12,48 +12,37 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from provisioner import __version__
-from provisioner.cli_common import ago, print_json, print_timeline, stamped, table
+from provisioner.cli_common import (
+    ago,
+    config_path,
+    load_cfg,
+    open_registry,
+    print_json,
+    print_timeline,
+    table,
+)
 from provisioner.config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_HTTP_PORT,
     DEFAULT_STATE_DIR,
-    Config,
     Mode,
     ensure_api_token,
-    load_config,
+    normalize_mac,
     render_config,
     write_config,
 )
-from provisioner.errors import ProvisionerError
+from provisioner.errors import IllegalTransition, ProvisionerError
 from provisioner.registry import Event, EventKind, Node, Registry
-from provisioner.states import NodeState
+from provisioner.states import NodeEvent, NodeState
 
 log = logging.getLogger("provisioner")
-
-
-def _config_path(args: argparse.Namespace) -> Path:
-    """--config, else $PROVISIONER_CONFIG, else the system's, else a running lab's."""
-    if args.config:
-        return Path(args.config)
-    if "PROVISIONER_CONFIG" in os.environ:
-        return Path(os.environ["PROVISIONER_CONFIG"])
-    from provisioner.lab.lab import DEFAULT_LAB_DIR
-
-    lab_config = DEFAULT_LAB_DIR / "provisioner.toml"
-    if not DEFAULT_CONFIG_PATH.exists() and lab_config.exists():
-        return lab_config
-    return DEFAULT_CONFIG_PATH
-
-
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(_config_path(args))
 
 
 # ---------------------------------------------------------------- config
 
 
 def cmd_config_init(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else _config_path(args)
+    out = Path(args.out) if args.out else config_path(args)
     if out.exists() and not args.force:
         print(f"{out} exists; use --force to overwrite it", file=sys.stderr)
         return 1
@@ -73,7 +62,7 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = load_cfg(args)
     data = {
         "source": str(cfg.source),
         "interface": cfg.network.interface,
@@ -103,7 +92,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from provisioner.serve import run_forever
 
-    cfg = _load(args)
+    cfg = load_cfg(args)
     run_forever(cfg)
     return 0
 
@@ -111,12 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- nodes
 
 
-def _registry(cfg: Config) -> Registry:
-    return Registry(cfg.registry_path)
-
-
 def cmd_node_list(args: argparse.Namespace) -> int:
-    reg = _registry(_load(args))
+    reg = open_registry(load_cfg(args))
     nodes = reg.nodes()
     nearest = {n.mac: _nearest(reg, n) for n in nodes if n.state is NodeState.UNMATCHED}
     if args.json:
@@ -157,9 +142,36 @@ def _nearest(reg: Registry, node: Node) -> list[str]:
     return []
 
 
+def cmd_node_enroll(args: argparse.Namespace) -> int:
+    """matched -> enrolled: the node boots its profile's image at its next boot."""
+    reg = open_registry(load_cfg(args))
+    done, failed = [], []
+    for key in args.nodes:
+        node = reg.node(normalize_mac(key) or key)
+        if node is None:
+            failed.append({"node": key, "error": "no such node"})
+            continue
+        if not node.profile:
+            failed.append({"node": key, "error": f"no profile yet (state {node.state.value})"})
+            continue
+        try:
+            node = reg.transition(node.mac, NodeEvent.ENROLL, reason="cli")
+        except IllegalTransition as exc:
+            failed.append({"node": key, "error": str(exc)})
+            continue
+        done.append(node.as_dict())
+    if args.json:
+        print_json({"enrolled": done, "failed": failed})
+    else:
+        for node_dict in done:
+            print(f"{node_dict['hostname'] or node_dict['mac']}: enrolled ({node_dict['profile']})")
+        for failure in failed:
+            print(f"{failure['node']}: not enrolled: {failure['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_node_show(args: argparse.Namespace) -> int:
-    reg = _registry(_load(args))
-    from provisioner.config import normalize_mac
+    reg = open_registry(load_cfg(args))
 
     node = reg.node(normalize_mac(args.node) or args.node)
     if node is None:
@@ -246,7 +258,7 @@ def cmd_profile_reload(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    cfg = _load(args)
+    cfg = load_cfg(args)
     token = cfg.api_token_path.read_text().strip()
     host = "127.0.0.1" if cfg.http.bind in ("0.0.0.0", "127.0.0.1") else cfg.http.bind
     url = f"http://{host}:{cfg.http.port}/api/v1/profiles/reload"
@@ -287,50 +299,6 @@ def cmd_inventory_schema(args: argparse.Namespace) -> int:
     from provisioner.discovery.schema import inventory_schema
 
     print_json(inventory_schema())
-    return 0
-
-
-# ---------------------------------------------------------------- images
-
-
-def cmd_image_build(args: argparse.Namespace) -> int:
-    from provisioner.image.discovery import build_discovery, default_cache
-    from provisioner.lab.lab import DISCOVERY_RECIPE
-
-    recipe = DISCOVERY_RECIPE if args.recipe == "discovery" else Path(args.recipe)
-    cfg = _load(args)
-    manifest = build_discovery(recipe, cfg.image_dir, default_cache(), stamped)
-    if args.json:
-        print(manifest.to_json(), end="")
-    else:
-        print(
-            f"{manifest.name}: kernel {manifest.kernel_release}, "
-            f"vmlinuz {manifest.vmlinuz.size} B, initrd {manifest.initrd.size} B "
-            f"in {cfg.image_dir / manifest.name}"
-        )
-    return 0
-
-
-def cmd_image_list(args: argparse.Namespace) -> int:
-    from provisioner.image.discovery import Manifest
-
-    cfg = _load(args)
-    manifests = []
-    for path in sorted(cfg.image_dir.glob("*/manifest.json")):
-        manifests.append(Manifest.from_json(path.read_text()))
-    if args.json:
-        print_json([json.loads(m.to_json()) for m in manifests])
-        return 0
-    if not manifests:
-        print("no images yet: provisioner image build discovery")
-        return 0
-    table(
-        ("NAME", "KERNEL", "VMLINUZ", "INITRD", "BUILT"),
-        [
-            (m.name, m.kernel_release, str(m.vmlinuz.size), str(m.initrd.size), str(m.built_at))
-            for m in manifests
-        ],
-    )
     return 0
 
 
@@ -376,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     nshow.add_argument("node", help="MAC or hostname")
     nshow.add_argument("--json", action="store_true")
     nshow.set_defaults(func=cmd_node_show)
+    nenroll = node_sub.add_parser(
+        "enroll", help="matched nodes boot their profile's image from their next boot"
+    )
+    nenroll.add_argument("nodes", nargs="+", metavar="NODE", help="MAC or hostname")
+    nenroll.add_argument("--json", action="store_true")
+    nenroll.set_defaults(func=cmd_node_enroll)
 
     inventory = sub.add_parser("inventory", help="hardware dumps (lspci, lshw, nvidia-smi, ...)")
     inventory_sub = inventory.add_subparsers(dest="subcommand", required=True)
@@ -394,16 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument("--json", action="store_true")
     reload.set_defaults(func=cmd_profile_reload)
 
-    image = sub.add_parser("image", help="the image store")
-    image_sub = image.add_subparsers(dest="subcommand", required=True)
-    build = image_sub.add_parser("build", help="build an image into the store")
-    build.add_argument("recipe", help="'discovery' (images/discovery.toml) or a recipe file")
-    build.add_argument("--json", action="store_true", help="print the manifest")
-    build.set_defaults(func=cmd_image_build)
-    ilist = image_sub.add_parser("list", help="images in the store")
-    ilist.add_argument("--json", action="store_true")
-    ilist.set_defaults(func=cmd_image_list)
+    from provisioner.image_cli import add_image_commands
 
+    add_image_commands(sub)
     from provisioner.lab_cli import add_lab_commands
 
     add_lab_commands(sub)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from provisioner.registry import Event
+from provisioner.config import DEFAULT_CONFIG_PATH, Config, load_config
+from provisioner.registry import Event, Registry
 
 
 def print_json(data: object) -> None:
@@ -44,3 +48,26 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def stamped(what: str) -> None:
     """A progress line on stderr, with the time: long work shows what it is doing."""
     print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    """--config, else $PROVISIONER_CONFIG, else the system's, else a running lab's."""
+    if getattr(args, "config", None):
+        return Path(args.config)
+    if "PROVISIONER_CONFIG" in os.environ:
+        return Path(os.environ["PROVISIONER_CONFIG"])
+    from provisioner.lab.lab import DEFAULT_LAB_DIR
+
+    lab_config = DEFAULT_LAB_DIR / "provisioner.toml"
+    if not DEFAULT_CONFIG_PATH.exists() and lab_config.exists():
+        return lab_config
+    return DEFAULT_CONFIG_PATH
+
+
+def load_cfg(args: argparse.Namespace) -> Config:
+    """The configuration the command line points at (see ``config_path``)."""
+    return load_config(config_path(args))
+
+
+def open_registry(cfg: Config) -> Registry:
+    return Registry(cfg.registry_path)

@@ -81,12 +81,17 @@ class HttpConfig:
     bind: str = "0.0.0.0"
 
 
+DEFAULT_IMAGE = "debian-bookworm"
+_IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9-]*(@[1-9][0-9]*)?$")
+
+
 @dataclass(frozen=True)
 class BootConfig:
     bios_binary: str = "undionly.kpxe"
     efi_binary: str = "ipxe.efi"
     arm64_binary: str = "arm64/ipxe.efi"
     kernel_args: str = DEFAULT_KERNEL_ARGS
+    image: str = DEFAULT_IMAGE  # what enrolled nodes boot when neither registry nor profile say
 
 
 DEFAULT_HOSTNAME_PATTERN = "node{n}"
@@ -97,6 +102,7 @@ DEFAULT_HWPROFILES = Path(__file__).resolve().parents[1] / "hwprofiles"
 class ClusterConfig:
     hostname_pattern: str = DEFAULT_HOSTNAME_PATTERN  # {n}: 0, 1, 2, ... first free
     profiles_dir: Path = DEFAULT_HWPROFILES
+    auto_enroll: bool = False  # a matched node is enrolled (boots its image) at once
 
 
 @dataclass(frozen=True)
@@ -205,7 +211,10 @@ def parse_config(text: str, source: str | None = None) -> Config:
         efi_binary=efi,
         arm64_binary=r.text("boot", "arm64_binary", "arm64/ipxe.efi") or "arm64/ipxe.efi",
         kernel_args=r.text("boot", "kernel_args", DEFAULT_KERNEL_ARGS) or "",
+        image=r.text("boot", "image", DEFAULT_IMAGE) or DEFAULT_IMAGE,
     )
+    if not _IMAGE_REF.match(boot.image):
+        raise r.fail("boot.image", boot.image, "must be an image name: name or name@version")
     cluster = _parse_cluster(r)
     state_dir = Path(r.text("paths", "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
     if not state_dir.is_absolute():
@@ -238,7 +247,10 @@ def _parse_cluster(r: _Reader) -> ClusterConfig:
     env = os.environ.get("PROVISIONER_HWPROFILES")
     default = Path(env) if env else DEFAULT_HWPROFILES
     profiles = Path(r.text("cluster", "profiles", str(default)) or default)
-    return ClusterConfig(hostname_pattern=pattern, profiles_dir=profiles)
+    auto_enroll = r.get("cluster", "auto_enroll", False)
+    if not isinstance(auto_enroll, bool):
+        raise r.fail("cluster.auto_enroll", auto_enroll, "must be true or false")
+    return ClusterConfig(hostname_pattern=pattern, profiles_dir=profiles, auto_enroll=auto_enroll)
 
 
 def _opt_path(value: str | None) -> Path | None:
@@ -421,6 +433,9 @@ def render_config(
     boot.add("efi_binary", "ipxe.efi")
     boot.add("arm64_binary", "arm64/ipxe.efi")
     boot.add("kernel_args", DEFAULT_KERNEL_ARGS)
+    boot.add(tomlkit.comment("Image enrolled nodes boot unless their profile or `image use` says"))
+    boot.add(tomlkit.comment("otherwise: name (its newest version) or name@version."))
+    boot.add("image", DEFAULT_IMAGE)
     doc.add("boot", boot)
 
     cluster = tomlkit.table()
@@ -428,6 +443,9 @@ def render_config(
     cluster.add("hostname_pattern", DEFAULT_HOSTNAME_PATTERN)
     cluster.add(tomlkit.comment("Hardware profiles (YAML) nodes are fingerprinted against."))
     cluster.add("profiles", str(DEFAULT_HWPROFILES))
+    cluster.add(tomlkit.comment("Enroll a node as soon as its profile matches: it boots its"))
+    cluster.add(tomlkit.comment("image next time (false: wait for `provisioner node enroll`)."))
+    cluster.add("auto_enroll", False)
     doc.add("cluster", cluster)
 
     paths = tomlkit.table()

@@ -48,10 +48,18 @@ def inventory_of(document: str) -> Inventory | None:
 
 
 class Enroller:
-    def __init__(self, registry: Registry, profiles_dir: Path, hostname_pattern: str):
+    def __init__(
+        self,
+        registry: Registry,
+        profiles_dir: Path,
+        hostname_pattern: str,
+        *,
+        auto_enroll: bool = False,
+    ):
         self.registry = registry
         self.profiles_dir = profiles_dir
         self.hostname_pattern = hostname_pattern
+        self.auto_enroll = auto_enroll  # matched -> enrolled at once (it boots its image next)
         self.profiles: ProfileSet = load_profiles(profiles_dir)  # bad set: refuse to start
         self._lock = threading.Lock()
 
@@ -59,7 +67,10 @@ class Enroller:
         """Fingerprint the node whose inventory was just stored; returns it updated."""
         with self._lock:
             node = self.registry.assign_hostname(mac, self.hostname_pattern)
-            return self._fingerprint(node)
+            node = self._fingerprint(node)
+            if self.auto_enroll and node.state is NodeState.MATCHED:
+                node = self.registry.transition(mac, NodeEvent.ENROLL, reason="auto-enroll")
+            return node
 
     def reload(self) -> list[Change]:
         """Read the profiles again (raises ProfileError, keeping the old set, if bad)."""

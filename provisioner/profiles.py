@@ -32,10 +32,11 @@ SCHEMA = "provisioner.profile/1"
 NOT_PROFILES = frozenset({"accelerators.yaml"})
 DMI_FIELDS = tuple(f.name for f in fields(Dmi))  # system_vendor, board_name, ...
 REQUIRED_KEYS = ("name", "version", "description", "sources", "match")
-OPTIONAL_KEYS = ("drivers", "engine", "engine_defaults", "smoke", "kernel_args")
+OPTIONAL_KEYS = ("drivers", "engine", "engine_defaults", "smoke", "kernel_args", "image")
 TOP_KEYS = frozenset(REQUIRED_KEYS + OPTIONAL_KEYS)
 RULE_KINDS = ("pci", "cpu_model", "memory_min_gib", "dmi")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9-]*(@[1-9][0-9]*)?$")
 PCI_ID_RE = re.compile(r"^([0-9a-f]{4}):([0-9a-f]{4})(?: rev ([0-9a-f]{2}))?$", re.IGNORECASE)
 PCI_CLASS_RE = re.compile(r"^[0-9a-f]{4}$", re.IGNORECASE)
 GIB = 1024**3
@@ -170,6 +171,7 @@ class Profile:
     engine_defaults: EngineDefaults = field(default_factory=EngineDefaults)
     smoke: Smoke = field(default_factory=Smoke)
     kernel_args: tuple[str, ...] = ()
+    image: str | None = None  # the image its nodes boot (None: the config's default)
     file: str = ""
     line: int = 1
 
@@ -413,6 +415,9 @@ class _Reader:
         all_of, any_of = self._match(v["match"]) if "match" in v else ((), ())
         drivers = self.strings(v["drivers"], "drivers") if "drivers" in v else ()
         kernel_args = self.strings(v["kernel_args"], "kernel_args") if "kernel_args" in v else ()
+        image = self.string(v["image"], "image") if "image" in v else None
+        if image is not None and not _IMAGE_REF.match(image):
+            self.fail(v["image"], "image", f"{image!r} is not an image name (name or name@version)")
         engine = Engine.NONE
         if (entry := top.get("engine")) is not None:
             text = self.string(entry[1], "engine")
@@ -442,6 +447,7 @@ class _Reader:
             engine_defaults=defaults,
             smoke=smoke,
             kernel_args=kernel_args,
+            image=image,
             file=self.source,
             line=top["name"][0].start_mark.line + 1,
         )

@@ -66,7 +66,20 @@ CREATE TABLE IF NOT EXISTS inventories (
     received REAL NOT NULL,
     data TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS power (
+    mac TEXT PRIMARY KEY,
+    url TEXT NOT NULL,          -- power/settings.py's URL: driver, BMC, user; no password
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS profile_images (
+    profile TEXT PRIMARY KEY,
+    image TEXT NOT NULL,        -- name (its newest version) or name@version (pinned)
+    updated REAL NOT NULL
+);
 """
+
+# Columns added after a table was first shipped: (table, column, declaration).
+_ADDED_COLUMNS = (("nodes", "image", "TEXT"),)  # the image@version its last script named
 
 
 class EventKind(StrEnum):
@@ -77,6 +90,7 @@ class EventKind(StrEnum):
     TFTP = "tftp"  # a file sent over TFTP
     SCRIPT = "script"  # its iPXE boot script served
     HTTP_FILE = "http-file"  # kernel, initrd or root image fetched over HTTP
+    KEYS = "keys"  # the booted image fetched the control node's SSH key
     INVENTORY = "inventory"  # the agent reported the hardware
     STATE = "state"  # the node changed state
     PROFILE = "profile"  # fingerprinting gave (or took away) a profile
@@ -100,9 +114,11 @@ class Node:
     arch: int | None
     first_seen: float
     last_seen: float
+    image: str | None = None  # name@version that its last boot script named
 
     def as_dict(self) -> dict[str, str | float | int | None]:
         return {
+            "image": self.image,
             "mac": self.mac,
             "hostname": self.hostname,
             "state": self.state.value,
@@ -159,6 +175,10 @@ class Registry:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            for table, column, declaration in _ADDED_COLUMNS:
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)",
                 (str(SCHEMA_VERSION),),
@@ -284,6 +304,31 @@ class Registry:
                 )
         return self._require(mac)
 
+    def set_booted_image(self, mac: str, ref: str | None) -> None:
+        """Remember the image (name@version) that the node's boot script just named."""
+        with self._tx() as db:
+            db.execute("UPDATE nodes SET image = ? WHERE mac = ?", (ref, mac))
+
+    # ------------------------------------------------------------------ profile images
+
+    def set_profile_image(self, profile: str, image: str | None) -> None:
+        """The image ``profile``'s nodes boot (``name`` or ``name@version``); None: default."""
+        with self._tx() as db:
+            if image is None:
+                db.execute("DELETE FROM profile_images WHERE profile = ?", (profile,))
+            else:
+                db.execute(
+                    "INSERT INTO profile_images(profile, image, updated) VALUES (?, ?, ?)"
+                    " ON CONFLICT(profile) DO UPDATE SET image = excluded.image,"
+                    " updated = excluded.updated",
+                    (profile, image, time.time()),
+                )
+
+    def profile_images(self) -> dict[str, str]:
+        with self._lock:
+            rows = self._db.execute("SELECT profile, image FROM profile_images").fetchall()
+        return {r["profile"]: r["image"] for r in rows}
+
     def macs_with_inventory(self) -> list[str]:
         with self._lock:
             rows = self._db.execute("SELECT mac FROM inventories ORDER BY mac").fetchall()
@@ -306,6 +351,7 @@ class Registry:
         with self._tx() as db:
             db.execute("DELETE FROM nodes WHERE mac = ?", (mac,))
             db.execute("DELETE FROM inventories WHERE mac = ?", (mac,))
+            db.execute("DELETE FROM power WHERE mac = ?", (mac,))
             db.execute("DELETE FROM events WHERE mac = ?", (mac,))
             db.execute("DELETE FROM leases WHERE mac = ? AND kind != ?", (mac, "declined"))
 
@@ -416,6 +462,35 @@ class Registry:
         """An address a client found in use: keep it out of the pool until ``until``."""
         self.commit_lease(declined_owner(mac), ip, until, LeaseKind.DECLINED)
 
+    # ---- power settings (provisioner/power): one URL per node, never a password
+
+    def set_power(self, mac: str, url: str | None) -> None:
+        """Store the node's power URL (None: forget it); a URL with a password is refused."""
+        from urllib.parse import urlsplit
+
+        if url is not None and "://" in url and urlsplit(url).password is not None:
+            raise RegistryError("a power URL with a password is refused: use credentials")
+        with self._tx() as db:
+            if url is None:
+                db.execute("DELETE FROM power WHERE mac = ?", (mac,))
+            elif db.execute("SELECT 1 FROM nodes WHERE mac = ?", (mac,)).fetchone() is None:
+                raise RegistryError(f"no node with MAC {mac}")
+            else:
+                db.execute(
+                    "INSERT INTO power(mac, url, updated) VALUES (?, ?, ?)"
+                    " ON CONFLICT(mac) DO UPDATE SET url = excluded.url,"
+                    " updated = excluded.updated",
+                    (mac, url, time.time()),
+                )
+
+    def power(self, mac: str) -> str | None:
+        """The node's power URL, or None when it has none."""
+        with self._lock:
+            row = self._db.execute("SELECT url FROM power WHERE mac = ?", (mac,)).fetchone()
+        return str(row["url"]) if row else None
+
+    # ---- end of power settings
+
 
 def declined_owner(mac: str) -> str:
     """The owner recorded for an address ``mac`` declined: nobody can renew it."""
@@ -433,4 +508,5 @@ def _node(row: sqlite3.Row) -> Node:
         arch=row["arch"],
         first_seen=row["first_seen"],
         last_seen=row["last_seen"],
+        image=row["image"],
     )

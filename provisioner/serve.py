@@ -24,6 +24,7 @@ from provisioner.errors import BootServiceError
 from provisioner.metrics import Labels, Metrics
 from provisioner.profiles import ProfileError
 from provisioner.registry import EventKind, Registry
+from provisioner.sshkeys import ensure_keypair
 from provisioner.states import NodeState
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,20 @@ class BootServices:
         )
         self.dhcp = DhcpService(cfg, self.registry, self.metrics)
         self.enroller = Enroller(
-            self.registry, cfg.cluster.profiles_dir, cfg.cluster.hostname_pattern
+            self.registry,
+            cfg.cluster.profiles_dir,
+            cfg.cluster.hostname_pattern,
+            auto_enroll=cfg.cluster.auto_enroll,
         )
+        self.keypair = ensure_keypair(cfg.state_dir)  # made at first start
         self.app_ctx = AppContext(
-            cfg, self.registry, self.api_token, self.metrics, ScriptRenderer(), self.enroller
+            cfg,
+            self.registry,
+            self.api_token,
+            self.metrics,
+            ScriptRenderer(),
+            self.enroller,
+            authorized_keys=self.keypair.public_line,
         )
         self.app = create_app(self.app_ctx)
         self.areas = FileAreas({"images": cfg.image_dir, "tftp": cfg.tftp_root})

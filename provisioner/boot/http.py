@@ -4,7 +4,8 @@
 - ``GET|HEAD /images/{name}/{file}``: kernels, initrds, root images (Content-Length, Range);
 - ``GET|HEAD /tftp/{file}``: the TFTP root over HTTP (UEFI HTTP boot fetches iPXE here);
 - ``/api/v1/...``: nodes; mutating calls need the API bearer token, the agent's inventory
-  POST needs the per-boot token its boot script carried;
+  POST and its ``authorized_keys`` GET (the control node's SSH key) need the per-boot
+  token its boot script carried;
 - ``GET /metrics``: Prometheus counters.
 
 Every request a node makes is put on its timeline in the registry.
@@ -27,18 +28,20 @@ from starlette.background import BackgroundTask
 
 from provisioner.boot.http_files import FileServed
 from provisioner.boot.ipxe import ScriptRenderer
-from provisioner.boot.policy import INITRD_FILE, KERNEL_FILE, boot_spec
+from provisioner.boot.policy import BootKind, BootSpec, boot_spec, image_for
 from provisioner.boot.tftp import confine
 from provisioner.config import Config, normalize_mac
 from provisioner.discovery import schema
 from provisioner.discovery.dumps.agent import from_report
 from provisioner.discovery.model import SCHEMA
 from provisioner.discovery.report import parse_report
-from provisioner.enroll import Enroller
+from provisioner.enroll import Enroller, inventory_of
 from provisioner.errors import IllegalTransition, RegistryError, TftpPathError
+from provisioner.image import ImageError
+from provisioner.image.store import ImageStore, StoredImage
 from provisioner.metrics import Metrics
 from provisioner.profiles import ProfileError
-from provisioner.registry import EventKind, Registry
+from provisioner.registry import EventKind, Node, Registry
 from provisioner.states import NodeEvent
 
 log = logging.getLogger(__name__)
@@ -55,14 +58,38 @@ class AppContext:
     metrics: Metrics
     renderer: ScriptRenderer
     enroller: Enroller | None = None
+    authorized_keys: str | None = None  # the control node's public key(s), for images
 
-    def image_exists(self, name: str) -> bool:
+    def __post_init__(self) -> None:
+        self.images = ImageStore(self.config.image_dir)
+
+    def find_image(self, ref: str) -> StoredImage | None:
         try:
-            confine(self.config.image_dir, f"{name}/{KERNEL_FILE}")
-            confine(self.config.image_dir, f"{name}/{INITRD_FILE}")
-        except TftpPathError:
-            return False
-        return True
+            return self.images.find(ref)
+        except ImageError:
+            return None
+
+    def boot_spec(self, node: Node) -> BootSpec:
+        """The boot policy's answer for ``node``, with what the registry and profiles say."""
+        profile = None
+        if node.profile and self.enroller is not None:
+            profile = self.enroller.profiles.get(node.profile)
+        stored = self.registry.inventory(node.mac)
+        inventory = inventory_of(stored) if stored else None
+        image = image_for(
+            node.profile,
+            profile.image if profile else None,
+            self.registry.profile_images(),
+            self.config.boot.image,
+        )
+        return boot_spec(
+            node,
+            self.find_image,
+            self.config.boot.kernel_args,
+            image=image,
+            profile_args=profile.kernel_args if profile else (),
+            memory_bytes=inventory.memory_bytes if inventory else None,
+        )
 
 
 class NodeUpdate(BaseModel):
@@ -87,6 +114,19 @@ def create_app(ctx: AppContext) -> FastAPI:
                 401, "a valid API bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
 
+    def require_boot_token(mac: str, authorization: str | None, what: str) -> None:
+        """Refuse (401, on the node's timeline) a request without this boot's token."""
+        token = bearer(authorization)
+        if token is None or not ctx.registry.check_boot_token(mac, token):
+            ctx.metrics.inc("provisioner_http_refused_total", reason="boot-token")
+            if ctx.registry.node(mac) is not None:
+                ctx.registry.add_event(
+                    mac, EventKind.REFUSED, {"what": what, "why": "bad boot token"}
+                )
+            raise HTTPException(
+                401, "a valid per-boot token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+
     def mac_or_404(raw: str) -> str:
         mac = normalize_mac(raw)
         if mac is None:
@@ -104,17 +144,23 @@ def create_app(ctx: AppContext) -> FastAPI:
             raise HTTPException(404, "boot scripts are /boot/<mac>.ipxe")
         mac = mac_or_404(name.removesuffix(".ipxe"))
         node = ctx.registry.touch_node(mac, ip=client_ip(request))
-        spec = boot_spec(node, ctx.image_exists, ctx.config.boot.kernel_args)
+        spec = ctx.boot_spec(node)
         token = secrets.token_urlsafe(24)
         ctx.registry.new_boot_token(mac, token)
         script = ctx.renderer.render(
             spec, mac=mac, state=node.state, base=ctx.config.http_base, token=token
         )
-        ctx.registry.add_event(
-            mac,
-            EventKind.SCRIPT,
-            {"boot": spec.kind.value, "image": spec.image, "client": client_ip(request)},
-        )
+        with ctx.registry.batch():
+            if spec.kind in (BootKind.DISCOVERY, BootKind.IMAGE):
+                ctx.registry.set_booted_image(mac, spec.image)
+            detail = {"boot": spec.kind.value, "image": spec.image, "client": client_ip(request)}
+            if spec.reason:
+                detail["reason"] = spec.reason
+            ctx.registry.add_event(mac, EventKind.SCRIPT, detail)
+            if spec.kind is BootKind.REFUSED:
+                ctx.registry.add_event(
+                    mac, EventKind.REFUSED, {"what": spec.image, "why": spec.reason}
+                )
         log.info("boot script served mac=%s boot=%s image=%s", mac, spec.kind, spec.image)
         return PlainTextResponse(script, media_type=IPXE_MEDIA_TYPE)
 
@@ -174,16 +220,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     ) -> dict[str, str]:
         """The agent's report: its raw text format (text/plain) or a JSON object."""
         mac = mac_or_404(mac_raw)
-        token = bearer(authorization)
-        if token is None or not ctx.registry.check_boot_token(mac, token):
-            ctx.metrics.inc("provisioner_http_refused_total", reason="boot-token")
-            if ctx.registry.node(mac) is not None:
-                ctx.registry.add_event(
-                    mac, EventKind.REFUSED, {"what": "inventory", "why": "bad boot token"}
-                )
-            raise HTTPException(
-                401, "a valid per-boot token is required", headers={"WWW-Authenticate": "Bearer"}
-            )
+        require_boot_token(mac, authorization, "inventory")
         body = await request.body()
         if len(body) > MAX_INVENTORY_BYTES:
             raise HTTPException(413, f"inventory over {MAX_INVENTORY_BYTES} bytes")
@@ -194,6 +231,18 @@ def create_app(ctx: AppContext) -> FastAPI:
         problems = stored.get("problems") or []
         log.info("inventory received mac=%s state=%s problems=%d", mac, node.state, len(problems))
         return {"mac": mac, "state": node.state.value, "next": "stay"}
+
+    @app.get("/api/v1/nodes/{mac_raw}/authorized_keys", response_class=PlainTextResponse)
+    def authorized_keys(
+        mac_raw: str, authorization: Annotated[str | None, Header()] = None
+    ) -> PlainTextResponse:
+        """The control node's public key, for the booting image to install for root."""
+        mac = mac_or_404(mac_raw)
+        require_boot_token(mac, authorization, "authorized_keys")
+        if not ctx.authorized_keys:
+            raise HTTPException(404, "the control node has no SSH key")
+        ctx.registry.add_event(mac, EventKind.KEYS, {"what": "authorized_keys"})
+        return PlainTextResponse(ctx.authorized_keys.strip() + "\n")
 
     @app.patch("/api/v1/nodes/{key}", dependencies=[Depends(require_api_token)])
     def update_node(key: str, update: NodeUpdate) -> dict[str, str | float | int | None]:

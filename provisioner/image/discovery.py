@@ -9,7 +9,7 @@
     busybox-static ─ fetch, extract ─> bin/busybox    -> /bin/busybox + applet symlinks
     images/discovery/init, images/agent/provisioner-agent
         ─ cpio.gzip_newc ─> initrd        (deterministic: same inputs, same sha256)
-    store/<name>/{vmlinuz, initrd, manifest.json}    (published with a rename)
+    store/<name>@<version>/{vmlinuz, initrd, manifest.json}    (image/store.py)
 
 Module selection, the dependency closure and the generated ``modules.dep``/``modules.alias``
 are ``kmod``'s concern; this module validates the recipe, lays out the initrd, writes the
@@ -36,10 +36,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from provisioner import __version__
-from provisioner.image import ImageError, RecipeError, debs
+from provisioner.image import ImageError, RecipeError, debs, guardrails
 from provisioner.image.cpio import Device, DeviceKind, Directory, Entry, File, Symlink, gzip_newc
 from provisioner.image.kmod import KernelTree, ModuleSet, collect_modules, first_existing
 from provisioner.image.recipe import RecipeReader
+from provisioner.image.store import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -226,36 +227,10 @@ def _artifact(name: str, data: bytes) -> Artifact:
 # ----------------------------------------------------------------------- the build
 
 
-def _publish(store: Path, name: str, files: dict[str, bytes]) -> Path:
-    """Write ``files`` into a fresh directory beside ``store/name``, then rename it in."""
-    final = store / name
-    staging: Path | None = None
-    try:
-        store.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-new-", dir=store))
-        for file, data in files.items():
-            (staging / file).write_bytes(data)
-        staging.chmod(0o755)
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{name}-old-", dir=store))
-            os.rename(final, old / name)
-        os.rename(staging, final)
-        staging = None
-        if old is not None:
-            shutil.rmtree(old)
-    except OSError as exc:
-        raise ImageError(f"cannot publish the image into {final}: {exc}") from exc
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-    return final
-
-
 def build_discovery(
     recipe: Path, store: Path, cache: Path, progress: Callable[[str], None]
 ) -> Manifest:
-    """Build ``store/<name>/{vmlinuz,initrd,manifest.json}`` from ``recipe``.
+    """Build ``store/<name>@<version>/{vmlinuz,initrd,manifest.json}`` from ``recipe``.
 
     Packages are downloaded (never installed) into ``cache/debs`` and reused; scratch
     files live under ``cache/tmp`` and are removed. The same recipe and cached packages
@@ -314,7 +289,11 @@ def build_discovery(
         provisioner_version=__version__,
     )
     files = {"vmlinuz": vmlinuz, "initrd": initrd, "manifest.json": manifest.to_json().encode()}
-    final = _publish(store, spec.name, files)
-    progress(f"done: {final} (built in {manifest.build_seconds} s)")
-    log.info("built %s: initrd %d bytes, %d modules", final, len(initrd), manifest.module_count)
+    for finding in guardrails.check_initrd(manifest.initrd.size):
+        progress(f"{finding.level}: {finding.reason}")
+    guardrails.refuse_errors(spec.name, guardrails.check_initrd(manifest.initrd.size))
+    image, new = ImageStore(store).publish_files(spec.name, files)
+    unchanged = "" if new else " (unchanged: same files as before)"
+    progress(f"done: {image.ref}{unchanged} in {image.path} (built in {manifest.build_seconds} s)")
+    log.info("built %s: initrd %d bytes, %d modules", image.ref, len(initrd), manifest.module_count)
     return manifest

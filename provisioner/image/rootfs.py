@@ -10,7 +10,7 @@
     root/boot/vmlinuz-<release>                    -> vmlinuz
     root/boot/initrd.img-<release>  (live-boot's)  -> initrd
     mksquashfs root (without /boot)                -> root.squashfs
-    store/<name>/{vmlinuz, initrd, root.squashfs, manifest.json}  (published with a rename)
+    store/<name>@<version>/{vmlinuz, initrd, root.squashfs, manifest.json}  (image/store.py)
 
 The image boots with ``boot=live fetch=http://HOST/…/root.squashfs``: live-boot in the
 image's own initramfs brings the network up with DHCP, downloads the squashfs into RAM
@@ -28,35 +28,32 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shlex
 import shutil
 import subprocess
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from provisioner import __version__
-from provisioner.image import ImageError, RecipeError
+from provisioner.image import ImageError, guardrails
 from provisioner.image.discovery import Artifact
-from provisioner.image.recipe import RecipeReader
+from provisioner.image.rootfs_recipe import RootfsRecipe, default_mirror, load_recipe
+from provisioner.image.store import ImageStore
 
 log = logging.getLogger(__name__)
 
 BUILDER_VERSION = 1  # bump when the image layout or the manifest changes
-FALLBACK_MIRROR = "http://deb.debian.org/debian"
-APT_SOURCES = Path("/etc/apt/sources.list")
-APT_SOURCES_D = Path("/etc/apt/sources.list.d")
 AGENT_PATH = "/usr/bin/provisioner-agent"
 UNIT_PATH = "/etc/systemd/system/provisioner-agent.service"
+KEYS_UNIT_PATH = "/etc/systemd/system/provisioner-keys.service"
+# Squashfs and file times when the environment sets no SOURCE_DATE_EPOCH: a fixed instant,
+# so that two builds of the same packages give the same root.squashfs.
+DEFAULT_SOURCE_DATE_EPOCH = 1_700_000_000
 NETWORK_PATH = "/etc/systemd/network/80-provisioner.network"
-VARIANTS = frozenset({"minbase", "apt"})
-COMPRESSIONS = frozenset({"gzip", "lz4", "lzo", "xz", "zstd"})
-REQUIRED_PACKAGES = ("systemd", "openssh-server", "live-boot")
 
 # The agent runs once per boot, after the network is up, only when the boot carries
 # provisioner.url= (as the discovery image's /init does).
@@ -65,11 +62,31 @@ AGENT_UNIT = f"""\
 Description=Report this node's inventory to the provisioner
 ConditionKernelCommandLine=provisioner.url
 Wants=network-online.target
-After=network-online.target ssh.service
+After=network-online.target ssh.service provisioner-keys.service
 
 [Service]
 Type=oneshot
 ExecStart={AGENT_PATH}
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+# The control node's public key, fetched with this boot's token and installed for root:
+# post-install logs in with it. Before the agent's report, so a reported node takes logins.
+KEYS_UNIT = f"""\
+[Unit]
+Description=Install the provisioner's SSH key for root
+ConditionKernelCommandLine=provisioner.url
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={AGENT_PATH} --keys
 StandardOutput=journal+console
 StandardError=journal+console
 
@@ -87,218 +104,6 @@ DHCP=yes
 KeepConfiguration=yes
 """
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]*$")
-_WORD = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
-
-
-# ---------------------------------------------------------------------------- recipe
-
-
-@dataclass(frozen=True)
-class User:
-    name: str
-    ssh_keys: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RootfsRecipe:
-    """``images/debian-bookworm.toml``, validated; file paths made absolute."""
-
-    source: Path
-    sha256: str
-    name: str
-    suite: str
-    variant: str
-    mirror: str | None
-    components: tuple[str, ...]
-    kernel_package: str
-    packages: tuple[str, ...]
-    compression: str
-    users: tuple[User, ...]
-    agent: Path
-    extra: tuple[tuple[str, Path], ...]  # (absolute path in the image, file here)
-
-
-_KEYS: dict[str, frozenset[str]] = {
-    "debian": frozenset({"suite", "variant", "mirror", "components"}),
-    "kernel": frozenset({"package"}),
-    "packages": frozenset({"include"}),
-    "squashfs": frozenset({"compression"}),
-    "files": frozenset({"agent", "extra"}),
-}
-_TOP = frozenset({"name", "users", *_KEYS})
-
-
-class _Reader(RecipeReader):
-    def __init__(self, source: Path, data: dict[str, object]) -> None:
-        super().__init__(source, data, _KEYS)
-
-    def strings(self, where: str, value: object, pattern: re.Pattern[str]) -> tuple[str, ...]:
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.fail(where, "must be a list of non-empty strings")
-        for item in value:
-            if not pattern.match(item):
-                raise self.fail(where, f"{item!r} does not match {pattern.pattern}")
-        return tuple(value)
-
-    def file(self, where: str, relative: object) -> Path:
-        if not isinstance(relative, str) or not relative:
-            raise self.fail(where, "must be a non-empty string")
-        path = (self.source.parent / relative).resolve()
-        if not path.is_file():
-            raise self.fail(where, f"{path} is not a file")
-        return path
-
-
-def _users(r: _Reader) -> tuple[User, ...]:
-    value = r.data.get("users", [])
-    if not isinstance(value, list) or not all(isinstance(u, dict) for u in value):
-        raise r.fail("users", "must be an array of tables ([[users]])")
-    users: list[User] = []
-    for i, table in enumerate(value):
-        where = f"users[{i}]"
-        unknown = sorted(set(table) - {"name", "ssh_keys"})
-        if unknown:
-            raise r.fail(f"{where}.{unknown[0]}", "unknown key")
-        name = table.get("name")
-        if not isinstance(name, str) or not _USER.match(name):
-            raise r.fail(f"{where}.name", "must be a user name (a-z, 0-9, _ and -)")
-        keys = table.get("ssh_keys", [])
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise r.fail(f"{where}.ssh_keys", "must be a list of strings")
-        for key in keys:
-            if "\n" in key or not key.startswith(("ssh-", "ecdsa-", "sk-")):
-                raise r.fail(f"{where}.ssh_keys", f"{key[:20]!r}… is not an OpenSSH public key")
-        if name in {u.name for u in users}:
-            raise r.fail(f"{where}.name", f"user {name!r} is listed twice")
-        users.append(User(name, tuple(keys)))
-    return tuple(users)
-
-
-def _extra(r: _Reader) -> tuple[tuple[str, Path], ...]:
-    value = r.table("files").get("extra", {})
-    if not isinstance(value, dict):
-        raise r.fail("files.extra", "must be a table of image path = file here")
-    out: list[tuple[str, Path]] = []
-    for target, relative in sorted(value.items()):
-        where = f"files.extra.{target!r}"
-        if not target.startswith("/") or ".." in target.split("/") or target.endswith("/"):
-            raise r.fail(where, "the image path must be absolute, without '..', to a file")
-        out.append((target, r.file(where, relative)))
-    return tuple(out)
-
-
-def parse_recipe(text: bytes, source: Path) -> RootfsRecipe:
-    """Validate a recipe's bytes (``source`` names it in errors and anchors its paths)."""
-    try:
-        data = tomllib.loads(text.decode())
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise RecipeError(source, "(file)", f"not valid TOML: {exc}") from exc
-    unknown = sorted(set(data) - _TOP)
-    if unknown:
-        raise RecipeError(source, unknown[0], "unknown key")
-    r = _Reader(source, data)
-    variant = r.string("debian", "variant", default="apt")
-    if variant not in VARIANTS:
-        raise r.fail("debian.variant", f"{variant!r} is not one of {', '.join(sorted(VARIANTS))}")
-    mirror_value = r.table("debian").get("mirror")
-    mirror = None
-    if mirror_value is not None:
-        mirror = r.string("debian", "mirror")
-        if not mirror.startswith(("http://", "https://", "file:/")):
-            raise r.fail("debian.mirror", f"{mirror!r} is not an http(s):// or file:/ URL")
-    components = r.strings(
-        "debian.components", r.table("debian").get("components", ["main"]), _WORD
-    )
-    packages = r.strings("packages.include", r.table("packages").get("include"), _PACKAGE)
-    kernel = r.string("kernel", "package", _PACKAGE)
-    missing = [p for p in REQUIRED_PACKAGES if p not in packages]
-    if missing:
-        raise r.fail("packages.include", f"must include {', '.join(missing)}")
-    compression = "zstd"
-    if "squashfs" in data:
-        compression = r.string("squashfs", "compression", default="zstd")
-    if compression not in COMPRESSIONS:
-        choices = ", ".join(sorted(COMPRESSIONS))
-        raise r.fail("squashfs.compression", f"{compression!r} is not one of {choices}")
-    return RootfsRecipe(
-        source=source,
-        sha256=hashlib.sha256(text).hexdigest(),
-        name=r.string("", "name", _NAME),
-        suite=r.string("debian", "suite", _WORD),
-        variant=variant,
-        mirror=mirror,
-        components=components,
-        kernel_package=kernel,
-        packages=packages,
-        compression=compression,
-        users=_users(r),
-        agent=r.file("files.agent", r.table("files").get("agent")),
-        extra=_extra(r),
-    )
-
-
-def load_recipe(path: Path) -> RootfsRecipe:
-    """Read and validate an image recipe; errors name the file and the key."""
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise RecipeError(path, "(file)", f"cannot read: {exc.strerror}") from exc
-    return parse_recipe(text, path.resolve())
-
-
-# ---------------------------------------------------------------------- the mirror
-
-
-def mirror_from_sources(texts: Iterable[tuple[str, str]]) -> str | None:
-    """The first Debian archive URI in apt's sources (not the security archive).
-
-    ``texts`` are ``(file name, contents)`` pairs: ``*.list`` files in one-line format,
-    ``*.sources`` files in deb822 format; disabled stanzas (``Enabled: no``) are skipped.
-    """
-    for name, text in texts:
-        if name.endswith(".sources"):
-            for stanza in re.split(r"\n\s*\n", text):
-                fields: dict[str, str] = {}
-                for line in stanza.splitlines():
-                    if line.startswith("#") or ":" not in line or line[:1].isspace():
-                        continue
-                    key, _, value = line.partition(":")
-                    fields[key.strip().lower()] = value.strip()
-                if fields.get("enabled", "yes").lower() == "no":
-                    continue
-                if "deb" not in fields.get("types", "").split():
-                    continue
-                for uri in fields.get("uris", "").split():
-                    if _debian_archive(uri):
-                        return uri.rstrip("/")
-        else:
-            for line in text.splitlines():
-                words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
-                if len(words) >= 3 and words[0] == "deb" and _debian_archive(words[1]):
-                    return words[1].rstrip("/")
-    return None
-
-
-def _debian_archive(uri: str) -> bool:
-    return uri.startswith(("http://", "https://", "file:/")) and "security" not in uri
-
-
-def default_mirror() -> str:
-    """This machine's configured Debian mirror, else ``FALLBACK_MIRROR``."""
-    files = [APT_SOURCES] if APT_SOURCES.is_file() else []
-    if APT_SOURCES_D.is_dir():
-        files += sorted(p for p in APT_SOURCES_D.iterdir() if p.suffix in {".list", ".sources"})
-    texts = []
-    for path in files:
-        try:
-            texts.append((path.name, path.read_text(errors="replace")))
-        except OSError:
-            log.debug("cannot read %s", path)
-    return mirror_from_sources(texts) or FALLBACK_MIRROR
-
 
 # ------------------------------------------------------------------- mmdebstrap argv
 
@@ -313,7 +118,8 @@ def customize_commands(recipe: RootfsRecipe, staged: Path) -> list[str]:
     hooks = [f"sync-in {q(str(staged))} /"]
     script = [
         f'chmod 0755 "$1"{AGENT_PATH}',
-        'chroot "$1" systemctl enable provisioner-agent.service systemd-networkd.service',
+        'chroot "$1" systemctl enable provisioner-agent.service provisioner-keys.service'
+        " systemd-networkd.service",
         # A machine-id made at build time would be shared by every node: leave it empty.
         ': > "$1"/etc/machine-id',
         # Host keys made at build time would be shared too: sshd's unit regenerates them.
@@ -351,6 +157,7 @@ def staged_files(recipe: RootfsRecipe) -> dict[str, bytes]:
     files = {
         AGENT_PATH: recipe.agent.read_bytes(),
         UNIT_PATH: AGENT_UNIT.encode(),
+        KEYS_UNIT_PATH: KEYS_UNIT.encode(),
         NETWORK_PATH: NETWORK_UNIT.encode(),
         SSH_KEYGEN_DROPIN: SSH_KEYGEN.encode(),
     }
@@ -480,9 +287,20 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
+def source_date_epoch() -> int:
+    """``$SOURCE_DATE_EPOCH`` or a fixed instant: the image's file and squashfs times."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(value) if value.isdigit() else DEFAULT_SOURCE_DATE_EPOCH
+
+
 def _stream(argv: list[str], progress: Callable[[str], None], prefix: str) -> None:
     """Run ``argv``, passing its status lines to ``progress``; a failure is ImageError."""
-    env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+    env = {
+        **os.environ,
+        "LC_ALL": "C.UTF-8",
+        "LANG": "C.UTF-8",
+        "SOURCE_DATE_EPOCH": str(source_date_epoch()),
+    }
     tail: list[str] = []
     try:
         proc = subprocess.Popen(
@@ -512,7 +330,7 @@ def _stream(argv: list[str], progress: Callable[[str], None], prefix: str) -> No
 def build_rootfs(
     recipe: Path, store: Path, cache: Path, progress: Callable[[str], None]
 ) -> Manifest:
-    """Build ``store/<name>/{vmlinuz,initrd,root.squashfs,manifest.json}`` from ``recipe``.
+    """Build ``store/<name>@<version>/{vmlinuz,initrd,root.squashfs,manifest.json}``.
 
     Needs root (mmdebstrap --mode=root), mmdebstrap and mksquashfs. The .debs are kept in
     ``cache/apt-archives``; the work tree lives under ``cache/tmp`` and is removed.
@@ -527,10 +345,10 @@ def build_rootfs(
         scratch_root.mkdir(parents=True, exist_ok=True)
         store.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix="rootfs-", dir=scratch_root))
-        staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-new-", dir=store))
     except OSError as exc:
-        raise ImageError(f"cannot create work folders in {cache} and {store}: {exc}") from exc
-    final = store / spec.name
+        raise ImageError(f"cannot create work folders in {cache}: {exc}") from exc
+    images = ImageStore(store)
+    staging = images.staging(spec.name)
     try:
         staged = scratch / "staged"
         for target, data in staged_files(spec).items():
@@ -567,7 +385,8 @@ def build_rootfs(
         progress(f"mksquashfs: {root_bytes} bytes, {spec.compression}")
         _stream(
             ["mksquashfs", str(root), str(staging / "root.squashfs"), "-noappend",
-             "-comp", spec.compression, "-e", "boot", "-no-progress", "-quiet"],
+             "-comp", spec.compression, "-e", "boot", "-no-progress", "-quiet",
+             "-mkfs-time", str(source_date_epoch()), "-all-time", str(source_date_epoch())],
             progress, "mksquashfs",
         )  # fmt: skip
         manifest = Manifest(
@@ -591,22 +410,19 @@ def build_rootfs(
             provisioner_version=__version__,
         )
         (staging / "manifest.json").write_text(manifest.to_json())
-        staging.chmod(0o755)
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{spec.name}-old-", dir=store))
-            os.rename(final, old / spec.name)
-        os.rename(staging, final)
-        if old is not None:
-            shutil.rmtree(old)
+        for finding in guardrails.check_initrd(manifest.initrd.size):
+            progress(f"{finding.level}: {finding.reason}")
+        guardrails.refuse_errors(spec.name, guardrails.check_initrd(manifest.initrd.size))
+        image, new = images.publish(staging, spec.name)
     except (OSError, subprocess.CalledProcessError) as exc:
         raise ImageError(f"cannot build the image {spec.name}: {exc}") from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
     progress(
-        f"done: {final} (squashfs {manifest.squashfs.size} bytes, initrd {manifest.initrd.size}"
+        f"done: {image.ref}{'' if new else ' (unchanged: same files as before)'} in "
+        f"{image.path} (squashfs {manifest.squashfs.size} bytes, initrd {manifest.initrd.size}"
         f" bytes, built in {manifest.build_seconds} s)"
     )
-    log.info("built %s: squashfs %d bytes", final, manifest.squashfs.size)
+    log.info("built %s: squashfs %d bytes", image.ref, manifest.squashfs.size)
     return manifest

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.image.store import ImageStore
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -134,11 +136,9 @@ def write_config(
 
 def make_image(state: Path, name: str = "discovery", kernel_size: int = 256 * 1024) -> bytes:
     """A stand-in image (random bytes): these tests check transport, not booting."""
-    image = state / "images" / name
-    image.mkdir(parents=True, exist_ok=True)
     kernel = os.urandom(kernel_size)
-    (image / "vmlinuz").write_bytes(kernel)
-    (image / "initrd").write_bytes(os.urandom(4096))
+    files = {"vmlinuz": kernel, "initrd": os.urandom(4096)}
+    ImageStore(state / "images").publish_files(name, files)
     return kernel
 
 

@@ -3,6 +3,7 @@ covered by the integration tests with curl."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,8 +12,11 @@ from fastapi.testclient import TestClient
 
 from provisioner.boot.http import AppContext, create_app
 from provisioner.boot.ipxe import ScriptRenderer
-from provisioner.config import Mode, parse_config, render_config
-from provisioner.discovery.model import SCHEMA
+from provisioner.config import DEFAULT_HWPROFILES, Mode, parse_config, render_config
+from provisioner.discovery import schema
+from provisioner.discovery.model import SCHEMA, Inventory
+from provisioner.enroll import Enroller
+from provisioner.image.store import ImageStore
 from provisioner.metrics import Metrics
 from provisioner.registry import EventKind, Registry
 from provisioner.states import NodeEvent, NodeState
@@ -44,11 +48,10 @@ def client(ctx: AppContext) -> TestClient:
 
 
 def build_discovery(ctx: AppContext, size: int = 4096) -> bytes:
-    image = ctx.config.image_dir / "discovery"
-    image.mkdir(parents=True, exist_ok=True)
     kernel = bytes(range(256)) * (size // 256)
-    (image / "vmlinuz").write_bytes(kernel)
-    (image / "initrd").write_bytes(b"initrd")
+    ImageStore(ctx.config.image_dir).publish_files(
+        "discovery", {"vmlinuz": kernel, "initrd": b"initrd"}
+    )
     return kernel
 
 
@@ -69,13 +72,15 @@ def test_discovery_script_carries_kernel_initrd_and_a_fresh_token(
     r = client.get(f"/boot/{MAC.upper().replace(':', '-')}.ipxe")
     kernel = re.search(r"^kernel (\S+) (.*)$", r.text, re.M)
     assert kernel is not None, r.text
-    assert kernel.group(1) == f"http://10.20.0.1:8080/images/discovery/vmlinuz?mac={MAC}"
+    assert kernel.group(1) == f"http://10.20.0.1:8080/images/discovery@1/vmlinuz?mac={MAC}"
     assert "initrd=initrd" in kernel.group(2)
     assert "console=ttyS0,115200n8" in kernel.group(2)
     assert f"provisioner.mac={MAC}" in kernel.group(2)
     token = re.search(r"provisioner\.token=(\S+)", r.text)
     assert token is not None and ctx.registry.check_boot_token(MAC, token.group(1))
-    assert f"initrd --name initrd http://10.20.0.1:8080/images/discovery/initrd?mac={MAC}" in r.text
+    assert (
+        f"initrd --name initrd http://10.20.0.1:8080/images/discovery@1/initrd?mac={MAC}" in r.text
+    )
     second = client.get(f"/boot/{MAC}.ipxe").text
     assert re.search(r"provisioner\.token=(\S+)", second).group(1) != token.group(1)  # type: ignore[union-attr]
     assert not ctx.registry.check_boot_token(MAC, token.group(1))
@@ -231,3 +236,99 @@ def test_agent_text_report_is_parsed_and_kept(client: TestClient, ctx: AppContex
     assert kept["format"] == "agent/1" and kept["raw"] == report
     assert kept["inventory"]["firmware"] == "uefi"
     assert {d["vendor"] for d in kept["inventory"]["pci"]} >= {"1af4", "8086"}
+
+
+# ------------------------------------------------------------- enrolled nodes and keys
+
+
+def enroll(ctx: AppContext, profile: str, *, memory: int | None = 8 << 30) -> None:
+    """Put MAC in the enrolled state with ``profile`` and an inventory with ``memory``."""
+    ctx.registry.touch_node(MAC, ip="10.20.0.100")
+    document = {"format": "json", "inventory": schema.to_json(Inventory(memory_bytes=memory))}
+    ctx.registry.store_inventory(MAC, json.dumps(document))
+    ctx.registry.transition(MAC, NodeEvent.INVENTORY)
+    ctx.registry.set_profile(MAC, profile)
+    ctx.registry.transition(MAC, NodeEvent.MATCH)
+    ctx.registry.transition(MAC, NodeEvent.ENROLL)
+
+
+def publish_rootfs(ctx: AppContext, name: str = "debian-bookworm", root: bytes = b"R") -> None:
+    files = {"vmlinuz": b"K" * 1000, "initrd": b"I" * 1000, "root.squashfs": root}
+    ImageStore(ctx.config.image_dir).publish_files(name, files)
+
+
+def kernel_line(text: str) -> str:
+    line = re.search(r"^kernel .*$", text, re.M)
+    assert line is not None, text
+    return line.group(0)
+
+
+def test_an_enrolled_node_boots_one_version_of_its_image_with_a_live_root(
+    client: TestClient, ctx: AppContext
+) -> None:
+    publish_rootfs(ctx)
+    enroll(ctx, "qemu-lab")
+    base = "http://10.20.0.1:8080/images/debian-bookworm@1"
+    kernel = kernel_line(client.get(f"/boot/{MAC}.ipxe").text)
+    assert kernel.startswith(f"kernel {base}/vmlinuz?mac={MAC} initrd=initrd ")
+    # live-boot picks the mount type from the URL's suffix: it must end in .squashfs.
+    assert f" boot=live fetch={base}/root.squashfs " in kernel
+    assert "provisioner.token=" in kernel
+    node = ctx.registry.node(MAC)
+    assert node is not None and node.image == "debian-bookworm@1"
+    # A newer build: the next boot names the new version, every file of it.
+    publish_rootfs(ctx, root=b"R2")
+    script = client.get(f"/boot/{MAC}.ipxe").text
+    assert "debian-bookworm@2/vmlinuz" in script and "debian-bookworm@2/initrd" in script
+    assert "debian-bookworm@2/root.squashfs" in script and "@1" not in script
+    # The registry's choice for the profile wins, and may pin a version.
+    ctx.registry.set_profile_image("qemu-lab", "debian-bookworm@1")
+    assert "debian-bookworm@1/root.squashfs" in client.get(f"/boot/{MAC}.ipxe").text
+
+
+def test_the_profile_adds_its_kernel_args(client: TestClient, ctx: AppContext) -> None:
+    ctx.enroller = Enroller(ctx.registry, DEFAULT_HWPROFILES, "node{n}")
+    publish_rootfs(ctx)
+    enroll(ctx, "intel-arc-a770")
+    arc = ctx.enroller.profiles.get("intel-arc-a770")
+    assert arc is not None and arc.kernel_args
+    kernel = kernel_line(client.get(f"/boot/{MAC}.ipxe").text)
+    for arg in arc.kernel_args:
+        assert f" {arg} " in kernel
+
+
+def test_a_node_without_the_ram_for_the_root_is_refused_with_the_reason(
+    client: TestClient, ctx: AppContext
+) -> None:
+    publish_rootfs(ctx, root=b"R" * (1 << 20))
+    enroll(ctx, "qemu-lab", memory=256 << 20)
+    script = client.get(f"/boot/{MAC}.ipxe").text
+    assert "\nkernel " not in script
+    assert "cannot boot debian-bookworm@1: the node has 256 MiB of RAM" in script
+    assert f"chain --replace --autofree http://10.20.0.1:8080/boot/{MAC}.ipxe" in script
+    refused = [e for e in ctx.registry.events(MAC) if e.kind is EventKind.REFUSED]
+    assert refused and "256 MiB of RAM" in str(refused[-1].detail["why"])
+
+
+def test_an_enrolled_node_whose_image_is_not_built_waits(
+    client: TestClient, ctx: AppContext
+) -> None:
+    enroll(ctx, "qemu-lab")
+    script = client.get(f"/boot/{MAC}.ipxe").text
+    assert "debian-bookworm image is not in the image store" in script
+
+
+def test_authorized_keys_need_this_boots_token(client: TestClient, ctx: AppContext) -> None:
+    ctx.authorized_keys = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample provisioner@test"
+    build_discovery(ctx)
+    script = client.get(f"/boot/{MAC}.ipxe").text
+    token = re.search(r"provisioner\.token=(\S+)", script)
+    assert token is not None
+    url = f"/api/v1/nodes/{MAC}/authorized_keys"
+    r = client.get(url, headers={"Authorization": f"Bearer {token.group(1)}"})
+    assert r.status_code == 200 and r.text == ctx.authorized_keys + "\n"
+    assert client.get(url).status_code == 401
+    assert client.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
+    kinds = [e.kind for e in ctx.registry.events(MAC)]
+    assert EventKind.KEYS in kinds and EventKind.REFUSED in kinds
+    assert API_TOKEN not in r.text

@@ -12,18 +12,21 @@ from provisioner.image.discovery import Artifact
 from provisioner.image.rootfs import (
     AGENT_PATH,
     AGENT_UNIT,
-    FALLBACK_MIRROR,
+    KEYS_UNIT_PATH,
     UNIT_PATH,
     Manifest,
-    User,
     customize_commands,
     kernel_release,
-    load_recipe,
-    mirror_from_sources,
     mmdebstrap_argv,
     parse_dpkg_query,
-    parse_recipe,
     staged_files,
+)
+from provisioner.image.rootfs_recipe import (
+    FALLBACK_MIRROR,
+    User,
+    load_recipe,
+    mirror_from_sources,
+    parse_recipe,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +92,10 @@ def test_extra_files_and_users(recipe_dir: Path) -> None:
     assert files["/etc/motd"] == b"hello\n"
     assert files[AGENT_PATH] == b"#!/bin/sh\n"
     assert files[UNIT_PATH] == AGENT_UNIT.encode()
+    # The control node's key is installed before the agent reports (post-install logs in
+    # as soon as the inventory arrives).
+    assert b"provisioner-agent --keys" in files[KEYS_UNIT_PATH]
+    assert "provisioner-keys.service" in AGENT_UNIT.split("After=")[1].splitlines()[0]
 
 
 BAD = [

@@ -1,0 +1,236 @@
+"""The `provisioner image` commands: build, list, show, use, remove (thin: parse, call, print).
+
+``build`` takes a recipe file, or a recipe's name in ``images/`` (``discovery``,
+``debian-bookworm``); a recipe with a ``[debian]`` table is a full image (mmdebstrap), any
+other is the discovery initramfs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from provisioner.boot.policy import image_for, wanted_image
+from provisioner.cli_common import load_cfg, open_registry, print_json, stamped, table
+from provisioner.config import Config
+from provisioner.image import ImageError, guardrails
+from provisioner.image.store import ImageInUse, ImageRef, ImageStore, StoredImage, users_of
+from provisioner.profiles import load_profiles
+from provisioner.registry import Registry
+
+RECIPES = Path(__file__).resolve().parents[1] / "images"
+
+
+def recipe_path(text: str) -> Path:
+    """A recipe file, or the name of one in ``images/`` (``debian-bookworm``)."""
+    path = Path(text)
+    if path.suffix == ".toml" or "/" in text:
+        return path
+    named = RECIPES / f"{text}.toml"
+    if not named.is_file():
+        have = ", ".join(sorted(p.stem for p in RECIPES.glob("*.toml")))
+        raise ImageError(f"no recipe {text!r}: give a file, or one of {have}")
+    return named
+
+
+def is_rootfs_recipe(path: Path) -> bool:
+    try:
+        return "debian" in tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False  # the builder's own reader gives the precise error
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from provisioner.image.discovery import default_cache
+
+    recipe = recipe_path(args.recipe)
+    cfg = load_cfg(args)
+    manifest: Any
+    if is_rootfs_recipe(recipe):
+        from provisioner.image.rootfs import build_rootfs
+
+        manifest = build_rootfs(recipe, cfg.image_dir, default_cache(), stamped)
+    else:
+        from provisioner.image.discovery import build_discovery
+
+        manifest = build_discovery(recipe, cfg.image_dir, default_cache(), stamped)
+    image = ImageStore(cfg.image_dir).get(manifest.name)
+    if args.json:
+        print_json(_details(image))
+        return 0
+    sizes = ", ".join(f"{k} {v} B" for k, v in image.summary()["sizes"].items())
+    print(f"{image.ref}: kernel {manifest.kernel_release}, {sizes} in {image.path}")
+    return 0
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    cfg = load_cfg(args)
+    images = ImageStore(cfg.image_dir).images()
+    if args.json:
+        print_json([i.summary() for i in images])
+        return 0
+    if not images:
+        print("no images yet: provisioner image build discovery")
+        return 0
+    newest = {i.name: i.version for i in images}
+    used = _used_by(cfg, images)
+    table(
+        ("IMAGE", "KIND", "KERNEL", "SIZE", "BUILT", "NODES"),
+        [
+            (
+                i.ref + (" (newest)" if newest[i.name] == i.version else ""),
+                i.kind,
+                str(i.manifest.get("kernel_release", "-")),
+                _mib(sum(i.summary()["sizes"].values())),
+                str(i.manifest.get("built_at", "-")),
+                str(len(used.get(i.ref, {}))),
+            )
+            for i in images
+        ],
+    )
+    return 0
+
+
+def cmd_image_show(args: argparse.Namespace) -> int:
+    cfg = load_cfg(args)
+    image = ImageStore(cfg.image_dir).get(args.image)
+    details = _details(image, _used_by(cfg, [image]).get(image.ref, {}))
+    if args.json:
+        print_json(details)
+        return 0
+    print(f"{image.ref} ({image.kind}) in {image.path}")
+    for key in ("kernel_release", "suite", "mirror", "built_at", "build_seconds"):
+        if key in image.manifest:
+            print(f"  {key}: {image.manifest[key]}")
+    for key, size in details["sizes"].items():
+        print(f"  {key}: {size} B ({_mib(size)}), sha256 {image.manifest[key]['sha256']}")
+    if image.kind == "rootfs":
+        print(f"  RAM a node needs for this root: {_mib(details['ram_needed'])}")
+    for finding in details["findings"]:
+        print(f"  {finding['level']}: {finding['reason']}")
+    packages = image.manifest.get("packages") or []
+    if packages:
+        print(f"  packages: {len(packages)} (--json lists them)")
+    users = details["nodes"]
+    print(f"  nodes: {', '.join(f'{n} ({w})' for n, w in users.items()) or 'none'}")
+    return 0
+
+
+def cmd_image_use(args: argparse.Namespace) -> int:
+    cfg = load_cfg(args)
+    ref = ImageRef.parse(args.image)
+    profiles = load_profiles(cfg.cluster.profiles_dir)
+    if args.profile not in profiles:
+        raise ImageError(f"no profile {args.profile!r} (have: {', '.join(profiles.names)})")
+    store = ImageStore(cfg.image_dir)
+    image = store.get(ref)  # refuse an image that is not built
+    registry = open_registry(cfg)
+    registry.set_profile_image(args.profile, str(ref))
+    follows = "its newest version" if ref.version is None else "pinned"
+    if args.json:
+        print_json({"profile": args.profile, "image": str(ref), "resolves_to": image.ref})
+    else:
+        print(f"{args.profile} boots {ref} ({follows}: now {image.ref}) from its next boot")
+    return 0
+
+
+def cmd_image_remove(args: argparse.Namespace) -> int:
+    cfg = load_cfg(args)
+    store = ImageStore(cfg.image_dir)
+    ref = ImageRef.parse(args.image)
+    targets = store.versions(ref.name) if ref.version is None else [store.get(ref)]
+    if not targets:
+        store.get(ref)  # raises "no image ..."
+    used = _used_by(cfg, targets)
+    for image in targets:
+        if used.get(image.ref):
+            raise ImageInUse(image.ref, used[image.ref])
+    for image in targets:
+        store.remove(image)
+    removed = [i.ref for i in targets]
+    if args.json:
+        print_json({"removed": removed})
+    else:
+        print(f"removed {', '.join(removed)}")
+    return 0
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def _details(image: StoredImage, users: dict[str, str] | None = None) -> dict[str, Any]:
+    details = image.summary()
+    details["manifest"] = dict(image.manifest)
+    findings = guardrails.check_initrd(image.size("initrd"))
+    details["findings"] = [{"level": f.level, "reason": f.reason} for f in findings]
+    if image.kind == "rootfs":
+        details["ram_needed"] = guardrails.ram_needed(
+            image.size("squashfs"), image.size("initrd"), image.size("vmlinuz")
+        )
+    details["nodes"] = users or {}
+    return details
+
+
+def _used_by(cfg: Config, images: list[StoredImage]) -> dict[str, dict[str, str]]:
+    """image ref -> {node: why} for nodes that booted it last or boot it next."""
+    if not cfg.registry_path.exists():
+        return {}
+    registry = open_registry(cfg)
+    try:
+        planned = _planned(cfg, registry, ImageStore(cfg.image_dir))
+        booted = {n.hostname or n.mac: n.image for n in registry.nodes()}
+    finally:
+        registry.close()
+    return {i.ref: users_of(i, booted, planned) for i in images}
+
+
+def _planned(cfg: Config, registry: Registry, store: ImageStore) -> dict[str, str | None]:
+    """node -> the version it boots next (the boot policy's choice, resolved)."""
+    try:
+        profiles = load_profiles(cfg.cluster.profiles_dir)
+    except Exception:  # a broken profile set must not hide which nodes use an image
+        profiles = None
+    chosen = registry.profile_images()
+    planned: dict[str, str | None] = {}
+    for node in registry.nodes():
+        profile = profiles.get(node.profile) if profiles and node.profile else None
+        wanted = wanted_image(
+            node,
+            image_for(node.profile, profile.image if profile else None, chosen, cfg.boot.image),
+        )
+        found = store.find(wanted) if wanted else None
+        planned[node.hostname or node.mac] = found.ref if found else None
+    return planned
+
+
+def add_image_commands(sub: Any) -> None:
+    image = sub.add_parser("image", help="the image store: build, list, show, use, remove")
+    image_sub = image.add_subparsers(dest="subcommand", required=True)
+    build = image_sub.add_parser("build", help="build an image into the store (a new version)")
+    build.add_argument(
+        "recipe", help="a recipe file, or a name in images/: discovery, debian-bookworm"
+    )
+    build.add_argument("--json", action="store_true", help="print the image's details")
+    build.set_defaults(func=cmd_image_build)
+    ilist = image_sub.add_parser("list", help="every version in the store")
+    ilist.add_argument("--json", action="store_true")
+    ilist.set_defaults(func=cmd_image_list)
+    show = image_sub.add_parser("show", help="one image: files, sha256, RAM, nodes using it")
+    show.add_argument("image", help="name (its newest version) or name@version")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_image_show)
+    use = image_sub.add_parser("use", help="the image a profile's nodes boot from now on")
+    use.add_argument("image", help="name (follows its newest version) or name@version (pinned)")
+    use.add_argument("--profile", required=True, help="a profile in hwprofiles/")
+    use.add_argument("--json", action="store_true")
+    use.set_defaults(func=cmd_image_use)
+    remove = image_sub.add_parser("remove", help="delete a version (refused while nodes use it)")
+    remove.add_argument("image", help="name@version, or name for all its versions")
+    remove.add_argument("--json", action="store_true")
+    remove.set_defaults(func=cmd_image_remove)

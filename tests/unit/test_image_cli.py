@@ -1,0 +1,104 @@
+"""`provisioner image list/show/use/remove` and `node enroll` on a registry and store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from provisioner.cli import main
+from provisioner.config import Mode, load_config, render_config
+from provisioner.image.store import ImageStore
+from provisioner.registry import Registry
+from provisioner.states import NodeEvent, NodeState
+
+MAC = "52:54:00:aa:bb:07"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "provisioner.toml"
+    path.write_text(
+        render_config(
+            interface="eth0",
+            address="10.30.0.1/24",
+            mode=Mode.FULL,
+            dhcp_range="10.30.0.100-10.30.0.120",
+            state_dir=tmp_path / "state",
+        )
+    )
+    return path
+
+
+def run(config: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["--config", str(config), *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def publish(config: Path, root: bytes) -> None:
+    store = ImageStore(load_config(config).image_dir)
+    store.publish_files("debian-bookworm", {"vmlinuz": b"K", "initrd": b"I", "root.squashfs": root})
+
+
+def test_list_show_use_and_remove(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    publish(config, b"one")
+    publish(config, b"two")
+    code, out, _ = run(config, capsys, "image", "list", "--json")
+    assert code == 0
+    assert [(i["ref"], i["kind"]) for i in json.loads(out)] == [
+        ("debian-bookworm@1", "rootfs"),
+        ("debian-bookworm@2", "rootfs"),
+    ]
+    code, out, _ = run(config, capsys, "image", "list")
+    assert "debian-bookworm@2 (newest)" in out
+
+    # An enrolled qemu-lab node boots the newest version next.
+    registry = Registry(load_config(config).registry_path)
+    registry.touch_node(MAC)
+    registry.store_inventory(MAC, "{}")
+    registry.transition(MAC, NodeEvent.INVENTORY)
+    registry.set_profile(MAC, "qemu-lab")
+    registry.transition(MAC, NodeEvent.MATCH)
+    code, out, _ = run(config, capsys, "node", "enroll", MAC, "--json")
+    assert code == 0 and json.loads(out)["enrolled"][0]["state"] == NodeState.ENROLLED.value
+    code, out, _ = run(config, capsys, "image", "show", "debian-bookworm", "--json")
+    shown = json.loads(out)
+    assert shown["ref"] == "debian-bookworm@2" and shown["nodes"] == {MAC: "boots it next"}
+    assert shown["ram_needed"] > 512 << 20 and shown["findings"] == []
+
+    code, _, err = run(config, capsys, "image", "remove", "debian-bookworm@2")
+    assert code == 2 and f"debian-bookworm@2 is in use by 1 node(s): {MAC} (boots it next)" in err
+    assert ImageStore(load_config(config).image_dir).find("debian-bookworm@2") is not None
+
+    # Pin the profile to version 1: version 2 is free to go, version 1 is now in use.
+    code, out, _ = run(config, capsys, "image", "use", "debian-bookworm@1", "--profile", "qemu-lab")
+    assert code == 0 and "pinned" in out
+    assert registry.profile_images() == {"qemu-lab": "debian-bookworm@1"}
+    code, out, _ = run(config, capsys, "image", "remove", "debian-bookworm@2", "--json")
+    assert code == 0 and json.loads(out) == {"removed": ["debian-bookworm@2"]}
+    code, _, err = run(config, capsys, "image", "remove", "debian-bookworm")
+    assert code == 2 and "debian-bookworm@1 is in use" in err
+
+
+def test_use_refuses_unknown_profiles_and_unbuilt_images(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(config, capsys, "image", "use", "debian-bookworm", "--profile", "qemu-lab")
+    assert code == 2 and "no image debian-bookworm" in err
+    publish(config, b"x")
+    code, _, err = run(config, capsys, "image", "use", "debian-bookworm", "--profile", "nope")
+    assert code == 2 and "no profile 'nope'" in err
+    code, _, err = run(config, capsys, "image", "show", "Bad Name")
+    assert code == 2 and "not an image name" in err
+
+
+def test_enroll_refuses_a_node_without_a_profile(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Registry(load_config(config).registry_path).touch_node(MAC)
+    code, _, err = run(config, capsys, "node", "enroll", MAC, "node9")
+    assert code == 1
+    assert f"{MAC}: not enrolled: no profile yet (state new)" in err
+    assert "node9: not enrolled: no such node" in err
