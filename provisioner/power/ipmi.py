@@ -36,6 +36,7 @@ _CAUSES: tuple[tuple[str, type[PowerError], str], ...] = (
     ("unauthorized name", BmcAuthError, "unknown user name"),
     ("insufficient resources for session", PowerError, "the BMC has no free session"),
     ("Address lookup for", BmcUnreachable, "BMC host name does not resolve"),
+    ("Could not open socket", BmcUnreachable, "cannot reach the BMC's address (no route?)"),
     ("Get Auth Capabilities error", BmcUnreachable, "no answer from the BMC"),
     ("No response from remote controller", BmcUnreachable, "no answer from the BMC"),
     ("invalid authentication algorithm", PowerError, "cipher suite not supported by the BMC"),

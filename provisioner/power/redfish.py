@@ -106,11 +106,8 @@ def power_state_of(system: Mapping[str, object]) -> PowerState:
 def pick_system(collection: Mapping[str, object]) -> str:
     """The path of the only system in a Systems collection (several: name one)."""
     members = collection.get("Members")
-    paths = (
-        [str(m["@odata.id"]) for m in members or [] if isinstance(m, dict) and "@odata.id" in m]
-        if isinstance(members, list)
-        else []
-    )
+    members = members if isinstance(members, list) else []
+    paths = [str(m["@odata.id"]) for m in members if isinstance(m, dict) and "@odata.id" in m]
     if len(paths) == 1:
         return paths[0]
     if not paths:
@@ -136,7 +133,8 @@ def reset_action(system: Mapping[str, object]) -> tuple[str, list[str] | None, s
 
 
 def allowed_from_action_info(info: Mapping[str, object]) -> list[str] | None:
-    for param in info.get("Parameters") or []:  # type: ignore[attr-defined]
+    params = info.get("Parameters")
+    for param in params if isinstance(params, list) else []:
         if isinstance(param, dict) and param.get("Name") == "ResetType":
             values = param.get("AllowableValues")
             return [str(v) for v in values] if isinstance(values, list) else None
@@ -197,8 +195,12 @@ class HttpTransport:
             raise BmcUnreachable(f"connection refused by {self.host}:{self.port}") from exc
         except socket.gaierror as exc:
             raise BmcUnreachable(f"BMC host name {self.host} does not resolve") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise BmcUnreachable(f"{self.host}:{self.port}: {exc}") from exc
+        except OSError as exc:
+            raise BmcUnreachable(
+                f"cannot reach {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
+        except http.client.HTTPException as exc:
+            raise PowerError(f"{self.host}:{self.port} does not speak HTTP: {exc!r}") from exc
         finally:
             conn.close()
 

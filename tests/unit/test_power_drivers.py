@@ -75,9 +75,15 @@ def test_ipmitool_timeouts_fit_the_budget() -> None:
             "no answer from the BMC",
         ),
         (
-            "Address lookup for nosuchbmc failed\n",
+            "Address lookup for nosuchbmc failed\nCould not open socket!\n",
             BmcUnreachable,
             "does not resolve",
+        ),
+        (
+            "Loading IANA PEN Registry...\nCould not open socket!\n"
+            "Error: Unable to establish IPMI v2 / RMCP+ session\n",
+            BmcUnreachable,
+            "no route",
         ),
         (
             "Error in open session response message : invalid authentication algorithm\n\n"
