@@ -1,8 +1,8 @@
 """``provisioner power on|off|cycle|status|boot-network NODE...`` and ``node add``.
 
 Mounted by :mod:`provisioner.cli`: :func:`add_power_commands` on the top-level
-subparsers, :func:`add_node_add_command` on ``node``'s. Both take the function that
-loads the configuration (the registry lives in its state directory). Thin: parse, look
+subparsers, :func:`add_node_add_command` on ``node``'s (both may be given another
+configuration loader than ``cli_common.load_cfg``, for tests). Thin: parse, look
 the nodes up, hand the work to :mod:`provisioner.power.run`, print. Exit status 0 when
 every node succeeded, 1 when any failed; each failure is one line naming the node.
 """
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from provisioner.cli_common import print_json
+from provisioner.cli_common import load_cfg, open_registry, print_json
 from provisioner.config import Config, normalize_mac
 from provisioner.power import (
     DEFAULT_TIMEOUT,
@@ -41,7 +41,7 @@ _OPERATIONS = {
 }
 
 
-def add_power_commands(subparsers: Any, load_config: LoadConfig) -> None:
+def add_power_commands(subparsers: Any, load_config: LoadConfig = load_cfg) -> None:
     power = subparsers.add_parser("power", help="power control through each node's BMC")
     sub = power.add_subparsers(dest="power_command", required=True)
     for name, (op, text) in _OPERATIONS.items():
@@ -62,7 +62,7 @@ def add_power_commands(subparsers: Any, load_config: LoadConfig) -> None:
         p.set_defaults(func=cmd_power, operation=op, load_config=load_config)
 
 
-def add_node_add_command(node_subparsers: Any, load_config: LoadConfig) -> None:
+def add_node_add_command(node_subparsers: Any, load_config: LoadConfig = load_cfg) -> None:
     add = node_subparsers.add_parser("add", help="register a node by MAC, with its power URL")
     add.add_argument("name", help="its hostname, e.g. node0")
     add.add_argument("--mac", required=True, help="the MAC it boots from")
@@ -115,7 +115,7 @@ def cmd_power(args: argparse.Namespace) -> int:
     store = load_store(
         candidate_files(Path(args.credentials) if args.credentials else None, cfg.state_dir)
     )
-    reg = Registry(cfg.registry_path)
+    reg = open_registry(cfg)
     try:
         jobs = [_job(reg, key, op, store, args.timeout) for key in dict.fromkeys(args.nodes)]
     finally:
@@ -139,7 +139,7 @@ def cmd_node_add(args: argparse.Namespace) -> int:
         print(f"--mac {args.mac!r} is not a MAC address like aa:bb:cc:dd:ee:ff", file=sys.stderr)
         return 1
     settings: PowerSettings | None = parse_power_url(args.power) if args.power else None
-    reg = Registry(cfg.registry_path)
+    reg = open_registry(cfg)
     try:
         with reg.batch():
             reg.touch_node(mac)
