@@ -3,15 +3,18 @@
 For boards with no BMC and no Wake-on-LAN. Each operation hands an instruction to a
 :class:`Confirmer` and waits for it to say the step happened. The confirmer is the
 pluggable part: :class:`TerminalConfirmer` prints the instruction and waits for Enter;
-``enroll --wait`` can pass one that watches the registry for the node's first DHCP
-request instead. A confirmer that gives up (``False``) makes the operation fail with
-the instruction in the message, so the user knows what was not done.
+:class:`WatchConfirmer` announces it and polls a check instead, which is how
+``enroll --wait`` can wait for the node's first DHCP request in the registry. A
+confirmer that gives up (``False``) makes the operation fail with the instruction in
+the message, so the user knows what was not done.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
+from collections.abc import Callable
 from typing import Protocol, TextIO
 
 from provisioner.power import PowerError, PowerState, UnsupportedOperation
@@ -41,6 +44,39 @@ class TerminalConfirmer:
         with _TERMINAL_LOCK:
             print(f"{node}: {instruction}, then press Enter", file=self.stderr, flush=True)
             return bool(self.stdin.readline())
+
+
+class WatchConfirmer:
+    """Announce the instruction, then poll ``seen()`` until it is true or time runs out.
+
+    ``seen`` is the caller's evidence that the step happened (for enrollment: a DHCP
+    request from the node's MAC recorded after the instruction was given).
+    """
+
+    def __init__(
+        self,
+        seen: Callable[[], bool],
+        announce: Callable[[str], None],
+        *,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.seen = seen
+        self.announce = announce
+        self.interval = interval
+        self.clock = clock
+        self.sleep = sleep
+
+    def __call__(self, node: str, instruction: str, timeout: float) -> bool:
+        self.announce(f"{node}: {instruction}")
+        deadline = self.clock() + timeout
+        while True:
+            if self.seen():
+                return True
+            if self.clock() >= deadline:
+                return False
+            self.sleep(min(self.interval, max(0.0, deadline - self.clock())))
 
 
 class ManualDriver:

@@ -17,7 +17,7 @@ from provisioner.power import (
 )
 from provisioner.power.credentials import Secret
 from provisioner.power.ipmi import IpmiDriver, classify, ipmitool_argv, parse_status
-from provisioner.power.manual import ManualDriver, TerminalConfirmer
+from provisioner.power.manual import ManualDriver, TerminalConfirmer, WatchConfirmer
 from provisioner.power.qemu import QemuDriver
 from provisioner.power.redfish import RedfishDriver
 from provisioner.power.settings import parse_power_url
@@ -170,6 +170,38 @@ def test_terminal_confirmer_waits_for_enter() -> None:
     assert TerminalConfirmer(stdin=Tty("\n"), stderr=err)("n1", "power on n1 now", 1)
     assert err.getvalue() == "n1: power on n1 now, then press Enter\n"
     assert not TerminalConfirmer(stdin=Tty(""), stderr=err)("n1", "power on n1 now", 1)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_watch_confirmer_polls_until_seen() -> None:
+    clock, said = FakeClock(), []
+    checks = iter([False, False, True])
+    confirm = WatchConfirmer(
+        lambda: next(checks), said.append, interval=2, clock=clock, sleep=clock.sleep
+    )
+    assert ManualDriver("node5", confirm, timeout=60).on() is None
+    assert said == ["node5: power on node5 now"]
+    assert clock.now == 4
+
+
+def test_watch_confirmer_gives_up_at_the_timeout() -> None:
+    clock = FakeClock()
+    confirm = WatchConfirmer(
+        lambda: False, lambda _: None, interval=2, clock=clock, sleep=clock.sleep
+    )
+    with pytest.raises(PowerError, match="not confirmed in 5 s: power on node5 now"):
+        ManualDriver("node5", confirm, timeout=5).on()
+    assert clock.now == 5
 
 
 # ---------------------------------------------------------------- factory
