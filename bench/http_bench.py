@@ -2,6 +2,8 @@
 
 32 concurrent `curl` clients each fetch a 256 MiB file; the figure is the aggregate
 throughput in MiB/s. Run as: .venv/bin/python bench/http_bench.py [--json]
+With ``--file PATH`` the clients fetch that file instead (a built image's root.squashfs:
+``--file /var/lib/provisioner/images/debian-bookworm/root.squashfs --clients 16``).
 Needs Debian's nginx-light (or any nginx) and curl.
 """
 
@@ -109,18 +111,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--mib", type=int, default=256)
+    parser.add_argument("--file", help="serve this file (e.g. a root.squashfs) instead")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     size = args.mib * 1024 * 1024
-    with tempfile.TemporaryDirectory(prefix="pv-httpbench-") as tmp:
+    what = f"{args.mib} MiB"
+    with tempfile.TemporaryDirectory(prefix="pv-httpbench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         (work / "images").mkdir()
-        with open(work / "images" / "blob", "wb") as fh:
-            fh.write(os.urandom(size))
+        blob = work / "images" / "blob"
+        if args.file:
+            shutil.copyfile(args.file, blob)  # same filesystem as the hard link below
+            size = blob.stat().st_size
+            what = f"{Path(args.file).name} ({size / 2**20:.0f} MiB)"
+        else:
+            with open(blob, "wb") as fh:
+                fh.write(os.urandom(size))
         ours = run_ours(work, args.clients, size)
         peer = run_nginx(work, args.clients, size)
     report(
-        [Figure(f"HTTP {args.mib} MiB x {args.clients} clients", "MiB/s", ours, peer, "nginx")],
+        [Figure(f"HTTP {what} x {args.clients} clients", "MiB/s", ours, peer, "nginx")],
         args.json,
     )
 

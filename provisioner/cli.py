@@ -350,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     nenroll.add_argument("nodes", nargs="+", metavar="NODE", help="MAC or hostname")
     nenroll.add_argument("--json", action="store_true")
     nenroll.set_defaults(func=cmd_node_enroll)
+    from provisioner.power_cli import add_node_add_command, add_power_commands
+
+    add_node_add_command(node_sub, load_cfg)
+    add_power_commands(sub, load_cfg)
 
     inventory = sub.add_parser("inventory", help="hardware dumps (lspci, lshw, nvidia-smi, ...)")
     inventory_sub = inventory.add_subparsers(dest="subcommand", required=True)

@@ -69,11 +69,12 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         nodes=args.nodes,
         firmware=args.firmware,
         mode=Mode(args.mode),
-        memory_mib=args.memory,
+        memory_mib=args.memory or (lab.IMAGE_MEMORY_MIB if args.image else 512),
         accel=args.accel,
         progress=stamped,
         timeout=args.timeout,
         appliance=not args.no_appliance,
+        image=args.image,
     )
     return _report_lab(state, as_json=False)
 
@@ -112,7 +113,7 @@ def _report_lab(state: object, *, as_json: bool, stuck_after: float | None = Non
                 print("    serial console (last lines):")
                 for line in (consoles[s.name] or "(empty)").splitlines():
                     print(f"      {line}")
-    return 1 if bad or any(s.verdict != "discovered" for s in statuses) else 0
+    return 1 if bad or any(s.verdict != state.target for s in statuses) else 0
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
@@ -120,6 +121,25 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
 
     lab.down(Path(args.dir), stamped)
     return 0
+
+
+def cmd_lab_exec(args: argparse.Namespace) -> int:
+    """Run a command where the appliance runs: the lab nodes' network (ssh, curl, ...)."""
+    import os
+
+    from provisioner.lab import lab
+
+    state = lab.LabState.load(Path(args.dir))
+    if state is None:
+        print("no lab is up (provisioner lab up)", file=sys.stderr)
+        return 1
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("lab exec: give a command, e.g. lab exec -- ssh root@10.99.0.100", file=sys.stderr)
+        return 2
+    env = {**os.environ, "PROVISIONER_CONFIG": str(state.config)}
+    argv = ["ip", "netns", "exec", f"{state.prefix}-prov", *command]
+    os.execvpe(argv[0], argv, env)
 
 
 def add_lab_commands(sub: Any) -> None:
@@ -141,7 +161,12 @@ def add_lab_commands(sub: Any) -> None:
     lab_up.add_argument("--nodes", type=int, default=2)
     lab_up.add_argument("--firmware", choices=["bios", "uefi", "mixed"], default="mixed")
     lab_up.add_argument("--mode", choices=[m.value for m in Mode], default="full")
-    lab_up.add_argument("--memory", type=int, default=512, help="MiB per VM")
+    lab_up.add_argument("--memory", type=int, help="MiB per VM (default 512; 1536 with --image)")
+    lab_up.add_argument(
+        "--image",
+        help="enroll the nodes and boot this image after discovery (built from images/NAME.toml"
+        " if missing), e.g. debian-bookworm",
+    )
     lab_up.add_argument(
         "--accel",
         choices=["auto", "tcg", "kvm"],
@@ -166,5 +191,11 @@ def add_lab_commands(sub: Any) -> None:
     lab_status.set_defaults(func=cmd_lab_status)
     lab_down = lab_sub.add_parser("down", help="remove every namespace, tap and process of the lab")
     lab_down.set_defaults(func=cmd_lab_down)
-    for sp in (lab_up, lab_status, lab_down):
+    lab_exec = lab_sub.add_parser(
+        "exec",
+        help="run a command in the appliance's network namespace (reaches the lab's nodes)",
+    )
+    lab_exec.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    lab_exec.set_defaults(func=cmd_lab_exec)
+    for sp in (lab_up, lab_status, lab_down, lab_exec):
         sp.add_argument("--dir", default=str(DEFAULT_LAB_DIR), help="the lab's files")

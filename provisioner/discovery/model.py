@@ -82,6 +82,7 @@ class Disk:
 class SshHostKey:
     type: str  # "ssh-ed25519"
     fingerprint: str  # "SHA256:..." as ssh-keygen -l prints it
+    public_key: str | None = None  # the base64 key: a known_hosts line is "<type> <public_key>"
 
 
 @dataclass(frozen=True)

@@ -76,10 +76,11 @@ class Cpu:
 class SshHostKey:
     type: str  # "ssh-ed25519"
     fingerprint: str  # "SHA256:..." as ssh-keygen -l prints it
+    public_key: str | None = None  # the base64 key itself: "<type> <public_key>" pins it
 
 
 def ssh_fingerprint(line: str) -> SshHostKey | None:
-    """'ssh-ed25519 AAAA... comment' -> its SHA256 fingerprint; None if not a key."""
+    """'ssh-ed25519 AAAA... comment' -> the key and its SHA256 fingerprint; None if not one."""
     parts = line.split()
     if len(parts) < 2:
         return None
@@ -88,7 +89,7 @@ def ssh_fingerprint(line: str) -> SshHostKey | None:
     except (binascii.Error, ValueError):
         return None
     digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    return SshHostKey(parts[0], f"SHA256:{digest}")
+    return SshHostKey(parts[0], f"SHA256:{digest}", parts[1])
 
 
 @dataclass(frozen=True)

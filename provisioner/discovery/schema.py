@@ -38,6 +38,7 @@ PATTERNS = {
     "PciDevice.prog_if": "^[0-9a-f]{2}$",
     "Nic.mac": "^[0-9a-f]{2}(:[0-9a-f]{2}){5}$",
     "SshHostKey.fingerprint": "^SHA256:[A-Za-z0-9+/]{43}$",
+    "SshHostKey.public_key": "^[A-Za-z0-9+/]+={0,2}$",
 }
 ENUMS: dict[str, list[str]] = {"Inventory.firmware": ["bios", "uefi"]}
 NESTED: dict[str, type[Any]] = {

@@ -43,7 +43,13 @@ SERVER = f"{SUBNET}.1"
 SITE = f"{SUBNET}.2"
 HTTP_PORT = 8080
 LAB_KERNEL_ARGS = "console=ttyS0,115200n8 provisioner.after=poweroff"
-STEPS = ("dhcp", "tftp", "ipxe", "script", "kernel", "initrd", "inventory")
+# With --image: the discovery image reboots the VM once its report is in (the node is
+# enrolled at once) and the VM comes back up on its image.
+LAB_IMAGE_KERNEL_ARGS = "console=ttyS0,115200n8 provisioner.after=reboot"
+DISCOVERY_STEPS = ("dhcp", "tftp", "ipxe", "script", "kernel", "initrd", "inventory")
+IMAGE_STEPS = ("image", "root", "keys", "ready")  # enrolled: its image, root, key, report
+STEPS = DISCOVERY_STEPS + IMAGE_STEPS
+IMAGE_MEMORY_MIB = 1536  # a RAM-held root: the squashfs + the unpacked initrd + the system
 STUCK_SECONDS = 180.0
 DISCOVERY_RECIPE = Path(__file__).resolve().parents[2] / "images" / "discovery.toml"
 
@@ -70,6 +76,12 @@ class LabState:
     memory_mib: int
     pids: dict[str, int] = field(default_factory=dict)
     nodes: list[LabNode] = field(default_factory=list)
+    image: str | None = None  # nodes are enrolled and boot this image (None: discovery only)
+
+    @property
+    def target(self) -> str:
+        """The verdict a healthy node ends at: ``discovered``, or ``ready`` on its image."""
+        return "ready" if self.image else "discovered"
 
     @property
     def config(self) -> Path:
@@ -108,7 +120,12 @@ class LabState:
 
 
 def steps_reached(events: Iterable[Event]) -> list[str]:
-    """The boot steps a node's timeline shows, in boot order."""
+    """The boot steps a node's timeline shows, in boot order.
+
+    After the discovery steps, a node that is sent its image shows ``image`` (the script
+    named it), ``root`` (its squashfs fetched), ``keys`` (the control node's key fetched)
+    and ``ready`` (the image's agent reported).
+    """
     seen: set[str] = set()
     for e in events:
         detail = e.detail
@@ -119,15 +136,19 @@ def steps_reached(events: Iterable[Event]) -> list[str]:
         elif e.kind is EventKind.TFTP and detail.get("ok"):
             seen.add("tftp")
         elif e.kind is EventKind.SCRIPT:
-            seen.add("script")
+            seen.add("image" if detail.get("boot") == "image" else "script")
         elif e.kind is EventKind.HTTP_FILE:
             name = str(detail.get("file", ""))
             if name.endswith("/vmlinuz"):
                 seen.add("kernel")
             elif name.endswith("/initrd"):
                 seen.add("initrd")
+            elif name.endswith(".squashfs"):
+                seen.add("root")
+        elif e.kind is EventKind.KEYS:
+            seen.add("keys")
         elif e.kind is EventKind.INVENTORY:
-            seen.add("inventory")
+            seen.add("ready" if "image" in seen else "inventory")
     return [s for s in STEPS if s in seen]
 
 
@@ -160,8 +181,11 @@ def judge(
     running: bool,
     age: float,
     stuck_after: float = STUCK_SECONDS,
+    target: str = "discovered",
 ) -> str:
-    if state == NodeState.DISCOVERED.value or "inventory" in steps:
+    if "ready" in steps:
+        return "ready"
+    if target == "discovered" and (state == NodeState.DISCOVERED.value or "inventory" in steps):
         return "discovered"
     if not running:
         return "failed"
@@ -228,6 +252,23 @@ def ensure_discovery_image(image_dir: Path, progress: Progress) -> None:
     build_discovery(DISCOVERY_RECIPE, image_dir, default_cache(), progress)
 
 
+def ensure_image(image_dir: Path, image: str, progress: Progress) -> None:
+    """Build ``image`` from ``images/<name>.toml`` unless the store has it."""
+    from provisioner.image.store import ImageRef, ImageStore
+
+    ref = ImageRef.parse(image)
+    if ImageStore(image_dir).find(ref) is not None:
+        return
+    recipe = DISCOVERY_RECIPE.parent / f"{ref.name}.toml"
+    if ref.version is not None or not recipe.is_file():
+        raise LabError(f"no image {image} in {image_dir} and no recipe {recipe} to build it")
+    from provisioner.image.discovery import default_cache
+    from provisioner.image.rootfs import build_rootfs
+
+    progress(f"building the {ref.name} image (mmdebstrap; a few minutes the first time)")
+    build_rootfs(recipe, image_dir, default_cache(), progress)
+
+
 def up(
     directory: Path,
     *,
@@ -239,6 +280,7 @@ def up(
     progress: Progress,
     timeout: float,
     appliance: bool = True,
+    image: str | None = None,
 ) -> LabState:
     existing = LabState.load(directory)
     if existing is not None and any(n.startswith(existing.prefix) for n in list_namespaces()):
@@ -247,6 +289,8 @@ def up(
     (directory / "vms").mkdir(exist_ok=True)
     state_dir = directory / "state"
     ensure_discovery_image(state_dir / "images", progress)
+    if image is not None:
+        ensure_image(state_dir / "images", image, progress)
     for stale in state_dir.glob("registry.sqlite3*"):
         stale.unlink()  # a new lab: a fresh registry (images are kept)
 
@@ -258,7 +302,9 @@ def up(
     if accel == "auto":
         accel, why = probe_accel(directory / "vms")
         progress(f"accelerator: {accel} ({why})")
-    lab = LabState(net.prefix, mode.value, str(directory), time.time(), accel, memory_mib)
+    lab = LabState(
+        net.prefix, mode.value, str(directory), time.time(), accel, memory_mib, image=image
+    )
     lab.save()
     try:
         for i in range(1, nodes + 1):
@@ -267,7 +313,7 @@ def up(
             net.switch.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"])
             net.switch.run(["ip", "link", "set", tap, "master", "br0", "up"])
             lab.nodes.append(LabNode(f"labnode{i}", f"52:54:00:99:00:{i:02x}", fw, tap))
-        write_config(lab.config, _lab_config(mode, state_dir))
+        write_config(lab.config, _lab_config(mode, state_dir, image))
         lab.save()
         if mode is Mode.PROXY:
             lab.pids["site-dhcp"] = _spawn(
@@ -295,7 +341,7 @@ def up(
     return lab
 
 
-def _lab_config(mode: Mode, state_dir: Path) -> str:
+def _lab_config(mode: Mode, state_dir: Path, image: str | None = None) -> str:
     text = render_config(
         interface="eth0",
         address=f"{SERVER}/24",
@@ -307,7 +353,12 @@ def _lab_config(mode: Mode, state_dir: Path) -> str:
     default_args = 'kernel_args = "console=tty0 console=ttyS0,115200n8"'
     # snponly.efi drives the NIC through OVMF's own driver: ~2.5 s less per UEFI boot here.
     text = text.replace('efi_binary = "ipxe.efi"', 'efi_binary = "snponly.efi"')
-    return text.replace(default_args, f'kernel_args = "{LAB_KERNEL_ARGS}"')
+    if image is None:
+        return text.replace(default_args, f'kernel_args = "{LAB_KERNEL_ARGS}"')
+    # Nodes are enrolled as soon as they match (qemu-lab) and boot ``image``.
+    text = text.replace(default_args, f'kernel_args = "{LAB_IMAGE_KERNEL_ARGS}"')
+    text = text.replace('image = "debian-bookworm"', f'image = "{image}"')
+    return text.replace("auto_enroll = false", "auto_enroll = true")
 
 
 def site_dhcp_argv(first: str, last: str, workdir: Path, *, ping: bool = True) -> list[str]:
@@ -364,7 +415,7 @@ def status(
                     steps[-1] if steps else None,
                     idle,
                     running,
-                    judge(state, steps, idle, running, now - lab.started, stuck_after),
+                    judge(state, steps, idle, running, now - lab.started, stuck_after, lab.target),
                 )
             )
         return out
@@ -373,7 +424,7 @@ def status(
 
 
 def watch(lab: LabState, progress: Progress, timeout: float) -> list[NodeStatus]:
-    """Show each node's steps as they happen, until all are discovered, failed or stuck."""
+    """Show each node's steps as they happen, until all reach the target or fail (or time out)."""
     shown: dict[str, list[str]] = {n.name: [] for n in lab.nodes}
     started = time.monotonic()
     while True:
@@ -383,10 +434,10 @@ def watch(lab: LabState, progress: Progress, timeout: float) -> list[NodeStatus]
                 if step not in shown[st.name]:
                     shown[st.name].append(step)
                     progress(f"{st.name:9} {step}")
-        done = all(s.verdict in ("discovered", "failed") for s in current)
+        done = all(s.verdict in (lab.target, "failed") for s in current)
         if done or time.monotonic() - started > timeout:
             for st in current:
-                if st.verdict != "discovered":
+                if st.verdict != lab.target:
                     progress(f"{st.name}: {st.verdict}, last step {st.last_step or 'none'}")
             return current
         time.sleep(1.0)

@@ -10,54 +10,14 @@ node is reported stuck with the step it reached and its console, not left silent
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from provisioner.lab.netns import list_namespaces
+from tests.e2e.conftest import node_json, run_cli
 
 pytestmark = pytest.mark.qemu
-
-
-def run_cli(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "provisioner.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@pytest.fixture
-def lab_dir(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (namespaces, taps)")
-    for tool in ("qemu-system-x86_64", "apt-get", "dpkg-deb", "dnsmasq", "curl"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool} (scripts/setup installs it)")
-    directory = tmp_path / "lab"
-    try:
-        yield directory
-    finally:
-        lab = directory / "lab.json"
-        prefix = json.loads(lab.read_text())["prefix"] if lab.exists() else None
-        run_cli("lab", "down", "--dir", str(directory), timeout=120)
-        if prefix:
-            assert not [n for n in list_namespaces() if n.startswith(prefix)]
-
-
-def node_json(lab_dir: Path, mac: str) -> dict[str, object]:
-    shown = run_cli("--config", str(lab_dir / "provisioner.toml"), "node", "show", mac, "--json")
-    assert shown.returncode == 0, shown.stderr
-    data = json.loads(shown.stdout)
-    assert isinstance(data, dict)
-    return data
 
 
 def check_discovered(lab_dir: Path, mac: str, firmware: str, steps: list[str]) -> None:
@@ -78,7 +38,7 @@ def check_discovered(lab_dir: Path, mac: str, firmware: str, steps: list[str]) -
     files = [e["detail"].get("file") for e in node["timeline"] if e["kind"] == "http-file"]
     for step in [*steps, "profile"]:
         assert step in kinds, kinds
-    assert "discovery/vmlinuz" in files and "discovery/initrd" in files
+    assert "discovery@1/vmlinuz" in files and "discovery@1/initrd" in files
 
 
 def lab_up(lab_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

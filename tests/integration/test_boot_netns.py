@@ -160,7 +160,7 @@ def test_proxy_mode_beside_dnsmasq(segment: tuple[LabNetwork, Appliance], tmp_pa
     assert second["boot_file"] == script_url
     script = curl(client, script_url).stdout
     assert script.startswith("#!ipxe") and "kernel http://" in script
-    kernel_url = f"http://{SERVER}:8080/images/discovery/vmlinuz?mac={CLIENT_MAC}"
+    kernel_url = f"http://{SERVER}:8080/images/discovery@1/vmlinuz?mac={CLIENT_MAC}"
     assert kernel_url in script
     got = curl(client, kernel_url, "-o", str(tmp_path / "k"))
     assert got.returncode == 0 and (tmp_path / "k").read_bytes() == kernel

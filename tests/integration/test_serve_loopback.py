@@ -28,7 +28,7 @@ def test_boot_script_images_ranges_and_keepalive(
     kernel = make_image(app.state)
     app.start()
     script = curl(f"{app.base}/boot/{MAC}.ipxe").stdout.decode()
-    assert script.startswith("#!ipxe") and f"/images/discovery/vmlinuz?mac={MAC}" in script
+    assert script.startswith("#!ipxe") and f"/images/discovery@1/vmlinuz?mac={MAC}" in script
 
     full = curl(
         f"{app.base}/images/discovery/vmlinuz?mac={MAC}", "-D", "-", "-o", str(tmp_path / "k")
@@ -216,3 +216,66 @@ def test_profile_reload_through_the_running_serve(
     assert refused.returncode == 1
     assert "zz-bad.yaml:" in refused.stderr and "last good set" in refused.stderr
     assert curl("-sf", f"{app.base}/healthz").returncode == 0  # serving goes on
+
+
+AGENT = Path(__file__).resolve().parents[2] / "images" / "agent" / "provisioner-agent"
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+def test_the_agent_installs_the_control_nodes_key_then_reports(
+    loopback_appliance: Appliance, tmp_path: Path, shell: str
+) -> None:
+    """The real agent script, under the shells the images run it with, against serve."""
+    argv = ["busybox", "sh"] if shell == "busybox" else ["dash"]
+    if subprocess.run(["sh", "-c", f"command -v {argv[0]}"], capture_output=True).returncode:
+        pytest.fail(f"{argv[0]} is missing (scripts/setup installs it)")
+    app = loopback_appliance
+    make_image(app.state)
+    app.start()
+    public = (app.state / "ssh" / "id_ed25519.pub").read_text()  # made at first start
+    assert public.startswith("ssh-ed25519 ")
+    script = curl(f"{app.base}/boot/{MAC}.ipxe").stdout.decode()
+    token = re.search(r"provisioner\.token=(\S+)", script)
+    assert token is not None
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "PROVISIONER_URL": app.base,
+        "PROVISIONER_MAC": MAC.upper(),
+        "PROVISIONER_TOKEN": token.group(1),
+        "PROVISIONER_RETRIES": "1",
+    }
+    fake_root = tmp_path / "root-fs"
+    keys = subprocess.run(
+        [*argv, str(AGENT), "--keys"],
+        env={**env, "PROVISIONER_ROOT": str(fake_root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert keys.returncode == 0, keys.stderr
+    installed = fake_root / "root" / ".ssh" / "authorized_keys"
+    assert installed.read_text() == public
+    assert installed.stat().st_mode & 0o777 == 0o600
+    assert (installed.parent.stat().st_mode & 0o777) == 0o700
+
+    report = subprocess.run(
+        [*argv, str(AGENT)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert report.returncode == 0, report.stderr
+    shown = json.loads(app.cli("node", "show", MAC, "--json").stdout)
+    kinds = [e["kind"] for e in shown["timeline"]]
+    assert kinds.index("keys") < kinds.index("inventory")
+    assert shown["state"] in ("matched", "unmatched")
+
+    # A stale token (the next boot's script made a new one) gets no key.
+    curl(f"{app.base}/boot/{MAC}.ipxe")
+    installed.unlink()
+    stale = subprocess.run(
+        [*argv, str(AGENT), "--keys"],
+        env={**env, "PROVISIONER_ROOT": str(fake_root), "PROVISIONER_RETRY_PAUSE": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stale.returncode != 0 and not installed.exists()
+    assert "giving up" in stale.stderr

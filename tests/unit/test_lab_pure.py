@@ -57,3 +57,37 @@ def test_uefi_vm_uses_ovmf_pxe_and_bios_vm_the_ipxe_rom(tmp_path: Path) -> None:
     assert not any("romfile" in a for a in bios) and not any("OVMF" in a for a in bios)
     assert f"unix:{tmp_path}/labnode1.qmp,server=on,wait=off" in bios
     assert "tap,id=n0,ifname=pvt1,script=no,downscript=no" in bios
+
+
+def test_a_node_sent_its_image_goes_on_to_root_keys_and_ready() -> None:
+    discovery = [
+        ev(EventKind.DHCP_REPLY),
+        ev(EventKind.SCRIPT, boot="discovery"),
+        ev(EventKind.HTTP_FILE, file="discovery@1/vmlinuz"),
+        ev(EventKind.INVENTORY),
+    ]
+    image = [
+        ev(EventKind.SCRIPT, boot="image"),
+        ev(EventKind.HTTP_FILE, file="debian-bookworm@1/vmlinuz"),
+        ev(EventKind.HTTP_FILE, file="debian-bookworm@1/root.squashfs"),
+        ev(EventKind.KEYS),
+    ]
+    steps = steps_reached(discovery + image)
+    assert steps == ["dhcp", "script", "kernel", "inventory", "image", "root", "keys"]
+    assert judge("enrolled", steps, 5, True, 60, target="ready") == "booting"
+    assert judge("enrolled", steps, 5, True, 60) == "discovered"
+    done = steps_reached([*discovery, *image, ev(EventKind.INVENTORY)])
+    assert done[-1] == "ready" and judge("enrolled", done, 1, True, 90, target="ready") == "ready"
+
+
+def test_the_lab_config_with_an_image_enrolls_at_once_and_reboots_after_discovery(
+    tmp_path: Path,
+) -> None:
+    from provisioner.config import Mode, parse_config
+    from provisioner.lab.lab import _lab_config
+
+    plain = parse_config(_lab_config(Mode.FULL, tmp_path))
+    assert not plain.cluster.auto_enroll and "provisioner.after=poweroff" in plain.boot.kernel_args
+    cfg = parse_config(_lab_config(Mode.FULL, tmp_path, "debian-bookworm@2"))
+    assert cfg.cluster.auto_enroll and cfg.boot.image == "debian-bookworm@2"
+    assert "provisioner.after=reboot" in cfg.boot.kernel_args

@@ -53,7 +53,9 @@ def from_report(result: report.ParseResult) -> Inventory:
         firmware=inv.firmware,
         kernel=inv.kernel,
         hostname=inv.hostname,
-        ssh_host_keys=tuple(SshHostKey(k.type, k.fingerprint) for k in inv.ssh_host_keys),
+        ssh_host_keys=tuple(
+            SshHostKey(k.type, k.fingerprint, k.public_key) for k in inv.ssh_host_keys
+        ),
         problems=list(result.problems),
     )
 

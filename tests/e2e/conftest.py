@@ -1,0 +1,90 @@
+"""What several end-to-end modules share: the shared Linux image, built once per run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provisioner.image.discovery import default_cache
+from provisioner.image.rootfs import Manifest, build_rootfs
+from provisioner.lab.netns import list_namespaces
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "images" / "debian-bookworm.toml"
+
+
+@dataclass(frozen=True)
+class BuiltRootfs:
+    store: Path
+    image: Path  # store/<name>@<version>
+    manifest: Manifest
+    seconds: float
+    progress: tuple[str, ...]
+
+
+@pytest.fixture(scope="session")
+def rootfs_built(tmp_path_factory: pytest.TempPathFactory) -> BuiltRootfs:
+    """images/debian-bookworm.toml built with mmdebstrap (needs root and the mirror; the
+    .debs are cached under $PROVISIONER_CACHE/apt-archives: warm, nothing is downloaded)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mmdebstrap --mode=root)")
+    missing = [t for t in ("mmdebstrap", "mksquashfs", "dpkg-query") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (scripts/setup installs them)")
+    store = tmp_path_factory.mktemp("rootfs-store")
+    messages: list[str] = []
+    started = time.monotonic()
+    manifest = build_rootfs(RECIPE, store, default_cache(), messages.append)
+    seconds = time.monotonic() - started
+    print(f"rootfs build: {seconds:.1f} s, mmdebstrap {manifest.mmdebstrap_seconds} s")
+    image = (store / manifest.name).resolve()
+    return BuiltRootfs(store, image, manifest, seconds, tuple(messages))
+
+
+# ------------------------------------------------------------------- the lab
+
+
+def run_cli(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "provisioner.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def lab_dir(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (namespaces, taps)")
+    for tool in ("qemu-system-x86_64", "apt-get", "dpkg-deb", "dnsmasq", "curl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (scripts/setup installs it)")
+    directory = tmp_path / "lab"
+    try:
+        yield directory
+    finally:
+        lab = directory / "lab.json"
+        prefix = json.loads(lab.read_text())["prefix"] if lab.exists() else None
+        run_cli("lab", "down", "--dir", str(directory), timeout=120)
+        if prefix:
+            assert not [n for n in list_namespaces() if n.startswith(prefix)]
+
+
+def node_json(lab_dir: Path, mac: str) -> dict[str, Any]:
+    shown = run_cli("--config", str(lab_dir / "provisioner.toml"), "node", "show", mac, "--json")
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert isinstance(data, dict)
+    return data
