@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_node_add_command(node_sub, load_cfg)
     add_power_commands(sub, load_cfg)
+    from provisioner.enroll_cli import add_enroll_commands
+
+    add_enroll_commands(sub)
 
     inventory = sub.add_parser("inventory", help="hardware dumps (lspci, lshw, nvidia-smi, ...)")
     inventory_sub = inventory.add_subparsers(dest="subcommand", required=True)
@@ -378,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     from provisioner.lab_cli import add_lab_commands
 
     add_lab_commands(sub)
+    from provisioner.artifact_cli import add_artifact_commands
+    from provisioner.model_cli import add_model_commands
+
+    add_artifact_commands(sub)
+    add_model_commands(sub)
     return p
 
 

@@ -105,7 +105,7 @@ class Enroller:
     def _move(self, node: Node, event: NodeEvent) -> Node:
         current = self.registry.node(node.mac)
         assert current is not None
-        if current.state not in REFINGERPRINTED and not (
+        if current.state not in (*REFINGERPRINTED, NodeState.ENROLLING) and not (
             current.state is NodeState.ENROLLED and event is NodeEvent.MATCH
         ):
             return current  # enrolled/local/failed nodes keep their state

@@ -85,6 +85,7 @@ _ADDED_COLUMNS = (("nodes", "image", "TEXT"),)  # the image@version its last scr
 class EventKind(StrEnum):
     """Steps of a node's boot timeline, in the order a healthy boot shows them."""
 
+    POWER = "power"  # a power driver acted on the node (on, off, cycle, boot-network)
     DHCP = "dhcp"  # a DHCP/PXE request from the node
     DHCP_REPLY = "dhcp-reply"  # our answer: address and/or boot file
     TFTP = "tftp"  # a file sent over TFTP

@@ -7,11 +7,18 @@
                           │    └──inventory────┘ │ (no-match/match) │  └──boot-network─────┘
                           └──no-match──> unmatched <───────────────┘
      (any state) ──fail──> failed ──inventory──> discovered   (a good boot repairs)
+     (any state) ──power-cycle──> enrolling ──inventory──> enrolling
+                                   enrolling ──match──> enrolled, ──no-match──> unmatched
 
 A node is ``new`` from its first DHCP packet until its agent reports an inventory; the
 inventory is then fingerprinted against the profiles at once (``matched`` with a profile,
 or ``unmatched``). Profiles reloaded re-fingerprint matched and unmatched nodes.
 ``forget`` from any state returns it to ``new`` (it is rediscovered at its next boot).
+
+``enrolling`` is a node that `provisioner enroll --power-cycle` powered on or cycled: it
+boots discovery, reports and is enrolled as soon as a profile matches (no separate
+``enroll``). If it never gets that far in time, ``enroll --wait`` fails it (``fail``,
+naming the last boot step seen); its next good boot repairs it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ class NodeState(StrEnum):
     DISCOVERED = "discovered"
     MATCHED = "matched"
     UNMATCHED = "unmatched"
+    ENROLLING = "enrolling"  # power-cycled to enroll: boots discovery, enrolled on a match
     ENROLLED = "enrolled"
     LOCAL = "local"
     FAILED = "failed"
@@ -40,6 +48,7 @@ class NodeEvent(StrEnum):
     BOOT_NETWORK = "boot-network"  # back to network boot of its image
     FAIL = "fail"  # a step failed; the node shows which
     FORGET = "forget"  # start over: rediscover at next boot
+    POWER_CYCLE = "power-cycle"  # powered on or cycled by `enroll` to (re)enroll it
 
 
 S, E = NodeState, NodeEvent
@@ -67,6 +76,11 @@ TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
     (S.ENROLLED, E.BOOT_LOCAL): S.LOCAL,
     (S.LOCAL, E.BOOT_LOCAL): S.LOCAL,
     (S.LOCAL, E.BOOT_NETWORK): S.ENROLLED,
+    (S.ENROLLING, E.INVENTORY): S.ENROLLING,
+    (S.ENROLLING, E.MATCH): S.ENROLLED,
+    (S.ENROLLING, E.NO_MATCH): S.UNMATCHED,
+    (S.ENROLLING, E.ENROLL): S.ENROLLED,
+    **{(state, E.POWER_CYCLE): S.ENROLLING for state in NodeState},
     **{(state, E.FAIL): S.FAILED for state in NodeState},
     **{(state, E.FORGET): S.NEW for state in NodeState},
 }

@@ -42,7 +42,7 @@ from provisioner.image.store import ImageStore, StoredImage
 from provisioner.metrics import Metrics
 from provisioner.profiles import ProfileError
 from provisioner.registry import EventKind, Node, Registry
-from provisioner.states import NodeEvent
+from provisioner.states import NodeEvent, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -225,12 +225,23 @@ def create_app(ctx: AppContext) -> FastAPI:
         if len(body) > MAX_INVENTORY_BYTES:
             raise HTTPException(413, f"inventory over {MAX_INVENTORY_BYTES} bytes")
         stored = _inventory_document(body, request.headers.get("content-type", ""))
+        before = ctx.registry.node(mac)
         node = ctx.registry.store_inventory(mac, json.dumps(stored))
         if ctx.enroller is not None:
             node = ctx.enroller.on_inventory(mac)
         problems = stored.get("problems") or []
-        log.info("inventory received mac=%s state=%s problems=%d", mac, node.state, len(problems))
-        return {"mac": mac, "state": node.state.value, "next": "stay"}
+        # Just enrolled (auto_enroll, or enroll --power-cycle) with its image built: the
+        # discovery image reboots now and the node comes back on its image.
+        just_enrolled = node.state is NodeState.ENROLLED and (
+            before is None or before.state is not NodeState.ENROLLED
+        )
+        reboot = just_enrolled and ctx.boot_spec(node).kind is BootKind.IMAGE
+        next_step = "reboot" if reboot else "stay"
+        log.info(
+            "inventory received mac=%s state=%s problems=%d next=%s",
+            mac, node.state, len(problems), next_step,
+        )  # fmt: skip
+        return {"mac": mac, "state": node.state.value, "next": next_step}
 
     @app.get("/api/v1/nodes/{mac_raw}/authorized_keys", response_class=PlainTextResponse)
     def authorized_keys(

@@ -34,21 +34,18 @@ from provisioner.lab.netns import (
     list_namespaces,
 )
 from provisioner.lab.vm import VmSpec, console_tail, prepare, probe_accel, qemu_argv
-from provisioner.registry import Event, EventKind, Registry
+from provisioner.registry import Registry
 from provisioner.states import NodeState
+from provisioner.timeline import steps_reached
 
 DEFAULT_LAB_DIR = Path(os.environ.get("PROVISIONER_LAB_DIR", "/var/lib/provisioner-lab"))
 SUBNET = "10.99.0"
 SERVER = f"{SUBNET}.1"
 SITE = f"{SUBNET}.2"
 HTTP_PORT = 8080
+# After its report a lab VM powers off, unless the appliance answers "next": "reboot"
+# (the node was enrolled and its image is built: it boots that now).
 LAB_KERNEL_ARGS = "console=ttyS0,115200n8 provisioner.after=poweroff"
-# With --image: the discovery image reboots the VM once its report is in (the node is
-# enrolled at once) and the VM comes back up on its image.
-LAB_IMAGE_KERNEL_ARGS = "console=ttyS0,115200n8 provisioner.after=reboot"
-DISCOVERY_STEPS = ("dhcp", "tftp", "ipxe", "script", "kernel", "initrd", "inventory")
-IMAGE_STEPS = ("image", "root", "keys", "ready")  # enrolled: its image, root, key, report
-STEPS = DISCOVERY_STEPS + IMAGE_STEPS
 IMAGE_MEMORY_MIB = 1536  # a RAM-held root: the squashfs + the unpacked initrd + the system
 STUCK_SECONDS = 180.0
 DISCOVERY_RECIPE = Path(__file__).resolve().parents[2] / "images" / "discovery.toml"
@@ -100,6 +97,7 @@ class LabState:
             Path(self.directory) / "vms",
             self.memory_mib,
             self.accel,
+            powered_off=True,  # `lab up` powers it on through the qemu driver (enroll)
         )
 
     def save(self) -> None:
@@ -117,39 +115,6 @@ class LabState:
 
 
 # ---------------------------------------------------------------- pure: where is a node
-
-
-def steps_reached(events: Iterable[Event]) -> list[str]:
-    """The boot steps a node's timeline shows, in boot order.
-
-    After the discovery steps, a node that is sent its image shows ``image`` (the script
-    named it), ``root`` (its squashfs fetched), ``keys`` (the control node's key fetched)
-    and ``ready`` (the image's agent reported).
-    """
-    seen: set[str] = set()
-    for e in events:
-        detail = e.detail
-        if e.kind is EventKind.DHCP_REPLY:
-            seen.add("dhcp")
-        elif e.kind is EventKind.DHCP and detail.get("client") == "ipxe":
-            seen.add("ipxe")
-        elif e.kind is EventKind.TFTP and detail.get("ok"):
-            seen.add("tftp")
-        elif e.kind is EventKind.SCRIPT:
-            seen.add("image" if detail.get("boot") == "image" else "script")
-        elif e.kind is EventKind.HTTP_FILE:
-            name = str(detail.get("file", ""))
-            if name.endswith("/vmlinuz"):
-                seen.add("kernel")
-            elif name.endswith("/initrd"):
-                seen.add("initrd")
-            elif name.endswith(".squashfs"):
-                seen.add("root")
-        elif e.kind is EventKind.KEYS:
-            seen.add("keys")
-        elif e.kind is EventKind.INVENTORY:
-            seen.add("ready" if "image" in seen else "inventory")
-    return [s for s in STEPS if s in seen]
 
 
 @dataclass(frozen=True)
@@ -195,6 +160,17 @@ def judge(
 
 
 # ---------------------------------------------------------------- processes
+
+
+def _powered_on(spec: VmSpec) -> bool:
+    """Whether the VM's guest runs (QMP says so): off once it powered itself off."""
+    from provisioner.power import PowerError
+    from provisioner.power.qemu import RUNNING, qmp_call
+
+    try:
+        return qmp_call(spec.qmp, "query-status", timeout=2).get("status") == RUNNING
+    except PowerError:
+        return False
 
 
 def _alive(pid: int | None) -> bool:
@@ -331,14 +307,49 @@ def up(
             spec = lab.vm(node)
             prepare(spec)
             node.pid = _spawn(net.switch, qemu_argv(spec), spec.workdir / f"{node.name}.qemu.log")
-            node.powered_on = time.time()
-            progress(f"{node.name} ({node.firmware}, {node.mac}) powered on")
         lab.save()
+        _enroll(lab, progress)
     except BaseException:
         down(directory, progress)
         raise
     watch(lab, progress, timeout)
     return lab
+
+
+def _enroll(lab: LabState, progress: Progress) -> None:
+    """Register each VM with its QMP socket as its power URL and enroll it by power-cycle:
+    the same path as real hardware (`node add ... --power`, `enroll --power-cycle`)."""
+    from provisioner.enrollment import start
+    from provisioner.power.credentials import CredentialStore
+
+    deadline = time.monotonic() + 30
+    for node in lab.nodes:
+        while not lab.vm(node).qmp.exists():
+            if not _alive(node.pid) or time.monotonic() > deadline:
+                raise LabError(f"{node.name}: QEMU did not start (see its .qemu.log)")
+            time.sleep(0.1)
+    registry = Registry(lab.state_dir / "registry.sqlite3")
+    try:
+        for node in lab.nodes:
+            registry.touch_node(node.mac)
+            registry.set_hostname(node.mac, node.name)
+            registry.set_power(node.mac, f"qemu://{lab.vm(node).qmp}")
+        items = start(
+            registry,
+            [n.name for n in lab.nodes],
+            store=CredentialStore(),
+            power_timeout=10,
+            progress=progress,
+        )
+    finally:
+        registry.close()
+    now = time.time()
+    for node in lab.nodes:
+        node.powered_on = now
+    failed = [f"{i.name}: {i.error}" for i in items if i.outcome == "failed"]
+    if failed:
+        raise LabError("cannot power on lab VMs: " + "; ".join(failed))
+    lab.save()
 
 
 def _lab_config(mode: Mode, state_dir: Path, image: str | None = None) -> str:
@@ -353,12 +364,12 @@ def _lab_config(mode: Mode, state_dir: Path, image: str | None = None) -> str:
     default_args = 'kernel_args = "console=tty0 console=ttyS0,115200n8"'
     # snponly.efi drives the NIC through OVMF's own driver: ~2.5 s less per UEFI boot here.
     text = text.replace('efi_binary = "ipxe.efi"', 'efi_binary = "snponly.efi"')
-    if image is None:
-        return text.replace(default_args, f'kernel_args = "{LAB_KERNEL_ARGS}"')
-    # Nodes are enrolled as soon as they match (qemu-lab) and boot ``image``.
-    text = text.replace(default_args, f'kernel_args = "{LAB_IMAGE_KERNEL_ARGS}"')
-    text = text.replace('image = "debian-bookworm"', f'image = "{image}"')
-    return text.replace("auto_enroll = false", "auto_enroll = true")
+    text = text.replace(default_args, f'kernel_args = "{LAB_KERNEL_ARGS}"')
+    if image is not None:
+        # `lab up` enrolls its nodes (enroll --power-cycle): each is enrolled as soon as
+        # it matches, and told to reboot into ``image`` when its report is in.
+        text = text.replace('image = "debian-bookworm"', f'image = "{image}"')
+    return text
 
 
 def site_dhcp_argv(first: str, last: str, workdir: Path, *, ping: bool = True) -> list[str]:
@@ -403,7 +414,7 @@ def status(
             events = registry.events(node.mac) if record else []
             steps = steps_reached(events)
             idle = now - events[-1].ts if events else None
-            running = _alive(node.pid)
+            running = _alive(node.pid) and _powered_on(lab.vm(node))
             state = record.state.value if record else "unseen"
             out.append(
                 NodeStatus(

@@ -12,10 +12,8 @@ emulation failure; ``accel="kvm"`` is for hosts where it works.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ class VmSpec:
     workdir: Path
     memory_mib: int = 512
     accel: str = "tcg"
+    powered_off: bool = False  # start with the CPU stopped (-S): the qemu power driver starts it
 
     @property
     def console(self) -> Path:
@@ -74,6 +73,9 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         "1",
         "-nographic",
         "-nodefaults",
+        # -S: the CPU waits for the power driver's `cont`; -no-shutdown: a guest that powers
+        # off stays a VM that is off (QMP status "shutdown"), so it can be powered on again.
+        *(["-S", "-no-shutdown"] if spec.powered_off else []),
         "-serial",
         f"file:{spec.console}",
         "-qmp",
@@ -179,22 +181,3 @@ def probe_accel(workdir: Path, seconds: float = 8.0) -> tuple[str, str]:
         proc.kill()
         proc.wait()
     return verdict
-
-
-def qmp(spec: VmSpec, command: str, timeout: float = 5.0) -> dict[str, object]:
-    """One QMP command on the VM's socket (handshake, then the command); its answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(spec.qmp))
-            reader = sock.makefile("r")
-            json.loads(reader.readline())  # greeting
-            sock.sendall(b'{"execute": "qmp_capabilities"}\n')
-            json.loads(reader.readline())
-            sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
-            while True:
-                answer = json.loads(reader.readline())
-                if "return" in answer or "error" in answer:
-                    return dict(answer)
-        except (OSError, ValueError) as exc:
-            raise LabError(f"{spec.name}: QMP {command} failed: {exc}") from exc

@@ -111,5 +111,5 @@ def test_two_nodes_boot_the_shared_image_and_take_ssh_logins(
     removed = run_cli("--config", config, "image", "remove", ref)
     assert removed.returncode == 2 and "in use by 2 node(s)" in removed.stderr
     shown = run_cli("--config", config, "image", "show", ref, "--json")
-    assert set(json.loads(shown.stdout)["nodes"]) == {"node0", "node1"}
+    assert set(json.loads(shown.stdout)["nodes"]) == {"labnode1", "labnode2"}
     assert os.path.isdir(images / ref)

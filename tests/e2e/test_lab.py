@@ -22,9 +22,10 @@ pytestmark = pytest.mark.qemu
 
 def check_discovered(lab_dir: Path, mac: str, firmware: str, steps: list[str]) -> None:
     node = node_json(lab_dir, mac)
-    # the inventory is fingerprinted at once: the lab's VMs are qemu-lab nodes
-    assert node["state"] == "matched" and node["profile"] == "qemu-lab", node["timeline"]
-    assert node["firmware"] == firmware and node["hostname"] == "node0"
+    # lab up enrolls its VMs by power-cycle (the qemu driver): the inventory is
+    # fingerprinted at once (qemu-lab) and the node enrolled
+    assert node["state"] == "enrolled" and node["profile"] == "qemu-lab", node["timeline"]
+    assert node["firmware"] == firmware and node["hostname"] == "labnode1"
     doc = node["inventory"]
     assert isinstance(doc, dict) and doc["format"] == "agent/1"
     inv = doc["inventory"]
@@ -36,7 +37,7 @@ def check_discovered(lab_dir: Path, mac: str, firmware: str, steps: list[str]) -
     assert any(d["name"] == "vda" and d["size_bytes"] == 64 * 1024 * 1024 for d in inv["disks"])
     kinds = [e["kind"] for e in node["timeline"]]
     files = [e["detail"].get("file") for e in node["timeline"] if e["kind"] == "http-file"]
-    for step in [*steps, "profile"]:
+    for step in ["power", *steps, "profile"]:
         assert step in kinds, kinds
     assert "discovery@1/vmlinuz" in files and "discovery@1/initrd" in files
 
@@ -58,6 +59,28 @@ def test_bios_node_in_proxy_mode_beside_dnsmasq(lab_dir: Path) -> None:
         "bios",
         ["dhcp", "dhcp-reply", "script", "http-file", "inventory", "state"],
     )
+
+    # The VM powered itself off after its report (provisioner.after=poweroff): enroll it
+    # again through its power driver, as one would a real node, beside a node whose
+    # "BMC" is not there: that one fails with one line, the other goes on.
+    config = str(lab_dir / "provisioner.toml")
+    added = run_cli(
+        "--config", config, "node", "add", "ghost", "--mac", "52:54:00:99:00:99",
+        "--power", f"qemu://{lab_dir}/vms/ghost.qmp",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    enroll = run_cli(
+        "--config", config, "enroll", "labnode1", "ghost", "--power-cycle", "--wait",
+        "--timeout", "300",
+    )  # fmt: skip
+    assert enroll.returncode == 1, enroll.stderr
+    for step in ("powered", "dhcp", "script", "kernel", "initrd", "inventory", "profile"):
+        assert f"labnode1   {step}" in enroll.stderr, enroll.stderr
+    assert "labnode1   enrolled (qemu-lab)" in enroll.stderr
+    ghost = [line for line in enroll.stderr.splitlines() if line.startswith("ghost: failed")]
+    assert len(ghost) == 1 and "no QEMU listening" in ghost[0], enroll.stderr
+    shown = node_json(lab_dir, "52:54:00:99:00:99")
+    assert shown["state"] == "failed"
 
 
 def test_uefi_node_in_full_mode(lab_dir: Path) -> None:
@@ -90,10 +113,11 @@ def test_a_node_that_gets_no_boot_file_is_reported_with_its_last_step(lab_dir: P
     status = run_cli("lab", "status", "--dir", str(lab_dir), "--stuck-after", "20", "--json")
     assert status.returncode == 1
     node = json.loads(status.stdout)["nodes"][0]
-    assert node["verdict"] == "stuck" and node["last_step"] is None and node["vm_running"]
+    # powered on by its driver, then nothing: no DHCP answer without the appliance
+    assert node["verdict"] == "stuck" and node["last_step"] == "powered" and node["vm_running"]
     assert node["console_tail"]  # OVMF's PXE attempts are on the serial console
     text = run_cli("lab", "status", "--dir", str(lab_dir), "--stuck-after", "20").stdout
-    assert "stuck" in text and "last step: nothing yet" in text and "serial console" in text
+    assert "stuck" in text and "last step: powered" in text and "serial console" in text
     down = run_cli("lab", "down", "--dir", str(lab_dir))
     assert down.returncode == 0
     assert not (lab_dir / "lab.json").exists()

@@ -332,3 +332,49 @@ def test_authorized_keys_need_this_boots_token(client: TestClient, ctx: AppConte
     kinds = [e.kind for e in ctx.registry.events(MAC)]
     assert EventKind.KEYS in kinds and EventKind.REFUSED in kinds
     assert API_TOKEN not in r.text
+
+
+@pytest.mark.parametrize(
+    ("built", "memtotal_kb", "expected"),
+    [
+        (True, 4_000_000, "reboot"),
+        (False, 4_000_000, "stay"),  # its image is not built: stay in discovery
+        (True, None, "stay"),  # the lab VM's 512 MiB cannot hold a root in RAM
+    ],
+)
+def test_a_node_enrolled_by_its_report_reboots_only_into_an_image_it_can_run(
+    client: TestClient, ctx: AppContext, built: bool, memtotal_kb: int | None, expected: str
+) -> None:
+    ctx.enroller = Enroller(ctx.registry, DEFAULT_HWPROFILES, "node{n}")
+    build_discovery(ctx)
+    if built:
+        publish_rootfs(ctx, root=b"R" * (64 << 20))
+    ctx.registry.touch_node(MAC)
+    ctx.registry.transition(MAC, NodeEvent.POWER_CYCLE)  # enroll --power-cycle
+    script = client.get(f"/boot/{MAC}.ipxe").text
+    assert "discovery@1/vmlinuz" in script  # an enrolling node boots discovery first
+    token = re.search(r"provisioner\.token=(\S+)", script)
+    assert token is not None
+    report = (FIXTURES / "lab-qemu-q35-bios.txt").read_text()
+    if memtotal_kb is not None:
+        report = re.sub(r"MemTotal:\s+\d+ kB", f"MemTotal: {memtotal_kb} kB", report)
+    r = client.post(
+        f"/api/v1/nodes/{MAC}/inventory",
+        content=report.encode(),
+        headers={"Authorization": f"Bearer {token.group(1)}", "Content-Type": "text/plain"},
+    )
+    assert r.status_code == 202
+    assert r.json() == {"mac": MAC, "state": "enrolled", "next": expected}
+    if expected != "reboot":
+        return
+    # The image's own report later: already enrolled, nothing more to do.
+    again = client.get(f"/boot/{MAC}.ipxe").text
+    assert "boot=live fetch=" in again
+    token = re.search(r"provisioner\.token=(\S+)", again)
+    assert token is not None
+    r = client.post(
+        f"/api/v1/nodes/{MAC}/inventory",
+        content=report.encode(),
+        headers={"Authorization": f"Bearer {token.group(1)}", "Content-Type": "text/plain"},
+    )
+    assert r.json() == {"mac": MAC, "state": "enrolled", "next": "stay"}

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from provisioner.lab.lab import judge, steps_reached
+from provisioner.lab.lab import judge
 from provisioner.lab.vm import VmSpec, qemu_argv
 from provisioner.registry import Event, EventKind
+from provisioner.timeline import steps_reached
 
 MAC = "52:54:00:99:00:01"
 
@@ -80,14 +81,18 @@ def test_a_node_sent_its_image_goes_on_to_root_keys_and_ready() -> None:
     assert done[-1] == "ready" and judge("enrolled", done, 1, True, 90, target="ready") == "ready"
 
 
-def test_the_lab_config_with_an_image_enrolls_at_once_and_reboots_after_discovery(
-    tmp_path: Path,
-) -> None:
+def test_the_lab_config_names_the_image_its_nodes_boot(tmp_path: Path) -> None:
     from provisioner.config import Mode, parse_config
     from provisioner.lab.lab import _lab_config
 
     plain = parse_config(_lab_config(Mode.FULL, tmp_path))
-    assert not plain.cluster.auto_enroll and "provisioner.after=poweroff" in plain.boot.kernel_args
+    assert "provisioner.after=poweroff" in plain.boot.kernel_args
+    assert plain.boot.image == "debian-bookworm"
     cfg = parse_config(_lab_config(Mode.FULL, tmp_path, "debian-bookworm@2"))
-    assert cfg.cluster.auto_enroll and cfg.boot.image == "debian-bookworm@2"
-    assert "provisioner.after=reboot" in cfg.boot.kernel_args
+    assert cfg.boot.image == "debian-bookworm@2" and cfg.boot.efi_binary == "snponly.efi"
+
+
+def test_lab_vms_start_powered_off_for_the_qemu_driver(tmp_path: Path) -> None:
+    argv = qemu_argv(VmSpec("labnode1", MAC, "bios", "pvt1", tmp_path, powered_off=True))
+    assert "-S" in argv and "-no-shutdown" in argv
+    assert "-S" not in qemu_argv(VmSpec("labnode1", MAC, "bios", "pvt1", tmp_path))

@@ -20,6 +20,15 @@ S, E = NodeState, NodeEvent
         (S.LOCAL, E.BOOT_NETWORK, S.ENROLLED),
         (S.ENROLLED, E.FAIL, S.FAILED),
         (S.LOCAL, E.FORGET, S.NEW),
+        # enroll --power-cycle: from anything, then enrolled as soon as a profile matches
+        (S.NEW, E.POWER_CYCLE, S.ENROLLING),
+        (S.ENROLLED, E.POWER_CYCLE, S.ENROLLING),
+        (S.FAILED, E.POWER_CYCLE, S.ENROLLING),
+        (S.ENROLLING, E.POWER_CYCLE, S.ENROLLING),
+        (S.ENROLLING, E.INVENTORY, S.ENROLLING),
+        (S.ENROLLING, E.MATCH, S.ENROLLED),
+        (S.ENROLLING, E.NO_MATCH, S.UNMATCHED),
+        (S.ENROLLING, E.FAIL, S.FAILED),
     ],
 )
 def test_allowed_moves(state: NodeState, event: NodeEvent, expected: NodeState) -> None:
@@ -33,6 +42,7 @@ def test_allowed_moves(state: NodeState, event: NodeEvent, expected: NodeState) 
         (S.NEW, E.BOOT_LOCAL),
         (S.FAILED, E.ENROLL),
         (S.DISCOVERED, E.BOOT_NETWORK),
+        (S.ENROLLING, E.BOOT_LOCAL),
     ],
 )
 def test_illegal_moves_raise_and_name_the_allowed_ones(state: NodeState, event: NodeEvent) -> None:
