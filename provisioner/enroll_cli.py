@@ -19,6 +19,11 @@ from provisioner.power.credentials import candidate_files, load_store
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
+    if args.new:
+        return cmd_enroll_new(args)
+    if not args.nodes:
+        print("enroll: name the nodes (or --new NAME for one nobody knows yet)", file=sys.stderr)
+        return 2
     cfg = load_cfg(args)
     store = load_store(
         candidate_files(Path(args.credentials) if args.credentials else None, cfg.state_dir)
@@ -48,12 +53,76 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0 if all(i.outcome in wanted for i in items) else 1
 
 
+def cmd_enroll_new(args: argparse.Namespace) -> int:
+    """A node not known by MAC: power it on (driver or person), take the next unknown MAC
+    that boots, confirm it is the one, name it and enroll it."""
+    import time
+
+    from provisioner.power import driver_for
+    from provisioner.power.settings import DriverKind, parse_power_url
+
+    cfg = load_cfg(args)
+    registry = open_registry(cfg)
+    try:
+        since = time.time()
+        if args.power:
+            settings = parse_power_url(args.power)
+            if settings.driver is DriverKind.MANUAL:
+                stamped(f"{args.new}: power it on now (network boot); waiting for it to boot")
+            else:
+                store = load_store(
+                    candidate_files(
+                        Path(args.credentials) if args.credentials else None, cfg.state_dir
+                    )
+                )
+                password = (
+                    store.password(args.new, settings.host) if settings.needs_password else None
+                )
+                driver = driver_for(
+                    settings, node=args.new, password=password, timeout=args.power_timeout
+                )
+                stamped(f"{args.new}: power-cycling through {settings.driver.value}")
+                driver.cycle()
+        else:
+            stamped(f"{args.new}: power it on now (network boot); waiting for it to boot")
+        node = enrollment.next_unknown(registry, since, timeout=args.timeout)
+        if node is None:
+            print(f"{args.new}: no unknown node booted in {args.timeout:.0f} s", file=sys.stderr)
+            return 1
+        seen = f"{node.mac} ({node.firmware or 'firmware ?'}, {node.ip or 'no address yet'})"
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print(f"{args.new}: {seen} booted; confirm with --yes", file=sys.stderr)
+                return 1
+            answer = input(f"{seen} booted: is it {args.new}? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print(f"{args.new}: not taken; {node.mac} stays unknown", file=sys.stderr)
+                return 1
+        item = enrollment.adopt(registry, node, args.new, args.power)
+        stamped(f"{args.new}: is {node.mac}")
+        items = [item]
+        if args.wait:
+            items = enrollment.follow(registry, items, timeout=args.timeout, progress=stamped)
+    finally:
+        registry.close()
+    if args.json:
+        print_json([i.as_dict() for i in items])
+    return 0 if all(i.outcome in ("enrolled", "pending") for i in items) else 1
+
+
 def add_enroll_commands(sub: Any) -> None:
     enroll = sub.add_parser(
         "enroll",
         help="power-cycle nodes into discovery; each is enrolled as soon as a profile matches",
     )
-    enroll.add_argument("nodes", nargs="+", metavar="NODE", help="hostname or MAC (node add)")
+    enroll.add_argument("nodes", nargs="*", metavar="NODE", help="hostname or MAC (node add)")
+    enroll.add_argument(
+        "--new",
+        metavar="NAME",
+        help="a node not known by MAC: take the next unknown one that boots, as NAME",
+    )
+    enroll.add_argument("--power", help="with --new: its power URL (else: power it on by hand)")
+    enroll.add_argument("--yes", action="store_true", help="with --new: take it unasked")
     enroll.add_argument(
         "--power-cycle",
         action="store_true",

@@ -213,3 +213,39 @@ def follow(
                 progress(f"{item.name:10} failed: {item.error}")
             return items
         sleep(POLL_SECONDS)
+
+
+# ------------------------------------------------------------ a node nobody knows yet
+
+
+def next_unknown(
+    registry: Registry,
+    since: float,
+    *,
+    timeout: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Node | None:
+    """The first node never seen before ``since`` (registry time) that boots, or None."""
+    deadline = clock() + timeout
+    while True:
+        fresh = [
+            n
+            for n in registry.nodes()
+            if n.first_seen >= since and n.state is NodeState.NEW and n.hostname is None
+        ]
+        if fresh:
+            return min(fresh, key=lambda n: n.first_seen)
+        if clock() >= deadline:
+            return None
+        sleep(POLL_SECONDS)
+
+
+def adopt(registry: Registry, node: Node, name: str, power_url: str | None) -> Enrollment:
+    """Name the node that booted, keep its power URL, and put it in `enrolling`."""
+    registry.set_hostname(node.mac, name)
+    if power_url:
+        registry.set_power(node.mac, power_url)
+    item = Enrollment(name, registry.node(node.mac), started=node.first_seen)
+    registry.transition(node.mac, NodeEvent.POWER_CYCLE, reason="enroll --new")
+    return item

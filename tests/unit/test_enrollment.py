@@ -71,3 +71,20 @@ def test_follow_reports_steps_enrolls_and_fails_the_late_one_naming_its_last_ste
     # Its next good boot repairs it.
     registry.store_inventory(SLOW, "{}")
     assert registry.node(SLOW).state is NodeState.DISCOVERED  # type: ignore[union-attr]
+
+
+def test_the_next_unknown_node_that_boots_is_taken_named_and_enrolling(tmp_path: Path) -> None:
+    from provisioner.enrollment import adopt, next_unknown
+
+    registry = Registry(tmp_path / "r.sqlite3")
+    registry.touch_node(GOOD, now=100.0)  # known before: not a candidate
+    clock = Clock()
+    assert next_unknown(registry, 150.0, timeout=3, clock=clock, sleep=clock.sleep) is None
+    registry.touch_node(SLOW, now=200.0)  # its first DHCP request after the power-on
+    found = next_unknown(registry, 150.0, timeout=3, clock=clock, sleep=clock.sleep)
+    assert found is not None and found.mac == SLOW
+    item = adopt(registry, found, "node7", "wol://52:54:00:00:00:02?interface=eth1")
+    node = registry.node("node7")
+    assert node is not None and node.mac == SLOW and node.state is NodeState.ENROLLING
+    assert registry.power(SLOW) == "wol://52:54:00:00:00:02?interface=eth1"
+    assert item.name == "node7" and item.outcome == "pending"
