@@ -386,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_artifact_commands(sub)
     add_model_commands(sub)
+    from provisioner.cluster_cli import add_cluster_commands, add_smoke_command
+
+    add_cluster_commands(sub)
+    add_smoke_command(sub)
     return p
 
 

@@ -105,8 +105,9 @@ class Enroller:
     def _move(self, node: Node, event: NodeEvent) -> Node:
         current = self.registry.node(node.mac)
         assert current is not None
+        enrolled = (NodeState.ENROLLED, NodeState.SERVING, NodeState.DEGRADED)
         if current.state not in (*REFINGERPRINTED, NodeState.ENROLLING) and not (
-            current.state is NodeState.ENROLLED and event is NodeEvent.MATCH
+            current.state in enrolled and event is NodeEvent.MATCH
         ):
             return current  # enrolled/local/failed nodes keep their state
         return self.registry.transition(node.mac, event, reason="fingerprint")

@@ -71,6 +71,23 @@ CREATE TABLE IF NOT EXISTS power (
     url TEXT NOT NULL,          -- power/settings.py's URL: driver, BMC, user; no password
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS clusters (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,         -- JSON: provisioner/clusters.py's Cluster
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,          -- one post-install or smoke run
+    mac TEXT NOT NULL,
+    step TEXT NOT NULL,
+    status TEXT NOT NULL,       -- unchanged | changed | failed
+    exit_status INTEGER,
+    output TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS steps_mac ON steps(mac, id);
 CREATE TABLE IF NOT EXISTS profile_images (
     profile TEXT PRIMARY KEY,
     image TEXT NOT NULL,        -- name (its newest version) or name@version (pinned)
@@ -329,6 +346,58 @@ class Registry:
         with self._lock:
             rows = self._db.execute("SELECT profile, image FROM profile_images").fetchall()
         return {r["profile"]: r["image"] for r in rows}
+
+    # ------------------------------------------------------------------ clusters
+
+    def save_cluster(self, name: str, spec: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO clusters(name, spec, updated) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, updated = excluded.updated",
+                (name, spec, time.time()),
+            )
+
+    def cluster_spec(self, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT spec FROM clusters WHERE name = ?", (name,)).fetchone()
+        return row["spec"] if row else None
+
+    def cluster_names(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT name FROM clusters ORDER BY name").fetchall()
+        return [r["name"] for r in rows]
+
+    def delete_cluster(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM clusters WHERE name = ?", (name,))
+
+    # ------------------------------------------------------------------ steps run on nodes
+
+    def add_step(
+        self,
+        run: str,
+        mac: str,
+        step: str,
+        status: str,
+        exit_status: int | None,
+        output: str,
+        seconds: float,
+    ) -> None:
+        """One post-install (or smoke) step's outcome on a node."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO steps(run, mac, step, status, exit_status, output, seconds, ts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run, mac, step, status, exit_status, output, seconds, time.time()),
+            )
+
+    def steps(self, mac: str, *, run: str | None = None) -> list[dict[str, object]]:
+        """A node's step outcomes, oldest first (those of one run, if given)."""
+        query = "SELECT * FROM steps WHERE mac = ?" + (" AND run = ?" if run else "")
+        args = (mac, run) if run else (mac,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY id", args).fetchall()
+        return [dict(r) for r in rows]
 
     def macs_with_inventory(self) -> list[str]:
         with self._lock:

@@ -93,7 +93,14 @@ class BootServices:
             authorized_keys=self.keypair.public_line,
         )
         self.app = create_app(self.app_ctx)
-        self.areas = FileAreas({"images": cfg.image_dir, "tftp": cfg.tftp_root})
+        self.areas = FileAreas(
+            {
+                "images": cfg.image_dir,
+                "tftp": cfg.tftp_root,
+                "artifacts": cfg.state_dir / "artifacts",
+                "models": cfg.state_dir / "models",
+            }
+        )
         self.http: uvicorn.Server | None = None
         self._front: asyncio.Server | None = None
         self.ra: RouterAdvertiser | None = None

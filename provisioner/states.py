@@ -15,6 +15,11 @@ inventory is then fingerprinted against the profiles at once (``matched`` with a
 or ``unmatched``). Profiles reloaded re-fingerprint matched and unmatched nodes.
 ``forget`` from any state returns it to ``new`` (it is rediscovered at its next boot).
 
+``serving`` and ``degraded`` are enrolled nodes whose cluster's smoke test passed (or
+passed below a floor); post-install's success is ``installed`` (it repairs a node that
+failed a step), and a reboot (a new inventory) makes them ``enrolled`` again: their root
+is fresh, post-install runs again.
+
 ``enrolling`` is a node that `provisioner enroll --power-cycle` powered on or cycled: it
 boots discovery, reports and is enrolled as soon as a profile matches (no separate
 ``enroll``). If it never gets that far in time, ``enroll --wait`` fails it (``fail``,
@@ -35,6 +40,8 @@ class NodeState(StrEnum):
     UNMATCHED = "unmatched"
     ENROLLING = "enrolling"  # power-cycled to enroll: boots discovery, enrolled on a match
     ENROLLED = "enrolled"
+    SERVING = "serving"  # enrolled, post-installed, and its cluster's smoke passed
+    DEGRADED = "degraded"  # serving, but a smoke check is below its floor
     LOCAL = "local"
     FAILED = "failed"
 
@@ -49,6 +56,9 @@ class NodeEvent(StrEnum):
     FAIL = "fail"  # a step failed; the node shows which
     FORGET = "forget"  # start over: rediscover at next boot
     POWER_CYCLE = "power-cycle"  # powered on or cycled by `enroll` to (re)enroll it
+    INSTALLED = "installed"  # post-install finished every step (a failed node is repaired)
+    SMOKE_PASS = "smoke-pass"  # its cluster's smoke test passed
+    SMOKE_DEGRADED = "smoke-degraded"  # it serves, below a floor
 
 
 S, E = NodeState, NodeEvent
@@ -81,6 +91,22 @@ TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
     (S.ENROLLING, E.NO_MATCH): S.UNMATCHED,
     (S.ENROLLING, E.ENROLL): S.ENROLLED,
     **{(state, E.POWER_CYCLE): S.ENROLLING for state in NodeState},
+    # post-install and smoke (serving and degraded nodes are enrolled nodes too)
+    (S.ENROLLED, E.INSTALLED): S.ENROLLED,
+    (S.FAILED, E.INSTALLED): S.ENROLLED,
+    (S.SERVING, E.INSTALLED): S.SERVING,
+    (S.DEGRADED, E.INSTALLED): S.DEGRADED,
+    **{(state, E.SMOKE_PASS): S.SERVING for state in (S.ENROLLED, S.SERVING, S.DEGRADED, S.FAILED)},
+    **{
+        (state, E.SMOKE_DEGRADED): S.DEGRADED
+        for state in (S.ENROLLED, S.SERVING, S.DEGRADED, S.FAILED)
+    },
+    (S.SERVING, E.INVENTORY): S.ENROLLED,  # rebooted: a fresh root, post-install again
+    (S.DEGRADED, E.INVENTORY): S.ENROLLED,
+    (S.SERVING, E.MATCH): S.SERVING,
+    (S.DEGRADED, E.MATCH): S.DEGRADED,
+    (S.SERVING, E.BOOT_LOCAL): S.LOCAL,
+    (S.DEGRADED, E.BOOT_LOCAL): S.LOCAL,
     **{(state, E.FAIL): S.FAILED for state in NodeState},
     **{(state, E.FORGET): S.NEW for state in NodeState},
 }

@@ -3,6 +3,7 @@
 - ``GET /boot/{mac}.ipxe``: the node's iPXE script, decided by the boot policy;
 - ``GET|HEAD /images/{name}/{file}``: kernels, initrds, root images (Content-Length, Range);
 - ``GET|HEAD /tftp/{file}``: the TFTP root over HTTP (UEFI HTTP boot fetches iPXE here);
+- ``GET|HEAD /artifacts/{file}``, ``/models/{file}``: runtimes and models for post-install;
 - ``/api/v1/...``: nodes; mutating calls need the API bearer token, the agent's inventory
   POST and its ``authorized_keys`` GET (the control node's SSH key) need the per-boot
   token its boot script carried;
@@ -28,7 +29,7 @@ from starlette.background import BackgroundTask
 
 from provisioner.boot.http_files import FileServed
 from provisioner.boot.ipxe import ScriptRenderer
-from provisioner.boot.policy import BootKind, BootSpec, boot_spec, image_for
+from provisioner.boot.policy import ENROLLED_STATES, BootKind, BootSpec, boot_spec, image_for
 from provisioner.boot.tftp import confine
 from provisioner.config import Config, normalize_mac
 from provisioner.discovery import schema
@@ -192,6 +193,16 @@ def create_app(ctx: AppContext) -> FastAPI:
     def image_file(rel: str, request: Request) -> FileResponse:
         return serve_file(ctx.config.image_dir, rel, "images", request)
 
+    @app.api_route("/artifacts/{rel:path}", methods=["GET", "HEAD"])
+    def artifact_file(rel: str, request: Request) -> FileResponse:
+        """Runtimes built once on the control node (llama.cpp), fetched by post-install."""
+        return serve_file(ctx.config.state_dir / "artifacts", rel, "artifacts", request)
+
+    @app.api_route("/models/{rel:path}", methods=["GET", "HEAD"])
+    def model_file(rel: str, request: Request) -> FileResponse:
+        """Model files from the model store, fetched (and sha256-checked) by the head."""
+        return serve_file(ctx.config.state_dir / "models", rel, "models", request)
+
     @app.api_route("/tftp/{rel:path}", methods=["GET", "HEAD"])
     def tftp_file(rel: str, request: Request) -> FileResponse:
         return serve_file(ctx.config.tftp_root, rel, "tftp", request)
@@ -233,7 +244,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         # Just enrolled (auto_enroll, or enroll --power-cycle) with its image built: the
         # discovery image reboots now and the node comes back on its image.
         just_enrolled = node.state is NodeState.ENROLLED and (
-            before is None or before.state is not NodeState.ENROLLED
+            before is None or before.state not in ENROLLED_STATES
         )
         reboot = just_enrolled and ctx.boot_spec(node).kind is BootKind.IMAGE
         next_step = "reboot" if reboot else "stay"

@@ -22,6 +22,8 @@ from provisioner.registry import Node
 from provisioner.states import NodeState
 
 DISCOVERY_IMAGE = "discovery"
+# Nodes that boot their profile's image (serving and degraded ones are enrolled too).
+ENROLLED_STATES = frozenset({NodeState.ENROLLED, NodeState.SERVING, NodeState.DEGRADED})
 KERNEL_FILE = "vmlinuz"
 INITRD_FILE = "initrd"
 
@@ -68,7 +70,7 @@ def wanted_image(node: Node | None, image: str) -> str | None:
     state = node.state if node is not None else NodeState.NEW
     if state is NodeState.LOCAL:
         return None
-    if state is NodeState.ENROLLED and node is not None and node.profile:
+    if state in ENROLLED_STATES and node is not None and node.profile:
         return image
     return DISCOVERY_IMAGE
 
@@ -86,7 +88,7 @@ def boot_spec(
     wanted = wanted_image(node, image)
     if wanted is None:
         return BootSpec(BootKind.LOCAL)
-    if node is not None and node.state is NodeState.ENROLLED and node.profile:
+    if node is not None and node.state in ENROLLED_STATES and node.profile:
         kind, args = BootKind.IMAGE, [kernel_args, *profile_args]
     else:
         kind, args = BootKind.DISCOVERY, [kernel_args]

@@ -378,3 +378,24 @@ def test_a_node_enrolled_by_its_report_reboots_only_into_an_image_it_can_run(
         headers={"Authorization": f"Bearer {token.group(1)}", "Content-Type": "text/plain"},
     )
     assert r.json() == {"mac": MAC, "state": "enrolled", "next": "stay"}
+
+
+def test_a_serving_node_that_rebooted_reports_from_its_image_and_stays(
+    client: TestClient, ctx: AppContext
+) -> None:
+    ctx.enroller = Enroller(ctx.registry, DEFAULT_HWPROFILES, "node{n}")
+    publish_rootfs(ctx)
+    enroll(ctx, "qemu-lab")
+    ctx.registry.transition(MAC, NodeEvent.SMOKE_PASS)
+    script = client.get(f"/boot/{MAC}.ipxe").text
+    assert "boot=live fetch=" in script  # serving nodes boot their image
+    token = re.search(r"provisioner\.token=(\S+)", script)
+    assert token is not None
+    report = (FIXTURES / "lab-qemu-q35-bios.txt").read_bytes()
+    r = client.post(
+        f"/api/v1/nodes/{MAC}/inventory",
+        content=report,
+        headers={"Authorization": f"Bearer {token.group(1)}", "Content-Type": "text/plain"},
+    )
+    # a fresh root: enrolled again (post-install runs again), and no reboot loop
+    assert r.json() == {"mac": MAC, "state": "enrolled", "next": "stay"}

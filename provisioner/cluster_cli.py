@@ -1,0 +1,438 @@
+"""`provisioner cluster create|list|status`, `postinstall run` and `smoke` (thin).
+
+The work is elsewhere: clusters.py (the model), postinstall/plan.py + engine.py (the
+steps, over SSH), smoke/ (the checks). This module finds the pieces in the registry and
+the stores, wires them, and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from provisioner import clusters
+from provisioner.cli_common import load_cfg, open_registry, print_json, stamped, table
+from provisioner.clusters import Cluster, ClusterError
+from provisioner.config import Config
+from provisioner.discovery.model import Inventory
+from provisioner.enroll import inventory_of
+from provisioner.postinstall import engine
+from provisioner.postinstall.plan import Download, Member, NodePlan, plan
+from provisioner.postinstall.ssh import Connection, HostKey, connect
+from provisioner.profiles import ProfileSet, load_profiles
+from provisioner.registry import Node, Registry
+
+LLAMA_PREFIX = "llama.cpp-"
+
+
+def artifacts_dir(cfg: Config) -> Path:
+    return cfg.state_dir / "artifacts"
+
+
+def models_dir(cfg: Config) -> Path:
+    return cfg.state_dir / "models"
+
+
+def _inventory(registry: Registry, node: Node) -> Inventory | None:
+    stored = registry.inventory(node.mac)
+    return inventory_of(stored) if stored else None
+
+
+def host_keys(registry: Registry, node: Node) -> list[HostKey]:
+    """The host keys the node's agent last reported (the ones post-install trusts)."""
+    inventory = _inventory(registry, node)
+    if inventory is None:
+        return []
+    return [HostKey(k.type, k.public_key) for k in inventory.ssh_host_keys if k.public_key]
+
+
+def _member(registry: Registry, node: Node, profiles: ProfileSet) -> Member:
+    profile = profiles.get(node.profile or "")
+    inventory = _inventory(registry, node)
+    threads = (inventory.cpu.threads if inventory and inventory.cpu else None) or 1
+    return Member(
+        hostname=node.hostname or node.mac,
+        mac=node.mac,
+        address=node.ip or "",
+        profile=node.profile or "",
+        drivers=profile.drivers if profile else (),
+        engine_defaults=profile.engine_defaults.__dict__ if profile else None,
+        threads=max(1, threads),
+    )
+
+
+def runtime(cfg: Config, cluster: Cluster) -> Download:
+    """The llama.cpp artifact the cluster runs: its own, else the newest CPU build."""
+    from provisioner.artifacts.store import ArtifactStore
+
+    store = ArtifactStore(artifacts_dir(cfg))
+    name = cluster.options.get("artifact")
+    if name:
+        manifest = store.get(name)
+    else:
+        found = [m for m in store.list() if m.name.startswith(LLAMA_PREFIX) and "-cpu-" in m.name]
+        if not found:
+            raise ClusterError(
+                f"no llama.cpp build in {store.root}: provisioner artifact build llama.cpp"
+            )
+        manifest = max(found, key=lambda m: m.built_at)
+    return Download(
+        manifest.name,
+        manifest.file,
+        f"{cfg.http_base}/artifacts/{manifest.file}",
+        manifest.sha256,
+        manifest.size,
+        binaries=dict(manifest.binaries),
+    )
+
+
+def model_download(cfg: Config, cluster: Cluster) -> Download:
+    from provisioner.models import ModelStore
+
+    model = ModelStore(models_dir(cfg)).get(cluster.model)
+    return Download(
+        model.name, model.file, f"{cfg.http_base}/models/{model.file}", model.sha256, model.size
+    )
+
+
+def cluster_plan(cfg: Config, registry: Registry, cluster: Cluster) -> list[NodePlan]:
+    profiles = load_profiles(cfg.cluster.profiles_dir)
+    nodes = clusters.members(registry, cluster)
+    problems = []
+    for node in nodes:
+        if node.state not in clusters.READY_STATES:
+            problems.append(f"{node.hostname}: {node.state.value}, not booted on its image yet")
+        elif not node.ip:
+            problems.append(f"{node.hostname}: no address known")
+    if problems:
+        raise ClusterError(f"{cluster.name}: " + "; ".join(problems))
+    members = [_member(registry, n, profiles) for n in nodes]
+    return plan(
+        cluster,
+        members,
+        control_url=cfg.http_base,
+        artifact=runtime(cfg, cluster),
+        model=model_download(cfg, cluster),
+    )
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_cluster_create(args: argparse.Namespace) -> int:
+    cfg = load_cfg(args)
+    registry = open_registry(cfg)
+    options = dict(o.split("=", 1) for o in args.option or [] if "=" in o)
+    if args.artifact:
+        options["artifact"] = args.artifact
+    cluster = Cluster(
+        args.name,
+        args.engine,
+        args.model,
+        args.head,
+        tuple(clusters.split(args.workers)),
+        args.rpc_network,
+        options=options,
+    )
+    profiles = load_profiles(cfg.cluster.profiles_dir)
+    nodes = {m: registry.node(m) for m in cluster.members}
+    by_member = {
+        m: profiles.get(n.profile) if n is not None and n.profile else None
+        for m, n in nodes.items()
+    }
+    problems = clusters.validate(cluster, nodes, by_member)
+    from provisioner.models import ModelError, ModelStore
+
+    try:
+        ModelStore(models_dir(cfg)).get(cluster.model)
+    except ModelError as exc:
+        problems.append(f"model: {exc} (provisioner model add FILE --name {cluster.model})")
+    if problems:
+        raise ClusterError(f"cluster {cluster.name} refused: " + "; ".join(problems))
+    registry.save_cluster(cluster.name, cluster.to_json())
+    if args.json:
+        print_json(json.loads(cluster.to_json()))
+    else:
+        workers = ", ".join(cluster.workers) or "none"
+        print(f"{cluster.name}: {cluster.engine}, head {cluster.head}, workers {workers}")
+    return 0
+
+
+def cmd_cluster_list(args: argparse.Namespace) -> int:
+    registry = open_registry(load_cfg(args))
+    found = [clusters.load(registry, n) for n in registry.cluster_names()]
+    if args.json:
+        print_json([json.loads(c.to_json()) for c in found])
+        return 0
+    table(
+        ("CLUSTER", "ENGINE", "MODEL", "HEAD", "WORKERS"),
+        [(c.name, c.engine, c.model, c.head, ",".join(c.workers) or "-") for c in found],
+    )
+    return 0
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    registry = open_registry(load_cfg(args))
+    cluster = clusters.load(registry, args.name)
+    rows = []
+    for node in clusters.members(registry, cluster):
+        steps = registry.steps(node.mac)
+        last = steps[-1] if steps else None
+        rows.append(
+            {
+                "node": node.hostname,
+                "role": cluster.role(node.hostname or ""),
+                "state": node.state.value,
+                "address": node.ip,
+                "profile": node.profile,
+                "last_step": last["step"] if last else None,
+                "last_status": last["status"] if last else None,
+            }
+        )
+    if args.json:
+        print_json({"cluster": json.loads(cluster.to_json()), "nodes": rows})
+        return 0
+    print(f"{cluster.name}: {cluster.engine}, model {cluster.model}")
+    table(
+        ("NODE", "ROLE", "STATE", "ADDRESS", "PROFILE", "LAST STEP"),
+        [
+            (str(r["node"]), str(r["role"]), str(r["state"]), str(r["address"] or "-"),
+             str(r["profile"] or "-"),
+             f"{r['last_step']}: {r['last_status']}" if r["last_step"] else "-")
+            for r in rows
+        ],
+    )  # fmt: skip
+    return 0
+
+
+def _connector(cfg: Config, registry: Registry) -> engine.Connect:
+    key = cfg.state_dir / "ssh" / "id_ed25519"
+
+    def open_one(node_plan: NodePlan) -> Connection:
+        node = registry.node(node_plan.member.mac)
+        assert node is not None
+        return connect(node_plan.member.hostname, node_plan.member.address,
+                       host_keys(registry, node), key)  # fmt: skip
+
+    return open_one
+
+
+def cmd_postinstall_run(args: argparse.Namespace) -> int:
+    cfg = load_cfg(args)
+    registry = open_registry(cfg)
+    cluster = clusters.load(registry, args.cluster)
+    plans = cluster_plan(cfg, registry, cluster)
+    if args.dry_run:
+        if args.json:
+            print_json(
+                [
+                    {"node": p.member.hostname, "role": p.role,
+                     "steps": [{"name": s.name, "recipe": s.recipe, "kind": s.kind,
+                                "what": s.describe()} for s in p.steps]}
+                    for p in plans
+                ]
+            )  # fmt: skip
+            return 0
+        for p in plans:
+            print(f"{p.member.hostname} ({p.role}, {p.member.address}, {p.member.profile}):")
+            for i, s in enumerate(p.steps, 1):
+                print(f"  {i}. [{s.recipe}] {s.name}: {s.describe()}")
+        return 0
+    progress = (lambda line: None) if args.json else stamped
+    results = engine.run(registry, plans, _connector(cfg, registry), progress)
+    if args.json:
+        print_json([r.as_dict() for r in results])
+    else:
+        for r in results:
+            if not r.ok:
+                print(f"{r.hostname}: failed: {r.error}", file=sys.stderr)
+    return 0 if all(r.ok for r in results) else 1
+
+
+def add_cluster_commands(sub: Any) -> None:
+    cluster = sub.add_parser("cluster", help="clusters: which nodes serve which model")
+    csub = cluster.add_subparsers(dest="subcommand", required=True)
+    create = csub.add_parser("create", help="a cluster from enrolled nodes")
+    create.add_argument("name")
+    create.add_argument("--engine", default="llama-rpc", choices=clusters.ENGINES)
+    create.add_argument("--model", required=True, help="a model in the store (model add)")
+    create.add_argument("--head", required=True, help="the node that serves the API")
+    create.add_argument("--workers", default="", help="node1,node2 (llama.cpp RPC workers)")
+    create.add_argument("--rpc-network", help="interface for RPC traffic (e.g. ib0)")
+    create.add_argument("--artifact", help="a llama.cpp build in the artifact store")
+    create.add_argument("--option", action="append", help="KEY=VALUE (parallel, ctx_size, ngl)")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(func=cmd_cluster_create)
+    clist = csub.add_parser("list", help="every cluster")
+    clist.add_argument("--json", action="store_true")
+    clist.set_defaults(func=cmd_cluster_list)
+    status = csub.add_parser("status", help="a cluster's members, states and last steps")
+    status.add_argument("name")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_cluster_status)
+
+    post = sub.add_parser("postinstall", help="drivers, runtime and units on a cluster's nodes")
+    psub = post.add_subparsers(dest="subcommand", required=True)
+    prun = psub.add_parser("run", help="run every member's steps in parallel over SSH")
+    prun.add_argument("cluster")
+    prun.add_argument("--dry-run", action="store_true", help="print each node's plan")
+    prun.add_argument("--json", action="store_true")
+    prun.set_defaults(func=cmd_postinstall_run)
+
+
+# ------------------------------------------------------------------ smoke
+
+HEAD_UNIT = "llama-server.service"
+WORKER_UNIT = "llama-rpc.service"
+RESTART_WAIT_S = 120.0
+
+
+def _units(cluster: Cluster, hostname: str) -> list[str]:
+    return [HEAD_UNIT] if cluster.role(hostname) == "head" else [WORKER_UNIT]
+
+
+def _unit_checks(conns: dict[str, Connection], cluster: Cluster) -> list[Any]:
+    from provisioner.smoke.report import Check
+
+    checks = []
+    for hostname, conn in conns.items():
+        for unit in _units(cluster, hostname):
+            state = conn.run(f"systemctl is-active {unit}", timeout=30).stdout.strip()
+            checks.append(Check(f"unit[{hostname}:{unit}]", state == "active", state, "active"))
+    return checks
+
+
+def _journal(conn: Connection, unit: str) -> str:
+    """The unit's output since it last started (its current invocation only)."""
+    command = (
+        f"journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID="
+        f"$(systemctl show -p InvocationID --value {unit})"
+    )
+    return conn.run(command, timeout=60).stdout
+
+
+def _restart_check(
+    conns: dict[str, Connection], cluster: Cluster, endpoint: str, progress: Any
+) -> Any:
+    """Kill one worker's RPC server: systemd brings it back and a completion works again."""
+    from provisioner.smoke.client import SmokeHttpError, stream_chat, wait_healthy
+    from provisioner.smoke.report import Check
+
+    worker = cluster.workers[0]
+    conn = conns[worker]
+    before = conn.run(f"systemctl show -p MainPID --value {WORKER_UNIT}", timeout=30).stdout.strip()
+    conn.run(f"kill -9 {before}", timeout=30)
+    progress(f"smoke: killed {worker}'s RPC server (pid {before}); waiting for systemd")
+    started = time.monotonic()
+    after = before
+    while time.monotonic() - started < RESTART_WAIT_S:
+        active = conn.run(f"systemctl is-active {WORKER_UNIT}", timeout=30).stdout.strip()
+        after = conn.run(f"systemctl show -p MainPID --value {WORKER_UNIT}", timeout=30).stdout
+        after = after.strip()
+        if active == "active" and after not in ("", "0", before):
+            break
+        time.sleep(1)
+    else:
+        return Check("restart", False, None, RESTART_WAIT_S, f"{worker}: not back in time")
+    error = ""
+    while time.monotonic() - started < RESTART_WAIT_S:
+        try:
+            wait_healthy(endpoint, timeout=max(1.0, RESTART_WAIT_S - (time.monotonic() - started)))
+            stats = stream_chat(endpoint, cluster.model, "Say hello.", max_tokens=8)
+            if stats.token_chunks > 0:
+                seconds = round(time.monotonic() - started, 1)
+                detail = f"{worker}: pid {before} -> {after}; a completion works again"
+                return Check("restart", True, seconds, RESTART_WAIT_S, detail)
+        except SmokeHttpError as exc:
+            error = str(exc)
+        time.sleep(2)
+    return Check("restart", False, None, RESTART_WAIT_S, f"no completion after restart: {error}")
+
+
+def _sampler(conn: Connection) -> Callable[[], str]:
+    """``ss -tinH`` on a worker: its sockets' byte counters, before and after a completion."""
+
+    def sample() -> str:
+        return conn.run("ss -tinH", timeout=30).stdout
+
+    return sample
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
+    from provisioner.smoke.report import render_table
+    from provisioner.smoke.run import Floors, Worker, run_smoke
+    from provisioner.states import NodeEvent
+
+    cfg = load_cfg(args)
+    registry = open_registry(cfg)
+    cluster = clusters.load(registry, args.cluster)
+    nodes = {n.hostname or n.mac: n for n in clusters.members(registry, cluster)}
+    profiles = load_profiles(cfg.cluster.profiles_dir)
+    head = nodes[cluster.head]
+    profile = profiles.get(head.profile or "")
+    floors = Floors.from_profile(profile.smoke) if profile else Floors()
+    if args.min_tokens_per_s is not None or args.max_ttft_s is not None:
+        floors = Floors(
+            args.min_tokens_per_s if args.min_tokens_per_s is not None else floors.min_tokens_per_s,
+            args.max_ttft_s if args.max_ttft_s is not None else floors.max_ttft_s,
+        )
+    progress = (lambda line: None) if args.json else stamped
+    key = cfg.state_dir / "ssh" / "id_ed25519"
+    conns: dict[str, Connection] = {}
+    try:
+        for hostname, node in nodes.items():
+            conns[hostname] = connect(hostname, node.ip or "", host_keys(registry, node), key)
+        endpoint = f"http://{head.ip}:{cluster.http_port}"
+        progress(f"smoke {cluster.name}: {endpoint}, model {cluster.model}")
+        workers = [
+            Worker(f"{nodes[w].ip}:{cluster.rpc_port}", _sampler(conns[w])) for w in cluster.workers
+        ]
+        units = _unit_checks(conns, cluster)
+        report = run_smoke(
+            cluster.name, endpoint, cluster.model, floors, _journal(conns[cluster.head], HEAD_UNIT),
+            workers,
+        )  # fmt: skip
+        report = report.with_checks(units)
+        if args.restart and cluster.workers:
+            report = report.with_checks([_restart_check(conns, cluster, endpoint, progress)])
+    finally:
+        for conn in conns.values():
+            conn.close()
+    run_id = f"smoke-{int(time.time())}"
+    floors_missed = [c for c in report.failed if c.name in ("ttft_s", "decode_tokens_per_s")]
+    for node in nodes.values():
+        for check in report.checks:
+            registry.add_step(run_id, node.mac, f"smoke:{check.name}",
+                              "ok" if check.passed else "failed", None,
+                              json.dumps(check.to_json()), 0.0)  # fmt: skip
+        if report.passed:
+            registry.transition(node.mac, NodeEvent.SMOKE_PASS, reason="smoke passed")
+        elif report.failed and len(floors_missed) == len(report.failed):
+            below = "below floor: " + ", ".join(c.name for c in floors_missed)
+            registry.transition(node.mac, NodeEvent.SMOKE_DEGRADED, reason=below)
+        else:
+            names = ", ".join(c.name for c in report.failed)
+            registry.transition(node.mac, NodeEvent.FAIL, reason=f"smoke failed: {names}")
+    if args.json:
+        print_json(report.to_json())
+    else:
+        print(render_table(report))
+    return 0 if report.passed else 1
+
+
+def add_smoke_command(sub: Any) -> None:
+    smoke = sub.add_parser("smoke", help="prove a cluster serves: health, completion, TTFT, tok/s")
+    smoke.add_argument("cluster")
+    smoke.add_argument("--json", action="store_true")
+    smoke.add_argument(
+        "--no-restart", dest="restart", action="store_false",
+        help="skip the restart check (kill a worker's RPC server, see it come back)",
+    )  # fmt: skip
+    smoke.add_argument("--min-tokens-per-s", type=float, help="override the profile's floor")
+    smoke.add_argument("--max-ttft-s", type=float, help="override the profile's bound")
+    smoke.set_defaults(func=cmd_smoke)

@@ -1,0 +1,111 @@
+"""Clusters: which nodes serve which model with which engine, kept in the registry.
+
+``provisioner cluster create v100s --engine llama-rpc --model M --head node0 --workers
+node1,node2 [--rpc-network ib0]`` records one :class:`Cluster`; post-install renders its
+units from it (the head's ``--rpc`` list is made from the workers' addresses, nobody types
+one) and smoke checks it. Validation is pure: the members, their profiles and the engine
+in, a Cluster or a ClusterError naming the reason out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+from provisioner.errors import ProvisionerError
+from provisioner.profiles import Profile
+from provisioner.registry import Node, Registry
+from provisioner.states import NodeState
+
+ENGINES = ("llama-rpc",)
+RPC_PORT = 50052
+HTTP_PORT = 8080
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+# A node may run post-install once it boots its image.
+READY_STATES = frozenset(
+    {NodeState.ENROLLED, NodeState.SERVING, NodeState.DEGRADED, NodeState.FAILED}
+)
+
+
+class ClusterError(ProvisionerError):
+    """A cluster that cannot be made (or found): names the member or rule at fault."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    engine: str
+    model: str
+    head: str  # hostname
+    workers: tuple[str, ...] = ()
+    rpc_network: str | None = None  # interface whose addresses the RPC traffic uses
+    rpc_port: int = RPC_PORT
+    http_port: int = HTTP_PORT
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return (self.head, *self.workers)
+
+    def role(self, hostname: str) -> str:
+        return "head" if hostname == self.head else "worker"
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["workers"] = list(self.workers)
+        data["options"] = dict(self.options)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Cluster:
+        data = json.loads(text)
+        data["workers"] = tuple(data.get("workers", ()))
+        return cls(**data)
+
+
+def validate(
+    cluster: Cluster, nodes: Mapping[str, Node | None], profiles: Mapping[str, Profile | None]
+) -> list[str]:
+    """Why ``cluster`` cannot be made (empty: it can). ``nodes``/``profiles`` by hostname."""
+    problems = []
+    if not _NAME.match(cluster.name):
+        problems.append(f"cluster name {cluster.name!r}: lower-case letters, digits, '-'")
+    if cluster.engine not in ENGINES:
+        problems.append(f"engine {cluster.engine!r}: one of {', '.join(ENGINES)}")
+    if len(set(cluster.members)) != len(cluster.members):
+        problems.append("a node is listed twice (head and workers must differ)")
+    for member in cluster.members:
+        node = nodes.get(member)
+        if node is None:
+            problems.append(f"{member}: no such node")
+            continue
+        profile = profiles.get(member)
+        if node.profile is None or profile is None:
+            problems.append(f"{member}: no profile yet (state {node.state.value})")
+            continue
+        # llama.cpp runs on every profile (CPU builds where no GPU backend is set up).
+    return problems
+
+
+def load(registry: Registry, name: str) -> Cluster:
+    spec = registry.cluster_spec(name)
+    if spec is None:
+        have = ", ".join(registry.cluster_names()) or "none yet: provisioner cluster create"
+        raise ClusterError(f"no cluster {name!r} (have: {have})")
+    return Cluster.from_json(spec)
+
+
+def members(registry: Registry, cluster: Cluster) -> list[Node]:
+    found = []
+    for hostname in cluster.members:
+        node = registry.node(hostname)
+        if node is None:
+            raise ClusterError(f"{cluster.name}: member {hostname} is not in the registry")
+        found.append(node)
+    return found
+
+
+def split(text: str | None) -> Sequence[str]:
+    return tuple(w for w in (text or "").replace(" ", ",").split(",") if w)

@@ -1,0 +1,238 @@
+"""The post-install plan: profile + cluster -> each node's ordered, idempotent steps.
+
+Pure: the cluster, its members (hostname, address, profile), the runtime artifact and the
+model in; for each node a list of :class:`Step` (shell commands and files, rendered) out.
+Which recipes a node gets, in order: ``base``; a ``driver-<name>`` recipe for each of its
+profile's ``drivers``; the cluster's engine (``llama-rpc``). Steps are kept by role (head
+or worker). Nothing here touches a node: :mod:`.engine` runs the plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from provisioner.clusters import Cluster
+from provisioner.postinstall.recipes import (
+    DEFAULT_RECIPES,
+    Recipe,
+    RecipeError,
+    StepSpec,
+    load_recipe,
+    template_env,
+)
+
+UNIT_DIR = "/etc/systemd/system"
+
+
+@dataclass(frozen=True)
+class Member:
+    hostname: str
+    mac: str
+    address: str
+    profile: str
+    drivers: tuple[str, ...] = ()
+    engine_defaults: Mapping[str, str | None] | None = None
+    threads: int = 1  # CPU threads its inventory reports
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file the control node serves (an artifact or a model), for ``fetch`` steps."""
+
+    name: str
+    file: str
+    url: str
+    sha256: str
+    size: int = 0
+    binaries: Mapping[str, str] | None = None  # an artifact's programs: role -> path in it
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rendered step: ``check`` passes -> nothing to do; else ``put`` (if any) and
+    ``action`` (``changed_action`` when ``put`` changed a unit); then ``verify``."""
+
+    name: str
+    recipe: str
+    kind: str
+    check: str
+    action: str
+    verify: str
+    put: tuple[str, bytes, int] | None = None
+    same: str | None = None  # is the put file already there, byte for byte?
+    changed_action: str | None = None
+    timeout: float = 600.0
+
+    def describe(self) -> str:
+        if self.put is not None:
+            return f"{self.kind} {self.put[0]} ({len(self.put[1])} bytes)"
+        return f"{self.kind}: {self.action.splitlines()[0][:90]}"
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    member: Member
+    role: str
+    steps: tuple[Step, ...]
+
+
+def _same(path: str, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    return f"echo {shlex.quote(f'{digest}  {path}')} | sha256sum -c --status"
+
+
+def _render(env: jinja2.Environment, text: str, context: Mapping[str, Any], where: str) -> str:
+    try:
+        return env.from_string(text).render(**context)
+    except jinja2.TemplateError as exc:
+        raise RecipeError(f"{where}: {exc}") from exc
+
+
+def compile_step(
+    spec: StepSpec, recipe: Recipe, env: jinja2.Environment, context: Mapping[str, Any]
+) -> Step:
+    where = f"{recipe.source}:{spec.line}: step {spec.name!r}"
+    b = {k: _render(env, v, context, where) for k, v in spec.body.items()}
+    then = _render(env, spec.then, context, where) if spec.then else None
+    q = shlex.quote
+    if spec.kind == "command":
+        return Step(spec.name, recipe.name, "command", b["check"], b["action"],
+                    b.get("verify", b["check"]), timeout=spec.timeout)  # fmt: skip
+    if spec.kind == "fetch":
+        dest, sha, url = b["dest"], b["sha256"], b["url"]
+        check = f"echo {q(f'{sha}  {dest}')} | sha256sum -c --status"
+        action = (
+            f"set -e; mkdir -p {q(str(Path(dest).parent))}; "
+            f"curl -fsS --retry 5 --retry-connrefused -o {q(dest + '.part')} {q(url)}; "
+            f"if ! echo {q(f'{sha}  {dest}.part')} | sha256sum -c --status; then "
+            f"echo 'sha256 of {url} is not {sha}' >&2; rm -f {q(dest + '.part')}; exit 1; fi; "
+            f"mv {q(dest + '.part')} {q(dest)}"
+        )
+        if "unpack" in b:
+            to = b["unpack"]
+            marker = f"{to}/.provisioner-sha256"
+            check += f' && test "$(cat {q(marker)} 2>/dev/null)" = {q(sha)}'
+            action += (
+                f"; rm -rf {q(to + '.new')}; mkdir -p {q(to + '.new')}; "
+                f"tar -xzf {q(dest)} -C {q(to + '.new')}; echo {q(sha)} > {q(to + '.new')}"
+                f"/.provisioner-sha256; rm -rf {q(to)}; mv {q(to + '.new')} {q(to)}"
+            )
+        if then:
+            action += f"; {then}"
+        return Step(spec.name, recipe.name, "fetch", check, action, check, timeout=spec.timeout)
+    content = (
+        _render(env, b["content"], context, where)
+        if "content" in b
+        else _template(env, b["template"], context, where)
+    ).encode()
+    if spec.kind == "file":
+        path = b["path"]
+        mode = int(b.get("mode", "0644"), 8)
+        same = _same(path, content)
+        return Step(spec.name, recipe.name, "file", same, then or "true", same,
+                    put=(path, content, mode), same=same, changed_action=then or "true",
+                    timeout=spec.timeout)  # fmt: skip
+    unit = b["name"]
+    path = f"{UNIT_DIR}/{unit}"
+    same = _same(path, content)
+    active = f"systemctl is-enabled -q {q(unit)} && systemctl is-active -q {q(unit)}"
+    changed = (
+        f"systemctl daemon-reload && systemctl enable -q {q(unit)} && systemctl restart {q(unit)}"
+    )
+    start = f"systemctl daemon-reload && systemctl enable -q --now {q(unit)}"
+    if then:
+        changed += f" && {then}"
+        start += f" && {then}"
+    verify = (
+        f"for i in $(seq 1 40); do systemctl is-active -q {q(unit)} && exit 0; sleep 0.25; done; "
+        f"systemctl status --no-pager -n 20 {q(unit)}; exit 1"
+    )
+    return Step(spec.name, recipe.name, "unit", f"{same} && {active}", start, verify,
+                put=(path, content, 0o644), same=same, changed_action=changed,
+                timeout=spec.timeout)  # fmt: skip
+
+
+def _template(env: jinja2.Environment, name: str, context: Mapping[str, Any], where: str) -> str:
+    try:
+        return env.get_template(name).render(**context)
+    except jinja2.TemplateNotFound as exc:
+        raise RecipeError(f"{where}: no template {name} in postinstall/templates") from exc
+    except jinja2.TemplateError as exc:
+        raise RecipeError(f"{where}: template {name}: {exc}") from exc
+
+
+def recipes_for(member: Member, cluster: Cluster) -> list[str]:
+    return ["base", *(f"driver-{d}" for d in member.drivers), cluster.engine]
+
+
+def context_for(
+    cluster: Cluster,
+    member: Member,
+    members: Sequence[Member],
+    *,
+    control_url: str,
+    artifact: Download | None,
+    model: Download | None,
+) -> dict[str, Any]:
+    by_name = {m.hostname: m for m in members}
+    head = by_name[cluster.head]
+    workers = [by_name[w] for w in cluster.workers]
+    rpc = [f"{w.address}:{cluster.rpc_port}" for w in workers]
+    return {
+        "node": {
+            "hostname": member.hostname,
+            "mac": member.mac,
+            "address": member.address,
+            "profile": member.profile,
+            "role": cluster.role(member.hostname),
+            "threads": member.threads,
+            "engine_defaults": dict(member.engine_defaults or {}),
+        },
+        "cluster": {
+            "name": cluster.name,
+            "engine": cluster.engine,
+            "model": cluster.model,
+            "head": {"hostname": head.hostname, "address": head.address},
+            "workers": [{"hostname": w.hostname, "address": w.address} for w in workers],
+            "rpc": ",".join(rpc),
+            "rpc_port": cluster.rpc_port,
+            "http_port": cluster.http_port,
+            "options": dict(cluster.options),
+        },
+        "control": {"url": control_url},
+        "artifact": artifact.__dict__ if artifact else None,
+        "model": model.__dict__ if model else None,
+    }
+
+
+def plan(
+    cluster: Cluster,
+    members: Sequence[Member],
+    *,
+    control_url: str,
+    artifact: Download | None,
+    model: Download | None,
+    recipes_dir: Path = DEFAULT_RECIPES,
+) -> list[NodePlan]:
+    env = template_env(recipes_dir)
+    plans = []
+    for member in members:
+        role = cluster.role(member.hostname)
+        context = context_for(
+            cluster, member, members, control_url=control_url, artifact=artifact, model=model
+        )
+        steps: list[Step] = []
+        for name in recipes_for(member, cluster):
+            recipe = load_recipe(name, recipes_dir)
+            for spec in recipe.steps:
+                if role in spec.roles:
+                    steps.append(compile_step(spec, recipe, env, context))
+        plans.append(NodePlan(member, role, tuple(steps)))
+    return plans

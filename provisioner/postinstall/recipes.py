@@ -1,0 +1,179 @@
+"""Post-install recipes: YAML in the top-level ``postinstall/`` folder, templates beside.
+
+A recipe is a list of steps; each step is one of four kinds, and every kind has a check
+(is it done already?), an action and a verification, so that a second run on a finished
+node changes nothing and restarts nothing::
+
+    name: llama-rpc
+    description: ...
+    steps:
+      - name: llama.cpp runtime
+        roles: [head, worker]           # default: every member
+        fetch:                          # a file from the control node, sha256-checked
+          url: "{{ artifact.url }}"
+          sha256: "{{ artifact.sha256 }}"
+          dest: /var/lib/provisioner/artifacts/{{ artifact.file }}
+          unpack: /opt/llama.cpp        # optional: a tarball unpacked here
+      - name: rpc firewall
+        file:                           # a file rendered from a template (or content)
+          path: /etc/provisioner/llama-rpc.nft
+          template: llama-rpc.nft.j2
+          mode: "0644"
+        then: nft -f /etc/provisioner/llama-rpc.nft    # runs only when the file changed
+      - name: rpc server
+        unit:                           # a systemd unit: written, enabled, started;
+          name: llama-rpc.service       # restarted only when its content changed
+          template: llama-rpc.service.j2
+      - name: packages
+        command:                        # anything else, as three shell commands
+          check: dpkg -s nftables
+          action: apt-get install -y nftables
+          verify: dpkg -s nftables
+
+Strings and templates are jinja2 (undefined names are errors). Loading is pure: YAML text
+in, a Recipe or a RecipeError naming the file, the line and the reason out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from provisioner.errors import ProvisionerError
+
+DEFAULT_RECIPES = Path(__file__).resolve().parents[2] / "postinstall"
+KINDS = ("fetch", "file", "unit", "command")
+ROLES = ("head", "worker")
+_STEP_KEYS = frozenset({"name", "roles", "then", "timeout", *KINDS})
+_KIND_KEYS = {
+    "fetch": ({"url", "sha256", "dest"}, {"unpack"}),
+    "file": ({"path"}, {"template", "content", "mode"}),
+    "unit": ({"name"}, {"template", "content"}),
+    "command": ({"check", "action"}, {"verify"}),
+}
+
+
+class RecipeError(ProvisionerError):
+    """A post-install recipe that cannot be used: file, line and reason."""
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step as written (its strings not yet rendered)."""
+
+    name: str
+    kind: str
+    body: Mapping[str, str]
+    roles: tuple[str, ...] = ROLES
+    then: str | None = None
+    timeout: float = 600.0
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    steps: tuple[StepSpec, ...]
+    source: Path
+
+
+def _fail(source: Path, node: yaml.Node | None, reason: str) -> RecipeError:
+    line = node.start_mark.line + 1 if node is not None else 1
+    return RecipeError(f"{source}:{line}: {reason}")
+
+
+def _mapping(node: yaml.Node) -> dict[str, yaml.Node]:
+    assert isinstance(node, yaml.MappingNode)
+    return {str(k.value): v for k, v in node.value}
+
+
+def parse_recipe(text: str, source: Path) -> Recipe:
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(root, yaml.MappingNode):
+        raise _fail(source, root, "a recipe is a mapping with name, description, steps")
+    top = _mapping(root)
+    unknown = sorted(set(top) - {"name", "description", "steps"})
+    if unknown:
+        raise _fail(source, top[unknown[0]], f"unknown key {unknown[0]!r}")
+    data: dict[str, Any] = yaml.safe_load(text)
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise _fail(source, top.get("name", root), "name: a non-empty string")
+    steps_node = top.get("steps")
+    if not isinstance(steps_node, yaml.SequenceNode) or not steps_node.value:
+        raise _fail(source, steps_node or root, "steps: a non-empty list")
+    steps = []
+    for raw, node in zip(data["steps"], steps_node.value, strict=True):
+        steps.append(_step(source, raw, node))
+    names = [s.name for s in steps]
+    if len(set(names)) != len(names):
+        raise _fail(source, steps_node, "two steps have the same name")
+    return Recipe(name, str(data.get("description", "")).strip(), tuple(steps), source)
+
+
+def _step(source: Path, raw: Any, node: yaml.Node) -> StepSpec:
+    if not isinstance(raw, dict):
+        raise _fail(source, node, "a step is a mapping")
+    keys = _mapping(node)
+    unknown = sorted(set(raw) - _STEP_KEYS)
+    if unknown:
+        raise _fail(source, keys[unknown[0]], f"unknown step key {unknown[0]!r}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise _fail(source, node, "every step needs a name")
+    kinds = [k for k in KINDS if k in raw]
+    if len(kinds) != 1:
+        raise _fail(source, node, f"step {name!r}: exactly one of {', '.join(KINDS)}")
+    kind = kinds[0]
+    body = raw[kind]
+    if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
+        raise _fail(source, keys[kind], f"step {name!r}: {kind} is a mapping of strings")
+    required, optional = _KIND_KEYS[kind]
+    missing = sorted(required - set(body))
+    extra = sorted(set(body) - required - optional)
+    if missing:
+        raise _fail(source, keys[kind], f"step {name!r}: {kind} needs {', '.join(missing)}")
+    if extra:
+        raise _fail(source, keys[kind], f"step {name!r}: {kind} has no key {extra[0]!r}")
+    if kind in ("file", "unit") and ("template" in body) == ("content" in body):
+        raise _fail(source, keys[kind], f"step {name!r}: give template or content, not both")
+    roles = raw.get("roles", list(ROLES))
+    if not isinstance(roles, list) or not roles or not set(roles) <= set(ROLES):
+        raise _fail(source, keys.get("roles", node), f"step {name!r}: roles among {ROLES}")
+    then = raw.get("then")
+    if then is not None and (not isinstance(then, str) or kind not in ("file", "unit", "fetch")):
+        raise _fail(source, keys.get("then", node), f"step {name!r}: then is a command")
+    timeout = raw.get("timeout", 600)
+    if not isinstance(timeout, int | float) or timeout <= 0:
+        raise _fail(source, keys.get("timeout", node), f"step {name!r}: timeout in seconds")
+    return StepSpec(
+        name, kind, dict(body), tuple(roles), then, float(timeout), node.start_mark.line + 1
+    )
+
+
+def load_recipe(name: str, directory: Path = DEFAULT_RECIPES) -> Recipe:
+    path = directory / f"{name}.yaml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        have = ", ".join(sorted(p.stem for p in directory.glob("*.yaml")))
+        raise RecipeError(f"no recipe {name!r} in {directory} (have: {have})") from exc
+    return parse_recipe(text, path)
+
+
+def template_env(directory: Path = DEFAULT_RECIPES) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory / "templates"),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )

@@ -1,0 +1,100 @@
+"""`cluster create`, `postinstall run --dry-run` on a registry, a model and an artifact."""
+
+from __future__ import annotations
+
+import json
+import struct
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from provisioner.artifacts.store import ArtifactStore, Manifest
+from provisioner.cli import main
+from provisioner.config import Mode, load_config, render_config
+from provisioner.models import ModelStore
+from provisioner.registry import Registry
+from provisioner.states import NodeEvent
+
+NODES = {f"node{i}": (f"52:54:00:aa:00:0{i}", f"10.30.0.10{i}") for i in range(3)}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "provisioner.toml"
+    text = render_config(
+        interface="eth0", address="10.30.0.1/24", mode=Mode.FULL,
+        dhcp_range="10.30.0.100-10.30.0.120", state_dir=tmp_path / "state",
+    )  # fmt: skip
+    path.write_text(text)
+    cfg = load_config(path)
+    registry = Registry(cfg.registry_path)
+    for name, (mac, ip) in NODES.items():
+        registry.touch_node(mac, ip=ip)
+        registry.set_hostname(mac, name)
+        registry.store_inventory(mac, "{}")
+        registry.set_profile(mac, "qemu-lab")
+        registry.transition(mac, NodeEvent.MATCH)
+        registry.transition(mac, NodeEvent.ENROLL)
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF" + struct.pack("<I", 3) + bytes(64))
+    ModelStore(cfg.state_dir / "models").add(str(gguf), "tiny")
+    tarball = tmp_path / "l.tar.gz"
+    with tarfile.open(tarball, "w:gz"):
+        pass
+    manifest = Manifest(
+        "llama.cpp-b1-cpu-x86-64-v2", "llama.cpp-b1-cpu-x86-64-v2.tar.gz", "c" * 64, 1, "k",
+        binaries={"server": "bin/llama-server", "rpc": "bin/rpc-server"}, built_at=1.0,
+    )  # fmt: skip
+    ArtifactStore(cfg.state_dir / "artifacts").publish(tarball, manifest)
+    return path
+
+
+def run(config: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["--config", str(config), *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_create_then_plan_wires_the_head_to_its_workers(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        config, capsys, "cluster", "create", "c1", "--model", "tiny", "--head", "node0",
+        "--workers", "node1,node2", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["workers"] == ["node1", "node2"]
+    code, out, _ = run(config, capsys, "postinstall", "run", "c1", "--dry-run", "--json")
+    assert code == 0
+    plans = {p["node"]: p for p in json.loads(out)}
+    assert plans["node0"]["role"] == "head" and plans["node1"]["role"] == "worker"
+    head_steps = [s["name"] for s in plans["node0"]["steps"]]
+    assert head_steps == ["hostname", "llama.cpp runtime", "model", "llama-server"]
+    code, out, _ = run(config, capsys, "postinstall", "run", "c1", "--dry-run")
+    assert "node1 (worker, 10.30.0.101, qemu-lab):" in out
+    code, out, _ = run(config, capsys, "cluster", "status", "c1", "--json")
+    assert [n["node"] for n in json.loads(out)["nodes"]] == ["node0", "node1", "node2"]
+
+
+def test_create_refuses_unknown_members_and_models(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        config, capsys, "cluster", "create", "c2", "--model", "nope", "--head", "node0",
+        "--workers", "node1,node9",
+    )  # fmt: skip
+    assert code == 2
+    assert "node9: no such node" in err and "model: " in err and "model add" in err
+    code, _, err = run(config, capsys, "cluster", "status", "c2")
+    assert code == 2 and "no cluster 'c2'" in err
+
+
+def test_postinstall_refuses_nodes_not_on_their_image(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(config, capsys, "cluster", "create", "c1", "--model", "tiny", "--head", "node0")
+    registry = Registry(load_config(config).registry_path)
+    registry.transition(NODES["node0"][0], NodeEvent.POWER_CYCLE)
+    code, _, err = run(config, capsys, "postinstall", "run", "c1", "--dry-run")
+    assert code == 2 and "node0: enrolling, not booted on its image yet" in err
