@@ -322,14 +322,16 @@ def _build(tree: Path, build_dir: Path, spec: BuildSpec, jobs: int, progress: Pr
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     tail: list[str] = []
-    shown = -10
+    shown, last = -10, 0.0
     started = time.monotonic()
     for line in proc.stdout:
         tail = [*tail[-40:], line.rstrip()]
         pct = progress_of(line)
-        if pct is not None and pct >= shown + 10:
-            shown = pct - pct % 10
-            progress(f"compiling: {pct}% ({time.monotonic() - started:.0f}s)")
+        now = time.monotonic() - started
+        if pct is not None and (pct >= shown + 10 or now - last >= 30):  # every 10% or 30 s
+            shown, last = pct - pct % 10, now
+            what = line.split(maxsplit=3)[-1].strip().rsplit("/", 1)[-1]
+            progress(f"compiling: {pct}% ({now:.0f}s) {what}")
     if proc.wait() != 0:
         raise ArtifactError(f"cmake --build failed ({proc.returncode}):\n" + "\n".join(tail))
 

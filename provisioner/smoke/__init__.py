@@ -1,0 +1,17 @@
+"""Inference smoke tests: is the cluster serving, fast enough, with every worker used?
+
+- :mod:`~provisioner.smoke.stream`: SSE decoding and the TTFT / tokens-per-second arithmetic
+  (pure).
+- :mod:`~provisioner.smoke.rpc`: llama.cpp's buffer lines and ``ss`` counters (pure).
+- :mod:`~provisioner.smoke.report`: :class:`Report` of :class:`Check` s, JSON and table.
+- :mod:`~provisioner.smoke.client`: the stdlib HTTP client (``/health``, ``/v1/models``, a
+  streamed ``/v1/chat/completions``).
+- :mod:`~provisioner.smoke.run`: :func:`run_smoke`, which puts them together.
+"""
+
+from __future__ import annotations
+
+from provisioner.smoke.report import Check, Report, render_table
+from provisioner.smoke.run import Floors, Worker, local_ss, run_smoke
+
+__all__ = ["Check", "Floors", "Report", "Worker", "local_ss", "render_table", "run_smoke"]

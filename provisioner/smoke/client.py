@@ -1,0 +1,112 @@
+"""A thin HTTP client for an OpenAI-compatible server (llama-server, vLLM): stdlib only
+(``urllib``), so it runs anywhere the appliance does. Every network error becomes a
+:class:`SmokeHttpError`; the streamed completion is timed with ``time.monotonic``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from provisioner.errors import ProvisionerError
+from provisioner.smoke.stream import Chunk, SseDecoder, StreamStats, measure, parse_chunk
+
+DEFAULT_PROMPT = "Count from 1 to 40, separated by commas."
+DEFAULT_MAX_TOKENS = 64
+
+
+class SmokeHttpError(ProvisionerError):
+    """The server could not be reached, or answered with an error."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _url(endpoint: str, path: str) -> str:
+    base = endpoint if "://" in endpoint else f"http://{endpoint}"
+    return base.rstrip("/") + path
+
+
+def get(endpoint: str, path: str, timeout: float = 10.0) -> Response:
+    """GET; an HTTP error status is a Response, not an exception."""
+    try:
+        with urllib.request.urlopen(_url(endpoint, path), timeout=timeout) as resp:
+            return Response(resp.status, resp.read())
+    except urllib.error.HTTPError as exc:
+        return Response(exc.code, exc.read())
+    except (urllib.error.URLError, OSError) as exc:
+        raise SmokeHttpError(f"GET {_url(endpoint, path)}: {exc}") from exc
+
+
+def wait_healthy(endpoint: str, timeout: float = 120.0) -> float:
+    """Poll ``/health`` until 200 (llama-server answers 503 while it loads); returns the
+    seconds waited."""
+    started = time.monotonic()
+    last = "no answer"
+    while time.monotonic() - started < timeout:
+        try:
+            r = get(endpoint, "/health", timeout=5)
+            if r.status == 200:
+                return time.monotonic() - started
+            last = f"{r.status} {r.body[:100]!r}"
+        except SmokeHttpError as exc:
+            last = str(exc)
+        time.sleep(0.25)
+    raise SmokeHttpError(f"{endpoint}: not healthy after {timeout:.0f}s ({last})")
+
+
+def stream_chat(
+    endpoint: str,
+    model: str,
+    prompt: str = DEFAULT_PROMPT,
+    *,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    timeout: float = 120.0,
+) -> StreamStats:
+    """One streamed chat completion (temperature 0), measured from the wire."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    req = urllib.request.Request(
+        _url(endpoint, "/v1/chat/completions"),
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+        method="POST",
+    )
+    arrivals: list[tuple[float, Chunk]] = []
+    decoder = SseDecoder()
+    sent = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            while True:
+                line = resp.readline()
+                now = time.monotonic()
+                events = decoder.feed(line) if line else decoder.close()
+                for data in events:
+                    chunk = parse_chunk(data)
+                    arrivals.append((now, chunk))
+                if not line or any(c.done for _, c in arrivals[-len(events) :] if events):
+                    break
+    except urllib.error.HTTPError as exc:
+        detail = exc.read()[:300]
+        raise SmokeHttpError(f"POST /v1/chat/completions: {exc.code} {detail!r}") from exc
+    except (TimeoutError, urllib.error.URLError, OSError) as exc:
+        raise SmokeHttpError(f"POST /v1/chat/completions: {exc}") from exc
+    except ValueError as exc:
+        raise SmokeHttpError(f"POST /v1/chat/completions: bad stream: {exc}") from exc
+    return measure(sent, arrivals, time.monotonic())
