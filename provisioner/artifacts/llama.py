@@ -13,6 +13,7 @@ under ``llama.cpp/`` and whose version is llama.cpp's build number (``11434.0.0`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import io
@@ -88,6 +89,8 @@ class BuildSpec:
             raise ArtifactError(f"unknown CPU baseline {self.cpu_baseline!r} (known: {known})")
         if self.backend is Backend.CPU and self.gpu_arch:
             raise ArtifactError("a CPU build takes no GPU arch")
+        if self.backend in (Backend.CUDA, Backend.HIP) and not self.gpu_arch:
+            raise ArtifactError(f"a {self.backend.value} build needs a GPU arch (--gpu-arch)")
         if self.gpu_arch is not None and not re.fullmatch(r"[A-Za-z0-9._;-]+", self.gpu_arch):
             raise ArtifactError(f"bad GPU arch {self.gpu_arch!r}")
 
@@ -435,16 +438,6 @@ def build_llama(
     """Build (or take from the cache) one llama.cpp artifact.
 
     Returns (the cached tarball, its manifest, whether it came from the cache)."""
-    if (
-        spec.backend is not Backend.CPU
-        and spec.gpu_arch is None
-        and spec.backend
-        in (
-            Backend.CUDA,
-            Backend.HIP,
-        )
-    ):
-        raise ArtifactError(f"a {spec.backend.value} build needs a GPU arch")
     inputs = build_inputs(source, spec, compiler_id())
     key = cache_key(inputs)
     name = artifact_name(source.version, spec)
@@ -453,8 +446,32 @@ def build_llama(
     if tarball.is_file() and mpath.is_file():
         progress(f"{name}: cached ({key[:12]})")
         return tarball, read_manifest(mpath).with_name(name), True
+    (cache / "build").mkdir(parents=True, exist_ok=True)
+    with (cache / "build" / f"{key}.lock").open("w") as lock:
+        try:  # one build per key at a time (the CLI and a test may race)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another build of {name}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if tarball.is_file() and mpath.is_file():  # the other build made it
+            return tarball, read_manifest(mpath).with_name(name), True
+        build_dir = cache / "build" / key
+        return _build_and_pack(source, spec, build_dir, built, inputs, key, name, jobs, progress)
+
+
+def _build_and_pack(
+    source: Source,
+    spec: BuildSpec,
+    build_dir: Path,
+    built: Path,
+    inputs: Mapping[str, str],
+    key: str,
+    name: str,
+    jobs: int | None,
+    progress: Progress,
+) -> tuple[Path, Manifest, bool]:
+    tarball, mpath = built / f"{key}.tar.gz", built / f"{key}.json"
     started = time.monotonic()
-    build_dir = cache / "build" / key
     _build(source.tree, build_dir, spec, jobs or os.cpu_count() or 1, progress)
     progress(f"packing {name}")
     built.mkdir(parents=True, exist_ok=True)

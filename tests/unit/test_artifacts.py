@@ -14,8 +14,10 @@ from provisioner.artifacts.llama import (
     Source,
     artifact_name,
     build_inputs,
+    build_llama,
     cache_key,
     cmake_flags,
+    compiler_id,
     parse_needed,
     progress_of,
     rpc_target,
@@ -82,6 +84,8 @@ def test_spec_validation() -> None:
         BuildSpec(cpu_baseline="native")
     with pytest.raises(ArtifactError, match="no GPU arch"):
         BuildSpec(Backend.CPU, gpu_arch="70")
+    with pytest.raises(ArtifactError, match="needs a GPU arch"):
+        BuildSpec(Backend.CUDA)
     with pytest.raises(ArtifactError, match="bad GPU arch"):
         BuildSpec(Backend.CUDA, gpu_arch="70; rm -rf /")
 
@@ -202,3 +206,21 @@ def test_manifest_round_trip_and_bad_manifest() -> None:
     assert Manifest.from_json(m.to_json()) == m
     with pytest.raises(ArtifactError, match="bad artifact manifest"):
         Manifest.from_json({"name": "n"})
+
+
+def test_a_build_with_the_same_inputs_comes_from_the_cache(tmp_path: Path) -> None:
+    source = Source(tmp_path / "tree", "b7", "cd" * 32, "test")
+    spec = BuildSpec(cpu_baseline="x86-64-v3")
+    key = cache_key(build_inputs(source, spec, compiler_id()))
+    built = tmp_path / "cache" / "built"
+    built.mkdir(parents=True)
+    (built / f"{key}.tar.gz").write_bytes(b"packed")
+    cached = manifest_for(built / f"{key}.tar.gz", name="whatever")
+    (built / f"{key}.json").write_text(json.dumps(cached.to_json()))
+    lines: list[str] = []
+    tarball, manifest, from_cache = build_llama(
+        source, spec, tmp_path / "cache", progress=lines.append
+    )
+    assert from_cache and tarball == built / f"{key}.tar.gz"
+    assert manifest.name == "llama.cpp-b7-cpu-x86-64-v3" and manifest.sha256 == cached.sha256
+    assert lines == [f"llama.cpp-b7-cpu-x86-64-v3: cached ({key[:12]})"]
