@@ -399,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.log_level.upper() != "DEBUG":  # one line per SSH session and SFTP file: noise
+        logging.getLogger("paramiko").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except ProvisionerError as exc:

@@ -393,6 +393,13 @@ def cmd_smoke(args: argparse.Namespace) -> int:
             Worker(f"{nodes[w].ip}:{cluster.rpc_port}", _sampler(conns[w])) for w in cluster.workers
         ]
         units = _unit_checks(conns, cluster)
+        from provisioner.smoke.client import SmokeHttpError, wait_healthy
+
+        try:  # a head that was just (re)started loads its model first: 503 until then
+            waited = wait_healthy(endpoint, timeout=args.wait)
+            progress(f"smoke {cluster.name}: healthy after {waited:.1f} s")
+        except SmokeHttpError as exc:
+            progress(f"smoke {cluster.name}: {exc}")
         report = run_smoke(
             cluster.name, endpoint, cluster.model, floors, _journal(conns[cluster.head], HEAD_UNIT),
             workers,
@@ -434,5 +441,8 @@ def add_smoke_command(sub: Any) -> None:
         help="skip the restart check (kill a worker's RPC server, see it come back)",
     )  # fmt: skip
     smoke.add_argument("--min-tokens-per-s", type=float, help="override the profile's floor")
+    smoke.add_argument(
+        "--wait", type=float, default=300, help="seconds to wait for the head to load (300)"
+    )
     smoke.add_argument("--max-ttft-s", type=float, help="override the profile's bound")
     smoke.set_defaults(func=cmd_smoke)

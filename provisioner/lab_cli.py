@@ -74,7 +74,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         progress=stamped,
         timeout=args.timeout,
         appliance=not args.no_appliance,
-        image=args.image,
+        image=args.image or ("debian-bookworm" if args.kind == "container" else None),
+        kind=args.kind,
     )
     return _report_lab(state, as_json=False)
 
@@ -162,6 +163,13 @@ def add_lab_commands(sub: Any) -> None:
     lab_up.add_argument("--firmware", choices=["bios", "uefi", "mixed"], default="mixed")
     lab_up.add_argument("--mode", choices=[m.value for m in Mode], default="full")
     lab_up.add_argument("--memory", type=int, help="MiB per VM (default 512; 1536 with --image)")
+    lab_up.add_argument(
+        "--kind",
+        choices=["vm", "container"],
+        default="vm",
+        help="vm: QEMU with real firmware; container: systemd-nspawn nodes booting the image"
+        " (seconds, not minutes; no firmware steps)",
+    )
     lab_up.add_argument(
         "--image",
         help="enroll the nodes and boot this image after discovery (built from images/NAME.toml"

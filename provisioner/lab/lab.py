@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Interface
 from pathlib import Path
+from typing import Any
 
 from provisioner.config import Mode, render_config, write_config
 from provisioner.lab.netns import (
@@ -74,11 +75,13 @@ class LabState:
     pids: dict[str, int] = field(default_factory=dict)
     nodes: list[LabNode] = field(default_factory=list)
     image: str | None = None  # nodes are enrolled and boot this image (None: discovery only)
+    kind: str = "vm"  # vm (QEMU, real firmware) | container (systemd-nspawn, the image only)
+    containers: list[dict[str, Any]] = field(default_factory=list)  # containers.Started
 
     @property
     def target(self) -> str:
         """The verdict a healthy node ends at: ``discovered``, or ``ready`` on its image."""
-        return "ready" if self.image else "discovered"
+        return "ready" if self.image or self.kind == "container" else "discovered"
 
     @property
     def config(self) -> Path:
@@ -132,7 +135,7 @@ class NodeStatus:
     def line(self) -> str:
         last = self.last_step or "nothing yet"
         idle = f", {self.idle_seconds:.0f}s ago" if self.idle_seconds is not None else ""
-        vm = "VM running" if self.vm_running else "VM off"
+        vm = "running" if self.vm_running else "off"
         return (
             f"{self.name:9} {self.mac}  {self.firmware:4}  {self.verdict:10} "
             f"state={self.state}  last step: {last}{idle}  ({vm})"
@@ -257,6 +260,7 @@ def up(
     timeout: float,
     appliance: bool = True,
     image: str | None = None,
+    kind: str = "vm",
 ) -> LabState:
     existing = LabState.load(directory)
     if existing is not None and any(n.startswith(existing.prefix) for n in list_namespaces()):
@@ -264,7 +268,8 @@ def up(
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vms").mkdir(exist_ok=True)
     state_dir = directory / "state"
-    ensure_discovery_image(state_dir / "images", progress)
+    if kind == "vm":  # containers boot the image itself, never discovery
+        ensure_discovery_image(state_dir / "images", progress)
     if image is not None:
         ensure_image(state_dir / "images", image, progress)
     for stale in state_dir.glob("registry.sqlite3*"):
@@ -275,14 +280,19 @@ def up(
         hosts.append(HostSpec("site", IPv4Interface(f"{SITE}/24")))
     net = LabNetwork(hosts)
     net.open()  # not closed on return: `lab down` removes it
-    if accel == "auto":
+    if accel == "auto" and kind == "vm":
         accel, why = probe_accel(directory / "vms")
         progress(f"accelerator: {accel} ({why})")
     lab = LabState(
-        net.prefix, mode.value, str(directory), time.time(), accel, memory_mib, image=image
-    )
+        net.prefix, mode.value, str(directory), time.time(), accel, memory_mib, image=image,
+        kind=kind,
+    )  # fmt: skip
     lab.save()
     try:
+        if kind == "container":
+            _containers_up(lab, net, nodes, mode, state_dir, appliance, progress)
+            watch(lab, progress, timeout)
+            return lab
         for i in range(1, nodes + 1):
             fw = firmware if firmware != "mixed" else ("bios" if i % 2 else "uefi")
             tap = f"{net.prefix}t{i}"
@@ -314,6 +324,61 @@ def up(
         raise
     watch(lab, progress, timeout)
     return lab
+
+
+def _containers_up(
+    lab: LabState,
+    net: LabNetwork,
+    count: int,
+    mode: Mode,
+    state_dir: Path,
+    appliance: bool,
+    progress: Progress,
+) -> None:
+    """Container nodes (systemd-nspawn) booting the shared image on the lab bridge: no
+    firmware steps; from their boot script on, the same path as a VM's."""
+    from provisioner.enrollment import start
+    from provisioner.image.store import ImageStore
+    from provisioner.lab import containers
+    from provisioner.power.credentials import CredentialStore
+
+    if not appliance or lab.image is None:
+        raise LabError("container nodes need the appliance and an image (--image NAME)")
+    directory = Path(lab.directory)
+    specs = containers.container_specs(count)
+    for spec in specs:
+        lab.nodes.append(LabNode(spec.name, spec.mac, "container", spec.port(lab.prefix)))
+    write_config(lab.config, _lab_config(mode, state_dir, lab.image))
+    lab.save()
+    net.host("prov").run(["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"])
+    _start_appliance(lab, net.host("prov"), directory, progress)
+    registry = Registry(lab.state_dir / "registry.sqlite3")
+    try:
+        for spec in specs:  # known by MAC and name, enrolled as soon as they report
+            registry.touch_node(spec.mac)
+            registry.set_hostname(spec.mac, spec.name)
+        start(registry, [s.name for s in specs], store=CredentialStore(), power_timeout=10,
+              progress=lambda line: None, power_cycle=False)  # fmt: skip
+    finally:
+        registry.close()
+    image = ImageStore(state_dir / "images").get(lab.image)
+    root = containers.unpack_root(image.path, directory / "rootfs", progress)
+    base = f"http://{SERVER}:{HTTP_PORT}"
+    started = containers.start_containers(
+        lab.prefix,
+        net.switch,
+        specs,
+        root,
+        lambda mac: containers.fetch_script(net.host("prov"), base, mac),
+        progress,
+        directory / "containers",
+    )
+    lab.containers = [s.as_dict() for s in started]
+    by_mac = {s.mac: s for s in started}
+    for node in lab.nodes:
+        node.pid = by_mac[node.mac].pid
+        node.powered_on = by_mac[node.mac].started_at
+    lab.save()
 
 
 def _enroll(lab: LabState, progress: Progress) -> None:
@@ -412,9 +477,15 @@ def status(
         for node in lab.nodes:
             record = registry.node(node.mac)
             events = registry.events(node.mac) if record else []
-            steps = steps_reached(events)
+            if lab.kind == "container":
+                from provisioner.lab.containers import steps_reached as container_steps
+
+                steps = container_steps(events)
+                running = _alive(node.pid)
+            else:
+                steps = steps_reached(events)
+                running = _alive(node.pid) and _powered_on(lab.vm(node))
             idle = now - events[-1].ts if events else None
-            running = _alive(node.pid) and _powered_on(lab.vm(node))
             state = record.state.value if record else "unseen"
             out.append(
                 NodeStatus(
@@ -459,8 +530,12 @@ def down(directory: Path, progress: Progress) -> list[str]:
     if lab is None:
         progress("no lab is up")
         return []
+    if lab.containers:
+        from provisioner.lab.containers import Started, stop_containers
+
+        stop_containers([Started.from_dict(d) for d in lab.containers], progress)
     for node in lab.nodes:
-        if node.pid:
+        if node.pid and lab.kind != "container":
             _stop_pid(node.pid)
     for pid in lab.pids.values():
         _stop_pid(pid)
@@ -471,4 +546,11 @@ def down(directory: Path, progress: Progress) -> list[str]:
 
 
 def vm_consoles(lab: LabState, names: Iterable[str]) -> dict[str, str]:
+    if lab.kind == "container":
+        consoles = {d["name"]: Path(d["console"]) for d in lab.containers}
+        return {
+            name: path.read_text(errors="replace")[-3000:] if path.exists() else ""
+            for name, path in consoles.items()
+            if name in set(names)
+        }
     return {n.name: console_tail(lab.vm(n)) for n in lab.nodes if n.name in set(names)}

