@@ -1,0 +1,207 @@
+"""Container lab nodes end to end: the shared image in systemd-nspawn, through the appliance.
+
+`provisioner lab up --nodes 0 --image debian-bookworm` gives the lab's network and
+`provisioner serve` (full DHCP mode); then three container nodes start at once from the
+image's unpacked root (provisioner/lab/containers.py). Each fetches its boot script as
+iPXE would (a fresh per-boot token), boots systemd with the script's provisioner.* words
+as PID 1's arguments, takes a lease from the appliance's DHCP server, installs the control
+node's key and reports from the image; the report is fingerprinted (``generic-cpu``).
+Enrolled, a node started again gets its image's script and a new token, and reports
+again; OpenSSH's client logs into it with the control node's key, checking the host key
+against the one the node reported last. Stopping leaves no process, namespace or cgroup.
+
+Prints the seconds from the first start to the last ``ready`` and each node's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provisioner.lab.containers import (
+    ContainerSpec,
+    Started,
+    container_specs,
+    fetch_script,
+    start_containers,
+    stop_containers,
+    unpack_root,
+    wait_ready,
+)
+from provisioner.lab.netns import Namespace, list_namespaces
+from provisioner.registry import Registry
+from tests.e2e.conftest import BuiltRootfs, node_json, run_cli
+
+pytestmark = pytest.mark.qemu
+
+BASE = "http://10.99.0.1:8080"
+NODES = int(os.environ.get("PROVISIONER_TEST_CONTAINERS", "3"))
+
+
+def _pss_mib(pids: list[int]) -> float:
+    """Proportional set size of these processes (shared pages split among sharers)."""
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += sum(int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("Pss:"))
+    return total / 1024
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+class Lab:
+    """The lab `lab up --nodes 0` made, and container nodes started in it."""
+
+    def __init__(self, directory: Path, root: Path) -> None:
+        self.directory = directory
+        self.root = root
+        self.prefix = json.loads((directory / "lab.json").read_text())["prefix"]
+        self.switch = Namespace(f"{self.prefix}-sw")
+        self.prov = Namespace(f"{self.prefix}-prov")
+        self.messages: list[str] = []
+        self.started: dict[str, Started] = {}
+
+    def start(self, specs: Sequence[ContainerSpec]) -> dict[str, float]:
+        """Start ``specs`` at once and wait until each is ready; seconds to ready."""
+        nodes = start_containers(
+            self.prefix,
+            self.switch,
+            specs,
+            self.root,
+            lambda mac: fetch_script(self.prov, BASE, mac),
+            self.messages.append,
+            self.directory / "containers",
+        )
+        self.started.update((s.name, s) for s in nodes)
+        registry = Registry(self.directory / "state" / "registry.sqlite3")
+        try:
+            ready = wait_ready(registry, nodes, self.messages.append, timeout=60 + 10 * len(nodes))
+        finally:
+            registry.close()
+        late = {
+            s.name: Path(s.console).read_text(errors="replace")[-1500:]
+            for s in nodes
+            if s.name not in ready
+        }
+        assert not late, f"not ready: {sorted(late)}\n{late}"
+        return ready
+
+    def stop(self, names: Sequence[str]) -> None:
+        stop_containers([self.started.pop(n) for n in names], self.messages.append)
+
+    def node(self, mac: str, *, state: str | None = None) -> dict[str, Any]:
+        """The node as `node show --json` prints it (once in ``state``, if given: the
+        report is fingerprinted just after the ``inventory`` event that made it ready)."""
+        deadline = time.monotonic() + 30
+        while state and (node := node_json(self.directory, mac))["state"] != state:
+            assert time.monotonic() < deadline, f"{mac} stays {node['state']}"
+            time.sleep(0.2)
+        return node_json(self.directory, mac)
+
+
+def test_container_nodes_boot_the_shared_image_report_and_take_ssh_logins(
+    lab_dir: Path, rootfs_built: BuiltRootfs, tmp_path: Path
+) -> None:
+    if shutil.which("systemd-nspawn") is None:
+        pytest.skip("needs systemd-nspawn: apt-get install systemd-container")
+    for tool in ("unsquashfs", "ssh"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing (scripts/setup installs it)")
+    images = lab_dir / "state" / "images"
+    images.mkdir(parents=True)
+    stored = images / rootfs_built.image.name
+    shutil.copytree(rootfs_built.image, stored)
+    up = run_cli(
+        "lab", "up", "--dir", str(lab_dir), "--nodes", "0", "--mode", "full",
+        "--image", "debian-bookworm", "--accel", "tcg", "--timeout", "30",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr[-4000:]
+    unpacked: list[str] = []
+    root = unpack_root(stored, lab_dir / "rootfs", unpacked.append)
+    assert (root / "usr" / "bin" / "provisioner-agent").is_file()
+    assert unpack_root(stored, lab_dir / "rootfs", unpacked.append) == root  # once
+    print(unpacked)
+
+    lab = Lab(lab_dir, root)
+    specs = container_specs(NODES)
+    try:
+        ready = lab.start(specs)
+        first = min(s.started_at for s in lab.started.values())
+        last = max(lab.started[n].started_at + secs for n, secs in ready.items())
+        pss = [_pss_mib(Namespace(s.netns).pids()) for s in lab.started.values()]
+        print(
+            f"{NODES} container nodes: the last ready {last - first:.1f} s after the first "
+            f"start (each {min(ready.values()):.1f}-{max(ready.values()):.1f} s after its "
+            f"own); PSS per node {min(pss):.0f}-{max(pss):.0f} MiB"
+        )
+
+        for spec in specs:
+            node = lab.node(spec.mac)
+            assert node["profile"] == "generic-cpu" and node["state"] in ("matched", "enrolled")
+            kinds = [e["kind"] for e in node["timeline"]]
+            assert kinds[0] == "script" and kinds.index("keys") < kinds.index("inventory")
+            inventory = node["inventory"]["inventory"]
+            assert inventory["hostname"] == spec.name
+            # its own NIC only: not the host's (nspawn runs inside the node's namespace)
+            assert [(n["name"], n["mac"]) for n in inventory["nics"]] == [("host0", spec.mac)]
+            assert inventory["pci"] == []  # the host's devices are hidden
+            # the address networkd leased from the appliance's DHCP server (full mode)
+            ip = IPv4Address(node["ip"])
+            assert IPv4Address("10.99.0.100") <= ip <= IPv4Address("10.99.0.199"), ip
+        assert len({lab.node(s.mac)["ip"] for s in specs}) == NODES
+
+        # Enrolled, a node started again boots its image's script with a new token.
+        one = specs[0]
+        enroll = run_cli(
+            "--config", str(lab_dir / "provisioner.toml"), "node", "enroll", *[s.mac for s in specs]
+        )
+        assert enroll.returncode == 0, enroll.stderr
+        lab.stop([one.name])
+        lab.start([one])
+        node = lab.node(one.mac, state="enrolled")
+        scripts = [e["detail"] for e in node["timeline"] if e["kind"] == "script"]
+        assert [s["boot"] for s in scripts] == ["discovery", "image"]
+        assert scripts[-1]["image"] == rootfs_built.image.name
+
+        address = node["ip"]
+        known = tmp_path / "known_hosts"
+        keys = node["inventory"]["inventory"]["ssh_host_keys"]
+        known.write_text("".join(f"{address} {k['type']} {k['public_key']}\n" for k in keys))
+        key = lab_dir / "state" / "ssh" / "id_ed25519"
+        login = run_cli(
+            "lab", "exec", "--dir", str(lab_dir), "--",
+            "ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={known}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "ConnectTimeout=20", f"root@{address}",
+            "tr '\\0' ' ' </proc/1/cmdline; echo; hostname; id -u; systemd-detect-virt;"
+            " systemctl is-system-running",
+            timeout=60,
+        )  # fmt: skip
+        assert login.returncode == 0, login.stderr
+        cmdline, hostname, uid, virt, running = login.stdout.strip().splitlines()[-5:]
+        assert f"provisioner.mac={one.mac}" in cmdline and "provisioner.token=" in cmdline
+        assert (hostname, uid, virt, running) == (one.name, "0", "systemd-nspawn", "running")
+    finally:
+        everyone = list(lab.started.values())
+        lab.stop(list(lab.started))
+        print("\n".join(lab.messages))
+
+    assert all(_gone(s.pid) for s in everyone)
+    assert not [n for n in list_namespaces() if n.startswith(f"{lab.prefix}-c")]
+    assert not [c for s in everyone for c in s.cgroups if Path(c).exists()]
