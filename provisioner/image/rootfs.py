@@ -41,7 +41,12 @@ from pathlib import Path
 from provisioner import __version__
 from provisioner.image import ImageError, guardrails
 from provisioner.image.discovery import Artifact
-from provisioner.image.rootfs_recipe import RootfsRecipe, default_mirror, load_recipe
+from provisioner.image.rootfs_recipe import (
+    RootfsRecipe,
+    default_mirror,
+    load_recipe,
+    sources_lines,
+)
 from provisioner.image.store import ImageStore
 
 log = logging.getLogger(__name__)
@@ -197,7 +202,7 @@ def mmdebstrap_argv(
         '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
         recipe.suite,
         str(root),
-        mirror,
+        *sources_lines(mirror, recipe.suite, recipe.components, recipe.updates),
     ]
     return argv
 

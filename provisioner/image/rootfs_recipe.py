@@ -21,6 +21,7 @@ from provisioner.image.recipe import RecipeReader
 log = logging.getLogger(__name__)
 
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 APT_SOURCES = Path("/etc/apt/sources.list")
 APT_SOURCES_D = Path("/etc/apt/sources.list.d")
 VARIANTS = frozenset({"minbase", "apt"})
@@ -53,6 +54,7 @@ class RootfsRecipe:
     variant: str
     mirror: str | None
     components: tuple[str, ...]
+    updates: bool  # also SUITE-updates and SUITE-security (the fixes a node should boot with)
     kernel_package: str
     packages: tuple[str, ...]
     compression: str
@@ -62,7 +64,7 @@ class RootfsRecipe:
 
 
 _KEYS: dict[str, frozenset[str]] = {
-    "debian": frozenset({"suite", "variant", "mirror", "components"}),
+    "debian": frozenset({"suite", "variant", "mirror", "components", "updates"}),
     "kernel": frozenset({"package"}),
     "packages": frozenset({"include"}),
     "squashfs": frozenset({"compression"}),
@@ -130,6 +132,29 @@ def _extra(r: _Reader) -> tuple[tuple[str, Path], ...]:
     return tuple(out)
 
 
+def _updates(r: _Reader) -> bool:
+    value = r.table("debian").get("updates", True)
+    if not isinstance(value, bool):
+        raise r.fail("debian.updates", "must be true or false")
+    return value
+
+
+def sources_lines(mirror: str, suite: str, components: tuple[str, ...], updates: bool) -> list[str]:
+    """The apt sources of the image: the suite, and with ``updates`` its -updates from the
+    same mirror and its -security from the matching debian-security archive."""
+    parts = " ".join(components)
+    lines = [f"deb {mirror} {suite} {parts}"]
+    if updates:
+        security = (
+            mirror + "-security" if mirror.rstrip("/").endswith("/debian") else SECURITY_MIRROR
+        )
+        lines += [
+            f"deb {mirror} {suite}-updates {parts}",
+            f"deb {security} {suite}-security {parts}",
+        ]
+    return lines
+
+
 def parse_recipe(text: bytes, source: Path) -> RootfsRecipe:
     """Validate a recipe's bytes (``source`` names it in errors and anchors its paths)."""
     try:
@@ -171,6 +196,7 @@ def parse_recipe(text: bytes, source: Path) -> RootfsRecipe:
         variant=variant,
         mirror=mirror,
         components=components,
+        updates=_updates(r),
         kernel_package=kernel,
         packages=packages,
         compression=compression,

@@ -206,7 +206,13 @@ def test_mmdebstrap_argv(recipe_dir: Path) -> None:
         recipe, "http://m/debian", Path("/w/root"), Path("/c/apt archives"), Path("/w/staged")
     )
     assert argv[0] == "mmdebstrap"
-    assert argv[-3:] == ["bookworm", "/w/root", "http://m/debian"]
+    assert argv[-5:] == [
+        "bookworm",
+        "/w/root",
+        "deb http://m/debian bookworm main",
+        "deb http://m/debian bookworm-updates main",
+        "deb http://m/debian-security bookworm-security main",
+    ]
     assert "--mode=root" in argv
     assert "--variant=apt" in argv
     assert "--include=linux-image-amd64,systemd,openssh-server,live-boot" in argv
