@@ -81,6 +81,7 @@ from provisioner.lab.netns import (
     Namespace,
     _run,
     list_namespaces,
+    pid_alive,
 )
 from provisioner.registry import Event, EventKind, Registry
 
@@ -508,17 +509,7 @@ def _alive(pid: int) -> bool:
             return True
         del _CHILDREN[pid]
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return pid_alive(pid)
 
 
 def _signal(pids: Iterable[int], sig: signal.Signals) -> None:

@@ -33,6 +33,7 @@ from provisioner.lab.netns import (
     Namespace,
     cleanup,
     list_namespaces,
+    pid_alive,
 )
 from provisioner.lab.vm import VmSpec, console_tail, prepare, probe_accel, qemu_argv
 from provisioner.registry import Registry
@@ -177,20 +178,7 @@ def _powered_on(spec: VmSpec) -> bool:
 
 
 def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (our own child that exited) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except OSError:
-        return False
+    return pid_alive(pid)
 
 
 def _spawn(ns: Namespace, argv: Sequence[str], log: Path) -> int:

@@ -377,3 +377,20 @@ def _link_mac(ns: Namespace, iface: str) -> str:
     done = ns.run(["ip", "-j", "link", "show", "dev", iface])
     links: list[dict[str, object]] = json.loads(done.stdout)
     return str(links[0]["address"])
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Is ``pid`` a running process? A zombie (a child that ended, not yet reaped) is not."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
