@@ -144,7 +144,11 @@ def create_app(ctx: AppContext) -> FastAPI:
         if not name.endswith(".ipxe"):
             raise HTTPException(404, "boot scripts are /boot/<mac>.ipxe")
         mac = mac_or_404(name.removesuffix(".ipxe"))
-        node = ctx.registry.touch_node(mac, ip=client_ip(request))
+        # A script fetched from the appliance itself (the lab's container nodes) says
+        # nothing of the node's address.
+        seen_at = client_ip(request)
+        own = seen_at in (str(ctx.config.network.server_ip), "127.0.0.1")
+        node = ctx.registry.touch_node(mac, ip=None if own else seen_at)
         spec = ctx.boot_spec(node)
         token = secrets.token_urlsafe(24)
         ctx.registry.new_boot_token(mac, token)
