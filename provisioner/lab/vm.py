@@ -69,6 +69,11 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         spec.accel,
         "-m",
         str(spec.memory_mib),
+        # Every CPU feature the accelerator can give (TCG: up to AVX2 in QEMU 7.2): the
+        # default qemu64 model lacks SSE4.2/POPCNT, so x86-64-v2 builds (llama.cpp's
+        # default baseline) would die of an illegal instruction in a lab VM.
+        "-cpu",
+        "max",
         "-smp",
         "1",
         "-nographic",

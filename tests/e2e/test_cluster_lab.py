@@ -156,3 +156,54 @@ def test_three_nodes_become_a_llama_rpc_cluster_that_passes_smoke(
     assert refused.returncode == 1
     line = next(x for x in refused.stderr.splitlines() if x.startswith("ctr3: failed"))
     assert "presented ssh-" in line and "not the key it reported" in line and "refused" in line
+
+
+def test_lab_vms_booted_by_real_firmware_become_a_cluster_that_passes_smoke(
+    lab_dir: Path, rootfs_built: BuiltRootfs
+) -> None:
+    """The same path through QEMU VMs (SeaBIOS and OVMF, TCG): PXE, discovery, enrolled,
+    rebooted into the image, then post-install and smoke (slow: inference under TCG)."""
+    state = lab_dir / "state"
+    (state / "images").mkdir(parents=True)
+    shutil.copytree(rootfs_built.image, state / "images" / rootfs_built.image.name)
+    config = str(lab_dir / "provisioner.toml")
+    t0 = time.monotonic()
+    up = run_cli(
+        "lab", "up", "--dir", str(lab_dir), "--nodes", "3", "--firmware", "mixed",
+        "--mode", "full", "--image", "debian-bookworm", "--timeout", "1500", timeout=1800,
+    )  # fmt: skip
+    status = run_cli("lab", "status", "--dir", str(lab_dir))
+    assert up.returncode == 0, f"{up.stderr[-6000:]}\n{status.stdout}"
+    boot_s = time.monotonic() - t0
+    model = run_cli(
+        "model", "add", MODEL_SOURCE, "--name", "smollm2", "--store", str(state / "models")
+    )
+    assert model.returncode == 0, model.stderr
+    built = run_cli(
+        "artifact", "build", "llama.cpp", "--llama-version", LLAMA_VERSION,
+        "--store", str(state / "artifacts"), timeout=3000,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-4000:]
+    created = run_cli(
+        "--config", config, "cluster", "create", "vms", "--model", "smollm2",
+        "--head", "labnode1", "--workers", "labnode2,labnode3",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    t0 = time.monotonic()
+    post = lab_cli(lab_dir, "postinstall", "run", "vms")
+    postinstall_s = time.monotonic() - t0
+    assert post.returncode == 0, post.stderr[-6000:]
+    t0 = time.monotonic()
+    smoke = lab_cli(lab_dir, "smoke", "vms", "--json", "--no-restart", timeout=1800)
+    smoke_s = time.monotonic() - t0
+    report = json.loads(smoke.stdout)
+    print(json.dumps(report, indent=2))
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["passed"], checks
+    assert checks["decode_tokens_per_s"]["value"] > 0 and checks["ttft_s"]["value"] is not None
+    buffers = [n for n in checks if n.startswith("rpc_buffer[")]
+    assert len(buffers) == 2 and all(checks[n]["passed"] for n in buffers)
+    print(
+        f"VM phases: power-on to ready {boot_s:.1f} s, post-install {postinstall_s:.1f} s, "
+        f"smoke {smoke_s:.1f} s"
+    )
