@@ -256,8 +256,9 @@ def up(
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vms").mkdir(exist_ok=True)
     state_dir = directory / "state"
-    if kind == "vm":  # containers boot the image itself, never discovery
-        ensure_discovery_image(state_dir / "images", progress)
+    # Container nodes boot the image itself, but their first script (they are enrolling)
+    # is the discovery one: its kernel line carries their provisioner.* arguments.
+    ensure_discovery_image(state_dir / "images", progress)
     if image is not None:
         ensure_image(state_dir / "images", image, progress)
     for stale in state_dir.glob("registry.sqlite3*"):
