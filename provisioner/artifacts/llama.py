@@ -322,20 +322,22 @@ def _build(tree: Path, build_dir: Path, spec: BuildSpec, jobs: int, progress: Pr
     targets = [SERVER_TARGET, find_rpc_target(tree)]
     argv = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *targets]
     progress(f"compiling {' and '.join(targets)} with {jobs} jobs")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
     tail: list[str] = []
     shown, last = -10, 0.0
     started = time.monotonic()
-    for line in proc.stdout:
-        tail = [*tail[-40:], line.rstrip()]
-        pct = progress_of(line)
-        now = time.monotonic() - started
-        if pct is not None and (pct >= shown + 10 or now - last >= 30):  # every 10% or 30 s
-            shown, last = pct - pct % 10, now
-            what = line.split(maxsplit=3)[-1].strip().rsplit("/", 1)[-1]
-            progress(f"compiling: {pct}% ({now:.0f}s) {what}")
-    if proc.wait() != 0:
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail = [*tail[-40:], line.rstrip()]
+            pct = progress_of(line)
+            now = time.monotonic() - started
+            if pct is not None and (pct >= shown + 10 or now - last >= 30):  # 10% or 30 s
+                shown, last = pct - pct % 10, now
+                what = line.split(maxsplit=3)[-1].strip().rsplit("/", 1)[-1]
+                progress(f"compiling: {pct}% ({now:.0f}s) {what}")
+    if proc.returncode != 0:
         raise ArtifactError(f"cmake --build failed ({proc.returncode}):\n" + "\n".join(tail))
 
 

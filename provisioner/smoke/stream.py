@@ -11,6 +11,8 @@ Arithmetic (all client-side, from the monotonic clock):
 - ``decode_tokens_per_s`` = (token chunks - 1) / (last token chunk - first token chunk):
   the first token closes the prefill, so it is not a decode step. llama.cpp and vLLM stream
   one token per chunk; the server's own ``usage.completion_tokens`` is recorded beside it.
+  llama-server's ``timings.predicted_per_second`` is the same arithmetic on its own clock
+  (``n_gen_steps = n_gen - 1``), so on loopback the two agree.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from provisioner.artifacts.llama import (
     Backend,
     BuildSpec,
     Source,
+    _build,
     artifact_name,
     build_inputs,
     build_llama,
@@ -224,3 +226,44 @@ def test_a_build_with_the_same_inputs_comes_from_the_cache(tmp_path: Path) -> No
     assert from_cache and tarball == built / f"{key}.tar.gz"
     assert manifest.name == "llama.cpp-b7-cpu-x86-64-v3" and manifest.sha256 == cached.sha256
     assert lines == [f"llama.cpp-b7-cpu-x86-64-v3: cached ({key[:12]})"]
+
+
+FAKE_CMAKE = """#!/bin/sh
+case "$1" in
+  --build)
+    for i in 1 2 3 4 5 6 7 8 9 10; do echo "[$i/10] Building CXX object src/f$i.cpp.o"; done
+    [ -n "$FAKE_CMAKE_FAIL" ] && { echo "error: it broke"; exit 1; }
+    exit 0;;
+  *) exit 0;;
+esac
+"""
+
+
+@pytest.fixture
+def fake_cmake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    (bindir / "cmake").write_text(FAKE_CMAKE)
+    (bindir / "cmake").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    tree = tmp_path / "tree"
+    (tree / "tools" / "rpc").mkdir(parents=True)
+    (tree / "tools" / "rpc" / "CMakeLists.txt").write_text("set(TARGET ggml-rpc-server)\n")
+    return tree
+
+
+def test_compile_shows_progress_lines(fake_cmake: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    _build(fake_cmake, tmp_path / "build", BuildSpec(), 2, lines.append)
+    assert lines[1] == "compiling llama-server and ggml-rpc-server with 2 jobs"
+    pcts = [int(line.split()[1].rstrip("%")) for line in lines[2:]]
+    assert pcts == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    assert lines[-1].endswith("f10.cpp.o")
+
+
+def test_a_failed_compile_says_why(
+    fake_cmake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_CMAKE_FAIL", "1")
+    with pytest.raises(ArtifactError, match=r"cmake --build failed \(1\):(.|\n)*error: it broke"):
+        _build(fake_cmake, tmp_path / "build", BuildSpec(), 2, lambda _line: None)
