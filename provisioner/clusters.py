@@ -15,11 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from provisioner.errors import ProvisionerError
-from provisioner.profiles import Profile
+from provisioner.profiles import Engine, Profile
 from provisioner.registry import Node, Registry
 from provisioner.states import NodeState
 
-ENGINES = ("llama-rpc",)
+ENGINES = ("llama-rpc", "vllm")
+BUILT_ENGINES = frozenset({"llama-rpc"})  # those post-install has a recipe for
 RPC_PORT = 50052
 HTTP_PORT = 8080
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
@@ -85,7 +86,19 @@ def validate(
         if node.profile is None or profile is None:
             problems.append(f"{member}: no profile yet (state {node.state.value})")
             continue
-        # llama.cpp runs on every profile (CPU builds where no GPU backend is set up).
+        if cluster.engine in ENGINES:
+            refusal = profile.refuses(Engine(cluster.engine))
+            if refusal is not None:
+                reason, instead = refusal
+                hint = f"; use --engine {instead.value}" if instead else ""
+                problems.append(
+                    f"{member}: {cluster.engine} does not run on {profile.name}: {reason}{hint}"
+                )
+    if not problems and cluster.engine not in BUILT_ENGINES:
+        problems.append(
+            f"engine {cluster.engine}: its post-install recipe is not written yet "
+            f"(available: {', '.join(sorted(BUILT_ENGINES))})"
+        )
     return problems
 
 

@@ -32,7 +32,13 @@ SCHEMA = "provisioner.profile/1"
 NOT_PROFILES = frozenset({"accelerators.yaml"})
 DMI_FIELDS = tuple(f.name for f in fields(Dmi))  # system_vendor, board_name, ...
 REQUIRED_KEYS = ("name", "version", "description", "sources", "match")
-OPTIONAL_KEYS = ("drivers", "engine", "engine_defaults", "smoke", "kernel_args", "image")
+OPTIONAL_KEYS = (
+    "drivers", "engine", "engine_defaults", "engines", "smoke", "kernel_args", "image",
+)  # fmt: skip
+ENGINE_RULE_KEYS = (
+    "refused", "use", "backend", "gpu_arch", "cpu_baseline", "dtype", "quantization",
+    "min_compute_capability",
+)  # fmt: skip
 TOP_KEYS = frozenset(REQUIRED_KEYS + OPTIONAL_KEYS)
 RULE_KINDS = ("pci", "cpu_model", "memory_min_gib", "dmi")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -152,6 +158,19 @@ class EngineDefaults:
 
 
 @dataclass(frozen=True)
+class EngineRule:
+    """What a profile says of one engine: how it runs there, or why it does not."""
+
+    engine: Engine
+    refused: str | None = None  # the reason it does not run on this hardware
+    use: Engine | None = None  # the engine to use instead (with ``refused``)
+    settings: tuple[tuple[str, str], ...] = ()  # backend, gpu_arch, dtype, quantization...
+
+    def setting(self, key: str) -> str | None:
+        return dict(self.settings).get(key)
+
+
+@dataclass(frozen=True)
 class Smoke:
     reference_model: str | None = None
     min_tokens_per_s: float | None = None
@@ -172,8 +191,25 @@ class Profile:
     smoke: Smoke = field(default_factory=Smoke)
     kernel_args: tuple[str, ...] = ()
     image: str | None = None  # the image its nodes boot (None: the config's default)
+    engines: tuple[EngineRule, ...] = ()  # empty: no engine is ruled out
     file: str = ""
     line: int = 1
+
+    def engine_rule(self, engine: Engine) -> EngineRule | None:
+        return next((r for r in self.engines if r.engine is engine), None)
+
+    def refuses(self, engine: Engine) -> tuple[str, Engine | None] | None:
+        """Why ``engine`` does not run on this profile and what to use instead, or None."""
+        if not self.engines:
+            return None
+        rule = self.engine_rule(engine)
+        if rule is None:
+            listed = ", ".join(r.engine.value for r in self.engines if r.refused is None)
+            fallback = self.engine if self.engine is not Engine.NONE else None
+            return (f"profile {self.name} lists no {engine.value} (it runs: {listed})", fallback)
+        if rule.refused is not None:
+            return (rule.refused, rule.use)
+        return None
 
     @property
     def anchor(self) -> PciRule | DmiRule | None:
@@ -433,6 +469,7 @@ class _Reader:
             if engine is Engine.NONE and (defaults.dtype or defaults.quantization):
                 self.fail(entry[0], "engine_defaults", "given but engine is none")
         smoke = self._smoke(v["smoke"]) if "smoke" in v else Smoke()
+        engines = self._engines(v["engines"]) if "engines" in v else ()
         if name is None or version is None or description is None:
             return None
         return Profile(
@@ -448,6 +485,7 @@ class _Reader:
             smoke=smoke,
             kernel_args=kernel_args,
             image=image,
+            engines=engines,
             file=self.source,
             line=top["name"][0].start_mark.line + 1,
         )
@@ -465,6 +503,46 @@ class _Reader:
             return EngineDefaults()
         values = {k: self.string(v, f"engine_defaults.{k}") for k, (_, v) in got.items()}
         return EngineDefaults(values.get("dtype"), values.get("quantization"))
+
+    def _engines(self, node: yaml.Node) -> tuple[EngineRule, ...]:
+        names = [e.value for e in Engine if e is not Engine.NONE]
+        got = self.mapping(node, "engines", names)
+        if got is None:
+            return ()
+        rules = []
+        for name, (knode, vnode) in got.items():
+            where = f"engines.{name}"
+            if isinstance(vnode, yaml.ScalarNode) and vnode.value in ("", "~", "null"):
+                rules.append(EngineRule(Engine(name)))
+                continue
+            fields_ = self.mapping(vnode, where, ENGINE_RULE_KEYS)
+            if fields_ is None:
+                continue
+            values = {k: self.string(v, f"{where}.{k}") for k, (_, v) in fields_.items()}
+            if any(v is None for v in values.values()):
+                continue
+            text = {k: str(v) for k, v in values.items()}
+            refused, use = text.pop("refused", None), text.pop("use", None)
+            use_engine = None
+            if use is not None:
+                if use not in names:
+                    self.fail(fields_["use"][1], f"{where}.use", f"{use!r}: one of {names}")
+                    continue
+                use_engine = Engine(use)
+            if (refused is None) != (use_engine is None):
+                self.fail(knode, where, "refused and use go together (why, and what instead)")
+                continue
+            if refused is not None and text:
+                self.fail(knode, where, "a refused engine has no settings")
+                continue
+            rules.append(EngineRule(Engine(name), refused, use_engine, tuple(sorted(text.items()))))
+        for rule in rules:
+            if rule.use is not None:
+                target = next((r for r in rules if r.engine is rule.use), None)
+                if target is None or target.refused is not None:
+                    self.fail(node, f"engines.{rule.engine.value}.use",
+                              f"{rule.use.value} must be listed, and not refused")  # fmt: skip
+        return tuple(rules)
 
     def _smoke(self, node: yaml.Node) -> Smoke:
         keys = ("reference_model", "min_tokens_per_s", "max_ttft_s")

@@ -98,3 +98,36 @@ def test_postinstall_refuses_nodes_not_on_their_image(
     registry.transition(NODES["node0"][0], NodeEvent.POWER_CYCLE)
     code, _, err = run(config, capsys, "postinstall", "run", "c1", "--dry-run")
     assert code == 2 and "node0: enrolling, not booted on its image yet" in err
+
+
+def test_an_engine_the_profile_rules_out_is_refused_with_the_rule_and_the_alternative(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = Registry(load_config(config).registry_path)
+    for name, profile in (("node1", "nvidia-p40"), ("node2", "nvidia-v100s")):
+        registry.set_profile(NODES[name][0], profile)
+    code, _, err = run(
+        config, capsys, "cluster", "create", "p40", "--engine", "vllm", "--model", "tiny",
+        "--head", "node1", "--workers", "node2",
+    )  # fmt: skip
+    assert code == 2
+    assert (
+        "node1: vllm does not run on nvidia-p40: current vLLM (0.31) needs compute capability "
+        "7.5 or higher; the P40 (Pascal) has 6.1; use --engine llama-rpc" in err
+    )
+    assert "node2: vllm does not run on nvidia-v100s" in err
+    code, _, err = run(
+        config, capsys, "cluster", "create", "p40", "--engine", "llama-rpc", "--model", "tiny",
+        "--head", "node1", "--workers", "node2",
+    )  # fmt: skip
+    assert code == 0, err
+
+
+def test_the_turing_profile_keeps_vllm_in_half_precision() -> None:
+    from provisioner.config import DEFAULT_HWPROFILES
+    from provisioner.profiles import Engine, load_profiles
+
+    turing = load_profiles(DEFAULT_HWPROFILES).get("nvidia-rtx-turing")
+    assert turing is not None and turing.refuses(Engine.VLLM) is None
+    rule = turing.engine_rule(Engine.VLLM)
+    assert rule is not None and rule.setting("dtype") == "half"

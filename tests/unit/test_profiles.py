@@ -243,3 +243,38 @@ def test_json_schema_is_json_with_the_same_top_level_keys() -> None:
     schema = json.loads((HWPROFILES / "profile.schema.json").read_text(encoding="utf-8"))
     assert set(schema["properties"]) == set(TOP_KEYS)
     assert schema["additionalProperties"] is False
+
+
+ENGINES_HEAD = "name: e\nversion: 1\ndescription: d\nsources: [s]\nmatch: {}\nengine: llama-rpc\n"
+
+
+@pytest.mark.parametrize(
+    ("engines", "key", "reason"),
+    [
+        ("engines:\n  vllm: {refused: too old}\n", "engines.vllm", "refused and use go together"),
+        ("engines:\n  vllm: {refused: x, use: llama-rpc}\n", "engines.vllm.use", "must be listed"),
+        ("engines:\n  llama-rpc: {refused: x, use: vllm}\n  vllm: {refused: y, use: llama-rpc}\n",
+         "engines.llama-rpc.use", "not refused"),
+        ("engines:\n  tgi: {}\n", "engines.tgi", "unknown key"),
+        ("engines:\n  vllm: {colour: red}\n", "engines.vllm.colour", "unknown key"),
+        ("engines:\n  vllm: {refused: x, use: llama-rpc, dtype: half}\n  llama-rpc:\n",
+         "engines.vllm", "no settings"),
+    ],
+)  # fmt: skip
+def test_engine_rules_are_checked(engines: str, key: str, reason: str) -> None:
+    profile, problems = parse_profile(ENGINES_HEAD + engines, "e.yaml")
+    assert profile is None or problems
+    assert any(p.key == key and reason in p.reason for p in problems), [str(p) for p in problems]
+
+
+def test_engine_rules_say_why_and_what_instead() -> None:
+    text = ENGINES_HEAD + (
+        "engines:\n  llama-rpc: {backend: cuda, gpu_arch: '61'}\n"
+        "  vllm: {refused: 'needs 7.5', use: llama-rpc}\n"
+    )
+    profile, problems = parse_profile(text, "e.yaml")
+    assert problems == [] and profile is not None
+    assert profile.refuses(Engine.VLLM) == ("needs 7.5", Engine.LLAMA_RPC)
+    assert profile.refuses(Engine.LLAMA_RPC) is None
+    rule = profile.engine_rule(Engine.LLAMA_RPC)
+    assert rule is not None and rule.setting("gpu_arch") == "61"
