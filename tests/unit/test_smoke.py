@@ -188,6 +188,14 @@ def test_parse_ss_real_output() -> None:
     assert on_port and all(c.bytes_in > 0 for c in on_port)
 
 
+def test_parse_ss_with_a_state_filter_has_no_state_column() -> None:
+    plain = parse_ss((FIXTURES / "ss-rpc-after.txt").read_text())
+    filtered = parse_ss((FIXTURES / "ss-rpc-after-state.txt").read_text())
+    assert [(c.local, c.peer, c.bytes_in, c.bytes_out) for c in filtered] == [
+        (c.local, c.peer, c.bytes_in, c.bytes_out) for c in plain
+    ]
+
+
 def test_traffic_delta_from_real_samples() -> None:
     before = parse_ss((FIXTURES / "ss-rpc-before.txt").read_text())
     after = parse_ss((FIXTURES / "ss-rpc-after.txt").read_text())
