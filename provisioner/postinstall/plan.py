@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,8 @@ class Step:
     same: str | None = None  # is the put file already there, byte for byte?
     changed_action: str | None = None
     timeout: float = 600.0
+    packages: tuple[str, ...] = ()  # what it installs with apt, rendered
+    repository: str = "debian"  # where those come from
 
     def describe(self) -> str:
         if self.put is not None:
@@ -98,12 +100,24 @@ def _render(env: jinja2.Environment, text: str, context: Mapping[str, Any], wher
 def compile_step(
     spec: StepSpec, recipe: Recipe, env: jinja2.Environment, context: Mapping[str, Any]
 ) -> Step:
+    """One step rendered for one node (its commands, files and packages)."""
+    packages, step = _compile(spec, recipe, env, context)
+    return replace(step, packages=tuple(packages), repository=spec.repository)
+
+
+def _compile(
+    spec: StepSpec, recipe: Recipe, env: jinja2.Environment, context: Mapping[str, Any]
+) -> tuple[list[str], Step]:
     where = f"{recipe.source}:{spec.line}: step {spec.name!r}"
+    packages = [_render(env, p, context, where).strip() for p in spec.packages]
+    if any(not p or " " in p for p in packages):
+        raise RecipeError(f"{where}: packages render to {packages}: one name each")
+    context = {**context, "packages": " ".join(packages)}
     b = {k: _render(env, v, context, where) for k, v in spec.body.items()}
     then = _render(env, spec.then, context, where) if spec.then else None
     q = shlex.quote
     if spec.kind == "command":
-        return Step(spec.name, recipe.name, "command", b["check"], b["action"],
+        return packages, Step(spec.name, recipe.name, "command", b["check"], b["action"],
                     b.get("verify", b["check"]), timeout=spec.timeout)  # fmt: skip
     if spec.kind == "fetch":
         dest, sha, url = b["dest"], b["sha256"], b["url"]
@@ -126,7 +140,9 @@ def compile_step(
             )
         if then:
             action += f"; {then}"
-        return Step(spec.name, recipe.name, "fetch", check, action, check, timeout=spec.timeout)
+        return packages, Step(
+            spec.name, recipe.name, "fetch", check, action, check, timeout=spec.timeout
+        )
     content = (
         _render(env, b["content"], context, where)
         if "content" in b
@@ -136,7 +152,7 @@ def compile_step(
         path = b["path"]
         mode = int(b.get("mode", "0644"), 8)
         same = _same(path, content)
-        return Step(spec.name, recipe.name, "file", same, then or "true", same,
+        return packages, Step(spec.name, recipe.name, "file", same, then or "true", same,
                     put=(path, content, mode), same=same, changed_action=then or "true",
                     timeout=spec.timeout)  # fmt: skip
     unit = b["name"]
@@ -154,7 +170,7 @@ def compile_step(
         f"for i in $(seq 1 40); do systemctl is-active -q {q(unit)} && exit 0; sleep 0.25; done; "
         f"systemctl status --no-pager -n 20 {q(unit)}; exit 1"
     )
-    return Step(spec.name, recipe.name, "unit", f"{same} && {active}", start, verify,
+    return packages, Step(spec.name, recipe.name, "unit", f"{same} && {active}", start, verify,
                 put=(path, content, 0o644), same=same, changed_action=changed,
                 timeout=spec.timeout)  # fmt: skip
 

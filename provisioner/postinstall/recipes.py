@@ -25,10 +25,11 @@ node changes nothing and restarts nothing::
           name: llama-rpc.service       # restarted only when its content changed
           template: llama-rpc.service.j2
       - name: packages
+        packages: [nftables]            # named once: {{ packages }} in the commands, and
+        repository: debian              # tests resolve them in the image's archive
         command:                        # anything else, as three shell commands
-          check: dpkg -s nftables
-          action: apt-get install -y nftables
-          verify: dpkg -s nftables
+          check: dpkg -s {{ packages }}
+          action: apt-get install -y {{ packages }}
 
 Strings and templates are jinja2 (undefined names are errors). Loading is pure: YAML text
 in, a Recipe or a RecipeError naming the file, the line and the reason out.
@@ -49,7 +50,8 @@ from provisioner.errors import ProvisionerError
 DEFAULT_RECIPES = Path(__file__).resolve().parents[2] / "postinstall"
 KINDS = ("fetch", "file", "unit", "command")
 ROLES = ("head", "worker")
-_STEP_KEYS = frozenset({"name", "roles", "then", "timeout", *KINDS})
+_STEP_KEYS = frozenset({"name", "roles", "then", "timeout", "packages", "repository", *KINDS})
+DEBIAN = "debian"  # packages from the image's own Debian archive (tests resolve them)
 _KIND_KEYS = {
     "fetch": ({"url", "sha256", "dest"}, {"unpack"}),
     "file": ({"path"}, {"template", "content", "mode"}),
@@ -73,6 +75,8 @@ class StepSpec:
     then: str | None = None
     timeout: float = 600.0
     line: int = 0
+    packages: tuple[str, ...] = ()  # apt packages the step installs ({{ packages }})
+    repository: str = DEBIAN  # where they come from: debian, or another archive's name
 
 
 @dataclass(frozen=True)
@@ -155,9 +159,16 @@ def _step(source: Path, raw: Any, node: yaml.Node) -> StepSpec:
     timeout = raw.get("timeout", 600)
     if not isinstance(timeout, int | float) or timeout <= 0:
         raise _fail(source, keys.get("timeout", node), f"step {name!r}: timeout in seconds")
+    packages = raw.get("packages", [])
+    if not isinstance(packages, list) or not all(isinstance(p, str) and p for p in packages):
+        raise _fail(source, keys.get("packages", node), f"step {name!r}: packages: a list of names")
+    repository = raw.get("repository", DEBIAN)
+    if not isinstance(repository, str) or not repository:
+        raise _fail(source, keys.get("repository", node), f"step {name!r}: repository: a name")
     return StepSpec(
-        name, kind, dict(body), tuple(roles), then, float(timeout), node.start_mark.line + 1
-    )
+        name, kind, dict(body), tuple(roles), then, float(timeout), node.start_mark.line + 1,
+        tuple(packages), repository,
+    )  # fmt: skip
 
 
 def load_recipe(name: str, directory: Path = DEFAULT_RECIPES) -> Recipe:
