@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provisioner.artifacts import default_cache_dir, default_store_dir
+from provisioner.artifacts import STORE_ENV, default_cache_dir
 from provisioner.artifacts.llama import (
     CPU_BASELINES,
     DEFAULT_CPU_BASELINE,
@@ -25,11 +25,11 @@ from provisioner.artifacts.llama import (
     unpack_sdist,
 )
 from provisioner.artifacts.store import ArtifactStore
-from provisioner.cli_common import print_json, stamped, table
+from provisioner.cli_common import print_json, stamped, state_store, table
 
 
 def _store(args: argparse.Namespace) -> ArtifactStore:
-    return ArtifactStore(Path(args.store) if args.store else default_store_dir())
+    return ArtifactStore(state_store(args, "artifacts", STORE_ENV))
 
 
 def cmd_build_llama(args: argparse.Namespace) -> int:

@@ -71,3 +71,19 @@ def load_cfg(args: argparse.Namespace) -> Config:
 
 def open_registry(cfg: Config) -> Registry:
     return Registry(cfg.registry_path)
+
+
+def state_store(args: argparse.Namespace, folder: str, env: str) -> Path:
+    """A store folder: ``--store``, else ``$env``, else ``<state_dir>/<folder>`` of the
+    configuration in force (the one `serve` serves from), else the default state dir's."""
+    if getattr(args, "store", None):
+        return Path(args.store)
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    from provisioner.config import DEFAULT_STATE_DIR
+    from provisioner.errors import ConfigError
+
+    try:
+        return load_cfg(args).state_dir / folder
+    except (ConfigError, OSError):
+        return DEFAULT_STATE_DIR / folder

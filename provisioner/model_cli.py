@@ -1,22 +1,21 @@
 """``provisioner model add|list|remove``: the model store (:mod:`provisioner.models`).
 
 Mounted by :mod:`provisioner.cli` with :func:`add_model_commands`; each subcommand sets
-``func``. The store is ``--store DIR``, else ``$PROVISIONER_MODELS``, else
-``/var/lib/provisioner/models``.
+``func``. The store is ``--store DIR``, else ``$PROVISIONER_MODELS``, else the
+configuration's ``<state_dir>/models`` (what `serve` serves at ``/models/``).
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from provisioner.cli_common import print_json, table
-from provisioner.models import ModelStore, default_store_dir
+from provisioner.cli_common import print_json, state_store, table
+from provisioner.models import STORE_ENV, ModelStore
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
-    return ModelStore(Path(args.store) if args.store else default_store_dir())
+    return ModelStore(state_store(args, "models", STORE_ENV))
 
 
 def cmd_add(args: argparse.Namespace) -> int:
