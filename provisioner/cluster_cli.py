@@ -265,7 +265,12 @@ def add_cluster_commands(sub: Any) -> None:
     create.add_argument("--workers", default="", help="node1,node2 (llama.cpp RPC workers)")
     create.add_argument("--rpc-network", help="interface for RPC traffic (e.g. ib0)")
     create.add_argument("--artifact", help="a llama.cpp build in the artifact store")
-    create.add_argument("--option", action="append", help="KEY=VALUE (parallel, ctx_size, ngl)")
+    create.add_argument(
+        "--option",
+        action="append",
+        help="KEY=VALUE: parallel, ctx_size, ngl, threads (default: the node's CPU threads;"
+        " 1 where nodes share cores, as lab containers do), memory_max",
+    )
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=cmd_cluster_create)
     clist = csub.add_parser("list", help="every cluster")
