@@ -88,7 +88,7 @@ def test_three_nodes_become_a_llama_rpc_cluster_that_passes_smoke(
     build_s = time.monotonic() - t0
     created = run_cli(
         "--config", config, "cluster", "create", "smol", "--model", "smollm2",
-        "--head", "ctr1", "--workers", "ctr2,ctr3",
+        "--head", "ctr1", "--workers", "ctr2,ctr3", "--option", "threads=1",
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
 
@@ -186,7 +186,7 @@ def test_lab_vms_booted_by_real_firmware_become_a_cluster_that_passes_smoke(
     assert built.returncode == 0, built.stderr[-4000:]
     created = run_cli(
         "--config", config, "cluster", "create", "vms", "--model", "smollm2",
-        "--head", "labnode1", "--workers", "labnode2,labnode3",
+        "--head", "labnode1", "--workers", "labnode2,labnode3", "--option", "threads=1",
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
     t0 = time.monotonic()
