@@ -48,6 +48,7 @@ from provisioner.states import NodeEvent, NodeState
 log = logging.getLogger(__name__)
 
 MAX_INVENTORY_BYTES = 8 * 1024 * 1024
+ON_BEHALF_HEADER = "X-Provisioner-On-Behalf"  # a boot script asked for by a proxy (the lab)
 IPXE_MEDIA_TYPE = "text/plain; charset=utf-8"
 
 
@@ -144,11 +145,10 @@ def create_app(ctx: AppContext) -> FastAPI:
         if not name.endswith(".ipxe"):
             raise HTTPException(404, "boot scripts are /boot/<mac>.ipxe")
         mac = mac_or_404(name.removesuffix(".ipxe"))
-        # A script fetched from the appliance itself (the lab's container nodes) says
-        # nothing of the node's address.
-        seen_at = client_ip(request)
-        own = seen_at in (str(ctx.config.network.server_ip), "127.0.0.1")
-        node = ctx.registry.touch_node(mac, ip=None if own else seen_at)
+        # A script fetched on the node's behalf (the lab's container nodes: the lab asks,
+        # as iPXE would) says nothing of the node's address.
+        proxied = request.headers.get(ON_BEHALF_HEADER) is not None
+        node = ctx.registry.touch_node(mac, ip=None if proxied else client_ip(request))
         spec = ctx.boot_spec(node)
         token = secrets.token_urlsafe(24)
         ctx.registry.new_boot_token(mac, token)

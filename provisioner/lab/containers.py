@@ -387,7 +387,10 @@ def unpack_root(image: Path, cache: Path, progress: Progress) -> Path:
 def fetch_script(prov: Namespace, base_url: str, mac: str) -> str:
     """GET ``<base>/boot/<mac>.ipxe`` from the appliance's namespace, as iPXE would."""
     url = f"{base_url.rstrip('/')}/boot/{mac}.ipxe"
-    done = prov.run(["curl", "-fsS", "--max-time", str(int(SCRIPT_TIMEOUT)), url], check=False)
+    # The header: this request comes from the appliance's namespace, not from the node.
+    header = "X-Provisioner-On-Behalf: lab"
+    argv = ["curl", "-fsS", "-H", header, "--max-time", str(int(SCRIPT_TIMEOUT)), url]
+    done = prov.run(argv, check=False)
     if done.returncode != 0:
         raise ContainerError(f"GET {url} failed: {done.stderr.strip() or done.returncode}")
     return done.stdout

@@ -399,3 +399,17 @@ def test_a_serving_node_that_rebooted_reports_from_its_image_and_stays(
     )
     # a fresh root: enrolled again (post-install runs again), and no reboot loop
     assert r.json() == {"mac": MAC, "state": "enrolled", "next": "stay"}
+
+
+def test_a_script_asked_for_on_a_nodes_behalf_does_not_move_its_address(
+    client: TestClient, ctx: AppContext
+) -> None:
+    build_discovery(ctx)
+    ctx.registry.touch_node(MAC, ip="10.20.0.105")
+    r = client.get(f"/boot/{MAC}.ipxe", headers={"X-Provisioner-On-Behalf": "lab"})
+    assert r.status_code == 200 and "provisioner.token=" in r.text
+    node = ctx.registry.node(MAC)
+    assert node is not None and node.ip == "10.20.0.105"
+    client.get(f"/boot/{MAC}.ipxe")  # iPXE itself: its address is the node's
+    node = ctx.registry.node(MAC)
+    assert node is not None and node.ip == "10.20.0.100"
