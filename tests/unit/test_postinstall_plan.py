@@ -59,7 +59,8 @@ def test_the_head_knows_its_workers_and_workers_only_let_the_head_in() -> None:
     nft = steps["rpc firewall rules"].put
     assert nft is not None and "ip saddr 10.99.0.100 accept" in nft[1].decode()
     fetch = steps["llama.cpp runtime"]
-    assert "sha256sum -c --status" in fetch.check and ARTIFACT.url in fetch.action
+    assert ARTIFACT.sha256 in fetch.check and "sha256sum -c --status" in fetch.action
+    assert ARTIFACT.url in fetch.action and ".provisioner-sha256" in fetch.verify
     assert "model" not in steps  # only the head loads the model
 
 
