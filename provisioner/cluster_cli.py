@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -292,82 +291,9 @@ def add_cluster_commands(sub: Any) -> None:
 
 # ------------------------------------------------------------------ smoke
 
-HEAD_UNIT = "llama-server.service"
-WORKER_UNIT = "llama-rpc.service"
-RESTART_WAIT_S = 120.0
-
-
-def _units(cluster: Cluster, hostname: str) -> list[str]:
-    return [HEAD_UNIT] if cluster.role(hostname) == "head" else [WORKER_UNIT]
-
-
-def _unit_checks(conns: dict[str, Connection], cluster: Cluster) -> list[Any]:
-    from provisioner.smoke.report import Check
-
-    checks = []
-    for hostname, conn in conns.items():
-        for unit in _units(cluster, hostname):
-            state = conn.run(f"systemctl is-active {unit}", timeout=30).stdout.strip()
-            checks.append(Check(f"unit[{hostname}:{unit}]", state == "active", state, "active"))
-    return checks
-
-
-HEAD_LOG = "/var/log/llama-server.log"  # the unit truncates it at each start
-
-
-def _head_log(conn: Connection) -> str:
-    """The head's output since it last started."""
-    return conn.run(f"cat {HEAD_LOG}", timeout=60).stdout
-
-
-def _restart_check(
-    conns: dict[str, Connection], cluster: Cluster, endpoint: str, progress: Any
-) -> Any:
-    """Kill one worker's RPC server: systemd brings it back and a completion works again."""
-    from provisioner.smoke.client import SmokeHttpError, stream_chat, wait_healthy
-    from provisioner.smoke.report import Check
-
-    worker = cluster.workers[0]
-    conn = conns[worker]
-    before = conn.run(f"systemctl show -p MainPID --value {WORKER_UNIT}", timeout=30).stdout.strip()
-    conn.run(f"kill -9 {before}", timeout=30)
-    progress(f"smoke: killed {worker}'s RPC server (pid {before}); waiting for systemd")
-    started = time.monotonic()
-    after = before
-    while time.monotonic() - started < RESTART_WAIT_S:
-        active = conn.run(f"systemctl is-active {WORKER_UNIT}", timeout=30).stdout.strip()
-        after = conn.run(f"systemctl show -p MainPID --value {WORKER_UNIT}", timeout=30).stdout
-        after = after.strip()
-        if active == "active" and after not in ("", "0", before):
-            break
-        time.sleep(1)
-    else:
-        return Check("restart", False, None, RESTART_WAIT_S, f"{worker}: not back in time")
-    error = ""
-    while time.monotonic() - started < RESTART_WAIT_S:
-        try:
-            wait_healthy(endpoint, timeout=max(1.0, RESTART_WAIT_S - (time.monotonic() - started)))
-            stats = stream_chat(endpoint, cluster.model, "Say hello.", max_tokens=8)
-            if stats.token_chunks > 0:
-                seconds = round(time.monotonic() - started, 1)
-                detail = f"{worker}: pid {before} -> {after}; a completion works again"
-                return Check("restart", True, seconds, RESTART_WAIT_S, detail)
-        except SmokeHttpError as exc:
-            error = str(exc)
-        time.sleep(2)
-    return Check("restart", False, None, RESTART_WAIT_S, f"no completion after restart: {error}")
-
-
-def _sampler(conn: Connection) -> Callable[[], str]:
-    """``ss -tinH`` on a worker: its sockets' byte counters, before and after a completion."""
-
-    def sample() -> str:
-        return conn.run("ss -tinH", timeout=30).stdout
-
-    return sample
-
 
 def cmd_smoke(args: argparse.Namespace) -> int:
+    from provisioner.smoke.cluster import head_log, restart_check, sampler, unit_checks
     from provisioner.smoke.report import render_table
     from provisioner.smoke.run import Floors, Worker, run_smoke
     from provisioner.states import NodeEvent
@@ -394,9 +320,9 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         endpoint = f"http://{head.ip}:{cluster.http_port}"
         progress(f"smoke {cluster.name}: {endpoint}, model {cluster.model}")
         workers = [
-            Worker(f"{nodes[w].ip}:{cluster.rpc_port}", _sampler(conns[w])) for w in cluster.workers
+            Worker(f"{nodes[w].ip}:{cluster.rpc_port}", sampler(conns[w])) for w in cluster.workers
         ]
-        units = _unit_checks(conns, cluster)
+        units = unit_checks(conns, cluster)
         from provisioner.smoke.client import SmokeHttpError, wait_healthy
 
         try:  # a head that was just (re)started loads its model first: 503 until then
@@ -405,12 +331,12 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         except SmokeHttpError as exc:
             progress(f"smoke {cluster.name}: {exc}")
         report = run_smoke(
-            cluster.name, endpoint, cluster.model, floors, _head_log(conns[cluster.head]),
+            cluster.name, endpoint, cluster.model, floors, head_log(conns[cluster.head]),
             workers,
         )  # fmt: skip
         report = report.with_checks(units)
         if args.restart and cluster.workers:
-            report = report.with_checks([_restart_check(conns, cluster, endpoint, progress)])
+            report = report.with_checks([restart_check(conns, cluster, endpoint, progress)])
     finally:
         for conn in conns.values():
             conn.close()
