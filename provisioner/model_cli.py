@@ -1,4 +1,5 @@
-"""``provisioner model add|list|remove``: the model store (:mod:`provisioner.models`).
+"""``provisioner model add|list|remove``: the model store (:mod:`provisioner.models`):
+GGUF files (llama.cpp) and Hugging Face folders (vLLM).
 
 Mounted by :mod:`provisioner.cli` with :func:`add_model_commands`; each subcommand sets
 ``func``. The store is ``--store DIR``, else ``$PROVISIONER_MODELS``, else the
@@ -11,7 +12,7 @@ import argparse
 from typing import Any
 
 from provisioner.cli_common import print_json, state_store, table
-from provisioner.models import STORE_ENV, ModelStore
+from provisioner.models import STORE_ENV, Model, ModelKind, ModelStore
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
@@ -23,8 +24,13 @@ def cmd_add(args: argparse.Namespace) -> int:
     if args.json:
         print_json(model.to_json())
     else:
-        print(f"{model.name}  {model.size / 1e6:.1f} MB  sha256 {model.sha256}")
+        print(f"{model.name}  {model.kind.value}  {_size(model)}  sha256 {model.sha256}")
     return 0
+
+
+def _size(model: Model) -> str:
+    files = f" in {model.files} files" if model.kind is ModelKind.HF else ""
+    return f"{model.size / 1e6:.1f} MB{files}"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -32,7 +38,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json([m.to_json() for m in models])
         return 0
-    rows = [[m.name, m.kind.value, f"{m.size / 1e6:.1f} MB", m.sha256[:16]] for m in models]
+    rows = [[m.name, m.kind.value, _size(m), m.sha256[:16]] for m in models]
     table(["NAME", "KIND", "SIZE", "SHA256"], rows)
     return 0
 
@@ -46,7 +52,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def add_model_commands(subparsers: Any) -> None:
     """Register ``model add|list|remove`` on a top-level subparsers object."""
     model: argparse.ArgumentParser = subparsers.add_parser(
-        "model", help="the model store (GGUF files served to the nodes)"
+        "model", help="the model store (GGUF files, Hugging Face folders) served to the nodes"
     )
     sub = model.add_subparsers(dest="model_command", required=True)
 
@@ -54,9 +60,14 @@ def add_model_commands(subparsers: Any) -> None:
         p.add_argument("--store", metavar="DIR", help="model store ($PROVISIONER_MODELS)")
         p.add_argument("--json", action="store_true")
 
-    add = sub.add_parser("add", help="copy a GGUF file in (PATH or PACKAGE:RELPATH)")
-    add.add_argument("source", metavar="PATH|PACKAGE:RELPATH")
-    add.add_argument("--name", help="the model's name (default: the file name less .gguf)")
+    add = sub.add_parser(
+        "add",
+        help="copy a GGUF file or a Hugging Face folder (config.json, *.safetensors) in",
+    )
+    add.add_argument("source", metavar="FILE|FOLDER|PACKAGE:RELPATH")
+    add.add_argument(
+        "--name", help="the model's name (default: the file name less .gguf, the folder's name)"
+    )
     with_store(add)
     add.set_defaults(func=cmd_add)
 
@@ -64,7 +75,7 @@ def add_model_commands(subparsers: Any) -> None:
     with_store(plist)
     plist.set_defaults(func=cmd_list)
 
-    remove = sub.add_parser("remove", help="delete a model and its file")
+    remove = sub.add_parser("remove", help="delete a model and its file or folder")
     remove.add_argument("name")
     with_store(remove)
     remove.set_defaults(func=cmd_remove)

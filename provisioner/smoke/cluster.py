@@ -19,16 +19,25 @@ from provisioner.smoke.report import Check
 HEAD_UNIT = "llama-server.service"
 WORKER_UNIT = "llama-rpc.service"
 RESTART_WAIT_S = 120.0
+VLLM_RESTART_WAIT_S = 300.0  # vLLM loads its model again (about 40 s on a CPU)
 
 
-def units_of(cluster: Cluster, hostname: str) -> list[str]:
+def units_of(cluster: Cluster, hostname: str, ray: bool = False) -> list[str]:
+    """The units smoke expects active on ``hostname``."""
+    if cluster.engine == "vllm":
+        from provisioner.postinstall.vllm import ray_unit, unit_name
+
+        units = [ray_unit(cluster)] if ray else []
+        if cluster.role(hostname) == "head":
+            units += [unit_name(cluster, s) for s in cluster.served()]
+        return units
     return [HEAD_UNIT] if cluster.role(hostname) == "head" else [WORKER_UNIT]
 
 
-def unit_checks(conns: dict[str, Connection], cluster: Cluster) -> list[Any]:
+def unit_checks(conns: dict[str, Connection], cluster: Cluster, ray: bool = False) -> list[Any]:
     checks = []
     for hostname, conn in conns.items():
-        for unit in units_of(cluster, hostname):
+        for unit in units_of(cluster, hostname, ray):
             state = conn.run(f"systemctl is-active {unit}", timeout=30).stdout.strip()
             checks.append(Check(f"unit[{hostname}:{unit}]", state == "active", state, "active"))
     return checks
@@ -43,40 +52,47 @@ def head_log(conn: Connection) -> str:
 
 
 def restart_check(
-    conns: dict[str, Connection], cluster: Cluster, endpoint: str, progress: Any
+    conn: Connection,
+    hostname: str,
+    unit: str,
+    endpoint: str,
+    model: str,
+    progress: Any,
+    wait_s: float = RESTART_WAIT_S,
 ) -> Any:
-    """Kill one worker's RPC server: systemd brings it back and a completion works again."""
+    """Kill ``unit``'s main process on ``hostname``: systemd brings it back and a
+    completion from ``endpoint`` works again."""
     from provisioner.smoke.client import SmokeHttpError, stream_chat, wait_healthy
 
-    worker = cluster.workers[0]
-    conn = conns[worker]
-    before = conn.run(f"systemctl show -p MainPID --value {WORKER_UNIT}", timeout=30).stdout.strip()
+    def main_pid() -> str:
+        return conn.run(f"systemctl show -p MainPID --value {unit}", timeout=30).stdout.strip()
+
+    before = main_pid()
     conn.run(f"kill -9 {before}", timeout=30)
-    progress(f"smoke: killed {worker}'s RPC server (pid {before}); waiting for systemd")
+    progress(f"smoke: killed {hostname}'s {unit} (pid {before}); waiting for systemd")
     started = time.monotonic()
     after = before
-    while time.monotonic() - started < RESTART_WAIT_S:
-        active = conn.run(f"systemctl is-active {WORKER_UNIT}", timeout=30).stdout.strip()
-        after = conn.run(f"systemctl show -p MainPID --value {WORKER_UNIT}", timeout=30).stdout
-        after = after.strip()
+    while time.monotonic() - started < wait_s:
+        active = conn.run(f"systemctl is-active {unit}", timeout=30).stdout.strip()
+        after = main_pid()
         if active == "active" and after not in ("", "0", before):
             break
         time.sleep(1)
     else:
-        return Check("restart", False, None, RESTART_WAIT_S, f"{worker}: not back in time")
+        return Check("restart", False, None, wait_s, f"{hostname}: {unit} not back in time")
     error = ""
-    while time.monotonic() - started < RESTART_WAIT_S:
+    while time.monotonic() - started < wait_s:
         try:
-            wait_healthy(endpoint, timeout=max(1.0, RESTART_WAIT_S - (time.monotonic() - started)))
-            stats = stream_chat(endpoint, cluster.model, "Say hello.", max_tokens=8)
+            wait_healthy(endpoint, timeout=max(1.0, wait_s - (time.monotonic() - started)))
+            stats = stream_chat(endpoint, model, "Say hello.", max_tokens=8)
             if stats.token_chunks > 0:
                 seconds = round(time.monotonic() - started, 1)
-                detail = f"{worker}: pid {before} -> {after}; a completion works again"
-                return Check("restart", True, seconds, RESTART_WAIT_S, detail)
+                detail = f"{hostname}: {unit} pid {before} -> {after}; a completion works again"
+                return Check("restart", True, seconds, wait_s, detail)
         except SmokeHttpError as exc:
             error = str(exc)
         time.sleep(2)
-    return Check("restart", False, None, RESTART_WAIT_S, f"no completion after restart: {error}")
+    return Check("restart", False, None, wait_s, f"no completion after restart: {error}")
 
 
 def sampler(conn: Connection) -> Callable[[], str]:

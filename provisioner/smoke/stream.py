@@ -12,7 +12,10 @@ Arithmetic (all client-side, from the monotonic clock):
   the first token closes the prefill, so it is not a decode step. llama.cpp and vLLM stream
   one token per chunk; the server's own ``usage.completion_tokens`` is recorded beside it.
   llama-server's ``timings.predicted_per_second`` is the same arithmetic on its own clock
-  (``n_gen_steps = n_gen - 1``), so on loopback the two agree.
+  (``n_gen_steps = n_gen - 1``), so on loopback the two agree. vLLM sends no ``timings``;
+  with ``--stream-interval N`` (or speculative decoding) its chunks after the first carry
+  several tokens, and then ``usage.completion_tokens`` counts the steps instead (see
+  :func:`decode_steps`).
 """
 
 from __future__ import annotations
@@ -145,7 +148,8 @@ def measure(
     ttft = token_times[0] - sent_at if token_times else None
     tps = None
     if len(token_times) >= 2 and token_times[-1] > token_times[0]:
-        tps = (len(token_times) - 1) / (token_times[-1] - token_times[0])
+        steps = decode_steps(len(token_times), usage.get("completion_tokens"), finish)
+        tps = steps / (token_times[-1] - token_times[0])
     return StreamStats(
         ttft_s=ttft,
         decode_tokens_per_s=tps,
@@ -156,3 +160,18 @@ def measure(
         server_timings=timings,
         usage=usage,
     )
+
+
+def decode_steps(token_chunks: int, completion_tokens: int | None, finish: str | None) -> int:
+    """Tokens that arrived after the first token chunk.
+
+    One a chunk, unless the server's ``usage`` counts more tokens than the chunks could
+    hold (vLLM's ``--stream-interval``, speculative decoding: the first chunk still holds
+    one token). A ``stop`` ends on an end-of-sequence token that usage counts and the
+    stream never shows (llama.cpp and vLLM alike), so it is taken off first.
+    """
+    steps = token_chunks - 1
+    if completion_tokens is not None:
+        shown = completion_tokens - (1 if finish == "stop" else 0)
+        steps = max(steps, shown - 1)
+    return steps

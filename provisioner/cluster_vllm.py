@@ -1,0 +1,162 @@
+"""A vLLM cluster's pieces from the registry and the stores: its members as the vLLM plan
+sees them, its checks at ``cluster create``, its wheelhouse, models and Ray token.
+
+The planning itself is pure (:mod:`provisioner.postinstall.vllm`); this module reads what
+it needs (inventories, profiles, the artifact and model stores, the state dir) and hands
+:func:`provisioner.postinstall.plan.plan` the per-node context.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from provisioner.clusters import Cluster, ClusterError
+from provisioner.config import Config
+from provisioner.discovery.accelerators import accelerators
+from provisioner.discovery.model import Inventory
+from provisioner.enroll import inventory_of
+from provisioner.postinstall import vllm
+from provisioner.postinstall.plan import Download
+from provisioner.profiles import Engine, ProfileSet
+from provisioner.registry import Node, Registry
+
+WHEELHOUSE_PREFIX = "vllm-"
+
+
+def _inventory(registry: Registry, node: Node) -> Inventory | None:
+    stored = registry.inventory(node.mac)
+    return inventory_of(stored) if stored else None
+
+
+def member(registry: Registry, node: Node, profiles: ProfileSet) -> vllm.VllmMember:
+    """A node as the vLLM plan sees it: address, NIC (name, speed), GPUs, profile settings."""
+    inventory = _inventory(registry, node)
+    profile = profiles.get(node.profile or "")
+    rule = profile.engine_rule(Engine.VLLM) if profile else None
+    settings = dict(rule.settings) if rule else {}
+    interface = speed = None
+    gpus = 0
+    if inventory is not None:
+        nic = next((n for n in inventory.nics if (n.mac or "").lower() == node.mac.lower()), None)
+        if nic is not None:
+            interface, speed = nic.name, nic.speed_mbps
+        gpus = sum(a.count for a in accelerators(inventory))
+    if settings.get("backend") == "cpu":
+        gpus = 0
+    return vllm.VllmMember(
+        node.hostname or node.mac, node.ip or "", interface, speed, gpus, settings
+    )
+
+
+def members(registry: Registry, cluster: Cluster, profiles: ProfileSet) -> list[vllm.VllmMember]:
+    found = []
+    for hostname in cluster.members:
+        node = registry.node(hostname)
+        if node is None:
+            raise ClusterError(f"{cluster.name}: member {hostname} is not in the registry")
+        found.append(member(registry, node, profiles))
+    return found
+
+
+def check(
+    cluster: Cluster, found: Sequence[vllm.VllmMember], model_kinds: Mapping[str, str | None]
+) -> tuple[list[str], list[str]]:
+    """(problems that refuse the cluster, warnings) for a vLLM cluster (pure)."""
+    problems = list(vllm.shares_problems(cluster.served()))
+    for served in cluster.served():
+        kind = model_kinds.get(served.model)
+        if kind is None:
+            problems.append(f"{served.name}: no model {served.model!r} in the store")
+        elif kind != "hf":
+            problems.append(
+                f"{served.name}: model {served.model!r} is a {kind} file; vLLM serves a "
+                "Hugging Face folder (provisioner model add FOLDER)"
+            )
+    lay, refused = vllm.layout(cluster, found)
+    problems += refused
+    return problems, ([] if refused else vllm.warnings(lay, found))
+
+
+def wheelhouse(cfg: Config, cluster: Cluster, backend: str) -> Download:
+    """The wheelhouse the cluster installs: its own (``--artifact``), else the newest one
+    for its backend."""
+    from provisioner.artifacts.store import ArtifactStore
+
+    store = ArtifactStore(cfg.state_dir / "artifacts")
+    name = cluster.options.get("artifact")
+    if name:
+        manifest = store.get(name)
+    else:
+        found = [
+            m for m in store.list()
+            if m.name.startswith(WHEELHOUSE_PREFIX) and f"-{backend}-" in m.name
+        ]  # fmt: skip
+        if not found:
+            raise ClusterError(
+                f"no vLLM wheelhouse for backend {backend} in {store.root}: "
+                f"provisioner artifact build vllm --backend {backend}"
+            )
+        manifest = max(found, key=lambda m: m.built_at)
+    return Download(
+        manifest.name, manifest.file, f"{cfg.http_base}/artifacts/{manifest.file}",
+        manifest.sha256, manifest.size,
+    )  # fmt: skip
+
+
+def model_entries(cfg: Config, cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """For each model the cluster serves: where it lands on a node and how it is fetched."""
+    from provisioner.models import ModelStore, fetch_tree_command
+
+    store = ModelStore(cfg.state_dir / "models")
+    out: dict[str, dict[str, Any]] = {}
+    for served in cluster.served():
+        if served.model in out:
+            continue
+        model = store.get(served.model)
+        dest = f"{vllm.MODEL_ROOT}/{model.name}"
+        base = f"{cfg.http_base}/models/{model.name}"
+        check, action = fetch_tree_command(base, dest, model.sha256)
+        out[model.name] = {
+            "dir": dest, "check": check, "action": action,
+            "quantization": getattr(model, "quantization", None) or None,
+        }  # fmt: skip
+    return out
+
+
+def ray_token(cfg: Config, cluster: Cluster) -> str:
+    """The cluster's Ray token, made once and kept 0600 in the state dir."""
+    path = cfg.state_dir / "ray" / f"{cluster.name}.token"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return Path(path).read_text().strip()
+
+
+def plan_context(
+    cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember]
+) -> tuple[Download, dict[str, dict[str, Any]], bool]:
+    """(the wheelhouse, each node's extra context, whether Ray runs)."""
+    from provisioner.artifacts.wheelhouse import node_install_command
+
+    lay, problems = vllm.layout(cluster, found)
+    if problems:
+        raise ClusterError(f"{cluster.name}: " + "; ".join(problems))
+    artifact = wheelhouse(cfg, cluster, vllm.backend_of(found))
+    venv = f"{vllm.VENV_ROOT}/{artifact.name}"
+    lock = f"/var/lib/provisioner/artifacts/{artifact.name}.requirements.txt"
+    install = node_install_command(cfg.http_base, artifact.name, venv=venv, requirements=lock)
+    models = model_entries(cfg, cluster)
+    token = ray_token(cfg, cluster) if lay.ray else ""
+    extra = {}
+    for m in found:
+        ctx = vllm.context(cluster, m, found, venv=venv, models=models)
+        ctx["vllm"]["install"] = install
+        ctx["ray"]["token"] = token
+        extra[m.hostname] = ctx
+    return artifact, extra, lay.ray

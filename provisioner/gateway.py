@@ -1,0 +1,369 @@
+"""One OpenAI-compatible gateway per cluster, on the control node's HTTP port.
+
+Clients set ``OPENAI_BASE_URL=http://<control>:<http port>/clusters/<name>/v1`` and ask for
+any model the cluster serves; the request goes to the head's server for that model
+(llama-server for llama-rpc, one vLLM server per served model), and the answer streams
+back as it comes. Routes, checked per request (a cluster without ``gateway: true`` gets
+404 and a line saying how to turn it on):
+
+- ``GET  /clusters/{name}/v1/models``: the served names, from the cluster spec;
+- ``POST /clusters/{name}/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``:
+  forwarded by the body's ``model`` with the client's ``Authorization`` header.
+
+The routing is pure (:func:`upstreams`, :func:`pick`, :func:`model_list`); the forwarding
+is :class:`Gateway` over an ``httpx.AsyncClient`` (no thread held while a stream waits
+for its next token), whose transport a test replaces with ``httpx.MockTransport``.
+httpx's exceptions stop here: they become OpenAI-style 502/504 answers, or, once a
+stream has started, a logged and counted cut.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import httpx
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from provisioner.clusters import Cluster, ClusterError, load
+from provisioner.metrics import Metrics
+from provisioner.registry import Registry
+
+log = logging.getLogger(__name__)
+
+FORWARDED = ("chat/completions", "completions", "embeddings")
+MAX_BODY_BYTES = 32 * 1024 * 1024
+# Request headers that go upstream; hop-by-hop and Host never do. Accept-Encoding is
+# pinned to identity: a compressing upstream would hold SSE chunks back.
+PASSED_REQUEST_HEADERS = ("authorization", "content-type", "accept", "user-agent")
+PASSED_RESPONSE_HEADERS = ("content-type", "cache-control", "retry-after", "x-request-id")
+UNKNOWN = "?"  # the metrics label for a cluster or model we do not serve (bounded labels)
+
+
+@dataclass(frozen=True)
+class GatewayTimeouts:
+    """``read`` is the longest silence from an upstream (a non-streamed answer is one
+    silence as long as its generation); ``total`` caps one whole exchange."""
+
+    connect: float = 5.0
+    read: float = 600.0
+    write: float = 30.0
+    total: float = 3600.0
+
+
+DEFAULT_TIMEOUTS = GatewayTimeouts()
+
+
+@dataclass(frozen=True)
+class GatewayError:
+    """An answer the gateway gives itself, in the OpenAI error format."""
+
+    status: int
+    message: str
+    code: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+# ---------------------------------------------------------------- pure routing
+
+
+def base_url(ip: str, port: int) -> str:
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"http://{host}:{port}"
+
+
+def upstreams(cluster: Cluster, head_ip: str) -> dict[str, str]:
+    """Served model name -> the base URL of the head's server for it."""
+    return {s.name: base_url(head_ip, s.port) for s in cluster.served()}
+
+
+def pick(upstreams: Mapping[str, str], body: object) -> str | GatewayError:
+    """The base URL for a request body (parsed JSON), by its ``model``.
+
+    No ``model`` is fine when the cluster serves exactly one; a model not served is a 404
+    that lists what is."""
+    names = ", ".join(sorted(upstreams)) or "none"
+    if not isinstance(body, dict):
+        return GatewayError(400, "the request body must be a JSON object", "invalid_body")
+    model = body.get("model")
+    if model is None or model == "":
+        if len(upstreams) == 1:
+            return next(iter(upstreams.values()))
+        return GatewayError(
+            400, f"'model' is required: one of {names}", "model_required", param="model"
+        )
+    if not isinstance(model, str):
+        return GatewayError(400, "'model' must be a string", "invalid_model", param="model")
+    if model not in upstreams:
+        return GatewayError(
+            404,
+            f"the model {model!r} is not served here; served: {names}",
+            "model_not_found",
+            param="model",
+        )
+    return upstreams[model]
+
+
+def model_list(cluster: Cluster, head_ip: str | None, now: int) -> dict[str, object]:
+    """``GET /v1/models`` from the spec alone: no upstream needs to be up to list it."""
+    data = [
+        {
+            "id": s.name,
+            "object": "model",
+            "created": now,
+            "owned_by": cluster.name,
+            "upstream": base_url(head_ip, s.port) if head_ip else None,
+        }
+        for s in cluster.served()
+    ]
+    return {"object": "list", "data": data}
+
+
+def gateway_off(cluster: Cluster) -> GatewayError:
+    return GatewayError(
+        404,
+        f"cluster {cluster.name!r} has no gateway: turn it on with "
+        f"'provisioner cluster create {cluster.name} ... --gateway'",
+        "gateway_off",
+    )
+
+
+def upstream_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    passed = {k: headers[k] for k in PASSED_REQUEST_HEADERS if k in headers}
+    passed["accept-encoding"] = "identity"
+    return passed
+
+
+def client_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: headers[k] for k in PASSED_RESPONSE_HEADERS if k in headers}
+
+
+# ---------------------------------------------------------------- forwarding
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the registry says of one cluster at request time."""
+
+    cluster: Cluster
+    head_ip: str | None
+
+
+class Gateway:
+    """The forwarding half: resolves a cluster, forwards a request, relays the answer."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        metrics: Metrics,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeouts: GatewayTimeouts = DEFAULT_TIMEOUTS,
+    ):
+        self.registry = registry
+        self.metrics = metrics
+        self.timeouts = timeouts
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """Made at first use (an app that never forwards loads no TLS context)."""
+        if self._client is None:
+            t = self.timeouts
+            self._client = httpx.AsyncClient(
+                transport=self._transport,
+                timeout=httpx.Timeout(
+                    connect=t.connect, read=t.read, write=t.write, pool=t.connect
+                ),
+                # The upstreams queue requests themselves (llama-server --parallel, vLLM).
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+                trust_env=False,  # cluster traffic never goes through an HTTP_PROXY
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _route(self, name: str) -> Route | GatewayError:
+        try:
+            cluster = load(self.registry, name)
+        except ClusterError as exc:
+            return GatewayError(404, str(exc), "cluster_not_found")
+        if not cluster.gateway:
+            return gateway_off(cluster)
+        head = self.registry.node(cluster.head)
+        return Route(cluster, head.ip if head is not None else None)
+
+    async def route(self, name: str) -> Route | GatewayError:
+        # The registry takes a lock that a writer may hold: never wait for it on the loop.
+        return await run_in_threadpool(self._route, name)
+
+    def count(self, cluster: str, model: str, status: int) -> None:
+        self.metrics.inc(
+            "provisioner_gateway_requests_total", cluster=cluster, model=model, status=str(status)
+        )
+
+    async def models(self, name: str) -> Response:
+        route = await self.route(name)
+        if isinstance(route, GatewayError):
+            return route.response()
+        return JSONResponse(model_list(route.cluster, route.head_ip, int(time.time())))
+
+    async def forward(self, name: str, endpoint: str, request: Request) -> Response:
+        route = await self.route(name)
+        if isinstance(route, GatewayError):
+            self.count(UNKNOWN, UNKNOWN, route.status)
+            return route.response()
+        cluster = route.cluster
+        body = await _read_body(request)
+        if isinstance(body, GatewayError):
+            self.count(cluster.name, UNKNOWN, body.status)
+            return body.response()
+        try:
+            parsed: object = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self.count(cluster.name, UNKNOWN, 400)
+            return GatewayError(
+                400, f"the request body is not JSON: {exc}", "invalid_json"
+            ).response()
+        if route.head_ip is None:
+            self.count(cluster.name, UNKNOWN, 502)
+            return GatewayError(
+                502,
+                f"cluster {cluster.name}: the head {cluster.head} has no known address",
+                "upstream_unknown",
+                type="api_error",
+            ).response()
+        table = upstreams(cluster, route.head_ip)
+        chosen = pick(table, parsed)
+        if isinstance(chosen, GatewayError):
+            self.count(cluster.name, UNKNOWN, chosen.status)
+            return chosen.response()
+        # pick() took it: the model asked for, or the one served when none was asked for.
+        asked = parsed.get("model") if isinstance(parsed, dict) else None
+        model = asked if isinstance(asked, str) and asked else next(iter(table))
+        return await self._relay(cluster.name, model, f"{chosen}/v1/{endpoint}", body, request)
+
+    async def _relay(
+        self, cluster: str, model: str, url: str, body: bytes, request: Request
+    ) -> Response:
+        upstream_request = self.client.build_request(
+            "POST", url, content=body, headers=upstream_headers(request.headers)
+        )
+        started = time.monotonic()
+        try:
+            upstream = await self.client.send(upstream_request, stream=True)
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+                return self._unreachable(cluster, model, url, exc)
+            self.count(cluster, model, 504)
+            log.warning(
+                "gateway cluster=%s model=%s upstream %s timed out: %r", cluster, model, url, exc
+            )
+            return GatewayError(
+                504, f"the upstream {url} did not answer in time", "upstream_timeout", "api_error"
+            ).response()
+        except httpx.HTTPError as exc:
+            return self._unreachable(cluster, model, url, exc)
+        self.count(cluster, model, upstream.status_code)
+        log.info("gateway cluster=%s model=%s -> %s %d", cluster, model, url, upstream.status_code)
+        return StreamingResponse(
+            self._chunks(cluster, model, upstream, started),
+            status_code=upstream.status_code,
+            headers=client_headers(upstream.headers),
+        )
+
+    def _unreachable(self, cluster: str, model: str, url: str, exc: Exception) -> Response:
+        self.count(cluster, model, 502)
+        log.warning(
+            "gateway cluster=%s model=%s upstream %s unreachable: %r", cluster, model, url, exc
+        )
+        return GatewayError(
+            502,
+            f"the upstream {url} for {model!r} is unreachable: {str(exc) or type(exc).__name__}",
+            "upstream_unreachable",
+            type="api_error",
+        ).response()
+
+    async def _chunks(
+        self, cluster: str, model: str, upstream: httpx.Response, started: float
+    ) -> AsyncIterator[bytes]:
+        """The upstream's body, each piece passed on as soon as it arrives."""
+        try:
+            async for chunk in upstream.aiter_bytes():
+                yield chunk
+                if time.monotonic() - started > self.timeouts.total:
+                    self._broken(cluster, model, "total-cap", upstream.url)
+                    return
+        except httpx.HTTPError as exc:
+            self._broken(cluster, model, type(exc).__name__, upstream.url)
+        finally:
+            await upstream.aclose()
+
+    def _broken(self, cluster: str, model: str, reason: str, url: httpx.URL) -> None:
+        self.metrics.inc(
+            "provisioner_gateway_broken_total", cluster=cluster, model=model, reason=reason
+        )
+        log.warning(
+            "gateway cluster=%s model=%s stream from %s cut: %s", cluster, model, url, reason
+        )
+
+
+async def _read_body(request: Request) -> bytes | GatewayError:
+    too_big = GatewayError(
+        413, f"the request body is over {MAX_BODY_BYTES} bytes", "body_too_large"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return too_big
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            return too_big
+        parts.append(part)
+    return b"".join(parts)
+
+
+def router(gateway: Gateway) -> APIRouter:
+    """The gateway's routes, for ``app.include_router``."""
+    routes = APIRouter(tags=["gateway"])
+
+    @routes.get("/clusters/{name}/v1/models")
+    async def list_models(name: str) -> Response:
+        return await gateway.models(name)
+
+    def forwarder(endpoint: str) -> Callable[[str, Request], Awaitable[Response]]:
+        async def forward(name: str, request: Request) -> Response:
+            return await gateway.forward(name, endpoint, request)
+
+        forward.__name__ = "forward_" + endpoint.replace("/", "_")
+        return forward
+
+    for endpoint in FORWARDED:
+        routes.add_api_route(
+            f"/clusters/{{name}}/v1/{endpoint}", forwarder(endpoint), methods=["POST"]
+        )
+    return routes
