@@ -317,6 +317,18 @@ def cmd_postinstall_run(args: argparse.Namespace) -> int:
     registry = open_registry(cfg)
     cluster = clusters.load(registry, args.cluster)
     plans = cluster_plan(cfg, registry, cluster)
+    accepted = True
+    if args.dry_run and cluster.engine == "vllm":
+        from provisioner import cluster_vllm
+
+        found = cluster_vllm.members(registry, cluster, load_profiles(cfg.cluster.profiles_dir))
+        _, warnings = cluster_vllm.check(cluster, found, {})
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        if args.check_args:
+            accepted, lines = cluster_vllm.argument_report(cfg, cluster, found, stamped)
+            for line in lines:
+                print(line, file=sys.stderr)
     if args.dry_run:
         if args.json:
             print_json(
@@ -327,12 +339,12 @@ def cmd_postinstall_run(args: argparse.Namespace) -> int:
                     for p in plans
                 ]
             )  # fmt: skip
-            return 0
+            return 0 if accepted else 1
         for p in plans:
             print(f"{p.member.hostname} ({p.role}, {p.member.address}, {p.member.profile}):")
             for i, s in enumerate(p.steps, 1):
                 print(f"  {i}. [{s.recipe}] {s.name}: {s.describe()}")
-        return 0
+        return 0 if accepted else 1
     progress = (lambda line: None) if args.json else stamped
     results = engine.run(registry, plans, _connector(cfg, registry), progress)
     if args.json:
@@ -402,6 +414,11 @@ def add_cluster_commands(sub: Any) -> None:
     prun = psub.add_parser("run", help="run every member's steps in parallel over SSH")
     prun.add_argument("cluster")
     prun.add_argument("--dry-run", action="store_true", help="print each node's plan")
+    prun.add_argument(
+        "--check-args", action="store_true",
+        help="with --dry-run, vLLM clusters: have vLLM's own parser judge each served "
+        "model's arguments (in a control-node venv made from the wheelhouse)",
+    )  # fmt: skip
     prun.add_argument("--json", action="store_true")
     prun.set_defaults(func=cmd_postinstall_run)
 
@@ -456,10 +473,17 @@ def _smoke_vllm(
     from provisioner.smoke.client import SmokeHttpError, wait_healthy
     from provisioner.smoke.cluster import VLLM_RESTART_WAIT_S, restart_check, unit_checks
     from provisioner.smoke.report import Report
-    from provisioner.smoke.run import run_smoke
+    from provisioner.smoke.run import (
+        embedding_check,
+        generative,
+        health_check,
+        models_check,
+        run_smoke,
+    )
 
     head = nodes[cluster.head]
     ray = len(cluster.members) > 1
+    architectures = _architectures(args, cluster)
     checks = list(unit_checks(conns, cluster, ray))
     streams: dict[str, Any] = {}
     for served in cluster.served():
@@ -470,6 +494,11 @@ def _smoke_vllm(
             progress(f"smoke {cluster.name}: {served.name} healthy after {waited:.1f} s")
         except SmokeHttpError as exc:
             progress(f"smoke {cluster.name}: {served.name}: {exc}")
+        if not generative(architectures.get(served.model, ())):
+            found = [health_check(endpoint), models_check(endpoint, served.name),
+                     embedding_check(endpoint, served.name)]  # fmt: skip
+            checks += [replace(c, name=f"{c.name}[{served.name}]") for c in found]
+            continue
         one = run_smoke(cluster.name, endpoint, served.name, floors, "")
         checks += [replace(c, name=f"{c.name}[{served.name}]") for c in one.checks]
         streams[served.name] = dict(one.stream)
@@ -485,6 +514,20 @@ def _smoke_vllm(
             progress, VLLM_RESTART_WAIT_S,
         ))  # fmt: skip
     return Report(cluster.name, tuple(checks), streams)
+
+
+def _architectures(args: argparse.Namespace, cluster: Cluster) -> dict[str, tuple[str, ...]]:
+    """Each served model's config.json architectures, from the model store."""
+    from provisioner.models import ModelError, ModelStore
+
+    store = ModelStore(models_dir(load_cfg(args)))
+    found: dict[str, tuple[str, ...]] = {}
+    for served in cluster.served():
+        try:
+            found[served.model] = tuple(store.get(served.model).architectures)
+        except ModelError:
+            found[served.model] = ()
+    return found
 
 
 def _ray_checks(

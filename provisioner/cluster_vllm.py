@@ -160,3 +160,58 @@ def plan_context(
         ctx["ray"]["token"] = token
         extra[m.hostname] = ctx
     return artifact, extra, lay.ray
+
+
+ARGCHECK = Path(__file__).resolve().parent / "postinstall" / "vllm_argcheck.py"
+
+
+def check_arguments(
+    python: Path, argvs: Sequence[Sequence[str]]
+) -> tuple[str, list[dict[str, Any]]]:
+    """vLLM's own parser on each argument list, run by ``python`` (a vLLM venv's): the
+    vLLM version, and per list what vLLM made of it or ``{"error": ...}``."""
+    import json
+    import subprocess
+
+    result = subprocess.run(
+        [str(python), "-I", str(ARGCHECK)], input=json.dumps([list(a) for a in argvs]),
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or len(lines) != len(argvs) + 1:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise ClusterError(f"vLLM's argument check did not run: {' / '.join(tail)}")
+    return str(lines[0].get("vllm")), lines[1:]
+
+
+def argument_report(
+    cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember], progress: Any
+) -> tuple[bool, list[str]]:
+    """Every served model's vLLM arguments judged by vLLM's own parser, in the control
+    venv made from the cluster's wheelhouse (built on first use, ~95 s): (all accepted,
+    one line per model)."""
+    from provisioner.artifacts.store import ArtifactStore
+    from provisioner.artifacts.wheelhouse import control_venv
+
+    artifact = wheelhouse(cfg, cluster, vllm.backend_of(found))
+    folder = ArtifactStore(cfg.state_dir / "artifacts").path(artifact.name)
+    python = control_venv(folder, progress=progress)
+    lay, _ = vllm.layout(cluster, found)
+    head = next(m for m in found if m.hostname == cluster.head)
+    models = model_entries(cfg, cluster)
+    argvs = [
+        vllm.served_argv(cluster, s, lay, head, str(models[s.model]["dir"]))
+        for s in cluster.served()
+    ]
+    version, seen = check_arguments(python, argvs)
+    lines = []
+    for served, got in zip(cluster.served(), seen, strict=True):
+        if "error" in got:
+            lines.append(f"{served.name}: vLLM {version} refuses its arguments: {got['error']}")
+        else:
+            lines.append(
+                f"{served.name}: vLLM {version} accepts: dtype {got['dtype']}, tensor parallel "
+                f"{got['tensor_parallel_size']} x pipeline parallel "
+                f"{got['pipeline_parallel_size']}, memory share {got['gpu_memory_utilization']}"
+            )
+    return all("error" not in g for g in seen), lines

@@ -13,6 +13,10 @@
     ├── ImageError (image/__init__.py)   an image could not be built
     │   └── RecipeError              a bad image recipe: file, key and why
     ├── AcceleratorTableError (discovery/accelerators.py)  a bad hwprofiles/accelerators.yaml
+    ├── ArtifactError (artifacts/__init__.py)  a runtime or wheelhouse not built or stored
+    ├── ModelError (models.py)       a model not added, found or removed
+    ├── ClusterError (clusters.py)   a cluster refused (the member or rule at fault)
+    ├── RayOutputError (smoke/ray.py)  Ray gave no node list
     └── LabError (lab/netns.py)      the virtual lab could not be built or driven
         ├── CommandError             a command (ip, dnsmasq, ...) failed: argv, status, stderr
         └── PxeClientError (lab/pxepacket.py)  the scripted PXE client got no answer

@@ -16,6 +16,8 @@ HELP = {
     "provisioner_http_files_total": "Files served over HTTP, by area",
     "provisioner_http_bytes_total": "Bytes of files served over HTTP, by area",
     "provisioner_http_refused_total": "HTTP requests refused, by reason",
+    "provisioner_gateway_requests_total": "Gateway requests, by cluster, served model and status",
+    "provisioner_gateway_broken_total": "Gateway streams cut before their end, by reason",
     "provisioner_ra_sent_total": "IPv6 router advertisements (lifetime 0) sent to iPXE",
     "provisioner_nodes": "Nodes in the registry, by state",
 }

@@ -48,6 +48,21 @@ def get(endpoint: str, path: str, timeout: float = 10.0) -> Response:
         raise SmokeHttpError(f"GET {_url(endpoint, path)}: {exc}") from exc
 
 
+def post_json(endpoint: str, path: str, body: object, timeout: float = 120.0) -> Response:
+    """POST a JSON body; an HTTP error status is a Response, not an exception."""
+    req = urllib.request.Request(
+        _url(endpoint, path), data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return Response(resp.status, resp.read())
+    except urllib.error.HTTPError as exc:
+        return Response(exc.code, exc.read())
+    except (urllib.error.URLError, OSError) as exc:
+        raise SmokeHttpError(f"POST {_url(endpoint, path)}: {exc}") from exc
+
+
 def wait_healthy(endpoint: str, timeout: float = 120.0) -> float:
     """Poll ``/health`` until 200 (llama-server answers 503 while it loads); returns the
     seconds waited."""

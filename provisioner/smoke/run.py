@@ -10,6 +10,7 @@ with the head's log text and a ``sample`` function per worker (``ss -tinH`` run 
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from provisioner.smoke.client import (
     DEFAULT_PROMPT,
     SmokeHttpError,
     get,
+    post_json,
     stream_chat,
 )
 from provisioner.smoke.report import Check, Report
@@ -128,6 +130,29 @@ def stream_checks(stats: StreamStats, floors: Floors) -> list[Check]:
         Check("decode_tokens_per_s", tps_ok, _round(tps), floors.min_tokens_per_s, detail)
     )
     return checks
+
+
+GENERATIVE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
+
+
+def generative(architectures: Sequence[str]) -> bool:
+    """Does a model with these ``config.json`` architectures generate text? (An encoder such
+    as ``BertModel`` or ``XLMRobertaModel`` serves embeddings instead.) Unknown: yes."""
+    return not architectures or any(a.endswith(GENERATIVE_SUFFIXES) for a in architectures)
+
+
+def embedding_check(endpoint: str, model: str) -> Check:
+    """An embedding model's proof of life: ``/v1/embeddings`` gives a non-empty vector."""
+    started = time.monotonic()
+    try:
+        r = post_json(endpoint, "/v1/embeddings", {"model": model, "input": "smoke test"})
+        vector = r.json()["data"][0]["embedding"] if r.status == 200 else []
+    except (SmokeHttpError, ValueError, KeyError, IndexError, TypeError) as exc:
+        return Check("embedding", False, None, 1, str(exc))
+    seconds = time.monotonic() - started
+    ok = isinstance(vector, list) and len(vector) > 0
+    detail = f"{len(vector)} dimensions in {seconds:.2f}s" if ok else f"status {r.status}"
+    return Check("embedding", ok, len(vector) if ok else None, 1, detail)
 
 
 def buffer_checks(head_log_text: str, workers: Sequence[Worker]) -> list[Check]:

@@ -104,6 +104,11 @@ def test_vllm_one_node_two_models_and_a_ray_cluster(
     # 1. One node, one model, with a load check and a restart.
     create(config, "solo", "--engine", "vllm", "--nodes", "ctr1", "--serve", "chat=smol",
            *CPU_OPTIONS)  # fmt: skip
+    judged = run_cli("--config", config, "postinstall", "run", "solo", "--dry-run",
+                     "--check-args", timeout=1200)  # fmt: skip
+    assert judged.returncode == 0, judged.stderr[-3000:]
+    assert "chat: vLLM 0.32" in judged.stderr, judged.stderr
+    assert "accepts: dtype bfloat16" in judged.stderr, judged.stderr
     postinstall(lab_dir, "solo")
     report = smoke(lab_dir, "solo", "--requests", "8", "--concurrency", "4")
     checks = checks_of(report)
