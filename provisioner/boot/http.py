@@ -102,6 +102,15 @@ class NodeUpdate(BaseModel):
     boot: str | None = None  # "local" | "network"
 
 
+TEXT_TYPES = {".html": "text/html", ".txt": "text/plain", ".json": "application/json"}
+
+
+def media_type(name: str) -> str:
+    """What a served file is: pages and text as such (pip reads a wheelhouse's index.html
+    only as text/html), everything else as bytes."""
+    return TEXT_TYPES.get(Path(name).suffix, "application/octet-stream")
+
+
 def create_app(ctx: AppContext) -> FastAPI:
     app = FastAPI(title="provisioner", version="1", docs_url="/api/docs", redoc_url=None)
     app.state.ctx = ctx
@@ -194,7 +203,7 @@ def create_app(ctx: AppContext) -> FastAPI:
                 mac_hint=request.query_params.get("mac"),
             )
             task = BackgroundTask(record_file, ctx, served, time.monotonic())
-        return FileResponse(path, media_type="application/octet-stream", background=task)
+        return FileResponse(path, media_type=media_type(path.name), background=task)
 
     @app.api_route("/images/{rel:path}", methods=["GET", "HEAD"])
     def image_file(rel: str, request: Request) -> FileResponse:

@@ -413,3 +413,17 @@ def test_a_script_asked_for_on_a_nodes_behalf_does_not_move_its_address(
     client.get(f"/boot/{MAC}.ipxe")  # iPXE itself: its address is the node's
     node = ctx.registry.node(MAC)
     assert node is not None and node.ip == "10.20.0.100"
+
+
+def test_a_wheelhouse_index_is_served_as_a_page(client: TestClient, ctx: AppContext) -> None:
+    """pip's --find-links skips an index page that is not text/html (seen on a node)."""
+    folder = ctx.config.state_dir / "artifacts" / "vllm-0.32.0-cpu-cp311"
+    folder.mkdir(parents=True)
+    (folder / "index.html").write_text('<a href="x-1.0-py3-none-any.whl">x</a>\n')
+    (folder / "requirements.txt").write_text("x==1.0 --hash=sha256:00\n")
+    (folder / "x-1.0-py3-none-any.whl").write_bytes(b"PK")
+    base = "/artifacts/vllm-0.32.0-cpu-cp311"
+    assert client.get(f"{base}/index.html").headers["content-type"].startswith("text/html")
+    assert client.get(f"{base}/requirements.txt").headers["content-type"].startswith("text/plain")
+    wheel = client.get(f"{base}/x-1.0-py3-none-any.whl")
+    assert wheel.headers["content-type"] == "application/octet-stream" and wheel.content == b"PK"
