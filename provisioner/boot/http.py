@@ -29,7 +29,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from provisioner.boot.http_files import FileServed
+from provisioner.boot.http_files import FileServed, media_type
 from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.boot.policy import ENROLLED_STATES, BootKind, BootSpec, boot_spec, image_for
 from provisioner.boot.tftp import confine
@@ -100,15 +100,6 @@ class AppContext:
 class NodeUpdate(BaseModel):
     hostname: str | None = None
     boot: str | None = None  # "local" | "network"
-
-
-TEXT_TYPES = {".html": "text/html", ".txt": "text/plain", ".json": "application/json"}
-
-
-def media_type(name: str) -> str:
-    """What a served file is: pages and text as such (pip reads a wheelhouse's index.html
-    only as text/html), everything else as bytes."""
-    return TEXT_TYPES.get(Path(name).suffix, "application/octet-stream")
 
 
 def create_app(ctx: AppContext) -> FastAPI:

@@ -94,12 +94,26 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
     return start, end - start + 1
 
 
+TEXT_TYPES = {".html": "text/html", ".txt": "text/plain", ".json": "application/json"}
+
+
+def media_type(name: str) -> str:
+    """What a served file is: pages and text as such (pip reads a wheelhouse's index.html
+    only as text/html: --find-links skips it otherwise), everything else as bytes."""
+    return TEXT_TYPES.get(Path(name).suffix, "application/octet-stream")
+
+
 def plan_response(
-    method: str, size: int, mtime: float, range_header: str | None, if_range: str | None = None
+    method: str,
+    size: int,
+    mtime: float,
+    range_header: str | None,
+    if_range: str | None = None,
+    content_type: str = "application/octet-stream",
 ) -> FilePlan:
     etag = f'"{int(mtime):x}-{size:x}"'
     base = [
-        ("Content-Type", "application/octet-stream"),
+        ("Content-Type", content_type),
         ("Accept-Ranges", "bytes"),
         ("Last-Modified", email.utils.formatdate(mtime, usegmt=True)),
         ("ETag", etag),
@@ -257,6 +271,7 @@ class FrontProtocol(asyncio.Protocol):
                     st.st_mtime,
                     headers.get("range"),
                     headers.get("if-range"),
+                    media_type(path.name),
                 )
                 transport.write(
                     self.conn.send(

@@ -131,3 +131,41 @@ def test_the_turing_profile_keeps_vllm_in_half_precision() -> None:
     assert turing is not None and turing.refuses(Engine.VLLM) is None
     rule = turing.engine_rule(Engine.VLLM)
     assert rule is not None and rule.setting("dtype") == "half"
+
+
+def add_hf(config: Path, name: str, architecture: str = "LlamaForCausalLM") -> None:
+    folder = config.parent / f"hf-{name}"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": [architecture]}))
+    header = json.dumps({"__metadata__": {}}).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    ModelStore(load_config(config).state_dir / "models").add(str(folder), name)
+
+
+def test_vllm_cluster_create_checks_shares_models_and_the_cpu_backend(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add_hf(config, "smol")
+    too_much = ("--serve", "a=smol:0.75", "--serve", "b=smol:0.30")
+    code, _, err = run(config, capsys, "cluster", "create", "v", "--engine", "vllm",
+                       "--nodes", "node0", *too_much)  # fmt: skip
+    assert code != 0 and "shares add up to 1.05 (a 0.75 + b 0.3)" in err
+    code, _, err = run(config, capsys, "cluster", "create", "v", "--engine", "vllm",
+                       "--nodes", "node0", "--serve", "a=tiny")  # fmt: skip
+    assert code != 0 and "model 'tiny' is a gguf file" in err
+    code, _, err = run(config, capsys, "cluster", "create", "v", "--engine", "llama-rpc",
+                       "--head", "node0", "--serve", "a=smol")  # fmt: skip
+    assert code != 0 and "--serve is for --engine vllm" in err
+    code, _, err = run(config, capsys, "cluster", "create", "v", "--engine", "vllm",
+                       "--nodes", "node0,node1", "--serve", "a=smol")  # fmt: skip
+    assert code != 0 and "CPU backend does not run over Ray" in err
+    two = ("--serve", "chat=smol:0.45", "--serve", "embed=smol:0.30")
+    code, out, err = run(config, capsys, "cluster", "create", "v", "--engine", "vllm",
+                         "--nodes", "node0,node1,node2", *two, "--pipeline-parallel", "1",
+                         "--json")  # fmt: skip
+    assert code == 0, err
+    created = json.loads(out)
+    assert [s["port"] for s in created["serve"]] == [8000, 8001]
+    assert any("only join Ray" in w for w in created["warnings"])
+    code, out, err = run(config, capsys, "cluster", "list")
+    assert "v" in out and "vllm" in out

@@ -7,6 +7,7 @@ import pytest
 from provisioner.boot.http_files import (
     FileAreas,
     RangeNotSatisfiable,
+    media_type,
     parse_range,
     plan_response,
 )
@@ -80,3 +81,12 @@ def test_areas_locate_only_existing_files_inside_their_root(tmp_path: Path) -> N
     assert areas.locate("/images/%2e%2e/secret") is None
     assert areas.locate("/images/discovery") is None
     assert areas.locate("/boot/52:54:00:00:00:01.ipxe") is None
+
+
+def test_pages_and_text_say_what_they_are() -> None:
+    """pip's --find-links skips an index page sent as bytes (seen on a lab node)."""
+    assert media_type("index.html") == "text/html"
+    assert media_type("requirements.txt") == "text/plain"
+    assert media_type("root.squashfs") == "application/octet-stream"
+    plan = plan_response("GET", 10, 0.0, None, content_type=media_type("index.html"))
+    assert dict(plan.headers)["Content-Type"] == "text/html"
