@@ -386,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_artifact_commands(sub)
     add_model_commands(sub)
-    from provisioner.cluster_cli import add_cluster_commands, add_smoke_command
+    from provisioner.cluster_cli import add_cluster_commands
+    from provisioner.smoke_cli import add_smoke_command
 
     add_cluster_commands(sub)
     add_smoke_command(sub)

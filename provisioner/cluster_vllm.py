@@ -109,7 +109,8 @@ def wheelhouse(cfg: Config, cluster: Cluster, backend: str) -> Download:
 
 def model_entries(cfg: Config, cluster: Cluster) -> dict[str, dict[str, Any]]:
     """For each model the cluster serves: where it lands on a node and how it is fetched."""
-    from provisioner.models import ModelStore, fetch_tree_command
+    from provisioner.models import ModelStore
+    from provisioner.models_hf import fetch_tree_command
 
     store = ModelStore(cfg.state_dir / "models")
     out: dict[str, dict[str, Any]] = {}
@@ -190,8 +191,8 @@ def argument_report(
     """Every served model's vLLM arguments judged by vLLM's own parser, in the control
     venv made from the cluster's wheelhouse (built on first use, ~95 s): (all accepted,
     one line per model)."""
+    from provisioner.artifacts.control_venv import control_venv
     from provisioner.artifacts.store import ArtifactStore
-    from provisioner.artifacts.wheelhouse import control_venv
 
     artifact = wheelhouse(cfg, cluster, vllm.backend_of(found))
     folder = ArtifactStore(cfg.state_dir / "artifacts").path(artifact.name)

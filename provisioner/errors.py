@@ -14,7 +14,9 @@
     │   └── RecipeError              a bad image recipe: file, key and why
     ├── AcceleratorTableError (discovery/accelerators.py)  a bad hwprofiles/accelerators.yaml
     ├── ArtifactError (artifacts/__init__.py)  a runtime or wheelhouse not built or stored
-    ├── ModelError (models.py)       a model not added, found or removed
+    ├── ModelError                   a model not added, found or removed (models.py,
+    │   │                            models_hf.py: a Hugging Face folder refused)
+    │   └── ModelNotFound (models.py)  no model of that name in the store
     ├── ClusterError (clusters.py)   a cluster refused (the member or rule at fault)
     ├── RayOutputError (smoke/ray.py)  Ray gave no node list
     └── LabError (lab/netns.py)      the virtual lab could not be built or driven
@@ -66,3 +68,8 @@ class TftpPathError(ProtocolError):
 
 class BootServiceError(ProvisionerError):
     """A boot service could not start or keep running (bind failure, missing file)."""
+
+
+class ModelError(ProvisionerError):
+    """A model could not be added, found or removed (the model store and its Hugging Face
+    folders: :mod:`provisioner.models`, :mod:`provisioner.models_hf`)."""

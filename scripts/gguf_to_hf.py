@@ -1,7 +1,7 @@
 """Convert a GGUF model file into a Hugging Face model folder that vLLM loads.
 
-Run by the control venv's python (``provisioner.artifacts.wheelhouse.control_venv``: vLLM's
-torch and transformers, plus ``gguf`` and ``accelerate``), never the appliance's::
+Run by the control venv's python (``provisioner.artifacts.control_venv.control_venv``:
+vLLM's torch and transformers, plus ``gguf`` and ``accelerate``), never the appliance's::
 
     <control venv>/bin/python scripts/gguf_to_hf.py MODEL.gguf OUT_DIR [--dtype bfloat16]
 

@@ -27,8 +27,9 @@ from pathlib import Path
 import pytest
 
 from provisioner.artifacts import default_cache_dir
+from provisioner.artifacts.control_venv import control_venv
 from provisioner.artifacts.store import ArtifactStore, Manifest
-from provisioner.artifacts.wheelhouse import WheelhouseSpec, build_wheelhouse, control_venv
+from provisioner.artifacts.wheelhouse import WheelhouseSpec, build_wheelhouse
 from provisioner.image.debs import sha256_file
 from provisioner.models import resolve_source
 

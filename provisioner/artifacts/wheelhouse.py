@@ -28,6 +28,8 @@ Pure parts (no pip needed): :class:`WheelhouseSpec`, :func:`build_inputs`,
 :func:`cache_key`, :func:`parse_report`, :func:`check_resolution`,
 :func:`parse_wheel_filename`, :func:`render_requirements`, :func:`render_index`,
 :func:`node_install_command`. The rest runs pip as subprocesses (argv lists, no shell).
+The control node's own venv made from a wheelhouse is in
+:mod:`provisioner.artifacts.control_venv`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -595,82 +596,3 @@ def _build(
         f"{manifest.size / 1e6:.0f} MB in {seconds:.0f}s"
     )
     return manifest
-
-
-# ---------------------------------------------------------------------------- control venv
-
-
-def base_python() -> Path:
-    """The interpreter this one runs on (outside any venv): control venvs are made with it."""
-    return Path(getattr(sys, "_base_executable", None) or sys.executable)
-
-
-def control_venv_root() -> Path:
-    """``$PROVISIONER_CACHE/vllm-venv``."""
-    return default_cache_dir().parent / "vllm-venv"
-
-
-def _isolated_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    return {**env, "PIP_CONFIG_FILE": os.devnull}
-
-
-def control_venv(
-    wheelhouse: Path,
-    extras: Sequence[str] = CONTROL_EXTRAS,
-    *,
-    root: Path | None = None,
-    progress: Progress = lambda _line: None,
-) -> Path:
-    """The python of a venv built from ``wheelhouse`` (its folder, or its requirements.txt as
-    :meth:`ArtifactStore.path` gives it), plus ``extras`` from the same folder.
-
-    Cached in ``<root>/<sha16 of requirements.txt>/`` (root: ``$PROVISIONER_CACHE/vllm-venv``)
-    with a marker naming the extras installed; a missing extra is added to a cached venv."""
-    folder = wheelhouse if wheelhouse.is_dir() else wheelhouse.parent
-    req = folder / REQUIREMENTS
-    if not req.is_file():
-        raise ArtifactError(f"{folder}: no {REQUIREMENTS} (not a wheelhouse)")
-    digest = sha256_file(req)
-    venv = (root or control_venv_root()) / digest[:16]
-    python, marker = venv / "bin" / "python", venv / ".provisioner-complete"
-    wanted = [normalize(e) for e in extras]
-    state = _read_marker(marker, digest)
-    if state is not None and set(wanted) <= set(state):
-        return python
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with (venv.parent / f"{digest[:16]}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        state = _read_marker(marker, digest)
-        if state is not None and set(wanted) <= set(state):
-            return python
-        started = time.monotonic()
-        pip = [str(python), "-m", "pip", "--isolated", "install", "--no-index", "--no-cache-dir"]
-        pip += ["--progress-bar", "off", "--find-links", str(folder)]
-        if state is None:
-            shutil.rmtree(venv, ignore_errors=True)
-            progress(f"making the control venv {venv} with {base_python()}")
-            _pip([str(base_python()), "-m", "venv", str(venv)], "venv", progress)
-            total = sum(1 for line in req.read_text().splitlines() if line[:1] not in "# ")
-            argv = [*pip, "--no-deps", "--require-hashes", "-r", str(req)]
-            _pip(argv, "installing", progress, total=total, env=_isolated_env())
-            state = []
-        todo = [e for e in wanted if e not in state]
-        if todo:
-            progress(f"adding {' '.join(todo)} to the control venv")
-            _pip([*pip, *todo], "extras", progress, env=_isolated_env())
-        done = sorted({*state, *wanted})
-        write_json_atomic(marker, {"requirements_sha256": digest, "extras": done})
-        progress(f"control venv ready in {time.monotonic() - started:.0f}s: {python}")
-    return python
-
-
-def _read_marker(marker: Path, digest: str) -> list[str] | None:
-    """The extras a complete venv holds, or None when it is not complete (or not this one)."""
-    try:
-        data = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(data, dict) or data.get("requirements_sha256") != digest:
-        return None
-    return [str(e) for e in data.get("extras", [])]

@@ -1,7 +1,7 @@
 """Check vLLM server argument lists with vLLM's own parser (run by a vLLM venv's python).
 
 Standalone on purpose: it imports vLLM, not provisioner, and runs in the control node's
-vLLM venv (``provisioner.artifacts.wheelhouse.control_venv``)::
+vLLM venv (``provisioner.artifacts.control_venv.control_venv``)::
 
     <venv>/bin/python -I vllm_argcheck.py < argvs.json  # [["--model", "/m", ...], ...]
 

@@ -30,10 +30,10 @@ from typing import Any
 
 import pytest
 
+from provisioner.artifacts.control_venv import control_venv
 from provisioner.artifacts.store import ArtifactKind, ArtifactStore, Manifest
 from provisioner.artifacts.wheelhouse import (
     REQUIREMENTS,
-    control_venv,
     folder_size,
     node_install_command,
     render_index,

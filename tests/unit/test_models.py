@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.errors import ModelError
 from provisioner.model_cli import add_model_commands
-from provisioner.models import ModelError, ModelNotFound, ModelStore, gguf_version, resolve_source
+from provisioner.models import ModelNotFound, ModelStore, gguf_version, resolve_source
 
 
 def gguf_bytes(payload: bytes = b"weights", version: int = 3) -> bytes:

@@ -21,17 +21,10 @@ from typing import Any
 import pytest
 
 from provisioner import models
+from provisioner.errors import ModelError
 from provisioner.model_cli import add_model_commands
-from provisioner.models import (
-    HfFacts,
-    ModelError,
-    ModelKind,
-    ModelNotFound,
-    ModelStore,
-    fetch_tree_command,
-    hf_facts,
-    select_hf_files,
-)
+from provisioner.models import ModelKind, ModelNotFound, ModelStore
+from provisioner.models_hf import HfFacts, fetch_tree_command, hf_facts, select_hf_files
 
 CONFIG: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
