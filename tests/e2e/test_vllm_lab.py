@@ -103,7 +103,7 @@ def test_vllm_one_node_two_models_and_a_ray_cluster(
 
     # 1. One node, one model, with a load check and a restart.
     create(config, "solo", "--engine", "vllm", "--nodes", "ctr1", "--serve", "chat=smol",
-           *CPU_OPTIONS)  # fmt: skip
+           "--gateway", *CPU_OPTIONS)  # fmt: skip
     judged = run_cli("--config", config, "postinstall", "run", "solo", "--dry-run",
                      "--check-args", timeout=1200)  # fmt: skip
     assert judged.returncode == 0, judged.stderr[-3000:]
@@ -125,6 +125,18 @@ def test_vllm_one_node_two_models_and_a_ray_cluster(
         assert checks[name]["passed"], checks[name]  # fmt: skip
     assert any(n.startswith("load_rpm") and c["value"] > 0 for n, c in checks.items())
     assert node_json(lab_dir, "ctr1")["state"] == "serving"
+    # The gateway on the control node streams from vLLM under one base URL.
+    from provisioner.config import load_config
+
+    base = f"{load_config(Path(config)).http_base}/clusters/solo/v1"
+    body = json.dumps({"model": "chat", "stream": True, "max_tokens": 8,
+                       "messages": [{"role": "user", "content": "Say hello."}]})  # fmt: skip
+    through = run_cli("lab", "exec", "--dir", str(lab_dir), "--", "curl", "-sN", "-H",
+                      "Content-Type: application/json", "-d", body,
+                      f"{base}/chat/completions", timeout=300)  # fmt: skip
+    assert "data: [DONE]" in through.stdout, through.stdout[-2000:] + through.stderr
+    listed = run_cli("lab", "exec", "--dir", str(lab_dir), "--", "curl", "-s", f"{base}/models")
+    assert [m["id"] for m in json.loads(listed.stdout)["data"]] == ["chat"], listed.stdout
     again = lab_cli(lab_dir, "postinstall", "run", "solo", "--json")
     assert again.returncode == 0, again.stderr
     assert all(r["changed"] == [] for r in json.loads(again.stdout))
