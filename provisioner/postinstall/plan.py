@@ -189,9 +189,10 @@ def _template(env: jinja2.Environment, name: str, context: Mapping[str, Any], wh
 
 
 def recipes_for(member: Member, cluster: Cluster, ray: bool = False) -> list[str]:
-    """base, the profile's drivers, Ray (multi-node vLLM), the engine."""
-    return ["base", *(f"driver-{d}" for d in member.drivers), *(["ray"] if ray else []),
-            cluster.engine]  # fmt: skip
+    """base, the profile's drivers, the engine, then Ray (multi-node vLLM: its units run
+    from the engine's venv; vLLM's own units wait for it by restarting)."""
+    return ["base", *(f"driver-{d}" for d in member.drivers), cluster.engine,
+            *(["ray"] if ray else [])]  # fmt: skip
 
 
 def _items(context: Mapping[str, Any], dotted: str, where: str) -> list[Any]:

@@ -35,12 +35,34 @@ def units_of(cluster: Cluster, hostname: str, ray: bool = False) -> list[str]:
 
 
 def unit_checks(conns: dict[str, Connection], cluster: Cluster, ray: bool = False) -> list[Any]:
+    """Every unit active; the detail counts systemd's restarts (a unit that keeps dying is
+    active between deaths) and, for one that is not active, its log's last line."""
     checks = []
     for hostname, conn in conns.items():
         for unit in units_of(cluster, hostname, ray):
-            state = conn.run(f"systemctl is-active {unit}", timeout=30).stdout.strip()
-            checks.append(Check(f"unit[{hostname}:{unit}]", state == "active", state, "active"))
+            out = conn.run(
+                f"systemctl is-active {unit}; systemctl show -p NRestarts --value {unit}",
+                timeout=30,
+            ).stdout.split()
+            state = out[0] if out else "unknown"
+            restarts = out[1] if len(out) > 1 and out[1].isdigit() else "0"
+            detail = f"restarted {restarts} time(s) by systemd" if restarts != "0" else ""
+            if state != "active":
+                detail = f"{detail}; {last_log_line(conn, unit)}".strip("; ")
+            checks.append(
+                Check(f"unit[{hostname}:{unit}]", state == "active", state, "active", detail)
+            )
     return checks
+
+
+def last_log_line(conn: Connection, unit: str) -> str:
+    """The last line that names an error in the unit's log file (or its journal)."""
+    log = f"/var/log/{unit.removesuffix('.service')}.log"
+    command = (
+        f"{{ test -f {log} && cat {log} || journalctl -u {unit} -n 200 --no-pager; }} 2>/dev/null"
+        " | grep -E 'Error|error|ERROR' | tail -n 1"
+    )
+    return conn.run(command, timeout=30).stdout.strip()[-300:]
 
 
 HEAD_LOG = "/var/log/llama-server.log"  # the unit truncates it at each start
