@@ -32,10 +32,11 @@ units enabled and active, the RPC port bound to the worker's own address (``ss -
 the nftables table loaded, the hostname set; after Ansible, our post-install is run once
 more and must find nothing to change (the same end state, file for file).
 
-The image: the shared image (images/debian-bookworm.toml) has no python3, which Ansible's
-modules need on their targets, and the lab's nodes cannot reach a Debian mirror. So both
-tools run on a variant with python3 added, ``debian-bookworm-py`` (built once, about
-4 minutes, into /var/cache/provisioner/bench-postinstall; the same packages otherwise).
+The image: Ansible's modules need python3 on their targets and the lab's nodes cannot
+reach a Debian mirror. The shared image (images/debian-bookworm.toml) has python3 since
+vLLM came (nodes make its venv); the bench still builds its own copy, ``debian-bookworm-py``
+(built once, about 4 minutes, into /var/cache/provisioner/bench-postinstall; python3 added
+if the recipe lacks it), so that its figures do not move with the appliance's image store.
 
 Ansible: ansible-core in its own venv (/var/cache/provisioner/ansible-venv, made on the
 first run). Run as root, never in CI:
@@ -118,7 +119,8 @@ def python_image() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     text = (ROOT / "images" / "debian-bookworm.toml").read_text()
     text = text.replace('name = "debian-bookworm"', f'name = "{IMAGE}"', 1)
-    text = text.replace('"nftables",', '"nftables",\n  "python3",  # for ansible-playbook', 1)
+    if '"python3"' not in text:
+        text = text.replace('"nftables",', '"nftables",\n  "python3",  # for ansible-playbook', 1)
     agent = ROOT / "images" / "agent" / "provisioner-agent"
     text = text.replace('agent = "agent/provisioner-agent"', f'agent = "{agent}"', 1)
     if "python3" not in text or str(agent) not in text:
