@@ -194,7 +194,8 @@ def cmd_cluster_create(args: argparse.Namespace) -> int:
 
         found = cluster_vllm.members(registry, cluster, profiles)
         more, warnings = cluster_vllm.check(cluster, found, kinds)
-        problems += more
+        others = [clusters.load(registry, n) for n in registry.cluster_names() if n != cluster.name]
+        problems += more + cluster_vllm.ray_clashes(cluster, others)
     if problems:
         raise ClusterError(f"cluster {cluster.name} refused: " + "; ".join(problems))
     registry.save_cluster(cluster.name, cluster.to_json())

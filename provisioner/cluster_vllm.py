@@ -81,6 +81,23 @@ def check(
     return problems, ([] if refused else vllm.warnings(lay, found))
 
 
+def ray_clashes(cluster: Cluster, others: Sequence[Cluster]) -> list[str]:
+    """Ray's ports are pinned: a node can be in one Ray cluster only (pure)."""
+    if cluster.engine != "vllm" or len(cluster.members) < 2:
+        return []
+    problems = []
+    for other in others:
+        if other.engine == "vllm" and len(other.members) > 1:
+            shared = sorted(set(cluster.members) & set(other.members))
+            if shared:
+                problems.append(
+                    f"{', '.join(shared)} already run Ray for cluster {other.name} (its ports "
+                    f"are pinned: one Ray cluster per node); provisioner cluster remove "
+                    f"{other.name} first"
+                )
+    return problems
+
+
 def wheelhouse(cfg: Config, cluster: Cluster, backend: str) -> Download:
     """The wheelhouse the cluster installs: its own (``--artifact``), else the newest one
     for its backend."""

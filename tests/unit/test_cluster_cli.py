@@ -169,3 +169,7 @@ def test_vllm_cluster_create_checks_shares_models_and_the_cpu_backend(
     assert any("only join Ray" in w for w in created["warnings"])
     code, out, err = run(config, capsys, "cluster", "list")
     assert "v" in out and "vllm" in out
+    code, _, err = run(config, capsys, "cluster", "create", "w", "--engine", "vllm",
+                       "--nodes", "node2,node1", "--serve", "a=smol", "--pipeline-parallel",
+                       "1")  # fmt: skip
+    assert code != 0 and "node1, node2 already run Ray for cluster v" in err, err
