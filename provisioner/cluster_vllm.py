@@ -124,6 +124,11 @@ def wheelhouse(cfg: Config, cluster: Cluster, backend: str) -> Download:
     )  # fmt: skip
 
 
+def venv_for(cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember]) -> str:
+    """Where post-install puts the cluster's venv on its nodes (one per wheelhouse)."""
+    return f"{vllm.VENV_ROOT}/{wheelhouse(cfg, cluster, vllm.backend_of(found)).name}"
+
+
 def model_entries(cfg: Config, cluster: Cluster) -> dict[str, dict[str, Any]]:
     """For each model the cluster serves: where it lands on a node and how it is fetched."""
     from provisioner.models import ModelStore
@@ -166,7 +171,7 @@ def plan_context(
     if problems:
         raise ClusterError(f"{cluster.name}: " + "; ".join(problems))
     artifact = wheelhouse(cfg, cluster, vllm.backend_of(found))
-    venv = f"{vllm.VENV_ROOT}/{artifact.name}"
+    venv = venv_for(cfg, cluster, found)
     lock = f"/var/lib/provisioner/artifacts/{artifact.name}.requirements.txt"
     install = node_install_command(cfg.http_base, artifact.name, venv=venv, requirements=lock)
     models = model_entries(cfg, cluster)

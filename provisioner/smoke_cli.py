@@ -101,7 +101,7 @@ def _smoke_vllm(
         if args.requests:
             checks += _load(args, endpoint, served.name, progress)
     if ray:
-        checks += _ray_checks(cluster, nodes, conns)
+        checks += _ray_checks(args, cluster, nodes, conns)
     if args.restart:
         first = cluster.served()[0]
         endpoint = f"http://{head.ip}:{first.port}"
@@ -128,14 +128,20 @@ def _architectures(args: argparse.Namespace, cluster: Cluster) -> dict[str, tupl
 
 
 def _ray_checks(
-    cluster: Cluster, nodes: dict[str, Node], conns: dict[str, Connection]
-) -> list[Any]:
-    """What Ray on the head says of every member (alive, with its CPUs and GPUs)."""
-    from provisioner.postinstall.vllm import RAY_PORTS, TOKEN_PATH, VENV_ROOT
+    args: argparse.Namespace, cluster: Cluster, nodes: dict[str, Node],
+    conns: dict[str, Connection],
+) -> list[Any]:  # fmt: skip
+    """What Ray on the head says of every member (alive, with its CPUs and GPUs), asked
+    with the ``ray`` of the venv post-install made from the cluster's wheelhouse."""
+    from provisioner import cluster_vllm
+    from provisioner.postinstall.vllm import RAY_PORTS, TOKEN_PATH
     from provisioner.smoke.ray import ray_checks, ray_nodes_command
 
+    cfg = load_cfg(args)
+    found = cluster_vllm.members(open_registry(cfg), cluster,
+                                 load_profiles(cfg.cluster.profiles_dir))  # fmt: skip
+    venv = cluster_vllm.venv_for(cfg, cluster, found)
     head = conns[cluster.head]
-    venv = head.run(f"ls -dt {VENV_ROOT}/*/ | head -1", timeout=30).stdout.strip().rstrip("/")
     address = f"{nodes[cluster.head].ip}:{RAY_PORTS['port']}"
     command = (
         f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={TOKEN_PATH} "
