@@ -27,7 +27,7 @@ from provisioner.artifacts.llama import (
     local_source,
     unpack_sdist,
 )
-from provisioner.artifacts.store import ArtifactStore
+from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.artifacts.wheelhouse import (
     DEFAULT_RAY_VERSION,
     DEFAULT_VLLM_VERSION,
@@ -54,16 +54,21 @@ def cmd_build_llama(args: argparse.Namespace) -> int:
     tarball, manifest, cached = build_llama(source, spec, cache, jobs=args.jobs, progress=stamped)
     store = _store(args)
     published = store.publish(tarball, manifest)
-    served = store.path(published.name)
+    how = "from the cache" if cached else f"built in {manifest.build_seconds:.0f}s"
+    what = f"{published.size / 1e6:.1f} MB  sha256 {published.sha256}"
+    return _published(args, published, store.path(published.name), cached, what, how, started)
+
+
+def _published(
+    args: argparse.Namespace, published: Manifest, served: Path, cached: bool, what: str,
+    how: str, started: float,
+) -> int:  # fmt: skip
+    """What `artifact build` prints of what it put in the store."""
     if args.json:
         print_json({**published.to_json(), "cached": cached, "path": str(served)})
     else:
-        how = "from the cache" if cached else f"built in {manifest.build_seconds:.0f}s"
-        print(
-            f"{published.name}  {published.size / 1e6:.1f} MB  sha256 {published.sha256}\n"
-            f"  {how}; {time.monotonic() - started:.1f}s in all; "
-            f"in {served}"
-        )
+        print(f"{published.name}  {what}\n  {how}; {time.monotonic() - started:.1f}s in all; "
+              f"in {served}")  # fmt: skip
     return 0
 
 
@@ -79,17 +84,12 @@ def cmd_build_vllm(args: argparse.Namespace) -> int:
     folder, manifest, cached = build_wheelhouse(spec, cache, progress=stamped)
     store = _store(args)
     published = store.publish(folder, manifest)
-    served = store.folder(published.name)
-    if args.json:
-        print_json({**published.to_json(), "cached": cached, "path": str(served)})
-    else:
-        how = "from the cache" if cached else f"downloaded in {manifest.build_seconds:.0f}s"
-        print(
-            f"{published.name}  {published.inputs.get('wheels', '?')} wheels  "
-            f"{published.size / 1e6:.0f} MB  {REQUIREMENTS} sha256 {published.sha256}\n"
-            f"  {how}; {time.monotonic() - started:.1f}s in all; in {served}"
-        )
-    return 0
+    how = "from the cache" if cached else f"downloaded in {manifest.build_seconds:.0f}s"
+    what = (
+        f"{published.inputs.get('wheels', '?')} wheels  {published.size / 1e6:.0f} MB  "
+        f"{REQUIREMENTS} sha256 {published.sha256}"
+    )
+    return _published(args, published, store.folder(published.name), cached, what, how, started)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -11,15 +11,26 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from provisioner import clusters
 from provisioner.cli_common import load_cfg, open_registry, print_json, stamped
 from provisioner.cluster_cli import host_keys, models_dir
 from provisioner.clusters import Cluster
+from provisioner.config import Config
 from provisioner.postinstall.ssh import Connection, connect
-from provisioner.profiles import load_profiles
-from provisioner.registry import Node
+from provisioner.profiles import ProfileSet, load_profiles
+from provisioner.registry import Node, Registry
+
+
+@dataclass(frozen=True)
+class Site:
+    """What cmd_smoke loaded once: the configuration, the registry, the profiles."""
+
+    cfg: Config
+    registry: Registry
+    profiles: ProfileSet
 
 
 def _smoke_llama(
@@ -59,7 +70,7 @@ def _smoke_llama(
 
 def _smoke_vllm(
     args: argparse.Namespace, cluster: Cluster, nodes: dict[str, Node],
-    conns: dict[str, Connection], floors: Any, progress: Any,
+    conns: dict[str, Connection], floors: Any, progress: Any, *, site: Site,
 ) -> Any:  # fmt: skip
     """Per served model: health, /v1/models, a streamed completion, TTFT, tokens/s (and
     the load check); every unit; Ray's view of every member; a restart."""
@@ -79,7 +90,7 @@ def _smoke_vllm(
 
     head = nodes[cluster.head]
     ray = len(cluster.members) > 1
-    architectures = _architectures(args, cluster)
+    architectures = _architectures(site, cluster)
     checks = list(unit_checks(conns, cluster, ray))
     streams: dict[str, Any] = {}
     for served in cluster.served():
@@ -101,7 +112,7 @@ def _smoke_vllm(
         if args.requests:
             checks += _load(args, endpoint, served.name, progress)
     if ray:
-        checks += _ray_checks(args, cluster, nodes, conns)
+        checks += _ray_checks(site, cluster, nodes, conns)
     if args.restart:
         first = cluster.served()[0]
         endpoint = f"http://{head.ip}:{first.port}"
@@ -112,12 +123,12 @@ def _smoke_vllm(
     return Report(cluster.name, tuple(checks), streams)
 
 
-def _architectures(args: argparse.Namespace, cluster: Cluster) -> dict[str, tuple[str, ...]]:
+def _architectures(site: Site, cluster: Cluster) -> dict[str, tuple[str, ...]]:
     """Each served model's config.json architectures, from the model store."""
     from provisioner.errors import ModelError
     from provisioner.models import ModelStore
 
-    store = ModelStore(models_dir(load_cfg(args)))
+    store = ModelStore(models_dir(site.cfg))
     found: dict[str, tuple[str, ...]] = {}
     for served in cluster.served():
         try:
@@ -128,19 +139,16 @@ def _architectures(args: argparse.Namespace, cluster: Cluster) -> dict[str, tupl
 
 
 def _ray_checks(
-    args: argparse.Namespace, cluster: Cluster, nodes: dict[str, Node],
-    conns: dict[str, Connection],
-) -> list[Any]:  # fmt: skip
+    site: Site, cluster: Cluster, nodes: dict[str, Node], conns: dict[str, Connection]
+) -> list[Any]:
     """What Ray on the head says of every member (alive, with its CPUs and GPUs), asked
     with the ``ray`` of the venv post-install made from the cluster's wheelhouse."""
     from provisioner import cluster_vllm
     from provisioner.postinstall.vllm import RAY_PORTS, TOKEN_PATH
     from provisioner.smoke.ray import ray_checks, ray_nodes_command
 
-    cfg = load_cfg(args)
-    found = cluster_vllm.members(open_registry(cfg), cluster,
-                                 load_profiles(cfg.cluster.profiles_dir))  # fmt: skip
-    venv = cluster_vllm.venv_for(cfg, cluster, found)
+    found = cluster_vllm.members(site.registry, cluster, site.profiles)
+    venv = cluster_vllm.venv_for(site.cfg, cluster, found)
     head = conns[cluster.head]
     address = f"{nodes[cluster.head].ip}:{RAY_PORTS['port']}"
     command = (
@@ -185,8 +193,11 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     try:
         for hostname, node in nodes.items():
             conns[hostname] = connect(hostname, node.ip or "", host_keys(registry, node), key)
-        smoke = _smoke_vllm if cluster.engine == "vllm" else _smoke_llama
-        report = smoke(args, cluster, nodes, conns, floors, progress)
+        if cluster.engine == "vllm":
+            site = Site(cfg, registry, profiles)
+            report = _smoke_vllm(args, cluster, nodes, conns, floors, progress, site=site)
+        else:
+            report = _smoke_llama(args, cluster, nodes, conns, floors, progress)
     finally:
         for conn in conns.values():
             conn.close()
