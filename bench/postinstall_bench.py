@@ -65,8 +65,8 @@ from common import Figure, report
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from provisioner import clusters  # noqa: E402
-from provisioner.cluster_cli import cluster_plan, host_keys, model_download, runtime  # noqa: E402
+from provisioner.cli.cluster import cluster_plan, host_keys, model_download, runtime  # noqa: E402
+from provisioner.clusters import spec as clusters  # noqa: E402
 from provisioner.config import load_config  # noqa: E402
 from provisioner.postinstall.plan import context_for  # noqa: E402
 from provisioner.registry import EventKind, Registry  # noqa: E402

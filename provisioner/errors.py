@@ -72,4 +72,4 @@ class BootServiceError(ProvisionerError):
 
 class ModelError(ProvisionerError):
     """A model could not be added, found or removed (the model store and its Hugging Face
-    folders: :mod:`provisioner.models`, :mod:`provisioner.models_hf`)."""
+    folders: :mod:`provisioner.models.store`, :mod:`provisioner.models.hf`)."""

@@ -19,7 +19,7 @@ from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.boot.ra import RouterAdvertiser
 from provisioner.boot.tftp import TftpService, TftpTransfer
 from provisioner.config import Config, ensure_api_token
-from provisioner.enroll import Enroller
+from provisioner.enroll.matching import Enroller
 from provisioner.errors import BootServiceError
 from provisioner.metrics import Labels, Metrics
 from provisioner.profiles import ProfileError

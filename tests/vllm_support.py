@@ -31,7 +31,7 @@ from provisioner.artifacts.control_venv import control_venv
 from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.artifacts.wheelhouse import WheelhouseSpec, build_wheelhouse
 from provisioner.image.debs import sha256_file
-from provisioner.models import resolve_source
+from provisioner.models.store import resolve_source
 
 ROOT = Path(__file__).resolve().parents[1]
 GGUF_TO_HF = ROOT / "scripts" / "gguf_to_hf.py"

@@ -29,6 +29,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
+from provisioner.boot.gateway import Gateway, router
 from provisioner.boot.http_files import FileServed, media_type
 from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.boot.policy import ENROLLED_STATES, BootKind, BootSpec, boot_spec, image_for
@@ -38,9 +39,8 @@ from provisioner.discovery import schema
 from provisioner.discovery.dumps.agent import from_report
 from provisioner.discovery.model import SCHEMA
 from provisioner.discovery.report import parse_report
-from provisioner.enroll import Enroller, inventory_of
+from provisioner.enroll.matching import Enroller, inventory_of
 from provisioner.errors import IllegalTransition, RegistryError, TftpPathError
-from provisioner.gateway import Gateway, router
 from provisioner.image import ImageError
 from provisioner.image.store import ImageStore, StoredImage
 from provisioner.metrics import Metrics

@@ -326,7 +326,7 @@ def _containers_up(
 ) -> None:
     """Container nodes (systemd-nspawn) booting the shared image on the lab bridge: no
     firmware steps; from their boot script on, the same path as a VM's."""
-    from provisioner.enrollment import start
+    from provisioner.enroll.power_cycle import start
     from provisioner.image.store import ImageStore
     from provisioner.lab import containers
     from provisioner.power.credentials import CredentialStore
@@ -373,7 +373,7 @@ def _containers_up(
 def _enroll(lab: LabState, progress: Progress) -> None:
     """Register each VM with its QMP socket as its power URL and enroll it by power-cycle:
     the same path as real hardware (`node add ... --power`, `enroll --power-cycle`)."""
-    from provisioner.enrollment import start
+    from provisioner.enroll.power_cycle import start
     from provisioner.power.credentials import CredentialStore
 
     deadline = time.monotonic() + 30

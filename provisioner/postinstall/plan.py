@@ -18,7 +18,7 @@ from typing import Any
 
 import jinja2
 
-from provisioner.clusters import Cluster
+from provisioner.clusters.spec import Cluster
 from provisioner.postinstall.recipes import (
     DEFAULT_RECIPES,
     Recipe,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from provisioner.clusters import Cluster
+from provisioner.clusters.spec import Cluster
 from provisioner.postinstall.ssh import Connection
 from provisioner.smoke.report import Check
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.clusters import Cluster
+from provisioner.clusters.spec import Cluster
 from provisioner.config import DEFAULT_HWPROFILES
 from provisioner.image.rootfs_recipe import default_mirror, sources_lines
 from provisioner.postinstall.plan import Download, Member, plan

@@ -29,8 +29,8 @@ import pytest
 from provisioner.artifacts import default_cache_dir
 from provisioner.artifacts.llama import BuildSpec, build_llama, fetch_sdist, unpack_sdist
 from provisioner.artifacts.store import ArtifactStore
-from provisioner.clusters import Cluster, Served
-from provisioner.models import ModelStore
+from provisioner.clusters.spec import Cluster, Served
+from provisioner.models.store import ModelStore
 from provisioner.registry import Registry
 from provisioner.smoke.client import wait_healthy
 from tests.integration.conftest import Appliance, free_port, need, stop_process

@@ -24,7 +24,7 @@ import pytest
 from provisioner.artifacts import default_cache_dir
 from provisioner.artifacts.llama import BuildSpec, build_llama, fetch_sdist, unpack_sdist
 from provisioner.artifacts.store import ArtifactStore
-from provisioner.models import ModelStore
+from provisioner.models.store import ModelStore
 from provisioner.smoke import Floors, Worker, local_ss, render_table, run_smoke
 from provisioner.smoke.client import wait_healthy
 from provisioner.smoke.rpc import rpc_model_buffers

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from provisioner.cluster_vllm import check_arguments
-from provisioner.clusters import Cluster, Served
+from provisioner.clusters.spec import Cluster, Served
+from provisioner.clusters.vllm import check_arguments
 from provisioner.postinstall import vllm
 
 pytestmark = pytest.mark.vllm

@@ -12,7 +12,7 @@ import pytest
 from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.cli import main
 from provisioner.config import Mode, load_config, render_config
-from provisioner.models import ModelStore
+from provisioner.models.store import ModelStore
 from provisioner.registry import Registry
 from provisioner.states import NodeEvent
 

@@ -10,7 +10,7 @@ import pytest
 
 from provisioner.boot.http import _inventory_document
 from provisioner.config import DEFAULT_HWPROFILES
-from provisioner.enroll import Enroller
+from provisioner.enroll.matching import Enroller
 from provisioner.profiles import ProfileError
 from provisioner.registry import EventKind, Registry
 from provisioner.states import NodeEvent, NodeState

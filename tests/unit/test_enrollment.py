@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from provisioner.enrollment import Enrollment, follow, start
+from provisioner.enroll.power_cycle import Enrollment, follow, start
 from provisioner.power.credentials import CredentialStore
 from provisioner.registry import EventKind, Registry
 from provisioner.states import NodeEvent, NodeState
@@ -74,7 +74,7 @@ def test_follow_reports_steps_enrolls_and_fails_the_late_one_naming_its_last_ste
 
 
 def test_the_next_unknown_node_that_boots_is_taken_named_and_enrolling(tmp_path: Path) -> None:
-    from provisioner.enrollment import adopt, next_unknown
+    from provisioner.enroll.power_cycle import adopt, next_unknown
 
     registry = Registry(tmp_path / "r.sqlite3")
     registry.touch_node(GOOD, now=100.0)  # known before: not a candidate

@@ -15,12 +15,19 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from provisioner import gateway
+from provisioner.boot import gateway
+from provisioner.boot.gateway import (
+    Gateway,
+    GatewayError,
+    GatewayTimeouts,
+    model_list,
+    pick,
+    upstreams,
+)
 from provisioner.boot.http import AppContext, create_app
 from provisioner.boot.ipxe import ScriptRenderer
-from provisioner.clusters import Cluster, Served
+from provisioner.clusters.spec import Cluster, Served
 from provisioner.config import Mode, parse_config, render_config
-from provisioner.gateway import Gateway, GatewayError, GatewayTimeouts, model_list, pick, upstreams
 from provisioner.metrics import Metrics
 from provisioner.registry import Registry
 

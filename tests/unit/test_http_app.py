@@ -15,7 +15,7 @@ from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.config import DEFAULT_HWPROFILES, Mode, parse_config, render_config
 from provisioner.discovery import schema
 from provisioner.discovery.model import SCHEMA, Inventory
-from provisioner.enroll import Enroller
+from provisioner.enroll.matching import Enroller
 from provisioner.image.store import ImageStore
 from provisioner.metrics import Metrics
 from provisioner.registry import EventKind, Registry

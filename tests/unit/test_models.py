@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.cli.model import add_model_commands
 from provisioner.errors import ModelError
-from provisioner.model_cli import add_model_commands
-from provisioner.models import ModelNotFound, ModelStore, gguf_version, resolve_source
+from provisioner.models.store import ModelNotFound, ModelStore, gguf_version, resolve_source
 
 
 def gguf_bytes(payload: bytes = b"weights", version: int = 3) -> bytes:

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from provisioner import models
+from provisioner.cli.model import add_model_commands
 from provisioner.errors import ModelError
-from provisioner.model_cli import add_model_commands
-from provisioner.models import ModelKind, ModelNotFound, ModelStore
-from provisioner.models_hf import HfFacts, fetch_tree_command, hf_facts, select_hf_files
+from provisioner.models import store as models
+from provisioner.models.hf import HfFacts, fetch_tree_command, hf_facts, select_hf_files
+from provisioner.models.store import ModelKind, ModelNotFound, ModelStore
 
 CONFIG: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.clusters import Cluster
+from provisioner.clusters.spec import Cluster
 from provisioner.config import DEFAULT_HWPROFILES
 from provisioner.postinstall.plan import Download, Member, plan
 from provisioner.postinstall.recipes import RecipeError, parse_recipe

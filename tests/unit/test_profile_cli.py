@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.profile_cli import add_profile_commands, default_profiles_dir
+from provisioner.cli.profile import add_profile_commands, default_profiles_dir
 from provisioner.profiles import load_profiles
 
 ROOT = Path(__file__).resolve().parents[2]

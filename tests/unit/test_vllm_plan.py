@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from provisioner.clusters import Cluster, Served
+from provisioner.clusters.spec import Cluster, Served
 from provisioner.postinstall import vllm
 from provisioner.postinstall.plan import Download, Member, plan
 

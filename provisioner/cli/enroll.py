@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from provisioner import enrollment
-from provisioner.cli_common import load_cfg, open_registry, print_json, stamped
+from provisioner.cli.common import load_cfg, open_registry, print_json, stamped
+from provisioner.enroll import power_cycle as enrollment
 from provisioner.power import DEFAULT_TIMEOUT
 from provisioner.power.credentials import candidate_files, load_store
 

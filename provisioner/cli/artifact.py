@@ -36,7 +36,7 @@ from provisioner.artifacts.wheelhouse import (
     WheelhouseSpec,
     build_wheelhouse,
 )
-from provisioner.cli_common import print_json, stamped, state_store, table
+from provisioner.cli.common import print_json, stamped, state_store, table
 
 
 def _store(args: argparse.Namespace) -> ArtifactStore:

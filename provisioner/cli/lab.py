@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provisioner.cli_common import print_json, print_timeline, stamped, table
+from provisioner.cli.common import print_json, print_timeline, stamped, table
 from provisioner.config import Mode
 from provisioner.registry import Event
 

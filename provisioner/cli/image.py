@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.boot.policy import image_for, wanted_image
-from provisioner.cli_common import load_cfg, open_registry, print_json, stamped, table
+from provisioner.cli.common import load_cfg, open_registry, print_json, stamped, table
 from provisioner.config import Config
 from provisioner.image import ImageError, guardrails
 from provisioner.image.store import ImageInUse, ImageRef, ImageStore, StoredImage, users_of
 from provisioner.profiles import load_profiles
 from provisioner.registry import Registry
 
-RECIPES = Path(__file__).resolve().parents[1] / "images"
+RECIPES = Path(__file__).resolve().parents[2] / "images"
 
 
 def recipe_path(text: str) -> Path:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from provisioner.cli_common import load_cfg, open_registry, print_json
+from provisioner.cli.common import load_cfg, open_registry, print_json
 from provisioner.config import Config, normalize_mac
 from provisioner.power import (
     DEFAULT_TIMEOUT,

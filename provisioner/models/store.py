@@ -15,12 +15,12 @@ One JSON manifest per model next to it: ``list`` reads them and never hashes aga
 :meth:`ModelStore.folder` the folder of a Hugging Face model. The HTTP server serves the
 store at ``/models/`` (sub-folders included). Nodes fetch, cache and verify by sha256: a
 GGUF file by its own, a folder by its ``SHA256SUMS``
-(:func:`provisioner.models_hf.fetch_tree_command`).
+(:func:`provisioner.models.hf.fetch_tree_command`).
 
 This module holds the store (:class:`ModelStore`, :class:`Model`, a GGUF file's checks, the
 sources); what a Hugging Face folder must hold, which of its files are kept and how a node
-fetches one are in :mod:`provisioner.models_hf`. A folder is checked there
-(:func:`~provisioner.models_hf.scan_hf_folder`), copied here into a hidden temporary folder
+fetches one are in :mod:`provisioner.models.hf`. A folder is checked there
+(:func:`~provisioner.models.hf.scan_hf_folder`), copied here into a hidden temporary folder
 and renamed into place, then its manifest is written: a model without a manifest does not
 exist, so nobody sees half of one. Errors: :class:`provisioner.errors.ModelError`, and
 :class:`ModelNotFound` for a name not in the store.
@@ -50,7 +50,7 @@ from typing import Any
 
 from provisioner.config import DEFAULT_STATE_DIR
 from provisioner.errors import ModelError
-from provisioner.models_hf import SUMS_NAME, scan_hf_folder, sha256sums
+from provisioner.models.hf import SUMS_NAME, scan_hf_folder, sha256sums
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from provisioner import __version__
-from provisioner.cli_common import (
+from provisioner.cli.common import (
     ago,
     config_path,
     load_cfg,
@@ -350,11 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     nenroll.add_argument("nodes", nargs="+", metavar="NODE", help="MAC or hostname")
     nenroll.add_argument("--json", action="store_true")
     nenroll.set_defaults(func=cmd_node_enroll)
-    from provisioner.power_cli import add_node_add_command, add_power_commands
+    from provisioner.cli.power import add_node_add_command, add_power_commands
 
     add_node_add_command(node_sub, load_cfg)
     add_power_commands(sub, load_cfg)
-    from provisioner.enroll_cli import add_enroll_commands
+    from provisioner.cli.enroll import add_enroll_commands
 
     add_enroll_commands(sub)
 
@@ -368,26 +368,26 @@ def build_parser() -> argparse.ArgumentParser:
     ischema = inventory_sub.add_parser("schema", help="the inventory's JSON Schema")
     ischema.set_defaults(func=cmd_inventory_schema)
 
-    from provisioner.profile_cli import add_profile_commands
+    from provisioner.cli.profile import add_profile_commands
 
     profile_sub = add_profile_commands(sub)
     reload = profile_sub.add_parser("reload", help="re-fingerprint nodes in the running serve")
     reload.add_argument("--json", action="store_true")
     reload.set_defaults(func=cmd_profile_reload)
 
-    from provisioner.image_cli import add_image_commands
+    from provisioner.cli.image import add_image_commands
 
     add_image_commands(sub)
-    from provisioner.lab_cli import add_lab_commands
+    from provisioner.cli.lab import add_lab_commands
 
     add_lab_commands(sub)
-    from provisioner.artifact_cli import add_artifact_commands
-    from provisioner.model_cli import add_model_commands
+    from provisioner.cli.artifact import add_artifact_commands
+    from provisioner.cli.model import add_model_commands
 
     add_artifact_commands(sub)
     add_model_commands(sub)
-    from provisioner.cluster_cli import add_cluster_commands
-    from provisioner.smoke_cli import add_smoke_command
+    from provisioner.cli.cluster import add_cluster_commands
+    from provisioner.cli.smoke import add_smoke_command
 
     add_cluster_commands(sub)
     add_smoke_command(sub)

@@ -1,4 +1,4 @@
-"""``provisioner model add|list|remove``: the model store (:mod:`provisioner.models`):
+"""``provisioner model add|list|remove``: the model store (:mod:`provisioner.models.store`):
 GGUF files (llama.cpp) and Hugging Face folders (vLLM).
 
 Mounted by :mod:`provisioner.cli` with :func:`add_model_commands`; each subcommand sets
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from provisioner.cli_common import print_json, state_store, table
-from provisioner.models import STORE_ENV, Model, ModelKind, ModelStore
+from provisioner.cli.common import print_json, state_store, table
+from provisioner.models.store import STORE_ENV, Model, ModelKind, ModelStore
 
 
 def _store(args: argparse.Namespace) -> ModelStore:

@@ -8,7 +8,7 @@ an old ``SHA256SUMS``), :func:`sha256sums` (the text of the store's ``SHA256SUMS
 :func:`fetch_tree_command` (the shell lines post-install runs on a node to fetch a folder
 and verify every file by it). :func:`scan_hf_folder` reads a folder on disk without
 copying it (names, symlinks, Git LFS pointers, safetensors headers, the index's shards)
-and returns an :class:`HfFolder`; :class:`provisioner.models.ModelStore` copies it in.
+and returns an :class:`HfFolder`; :class:`provisioner.models.store.ModelStore` copies it in.
 
 Errors: :class:`provisioner.errors.ModelError`.
 """

@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from provisioner.clusters import Cluster, ClusterError
+from provisioner.clusters.spec import Cluster, ClusterError
 from provisioner.config import Config
 from provisioner.discovery.accelerators import accelerators
 from provisioner.discovery.model import Inventory
-from provisioner.enroll import inventory_of
+from provisioner.enroll.matching import inventory_of
 from provisioner.postinstall import vllm
 from provisioner.postinstall.plan import Download
 from provisioner.profiles import Engine, ProfileSet
@@ -131,8 +131,8 @@ def venv_for(cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember]) ->
 
 def model_entries(cfg: Config, cluster: Cluster) -> dict[str, dict[str, Any]]:
     """For each model the cluster serves: where it lands on a node and how it is fetched."""
-    from provisioner.models import ModelStore
-    from provisioner.models_hf import fetch_tree_command
+    from provisioner.models.hf import fetch_tree_command
+    from provisioner.models.store import ModelStore
 
     store = ModelStore(cfg.state_dir / "models")
     out: dict[str, dict[str, Any]] = {}
@@ -185,7 +185,7 @@ def plan_context(
     return artifact, extra, lay.ray
 
 
-ARGCHECK = Path(__file__).resolve().parent / "postinstall" / "vllm_argcheck.py"
+ARGCHECK = Path(__file__).resolve().parents[1] / "postinstall" / "vllm_argcheck.py"
 
 
 def check_arguments(

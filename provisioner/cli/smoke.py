@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from provisioner import clusters
-from provisioner.cli_common import load_cfg, open_registry, print_json, stamped
-from provisioner.cluster_cli import host_keys, models_dir
-from provisioner.clusters import Cluster
+from provisioner.cli.cluster import host_keys, models_dir
+from provisioner.cli.common import load_cfg, open_registry, print_json, stamped
+from provisioner.clusters import spec as clusters
+from provisioner.clusters.spec import Cluster
 from provisioner.config import Config
 from provisioner.postinstall.ssh import Connection, connect
 from provisioner.profiles import ProfileSet, load_profiles
@@ -126,7 +126,7 @@ def _smoke_vllm(
 def _architectures(site: Site, cluster: Cluster) -> dict[str, tuple[str, ...]]:
     """Each served model's config.json architectures, from the model store."""
     from provisioner.errors import ModelError
-    from provisioner.models import ModelStore
+    from provisioner.models.store import ModelStore
 
     store = ModelStore(models_dir(site.cfg))
     found: dict[str, tuple[str, ...]] = {}
@@ -143,7 +143,7 @@ def _ray_checks(
 ) -> list[Any]:
     """What Ray on the head says of every member (alive, with its CPUs and GPUs), asked
     with the ``ray`` of the venv post-install made from the cluster's wheelhouse."""
-    from provisioner import cluster_vllm
+    from provisioner.clusters import vllm as cluster_vllm
     from provisioner.postinstall.vllm import RAY_PORTS, TOKEN_PATH
     from provisioner.smoke.ray import ray_checks, ray_nodes_command
 

@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from provisioner import clusters
-from provisioner.cli_common import load_cfg, open_registry, print_json, stamped, table
-from provisioner.clusters import Cluster, ClusterError
+from provisioner.cli.common import load_cfg, open_registry, print_json, stamped, table
+from provisioner.clusters import spec as clusters
+from provisioner.clusters.spec import Cluster, ClusterError
 from provisioner.config import Config
 from provisioner.discovery.model import Inventory
-from provisioner.enroll import inventory_of
-from provisioner.postinstall import engine
+from provisioner.enroll.matching import inventory_of
+from provisioner.postinstall import fanout
 from provisioner.postinstall.plan import Download, Member, NodePlan, plan
 from provisioner.postinstall.ssh import Connection, HostKey, connect
 from provisioner.profiles import ProfileSet, load_profiles
@@ -91,7 +91,7 @@ def runtime(cfg: Config, cluster: Cluster) -> Download:
 
 
 def model_download(cfg: Config, cluster: Cluster) -> Download:
-    from provisioner.models import ModelStore
+    from provisioner.models.store import ModelStore
 
     model = ModelStore(models_dir(cfg)).get(cluster.model)
     return Download(
@@ -112,7 +112,7 @@ def cluster_plan(cfg: Config, registry: Registry, cluster: Cluster) -> list[Node
         raise ClusterError(f"{cluster.name}: " + "; ".join(problems))
     members = [_member(registry, n, profiles) for n in nodes]
     if cluster.engine == "vllm":
-        from provisioner import cluster_vllm
+        from provisioner.clusters import vllm as cluster_vllm
 
         found = cluster_vllm.members(registry, cluster, profiles)
         artifact, extra, ray = cluster_vllm.plan_context(cfg, cluster, found)
@@ -152,7 +152,7 @@ def _spec(args: argparse.Namespace) -> Cluster:
     if model is None:
         raise ClusterError("give --model M (or --serve NAME=MODEL:SHARE for vLLM)")
     if args.engine == "vllm" and not serve:
-        from provisioner.clusters import Served
+        from provisioner.clusters.spec import Served
         from provisioner.postinstall.vllm import FIRST_PORT
 
         serve = (Served(model, model, None, FIRST_PORT),)
@@ -165,7 +165,7 @@ def _spec(args: argparse.Namespace) -> Cluster:
 
 def cmd_cluster_create(args: argparse.Namespace) -> int:
     from provisioner.errors import ModelError
-    from provisioner.models import ModelStore
+    from provisioner.models.store import ModelStore
 
     cfg = load_cfg(args)
     registry = open_registry(cfg)
@@ -190,7 +190,7 @@ def cmd_cluster_create(args: argparse.Namespace) -> int:
         problems.append(f"model {cluster.model!r} is not a GGUF file: llama.cpp needs one")
     warnings: list[str] = []
     if cluster.engine == "vllm" and not problems:
-        from provisioner import cluster_vllm
+        from provisioner.clusters import vllm as cluster_vllm
 
         found = cluster_vllm.members(registry, cluster, profiles)
         more, warnings = cluster_vllm.check(cluster, found, kinds)
@@ -302,7 +302,7 @@ def cmd_cluster_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connector(cfg: Config, registry: Registry) -> engine.Connect:
+def _connector(cfg: Config, registry: Registry) -> fanout.Connect:
     key = cfg.state_dir / "ssh" / "id_ed25519"
 
     def open_one(node_plan: NodePlan) -> Connection:
@@ -321,7 +321,7 @@ def cmd_postinstall_run(args: argparse.Namespace) -> int:
     plans = cluster_plan(cfg, registry, cluster)
     accepted = True
     if args.dry_run and cluster.engine == "vllm":
-        from provisioner import cluster_vllm
+        from provisioner.clusters import vllm as cluster_vllm
 
         found = cluster_vllm.members(registry, cluster, load_profiles(cfg.cluster.profiles_dir))
         _, warnings = cluster_vllm.check(cluster, found, {})
@@ -348,7 +348,7 @@ def cmd_postinstall_run(args: argparse.Namespace) -> int:
                 print(f"  {i}. [{s.recipe}] {s.name}: {s.describe()}")
         return 0 if accepted else 1
     progress = (lambda line: None) if args.json else stamped
-    results = engine.run(registry, plans, _connector(cfg, registry), progress)
+    results = fanout.run(registry, plans, _connector(cfg, registry), progress)
     if args.json:
         print_json([r.as_dict() for r in results])
     else:

@@ -1,0 +1,1 @@
+"""Clusters: which nodes serve which model with which engine."""

@@ -1,0 +1,6 @@
+"""Enrollment: what happens to a node between its first boot and its profile's image.
+
+- :mod:`.matching`: an inventory arrives -> the node is fingerprinted, named, matched;
+- :mod:`.power_cycle`: ``provisioner enroll --power-cycle``: power a node on (or cycle
+  it), follow its boot until it has an inventory and a profile.
+"""
