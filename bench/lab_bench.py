@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 from provisioner.lab import lab as labmod  # noqa: E402
 from provisioner.lab.netns import Namespace  # noqa: E402
 from provisioner.lab.vm import VmSpec, prepare, qemu_argv  # noqa: E402
-from provisioner.registry import EventKind, Registry  # noqa: E402
+from provisioner.records import EventKind  # noqa: E402
+from provisioner.registry import Registry  # noqa: E402
 
 DIRECT_MAC = "52:54:00:99:00:fe"
 

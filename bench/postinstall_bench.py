@@ -69,7 +69,8 @@ from provisioner.cli.cluster import cluster_plan, host_keys, model_download, run
 from provisioner.clusters import spec as clusters  # noqa: E402
 from provisioner.config import load_config  # noqa: E402
 from provisioner.postinstall.plan import context_for  # noqa: E402
-from provisioner.registry import EventKind, Registry  # noqa: E402
+from provisioner.records import EventKind  # noqa: E402
+from provisioner.registry import Registry  # noqa: E402
 
 PROVISIONER = ROOT / ".venv" / "bin" / "provisioner"
 PLAYBOOK = ROOT / "bench" / "ansible" / "llama-rpc.yml"

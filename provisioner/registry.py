@@ -16,20 +16,20 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from enum import StrEnum
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from provisioner.discovery.model import Inventory
+from provisioner.discovery.schema import inventory_of
 from provisioner.errors import RegistryError
+from provisioner.records import Detail, Event, EventKind, Lease, LeaseKind, Node
 from provisioner.states import NodeEvent, NodeState, apply
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-Detail = Mapping[str, str | int | float | bool | None]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -97,86 +97,6 @@ CREATE TABLE IF NOT EXISTS profile_images (
 
 # Columns added after a table was first shipped: (table, column, declaration).
 _ADDED_COLUMNS = (("nodes", "image", "TEXT"),)  # the image@version its last script named
-
-
-class EventKind(StrEnum):
-    """Steps of a node's boot timeline, in the order a healthy boot shows them."""
-
-    POWER = "power"  # a power driver acted on the node (on, off, cycle, boot-network)
-    DHCP = "dhcp"  # a DHCP/PXE request from the node
-    DHCP_REPLY = "dhcp-reply"  # our answer: address and/or boot file
-    TFTP = "tftp"  # a file sent over TFTP
-    SCRIPT = "script"  # its iPXE boot script served
-    HTTP_FILE = "http-file"  # kernel, initrd or root image fetched over HTTP
-    KEYS = "keys"  # the booted image fetched the control node's SSH key
-    INVENTORY = "inventory"  # the agent reported the hardware
-    STATE = "state"  # the node changed state
-    PROFILE = "profile"  # fingerprinting gave (or took away) a profile
-    REFUSED = "refused"  # a request from or about the node was refused
-
-
-class LeaseKind(StrEnum):
-    OFFERED = "offered"
-    BOUND = "bound"
-    DECLINED = "declined"
-
-
-@dataclass(frozen=True)
-class Node:
-    mac: str
-    hostname: str | None
-    state: NodeState
-    profile: str | None
-    ip: str | None
-    firmware: str | None
-    arch: int | None
-    first_seen: float
-    last_seen: float
-    image: str | None = None  # name@version that its last boot script named
-
-    def as_dict(self) -> dict[str, str | float | int | None]:
-        return {
-            "image": self.image,
-            "mac": self.mac,
-            "hostname": self.hostname,
-            "state": self.state.value,
-            "profile": self.profile,
-            "ip": self.ip,
-            "firmware": self.firmware,
-            "arch": self.arch,
-            "first_seen": self.first_seen,
-            "last_seen": self.last_seen,
-        }
-
-
-@dataclass(frozen=True)
-class Event:
-    mac: str
-    ts: float
-    kind: EventKind
-    detail: Detail
-
-    def as_dict(self) -> dict[str, object]:
-        return {"ts": self.ts, "kind": self.kind.value, "detail": dict(self.detail)}
-
-    @classmethod
-    def from_dict(cls, mac: str, data: Mapping[str, object]) -> Event:
-        detail = data.get("detail")
-        ts = data.get("ts")
-        return cls(
-            mac,
-            float(ts) if isinstance(ts, (int, float)) else 0.0,
-            EventKind(str(data.get("kind"))),
-            detail if isinstance(detail, Mapping) else {},
-        )
-
-
-@dataclass(frozen=True)
-class Lease:
-    ip: IPv4Address
-    mac: str
-    expires: float
-    kind: LeaseKind
 
 
 def hash_token(token: str) -> str:
@@ -488,10 +408,17 @@ class Registry:
             self._event(db, mac, EventKind.INVENTORY, {"bytes": len(data)}, now)
         return self.transition(mac, NodeEvent.INVENTORY, reason="inventory received")
 
-    def inventory(self, mac: str) -> str | None:
+    def inventory_document(self, mac: str) -> str | None:
+        """The document the node's agent last sent, as it was stored (JSON text)."""
         with self._lock:
             row = self._db.execute("SELECT data FROM inventories WHERE mac = ?", (mac,)).fetchone()
         return str(row["data"]) if row else None
+
+    def inventory(self, mac: str) -> Inventory | None:
+        """The node's last inventory, typed; None if there is none or it does not fit the
+        schema (the document stays readable through :meth:`inventory_document`)."""
+        document = self.inventory_document(mac)
+        return inventory_of(document) if document else None
 
     # ------------------------------------------------------------------ leases
 

@@ -23,7 +23,8 @@ from provisioner.enroll.matching import Enroller
 from provisioner.errors import BootServiceError
 from provisioner.metrics import Labels, Metrics
 from provisioner.profiles import ProfileError
-from provisioner.registry import EventKind, Registry
+from provisioner.records import EventKind
+from provisioner.registry import Registry
 from provisioner.sshkeys import ensure_keypair
 from provisioner.states import NodeState
 

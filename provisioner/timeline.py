@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from provisioner.registry import Event, EventKind
+from provisioner.records import Event, EventKind
 
 DISCOVERY_STEPS = ("dhcp", "tftp", "ipxe", "script", "kernel", "initrd", "inventory")
 IMAGE_STEPS = ("image", "root", "keys", "ready")

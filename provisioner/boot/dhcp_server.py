@@ -32,7 +32,8 @@ from provisioner.boot.leases import LeaseTable
 from provisioner.config import Config, Mode
 from provisioner.errors import BootServiceError, DhcpDecodeError
 from provisioner.metrics import Metrics
-from provisioner.registry import EventKind, LeaseKind, Registry, declined_owner
+from provisioner.records import EventKind, LeaseKind
+from provisioner.registry import Registry, declined_owner
 
 log = logging.getLogger(__name__)
 

@@ -39,13 +39,14 @@ from provisioner.discovery import schema
 from provisioner.discovery.dumps.agent import from_report
 from provisioner.discovery.model import SCHEMA
 from provisioner.discovery.report import parse_report
-from provisioner.enroll.matching import Enroller, inventory_of
+from provisioner.enroll.matching import Enroller
 from provisioner.errors import IllegalTransition, RegistryError, TftpPathError
 from provisioner.image import ImageError
 from provisioner.image.store import ImageStore, StoredImage
 from provisioner.metrics import Metrics
 from provisioner.profiles import ProfileError
-from provisioner.registry import EventKind, Node, Registry
+from provisioner.records import EventKind, Node
+from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,7 @@ class AppContext:
         profile = None
         if node.profile and self.enroller is not None:
             profile = self.enroller.profiles.get(node.profile)
-        stored = self.registry.inventory(node.mac)
-        inventory = inventory_of(stored) if stored else None
+        inventory = self.registry.inventory(node.mac)
         image = image_for(
             node.profile,
             profile.image if profile else None,
@@ -225,7 +225,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         node = ctx.registry.node(normalize_mac(key) or key)
         if node is None:
             raise HTTPException(404, f"no node {key}")
-        inventory = ctx.registry.inventory(node.mac)
+        inventory = ctx.registry.inventory_document(node.mac)
         return {
             **node.as_dict(),
             "timeline": [e.as_dict() for e in ctx.registry.events(node.mac)],

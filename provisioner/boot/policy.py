@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from provisioner.image import guardrails
 from provisioner.image.store import StoredImage
-from provisioner.registry import Node
+from provisioner.records import Node
 from provisioner.states import NodeState
 
 DISCOVERY_IMAGE = "discovery"

@@ -32,7 +32,8 @@ from provisioner.config import (
     write_config,
 )
 from provisioner.errors import IllegalTransition, ProvisionerError
-from provisioner.registry import Event, EventKind, Node, Registry
+from provisioner.records import Event, EventKind, Node
+from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
 
 log = logging.getLogger("provisioner")
@@ -178,7 +179,7 @@ def cmd_node_show(args: argparse.Namespace) -> int:
         print(f"no node {args.node}", file=sys.stderr)
         return 1
     events = reg.events(node.mac)
-    inventory = reg.inventory(node.mac)
+    inventory = reg.inventory_document(node.mac)
     if args.json:
         print_json(
             {

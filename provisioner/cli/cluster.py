@@ -18,13 +18,12 @@ from provisioner.cli.common import load_cfg, open_registry, print_json, stamped,
 from provisioner.clusters import spec as clusters
 from provisioner.clusters.spec import Cluster, ClusterError
 from provisioner.config import Config
-from provisioner.discovery.model import Inventory
-from provisioner.enroll.matching import inventory_of
 from provisioner.postinstall import fanout
 from provisioner.postinstall.plan import Download, Member, NodePlan, plan
 from provisioner.postinstall.ssh import Connection, HostKey, connect
 from provisioner.profiles import ProfileSet, load_profiles
-from provisioner.registry import Node, Registry
+from provisioner.records import Node
+from provisioner.registry import Registry
 
 LLAMA_PREFIX = "llama.cpp-"
 
@@ -37,14 +36,9 @@ def models_dir(cfg: Config) -> Path:
     return cfg.state_dir / "models"
 
 
-def _inventory(registry: Registry, node: Node) -> Inventory | None:
-    stored = registry.inventory(node.mac)
-    return inventory_of(stored) if stored else None
-
-
 def host_keys(registry: Registry, node: Node) -> list[HostKey]:
     """The host keys the node's agent last reported (the ones post-install trusts)."""
-    inventory = _inventory(registry, node)
+    inventory = registry.inventory(node.mac)
     if inventory is None:
         return []
     return [HostKey(k.type, k.public_key) for k in inventory.ssh_host_keys if k.public_key]
@@ -52,7 +46,7 @@ def host_keys(registry: Registry, node: Node) -> list[HostKey]:
 
 def _member(registry: Registry, node: Node, profiles: ProfileSet) -> Member:
     profile = profiles.get(node.profile or "")
-    inventory = _inventory(registry, node)
+    inventory = registry.inventory(node.mac)
     threads = (inventory.cpu.threads if inventory and inventory.cpu else None) or 1
     return Member(
         hostname=node.hostname or node.mac,

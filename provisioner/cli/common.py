@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from provisioner.config import DEFAULT_CONFIG_PATH, Config, load_config
-from provisioner.registry import Event, Registry
+from provisioner.records import Event
+from provisioner.registry import Registry
 
 
 def print_json(data: object) -> None:

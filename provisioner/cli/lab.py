@@ -10,7 +10,7 @@ from typing import Any
 
 from provisioner.cli.common import print_json, print_timeline, stamped, table
 from provisioner.config import Mode
-from provisioner.registry import Event
+from provisioner.records import Event
 
 
 def cmd_lab_simulate(args: argparse.Namespace) -> int:

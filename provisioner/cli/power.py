@@ -28,7 +28,8 @@ from provisioner.power import (
 from provisioner.power.credentials import CredentialStore, candidate_files, load_store
 from provisioner.power.run import Job, format_result, run_jobs
 from provisioner.power.settings import PowerSettings, parse_power_url
-from provisioner.registry import Node, Registry
+from provisioner.records import Node
+from provisioner.registry import Registry
 
 LoadConfig = Callable[[argparse.Namespace], Config]
 

@@ -21,7 +21,8 @@ from provisioner.clusters.spec import Cluster
 from provisioner.config import Config
 from provisioner.postinstall.ssh import Connection, connect
 from provisioner.profiles import ProfileSet, load_profiles
-from provisioner.registry import Node, Registry
+from provisioner.records import Node
+from provisioner.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 from provisioner.errors import ProvisionerError
 from provisioner.profiles import Engine, Profile
-from provisioner.registry import Node, Registry
+from provisioner.records import Node
+from provisioner.registry import Registry
 from provisioner.states import NodeState
 
 ENGINES = ("llama-rpc", "vllm")

@@ -17,24 +17,18 @@ from typing import Any
 from provisioner.clusters.spec import Cluster, ClusterError
 from provisioner.config import Config
 from provisioner.discovery.accelerators import accelerators
-from provisioner.discovery.model import Inventory
-from provisioner.enroll.matching import inventory_of
 from provisioner.postinstall import vllm
 from provisioner.postinstall.plan import Download
 from provisioner.profiles import Engine, ProfileSet
-from provisioner.registry import Node, Registry
+from provisioner.records import Node
+from provisioner.registry import Registry
 
 WHEELHOUSE_PREFIX = "vllm-"
 
 
-def _inventory(registry: Registry, node: Node) -> Inventory | None:
-    stored = registry.inventory(node.mac)
-    return inventory_of(stored) if stored else None
-
-
 def member(registry: Registry, node: Node, profiles: ProfileSet) -> vllm.VllmMember:
     """A node as the vLLM plan sees it: address, NIC (name, speed), GPUs, profile settings."""
-    inventory = _inventory(registry, node)
+    inventory = registry.inventory(node.mac)
     profile = profiles.get(node.profile or "")
     rule = profile.engine_rule(Engine.VLLM) if profile else None
     settings = dict(rule.settings) if rule else {}

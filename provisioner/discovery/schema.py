@@ -9,6 +9,7 @@ path and the reason (422) when they do not fit.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Mapping
@@ -139,3 +140,12 @@ def _build(cls: Any, data: Mapping[str, Any]) -> Any:
             value = tuple(value)
         values[f.name] = value
     return cls(**values)
+
+
+def inventory_of(document: str) -> Inventory | None:
+    """The inventory a stored agent document holds (``{"inventory": ...}`` in this
+    schema), or None if it does not fit."""
+    try:
+        return from_json(json.loads(document).get("inventory"))
+    except (ValueError, AttributeError, InventorySchemaError):
+        return None

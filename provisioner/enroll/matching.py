@@ -10,17 +10,15 @@ has errors.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner.discovery import schema
 from provisioner.discovery.fingerprint import Match, fingerprint
-from provisioner.discovery.model import Inventory
 from provisioner.profiles import ProfileSet, load_profiles
-from provisioner.registry import EventKind, Node, Registry
+from provisioner.records import EventKind, Node
+from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
 
 log = logging.getLogger(__name__)
@@ -37,14 +35,6 @@ class Change:
 
     def as_dict(self) -> dict[str, str | None]:
         return self.__dict__.copy()
-
-
-def inventory_of(document: str) -> Inventory | None:
-    """The inventory the registry stored (in its schema), or None if it does not fit."""
-    try:
-        return schema.from_json(json.loads(document).get("inventory"))
-    except (ValueError, schema.InventorySchemaError):
-        return None
 
 
 class Enroller:
@@ -88,8 +78,7 @@ class Enroller:
             return changes
 
     def _fingerprint(self, node: Node) -> Node:
-        stored = self.registry.inventory(node.mac)
-        inventory = inventory_of(stored) if stored else None
+        inventory = self.registry.inventory(node.mac)
         if inventory is None:
             self.registry.add_event(
                 node.mac,

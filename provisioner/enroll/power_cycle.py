@@ -29,7 +29,8 @@ from provisioner.power.credentials import CredentialStore
 from provisioner.power.manual import WatchConfirmer
 from provisioner.power.run import one_line
 from provisioner.power.settings import DriverKind, parse_power_url
-from provisioner.registry import EventKind, Node, Registry
+from provisioner.records import EventKind, Node
+from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
 from provisioner.timeline import steps_reached
 

@@ -83,7 +83,8 @@ from provisioner.lab.netns import (
     list_namespaces,
     pid_alive,
 )
-from provisioner.registry import Event, EventKind, Registry
+from provisioner.records import Event, EventKind
+from provisioner.registry import Registry
 
 log = logging.getLogger(__name__)
 

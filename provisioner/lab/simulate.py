@@ -27,7 +27,8 @@ from provisioner.config import Mode, render_config, write_config
 from provisioner.errors import ProvisionerError
 from provisioner.lab.lab import site_dhcp_argv
 from provisioner.lab.netns import HostSpec, LabNetwork, Namespace
-from provisioner.registry import Node, Registry
+from provisioner.records import Node
+from provisioner.registry import Registry
 
 SUBNET = "10.99.0"
 SERVER = f"{SUBNET}.1"

@@ -12,7 +12,8 @@ from provisioner.boot.http import _inventory_document
 from provisioner.config import DEFAULT_HWPROFILES
 from provisioner.enroll.matching import Enroller
 from provisioner.profiles import ProfileError
-from provisioner.registry import EventKind, Registry
+from provisioner.records import EventKind
+from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
 
 AGENT = Path(__file__).resolve().parents[1] / "fixtures" / "agent"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from provisioner.enroll.power_cycle import Enrollment, follow, start
 from provisioner.power.credentials import CredentialStore
-from provisioner.registry import EventKind, Registry
+from provisioner.records import EventKind
+from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
 
 GOOD, SLOW = "52:54:00:00:00:01", "52:54:00:00:00:02"

@@ -18,7 +18,8 @@ from provisioner.discovery.model import SCHEMA, Inventory
 from provisioner.enroll.matching import Enroller
 from provisioner.image.store import ImageStore
 from provisioner.metrics import Metrics
-from provisioner.registry import EventKind, Registry
+from provisioner.records import EventKind
+from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
 
 MAC = "52:54:00:aa:bb:01"
@@ -160,7 +161,7 @@ def test_inventory_needs_the_boot_token(client: TestClient, ctx: AppContext) -> 
         ).status_code
         == 401
     )
-    assert ctx.registry.inventory(MAC) is None
+    assert ctx.registry.inventory_document(MAC) is None
     node = ctx.registry.node(MAC)
     assert node is not None and node.state is NodeState.NEW
     auth = {"Authorization": f"Bearer {token}"}
@@ -169,7 +170,7 @@ def test_inventory_needs_the_boot_token(client: TestClient, ctx: AppContext) -> 
     wrong = client.post(url, json={"schema": SCHEMA, "pci": [{"vendor": "XYZ"}]}, headers=auth)
     assert wrong.status_code == 422 and "pci/0/vendor" in wrong.json()["detail"]
     assert client.post(url, json={"cpu": "x"}, headers=auth).status_code == 422
-    assert ctx.registry.inventory(MAC) is None  # refused: nothing changed
+    assert ctx.registry.inventory_document(MAC) is None  # refused: nothing changed
     good = {"schema": SCHEMA, "firmware": "uefi", "pci": [{"vendor": "10de", "device": "1b38"}]}
     r = client.post(url, json=good, headers=auth)
     assert r.status_code == 202

@@ -29,7 +29,7 @@ from provisioner.lab.containers import (
     veth_argv,
 )
 from provisioner.profiles import load_profiles
-from provisioner.registry import Event, EventKind
+from provisioner.records import Event, EventKind
 
 MAC = "52:54:00:98:00:01"
 BASE = "http://10.99.0.1:8080"

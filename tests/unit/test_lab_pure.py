@@ -4,7 +4,7 @@ from pathlib import Path
 
 from provisioner.lab.lab import judge
 from provisioner.lab.vm import VmSpec, qemu_argv
-from provisioner.registry import Event, EventKind
+from provisioner.records import Event, EventKind
 from provisioner.timeline import steps_reached
 
 MAC = "52:54:00:99:00:01"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import IllegalTransition, RegistryError
-from provisioner.registry import EventKind, LeaseKind, Registry
+from provisioner.records import EventKind, LeaseKind
+from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
 
 MAC = "52:54:00:12:34:56"
@@ -48,7 +49,7 @@ def test_inventory_moves_new_to_discovered_and_is_kept(reg: Registry) -> None:
     reg.touch_node(MAC)
     node = reg.store_inventory(MAC, '{"pci": []}')
     assert node.state is NodeState.DISCOVERED
-    assert reg.inventory(MAC) == '{"pci": []}'
+    assert reg.inventory_document(MAC) == '{"pci": []}'
     kinds = [e.kind for e in reg.events(MAC)]
     assert kinds == [EventKind.INVENTORY, EventKind.STATE]
     assert reg.events(MAC)[-1].detail == {
@@ -138,5 +139,5 @@ def test_forget_removes_everything_about_a_node(reg: Registry) -> None:
     reg.store_inventory(MAC, "{}")
     reg.commit_lease(MAC, IPv4Address("10.0.0.100"), expires=9e9, kind=LeaseKind.BOUND)
     reg.forget(MAC)
-    assert reg.node(MAC) is None and reg.events(MAC) == [] and reg.inventory(MAC) is None
+    assert reg.node(MAC) is None and reg.events(MAC) == [] and reg.inventory_document(MAC) is None
     assert reg.active_leases() == {}
