@@ -65,8 +65,10 @@ from common import Figure, report
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from provisioner.cli.cluster import cluster_plan, host_keys, model_download, runtime  # noqa: E402
-from provisioner.clusters import spec as clusters  # noqa: E402
+from provisioner.clusters import store as clusters  # noqa: E402
+from provisioner.clusters.engines.llama_rpc import model_download, runtime  # noqa: E402
+from provisioner.clusters.plan import cluster_plan  # noqa: E402
+from provisioner.clusters.site import Site  # noqa: E402
 from provisioner.config import load_config  # noqa: E402
 from provisioner.postinstall.plan import context_for  # noqa: E402
 from provisioner.records import EventKind  # noqa: E402
@@ -216,15 +218,16 @@ class Lab:
         registry = self.registry()
         try:
             cluster = clusters.load(registry, cluster_name)
-            plans = cluster_plan(cfg, registry, cluster)
-            artifact, model = runtime(cfg, cluster), model_download(cfg, cluster)
+            site = Site.open(cfg, registry)
+            plans = cluster_plan(site, cluster)
+            artifact, model = runtime(site, cluster), model_download(site, cluster)
             members = [p.member for p in plans]
             known = []
             hosts: dict[str, Any] = {}
             for p in plans:
                 node = registry.node(p.member.mac)
                 assert node is not None
-                keys = host_keys(registry, node)
+                keys = site.host_keys(node)
                 if not keys:
                     raise SystemExit(f"{p.member.hostname}: no host key reported")
                 known += [f"{p.member.address} {k.type} {k.public_key}" for k in keys]

@@ -1,19 +1,66 @@
 """The node state machine: every state, every allowed move, in one table.
 
-::
+Every move of ``TRANSITIONS`` below (drawn from the table by :func:`diagram`; after
+changing the table, paste ``python -m provisioner.states`` here)::
 
-    new ──inventory──> discovered ──match──> matched ──enroll──> enrolled ──boot-local──> local
-                          │    ^               │ ^                 │  ^                   │
-                          │    └──inventory────┘ │ (no-match/match) │  └──boot-network─────┘
-                          └──no-match──> unmatched <───────────────┘
-     (any state) ──fail──> failed ──inventory──> discovered   (a good boot repairs)
-     (any state) ──power-cycle──> enrolling ──inventory──> enrolling
-                                   enrolling ──match──> enrolled, ──no-match──> unmatched
+    (any state)  --fail-->            failed
+                 --forget-->          new
+                 --power-cycle-->     enrolling
+    new          --inventory-->       discovered
+    discovered   --inventory-->       discovered
+                 --match-->           matched
+                 --no-match-->        unmatched
+                 --enroll-->          enrolled
+                 --boot-local-->      local
+    matched      --inventory-->       discovered
+                 --match-->           matched
+                 --no-match-->        unmatched
+                 --enroll-->          enrolled
+                 --boot-local-->      local
+    unmatched    --inventory-->       discovered
+                 --match-->           matched
+                 --no-match-->        unmatched
+    enrolling    --inventory-->       enrolling
+                 --match-->           enrolled
+                 --no-match-->        unmatched
+                 --enroll-->          enrolled
+    enrolled     --inventory-->       enrolled
+                 --match-->           enrolled
+                 --enroll-->          enrolled
+                 --boot-local-->      local
+                 --installed-->       enrolled
+                 --smoke-pass-->      serving
+                 --smoke-degraded-->  degraded
+                 --release-->         enrolled
+    serving      --inventory-->       enrolled
+                 --match-->           serving
+                 --boot-local-->      local
+                 --installed-->       serving
+                 --smoke-pass-->      serving
+                 --smoke-degraded-->  degraded
+                 --release-->         enrolled
+    degraded     --inventory-->       enrolled
+                 --match-->           degraded
+                 --boot-local-->      local
+                 --installed-->       degraded
+                 --smoke-pass-->      serving
+                 --smoke-degraded-->  degraded
+                 --release-->         enrolled
+    local        --inventory-->       local
+                 --boot-local-->      local
+                 --boot-network-->    enrolled
+    failed       --inventory-->       discovered
+                 --installed-->       enrolled
+                 --smoke-pass-->      serving
+                 --smoke-degraded-->  degraded
+                 --release-->         enrolled
 
 A node is ``new`` from its first DHCP packet until its agent reports an inventory; the
 inventory is then fingerprinted against the profiles at once (``matched`` with a profile,
-or ``unmatched``). Profiles reloaded re-fingerprint matched and unmatched nodes.
-``forget`` from any state returns it to ``new`` (it is rediscovered at its next boot).
+or ``unmatched``). Profiles reloaded re-fingerprint every node: those not enrolled yet
+move, the others keep their state.
+``forget`` from any state returns it to ``new`` (it is rediscovered at its next boot); a
+``failed`` node's next good boot (an inventory) repairs it.
 
 ``serving`` and ``degraded`` are enrolled nodes whose cluster's smoke test passed (or
 passed below a floor); post-install's success is ``installed`` (it repairs a node that
@@ -24,6 +71,11 @@ is fresh, post-install runs again.
 boots discovery, reports and is enrolled as soon as a profile matches (no separate
 ``enroll``). If it never gets that far in time, ``enroll --wait`` fails it (``fail``,
 naming the last boot step seen); its next good boot repairs it.
+
+The groupings of states that code elsewhere tests a node against (which states boot
+their profile's image, may run post-install, are re-fingerprinted) are named once, next
+to the table: :data:`BOOTS_PROFILE_IMAGE`, :data:`MAY_POSTINSTALL`,
+:data:`REFINGERPRINTABLE`.
 """
 
 from __future__ import annotations
@@ -64,6 +116,16 @@ class NodeEvent(StrEnum):
 
 S, E = NodeState, NodeEvent
 
+# The groupings of states, each said once here (tests/unit/test_states.py checks each
+# against TRANSITIONS). Use these; never spell a group out where it is used.
+# Enrolled (serving and degraded nodes too): they boot their profile's image.
+BOOTS_PROFILE_IMAGE = frozenset({S.ENROLLED, S.SERVING, S.DEGRADED})
+# Post-install may run on these (again), and smoke judge them: enrolled or failed nodes.
+MAY_POSTINSTALL = frozenset({*BOOTS_PROFILE_IMAGE, S.FAILED})
+# Not enrolled yet: each fingerprint (inventory, profiles reload) moves them to matched or
+# unmatched (enrolling: enrolled on a match); other states keep theirs.
+REFINGERPRINTABLE = frozenset({S.DISCOVERED, S.MATCHED, S.UNMATCHED, S.ENROLLING})
+
 TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
     (S.NEW, E.INVENTORY): S.DISCOVERED,
     (S.DISCOVERED, E.INVENTORY): S.DISCOVERED,
@@ -97,12 +159,9 @@ TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
     (S.FAILED, E.INSTALLED): S.ENROLLED,
     (S.SERVING, E.INSTALLED): S.SERVING,
     (S.DEGRADED, E.INSTALLED): S.DEGRADED,
-    **{(state, E.SMOKE_PASS): S.SERVING for state in (S.ENROLLED, S.SERVING, S.DEGRADED, S.FAILED)},
-    **{
-        (state, E.SMOKE_DEGRADED): S.DEGRADED
-        for state in (S.ENROLLED, S.SERVING, S.DEGRADED, S.FAILED)
-    },
-    **{(state, E.RELEASE): S.ENROLLED for state in (S.ENROLLED, S.SERVING, S.DEGRADED, S.FAILED)},
+    **{(state, E.SMOKE_PASS): S.SERVING for state in MAY_POSTINSTALL},
+    **{(state, E.SMOKE_DEGRADED): S.DEGRADED for state in MAY_POSTINSTALL},
+    **{(state, E.RELEASE): S.ENROLLED for state in MAY_POSTINSTALL},
     (S.SERVING, E.INVENTORY): S.ENROLLED,  # rebooted: a fresh root, post-install again
     (S.DEGRADED, E.INVENTORY): S.ENROLLED,
     (S.SERVING, E.MATCH): S.SERVING,
@@ -119,11 +178,51 @@ def apply(state: NodeState, event: NodeEvent) -> NodeState:
     try:
         return TRANSITIONS[(state, event)]
     except KeyError:
-        allowed = sorted(e.value for (s, e) in TRANSITIONS if s is state)
+        allowed = sorted(e.value for e in allowed_events(state))
         raise IllegalTransition(
             f"a {state.value} node cannot take '{event.value}' (allowed: {', '.join(allowed)})"
         ) from None
 
 
 def allowed_events(state: NodeState) -> list[NodeEvent]:
-    return [e for (s, e) in TRANSITIONS if s is state]
+    """The events ``state`` takes, in NodeEvent's order."""
+    return [e for e in NodeEvent if (state, e) in TRANSITIONS]
+
+
+_ANY_STATE = "(any state)"
+
+
+def diagram() -> str:
+    """TRANSITIONS drawn as text: one ``state --event--> state`` line per move.
+
+    Events every state takes to one same state are drawn once, from ``(any state)``; the
+    rest are grouped by source state, states and events in their enums' order. The
+    module's docstring holds this drawing (a test keeps it current):
+    ``python -m provisioner.states`` prints it.
+    """
+    anywhere = [
+        event
+        for event in NodeEvent
+        if all((state, event) in TRANSITIONS for state in NodeState)
+        and len({TRANSITIONS[(state, event)] for state in NodeState}) == 1
+    ]
+    rows = [(_ANY_STATE, event, TRANSITIONS[(S.NEW, event)]) for event in anywhere]
+    rows += [
+        (state.value, event, TRANSITIONS[(state, event)])
+        for state in NodeState
+        for event in allowed_events(state)
+        if event not in anywhere
+    ]
+    source_width = max(len(source) for source, _, _ in rows)
+    arrow_width = max(len(f"--{event.value}-->") for _, event, _ in rows)
+    lines, previous = [], None
+    for source, event, target in rows:
+        shown = source if source != previous else ""
+        arrow = f"--{event.value}-->"
+        lines.append(f"{shown:<{source_width}}  {arrow:<{arrow_width}}  {target.value}")
+        previous = source
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(diagram())

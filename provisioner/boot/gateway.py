@@ -30,7 +30,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from provisioner.clusters.spec import Cluster, ClusterError, load
+from provisioner.clusters.spec import Cluster, ClusterError
+from provisioner.clusters.store import load
 from provisioner.metrics import Metrics
 from provisioner.registry import Registry
 

@@ -19,11 +19,9 @@ from enum import StrEnum
 from provisioner.image import guardrails
 from provisioner.image.store import StoredImage
 from provisioner.records import Node
-from provisioner.states import NodeState
+from provisioner.states import BOOTS_PROFILE_IMAGE, NodeState
 
 DISCOVERY_IMAGE = "discovery"
-# Nodes that boot their profile's image (serving and degraded ones are enrolled too).
-ENROLLED_STATES = frozenset({NodeState.ENROLLED, NodeState.SERVING, NodeState.DEGRADED})
 KERNEL_FILE = "vmlinuz"
 INITRD_FILE = "initrd"
 
@@ -70,7 +68,7 @@ def wanted_image(node: Node | None, image: str) -> str | None:
     state = node.state if node is not None else NodeState.NEW
     if state is NodeState.LOCAL:
         return None
-    if state in ENROLLED_STATES and node is not None and node.profile:
+    if state in BOOTS_PROFILE_IMAGE and node is not None and node.profile:
         return image
     return DISCOVERY_IMAGE
 
@@ -88,7 +86,7 @@ def boot_spec(
     wanted = wanted_image(node, image)
     if wanted is None:
         return BootSpec(BootKind.LOCAL)
-    if node is not None and node.state in ENROLLED_STATES and node.profile:
+    if node is not None and node.state in BOOTS_PROFILE_IMAGE and node.profile:
         kind, args = BootKind.IMAGE, [kernel_args, *profile_args]
     else:
         kind, args = BootKind.DISCOVERY, [kernel_args]

@@ -1,9 +1,9 @@
-"""`provisioner cluster create|list|status|remove` and `postinstall run` (thin).
+"""`provisioner cluster create|list|status|remove` and `postinstall run` (thin: parse,
+call, print).
 
-The work is elsewhere: clusters.py (the model), postinstall/plan.py + engine.py (the
-steps, over SSH), cluster_vllm.py (what vLLM clusters add). This module finds the pieces in
-the registry and the stores, wires them, and prints. `smoke` is in smoke_cli.py; it takes
-:func:`host_keys` and :func:`models_dir` from here.
+The work is in :mod:`provisioner.clusters`: the spec, the engines, and one module per
+operation (create, plan, remove, smoke); the SSH fan-out in
+:mod:`provisioner.postinstall.fanout`.
 """
 
 from __future__ import annotations
@@ -11,117 +11,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from provisioner.cli.common import load_cfg, open_registry, print_json, stamped, table
-from provisioner.clusters import spec as clusters
-from provisioner.clusters.spec import Cluster, ClusterError
-from provisioner.config import Config
+from provisioner.clusters import store
+from provisioner.clusters.create import create
+from provisioner.clusters.engines import engine_for, engine_names
+from provisioner.clusters.plan import cluster_plan
+from provisioner.clusters.remove import remove
+from provisioner.clusters.site import Site
+from provisioner.clusters.spec import Cluster, ClusterError, split
 from provisioner.postinstall import fanout
-from provisioner.postinstall.plan import Download, Member, NodePlan, plan
-from provisioner.postinstall.ssh import Connection, HostKey, connect
-from provisioner.profiles import ProfileSet, load_profiles
-from provisioner.records import Node
-from provisioner.registry import Registry
-
-LLAMA_PREFIX = "llama.cpp-"
+from provisioner.postinstall.plan import NodePlan
+from provisioner.postinstall.ssh import Connection
+from provisioner.profiles import Engine
 
 
-def artifacts_dir(cfg: Config) -> Path:
-    return cfg.state_dir / "artifacts"
-
-
-def models_dir(cfg: Config) -> Path:
-    return cfg.state_dir / "models"
-
-
-def host_keys(registry: Registry, node: Node) -> list[HostKey]:
-    """The host keys the node's agent last reported (the ones post-install trusts)."""
-    inventory = registry.inventory(node.mac)
-    if inventory is None:
-        return []
-    return [HostKey(k.type, k.public_key) for k in inventory.ssh_host_keys if k.public_key]
-
-
-def _member(registry: Registry, node: Node, profiles: ProfileSet) -> Member:
-    profile = profiles.get(node.profile or "")
-    inventory = registry.inventory(node.mac)
-    threads = (inventory.cpu.threads if inventory and inventory.cpu else None) or 1
-    return Member(
-        hostname=node.hostname or node.mac,
-        mac=node.mac,
-        address=node.ip or "",
-        profile=node.profile or "",
-        drivers=profile.drivers if profile else (),
-        engine_defaults=profile.engine_defaults.__dict__ if profile else None,
-        threads=max(1, threads),
-    )
-
-
-def runtime(cfg: Config, cluster: Cluster) -> Download:
-    """The llama.cpp artifact the cluster runs: its own, else the newest CPU build."""
-    from provisioner.artifacts.store import ArtifactStore
-
-    store = ArtifactStore(artifacts_dir(cfg))
-    name = cluster.options.get("artifact")
-    if name:
-        manifest = store.get(name)
-    else:
-        found = [m for m in store.list() if m.name.startswith(LLAMA_PREFIX) and "-cpu-" in m.name]
-        if not found:
-            raise ClusterError(
-                f"no llama.cpp build in {store.root}: provisioner artifact build llama.cpp"
-            )
-        manifest = max(found, key=lambda m: m.built_at)
-    return Download(
-        manifest.name,
-        manifest.file,
-        f"{cfg.http_base}/artifacts/{manifest.file}",
-        manifest.sha256,
-        manifest.size,
-        binaries=dict(manifest.binaries),
-    )
-
-
-def model_download(cfg: Config, cluster: Cluster) -> Download:
-    from provisioner.models.store import ModelStore
-
-    model = ModelStore(models_dir(cfg)).get(cluster.model)
-    return Download(
-        model.name, model.file, f"{cfg.http_base}/models/{model.file}", model.sha256, model.size
-    )
-
-
-def cluster_plan(cfg: Config, registry: Registry, cluster: Cluster) -> list[NodePlan]:
-    profiles = load_profiles(cfg.cluster.profiles_dir)
-    nodes = clusters.members(registry, cluster)
-    problems = []
-    for node in nodes:
-        if node.state not in clusters.READY_STATES:
-            problems.append(f"{node.hostname}: {node.state.value}, not booted on its image yet")
-        elif not node.ip:
-            problems.append(f"{node.hostname}: no address known")
-    if problems:
-        raise ClusterError(f"{cluster.name}: " + "; ".join(problems))
-    members = [_member(registry, n, profiles) for n in nodes]
-    if cluster.engine == "vllm":
-        from provisioner.clusters import vllm as cluster_vllm
-
-        found = cluster_vllm.members(registry, cluster, profiles)
-        artifact, extra, ray = cluster_vllm.plan_context(cfg, cluster, found)
-        return plan(cluster, members, control_url=cfg.http_base, artifact=artifact,
-                    model=None, extra=extra, ray=ray)  # fmt: skip
-    return plan(
-        cluster,
-        members,
-        control_url=cfg.http_base,
-        artifact=runtime(cfg, cluster),
-        model=model_download(cfg, cluster),
-    )
-
-
-# ------------------------------------------------------------------ commands
+def _site(args: argparse.Namespace) -> Site:
+    cfg = load_cfg(args)
+    return Site.open(cfg, open_registry(cfg))
 
 
 def _spec(args: argparse.Namespace) -> Cluster:
@@ -131,68 +39,27 @@ def _spec(args: argparse.Namespace) -> Cluster:
     options = dict(o.split("=", 1) for o in args.option or [] if "=" in o)
     if args.artifact:
         options["artifact"] = args.artifact
-    nodes = list(clusters.split(args.nodes))
+    nodes = list(split(args.nodes))
     head = args.head or (nodes[0] if nodes else None)
     if head is None:
         raise ClusterError("give --nodes N1,N2 (the first is the head) or --head")
-    workers = tuple(clusters.split(args.workers)) or tuple(n for n in nodes if n != head)
+    workers = tuple(split(args.workers)) or tuple(n for n in nodes if n != head)
     try:
         serve = tuple(parse_serve(text, i) for i, text in enumerate(args.serve or []))
     except ValueError as exc:
         raise ClusterError(str(exc)) from exc
-    if serve and args.engine != "vllm":
-        raise ClusterError("--serve is for --engine vllm (llama-rpc serves --model)")
     model = args.model or (serve[0].model if serve else None)
     if model is None:
         raise ClusterError("give --model M (or --serve NAME=MODEL:SHARE for vLLM)")
-    if args.engine == "vllm" and not serve:
-        from provisioner.clusters.spec import Served
-        from provisioner.postinstall.vllm import FIRST_PORT
-
-        serve = (Served(model, model, None, FIRST_PORT),)
     return Cluster(
-        args.name, args.engine, model, head, workers, args.rpc_network, options=options,
-        serve=serve, tensor_parallel=args.tensor_parallel,
+        args.name, Engine(args.engine), model, head, workers, args.rpc_network,
+        options=options, serve=serve, tensor_parallel=args.tensor_parallel,
         pipeline_parallel=args.pipeline_parallel, gateway=args.gateway,
     )  # fmt: skip
 
 
 def cmd_cluster_create(args: argparse.Namespace) -> int:
-    from provisioner.errors import ModelError
-    from provisioner.models.store import ModelStore
-
-    cfg = load_cfg(args)
-    registry = open_registry(cfg)
-    cluster = _spec(args)
-    profiles = load_profiles(cfg.cluster.profiles_dir)
-    nodes = {m: registry.node(m) for m in cluster.members}
-    by_member = {
-        m: profiles.get(n.profile) if n is not None and n.profile else None
-        for m, n in nodes.items()
-    }
-    problems = clusters.validate(cluster, nodes, by_member)
-    store = ModelStore(models_dir(cfg))
-    kinds: dict[str, str | None] = {}
-    for served in cluster.served():
-        try:
-            kinds[served.model] = store.get(served.model).kind.value
-        except ModelError as exc:
-            kinds[served.model] = None
-            if cluster.engine != "vllm":
-                problems.append(f"model: {exc} (provisioner model add FILE --name {served.model})")
-    if cluster.engine == "llama-rpc" and kinds.get(cluster.model) not in (None, "gguf"):
-        problems.append(f"model {cluster.model!r} is not a GGUF file: llama.cpp needs one")
-    warnings: list[str] = []
-    if cluster.engine == "vllm" and not problems:
-        from provisioner.clusters import vllm as cluster_vllm
-
-        found = cluster_vllm.members(registry, cluster, profiles)
-        more, warnings = cluster_vllm.check(cluster, found, kinds)
-        others = [clusters.load(registry, n) for n in registry.cluster_names() if n != cluster.name]
-        problems += more + cluster_vllm.ray_clashes(cluster, others)
-    if problems:
-        raise ClusterError(f"cluster {cluster.name} refused: " + "; ".join(problems))
-    registry.save_cluster(cluster.name, cluster.to_json())
+    cluster, warnings = create(_site(args), _spec(args))
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
     if args.json:
@@ -200,29 +67,28 @@ def cmd_cluster_create(args: argparse.Namespace) -> int:
     else:
         workers = ", ".join(cluster.workers) or "none"
         serving = ", ".join(f"{s.name}@{s.port}" for s in cluster.served())
-        print(f"{cluster.name}: {cluster.engine}, head {cluster.head}, workers {workers}, "
-              f"serving {serving}")  # fmt: skip
+        print(f"{cluster.name}: {cluster.engine.value}, head {cluster.head}, "
+              f"workers {workers}, serving {serving}")  # fmt: skip
     return 0
 
 
 def cmd_cluster_list(args: argparse.Namespace) -> int:
-    registry = open_registry(load_cfg(args))
-    found = [clusters.load(registry, n) for n in registry.cluster_names()]
+    found = store.load_all(open_registry(load_cfg(args)))
     if args.json:
         print_json([json.loads(c.to_json()) for c in found])
         return 0
     table(
         ("CLUSTER", "ENGINE", "MODEL", "HEAD", "WORKERS"),
-        [(c.name, c.engine, c.model, c.head, ",".join(c.workers) or "-") for c in found],
+        [(c.name, c.engine.value, c.model, c.head, ",".join(c.workers) or "-") for c in found],
     )
     return 0
 
 
 def cmd_cluster_status(args: argparse.Namespace) -> int:
     registry = open_registry(load_cfg(args))
-    cluster = clusters.load(registry, args.name)
+    cluster = store.load(registry, args.name)
     rows = []
-    for node in clusters.members(registry, cluster):
+    for node in store.members(registry, cluster):
         steps = registry.steps(node.mac)
         last = steps[-1] if steps else None
         rows.append(
@@ -239,7 +105,7 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"cluster": json.loads(cluster.to_json()), "nodes": rows})
         return 0
-    print(f"{cluster.name}: {cluster.engine}, model {cluster.model}")
+    print(f"{cluster.name}: {cluster.engine.value}, model {cluster.model}")
     table(
         ("NODE", "ROLE", "STATE", "ADDRESS", "PROFILE", "LAST STEP"),
         [
@@ -253,79 +119,34 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster_remove(args: argparse.Namespace) -> int:
-    """Stop and remove the cluster's units (and Ray's firewall table) on every member that
+    """Stop and remove the cluster's units (and its firewall tables) on every member that
     answers, then forget the cluster; its nodes go back to enrolled."""
-    from provisioner.smoke.cluster import units_of
-    from provisioner.states import NodeEvent
-
-    cfg = load_cfg(args)
-    registry = open_registry(cfg)
-    cluster = clusters.load(registry, args.name)
-    nodes = clusters.members(registry, cluster)
-    ray = cluster.engine == "vllm" and len(cluster.members) > 1
-    key = cfg.state_dir / "ssh" / "id_ed25519"
-    problems = []
-    for node in nodes:
-        hostname = node.hostname or node.mac
-        units = units_of(cluster, hostname, ray)
-        command = " ; ".join(
-            [f"systemctl disable --now {u} 2>/dev/null; rm -f /etc/systemd/system/{u}"
-             for u in units] + ["systemctl daemon-reload"]
-            + (["nft delete table inet provisioner_ray 2>/dev/null; true"] if ray else [])
-        )  # fmt: skip
-        try:
-            conn = connect(hostname, node.ip or "", host_keys(registry, node), key)
-            try:
-                conn.run(command, timeout=120)
-            finally:
-                conn.close()
-        except Exception as exc:  # a member that is down keeps nothing running anyway
-            problems.append(f"{hostname}: {exc}")
-            if not args.force:
-                continue
-        registry.transition(node.mac, NodeEvent.RELEASE, reason=f"cluster {cluster.name} removed")
-        print(f"{hostname}: removed {', '.join(units)}", file=sys.stderr)
-    if problems and not args.force:
-        raise ClusterError(
-            f"{cluster.name}: not removed, some members did not answer ({'; '.join(problems)});"
-            " --force forgets it anyway"
-        )
-    registry.delete_cluster(cluster.name)
-    (cfg.state_dir / "ray" / f"{cluster.name}.token").unlink(missing_ok=True)
+    site = _site(args)
+    cluster = store.load(site.registry, args.name)
+    remove(site, cluster, force=args.force, progress=lambda line: print(line, file=sys.stderr))
     print(f"{cluster.name}: removed")
     return 0
 
 
-def _connector(cfg: Config, registry: Registry) -> fanout.Connect:
-    key = cfg.state_dir / "ssh" / "id_ed25519"
-
+def _connector(site: Site) -> fanout.Connect:
     def open_one(node_plan: NodePlan) -> Connection:
-        node = registry.node(node_plan.member.mac)
+        node = site.registry.node(node_plan.member.mac)
         assert node is not None
-        return connect(node_plan.member.hostname, node_plan.member.address,
-                       host_keys(registry, node), key)  # fmt: skip
+        return site.connect(node)
 
     return open_one
 
 
 def cmd_postinstall_run(args: argparse.Namespace) -> int:
-    cfg = load_cfg(args)
-    registry = open_registry(cfg)
-    cluster = clusters.load(registry, args.cluster)
-    plans = cluster_plan(cfg, registry, cluster)
-    accepted = True
-    if args.dry_run and cluster.engine == "vllm":
-        from provisioner.clusters import vllm as cluster_vllm
-
-        found = cluster_vllm.members(registry, cluster, load_profiles(cfg.cluster.profiles_dir))
-        _, warnings = cluster_vllm.check(cluster, found, {})
-        for line in warnings:
-            print(f"warning: {line}", file=sys.stderr)
-        if args.check_args:
-            accepted, lines = cluster_vllm.argument_report(cfg, cluster, found, stamped)
-            for line in lines:
-                print(line, file=sys.stderr)
+    site = _site(args)
+    cluster = store.load(site.registry, args.cluster)
+    plans = cluster_plan(site, cluster)
     if args.dry_run:
+        accepted, lines = engine_for(cluster).dry_run(
+            site, cluster, check_args=args.check_args, progress=stamped
+        )
+        for line in lines:
+            print(line, file=sys.stderr)
         if args.json:
             print_json(
                 [
@@ -342,7 +163,7 @@ def cmd_postinstall_run(args: argparse.Namespace) -> int:
                 print(f"  {i}. [{s.recipe}] {s.name}: {s.describe()}")
         return 0 if accepted else 1
     progress = (lambda line: None) if args.json else stamped
-    results = fanout.run(registry, plans, _connector(cfg, registry), progress)
+    results = fanout.run(site.registry, plans, _connector(site), progress)
     if args.json:
         print_json([r.as_dict() for r in results])
     else:
@@ -357,7 +178,7 @@ def add_cluster_commands(sub: Any) -> None:
     csub = cluster.add_subparsers(dest="subcommand", required=True)
     create = csub.add_parser("create", help="a cluster from enrolled nodes")
     create.add_argument("name")
-    create.add_argument("--engine", default="llama-rpc", choices=clusters.ENGINES)
+    create.add_argument("--engine", default=Engine.LLAMA_RPC.value, choices=engine_names())
     create.add_argument("--model", help="a model in the store (model add)")
     create.add_argument("--nodes", default="", help="N1,N2,...: the members, the head first")
     create.add_argument("--head", help="the node that serves the API (default: first of --nodes)")

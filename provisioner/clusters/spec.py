@@ -1,10 +1,11 @@
-"""Clusters: which nodes serve which model with which engine, kept in the registry.
+"""A cluster's spec: which nodes serve which model with which engine (pure).
 
 ``provisioner cluster create v100s --engine llama-rpc --model M --head node0 --workers
 node1,node2 [--rpc-network ib0]`` records one :class:`Cluster`; post-install renders its
 units from it (the head's ``--rpc`` list is made from the workers' addresses, nobody types
 one) and smoke checks it. Validation is pure: the members, their profiles and the engine
-in, a Cluster or a ClusterError naming the reason out.
+in, the reasons it cannot be made out. What each engine adds is in
+:mod:`provisioner.clusters.engines`; the registry side in :mod:`.store`.
 """
 
 from __future__ import annotations
@@ -17,18 +18,10 @@ from dataclasses import asdict, dataclass, field
 from provisioner.errors import ProvisionerError
 from provisioner.profiles import Engine, Profile
 from provisioner.records import Node
-from provisioner.registry import Registry
-from provisioner.states import NodeState
 
-ENGINES = ("llama-rpc", "vllm")
-BUILT_ENGINES = frozenset({"llama-rpc", "vllm"})  # those post-install has a recipe for
 RPC_PORT = 50052
 HTTP_PORT = 8080
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
-# A node may run post-install once it boots its image.
-READY_STATES = frozenset(
-    {NodeState.ENROLLED, NodeState.SERVING, NodeState.DEGRADED, NodeState.FAILED}
-)
 
 
 class ClusterError(ProvisionerError):
@@ -52,7 +45,7 @@ class Served:
 @dataclass(frozen=True)
 class Cluster:
     name: str
-    engine: str
+    engine: Engine
     model: str
     head: str  # hostname
     workers: tuple[str, ...] = ()
@@ -65,6 +58,9 @@ class Cluster:
     tensor_parallel: int | None = None  # vLLM: GPUs one copy spans within a node
     pipeline_parallel: int | None = None  # vLLM: stages across nodes (Ray)
     gateway: bool = False  # an OpenAI route on the control node over every served model
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "engine", Engine(self.engine))
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -101,8 +97,6 @@ def validate(
     problems = []
     if not _NAME.match(cluster.name):
         problems.append(f"cluster name {cluster.name!r}: lower-case letters, digits, '-'")
-    if cluster.engine not in ENGINES:
-        problems.append(f"engine {cluster.engine!r}: one of {', '.join(ENGINES)}")
     if len(set(cluster.members)) != len(cluster.members):
         problems.append("a node is listed twice (head and workers must differ)")
     for member in cluster.members:
@@ -114,38 +108,14 @@ def validate(
         if node.profile is None or profile is None:
             problems.append(f"{member}: no profile yet (state {node.state.value})")
             continue
-        if cluster.engine in ENGINES:
-            refusal = profile.refuses(Engine(cluster.engine))
-            if refusal is not None:
-                reason, instead = refusal
-                hint = f"; use --engine {instead.value}" if instead else ""
-                problems.append(
-                    f"{member}: {cluster.engine} does not run on {profile.name}: {reason}{hint}"
-                )
-    if not problems and cluster.engine not in BUILT_ENGINES:
-        problems.append(
-            f"engine {cluster.engine}: its post-install recipe is not written yet "
-            f"(available: {', '.join(sorted(BUILT_ENGINES))})"
-        )
+        refusal = profile.refuses(cluster.engine)
+        if refusal is not None:
+            reason, instead = refusal
+            hint = f"; use --engine {instead.value}" if instead else ""
+            problems.append(
+                f"{member}: {cluster.engine.value} does not run on {profile.name}: {reason}{hint}"
+            )
     return problems
-
-
-def load(registry: Registry, name: str) -> Cluster:
-    spec = registry.cluster_spec(name)
-    if spec is None:
-        have = ", ".join(registry.cluster_names()) or "none yet: provisioner cluster create"
-        raise ClusterError(f"no cluster {name!r} (have: {have})")
-    return Cluster.from_json(spec)
-
-
-def members(registry: Registry, cluster: Cluster) -> list[Node]:
-    found = []
-    for hostname in cluster.members:
-        node = registry.node(hostname)
-        if node is None:
-            raise ClusterError(f"{cluster.name}: member {hostname} is not in the registry")
-        found.append(node)
-    return found
 
 
 def split(text: str | None) -> Sequence[str]:

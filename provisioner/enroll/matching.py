@@ -19,11 +19,9 @@ from provisioner.discovery.fingerprint import Match, fingerprint
 from provisioner.profiles import ProfileSet, load_profiles
 from provisioner.records import EventKind, Node
 from provisioner.registry import Registry
-from provisioner.states import NodeEvent, NodeState
+from provisioner.states import BOOTS_PROFILE_IMAGE, REFINGERPRINTABLE, NodeEvent, NodeState
 
 log = logging.getLogger(__name__)
-
-REFINGERPRINTED = (NodeState.MATCHED, NodeState.UNMATCHED, NodeState.DISCOVERED)
 
 
 @dataclass(frozen=True)
@@ -94,9 +92,8 @@ class Enroller:
     def _move(self, node: Node, event: NodeEvent) -> Node:
         current = self.registry.node(node.mac)
         assert current is not None
-        enrolled = (NodeState.ENROLLED, NodeState.SERVING, NodeState.DEGRADED)
-        if current.state not in (*REFINGERPRINTED, NodeState.ENROLLING) and not (
-            current.state in enrolled and event is NodeEvent.MATCH
+        if current.state not in REFINGERPRINTABLE and not (
+            current.state in BOOTS_PROFILE_IMAGE and event is NodeEvent.MATCH
         ):
             return current  # enrolled/local/failed nodes keep their state
         return self.registry.transition(node.mac, event, reason="fingerprint")

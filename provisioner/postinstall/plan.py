@@ -21,6 +21,7 @@ import jinja2
 from provisioner.clusters.spec import Cluster
 from provisioner.postinstall.recipes import (
     DEFAULT_RECIPES,
+    ROLES,
     Recipe,
     RecipeError,
     StepSpec,
@@ -188,11 +189,10 @@ def _template(env: jinja2.Environment, name: str, context: Mapping[str, Any], wh
         raise RecipeError(f"{where}: template {name}: {exc}") from exc
 
 
-def recipes_for(member: Member, cluster: Cluster, ray: bool = False) -> list[str]:
-    """base, the profile's drivers, the engine, then Ray (multi-node vLLM: its units run
-    from the engine's venv; vLLM's own units wait for it by restarting)."""
-    return ["base", *(f"driver-{d}" for d in member.drivers), cluster.engine,
-            *(["ray"] if ray else [])]  # fmt: skip
+def recipes_for(member: Member, engine_recipes: Sequence[str]) -> list[str]:
+    """base, the profile's drivers, then the engine's own (for vLLM across nodes: vllm,
+    then ray, whose units run from vLLM's venv)."""
+    return ["base", *(f"driver-{d}" for d in member.drivers), *engine_recipes]
 
 
 def _items(context: Mapping[str, Any], dotted: str, where: str) -> list[Any]:
@@ -253,12 +253,13 @@ def plan(
     control_url: str,
     artifact: Download | None,
     model: Download | None,
+    engine_recipes: Sequence[str],
     recipes_dir: Path = DEFAULT_RECIPES,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
-    ray: bool = False,
 ) -> list[NodePlan]:
-    """Each member's steps. ``extra``: more context per hostname (the engine's own:
-    vLLM's served models, Ray's arguments); ``ray``: add the ``ray`` recipe."""
+    """Each member's steps. ``engine_recipes``: the engine's recipes after base and the
+    drivers; ``extra``: more context per hostname (the engine's own: vLLM's served
+    models, Ray's arguments)."""
     env = template_env(recipes_dir)
     plans = []
     for member in members:
@@ -268,7 +269,7 @@ def plan(
         )
         context.update((extra or {}).get(member.hostname, {}))
         steps: list[Step] = []
-        for name in recipes_for(member, cluster, ray):
+        for name in recipes_for(member, engine_recipes):
             recipe = load_recipe(name, recipes_dir)
             for spec in recipe.steps:
                 if role not in spec.roles:
@@ -283,3 +284,49 @@ def plan(
                     steps.append(compile_step(named, recipe, env, one))
         plans.append(NodePlan(member, role, tuple(steps)))
     return plans
+
+
+@dataclass(frozen=True)
+class Teardown:
+    """What removing a cluster undoes on one member: its units, then clean-up commands."""
+
+    units: tuple[str, ...]
+    commands: tuple[str, ...] = ()
+
+    def shell(self) -> str:
+        """One shell line, best effort: every unit stopped, disabled and its file removed,
+        every command run even if one before it failed, then systemd reloaded."""
+        q = shlex.quote
+        parts = [
+            f"systemctl disable --now {q(u)} 2>/dev/null; rm -f {q(f'{UNIT_DIR}/{u}')}"
+            for u in self.units
+        ]
+        parts += [f"{{ {c} ; }} 2>/dev/null" for c in self.commands]
+        return " ; ".join([*parts, "systemctl daemon-reload", "true"])
+
+
+def teardown(
+    recipe_names: Sequence[str],
+    role: str,
+    context: Mapping[str, Any],
+    recipes_dir: Path = DEFAULT_RECIPES,
+) -> Teardown:
+    """The ``teardown:`` entries of ``recipe_names`` for a member in ``role``, rendered
+    with ``context`` (the cluster's, without downloads)."""
+    if role not in ROLES:
+        raise RecipeError(f"role {role!r}: one of {ROLES}")
+    env = template_env(recipes_dir)
+    units: list[str] = []
+    commands: list[str] = []
+    for name in recipe_names:
+        recipe = load_recipe(name, recipes_dir)
+        for spec in recipe.teardown:
+            if role not in spec.roles:
+                continue
+            where = f"{recipe.source}:{spec.line}: teardown"
+            items = [None] if spec.each is None else _items(context, spec.each, where)
+            for item in items:
+                one = {**context, "item": item}
+                units += [_render(env, u, one, where).strip() for u in spec.units]
+                commands += [_render(env, c, one, where).strip() for c in spec.commands]
+    return Teardown(tuple(dict.fromkeys(units)), tuple(dict.fromkeys(commands)))

@@ -36,6 +36,16 @@ node changes nothing and restarts nothing::
         command:                        # anything else, as three shell commands
           check: dpkg -s {{ packages }}
           action: apt-get install -y {{ packages }}
+    teardown:                           # what `cluster remove` undoes on a member:
+      - roles: [worker]                 # default: every member
+        units: [llama-rpc.service]      # stopped, disabled, their unit files removed
+        commands:                       # then these (failures ignored: best effort)
+          - nft delete table inet provisioner_llama_rpc
+      - each: vllm.served               # as for steps: one entry per item
+        units: ["{{ item.unit }}"]
+
+The units a recipe's ``teardown:`` names are also the units smoke expects active, so a
+recipe that adds a unit step lists it there too (a test holds every recipe to that).
 
 Strings and templates are jinja2 (undefined names are errors). Loading is pure: YAML text
 in, a Recipe or a RecipeError naming the file, the line and the reason out.
@@ -89,11 +99,23 @@ class StepSpec:
 
 
 @dataclass(frozen=True)
+class TeardownSpec:
+    """One ``teardown:`` entry as written: units to stop and remove, commands to run."""
+
+    units: tuple[str, ...]
+    commands: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ROLES
+    each: str | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
     steps: tuple[StepSpec, ...]
     source: Path
+    teardown: tuple[TeardownSpec, ...] = ()
 
 
 def _fail(source: Path, node: yaml.Node | None, reason: str) -> RecipeError:
@@ -114,7 +136,7 @@ def parse_recipe(text: str, source: Path) -> Recipe:
     if not isinstance(root, yaml.MappingNode):
         raise _fail(source, root, "a recipe is a mapping with name, description, steps")
     top = _mapping(root)
-    unknown = sorted(set(top) - {"name", "description", "steps"})
+    unknown = sorted(set(top) - {"name", "description", "steps", "teardown"})
     if unknown:
         raise _fail(source, top[unknown[0]], f"unknown key {unknown[0]!r}")
     data: dict[str, Any] = yaml.safe_load(text)
@@ -130,7 +152,37 @@ def parse_recipe(text: str, source: Path) -> Recipe:
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise _fail(source, steps_node, "two steps have the same name")
-    return Recipe(name, str(data.get("description", "")).strip(), tuple(steps), source)
+    teardown = _teardown(source, data.get("teardown"), top.get("teardown"))
+    return Recipe(name, str(data.get("description", "")).strip(), tuple(steps), source, teardown)
+
+
+def _teardown(source: Path, raw: Any, node: yaml.Node | None) -> tuple[TeardownSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not isinstance(node, yaml.SequenceNode):
+        raise _fail(source, node, "teardown: a list of {units, commands, roles, each}")
+    found = []
+    for entry, item in zip(raw, node.value, strict=True):
+        if not isinstance(entry, dict) or not set(entry) <= {"units", "commands", "roles", "each"}:
+            raise _fail(source, item, "teardown: each entry has units, commands, roles, each")
+        units, commands = entry.get("units", []), entry.get("commands", [])
+        for key, value in (("units", units), ("commands", commands)):
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise _fail(source, item, f"teardown: {key}: a list of strings")
+        if not units and not commands:
+            raise _fail(source, item, "teardown: an entry names units or commands")
+        roles = entry.get("roles", list(ROLES))
+        if not isinstance(roles, list) or not roles or not set(roles) <= set(ROLES):
+            raise _fail(source, item, f"teardown: roles among {ROLES}")
+        each = entry.get("each")
+        if each is not None and not (
+            isinstance(each, str) and all(p.isidentifier() for p in each.split("."))
+        ):
+            raise _fail(source, item, "teardown: each: a dotted name")
+        found.append(TeardownSpec(
+            tuple(units), tuple(commands), tuple(roles), each, item.start_mark.line + 1
+        ))  # fmt: skip
+    return tuple(found)
 
 
 def _step(source: Path, raw: Any, node: yaml.Node) -> StepSpec:

@@ -285,6 +285,11 @@ def ray_start_args(cluster: Cluster, member: VllmMember, head: VllmMember) -> li
     return args
 
 
+def uses_ray(cluster: Cluster) -> bool:
+    """Ray runs under vLLM when the cluster has more than one node."""
+    return len(cluster.members) > 1
+
+
 def unit_name(cluster: Cluster, served: Served) -> str:
     return f"vllm-{cluster.name}-{served.name}.service"
 

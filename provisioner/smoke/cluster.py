@@ -9,37 +9,23 @@ server killed, systemd brings it back, a completion works again).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from provisioner.clusters.spec import Cluster
 from provisioner.postinstall.ssh import Connection
 from provisioner.smoke.report import Check
 
-HEAD_UNIT = "llama-server.service"
-WORKER_UNIT = "llama-rpc.service"
 RESTART_WAIT_S = 120.0
 VLLM_RESTART_WAIT_S = 300.0  # vLLM loads its model again (about 40 s on a CPU)
 
 
-def units_of(cluster: Cluster, hostname: str, ray: bool = False) -> list[str]:
-    """The units smoke expects active on ``hostname``."""
-    if cluster.engine == "vllm":
-        from provisioner.postinstall.vllm import ray_unit, unit_name
-
-        units = [ray_unit(cluster)] if ray else []
-        if cluster.role(hostname) == "head":
-            units += [unit_name(cluster, s) for s in cluster.served()]
-        return units
-    return [HEAD_UNIT] if cluster.role(hostname) == "head" else [WORKER_UNIT]
-
-
-def unit_checks(conns: dict[str, Connection], cluster: Cluster, ray: bool = False) -> list[Any]:
-    """Every unit active; the detail counts systemd's restarts (a unit that keeps dying is
-    active between deaths) and, for one that is not active, its log's last line."""
+def unit_checks(conns: Mapping[str, Connection], units: Mapping[str, Sequence[str]]) -> list[Check]:
+    """Every unit of ``units`` (by hostname) active; the detail counts systemd's restarts
+    (a unit that keeps dying is active between deaths) and, for one that is not active,
+    its log's last line."""
     checks = []
     for hostname, conn in conns.items():
-        for unit in units_of(cluster, hostname, ray):
+        for unit in units.get(hostname, ()):
             out = conn.run(
                 f"systemctl is-active {unit}; systemctl show -p NRestarts --value {unit}",
                 timeout=30,

@@ -43,7 +43,8 @@ def recipe_packages() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
         ]
         cluster = Cluster("c", "llama-rpc", "m", "n0", ("n1",))
         for node_plan in plan(cluster, members, control_url="http://127.0.0.1",
-                              artifact=NONE, model=NONE):  # fmt: skip
+                              artifact=NONE, model=NONE,
+                              engine_recipes=("llama-rpc",)):  # fmt: skip
             for step in node_plan.steps:
                 for package in step.packages:
                     if step.repository == "debian":

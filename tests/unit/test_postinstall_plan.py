@@ -36,7 +36,7 @@ def cluster() -> Cluster:
 def test_the_head_knows_its_workers_and_workers_only_let_the_head_in() -> None:
     plans = plan(
         cluster(), members("qemu-lab"), control_url="http://10.99.0.1:8080",
-        artifact=ARTIFACT, model=MODEL,
+        artifact=ARTIFACT, model=MODEL, engine_recipes=("llama-rpc",),
     )  # fmt: skip
     head, worker = plans[0], plans[1]
     assert head.role == "head" and worker.role == "worker"
@@ -73,7 +73,7 @@ def test_every_shipped_profile_renders(name: str) -> None:
     assert profile is not None
     plans = plan(
         cluster(), members(profile.name, profile.drivers), control_url="http://10.0.0.1:8080",
-        artifact=ARTIFACT, model=MODEL,
+        artifact=ARTIFACT, model=MODEL, engine_recipes=("llama-rpc",),
     )  # fmt: skip
     for node_plan in plans:
         assert node_plan.steps[0].name == "hostname"

@@ -133,7 +133,7 @@ def _render(c: Cluster, found: list[vllm.VllmMember]) -> dict[str, list[str]]:
     lay, _ = vllm.layout(c, found)
     wheel = Download("vllm-0.32.0-cpu-cp311", "w/requirements.txt", "http://c/w", "ab" * 32)
     plans = plan(c, members, control_url="http://c", artifact=wheel, model=None,
-                 extra=extra, ray=lay.ray)  # fmt: skip
+                 extra=extra, engine_recipes=("vllm", "ray") if lay.ray else ("vllm",))  # fmt: skip
     return {p.member.hostname: [s.name for s in p.steps] for p in plans} | {
         f"{p.member.hostname}:put": [s.put[1].decode() for s in p.steps if s.put] for p in plans
     }

@@ -1,5 +1,6 @@
-"""A vLLM cluster's pieces from the registry and the stores: its members as the vLLM plan
-sees them, its checks at ``cluster create``, its wheelhouse, models and Ray token.
+"""A vLLM cluster's pieces from the registry and the stores (for :mod:`.vllm`): its
+members as the vLLM plan sees them, its checks at ``cluster create``, its wheelhouse,
+models and Ray token.
 
 The planning itself is pure (:mod:`provisioner.postinstall.vllm`); this module reads what
 it needs (inventories, profiles, the artifact and model stores, the state dir) and hands
@@ -77,11 +78,11 @@ def check(
 
 def ray_clashes(cluster: Cluster, others: Sequence[Cluster]) -> list[str]:
     """Ray's ports are pinned: a node can be in one Ray cluster only (pure)."""
-    if cluster.engine != "vllm" or len(cluster.members) < 2:
+    if not vllm.uses_ray(cluster):
         return []
     problems = []
     for other in others:
-        if other.engine == "vllm" and len(other.members) > 1:
+        if other.engine is Engine.VLLM and vllm.uses_ray(other):
             shared = sorted(set(cluster.members) & set(other.members))
             if shared:
                 problems.append(
@@ -157,8 +158,8 @@ def ray_token(cfg: Config, cluster: Cluster) -> str:
 
 def plan_context(
     cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember]
-) -> tuple[Download, dict[str, dict[str, Any]], bool]:
-    """(the wheelhouse, each node's extra context, whether Ray runs)."""
+) -> tuple[Download, dict[str, dict[str, Any]]]:
+    """(the wheelhouse, each node's extra context)."""
     from provisioner.artifacts.wheelhouse import node_install_command
 
     lay, problems = vllm.layout(cluster, found)
@@ -176,10 +177,10 @@ def plan_context(
         ctx["vllm"]["install"] = install
         ctx["ray"]["token"] = token
         extra[m.hostname] = ctx
-    return artifact, extra, lay.ray
+    return artifact, extra
 
 
-ARGCHECK = Path(__file__).resolve().parents[1] / "postinstall" / "vllm_argcheck.py"
+ARGCHECK = Path(__file__).resolve().parents[2] / "postinstall" / "vllm_argcheck.py"
 
 
 def check_arguments(

@@ -1,0 +1,140 @@
+"""The seam between the cluster operations and an inference engine.
+
+An engine (llama.cpp RPC, vLLM) is one module under ``clusters/engines/`` with one class
+that satisfies :class:`ClusterEngine`; every engine-specific decision is a method here,
+so no other module compares engine names. The recipes it names live in ``postinstall/``
+(steps, and under ``teardown:`` the units and clean-up a removed cluster leaves behind).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from provisioner.clusters.site import Site
+from provisioner.clusters.spec import Cluster
+from provisioner.postinstall.plan import Member, NodePlan, Teardown, teardown
+from provisioner.postinstall.ssh import Connection
+from provisioner.profiles import Engine
+from provisioner.records import Node
+from provisioner.smoke.report import Report
+from provisioner.smoke.run import Floors
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SmokeOptions:
+    """What the operator asked of one smoke run (``provisioner smoke``'s flags)."""
+
+    wait_s: float = 300.0  # for the head (or each server) to load its model
+    restart: bool = True  # kill a server and see systemd bring it back
+    requests: int = 0  # a load check too: N completions per served model
+    concurrency: int = 4
+    min_rpm: float | None = None
+    max_p99_s: float | None = None
+
+
+@dataclass(frozen=True)
+class SmokeTarget:
+    """One cluster as smoke reaches it: its nodes by hostname, an open SSH connection to
+    each, the floors the head's profile sets."""
+
+    cluster: Cluster
+    nodes: Mapping[str, Node]
+    conns: Mapping[str, Connection]
+    floors: Floors
+
+    def endpoint(self, port: int) -> str:
+        return f"http://{self.nodes[self.cluster.head].ip}:{port}"
+
+
+class ClusterEngine(Protocol):
+    """What the cluster operations ask of an engine."""
+
+    kind: Engine
+
+    def complete(self, cluster: Cluster) -> Cluster:
+        """The spec as the command line gave it, with the engine's defaults filled in
+        (raises ClusterError for what the engine does not take)."""
+        ...
+
+    def check_models(self, cluster: Cluster, model_kinds: Mapping[str, str | None]) -> list[str]:
+        """At ``cluster create``, always: what refuses the models it would serve.
+        ``model_kinds``: each model's kind in the store (``gguf``, ``hf``), None if missing."""
+        ...
+
+    def check(
+        self, site: Site, cluster: Cluster, model_kinds: Mapping[str, str | None]
+    ) -> tuple[list[str], list[str]]:
+        """At ``cluster create``, once the members are fine: (problems that refuse the
+        cluster, warnings)."""
+        ...
+
+    def recipes(self, cluster: Cluster) -> tuple[str, ...]:
+        """The recipes in ``postinstall/`` it adds after base and the drivers, in order."""
+        ...
+
+    def plan(self, site: Site, cluster: Cluster, members: Sequence[Member]) -> list[NodePlan]:
+        """Each member's post-install steps (the artifact, the model, its units)."""
+        ...
+
+    def teardown_context(self, cluster: Cluster) -> dict[str, Any]:
+        """The context its recipes' ``teardown:`` entries render with (no stores needed)."""
+        ...
+
+    def forget(self, site: Site, cluster: Cluster) -> None:
+        """What the control node keeps for the cluster, removed with it."""
+        ...
+
+    def dry_run(
+        self, site: Site, cluster: Cluster, *, check_args: bool, progress: Progress
+    ) -> tuple[bool, list[str]]:
+        """``postinstall run --dry-run``: (accepted, lines to show: warnings, verdicts)."""
+        ...
+
+    def smoke(
+        self, site: Site, target: SmokeTarget, options: SmokeOptions, progress: Progress
+    ) -> Report:
+        """Every check that proves the cluster serves."""
+        ...
+
+
+def load_checks(options: SmokeOptions, endpoint: str, model: str, progress: Progress) -> list[Any]:
+    """The load check on one served model, when the operator asked for it."""
+    if not options.requests:
+        return []
+    from provisioner.smoke.load import load_checks as run_load_checks
+
+    progress(f"smoke: load check on {model}: {options.requests} requests, "
+             f"{options.concurrency} at a time")  # fmt: skip
+    return list(run_load_checks(endpoint, model, options.requests, options.concurrency,
+                                min_rpm=options.min_rpm, max_p99_s=options.max_p99_s))  # fmt: skip
+
+
+def wait_healthy(endpoint: str, wait_s: float, label: str, progress: Progress) -> None:
+    """Wait for a server that was just (re)started to load its model (503 until then)."""
+    from provisioner.smoke.client import SmokeHttpError
+    from provisioner.smoke.client import wait_healthy as wait
+
+    try:
+        waited = wait(endpoint, timeout=wait_s)
+        progress(f"smoke {label}: healthy after {waited:.1f} s")
+    except SmokeHttpError as exc:
+        progress(f"smoke {label}: {exc}")
+
+
+def teardowns(engine: ClusterEngine, cluster: Cluster) -> dict[str, Teardown]:
+    """Per member (hostname): what its engine's recipes name under ``teardown:``."""
+    context = {
+        "cluster": {"name": cluster.name, "engine": cluster.engine.value, "head": cluster.head},
+        **engine.teardown_context(cluster),
+    }
+    recipes = engine.recipes(cluster)
+    return {h: teardown(recipes, cluster.role(h), context) for h in cluster.members}
+
+
+def units_by_host(engine: ClusterEngine, cluster: Cluster) -> dict[str, tuple[str, ...]]:
+    """The units smoke expects active on each member: the ones its recipes install."""
+    return {h: t.units for h, t in teardowns(engine, cluster).items()}

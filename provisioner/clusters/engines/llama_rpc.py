@@ -1,0 +1,144 @@
+"""llama.cpp over RPC: a head running ``llama-server --rpc`` to every worker's RPC server.
+
+The runtime is a llama.cpp build from the artifact store, the model a GGUF file from the
+model store; both are fetched by the nodes with their sha256 (``postinstall/llama-rpc.yaml``).
+Smoke proves every worker is used: traffic on its RPC port during a completion and its
+buffer in the head's log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from provisioner.clusters.engines.base import (
+    Progress,
+    SmokeOptions,
+    SmokeTarget,
+    load_checks,
+    units_by_host,
+    wait_healthy,
+)
+from provisioner.clusters.site import Site
+from provisioner.clusters.spec import Cluster, ClusterError
+from provisioner.postinstall.plan import Download, Member, NodePlan, plan
+from provisioner.profiles import Engine
+from provisioner.smoke.report import Report
+
+ARTIFACT_PREFIX = "llama.cpp-"
+HEAD_UNIT = "llama-server.service"
+WORKER_UNIT = "llama-rpc.service"
+
+
+class LlamaRpcEngine:
+    kind = Engine.LLAMA_RPC
+
+    def complete(self, cluster: Cluster) -> Cluster:
+        if cluster.serve:
+            raise ClusterError("--serve is for --engine vllm (llama-rpc serves --model)")
+        return cluster
+
+    def check_models(self, cluster: Cluster, model_kinds: Mapping[str, str | None]) -> list[str]:
+        if cluster.model not in model_kinds:
+            return []
+        kind = model_kinds[cluster.model]
+        if kind is None:
+            return [f"model: no model {cluster.model!r} in the store "
+                    f"(provisioner model add FILE --name {cluster.model})"]  # fmt: skip
+        if kind != "gguf":
+            return [f"model {cluster.model!r} is not a GGUF file: llama.cpp needs one"]
+        return []
+
+    def check(
+        self, site: Site, cluster: Cluster, model_kinds: Mapping[str, str | None]
+    ) -> tuple[list[str], list[str]]:
+        return [], []
+
+    def recipes(self, cluster: Cluster) -> tuple[str, ...]:
+        return ("llama-rpc",)
+
+    def plan(self, site: Site, cluster: Cluster, members: Sequence[Member]) -> list[NodePlan]:
+        return plan(
+            cluster,
+            members,
+            control_url=site.cfg.http_base,
+            artifact=runtime(site, cluster),
+            model=model_download(site, cluster),
+            engine_recipes=self.recipes(cluster),
+        )
+
+    def teardown_context(self, cluster: Cluster) -> dict[str, Any]:
+        return {}
+
+    def forget(self, site: Site, cluster: Cluster) -> None:
+        return None
+
+    def dry_run(
+        self, site: Site, cluster: Cluster, *, check_args: bool, progress: Progress
+    ) -> tuple[bool, list[str]]:
+        return True, []
+
+    def smoke(
+        self, site: Site, target: SmokeTarget, options: SmokeOptions, progress: Progress
+    ) -> Report:
+        """Health, a streamed completion (TTFT, tokens/s), every worker used (traffic on
+        its RPC port, its buffer in the head's log), every unit, a restart."""
+        from provisioner.smoke.cluster import head_log, restart_check, sampler, unit_checks
+        from provisioner.smoke.run import Worker, run_smoke
+
+        cluster, nodes, conns = target.cluster, target.nodes, target.conns
+        endpoint = target.endpoint(cluster.http_port)
+        progress(f"smoke {cluster.name}: {endpoint}, model {cluster.model}")
+        workers = [
+            Worker(f"{nodes[w].ip}:{cluster.rpc_port}", sampler(conns[w])) for w in cluster.workers
+        ]
+        units = unit_checks(conns, units_by_host(self, cluster))
+        wait_healthy(endpoint, options.wait_s, cluster.name, progress)
+        report = run_smoke(
+            cluster.name, endpoint, cluster.model, target.floors,
+            head_log(conns[cluster.head]), workers,
+        )  # fmt: skip
+        report = report.with_checks(units)
+        report = report.with_checks(load_checks(options, endpoint, cluster.model, progress))
+        if options.restart:  # a worker's RPC server, or a lone head's server
+            host = cluster.workers[0] if cluster.workers else cluster.head
+            unit = WORKER_UNIT if cluster.workers else HEAD_UNIT
+            report = report.with_checks(
+                [restart_check(conns[host], host, unit, endpoint, cluster.model, progress)]
+            )
+        return report
+
+
+def runtime(site: Site, cluster: Cluster) -> Download:
+    """The llama.cpp artifact the cluster runs: its own, else the newest CPU build."""
+    from provisioner.artifacts.store import ArtifactStore
+
+    store = ArtifactStore(site.artifacts_dir)
+    name = cluster.options.get("artifact")
+    if name:
+        manifest = store.get(name)
+    else:
+        found = [
+            m for m in store.list() if m.name.startswith(ARTIFACT_PREFIX) and "-cpu-" in m.name
+        ]
+        if not found:
+            raise ClusterError(
+                f"no llama.cpp build in {store.root}: provisioner artifact build llama.cpp"
+            )
+        manifest = max(found, key=lambda m: m.built_at)
+    return Download(
+        manifest.name,
+        manifest.file,
+        f"{site.cfg.http_base}/artifacts/{manifest.file}",
+        manifest.sha256,
+        manifest.size,
+        binaries=dict(manifest.binaries),
+    )
+
+
+def model_download(site: Site, cluster: Cluster) -> Download:
+    from provisioner.models.store import ModelStore
+
+    model = ModelStore(site.models_dir).get(cluster.model)
+    base = site.cfg.http_base
+    return Download(model.name, model.file, f"{base}/models/{model.file}", model.sha256, model.size)

@@ -1,0 +1,155 @@
+"""vLLM: one OpenAI server per served model on the head, Ray under it across nodes.
+
+The planning is pure (:mod:`provisioner.postinstall.vllm`); what it needs from the
+registry and the stores is in :mod:`.vllm_site`. Smoke checks each served model (a
+completion, or an embedding for an embedding model), every unit, Ray's view of every
+member and a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from provisioner.clusters.engines import vllm_site
+from provisioner.clusters.engines.base import (
+    Progress,
+    SmokeOptions,
+    SmokeTarget,
+    load_checks,
+    units_by_host,
+    wait_healthy,
+)
+from provisioner.clusters.site import Site
+from provisioner.clusters.spec import Cluster, Served
+from provisioner.clusters.store import load_all
+from provisioner.postinstall import vllm
+from provisioner.postinstall.plan import Member, NodePlan, plan
+from provisioner.profiles import Engine
+from provisioner.smoke.report import Check, Report
+
+
+class VllmEngine:
+    kind = Engine.VLLM
+
+    def complete(self, cluster: Cluster) -> Cluster:
+        if cluster.serve:
+            return cluster
+        return replace(
+            cluster, serve=(Served(cluster.model, cluster.model, None, vllm.FIRST_PORT),)
+        )
+
+    def check_models(self, cluster: Cluster, model_kinds: Mapping[str, str | None]) -> list[str]:
+        return []  # judged with the rest in check(): a vLLM model is a Hugging Face folder
+
+    def check(
+        self, site: Site, cluster: Cluster, model_kinds: Mapping[str, str | None]
+    ) -> tuple[list[str], list[str]]:
+        found = vllm_site.members(site.registry, cluster, site.profiles)
+        problems, warnings = vllm_site.check(cluster, found, model_kinds)
+        others = [c for c in load_all(site.registry) if c.name != cluster.name]
+        return problems + vllm_site.ray_clashes(cluster, others), warnings
+
+    def recipes(self, cluster: Cluster) -> tuple[str, ...]:
+        return ("vllm", "ray") if vllm.uses_ray(cluster) else ("vllm",)
+
+    def plan(self, site: Site, cluster: Cluster, members: Sequence[Member]) -> list[NodePlan]:
+        found = vllm_site.members(site.registry, cluster, site.profiles)
+        artifact, extra = vllm_site.plan_context(site.cfg, cluster, found)
+        return plan(
+            cluster, members, control_url=site.cfg.http_base, artifact=artifact, model=None,
+            engine_recipes=self.recipes(cluster), extra=extra,
+        )  # fmt: skip
+
+    def teardown_context(self, cluster: Cluster) -> dict[str, Any]:
+        served = [{"name": s.name, "unit": vllm.unit_name(cluster, s)} for s in cluster.served()]
+        return {"vllm": {"served": served}, "ray": {"unit": vllm.ray_unit(cluster)}}
+
+    def forget(self, site: Site, cluster: Cluster) -> None:
+        (site.cfg.state_dir / "ray" / f"{cluster.name}.token").unlink(missing_ok=True)
+
+    def dry_run(
+        self, site: Site, cluster: Cluster, *, check_args: bool, progress: Progress
+    ) -> tuple[bool, list[str]]:
+        found = vllm_site.members(site.registry, cluster, site.profiles)
+        _, warnings = vllm_site.check(cluster, found, {})
+        lines = [f"warning: {w}" for w in warnings]
+        if not check_args:
+            return True, lines
+        accepted, verdicts = vllm_site.argument_report(site.cfg, cluster, found, progress)
+        return accepted, lines + verdicts
+
+    def smoke(
+        self, site: Site, target: SmokeTarget, options: SmokeOptions, progress: Progress
+    ) -> Report:
+        """Per served model: health, /v1/models, a streamed completion, TTFT, tokens/s (and
+        the load check); every unit; Ray's view of every member; a restart."""
+        from provisioner.smoke.cluster import VLLM_RESTART_WAIT_S, restart_check, unit_checks
+        from provisioner.smoke.run import (
+            embedding_check,
+            generative,
+            health_check,
+            models_check,
+            run_smoke,
+        )
+
+        cluster = target.cluster
+        architectures = _architectures(site, cluster)
+        checks: list[Check] = list(unit_checks(target.conns, units_by_host(self, cluster)))
+        streams: dict[str, Any] = {}
+        for served in cluster.served():
+            endpoint = target.endpoint(served.port)
+            progress(f"smoke {cluster.name}: {endpoint}, serving {served.name} ({served.model})")
+            wait_healthy(endpoint, options.wait_s, f"{cluster.name}: {served.name}", progress)
+            if not generative(architectures.get(served.model, ())):
+                found = [health_check(endpoint), models_check(endpoint, served.name),
+                         embedding_check(endpoint, served.name)]  # fmt: skip
+                checks += [replace(c, name=f"{c.name}[{served.name}]") for c in found]
+                continue
+            one = run_smoke(cluster.name, endpoint, served.name, target.floors, "")
+            checks += [replace(c, name=f"{c.name}[{served.name}]") for c in one.checks]
+            streams[served.name] = dict(one.stream)
+            checks += load_checks(options, endpoint, served.name, progress)
+        if vllm.uses_ray(cluster):
+            checks += _ray_checks(site, target)
+        if options.restart:
+            first = cluster.served()[0]
+            checks.append(restart_check(
+                target.conns[cluster.head], cluster.head, vllm.unit_name(cluster, first),
+                target.endpoint(first.port), first.name, progress, VLLM_RESTART_WAIT_S,
+            ))  # fmt: skip
+        return Report(cluster.name, tuple(checks), streams)
+
+
+def _architectures(site: Site, cluster: Cluster) -> dict[str, tuple[str, ...]]:
+    """Each served model's config.json architectures, from the model store."""
+    from provisioner.errors import ModelError
+    from provisioner.models.store import ModelStore
+
+    store = ModelStore(site.models_dir)
+    found: dict[str, tuple[str, ...]] = {}
+    for served in cluster.served():
+        try:
+            found[served.model] = tuple(store.get(served.model).architectures)
+        except ModelError:
+            found[served.model] = ()
+    return found
+
+
+def _ray_checks(site: Site, target: SmokeTarget) -> list[Check]:
+    """What Ray on the head says of every member (alive, with its CPUs and GPUs), asked
+    with the ``ray`` of the venv post-install made from the cluster's wheelhouse."""
+    from provisioner.smoke.ray import ray_checks, ray_nodes_command
+
+    cluster = target.cluster
+    found = vllm_site.members(site.registry, cluster, site.profiles)
+    venv = vllm_site.venv_for(site.cfg, cluster, found)
+    address = f"{target.nodes[cluster.head].ip}:{vllm.RAY_PORTS['port']}"
+    command = (
+        f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={vllm.TOKEN_PATH} "
+        f"{ray_nodes_command(venv + '/bin', address)}"
+    )
+    result = target.conns[cluster.head].run(command, timeout=120)
+    addresses = {h: n.ip or "" for h, n in target.nodes.items()}
+    return list(ray_checks(result.stdout + result.stderr, addresses, None))
