@@ -13,10 +13,12 @@ from collections.abc import Iterable, Iterator
 import uvicorn
 
 from provisioner.boot.dhcp_server import DhcpService
-from provisioner.boot.http import AppContext, create_app, record_file
+from provisioner.boot.http import create_app
+from provisioner.boot.http_context import AppContext
 from provisioner.boot.http_files import FileAreas, FileServed, FrontProtocol
 from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.boot.ra import RouterAdvertiser
+from provisioner.boot.routes_files import record_file
 from provisioner.boot.tftp import TftpService, TftpTransfer
 from provisioner.config import Config, ensure_api_token
 from provisioner.enroll.matching import Enroller

@@ -28,7 +28,7 @@ from typing import IO, cast
 
 import h11
 
-from provisioner.boot.tftp import confine
+from provisioner.boot.paths import confine
 from provisioner.errors import TftpPathError
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def plan_response(
 
 
 class FileAreas:
-    """URL prefixes served from directories, each a jail (see tftp.confine)."""
+    """URL prefixes served from directories, each a jail (see paths.confine)."""
 
     def __init__(self, areas: Mapping[str, Path]):
         self.areas = dict(areas)  # "images" -> /var/lib/provisioner/images

@@ -1,7 +1,8 @@
-"""The read-only TFTP service: a pure path and option policy, a thin adapter over tftpy.
+"""The read-only TFTP service: a pure option policy, a thin adapter over tftpy.
 
-``confine()`` (the whole traversal defence) and ``normalize_options()`` are pure.
-``TftpService`` wires them into tftpy, which owns the sockets and the state machine:
+``normalize_options()`` is pure; the path rule, ``confine()`` (the whole traversal
+defence, shared with the HTTP file routes), is in ``paths.py``. ``TftpService`` wires
+them into tftpy, which owns the sockets and the state machine:
 
 - tftpy's listen loop catches only TftpException: a non-ASCII name, ``blksize=abc`` or a
   3-byte ACK killed its thread. A dict subclass installed as ``TftpServer.sessions`` gives
@@ -27,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -35,6 +36,7 @@ import tftpy
 from tftpy.TftpPacketFactory import TftpPacketFactory
 from tftpy.TftpPacketTypes import TftpPacketRRQ, TftpPacketWRQ
 
+from provisioner.boot.paths import confine
 from provisioner.errors import BootServiceError, TftpPathError
 
 log = logging.getLogger(__name__)
@@ -48,34 +50,6 @@ DEFAULT_RETRIES = 5
 MAX_SESSIONS = 256  # tftpy select()s on every session socket: stay far below FD_SETSIZE
 TFTPY_LOG_LEVEL = logging.WARNING  # tftpy logs several INFO lines per packet
 _TOKEN_PREFIX = "t"  # never "", "." or "..": a token is always one plain path component
-
-
-def confine(root: Path, requested: str) -> Path:
-    """The regular file ``requested`` names under ``root`` (anchored there: leading "/"
-    dropped, "\\" is "/"), symlinks resolved. TftpPathError for NUL, empty names, ".."
-    leaving the root, drive paths, symlinks out of the real root, non-regular files."""
-    if "\x00" in requested:
-        raise TftpPathError(f"NUL byte in TFTP file name {requested!r}")
-    relative = requested.replace("\\", "/").lstrip("/")
-    if PureWindowsPath(relative).drive:
-        raise TftpPathError(f"absolute TFTP file name {requested!r}")
-    parts: list[str] = []
-    for part in relative.split("/"):
-        if part == "..":
-            if not parts:
-                raise TftpPathError(f"TFTP file name {requested!r} leaves the root")
-            parts.pop()
-        elif part not in ("", "."):
-            parts.append(part)
-    if not parts:
-        raise TftpPathError(f"empty TFTP file name {requested!r}")
-    real_root = Path(os.path.realpath(root))
-    path = Path(os.path.realpath(real_root.joinpath(*parts)))
-    if not path.is_relative_to(real_root):
-        raise TftpPathError(f"TFTP file name {requested!r} resolves outside the root")
-    if not path.is_file():
-        raise TftpPathError(f"TFTP file name {requested!r} is not a regular file")
-    return path
 
 
 def normalize_options(options: Mapping[str, str]) -> dict[str, str]:

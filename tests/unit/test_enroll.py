@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.boot.http import _inventory_document
+from provisioner.boot.routes_boot import inventory_document
 from provisioner.config import DEFAULT_HWPROFILES
 from provisioner.enroll.matching import Enroller
 from provisioner.profiles import ProfileError
@@ -23,7 +23,7 @@ A, B, C = "52:54:00:99:00:01", "52:54:00:99:00:02", "52:54:00:99:00:03"
 def agent_doc(name: str) -> str:
     """What the inventory POST stores for the agent's report (the same function)."""
     raw = (AGENT / name).read_bytes()
-    return json.dumps(_inventory_document(raw, "text/plain; charset=utf-8"))
+    return json.dumps(inventory_document(raw, "text/plain; charset=utf-8"))
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ from provisioner.boot.gateway import (
     pick,
     upstreams,
 )
-from provisioner.boot.http import AppContext, create_app
+from provisioner.boot.http import create_app
+from provisioner.boot.http_context import AppContext
 from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.clusters.spec import Cluster, Served
 from provisioner.config import Mode, parse_config, render_config

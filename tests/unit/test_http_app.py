@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from provisioner.boot.http import AppContext, create_app
+from provisioner.boot.http import create_app
+from provisioner.boot.http_context import AppContext
 from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.config import DEFAULT_HWPROFILES, Mode, parse_config, render_config
 from provisioner.discovery import schema
@@ -428,3 +429,58 @@ def test_a_wheelhouse_index_is_served_as_a_page(client: TestClient, ctx: AppCont
     assert client.get(f"{base}/requirements.txt").headers["content-type"].startswith("text/plain")
     wheel = client.get(f"{base}/x-1.0-py3-none-any.whl")
     assert wheel.headers["content-type"] == "application/octet-stream" and wheel.content == b"PK"
+
+
+# Every route of create_app, asked by a caller with no token, no node and no files: one
+# row per route (its module in the comment), so a route lost or moved in front of another
+# of the same path shows here. 405 rows pin which route of a path answers first.
+ROUTES = [
+    ("GET", f"/boot/{MAC}.ipxe", 200),  # routes_boot
+    ("GET", "/boot/not-a-mac.ipxe", 404),
+    ("POST", f"/api/v1/nodes/{MAC}/inventory", 401),
+    ("GET", f"/api/v1/nodes/{MAC}/authorized_keys", 401),
+    ("GET", f"/api/v1/nodes/{MAC}/inventory", 405),
+    ("GET", "/images/discovery/vmlinuz", 404),  # routes_files
+    ("HEAD", "/images/discovery/vmlinuz", 404),
+    ("GET", "/artifacts/llama.cpp.tar", 404),
+    ("GET", "/models/m.gguf", 404),
+    ("GET", "/tftp/ipxe.efi", 200),
+    ("HEAD", "/tftp/ipxe.efi", 200),
+    ("POST", "/tftp/ipxe.efi", 405),
+    ("GET", "/api/v1/nodes", 200),  # routes_api
+    ("GET", f"/api/v1/nodes/{MAC}", 404),
+    ("PATCH", f"/api/v1/nodes/{MAC}", 401),
+    ("DELETE", f"/api/v1/nodes/{MAC}", 401),
+    ("POST", f"/api/v1/nodes/{MAC}", 405),
+    ("POST", "/api/v1/profiles/reload", 401),
+    ("GET", "/api/v1/profiles/reload", 405),
+    ("GET", "/clusters/small/v1/models", 404),  # gateway
+    ("POST", "/clusters/small/v1/chat/completions", 404),
+    ("GET", "/metrics", 200),  # routes_metrics
+    ("GET", "/healthz", 200),
+    ("GET", "/api/docs", 200),  # FastAPI's own
+    ("GET", "/nowhere", 404),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "status"), ROUTES)
+def test_every_route_answers_a_caller_without_tokens(
+    client: TestClient, method: str, path: str, status: int
+) -> None:
+    r = client.request(method, path, json={} if method in ("PATCH", "POST") else None)
+    assert r.status_code == status
+    if status == 401:
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_wrong_method_is_told_which_one_the_first_route_of_the_path_takes(
+    client: TestClient,
+) -> None:
+    assert client.post(f"/api/v1/nodes/{MAC}").headers["allow"] == "GET"
+    assert client.get("/api/v1/profiles/reload").headers["allow"] == "POST"
+
+
+def test_health_and_metrics_say_what_they_are(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"ok": True, "mode": "full"}
+    metrics = client.get("/metrics").headers["content-type"]
+    assert metrics == "text/plain; version=0.0.4; charset=utf-8"

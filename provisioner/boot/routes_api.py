@@ -1,0 +1,108 @@
+"""The operator's REST API under ``/api/v1``:
+
+- ``GET /api/v1/nodes``: every node; ``GET /api/v1/nodes/{mac|hostname}``: one node with
+  its timeline and inventory;
+- ``PATCH /api/v1/nodes/{key}``: set its hostname, or boot it from disk or the network;
+- ``DELETE /api/v1/nodes/{key}``: forget it;
+- ``POST /api/v1/profiles/reload``: read hwprofiles/ again and re-fingerprint every node.
+
+Reads are open; the three writes need the API bearer token (401 without it, counted).
+The agent's own calls under ``/api/v1/nodes/{mac}/`` are in routes_boot.py.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Response
+from pydantic import BaseModel
+
+from provisioner.boot.http_context import AppContext, bearer
+from provisioner.config import normalize_mac
+from provisioner.errors import IllegalTransition, RegistryError
+from provisioner.profiles import ProfileError
+from provisioner.states import NodeEvent
+
+
+class NodeUpdate(BaseModel):
+    hostname: str | None = None
+    boot: str | None = None  # "local" | "network"
+
+
+def router(ctx: AppContext) -> APIRouter:
+    """The node and profile API, for ``app.include_router``."""
+    routes = APIRouter()
+
+    def require_api_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        token = bearer(authorization)
+        if token is None or not secrets.compare_digest(token, ctx.api_token):
+            ctx.metrics.inc("provisioner_http_refused_total", reason="api-token")
+            raise HTTPException(
+                401, "a valid API bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    @routes.get("/api/v1/nodes")
+    def list_nodes() -> list[dict[str, str | float | int | None]]:
+        return [n.as_dict() for n in ctx.registry.nodes()]
+
+    @routes.get("/api/v1/nodes/{key}")
+    def show_node(key: str) -> dict[str, object]:
+        node = ctx.registry.node(normalize_mac(key) or key)
+        if node is None:
+            raise HTTPException(404, f"no node {key}")
+        inventory = ctx.registry.inventory_document(node.mac)
+        return {
+            **node.as_dict(),
+            "timeline": [e.as_dict() for e in ctx.registry.events(node.mac)],
+            "inventory": json.loads(inventory) if inventory else None,
+        }
+
+    @routes.patch("/api/v1/nodes/{key}", dependencies=[Depends(require_api_token)])
+    def update_node(key: str, update: NodeUpdate) -> dict[str, str | float | int | None]:
+        node = ctx.registry.node(normalize_mac(key) or key)
+        if node is None:
+            raise HTTPException(404, f"no node {key}")
+        if update.boot not in (None, "local", "network"):
+            raise HTTPException(422, "boot must be 'local' or 'network'")
+        try:
+            if update.hostname is not None:
+                node = ctx.registry.set_hostname(node.mac, update.hostname or None)
+            if update.boot is not None:
+                event = NodeEvent.BOOT_LOCAL if update.boot == "local" else NodeEvent.BOOT_NETWORK
+                node = ctx.registry.transition(node.mac, event, reason="api")
+        except IllegalTransition as exc:
+            raise HTTPException(409, str(exc)) from exc
+        except RegistryError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return node.as_dict()
+
+    @routes.delete(
+        "/api/v1/nodes/{key}", status_code=204, dependencies=[Depends(require_api_token)]
+    )
+    def delete_node(key: str) -> Response:
+        node = ctx.registry.node(normalize_mac(key) or key)
+        if node is None:
+            raise HTTPException(404, f"no node {key}")
+        ctx.registry.forget(node.mac)
+        return Response(status_code=204)
+
+    @routes.post("/api/v1/profiles/reload", dependencies=[Depends(require_api_token)])
+    def reload_profiles() -> dict[str, object]:
+        """Read hwprofiles/ again and re-fingerprint every node (also on SIGHUP)."""
+        if ctx.enroller is None:
+            raise HTTPException(409, "this appliance runs without profiles")
+        try:
+            changes = ctx.enroller.reload()
+        except ProfileError as exc:
+            raise HTTPException(
+                422,
+                {
+                    "error": "profiles refused; the last good set stays",
+                    "problems": [str(p) for p in exc.problems],
+                },
+            ) from exc
+        return {"changed": [c.as_dict() for c in changes], "profiles": len(ctx.enroller.profiles)}
+
+    return routes
