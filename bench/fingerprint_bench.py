@@ -29,8 +29,8 @@ from pathlib import Path
 from provisioner.discovery import pciids
 from provisioner.discovery.accelerators import default_table
 from provisioner.discovery.dumps import parse_dump
-from provisioner.discovery.fingerprint import fingerprint
 from provisioner.discovery.model import Inventory
+from provisioner.enroll.fingerprint import fingerprint
 from provisioner.profiles import ProfileSet, load_profiles, parse_profile
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The registry's records: a node, an event on its timeline, a lease.
+"""The registry's records: a node, an event on its timeline, a lease, a cluster's spec.
 
 Plain frozen values with no I/O, so that the pure cores (boot policy, plans, the
 timeline) can take and return them without importing the registry (and sqlite3).
@@ -7,11 +7,13 @@ timeline) can take and return them without importing the registry (and sqlite3).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address
 
+from provisioner.profiles import Engine
 from provisioner.states import NodeState
 
 Detail = Mapping[str, str | int | float | bool | None]
@@ -95,3 +97,69 @@ class Lease:
     mac: str
     expires: float
     kind: LeaseKind
+
+
+RPC_PORT = 50052  # llama.cpp's RPC servers
+HTTP_PORT = 8080  # llama-server on the head
+
+
+@dataclass(frozen=True)
+class Served:
+    """One model a vLLM head serves: its unit, port and share of the accelerator memory.
+
+    ``name`` is the served model name clients ask for (``--served-model-name``), ``model``
+    the model store's name, ``share`` ``--gpu-memory-utilization`` (the shares of one node
+    add up to less than 1.0)."""
+
+    name: str
+    model: str
+    share: float | None
+    port: int
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    engine: Engine
+    model: str
+    head: str  # hostname
+    workers: tuple[str, ...] = ()
+    rpc_network: str | None = None  # interface whose addresses the RPC traffic uses
+    rpc_port: int = RPC_PORT
+    http_port: int = HTTP_PORT
+    options: Mapping[str, str] = field(default_factory=dict)
+    # vLLM: the models the head serves (one unit and port each); empty for llama-rpc.
+    serve: tuple[Served, ...] = ()
+    tensor_parallel: int | None = None  # vLLM: GPUs one copy spans within a node
+    pipeline_parallel: int | None = None  # vLLM: stages across nodes (Ray)
+    gateway: bool = False  # an OpenAI route on the control node over every served model
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "engine", Engine(self.engine))
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return (self.head, *self.workers)
+
+    def role(self, hostname: str) -> str:
+        return "head" if hostname == self.head else "worker"
+
+    def served(self) -> tuple[Served, ...]:
+        """What the head serves: the ``serve`` list, or for llama-rpc its one model."""
+        if self.serve:
+            return self.serve
+        return (Served(self.model, self.model, None, self.http_port),)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["workers"] = list(self.workers)
+        data["options"] = dict(self.options)
+        data["serve"] = [asdict(s) for s in self.serve]
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Cluster:
+        data = json.loads(text)
+        data["workers"] = tuple(data.get("workers", ()))
+        data["serve"] = tuple(Served(**s) for s in data.get("serve", ()))
+        return cls(**data)

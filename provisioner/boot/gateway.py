@@ -30,9 +30,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from provisioner.clusters.spec import Cluster, ClusterError
+from provisioner.clusters.spec import ClusterError
 from provisioner.clusters.store import load
 from provisioner.metrics import Metrics
+from provisioner.records import Cluster
 from provisioner.registry import Registry
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from provisioner import __version__
+from provisioner.cli.artifact import add_artifact_commands
+from provisioner.cli.cluster import add_cluster_commands
 from provisioner.cli.common import (
     ago,
     config_path,
@@ -21,6 +23,13 @@ from provisioner.cli.common import (
     print_timeline,
     table,
 )
+from provisioner.cli.enroll import add_enroll_commands
+from provisioner.cli.image import add_image_commands
+from provisioner.cli.lab import add_lab_commands
+from provisioner.cli.model import add_model_commands
+from provisioner.cli.power import add_node_add_command, add_power_commands
+from provisioner.cli.profile import add_profile_commands
+from provisioner.cli.smoke import add_smoke_command
 from provisioner.config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_HTTP_PORT,
@@ -31,6 +40,9 @@ from provisioner.config import (
     render_config,
     write_config,
 )
+from provisioner.discovery.accelerators import accelerators
+from provisioner.discovery.dumps import parse_dump
+from provisioner.discovery.schema import inventory_schema
 from provisioner.errors import IllegalTransition, ProvisionerError
 from provisioner.records import Event, EventKind, Node
 from provisioner.registry import Registry
@@ -91,6 +103,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Lazy: serve brings uvicorn, FastAPI and the boot services (~0.3 s); no other command
+    # needs them.
     from provisioner.serve import run_forever
 
     cfg = load_cfg(args)
@@ -209,9 +223,6 @@ def _show_node(node: Node, events: list[Event], *, has_inventory: bool) -> None:
 def cmd_inventory_parse(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from provisioner.discovery.accelerators import accelerators
-    from provisioner.discovery.dumps import parse_dump
-
     results = []
     for name in args.files:
         text = sys.stdin.read() if name == "-" else Path(name).read_text(errors="replace")
@@ -297,7 +308,6 @@ def cmd_profile_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_inventory_schema(args: argparse.Namespace) -> int:
-    from provisioner.discovery.schema import inventory_schema
 
     print_json(inventory_schema())
     return 0
@@ -351,11 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     nenroll.add_argument("nodes", nargs="+", metavar="NODE", help="MAC or hostname")
     nenroll.add_argument("--json", action="store_true")
     nenroll.set_defaults(func=cmd_node_enroll)
-    from provisioner.cli.power import add_node_add_command, add_power_commands
 
     add_node_add_command(node_sub, load_cfg)
     add_power_commands(sub, load_cfg)
-    from provisioner.cli.enroll import add_enroll_commands
 
     add_enroll_commands(sub)
 
@@ -369,26 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
     ischema = inventory_sub.add_parser("schema", help="the inventory's JSON Schema")
     ischema.set_defaults(func=cmd_inventory_schema)
 
-    from provisioner.cli.profile import add_profile_commands
-
     profile_sub = add_profile_commands(sub)
     reload = profile_sub.add_parser("reload", help="re-fingerprint nodes in the running serve")
     reload.add_argument("--json", action="store_true")
     reload.set_defaults(func=cmd_profile_reload)
 
-    from provisioner.cli.image import add_image_commands
-
     add_image_commands(sub)
-    from provisioner.cli.lab import add_lab_commands
 
     add_lab_commands(sub)
-    from provisioner.cli.artifact import add_artifact_commands
-    from provisioner.cli.model import add_model_commands
 
     add_artifact_commands(sub)
     add_model_commands(sub)
-    from provisioner.cli.cluster import add_cluster_commands
-    from provisioner.cli.smoke import add_smoke_command
 
     add_cluster_commands(sub)
     add_smoke_command(sub)

@@ -20,11 +20,13 @@ from provisioner.clusters.engines import engine_for, engine_names
 from provisioner.clusters.plan import cluster_plan
 from provisioner.clusters.remove import remove
 from provisioner.clusters.site import Site
-from provisioner.clusters.spec import Cluster, ClusterError, split
+from provisioner.clusters.spec import ClusterError, split
 from provisioner.postinstall import fanout
 from provisioner.postinstall.plan import NodePlan
 from provisioner.postinstall.ssh import Connection
+from provisioner.postinstall.vllm import parse_serve
 from provisioner.profiles import Engine
+from provisioner.records import Cluster
 
 
 def _site(args: argparse.Namespace) -> Site:
@@ -34,7 +36,6 @@ def _site(args: argparse.Namespace) -> Site:
 
 def _spec(args: argparse.Namespace) -> Cluster:
     """The cluster as the command line describes it (not yet checked)."""
-    from provisioner.postinstall.vllm import parse_serve
 
     options = dict(o.split("=", 1) for o in args.option or [] if "=" in o)
     if args.artifact:

@@ -10,7 +10,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from provisioner.config import DEFAULT_CONFIG_PATH, Config, load_config
+from provisioner.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, Config, load_config
+from provisioner.errors import ConfigError
+from provisioner.lab.lab import DEFAULT_LAB_DIR
 from provisioner.records import Event
 from provisioner.registry import Registry
 
@@ -57,7 +59,6 @@ def config_path(args: argparse.Namespace) -> Path:
         return Path(args.config)
     if "PROVISIONER_CONFIG" in os.environ:
         return Path(os.environ["PROVISIONER_CONFIG"])
-    from provisioner.lab.lab import DEFAULT_LAB_DIR
 
     lab_config = DEFAULT_LAB_DIR / "provisioner.toml"
     if not DEFAULT_CONFIG_PATH.exists() and lab_config.exists():
@@ -81,8 +82,6 @@ def state_store(args: argparse.Namespace, folder: str, env: str) -> Path:
         return Path(args.store)
     if os.environ.get(env):
         return Path(os.environ[env])
-    from provisioner.config import DEFAULT_STATE_DIR
-    from provisioner.errors import ConfigError
 
     try:
         return load_cfg(args).state_dir / folder

@@ -14,8 +14,9 @@ from typing import Any
 
 from provisioner.cli.common import load_cfg, open_registry, print_json, stamped
 from provisioner.enroll import power_cycle as enrollment
-from provisioner.power import DEFAULT_TIMEOUT
+from provisioner.power import DEFAULT_TIMEOUT, open_driver
 from provisioner.power.credentials import candidate_files, load_store
+from provisioner.power.settings import DriverKind, parse_power_url
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -58,9 +59,6 @@ def cmd_enroll_new(args: argparse.Namespace) -> int:
     that boots, confirm it is the one, name it and enroll it."""
     import time
 
-    from provisioner.power import driver_for
-    from provisioner.power.settings import DriverKind, parse_power_url
-
     cfg = load_cfg(args)
     registry = open_registry(cfg)
     try:
@@ -70,16 +68,12 @@ def cmd_enroll_new(args: argparse.Namespace) -> int:
             if settings.driver is DriverKind.MANUAL:
                 stamped(f"{args.new}: power it on now (network boot); waiting for it to boot")
             else:
-                store = load_store(
-                    candidate_files(
-                        Path(args.credentials) if args.credentials else None, cfg.state_dir
-                    )
-                )
-                password = (
-                    store.password(args.new, settings.host) if settings.needs_password else None
-                )
-                driver = driver_for(
-                    settings, node=args.new, password=password, timeout=args.power_timeout
+                driver = open_driver(
+                    settings,
+                    node=args.new,
+                    credentials=Path(args.credentials) if args.credentials else None,
+                    state_dir=cfg.state_dir,
+                    timeout=args.power_timeout,
                 )
                 stamped(f"{args.new}: power-cycling through {settings.driver.value}")
                 driver.cycle()

@@ -16,6 +16,8 @@ from provisioner.boot.policy import image_for, wanted_image
 from provisioner.cli.common import load_cfg, open_registry, print_json, stamped, table
 from provisioner.config import Config
 from provisioner.image import ImageError, guardrails
+from provisioner.image.discovery import build_discovery, default_cache
+from provisioner.image.rootfs import build_rootfs
 from provisioner.image.store import ImageInUse, ImageRef, ImageStore, StoredImage, users_of
 from provisioner.profiles import load_profiles
 from provisioner.registry import Registry
@@ -43,18 +45,13 @@ def is_rootfs_recipe(path: Path) -> bool:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from provisioner.image.discovery import default_cache
 
     recipe = recipe_path(args.recipe)
     cfg = load_cfg(args)
     manifest: Any
     if is_rootfs_recipe(recipe):
-        from provisioner.image.rootfs import build_rootfs
-
         manifest = build_rootfs(recipe, cfg.image_dir, default_cache(), stamped)
     else:
-        from provisioner.image.discovery import build_discovery
-
         manifest = build_discovery(recipe, cfg.image_dir, default_cache(), stamped)
     image = ImageStore(cfg.image_dir).get(manifest.name)
     if args.json:

@@ -10,11 +10,13 @@ from typing import Any
 
 from provisioner.cli.common import print_json, print_timeline, stamped, table
 from provisioner.config import Mode
+from provisioner.lab import lab
+from provisioner.lab.lab import DEFAULT_LAB_DIR
+from provisioner.lab.simulate import simulate
 from provisioner.records import Event
 
 
 def cmd_lab_simulate(args: argparse.Namespace) -> int:
-    from provisioner.lab.simulate import simulate
 
     def progress(who: str, what: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {who:6} {what}", file=sys.stderr, flush=True)
@@ -62,7 +64,6 @@ def cmd_lab_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
-    from provisioner.lab import lab
 
     state = lab.up(
         Path(args.dir),
@@ -81,7 +82,6 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_status(args: argparse.Namespace) -> int:
-    from provisioner.lab import lab
 
     state = lab.LabState.load(Path(args.dir))
     if state is None:
@@ -91,7 +91,6 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
 
 
 def _report_lab(state: object, *, as_json: bool, stuck_after: float | None = None) -> int:
-    from provisioner.lab import lab
 
     assert isinstance(state, lab.LabState)
     statuses = lab.status(state, stuck_after=stuck_after or lab.STUCK_SECONDS)
@@ -118,7 +117,6 @@ def _report_lab(state: object, *, as_json: bool, stuck_after: float | None = Non
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
-    from provisioner.lab import lab
 
     lab.down(Path(args.dir), stamped)
     return 0
@@ -127,8 +125,6 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
 def cmd_lab_exec(args: argparse.Namespace) -> int:
     """Run a command where the appliance runs: the lab nodes' network (ssh, curl, ...)."""
     import os
-
-    from provisioner.lab import lab
 
     state = lab.LabState.load(Path(args.dir))
     if state is None:
@@ -156,7 +152,6 @@ def add_lab_commands(sub: Any) -> None:
     sim.add_argument("--state-dir", help="keep the registry here (default: thrown away)")
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=cmd_lab_simulate)
-    from provisioner.lab.lab import DEFAULT_LAB_DIR
 
     lab_up = lab_sub.add_parser("up", help="boot QEMU VMs through the appliance")
     lab_up.add_argument("--nodes", type=int, default=2)

@@ -22,7 +22,7 @@ from provisioner.power import (
     Operation,
     PowerError,
     PowerState,
-    driver_for,
+    open_driver,
     perform,
 )
 from provisioner.power.credentials import CredentialStore, candidate_files, load_store
@@ -96,9 +96,7 @@ def _job(reg: Registry, key: str, op: Operation, store: CredentialStore, timeout
     name = node.hostname or node.mac
 
     def work() -> PowerState | None:
-        password = store.password(name, settings.host) if settings.needs_password else None
-        driver = driver_for(settings, node=name, password=password, timeout=timeout)
-        return perform(driver, op)
+        return perform(open_driver(settings, node=name, credentials=store, timeout=timeout), op)
 
     return Job(key, work, settings.driver.value, settings.target)
 

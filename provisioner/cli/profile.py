@@ -2,7 +2,7 @@
 
 Mounted by :mod:`provisioner.cli` with :func:`add_profile_commands`; each subcommand sets
 ``func`` to a callable taking the parsed Namespace and returning the exit status. Thin:
-the work is in :mod:`provisioner.profiles` and :mod:`provisioner.discovery.fingerprint`.
+the work is in :mod:`provisioner.profiles` and :mod:`provisioner.enroll.fingerprint`.
 
 The profiles directory is ``--profiles DIR``, else ``$PROVISIONER_HWPROFILES``, else the
 ``hwprofiles/`` next to the package.
@@ -21,8 +21,8 @@ import provisioner
 from provisioner.discovery import accelerators as acc
 from provisioner.discovery import pciids
 from provisioner.discovery.dumps import parse_dump
-from provisioner.discovery.fingerprint import Candidate, Match, fingerprint
 from provisioner.discovery.model import Inventory
+from provisioner.enroll.fingerprint import Candidate, Match, fingerprint
 from provisioner.profiles import (
     NAME_RE,
     CpuRule,

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from provisioner.clusters.engines import engine_for
 from provisioner.clusters.site import Site
-from provisioner.clusters.spec import Cluster, ClusterError, validate
+from provisioner.clusters.spec import ClusterError, validate
 from provisioner.errors import ModelError
 from provisioner.models.store import ModelStore
+from provisioner.records import Cluster
 
 
 def create(site: Site, cluster: Cluster) -> tuple[Cluster, list[str]]:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from provisioner.clusters.engines import engine_for
 from provisioner.clusters.site import Site
-from provisioner.clusters.spec import Cluster, ClusterError
+from provisioner.clusters.spec import ClusterError
 from provisioner.clusters.store import members
 from provisioner.postinstall.plan import NodePlan
+from provisioner.records import Cluster
 from provisioner.states import MAY_POSTINSTALL
 
 

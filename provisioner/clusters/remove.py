@@ -9,8 +9,9 @@ from collections.abc import Callable
 from provisioner.clusters.engines import engine_for
 from provisioner.clusters.engines.base import teardowns
 from provisioner.clusters.site import Site
-from provisioner.clusters.spec import Cluster, ClusterError
+from provisioner.clusters.spec import ClusterError
 from provisioner.clusters.store import members
+from provisioner.records import Cluster
 from provisioner.states import NodeEvent
 
 

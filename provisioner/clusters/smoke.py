@@ -10,9 +10,9 @@ import time
 from provisioner.clusters.engines import engine_for
 from provisioner.clusters.engines.base import Progress, SmokeOptions, SmokeTarget
 from provisioner.clusters.site import Site
-from provisioner.clusters.spec import Cluster
 from provisioner.clusters.store import members
 from provisioner.postinstall.ssh import Connection
+from provisioner.records import Cluster
 from provisioner.smoke.report import Report
 from provisioner.smoke.run import Floors
 from provisioner.smoke.verdict import verdict

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from provisioner.clusters.spec import Cluster, ClusterError
-from provisioner.records import Node
+from provisioner.clusters.spec import ClusterError
+from provisioner.records import Cluster, Node
 from provisioner.registry import Registry
 
 

@@ -9,13 +9,12 @@ path and the reason (422) when they do not fit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any
-
-import jsonschema
 
 from provisioner.discovery.model import (
     SCHEMA,
@@ -104,7 +103,13 @@ def inventory_schema() -> dict[str, Any]:
     }
 
 
-_VALIDATOR = jsonschema.Draft202012Validator(inventory_schema())
+@functools.cache
+def _validator() -> Any:
+    # jsonschema (and the referencing library under it) takes ~90 ms to import: loaded on
+    # the first inventory checked, so that commands that never read one start fast.
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(inventory_schema())
 
 
 def to_json(inventory: Inventory) -> dict[str, Any]:
@@ -115,7 +120,9 @@ def to_json(inventory: Inventory) -> dict[str, Any]:
 
 def from_json(data: object) -> Inventory:
     """An Inventory from its JSON form; InventorySchemaError names the path and reason."""
-    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(data))
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator().iter_errors(data))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top)"
         raise InventorySchemaError(f"{where}: {error.message}")

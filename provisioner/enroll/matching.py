@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner.discovery.fingerprint import Match, fingerprint
+from provisioner.enroll.fingerprint import Match, fingerprint
 from provisioner.profiles import ProfileSet, load_profiles
 from provisioner.records import EventKind, Node
 from provisioner.registry import Registry

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from provisioner.config import normalize_mac
-from provisioner.power import PowerError, UnsupportedOperation, driver_for
+from provisioner.power import PowerError, UnsupportedOperation, open_driver
 from provisioner.power.credentials import CredentialStore
 from provisioner.power.manual import WatchConfirmer
 from provisioner.power.run import one_line
@@ -73,7 +73,7 @@ class Enrollment:
 def _power_cycle(
     registry: Registry,
     item: Enrollment,
-    store: CredentialStore,
+    store: CredentialStore | None,
     power_timeout: float,
     announce: Progress,
 ) -> None:
@@ -88,14 +88,13 @@ def _power_cycle(
                 "--power URL (or power it on by hand and enroll without --power-cycle)"
             )
         settings = parse_power_url(url)
-        password = store.password(item.name, settings.host) if settings.needs_password else None
         confirm = None
         if settings.driver is DriverKind.MANUAL:
             confirm = WatchConfirmer(
                 lambda: _dhcp_since(registry, node.mac, item.started), announce
             )
-        driver = driver_for(
-            settings, node=item.name, password=password, timeout=power_timeout, confirm=confirm
+        driver = open_driver(
+            settings, node=item.name, credentials=store, timeout=power_timeout, confirm=confirm
         )
         if settings.driver is not DriverKind.MANUAL:  # manual: one instruction, not two
             # WoL cannot: the board's boot order must have the network first.
@@ -123,12 +122,16 @@ def start(
     registry: Registry,
     keys: list[str],
     *,
-    store: CredentialStore,
+    store: CredentialStore | None = None,
     power_timeout: float,
     progress: Progress,
     power_cycle: bool = True,
 ) -> list[Enrollment]:
-    """Resolve the nodes, put them in `enrolling` and power-cycle them (in parallel)."""
+    """Resolve the nodes, put them in `enrolling` and power-cycle them (in parallel).
+
+    ``store``: the BMC passwords, read once for all the nodes; None: a driver that needs
+    a password looks in the usual places (:func:`provisioner.power.open_driver`).
+    """
     items = [Enrollment(key) for key in dict.fromkeys(keys)]
     for item in items:
         item.node = registry.node(normalize_mac(item.key) or item.key)

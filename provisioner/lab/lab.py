@@ -26,6 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.config import Mode, render_config, write_config
+from provisioner.enroll.power_cycle import start
+from provisioner.image.discovery import build_discovery, default_cache
+from provisioner.image.rootfs import build_rootfs
+from provisioner.image.store import ImageRef, ImageStore
+from provisioner.lab import containers
+from provisioner.lab.containers import Started, stop_containers
+from provisioner.lab.containers import steps_reached as container_steps
 from provisioner.lab.netns import (
     HostSpec,
     LabError,
@@ -36,6 +43,7 @@ from provisioner.lab.netns import (
     pid_alive,
 )
 from provisioner.lab.vm import VmSpec, console_tail, prepare, probe_accel, qemu_argv
+from provisioner.power import PowerError, PowerState, open_driver
 from provisioner.registry import Registry
 from provisioner.states import NodeState
 from provisioner.timeline import steps_reached
@@ -166,13 +174,17 @@ def judge(
 # ---------------------------------------------------------------- processes
 
 
+def _power_url(spec: VmSpec) -> str:
+    """The VM's power settings: its QMP socket, driven like any node's BMC."""
+    return f"qemu://{spec.qmp}"
+
+
 def _powered_on(spec: VmSpec) -> bool:
-    """Whether the VM's guest runs (QMP says so): off once it powered itself off."""
-    from provisioner.power import PowerError
-    from provisioner.power.qemu import RUNNING, qmp_call
+    """Whether the VM's guest runs (its power driver says on): off once it powered
+    itself off, or when its QEMU does not answer."""
 
     try:
-        return qmp_call(spec.qmp, "query-status", timeout=2).get("status") == RUNNING
+        return open_driver(_power_url(spec), node=spec.name, timeout=2).status() is PowerState.ON
     except PowerError:
         return False
 
@@ -213,7 +225,6 @@ def ensure_discovery_image(image_dir: Path, progress: Progress) -> None:
         image_dir / "discovery" / "initrd"
     ).exists():
         return
-    from provisioner.image.discovery import build_discovery, default_cache
 
     progress("building the discovery image (first time: downloads Debian's kernel)")
     build_discovery(DISCOVERY_RECIPE, image_dir, default_cache(), progress)
@@ -221,7 +232,6 @@ def ensure_discovery_image(image_dir: Path, progress: Progress) -> None:
 
 def ensure_image(image_dir: Path, image: str, progress: Progress) -> None:
     """Build ``image`` from ``images/<name>.toml`` unless the store has it."""
-    from provisioner.image.store import ImageRef, ImageStore
 
     ref = ImageRef.parse(image)
     if ImageStore(image_dir).find(ref) is not None:
@@ -229,8 +239,6 @@ def ensure_image(image_dir: Path, image: str, progress: Progress) -> None:
     recipe = DISCOVERY_RECIPE.parent / f"{ref.name}.toml"
     if ref.version is not None or not recipe.is_file():
         raise LabError(f"no image {image} in {image_dir} and no recipe {recipe} to build it")
-    from provisioner.image.discovery import default_cache
-    from provisioner.image.rootfs import build_rootfs
 
     progress(f"building the {ref.name} image (mmdebstrap; a few minutes the first time)")
     build_rootfs(recipe, image_dir, default_cache(), progress)
@@ -326,10 +334,6 @@ def _containers_up(
 ) -> None:
     """Container nodes (systemd-nspawn) booting the shared image on the lab bridge: no
     firmware steps; from their boot script on, the same path as a VM's."""
-    from provisioner.enroll.power_cycle import start
-    from provisioner.image.store import ImageStore
-    from provisioner.lab import containers
-    from provisioner.power.credentials import CredentialStore
 
     if not appliance or lab.image is None:
         raise LabError("container nodes need the appliance and an image (--image NAME)")
@@ -346,7 +350,7 @@ def _containers_up(
         for spec in specs:  # known by MAC and name, enrolled as soon as they report
             registry.touch_node(spec.mac)
             registry.set_hostname(spec.mac, spec.name)
-        start(registry, [s.name for s in specs], store=CredentialStore(), power_timeout=10,
+        start(registry, [s.name for s in specs], power_timeout=10,
               progress=lambda line: None, power_cycle=False)  # fmt: skip
     finally:
         registry.close()
@@ -373,8 +377,6 @@ def _containers_up(
 def _enroll(lab: LabState, progress: Progress) -> None:
     """Register each VM with its QMP socket as its power URL and enroll it by power-cycle:
     the same path as real hardware (`node add ... --power`, `enroll --power-cycle`)."""
-    from provisioner.enroll.power_cycle import start
-    from provisioner.power.credentials import CredentialStore
 
     deadline = time.monotonic() + 30
     for node in lab.nodes:
@@ -387,11 +389,10 @@ def _enroll(lab: LabState, progress: Progress) -> None:
         for node in lab.nodes:
             registry.touch_node(node.mac)
             registry.set_hostname(node.mac, node.name)
-            registry.set_power(node.mac, f"qemu://{lab.vm(node).qmp}")
+            registry.set_power(node.mac, _power_url(lab.vm(node)))
         items = start(
             registry,
             [n.name for n in lab.nodes],
-            store=CredentialStore(),
             power_timeout=10,
             progress=progress,
         )
@@ -467,8 +468,6 @@ def status(
             record = registry.node(node.mac)
             events = registry.events(node.mac) if record else []
             if lab.kind == "container":
-                from provisioner.lab.containers import steps_reached as container_steps
-
                 steps = container_steps(events)
                 running = _alive(node.pid)
             else:
@@ -520,8 +519,6 @@ def down(directory: Path, progress: Progress) -> list[str]:
         progress("no lab is up")
         return []
     if lab.containers:
-        from provisioner.lab.containers import Started, stop_containers
-
         stop_containers([Started.from_dict(d) for d in lab.containers], progress)
     for node in lab.nodes:
         if node.pid and lab.kind != "container":

@@ -115,9 +115,11 @@ def run_node(
     if result.resumed_at:
         progress(f"{member.hostname:10} resuming: the last run failed at {result.resumed_at!r}")
     total = len(plan.steps)
+    where = "(connect)"  # what a lost connection is charged to: connecting, or the step
     try:
         with connect(plan) as conn:
             for i, step in enumerate(plan.steps, 1):
+                where = step.name
                 outcome = _run_step(conn, step)
                 result.outcomes.append(outcome)
                 registry.add_step(run_id, member.mac, step.name, outcome.status,
@@ -131,8 +133,8 @@ def run_node(
                     result.error = f"step {step.name!r} failed (exit {outcome.exit_status}): {tail}"
                     break
     except SshError as exc:
-        result.error = str(exc)
-        registry.add_step(run_id, member.mac, "(connect)", "failed", None, str(exc), 0.0)
+        result.error = str(exc) if where == "(connect)" else f"step {where!r}: {exc}"
+        registry.add_step(run_id, member.mac, where, "failed", None, str(exc), 0.0)
     result.seconds = time.monotonic() - started
     if result.error:
         registry.transition(member.mac, NodeEvent.FAIL, reason=f"post-install: {result.error}")

@@ -18,7 +18,6 @@ from typing import Any
 
 import jinja2
 
-from provisioner.clusters.spec import Cluster
 from provisioner.postinstall.recipes import (
     DEFAULT_RECIPES,
     ROLES,
@@ -28,6 +27,7 @@ from provisioner.postinstall.recipes import (
     load_recipe,
     template_env,
 )
+from provisioner.records import Cluster
 
 UNIT_DIR = "/etc/systemd/system"
 

@@ -1,24 +1,30 @@
 """SSH to a node (paramiko), with its host key pinned to what its agent reported.
 
+The seam and its values live here; the paramiko session in :mod:`.ssh_paramiko`, which
+:func:`connect` imports on first use (paramiko takes ~60 ms to import, and most commands
+never open a session).
+
 A node's host keys are made fresh at each boot of the shared image and reported by its
 agent; the registry keeps the last report. ``connect`` trusts only those keys: a node that
 reported none is refused before any connection, and a node that presents another key is
 refused with both fingerprints (never accepted, never learned). Only connecting is
 retried (sshd may still be starting); a command that fails is the caller's to judge.
+
+:class:`Connection` is the seam: what post-install and smoke ask of a session to a node
+(``run``, ``put``, ``close``). ``ssh_paramiko.SshConnection`` is the real one, made by
+:func:`connect`; ``tests/fakes/ssh.py`` holds a scripted fake. Every paramiko error
+becomes an :class:`SshError` there.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import paramiko
+from typing import Protocol
 
 from provisioner.errors import ProvisionerError
 
@@ -64,98 +70,23 @@ class Result:
         return text if len(text) <= limit else "…" + text[-limit:]
 
 
-def _fingerprint(key: paramiko.PKey) -> str:
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+class Connection(Protocol):
+    """One logged-in session to one node, as the rest of the code uses it."""
 
-
-class _Pinned(paramiko.MissingHostKeyPolicy):
-    """Refuse every key that is not in the client's host keys (all of them, here)."""
-
-    def __init__(self, node: str, expected: Sequence[HostKey]):
-        self.node = node
-        self.expected = expected
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        wanted = ", ".join(f"{k.type} {k.fingerprint}" for k in self.expected)
-        raise HostKeyMismatch(
-            f"{self.node} ({hostname}) presented {key.get_name()} {_fingerprint(key)}, "
-            f"not the key it reported ({wanted}): refused"
-        )
-
-
-class Connection:
-    """One logged-in session to one node; ``run`` commands, ``put`` files."""
-
-    def __init__(self, node: str, client: paramiko.SSHClient):
-        self.node = node
-        self.client = client
-
-    def run(self, command: str, *, timeout: float = 300.0, stdin: bytes | None = None) -> Result:
-        started = time.monotonic()
-        try:
-            transport = self.client.get_transport()
-            if transport is None:
-                raise SshError(f"{self.node}: the SSH connection is closed")
-            chan = transport.open_session()
-            chan.settimeout(timeout)
-            chan.exec_command(command)
-            if stdin is not None:
-                chan.sendall(stdin)
-                chan.shutdown_write()
-            out, err = io.BytesIO(), io.BytesIO()
-            deadline = started + timeout
-            while True:
-                if chan.recv_ready():
-                    out.write(chan.recv(65536))
-                if chan.recv_stderr_ready():
-                    err.write(chan.recv_stderr(65536))
-                if (
-                    chan.exit_status_ready()
-                    and not chan.recv_ready()
-                    and not chan.recv_stderr_ready()
-                ):
-                    break
-                if time.monotonic() > deadline:
-                    chan.close()
-                    partial = out.getvalue().decode(errors="replace")
-                    late = f"timed out after {timeout:.0f} s"
-                    return Result(command, 124, partial, late, time.monotonic() - started)
-                time.sleep(0.01)
-            status = chan.recv_exit_status()
-            chan.close()
-        except (paramiko.SSHException, OSError) as exc:
-            raise SshError(f"{self.node}: running {command[:60]!r} failed: {exc}") from exc
-        return Result(
-            command,
-            status,
-            out.getvalue().decode(errors="replace"),
-            err.getvalue().decode(errors="replace"),
-            time.monotonic() - started,
-        )
+    def run(self, command: str, *, timeout: float = 300.0) -> Result:
+        """Run a shell command; its exit status is in the result (124: timed out).
+        Raises SshError if the connection is lost."""
+        ...
 
     def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        """Write ``data`` to ``path`` atomically (a temporary file, then a rename)."""
-        tmp = f"{path}.provisioner-new"
-        try:
-            with self.client.open_sftp() as sftp:
-                with sftp.open(tmp, "wb") as stream:
-                    stream.write(data)
-                sftp.chmod(tmp, mode)
-                sftp.posix_rename(tmp, path)
-        except (paramiko.SSHException, OSError) as exc:
-            raise SshError(f"{self.node}: cannot write {path}: {exc}") from exc
+        """Write ``data`` to ``path`` atomically. Raises SshError if it cannot."""
+        ...
 
-    def close(self) -> None:
-        self.client.close()
+    def close(self) -> None: ...
 
-    def __enter__(self) -> Connection:
-        return self
+    def __enter__(self) -> Connection: ...
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def connect(
@@ -171,60 +102,10 @@ def connect(
     pause: float = CONNECT_PAUSE,
 ) -> Connection:
     """Log into ``node`` at ``address`` as ``user``, trusting only ``host_keys``."""
-    if not host_keys:
-        raise SshError(
-            f"{node} reported no SSH host key (its image's agent has not reported yet): "
-            "refusing to connect to an unknown key"
-        )
-    try:
-        pkey = paramiko.Ed25519Key.from_private_key_file(str(private_key))
-    except (OSError, paramiko.SSHException) as exc:
-        raise SshError(f"cannot read the control node's key {private_key}: {exc}") from exc
-    last: Exception | None = None
-    for attempt in range(1, tries + 1):
-        client = paramiko.SSHClient()
-        known = client.get_host_keys()
-        entry = address if port == 22 else f"[{address}]:{port}"
-        for key in host_keys:
-            try:
-                known.add(
-                    entry,
-                    key.type,
-                    paramiko.PKey.from_type_string(key.type, base64.b64decode(key.public_key)),
-                )
-            except (paramiko.SSHException, ValueError) as exc:
-                log.debug("node %s: unusable reported key %s: %s", node, key.type, exc)
-        client.set_missing_host_key_policy(_Pinned(node, host_keys))
-        try:
-            client.connect(
-                address,
-                port=port,
-                username=user,
-                pkey=pkey,
-                timeout=timeout,
-                banner_timeout=timeout,
-                auth_timeout=timeout,
-                allow_agent=False,
-                look_for_keys=False,
-            )
-            return Connection(node, client)
-        except HostKeyMismatch:
-            client.close()
-            raise
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            wanted = ", ".join(f"{k.type} {k.fingerprint}" for k in host_keys)
-            raise HostKeyMismatch(
-                f"{node} ({address}) presented {exc.key.get_name()} {_fingerprint(exc.key)}, "
-                f"not the key it reported ({wanted}): refused"
-            ) from exc
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            raise SshError(f"{node} ({address}) refused the control node's key: {exc}") from exc
-        except (TimeoutError, paramiko.SSHException, OSError) as exc:
-            client.close()
-            last = exc
-            log.debug("node %s: connect attempt %d failed: %s", node, attempt, exc)
-            if attempt < tries:
-                time.sleep(pause)
-    raise SshError(f"{node} ({address}:{port}): cannot connect after {tries} tries: {last}")
+    # Lazy: paramiko is imported only when a session is opened (start-up of every command).
+    from provisioner.postinstall.ssh_paramiko import connect as open_session
+
+    return open_session(
+        node, address, host_keys, private_key, port=port, user=user, timeout=timeout,
+        tries=tries, pause=pause,
+    )  # fmt: skip

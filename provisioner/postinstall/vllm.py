@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from provisioner.clusters.spec import Cluster, Served
+from provisioner.records import Cluster, Served
 
 VENV_ROOT = "/opt/vllm"
 MODEL_ROOT = "/var/lib/provisioner/models"

@@ -6,110 +6,97 @@ A node's power settings are a URL without a password (``redfish://admin@10.0.0.3
 :mod:`provisioner.power.settings`; the password comes from :mod:`.credentials` (a 0600
 file or the environment) and is never stored, printed or returned.
 
-Every driver does the same five things, or says clearly that it cannot::
+::
 
-    on()                 power the node on (no-op if already on)
-    off()                hard power off (no-op if already off)
-    cycle()              make the node boot now: power-cycle if on, power on if off
-    status()             PowerState.ON | OFF (| UNKNOWN where the BMC will not say)
-    boot_next_network()  the next boot (once) is from the network (PXE)
+    base         the PowerDriver seam, PowerState, Operation, the errors (tree there)
+    settings     power URL <-> PowerSettings (pure)
+    credentials  BMC passwords: environment or a 0600 TOML file
+    ipmi, redfish, wol, qemu, manual   one driver each; they import base, never this
+    run          one operation on many nodes in parallel, one line per node
 
-Errors (children of :class:`~provisioner.errors.ProvisionerError`)::
-
-    PowerError                  a power operation failed; str() is one line: the cause
-    ├── UnsupportedOperation    this driver cannot do that (WoL: off, status, cycle)
-    ├── PowerSettingsError      a power URL that does not parse (or carries a password)
-    ├── CredentialsError        no password, or a credentials file others can read
-    ├── BmcUnreachable          no answer in time: wrong address, route or port
-    └── BmcAuthError            the BMC refused the user name or password
-
-Third-party and OS errors (subprocess, socket, ssl, urllib) are translated at each
-driver's edge with ``raise PowerError(...) from exc``.
+This package builds drivers: :func:`open_driver` (find the password, then make the
+driver: what every caller wants) and :func:`driver_for` (the factory, password given).
+It re-exports :mod:`.base`'s names for callers; nothing inside ``power/`` imports it.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from provisioner.errors import ProvisionerError
-
-DEFAULT_TIMEOUT = 20.0  # seconds one operation on one node may take, end to end
-
-
-class PowerError(ProvisionerError):
-    """A power operation failed; the message is one line naming the cause."""
-
-
-class UnsupportedOperation(PowerError):
-    """The driver cannot do this operation (Wake-on-LAN cannot power off, ...)."""
-
-
-class PowerSettingsError(PowerError):
-    """A power URL that does not parse, names an unknown driver or holds a password."""
-
-
-class CredentialsError(PowerError):
-    """No password for a node, or a credentials file that group or others can read."""
-
-
-class BmcUnreachable(PowerError):
-    """The BMC did not answer in time (wrong address, no route, port closed)."""
-
-
-class BmcAuthError(PowerError):
-    """The BMC refused the user name or the password."""
-
-
-class PowerState(StrEnum):
-    ON = "on"
-    OFF = "off"
-    UNKNOWN = "unknown"
-
-
-class Operation(StrEnum):
-    ON = "on"
-    OFF = "off"
-    CYCLE = "cycle"
-    STATUS = "status"
-    BOOT_NEXT_NETWORK = "boot-next-network"
-
-
-class PowerDriver(Protocol):
-    """What every power driver does (or refuses with :class:`UnsupportedOperation`)."""
-
-    kind: str
-
-    def on(self) -> None: ...
-
-    def off(self) -> None: ...
-
-    def cycle(self) -> None: ...
-
-    def status(self) -> PowerState: ...
-
-    def boot_next_network(self) -> None: ...
-
-
-def perform(driver: PowerDriver, op: Operation) -> PowerState | None:
-    """Run one operation; ``status`` returns the state, the others return None."""
-    if op is Operation.STATUS:
-        return driver.status()
-    if op is Operation.ON:
-        driver.on()
-    elif op is Operation.OFF:
-        driver.off()
-    elif op is Operation.CYCLE:
-        driver.cycle()
-    else:
-        driver.boot_next_network()
-    return None
-
+from provisioner.power.base import (
+    DEFAULT_TIMEOUT,
+    BmcAuthError,
+    BmcUnreachable,
+    CredentialsError,
+    Operation,
+    PowerDriver,
+    PowerError,
+    PowerSettingsError,
+    PowerState,
+    UnsupportedOperation,
+    perform,
+)
+from provisioner.power.credentials import CredentialStore, candidate_files, load_store
+from provisioner.power.ipmi import IpmiDriver
+from provisioner.power.manual import ManualDriver, TerminalConfirmer
+from provisioner.power.qemu import QemuDriver
+from provisioner.power.redfish import RedfishDriver
+from provisioner.power.settings import DriverKind, PowerSettings, parse_power_url
+from provisioner.power.wol import WolDriver
 
 if TYPE_CHECKING:
     from provisioner.power.credentials import Secret
     from provisioner.power.manual import Confirmer
-    from provisioner.power.settings import PowerSettings
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "BmcAuthError",
+    "BmcUnreachable",
+    "CredentialsError",
+    "Operation",
+    "PowerDriver",
+    "PowerError",
+    "PowerSettingsError",
+    "PowerState",
+    "UnsupportedOperation",
+    "driver_for",
+    "open_driver",
+    "perform",
+]
+
+
+def open_driver(
+    settings: PowerSettings | str,
+    *,
+    node: str,
+    credentials: CredentialStore | Path | None = None,
+    state_dir: Path | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    confirm: Confirmer | None = None,
+) -> PowerDriver:
+    """The driver for ``node``'s power settings (parsed, or a power URL), password found.
+
+    Only a driver that needs a password (IPMI, Redfish) looks for one, in the order
+    :mod:`.credentials` gives: ``$PROVISIONER_POWER_PASSWORD_<NODE>``, then a file.
+    ``credentials`` is that file already read (one read for many nodes), the file's path
+    (``--credentials``), or None: ``$PROVISIONER_POWER_CREDENTIALS``, else
+    /etc/provisioner/power.toml, else ``<state_dir>/power.toml``. Raises
+    :class:`PowerSettingsError` for a bad URL and :class:`CredentialsError` naming the
+    node, its variable and the file read (or that none was found) when there is no
+    password.
+    """
+    if isinstance(settings, str):
+        settings = parse_power_url(settings)
+    password = None
+    if settings.needs_password:
+        store = (
+            credentials
+            if isinstance(credentials, CredentialStore)
+            else load_store(candidate_files(credentials, state_dir))
+        )
+        password = store.password(node, settings.host)
+    return driver_for(settings, node=node, password=password, timeout=timeout, confirm=confirm)
 
 
 def driver_for(
@@ -120,29 +107,22 @@ def driver_for(
     timeout: float = DEFAULT_TIMEOUT,
     confirm: Confirmer | None = None,
 ) -> PowerDriver:
-    """The driver for a node's power settings (a BMC driver needs its password)."""
-    from provisioner.power.settings import DriverKind
+    """The driver for a node's power settings (a BMC driver needs its password).
 
+    A driver's module (and what it pulls in: ssl, http.client) is imported only when a
+    node uses that driver.
+    """
     if settings.needs_password and password is None:
         raise CredentialsError(f"{settings.driver.value} needs a password for {node}")
     if settings.driver is DriverKind.IPMI:
-        from provisioner.power.ipmi import IpmiDriver
-
         assert password is not None
         return IpmiDriver(settings, password, timeout=timeout)
     if settings.driver is DriverKind.REDFISH:
-        from provisioner.power.redfish import RedfishDriver
-
         assert password is not None
         return RedfishDriver(settings, password, timeout=timeout)
     if settings.driver is DriverKind.WOL:
-        from provisioner.power.wol import WolDriver
-
         return WolDriver(settings)
     if settings.driver is DriverKind.QEMU:
-        from provisioner.power.qemu import QemuDriver
-
         return QemuDriver(settings, timeout=timeout)
-    from provisioner.power.manual import ManualDriver, TerminalConfirmer
 
     return ManualDriver(node, confirm or TerminalConfirmer(), timeout=timeout)

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner.power import CredentialsError
+from provisioner.power.base import CredentialsError
 
 ENV_PREFIX = "PROVISIONER_POWER_PASSWORD_"
 ENV_FILE = "PROVISIONER_POWER_CREDENTIALS"

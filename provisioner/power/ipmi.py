@@ -16,7 +16,7 @@ import re
 import subprocess
 from collections.abc import Sequence
 
-from provisioner.power import (
+from provisioner.power.base import (
     BmcAuthError,
     BmcUnreachable,
     PowerError,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, TextIO
 
-from provisioner.power import PowerError, PowerState, UnsupportedOperation
+from provisioner.power.base import PowerError, PowerState, UnsupportedOperation
 
 
 class Confirmer(Protocol):

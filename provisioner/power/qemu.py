@@ -22,7 +22,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from provisioner.power import BmcUnreachable, PowerError, PowerState
+from provisioner.power.base import BmcUnreachable, PowerError, PowerState
 from provisioner.power.settings import PowerSettings
 
 log = logging.getLogger(__name__)

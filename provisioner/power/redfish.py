@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from provisioner.power import (
+from provisioner.power.base import (
     BmcAuthError,
     BmcUnreachable,
     Operation,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from provisioner.power import Operation, PowerError, PowerState
+from provisioner.power.base import Operation, PowerError, PowerState
 
 log = logging.getLogger(__name__)
 

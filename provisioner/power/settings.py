@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from provisioner.power import PowerSettingsError
+from provisioner.power.base import PowerSettingsError
 
 IPMI_PORT = 623
 WOL_PORT = 9

@@ -14,7 +14,7 @@ import errno
 import logging
 import socket
 
-from provisioner.power import PowerError, PowerState, UnsupportedOperation
+from provisioner.power.base import PowerError, PowerState, UnsupportedOperation
 from provisioner.power.settings import PowerSettings
 
 log = logging.getLogger(__name__)

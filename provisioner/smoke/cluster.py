@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from provisioner.postinstall.ssh import Connection
+from provisioner.smoke.client import SmokeHttpError, stream_chat, wait_healthy
 from provisioner.smoke.report import Check
 
 RESTART_WAIT_S = 120.0
@@ -70,7 +71,6 @@ def restart_check(
 ) -> Any:
     """Kill ``unit``'s main process on ``hostname``: systemd brings it back and a
     completion from ``endpoint`` works again."""
-    from provisioner.smoke.client import SmokeHttpError, stream_chat, wait_healthy
 
     def main_pid() -> str:
         return conn.run(f"systemctl show -p MainPID --value {unit}", timeout=30).stdout.strip()

@@ -8,10 +8,11 @@ import pytest
 
 from provisioner.clusters.engines import ENGINES, engine_for, engine_names
 from provisioner.clusters.engines.base import teardowns, units_by_host
-from provisioner.clusters.spec import Cluster, ClusterError, Served
+from provisioner.clusters.spec import ClusterError
 from provisioner.postinstall.plan import Teardown
 from provisioner.postinstall.recipes import DEFAULT_RECIPES, load_recipe, parse_recipe
 from provisioner.profiles import Engine
+from provisioner.records import Cluster, Served
 from provisioner.smoke.report import Check, Report
 from provisioner.smoke.verdict import verdict
 from provisioner.states import NodeEvent

@@ -27,9 +27,9 @@ from provisioner.boot.gateway import (
 from provisioner.boot.http import create_app
 from provisioner.boot.http_context import AppContext
 from provisioner.boot.ipxe import ScriptRenderer
-from provisioner.clusters.spec import Cluster, Served
 from provisioner.config import Mode, parse_config, render_config
 from provisioner.metrics import Metrics
+from provisioner.records import Cluster, Served
 from provisioner.registry import Registry
 
 HEAD_MAC = "52:54:00:aa:bb:10"

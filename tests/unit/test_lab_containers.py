@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.discovery.dumps import parse_dump
-from provisioner.discovery.fingerprint import fingerprint
+from provisioner.enroll.fingerprint import fingerprint
 from provisioner.lab.containers import (
     BootArgs,
     ContainerError,

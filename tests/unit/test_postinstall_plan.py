@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.clusters.spec import Cluster
 from provisioner.config import DEFAULT_HWPROFILES
 from provisioner.postinstall.plan import Download, Member, plan
 from provisioner.postinstall.recipes import RecipeError, parse_recipe
 from provisioner.profiles import load_profiles
+from provisioner.records import Cluster
 
 ARTIFACT = Download(
     "llama.cpp-b1-cpu-x86-64-v2",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from provisioner.clusters.spec import Cluster, Served
 from provisioner.postinstall import vllm
 from provisioner.postinstall.plan import Download, Member, plan
+from provisioner.records import Cluster, Served
 
 TURING = {"dtype": "half", "quantization": "awq", "backend": "cuda"}
 CPU = {"dtype": "bfloat16", "backend": "cpu"}

@@ -10,8 +10,9 @@ from __future__ import annotations
 from provisioner.clusters.engines.base import ClusterEngine
 from provisioner.clusters.engines.llama_rpc import LlamaRpcEngine
 from provisioner.clusters.engines.vllm import VllmEngine
-from provisioner.clusters.spec import Cluster, ClusterError
+from provisioner.clusters.spec import ClusterError
 from provisioner.profiles import Engine
+from provisioner.records import Cluster
 
 ENGINES: dict[Engine, ClusterEngine] = {
     Engine.LLAMA_RPC: LlamaRpcEngine(),

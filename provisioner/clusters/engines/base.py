@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from provisioner.clusters.site import Site
-from provisioner.clusters.spec import Cluster
 from provisioner.postinstall.plan import Member, NodePlan, Teardown, teardown
 from provisioner.postinstall.ssh import Connection
 from provisioner.profiles import Engine
-from provisioner.records import Node
+from provisioner.records import Cluster, Node
+from provisioner.smoke.client import SmokeHttpError
+from provisioner.smoke.client import wait_healthy as wait
+from provisioner.smoke.load import load_checks as run_load_checks
 from provisioner.smoke.report import Report
 from provisioner.smoke.run import Floors
 
@@ -105,7 +107,6 @@ def load_checks(options: SmokeOptions, endpoint: str, model: str, progress: Prog
     """The load check on one served model, when the operator asked for it."""
     if not options.requests:
         return []
-    from provisioner.smoke.load import load_checks as run_load_checks
 
     progress(f"smoke: load check on {model}: {options.requests} requests, "
              f"{options.concurrency} at a time")  # fmt: skip
@@ -115,8 +116,6 @@ def load_checks(options: SmokeOptions, endpoint: str, model: str, progress: Prog
 
 def wait_healthy(endpoint: str, wait_s: float, label: str, progress: Progress) -> None:
     """Wait for a server that was just (re)started to load its model (503 until then)."""
-    from provisioner.smoke.client import SmokeHttpError
-    from provisioner.smoke.client import wait_healthy as wait
 
     try:
         waited = wait(endpoint, timeout=wait_s)

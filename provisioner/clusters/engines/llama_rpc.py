@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from provisioner.artifacts.store import ArtifactStore
 from provisioner.clusters.engines.base import (
     Progress,
     SmokeOptions,
@@ -20,10 +21,14 @@ from provisioner.clusters.engines.base import (
     wait_healthy,
 )
 from provisioner.clusters.site import Site
-from provisioner.clusters.spec import Cluster, ClusterError
+from provisioner.clusters.spec import ClusterError
+from provisioner.models.store import ModelStore
 from provisioner.postinstall.plan import Download, Member, NodePlan, plan
 from provisioner.profiles import Engine
+from provisioner.records import Cluster
+from provisioner.smoke.cluster import head_log, restart_check, sampler, unit_checks
 from provisioner.smoke.report import Report
+from provisioner.smoke.run import Worker, run_smoke
 
 ARTIFACT_PREFIX = "llama.cpp-"
 HEAD_UNIT = "llama-server.service"
@@ -83,8 +88,6 @@ class LlamaRpcEngine:
     ) -> Report:
         """Health, a streamed completion (TTFT, tokens/s), every worker used (traffic on
         its RPC port, its buffer in the head's log), every unit, a restart."""
-        from provisioner.smoke.cluster import head_log, restart_check, sampler, unit_checks
-        from provisioner.smoke.run import Worker, run_smoke
 
         cluster, nodes, conns = target.cluster, target.nodes, target.conns
         endpoint = target.endpoint(cluster.http_port)
@@ -111,7 +114,6 @@ class LlamaRpcEngine:
 
 def runtime(site: Site, cluster: Cluster) -> Download:
     """The llama.cpp artifact the cluster runs: its own, else the newest CPU build."""
-    from provisioner.artifacts.store import ArtifactStore
 
     store = ArtifactStore(site.artifacts_dir)
     name = cluster.options.get("artifact")
@@ -137,7 +139,6 @@ def runtime(site: Site, cluster: Cluster) -> Download:
 
 
 def model_download(site: Site, cluster: Cluster) -> Download:
-    from provisioner.models.store import ModelStore
 
     model = ModelStore(site.models_dir).get(cluster.model)
     base = site.cfg.http_base

@@ -22,12 +22,17 @@ from provisioner.clusters.engines.base import (
     wait_healthy,
 )
 from provisioner.clusters.site import Site
-from provisioner.clusters.spec import Cluster, Served
 from provisioner.clusters.store import load_all
+from provisioner.errors import ModelError
+from provisioner.models.store import ModelStore
 from provisioner.postinstall import vllm
 from provisioner.postinstall.plan import Member, NodePlan, plan
 from provisioner.profiles import Engine
+from provisioner.records import Cluster, Served
+from provisioner.smoke.cluster import VLLM_RESTART_WAIT_S, restart_check, unit_checks
+from provisioner.smoke.ray import ray_checks, ray_nodes_command
 from provisioner.smoke.report import Check, Report
+from provisioner.smoke.run import embedding_check, generative, health_check, models_check, run_smoke
 
 
 class VllmEngine:
@@ -85,14 +90,6 @@ class VllmEngine:
     ) -> Report:
         """Per served model: health, /v1/models, a streamed completion, TTFT, tokens/s (and
         the load check); every unit; Ray's view of every member; a restart."""
-        from provisioner.smoke.cluster import VLLM_RESTART_WAIT_S, restart_check, unit_checks
-        from provisioner.smoke.run import (
-            embedding_check,
-            generative,
-            health_check,
-            models_check,
-            run_smoke,
-        )
 
         cluster = target.cluster
         architectures = _architectures(site, cluster)
@@ -124,8 +121,6 @@ class VllmEngine:
 
 def _architectures(site: Site, cluster: Cluster) -> dict[str, tuple[str, ...]]:
     """Each served model's config.json architectures, from the model store."""
-    from provisioner.errors import ModelError
-    from provisioner.models.store import ModelStore
 
     store = ModelStore(site.models_dir)
     found: dict[str, tuple[str, ...]] = {}
@@ -140,7 +135,6 @@ def _architectures(site: Site, cluster: Cluster) -> dict[str, tuple[str, ...]]:
 def _ray_checks(site: Site, target: SmokeTarget) -> list[Check]:
     """What Ray on the head says of every member (alive, with its CPUs and GPUs), asked
     with the ``ray`` of the venv post-install made from the cluster's wheelhouse."""
-    from provisioner.smoke.ray import ray_checks, ray_nodes_command
 
     cluster = target.cluster
     found = vllm_site.members(site.registry, cluster, site.profiles)

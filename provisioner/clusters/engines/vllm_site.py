@@ -15,13 +15,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from provisioner.clusters.spec import Cluster, ClusterError
+from provisioner.artifacts.control_venv import control_venv
+from provisioner.artifacts.store import ArtifactStore
+from provisioner.artifacts.wheelhouse import node_install_command
+from provisioner.clusters.spec import ClusterError
 from provisioner.config import Config
 from provisioner.discovery.accelerators import accelerators
+from provisioner.models.hf import fetch_tree_command
+from provisioner.models.store import ModelStore
 from provisioner.postinstall import vllm
 from provisioner.postinstall.plan import Download
 from provisioner.profiles import Engine, ProfileSet
-from provisioner.records import Node
+from provisioner.records import Cluster, Node
 from provisioner.registry import Registry
 
 WHEELHOUSE_PREFIX = "vllm-"
@@ -96,7 +101,6 @@ def ray_clashes(cluster: Cluster, others: Sequence[Cluster]) -> list[str]:
 def wheelhouse(cfg: Config, cluster: Cluster, backend: str) -> Download:
     """The wheelhouse the cluster installs: its own (``--artifact``), else the newest one
     for its backend."""
-    from provisioner.artifacts.store import ArtifactStore
 
     store = ArtifactStore(cfg.state_dir / "artifacts")
     name = cluster.options.get("artifact")
@@ -126,8 +130,6 @@ def venv_for(cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember]) ->
 
 def model_entries(cfg: Config, cluster: Cluster) -> dict[str, dict[str, Any]]:
     """For each model the cluster serves: where it lands on a node and how it is fetched."""
-    from provisioner.models.hf import fetch_tree_command
-    from provisioner.models.store import ModelStore
 
     store = ModelStore(cfg.state_dir / "models")
     out: dict[str, dict[str, Any]] = {}
@@ -160,7 +162,6 @@ def plan_context(
     cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember]
 ) -> tuple[Download, dict[str, dict[str, Any]]]:
     """(the wheelhouse, each node's extra context)."""
-    from provisioner.artifacts.wheelhouse import node_install_command
 
     lay, problems = vllm.layout(cluster, found)
     if problems:
@@ -208,8 +209,6 @@ def argument_report(
     """Every served model's vLLM arguments judged by vLLM's own parser, in the control
     venv made from the cluster's wheelhouse (built on first use, ~95 s): (all accepted,
     one line per model)."""
-    from provisioner.artifacts.control_venv import control_venv
-    from provisioner.artifacts.store import ArtifactStore
 
     artifact = wheelhouse(cfg, cluster, vllm.backend_of(found))
     folder = ArtifactStore(cfg.state_dir / "artifacts").path(artifact.name)
