@@ -2,7 +2,7 @@
 
 The control node never serves with vLLM; it runs vLLM's own code to judge served models'
 arguments (``postinstall run --dry-run --check-args``:
-:func:`provisioner.clusters.vllm.argument_report` runs
+:func:`provisioner.clusters.engines.vllm_site.argument_report` runs
 :mod:`provisioner.postinstall.vllm_argcheck`) and to convert a GGUF file into a Hugging
 Face folder (``scripts/gguf_to_hf.py``, which needs the extras,
 :data:`~provisioner.artifacts.wheelhouse.CONTROL_EXTRAS`).

@@ -15,6 +15,7 @@ from provisioner import __version__
 from provisioner.cli.artifact import add_artifact_commands
 from provisioner.cli.cluster import add_cluster_commands
 from provisioner.cli.common import (
+    add_command,
     ago,
     config_path,
     load_cfg,
@@ -339,28 +340,20 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.set_defaults(func=cmd_config_init)
-    show = cfg_sub.add_parser("show", help="the configuration in force")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_config_show)
+    add_command(cfg_sub, "show", cmd_config_show, "the configuration in force")
 
-    serve = sub.add_parser("serve", help="run DHCP, TFTP and HTTP boot services")
-    serve.set_defaults(func=cmd_serve)
+    add_command(sub, "serve", cmd_serve, "run DHCP, TFTP and HTTP boot services", json=False)
 
     node = sub.add_parser("node", help="nodes in the registry")
     node_sub = node.add_subparsers(dest="subcommand", required=True)
-    nlist = node_sub.add_parser("list", help="every node with its state")
-    nlist.add_argument("--json", action="store_true")
-    nlist.set_defaults(func=cmd_node_list)
-    nshow = node_sub.add_parser("show", help="one node and its boot timeline")
+    add_command(node_sub, "list", cmd_node_list, "every node with its state")
+    nshow = add_command(node_sub, "show", cmd_node_show, "one node and its boot timeline")
     nshow.add_argument("node", help="MAC or hostname")
-    nshow.add_argument("--json", action="store_true")
-    nshow.set_defaults(func=cmd_node_show)
-    nenroll = node_sub.add_parser(
-        "enroll", help="matched nodes boot their profile's image from their next boot"
-    )
+    nenroll = add_command(
+        node_sub, "enroll", cmd_node_enroll,
+        "matched nodes boot their profile's image from their next boot",
+    )  # fmt: skip
     nenroll.add_argument("nodes", nargs="+", metavar="NODE", help="MAC or hostname")
-    nenroll.add_argument("--json", action="store_true")
-    nenroll.set_defaults(func=cmd_node_enroll)
 
     add_node_add_command(node_sub, load_cfg)
     add_power_commands(sub, load_cfg)

@@ -7,8 +7,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from provisioner.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, Config, load_config
 from provisioner.errors import ConfigError
@@ -87,3 +88,14 @@ def state_store(args: argparse.Namespace, folder: str, env: str) -> Path:
         return load_cfg(args).state_dir / folder
     except (ConfigError, OSError):
         return DEFAULT_STATE_DIR / folder
+
+
+def add_command(
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str, *, json: bool = True
+) -> argparse.ArgumentParser:
+    """A subcommand that runs ``func``, with ``--json`` where its output is data."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help)
+    if json:
+        parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=func)
+    return parser

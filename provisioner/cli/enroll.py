@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from provisioner.enroll import power_cycle as enrollment
 from provisioner.power import DEFAULT_TIMEOUT, open_driver
 from provisioner.power.credentials import candidate_files, load_store
 from provisioner.power.settings import DriverKind, parse_power_url
+from provisioner.registry import Registry
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -40,18 +42,30 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             progress=progress,
             power_cycle=args.power_cycle,
         )
-        if args.wait:
-            items = enrollment.follow(registry, items, timeout=args.timeout, progress=progress)
+        items = _follow(args, registry, items, progress)
     finally:
         registry.close()
-    if args.json:
-        print_json([i.as_dict() for i in items])
-    else:
+    if not args.json:
         for item in items:
             if item.outcome in ("failed", "unmatched"):
                 print(f"{item.name}: {item.outcome}: {item.error}", file=sys.stderr)
     wanted = ("enrolled",) if args.wait else ("enrolled", "pending")
     return 0 if all(i.outcome in wanted for i in items) else 1
+
+
+def _follow(
+    args: argparse.Namespace,
+    registry: Registry,
+    items: list[enrollment.Enrollment],
+    progress: Callable[[str], None],
+) -> list[enrollment.Enrollment]:
+    """With --wait, follow the nodes until each is enrolled, unmatched or failed; with
+    --json, print where each stands."""
+    if args.wait:
+        items = enrollment.follow(registry, items, timeout=args.timeout, progress=progress)
+    if args.json:
+        print_json([i.as_dict() for i in items])
+    return items
 
 
 def cmd_enroll_new(args: argparse.Namespace) -> int:
@@ -94,13 +108,9 @@ def cmd_enroll_new(args: argparse.Namespace) -> int:
                 return 1
         item = enrollment.adopt(registry, node, args.new, args.power)
         stamped(f"{args.new}: is {node.mac}")
-        items = [item]
-        if args.wait:
-            items = enrollment.follow(registry, items, timeout=args.timeout, progress=stamped)
+        items = _follow(args, registry, [item], stamped)
     finally:
         registry.close()
-    if args.json:
-        print_json([i.as_dict() for i in items])
     return 0 if all(i.outcome in ("enrolled", "pending") for i in items) else 1
 
 

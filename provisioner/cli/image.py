@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.boot.policy import image_for, wanted_image
-from provisioner.cli.common import load_cfg, open_registry, print_json, stamped, table
+from provisioner.cli.common import (
+    add_command,
+    load_cfg,
+    open_registry,
+    print_json,
+    stamped,
+    table,
+)
 from provisioner.config import Config
 from provisioner.image import ImageError, guardrails
 from provisioner.image.discovery import build_discovery, default_cache
@@ -209,25 +216,23 @@ def _planned(cfg: Config, registry: Registry, store: ImageStore) -> dict[str, st
 def add_image_commands(sub: Any) -> None:
     image = sub.add_parser("image", help="the image store: build, list, show, use, remove")
     image_sub = image.add_subparsers(dest="subcommand", required=True)
-    build = image_sub.add_parser("build", help="build an image into the store (a new version)")
+    build = add_command(
+        image_sub, "build", cmd_image_build, "build an image into the store (a new version)"
+    )
     build.add_argument(
         "recipe", help="a recipe file, or a name in images/: discovery, debian-bookworm"
     )
-    build.add_argument("--json", action="store_true", help="print the image's details")
-    build.set_defaults(func=cmd_image_build)
-    ilist = image_sub.add_parser("list", help="every version in the store")
-    ilist.add_argument("--json", action="store_true")
-    ilist.set_defaults(func=cmd_image_list)
-    show = image_sub.add_parser("show", help="one image: files, sha256, RAM, nodes using it")
+    add_command(image_sub, "list", cmd_image_list, "every version in the store")
+    show = add_command(
+        image_sub, "show", cmd_image_show, "one image: files, sha256, RAM, nodes using it"
+    )
     show.add_argument("image", help="name (its newest version) or name@version")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_image_show)
-    use = image_sub.add_parser("use", help="the image a profile's nodes boot from now on")
+    use = add_command(
+        image_sub, "use", cmd_image_use, "the image a profile's nodes boot from now on"
+    )
     use.add_argument("image", help="name (follows its newest version) or name@version (pinned)")
     use.add_argument("--profile", required=True, help="a profile in hwprofiles/")
-    use.add_argument("--json", action="store_true")
-    use.set_defaults(func=cmd_image_use)
-    remove = image_sub.add_parser("remove", help="delete a version (refused while nodes use it)")
+    remove = add_command(
+        image_sub, "remove", cmd_image_remove, "delete a version (refused while nodes use it)"
+    )
     remove.add_argument("image", help="name@version, or name for all its versions")
-    remove.add_argument("--json", action="store_true")
-    remove.set_defaults(func=cmd_image_remove)

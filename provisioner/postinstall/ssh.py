@@ -89,23 +89,10 @@ class Connection(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-def connect(
-    node: str,
-    address: str,
-    host_keys: Sequence[HostKey],
-    private_key: Path,
-    *,
-    port: int = 22,
-    user: str = "root",
-    timeout: float = 15.0,
-    tries: int = CONNECT_TRIES,
-    pause: float = CONNECT_PAUSE,
-) -> Connection:
-    """Log into ``node`` at ``address`` as ``user``, trusting only ``host_keys``."""
+def connect(node: str, address: str, host_keys: Sequence[HostKey], private_key: Path) -> Connection:
+    """Log into ``node`` at ``address`` as root, trusting only ``host_keys`` (retrying
+    while sshd starts; ``ssh_paramiko.connect`` takes the port, user and timeouts)."""
     # Lazy: paramiko is imported only when a session is opened (start-up of every command).
     from provisioner.postinstall.ssh_paramiko import connect as open_session
 
-    return open_session(
-        node, address, host_keys, private_key, port=port, user=user, timeout=timeout,
-        tries=tries, pause=pause,
-    )  # fmt: skip
+    return open_session(node, address, host_keys, private_key)

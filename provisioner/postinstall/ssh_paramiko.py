@@ -15,14 +15,8 @@ from typing import Self
 
 import paramiko
 
-from provisioner.postinstall.ssh import (
-    CONNECT_PAUSE,
-    CONNECT_TRIES,
-    HostKey,
-    HostKeyMismatch,
-    Result,
-    SshError,
-)
+from provisioner.postinstall import ssh
+from provisioner.postinstall.ssh import HostKey, HostKeyMismatch, Result, SshError
 
 log = logging.getLogger("provisioner.postinstall.ssh")
 
@@ -130,8 +124,8 @@ def connect(
     port: int = 22,
     user: str = "root",
     timeout: float = 15.0,
-    tries: int = CONNECT_TRIES,
-    pause: float = CONNECT_PAUSE,
+    tries: int = ssh.CONNECT_TRIES,
+    pause: float = ssh.CONNECT_PAUSE,
 ) -> SshConnection:
     """Log into ``node`` at ``address`` as ``user``, trusting only ``host_keys``."""
     if not host_keys:

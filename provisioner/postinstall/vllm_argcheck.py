@@ -10,7 +10,7 @@ vLLM.)
 
 For each argument list it prints one JSON object per line: what vLLM made of it (the
 engine arguments that matter to a plan) or ``{"error": "..."}`` with vLLM's own message.
-:func:`provisioner.clusters.vllm.check_arguments` runs it.
+:func:`provisioner.clusters.engines.vllm_site.check_arguments` runs it.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import pytest
 from provisioner.image.discovery import default_cache
 from provisioner.image.rootfs import Manifest, build_rootfs
 from provisioner.lab.netns import list_namespaces
+from tests.conftest import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "images" / "debian-bookworm.toml"
@@ -37,10 +38,10 @@ def rootfs_built(tmp_path_factory: pytest.TempPathFactory) -> BuiltRootfs:
     """images/debian-bookworm.toml built with mmdebstrap (needs root and the mirror; the
     .debs are cached under $PROVISIONER_CACHE/apt-archives: warm, nothing is downloaded)."""
     if os.geteuid() != 0:
-        pytest.skip("needs root (mmdebstrap --mode=root)")
+        unavailable("needs root (mmdebstrap --mode=root)")
     missing = [t for t in ("mmdebstrap", "mksquashfs", "dpkg-query") if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} (scripts/setup installs them)")
+        unavailable(f"needs {', '.join(missing)} (scripts/setup installs them)")
     store = tmp_path_factory.mktemp("rootfs-store")
     messages: list[str] = []
     started = time.monotonic()
@@ -67,10 +68,10 @@ def run_cli(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess[st
 @pytest.fixture
 def lab_dir(tmp_path: Path) -> Iterator[Path]:
     if os.geteuid() != 0:
-        pytest.skip("needs root (namespaces, taps)")
+        unavailable("needs root (namespaces, taps)")
     for tool in ("qemu-system-x86_64", "apt-get", "dpkg-deb", "dnsmasq", "curl"):
         if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool} (scripts/setup installs it)")
+            unavailable(f"needs {tool} (scripts/setup installs it)")
     directory = tmp_path / "lab"
     try:
         yield directory

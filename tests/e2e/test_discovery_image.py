@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.image.discovery import Manifest, build_discovery, default_cache
+from tests.conftest import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "images" / "discovery.toml"
@@ -36,12 +37,12 @@ BOOT_TIMEOUT_S = 300
 def need(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
+        unavailable(f"needs {', '.join(missing)} (scripts/setup installs them)")
 
 
 def need_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root (apt-get download into the package cache, QEMU)")
+        unavailable("needs root (apt-get download into the package cache, QEMU)")
 
 
 # ----------------------------------------------------------------- a tiny HTTP peer
@@ -138,7 +139,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     return result
 
 
-@pytest.mark.qemu
+@pytest.mark.root
+@pytest.mark.mirror
 def test_build_publishes_and_is_reproducible(built: Built, tmp_path: Path) -> None:
     image = built.store / "discovery"
     assert sorted(p.name for p in image.iterdir()) == ["initrd", "manifest.json", "vmlinuz"]
@@ -158,6 +160,8 @@ def test_build_publishes_and_is_reproducible(built: Built, tmp_path: Path) -> No
     assert again.manifest.vmlinuz == manifest.vmlinuz
 
 
+@pytest.mark.root
+@pytest.mark.mirror
 @pytest.mark.qemu
 def test_image_boots_and_posts_inventory(built: Built, recorder: Recorder, tmp_path: Path) -> None:
     image = built.store / "discovery"
@@ -352,7 +356,7 @@ SHELLS = [["dash"], ["bash", "--posix"], ["busybox", "sh"]]
 def shell_or_skip(shell: list[str]) -> list[str]:
     path = shutil.which(shell[0])
     if path is None:
-        pytest.skip(f"needs {shell[0]}")
+        unavailable(f"needs {shell[0]} (scripts/setup installs busybox-static; dash, bash: Debian)")
     return [path, *shell[1:]]
 
 
@@ -381,7 +385,7 @@ def busybox_path(tmp_path: Path) -> str:
     """A PATH with busybox applets only: the agent must make do with busybox wget."""
     busybox = shutil.which("busybox")
     if busybox is None:
-        pytest.skip("needs busybox (apt-get install busybox-static)")
+        unavailable("needs busybox (scripts/setup installs busybox-static)")
     bindir = tmp_path / "bb"
     bindir.mkdir()
     for applet in ("sh", "cat", "mktemp", "rm", "sleep", "tr", "uname", "wc", "wget"):
@@ -446,7 +450,7 @@ def test_agent_reports_ssh_host_keys_and_they_match_ssh_keygen(
 ) -> None:
     keygen = shutil.which("ssh-keygen")
     if keygen is None:
-        pytest.skip("needs ssh-keygen (openssh-client)")
+        unavailable("needs ssh-keygen (scripts/setup installs openssh-client)")
     (tree / "etc" / "ssh").mkdir(parents=True)
     key = tree / "etc" / "ssh" / "ssh_host_ed25519_key"
     subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)

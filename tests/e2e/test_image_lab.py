@@ -24,7 +24,7 @@ import pytest
 
 from tests.e2e.conftest import BuiltRootfs, node_json, run_cli
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror, pytest.mark.qemu]
 
 MACS = {"52:54:00:99:00:01": "bios", "52:54:00:99:00:02": "uefi"}
 

@@ -17,7 +17,8 @@ import pytest
 
 from tests.e2e.conftest import node_json, run_cli
 
-pytestmark = pytest.mark.qemu
+# `lab up` builds the discovery image from Debian's packages when it is not there yet.
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror, pytest.mark.qemu]
 
 
 def check_discovered(lab_dir: Path, mac: str, firmware: str, steps: list[str]) -> None:

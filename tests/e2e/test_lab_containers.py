@@ -40,7 +40,7 @@ from provisioner.lab.netns import Namespace, list_namespaces
 from provisioner.registry import Registry
 from tests.e2e.conftest import BuiltRootfs, node_json, run_cli
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror]  # nspawn, no QEMU
 
 BASE = "http://10.99.0.1:8080"
 NODES = int(os.environ.get("PROVISIONER_TEST_CONTAINERS", "3"))

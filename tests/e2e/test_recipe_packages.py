@@ -16,14 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.clusters.spec import Cluster
 from provisioner.config import DEFAULT_HWPROFILES
 from provisioner.image.rootfs_recipe import default_mirror, sources_lines
 from provisioner.postinstall.plan import Download, Member, plan
 from provisioner.profiles import load_profiles
+from provisioner.records import Cluster
 from tests.e2e.conftest import BuiltRootfs
-
-pytestmark = pytest.mark.qemu
 
 NONE = Download(
     "x", "x.tar.gz", "http://127.0.0.1/x", "0" * 64, binaries={"server": "s", "rpc": "r"}
@@ -60,6 +58,8 @@ def test_the_recipes_name_their_packages() -> None:
     assert other["nvidia-cuda"] >= {"nvidia-driver-pinning-580", "cuda-drivers", "nvidia-open"}
 
 
+@pytest.mark.root
+@pytest.mark.mirror
 def test_debian_packages_resolve_inside_the_image(
     rootfs_built: BuiltRootfs, tmp_path: Path
 ) -> None:

@@ -11,7 +11,7 @@ from provisioner.image.rootfs import Manifest
 from provisioner.image.store import ImageStore
 from tests.e2e.conftest import BuiltRootfs
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.root, pytest.mark.mirror]
 
 
 def test_build_publishes_a_version_of_the_image(rootfs_built: BuiltRootfs) -> None:

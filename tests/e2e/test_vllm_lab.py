@@ -35,7 +35,7 @@ import pytest
 from tests.e2e.conftest import BuiltRootfs, node_json, run_cli
 from tests.e2e.test_cluster_lab import lab_cli, ssh
 
-pytestmark = [pytest.mark.qemu, pytest.mark.vllm]
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror, pytest.mark.vllm]  # nspawn
 
 NODES = ("ctr1", "ctr2", "ctr3")
 CPU_OPTIONS = ("--option", "kv_cache_gib=1", "--option", "max_model_len=2048")

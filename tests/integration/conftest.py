@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.image.store import ImageStore
+from tests.conftest import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,14 +28,15 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 def need(*tools: str) -> None:
+    """Skip without these tools (fail under CI=true: scripts/setup installs them)."""
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} (scripts/setup installs them)")
+        unavailable(f"needs {', '.join(missing)} (scripts/setup installs them)")
 
 
 def need_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces, raw sockets)")
+        unavailable("needs root (network namespaces, raw sockets)")
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:

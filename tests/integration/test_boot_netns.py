@@ -22,7 +22,7 @@ from provisioner.lab.lab import site_dhcp_argv
 from provisioner.lab.netns import HostSpec, LabNetwork, Namespace
 from tests.integration.conftest import Appliance, make_image, need, need_root, write_config
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.root, pytest.mark.netns]
 
 SERVER = "10.77.0.1"
 SITE = "10.77.0.2"

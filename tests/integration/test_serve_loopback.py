@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import Appliance, make_image
 
-pytestmark = pytest.mark.netns
+pytestmark = pytest.mark.root  # the loopback appliance (fast tier: no namespaces)
 
 MAC = "52:54:00:10:20:30"
 

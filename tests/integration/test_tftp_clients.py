@@ -17,7 +17,7 @@ from provisioner.boot import tftp
 from provisioner.boot.tftp import TftpService, TftpTransfer
 from provisioner.errors import BootServiceError
 
-pytestmark = pytest.mark.netns  # loopback only, but it runs real peers
+# No tier marker: loopback only (real curl and tftp-hpa clients), in the fast tier.
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 needs_tftp = pytest.mark.skipif(

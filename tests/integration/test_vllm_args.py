@@ -11,8 +11,8 @@ made of them is compared with what the plan meant. That is the one mock-free gap
 from __future__ import annotations
 
 import pytest
-from provisioner.clusters.vllm import check_arguments
 
+from provisioner.clusters.engines.vllm_site import check_arguments
 from provisioner.postinstall import vllm
 from provisioner.records import Cluster, Served
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
+from tests.shared_fixtures import HW, needs_hw
 
-HW = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "hw"
 COMBO = HW / "rtx3050-ga106-2507-coral-tpu-desktop__lspci-nnk__asokolsky-exi.txt"
 
 
@@ -24,7 +22,7 @@ def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.mark.skipif(not COMBO.exists(), reason="shared/fixtures/hw is not beside the clone")
+@needs_hw
 def test_parse_files_and_stdin_as_json() -> None:
     done = cli("inventory", "parse", str(COMBO), "-", "--json", stdin=COMBO.read_text())
     assert done.returncode == 0, done.stderr

@@ -4,21 +4,15 @@ accelerators; messy and broken input never raises."""
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 
 from provisioner.discovery import pciids
 from provisioner.discovery.accelerators import accelerators, summary
 from provisioner.discovery.dumps import FORMATS, parse_as, parse_dump
+from tests.shared_fixtures import HW, LABELS
+from tests.shared_fixtures import needs_hw as needs_fixtures
 
-HW = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "hw"
-LABELS = HW / "labels.tsv"
-
-needs_fixtures = pytest.mark.skipif(
-    not LABELS.is_file(),
-    reason=f"hardware fixtures not found at {HW} (the clone's sibling shared/)",
-)
 needs_pci_ids = pytest.mark.skipif(
     not pciids.default(), reason="no pci.ids installed (Debian package 'pci.ids')"
 )

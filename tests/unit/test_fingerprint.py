@@ -10,20 +10,16 @@ import pytest
 
 from provisioner.discovery import pciids
 from provisioner.discovery.dumps import parse_dump
-from provisioner.discovery.fingerprint import LEAST, fingerprint
 from provisioner.discovery.model import Cpu, Dmi, Inventory, PciDevice
+from provisioner.enroll.fingerprint import LEAST, fingerprint
 from provisioner.profiles import ProfileSet, load_profiles, parse_profile
+from tests.shared_fixtures import HW, LABELS
+from tests.shared_fixtures import needs_hw as needs_fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
-HW = ROOT.parent / "shared" / "fixtures" / "hw"
-LABELS = HW / "labels.tsv"
 AGENT = ROOT / "tests" / "fixtures" / "agent"
 PROFILES = load_profiles(ROOT / "hwprofiles")
 
-needs_fixtures = pytest.mark.skipif(
-    not LABELS.is_file(),
-    reason=f"hardware fixtures not found at {HW} (the clone's sibling shared/)",
-)
 needs_pci_ids = pytest.mark.skipif(
     not pciids.default(), reason="no pci.ids installed (Debian package 'pci.ids')"
 )

@@ -12,9 +12,9 @@ from provisioner.discovery.schema import (
     inventory_schema,
     to_json,
 )
+from tests.shared_fixtures import hw_params
 
 ROOT = Path(__file__).resolve().parents[2]
-HW = ROOT.parent / "shared" / "fixtures" / "hw"
 
 
 def test_the_documented_schema_is_the_one_in_force() -> None:
@@ -22,10 +22,9 @@ def test_the_documented_schema_is_the_one_in_force() -> None:
     assert documented == inventory_schema(), "run: provisioner inventory schema > docs/..."
 
 
-def dumps() -> list[Path]:
+def dumps() -> list[object]:
     agent = sorted((ROOT / "tests" / "fixtures" / "agent").glob("*.txt"))
-    hw = sorted(p for p in HW.glob("*") if p.suffix in (".txt", ".xml", ".json"))
-    return agent + hw
+    return [*agent, *hw_params(".txt", ".xml", ".json")]
 
 
 @pytest.mark.parametrize("path", dumps(), ids=lambda p: p.name[:50])

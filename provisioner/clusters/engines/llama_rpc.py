@@ -12,14 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from provisioner.artifacts.store import ArtifactStore
-from provisioner.clusters.engines.base import (
-    Progress,
-    SmokeOptions,
-    SmokeTarget,
-    load_checks,
-    units_by_host,
-    wait_healthy,
-)
+from provisioner.clusters.engines import base
+from provisioner.clusters.engines.base import Progress, SmokeOptions, SmokeTarget
 from provisioner.clusters.site import Site
 from provisioner.clusters.spec import ClusterError
 from provisioner.models.store import ModelStore
@@ -95,14 +89,14 @@ class LlamaRpcEngine:
         workers = [
             Worker(f"{nodes[w].ip}:{cluster.rpc_port}", sampler(conns[w])) for w in cluster.workers
         ]
-        units = unit_checks(conns, units_by_host(self, cluster))
-        wait_healthy(endpoint, options.wait_s, cluster.name, progress)
+        units = unit_checks(conns, base.units_by_host(self, cluster))
+        base.wait_healthy(endpoint, options.wait_s, cluster.name, progress)
         report = run_smoke(
             cluster.name, endpoint, cluster.model, target.floors,
             head_log(conns[cluster.head]), workers,
         )  # fmt: skip
         report = report.with_checks(units)
-        report = report.with_checks(load_checks(options, endpoint, cluster.model, progress))
+        report = report.with_checks(base.load_checks(options, endpoint, cluster.model, progress))
         if options.restart:  # a worker's RPC server, or a lone head's server
             host = cluster.workers[0] if cluster.workers else cluster.head
             unit = WORKER_UNIT if cluster.workers else HEAD_UNIT

@@ -12,15 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from provisioner.clusters.engines import vllm_site
-from provisioner.clusters.engines.base import (
-    Progress,
-    SmokeOptions,
-    SmokeTarget,
-    load_checks,
-    units_by_host,
-    wait_healthy,
-)
+from provisioner.clusters.engines import base, vllm_site
+from provisioner.clusters.engines.base import Progress, SmokeOptions, SmokeTarget
 from provisioner.clusters.site import Site
 from provisioner.clusters.store import load_all
 from provisioner.errors import ModelError
@@ -93,12 +86,12 @@ class VllmEngine:
 
         cluster = target.cluster
         architectures = _architectures(site, cluster)
-        checks: list[Check] = list(unit_checks(target.conns, units_by_host(self, cluster)))
+        checks: list[Check] = list(unit_checks(target.conns, base.units_by_host(self, cluster)))
         streams: dict[str, Any] = {}
         for served in cluster.served():
             endpoint = target.endpoint(served.port)
             progress(f"smoke {cluster.name}: {endpoint}, serving {served.name} ({served.model})")
-            wait_healthy(endpoint, options.wait_s, f"{cluster.name}: {served.name}", progress)
+            base.wait_healthy(endpoint, options.wait_s, f"{cluster.name}: {served.name}", progress)
             if not generative(architectures.get(served.model, ())):
                 found = [health_check(endpoint), models_check(endpoint, served.name),
                          embedding_check(endpoint, served.name)]  # fmt: skip
@@ -107,7 +100,7 @@ class VllmEngine:
             one = run_smoke(cluster.name, endpoint, served.name, target.floors, "")
             checks += [replace(c, name=f"{c.name}[{served.name}]") for c in one.checks]
             streams[served.name] = dict(one.stream)
-            checks += load_checks(options, endpoint, served.name, progress)
+            checks += base.load_checks(options, endpoint, served.name, progress)
         if vllm.uses_ray(cluster):
             checks += _ray_checks(site, target)
         if options.restart:

@@ -1,0 +1,123 @@
+"""Test tiers, and what a missing prerequisite means (a skip here, a failure in CI).
+
+Tiers. Plain ``pytest`` runs the fast tier: the unit tests and the quick loopback
+integration tests. A test that needs a slow tier carries its marker (registered in
+pyproject.toml) and is deselected unless one of these selects it, explicitly:
+
+- ``--tier all`` (or ``PROVISIONER_TEST_TIERS=all``): every tier. ``scripts/test``, and
+  through it ``.ci/run``, pass ``--tier all``.
+- ``-m EXPR``: a marker expression replaces the default: ``pytest -m qemu`` runs the QEMU
+  tier, ``pytest -m "not vllm"`` runs everything but the vLLM tests.
+- Naming a test file or node id: ``pytest tests/e2e/test_lab.py::test_uefi_node_in_full_mode``
+  runs that test whatever its tier; a folder (``pytest tests/e2e``) keeps the default.
+
+Prerequisites. A test whose tool, root or fixture folder is missing calls
+:func:`unavailable`: it skips with the reason, except under ``CI=true``, where scripts/setup
+should have provided it, so it fails. Tests that read ../shared/fixtures/hw carry
+``tests.shared_fixtures.needs_hw``; without that folder they skip, and under ``CI=true``
+the run stops at collection with an error naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from tests import shared_fixtures
+
+# Markers of the slow tiers, deselected by default. `root` is not a tier: a fast test may
+# need root (the loopback appliance does) and skips without it.
+SLOW_TIERS = ("netns", "qemu", "mirror", "llama", "vllm")
+TIERS = ("fast", "all")
+TIERS_ENV = "PROVISIONER_TEST_TIERS"
+_DESELECTED = pytest.StashKey[int]()  # how many the fast tier left out, for the summary
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip for ``reason``; under ``CI=true`` fail instead: scripts/setup provides it there."""
+    if in_ci():
+        pytest.fail(f"{reason} [CI=true: a missing prerequisite fails, not skips]", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--tier",
+        choices=TIERS,
+        default=None,
+        help=f"fast (default): deselect tests marked {', '.join(SLOW_TIERS)}; all: run every "
+        f"tier (scripts/test does). Default from ${TIERS_ENV}.",
+    )
+
+
+def _tier(config: pytest.Config) -> str:
+    tier = config.getoption("--tier") or os.environ.get(TIERS_ENV, "").strip() or "fast"
+    if tier not in TIERS:
+        raise pytest.UsageError(f"{TIERS_ENV}={tier!r}: expected one of {', '.join(TIERS)}")
+    return str(tier)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    registered = {line.split(":", 1)[0].strip() for line in config.getini("markers")}
+    if unregistered := set(SLOW_TIERS) - registered:
+        raise pytest.UsageError(f"tier markers missing from pyproject.toml: {unregistered}")
+
+
+def _named_files(config: pytest.Config) -> set[Path]:
+    """The files named on the command line (alone or in a node id); folders are not."""
+    base = config.invocation_params.dir
+    named: set[Path] = set()
+    for arg in config.args:
+        path = (base / arg.split("::", 1)[0]).resolve()
+        if path.is_file():
+            named.add(path)
+    return named
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _tier(config) == "fast" and not config.option.markexpr:
+        named = _named_files(config)
+        kept: list[pytest.Item] = []
+        dropped: list[pytest.Item] = []
+        for item in items:
+            slow = any(item.get_closest_marker(tier) for tier in SLOW_TIERS)
+            if slow and item.path.resolve() not in named:
+                dropped.append(item)
+            else:
+                kept.append(item)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+            config.stash[_DESELECTED] = len(dropped)
+    hw = [item for item in items if item.get_closest_marker(shared_fixtures.MARKER)]
+    if hw and not shared_fixtures.present():
+        if in_ci():
+            raise pytest.UsageError(
+                f"CI=true: {shared_fixtures.missing()}; {len(hw)} selected tests read it"
+            )
+        skip = pytest.mark.skip(reason=shared_fixtures.missing())
+        for item in hw:
+            item.add_marker(skip, append=False)  # its reason before "empty parameter set"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    tier = _tier(config)
+    if tier == "all" or config.option.markexpr:
+        return f"tiers: {'all' if tier == 'all' else '-m ' + repr(config.option.markexpr)}"
+    return f"tiers: fast (deselected unless named: {', '.join(SLOW_TIERS)}; --tier all runs them)"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    dropped = terminalreporter.config.stash.get(_DESELECTED, 0)
+    if dropped:
+        terminalreporter.write_line(
+            f"{dropped} slow-tier tests deselected ({', '.join(SLOW_TIERS)}): "
+            "--tier all, -m MARKER, or a file or node id runs them"
+        )
