@@ -46,6 +46,7 @@ PURE_CORES = [
     "provisioner.discovery.report",
     *sorted(m for m in MODULES if m.startswith("provisioner.discovery.dumps")),
     "provisioner.enroll.fingerprint",
+    "provisioner.enroll.scaffold",
     "provisioner.profiles",
     "provisioner.postinstall.plan",
     "provisioner.postinstall.recipes",
