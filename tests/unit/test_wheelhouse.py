@@ -164,10 +164,11 @@ def test_check_resolution_wants_a_cpu_torch_for_cpu_and_not_for_cuda() -> None:
         check_resolution(CPU, older)
 
 
-def test_pins_file_hashes_only_when_every_pin_has_one() -> None:
+def test_pins_file_hashes_every_pin_and_refuses_one_without_a_hash() -> None:
     a, b = Pin("a", "1", "u", "11" * 32), Pin("b", "2", "u", "22" * 32)
     assert pins_file([a, b]) == f"a==1 --hash=sha256:{'11' * 32}\nb==2 --hash=sha256:{'22' * 32}\n"
-    assert pins_file([a, Pin("c", "3", "u")]) == "a==1\nc==3\n"
+    with pytest.raises(ArtifactError, match=r"no sha256 for c==3 .*refused"):
+        pins_file([a, Pin("c", "3", "u")])
 
 
 # ---------------------------------------------------------------------------- rendering
