@@ -13,8 +13,15 @@ import json
 import sys
 from typing import Any
 
-from provisioner.cli.common import load_cfg, open_registry, print_json, stamped, table
-from provisioner.clusters import store
+from provisioner.cli.common import (
+    add_command,
+    load_cfg,
+    open_registry,
+    print_json,
+    stamped,
+    table,
+)
+from provisioner.clusters import keys, store
 from provisioner.clusters.create import create
 from provisioner.clusters.engines import engine_for, engine_names
 from provisioner.clusters.plan import cluster_plan
@@ -60,9 +67,14 @@ def _spec(args: argparse.Namespace) -> Cluster:
 
 
 def cmd_cluster_create(args: argparse.Namespace) -> int:
-    cluster, warnings = create(_site(args), _spec(args))
+    site = _site(args)
+    cluster, warnings = create(site, _spec(args))
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
+    if cluster.gateway:
+        keys.secret(site.cfg.state_dir, cluster.name, "gateway")
+        print(f"gateway clients need its key: provisioner cluster key {cluster.name}",
+              file=sys.stderr)  # fmt: skip
     if args.json:
         print_json({**json.loads(cluster.to_json()), "warnings": warnings})
     else:
@@ -116,6 +128,25 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
             for r in rows
         ],
     )  # fmt: skip
+    return 0
+
+
+def cmd_cluster_key(args: argparse.Namespace) -> int:
+    """The key a client of the cluster's gateway sends (made on first use; --rotate makes
+    a new one, and the old one stops working at once)."""
+    site = _site(args)
+    cluster = store.load(site.registry, args.name)
+    if args.rotate:
+        keys.key_path(site.cfg.state_dir, cluster.name, "gateway").unlink(missing_ok=True)
+    key = keys.secret(site.cfg.state_dir, cluster.name, "gateway")
+    url = f"{site.cfg.http_base}/clusters/{cluster.name}/v1"
+    if args.json:
+        print_json({"cluster": cluster.name, "base_url": url, "api_key": key,
+                    "gateway": cluster.gateway})  # fmt: skip
+        return 0
+    if not cluster.gateway:
+        print(f"note: {cluster.name} has no gateway (cluster create --gateway)", file=sys.stderr)
+    print(f"OPENAI_BASE_URL={url}\nOPENAI_API_KEY={key}")
     return 0
 
 
@@ -220,6 +251,11 @@ def add_cluster_commands(sub: Any) -> None:
     status.add_argument("name")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_cluster_status)
+    key = add_command(
+        csub, "key", cmd_cluster_key, "the gateway's client key and base URL (OPENAI_*)"
+    )
+    key.add_argument("name")
+    key.add_argument("--rotate", action="store_true", help="a new key; the old one stops")
     remove = csub.add_parser("remove", help="stop its units on the members and forget it")
     remove.add_argument("name")
     remove.add_argument(

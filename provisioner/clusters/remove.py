@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from provisioner.clusters import keys
 from provisioner.clusters.engines import engine_for
 from provisioner.clusters.engines.base import teardowns
 from provisioner.clusters.site import Site
@@ -47,4 +48,5 @@ def remove(
         )
     site.registry.delete_cluster(cluster.name)
     engine.forget(site, cluster)
+    keys.forget(site.cfg.state_dir, cluster.name)
     return problems

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 
+from provisioner.clusters import keys
 from provisioner.clusters.engines import engine_for
 from provisioner.clusters.engines.base import Progress, SmokeOptions, SmokeTarget
 from provisioner.clusters.site import Site
@@ -34,7 +35,8 @@ def smoke(
     try:
         for hostname, node in nodes.items():
             conns[hostname] = site.connect(node)
-        target = SmokeTarget(cluster, nodes, conns, floors)
+        key = keys.secret(site.cfg.state_dir, cluster.name, "engine")
+        target = SmokeTarget(cluster, nodes, conns, floors, key)
         report = engine_for(cluster).smoke(site, target, options, progress)
     finally:
         for conn in conns.values():

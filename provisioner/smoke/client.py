@@ -24,6 +24,26 @@ class SmokeHttpError(ProvisionerError):
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """A server's base URL and the API key it requires (llama-server ``--api-key-file``,
+    vLLM ``VLLM_API_KEY``), sent as ``Authorization: Bearer``; printed as its URL only."""
+
+    url: str
+    api_key: str | None = None
+
+    def __str__(self) -> str:
+        return self.url
+
+
+Target = str | Endpoint  # a bare URL (a server that needs no key) or an Endpoint
+
+
+def _headers(endpoint: Target, **more: str) -> dict[str, str]:
+    key = endpoint.api_key if isinstance(endpoint, Endpoint) else None
+    return {**more, **({"Authorization": f"Bearer {key}"} if key else {})}
+
+
+@dataclass(frozen=True)
 class Response:
     status: int
     body: bytes
@@ -32,15 +52,17 @@ class Response:
         return json.loads(self.body)
 
 
-def _url(endpoint: str, path: str) -> str:
-    base = endpoint if "://" in endpoint else f"http://{endpoint}"
+def _url(endpoint: Target, path: str) -> str:
+    base = str(endpoint)
+    base = base if "://" in base else f"http://{base}"
     return base.rstrip("/") + path
 
 
-def get(endpoint: str, path: str, timeout: float = 10.0) -> Response:
+def get(endpoint: Target, path: str, timeout: float = 10.0) -> Response:
     """GET; an HTTP error status is a Response, not an exception."""
+    req = urllib.request.Request(_url(endpoint, path), headers=_headers(endpoint))
     try:
-        with urllib.request.urlopen(_url(endpoint, path), timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return Response(resp.status, resp.read())
     except urllib.error.HTTPError as exc:
         return Response(exc.code, exc.read())
@@ -48,11 +70,11 @@ def get(endpoint: str, path: str, timeout: float = 10.0) -> Response:
         raise SmokeHttpError(f"GET {_url(endpoint, path)}: {exc}") from exc
 
 
-def post_json(endpoint: str, path: str, body: object, timeout: float = 120.0) -> Response:
+def post_json(endpoint: Target, path: str, body: object, timeout: float = 120.0) -> Response:
     """POST a JSON body; an HTTP error status is a Response, not an exception."""
     req = urllib.request.Request(
         _url(endpoint, path), data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
+        headers=_headers(endpoint, **{"Content-Type": "application/json"}), method="POST",
     )  # fmt: skip
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -63,7 +85,7 @@ def post_json(endpoint: str, path: str, body: object, timeout: float = 120.0) ->
         raise SmokeHttpError(f"POST {_url(endpoint, path)}: {exc}") from exc
 
 
-def wait_healthy(endpoint: str, timeout: float = 120.0) -> float:
+def wait_healthy(endpoint: Target, timeout: float = 120.0) -> float:
     """Poll ``/health`` until 200 (llama-server answers 503 while it loads); returns the
     seconds waited."""
     started = time.monotonic()
@@ -81,7 +103,7 @@ def wait_healthy(endpoint: str, timeout: float = 120.0) -> float:
 
 
 def stream_chat(
-    endpoint: str,
+    endpoint: Target,
     model: str,
     prompt: str = DEFAULT_PROMPT,
     *,
@@ -100,7 +122,9 @@ def stream_chat(
     req = urllib.request.Request(
         _url(endpoint, "/v1/chat/completions"),
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+        headers=_headers(
+            endpoint, **{"Content-Type": "application/json", "Accept": "text/event-stream"}
+        ),
         method="POST",
     )
     arrivals: list[tuple[float, Chunk]] = []

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from provisioner.postinstall.ssh import Connection
-from provisioner.smoke.client import SmokeHttpError, stream_chat, wait_healthy
+from provisioner.smoke.client import SmokeHttpError, Target, stream_chat, wait_healthy
 from provisioner.smoke.report import Check
 
 RESTART_WAIT_S = 120.0
@@ -64,7 +64,7 @@ def restart_check(
     conn: Connection,
     hostname: str,
     unit: str,
-    endpoint: str,
+    endpoint: Target,
     model: str,
     progress: Any,
     wait_s: float = RESTART_WAIT_S,

@@ -32,6 +32,7 @@ from provisioner.smoke.client import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_PROMPT,
     SmokeHttpError,
+    Target,
     stream_chat,
 )
 from provisioner.smoke.report import Check
@@ -161,7 +162,7 @@ Request = Callable[[int], Outcome]  # request number -> what became of it
 
 
 def chat_request(
-    endpoint: str,
+    endpoint: Target,
     model: str,
     prompt: str = DEFAULT_PROMPT,
     *,
@@ -194,7 +195,7 @@ def run_load(request: Request, requests: int, concurrency: int) -> LoadSummary:
 
 
 def load_checks(
-    endpoint: str,
+    endpoint: Target,
     model: str,
     requests: int,
     concurrency: int,

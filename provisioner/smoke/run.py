@@ -19,6 +19,7 @@ from provisioner.smoke.client import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_PROMPT,
     SmokeHttpError,
+    Target,
     get,
     post_json,
     stream_chat,
@@ -62,7 +63,7 @@ def local_ss(port: int) -> Sampler:
     return sample
 
 
-def health_check(endpoint: str) -> Check:
+def health_check(endpoint: Target) -> Check:
     try:
         r = get(endpoint, "/health")
     except SmokeHttpError as exc:
@@ -93,7 +94,7 @@ def names_model(ids: Sequence[str], model: str) -> bool:
     return False
 
 
-def models_check(endpoint: str, model: str) -> Check:
+def models_check(endpoint: Target, model: str) -> Check:
     try:
         r = get(endpoint, "/v1/models")
         ids = model_ids(r.json()) if r.status == 200 else []
@@ -141,7 +142,7 @@ def generative(architectures: Sequence[str]) -> bool:
     return not architectures or any(a.endswith(GENERATIVE_SUFFIXES) for a in architectures)
 
 
-def embedding_check(endpoint: str, model: str) -> Check:
+def embedding_check(endpoint: Target, model: str) -> Check:
     """An embedding model's proof of life: ``/v1/embeddings`` gives a non-empty vector."""
     started = time.monotonic()
     try:
@@ -175,7 +176,7 @@ def _round(v: float | None) -> float | None:
 
 def run_smoke(
     cluster: str,
-    endpoint: str,
+    endpoint: Target,
     model: str,
     floors: Floors,
     head_log_text: str,

@@ -173,3 +173,22 @@ def test_vllm_cluster_create_checks_shares_models_and_the_cpu_backend(
                        "--nodes", "node2,node1", "--serve", "a=smol", "--pipeline-parallel",
                        "1")  # fmt: skip
     assert code != 0 and "node1, node2 already run Ray for cluster v" in err, err
+
+
+def test_cluster_key_is_made_once_rotates_and_goes_with_the_cluster(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(config, capsys, "cluster", "create", "g1", "--model", "tiny",
+                       "--head", "node0", "--gateway")  # fmt: skip
+    assert code == 0 and "provisioner cluster key g1" in err
+    code, out, _ = run(config, capsys, "cluster", "key", "g1", "--json")
+    first = json.loads(out)
+    assert code == 0 and first["base_url"].endswith("/clusters/g1/v1") and first["gateway"]
+    _, out, _ = run(config, capsys, "cluster", "key", "g1")
+    assert f"OPENAI_API_KEY={first['api_key']}" in out
+    _, out, _ = run(config, capsys, "cluster", "key", "g1", "--rotate", "--json")
+    assert json.loads(out)["api_key"] != first["api_key"]
+    state = load_config(config).state_dir
+    assert (state / "keys" / "g1.gateway").is_file()
+    code, _, err = run(config, capsys, "cluster", "key", "nope")
+    assert code == 2 and "no cluster 'nope'" in err

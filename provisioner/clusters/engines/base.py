@@ -17,7 +17,7 @@ from provisioner.postinstall.plan import Member, NodePlan, Teardown, teardown
 from provisioner.postinstall.ssh import Connection
 from provisioner.profiles import Engine
 from provisioner.records import Cluster, Node
-from provisioner.smoke.client import SmokeHttpError
+from provisioner.smoke.client import Endpoint, SmokeHttpError
 from provisioner.smoke.client import wait_healthy as wait
 from provisioner.smoke.load import load_checks as run_load_checks
 from provisioner.smoke.report import Report
@@ -47,9 +47,10 @@ class SmokeTarget:
     nodes: Mapping[str, Node]
     conns: Mapping[str, Connection]
     floors: Floors
+    api_key: str | None = None  # the cluster's engine key (its servers require it)
 
-    def endpoint(self, port: int) -> str:
-        return f"http://{self.nodes[self.cluster.head].ip}:{port}"
+    def endpoint(self, port: int) -> Endpoint:
+        return Endpoint(f"http://{self.nodes[self.cluster.head].ip}:{port}", self.api_key)
 
 
 class ClusterEngine(Protocol):
@@ -103,7 +104,9 @@ class ClusterEngine(Protocol):
         ...
 
 
-def load_checks(options: SmokeOptions, endpoint: str, model: str, progress: Progress) -> list[Any]:
+def load_checks(
+    options: SmokeOptions, endpoint: Endpoint, model: str, progress: Progress
+) -> list[Any]:
     """The load check on one served model, when the operator asked for it."""
     if not options.requests:
         return []
@@ -114,7 +117,7 @@ def load_checks(options: SmokeOptions, endpoint: str, model: str, progress: Prog
                                 min_rpm=options.min_rpm, max_p99_s=options.max_p99_s))  # fmt: skip
 
 
-def wait_healthy(endpoint: str, wait_s: float, label: str, progress: Progress) -> None:
+def wait_healthy(endpoint: Endpoint, wait_s: float, label: str, progress: Progress) -> None:
     """Wait for a server that was just (re)started to load its model (503 until then)."""
 
     try:

@@ -65,7 +65,7 @@ class VllmEngine:
         return {"vllm": {"served": served}, "ray": {"unit": vllm.ray_unit(cluster)}}
 
     def forget(self, site: Site, cluster: Cluster) -> None:
-        (site.cfg.state_dir / "ray" / f"{cluster.name}.token").unlink(missing_ok=True)
+        return None  # its Ray token is one of the cluster's keys
 
     def dry_run(
         self, site: Site, cluster: Cluster, *, check_args: bool, progress: Progress

@@ -9,8 +9,6 @@ it needs (inventories, profiles, the artifact and model stores, the state dir) a
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from provisioner.artifacts.control_venv import control_venv
 from provisioner.artifacts.store import ArtifactStore
 from provisioner.artifacts.wheelhouse import node_install_command
+from provisioner.clusters import keys
 from provisioner.clusters.spec import ClusterError
 from provisioner.config import Config
 from provisioner.discovery.accelerators import accelerators
@@ -148,14 +147,15 @@ def model_entries(cfg: Config, cluster: Cluster) -> dict[str, dict[str, Any]]:
 
 
 def ray_token(cfg: Config, cluster: Cluster) -> str:
-    """The cluster's Ray token, made once and kept 0600 in the state dir."""
-    path = cfg.state_dir / "ray" / f"{cluster.name}.token"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return Path(path).read_text().strip()
+    """The cluster's Ray token (:mod:`provisioner.clusters.keys`); one made before the keys
+    folder existed (``<state>/ray/NAME.token``) is kept."""
+    old = cfg.state_dir / "ray" / f"{cluster.name}.token"
+    new = keys.key_path(cfg.state_dir, cluster.name, "ray")
+    if old.is_file() and not new.exists():
+        keys.secret(cfg.state_dir, cluster.name, "ray")  # makes the folder, 0700
+        new.write_text(old.read_text())
+        old.unlink()
+    return keys.secret(cfg.state_dir, cluster.name, "ray")
 
 
 def plan_context(
