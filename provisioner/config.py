@@ -7,7 +7,6 @@ key, the value and the reason (:class:`~provisioner.errors.ConfigError`).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import secrets
@@ -21,6 +20,7 @@ import tomlkit
 from tomlkit.exceptions import ParseError
 from tomlkit.items import Table
 
+from provisioner import names
 from provisioner.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/provisioner/provisioner.toml")
@@ -77,8 +77,15 @@ class TftpConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
+    """``bind``: the address HTTP listens on; unset in the file, the cluster address
+    (``[network] address``); "0.0.0.0" only when written. ``open_reads``: the read-only
+    API (``GET /api/v1/nodes...``, ``/api/docs``, ``/openapi.json``) without the API
+    token, for a trusted network; ``open_metrics``: ``/metrics`` without it."""
+
+    bind: str  # no default: every Config says where HTTP listens (never "all" by accident)
     port: int = DEFAULT_HTTP_PORT
-    bind: str = "0.0.0.0"
+    open_reads: bool = False
+    open_metrics: bool = True
 
 
 DEFAULT_IMAGE = "debian-bookworm"
@@ -108,9 +115,9 @@ class ClusterConfig:
 @dataclass(frozen=True)
 class Config:
     network: NetworkConfig
+    http: HttpConfig
     dhcp: DhcpConfig = DhcpConfig()
     tftp: TftpConfig = TftpConfig()
-    http: HttpConfig = HttpConfig()
     boot: BootConfig = BootConfig()
     cluster: ClusterConfig = ClusterConfig()
     state_dir: Path = DEFAULT_STATE_DIR
@@ -167,6 +174,12 @@ class _Reader:
             raise self.fail(f"{section}.{key}", value, "must be a string")
         return value
 
+    def flag(self, section: str, key: str, default: bool) -> bool:
+        value = self.get(section, key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{section}.{key}", value, "must be true or false")
+        return value
+
     def port(self, section: str, key: str, default: int) -> int:
         value = self.get(section, key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
@@ -197,12 +210,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
         root=_opt_path(r.text("tftp", "root", "")),
         ipxe_dir=Path(r.text("tftp", "ipxe_dir", str(DEFAULT_IPXE_DIR)) or DEFAULT_IPXE_DIR),
     )
-    bind = r.text("http", "bind", "0.0.0.0") or "0.0.0.0"
-    try:
-        ipaddress.ip_address(bind)
-    except ValueError as exc:
-        raise r.fail("http.bind", bind, "not an IP address") from exc
-    http = HttpConfig(port=r.port("http", "port", DEFAULT_HTTP_PORT), bind=bind)
+    http = _parse_http(r, network)
     efi = r.text("boot", "efi_binary", "ipxe.efi") or "ipxe.efi"
     if efi not in EFI_BINARIES:
         raise r.fail("boot.efi_binary", efi, f"must be one of {', '.join(EFI_BINARIES)}")
@@ -215,6 +223,11 @@ def parse_config(text: str, source: str | None = None) -> Config:
     )
     if not _IMAGE_REF.match(boot.image):
         raise r.fail("boot.image", boot.image, "must be an image name: name or name@version")
+    for word in boot.kernel_args.split():
+        try:
+            names.check_kernel_arg(word)
+        except names.UnsafeValue as exc:
+            raise r.fail("boot.kernel_args", boot.kernel_args, str(exc)) from exc
     cluster = _parse_cluster(r)
     state_dir = Path(r.text("paths", "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
     if not state_dir.is_absolute():
@@ -237,20 +250,34 @@ def parse_config(text: str, source: str | None = None) -> Config:
 def _parse_cluster(r: _Reader) -> ClusterConfig:
     pattern = r.text("cluster", "hostname_pattern", DEFAULT_HOSTNAME_PATTERN) or ""
     try:
-        sample = pattern.format(n=0)
+        samples = [pattern.format(n=n) for n in (0, 99999)]
     except (KeyError, IndexError, ValueError) as exc:
         raise r.fail("cluster.hostname_pattern", pattern, "only {n} may be used") from exc
-    if "{n}" not in pattern or not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", sample):
+    if "{n}" not in pattern or not all(names.is_hostname(s) for s in samples):
         raise r.fail(
             "cluster.hostname_pattern", pattern, "must contain {n} and give hostnames like node0"
         )
     env = os.environ.get("PROVISIONER_HWPROFILES")
     default = Path(env) if env else DEFAULT_HWPROFILES
     profiles = Path(r.text("cluster", "profiles", str(default)) or default)
-    auto_enroll = r.get("cluster", "auto_enroll", False)
-    if not isinstance(auto_enroll, bool):
-        raise r.fail("cluster.auto_enroll", auto_enroll, "must be true or false")
+    auto_enroll = r.flag("cluster", "auto_enroll", False)
     return ClusterConfig(hostname_pattern=pattern, profiles_dir=profiles, auto_enroll=auto_enroll)
+
+
+def _parse_http(r: _Reader, net: NetworkConfig) -> HttpConfig:
+    bind = r.text("http", "bind", "") or str(net.server_ip)
+    try:
+        IPv4Address(bind)
+    except ValueError as exc:
+        raise r.fail(
+            "http.bind", bind, 'not an IPv4 address (empty: the network address; "0.0.0.0": all)'
+        ) from exc
+    return HttpConfig(
+        bind=bind,
+        port=r.port("http", "port", DEFAULT_HTTP_PORT),
+        open_reads=r.flag("http", "open_reads", False),
+        open_metrics=r.flag("http", "open_metrics", True),
+    )
 
 
 def _opt_path(value: str | None) -> Path | None:
@@ -313,9 +340,7 @@ def _parse_dhcp(r: _Reader, net: NetworkConfig) -> DhcpConfig:
         if addr in reservations.values():
             raise r.fail(key, ip, "reserved twice")
         reservations[norm] = addr
-    ra = r.get("dhcp", "router_advertisements", net.mode is Mode.FULL)
-    if not isinstance(ra, bool):
-        raise r.fail("dhcp.router_advertisements", ra, "must be true or false")
+    ra = r.flag("dhcp", "router_advertisements", net.mode is Mode.FULL)
     return DhcpConfig(
         router_advertisements=ra,
         port=r.port("dhcp", "port", 67),
@@ -367,6 +392,31 @@ def load_config(path: Path) -> Config:
     except OSError as exc:
         raise ConfigError("(file)", str(path), f"cannot read: {exc.strerror}") from exc
     return parse_config(text, source=str(path))
+
+
+def summary(cfg: Config) -> dict[str, object]:
+    """What ``config show`` prints: the values in effect, defaults filled in."""
+    dhcp_range = f"{cfg.dhcp.range_start}-{cfg.dhcp.range_end}" if cfg.dhcp.range_start else None
+    return {
+        "source": str(cfg.source),
+        "interface": cfg.network.interface,
+        "address": str(cfg.network.address),
+        "mode": cfg.network.mode.value,
+        "range": dhcp_range,
+        "ports": {
+            "dhcp": cfg.dhcp.port,
+            "pxe": cfg.dhcp.pxe_port,
+            "tftp": cfg.tftp.port,
+            "http": cfg.http.port,
+        },
+        "http": {
+            "bind": cfg.http.bind,
+            "open_reads": cfg.http.open_reads,
+            "open_metrics": cfg.http.open_metrics,
+        },
+        "state_dir": str(cfg.state_dir),
+        "tftp_root": str(cfg.tftp_root),
+    }
 
 
 # ---------------------------------------------------------------- writing
@@ -422,7 +472,16 @@ def render_config(
 
     http = tomlkit.table()
     http.add("port", http_port)
-    http.add("bind", "0.0.0.0")
+    http.add(tomlkit.comment("Empty: listen on this node's [network] address only (the cluster"))
+    http.add(tomlkit.comment('network); "0.0.0.0" listens on every interface.'))
+    http.add("bind", "")
+    http.add(tomlkit.comment("The read API (GET /api/v1/nodes..., /api/docs, /openapi.json)"))
+    http.add(tomlkit.comment("needs the API token, as writes do; true opens it to anyone who"))
+    http.add(tomlkit.comment("reaches the port: node inventories, timelines, MACs (trusted"))
+    http.add(tomlkit.comment("networks only)."))
+    http.add("open_reads", False)
+    http.add(tomlkit.comment("/metrics without the token (false: scrape it with the API token)."))
+    http.add("open_metrics", True)
     doc.add("http", http)
 
     boot = tomlkit.table()

@@ -14,10 +14,12 @@
     │   └── RecipeError              a bad image recipe: file, key and why
     ├── AcceleratorTableError (discovery/accelerators.py)  a bad hwprofiles/accelerators.yaml
     ├── ArtifactError (artifacts/__init__.py)  a runtime or wheelhouse not built or stored
-    ├── ModelError                   a model not added, found or removed (models.py,
-    │   │                            models_hf.py: a Hugging Face folder refused)
-    │   └── ModelNotFound (models.py)  no model of that name in the store
-    ├── ClusterError (clusters.py)   a cluster refused (the member or rule at fault)
+    ├── ModelError                   a model not added, found or removed (models/store.py,
+    │   │                            models/hf.py: a Hugging Face folder refused)
+    │   └── ModelNotFound (models/store.py)  no model of that name in the store
+    ├── ClusterError (clusters/spec.py)  a cluster refused (the member or rule at fault)
+    ├── UnsafeValue (names.py)       a name or value that may not reach a unit, a shell
+    │                                line, a firewall rule or a boot script
     ├── RayOutputError (smoke/ray.py)  Ray gave no node list
     └── LabError (lab/netns.py)      the virtual lab could not be built or driven
         ├── CommandError             a command (ip, dnsmasq, ...) failed: argv, status, stderr

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from provisioner import names
 from provisioner.discovery.model import Dmi
 from provisioner.errors import ProvisionerError
 
@@ -451,6 +452,11 @@ class _Reader:
         all_of, any_of = self._match(v["match"]) if "match" in v else ((), ())
         drivers = self.strings(v["drivers"], "drivers") if "drivers" in v else ()
         kernel_args = self.strings(v["kernel_args"], "kernel_args") if "kernel_args" in v else ()
+        for arg in kernel_args:
+            try:
+                names.check_kernel_arg(arg)
+            except names.UnsafeValue as exc:
+                self.fail(v["kernel_args"], "kernel_args", str(exc))
         image = self.string(v["image"], "image") if "image" in v else None
         if image is not None and not _IMAGE_REF.match(image):
             self.fail(v["image"], "image", f"{image!r} is not an image name (name or name@version)")

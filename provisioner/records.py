@@ -33,6 +33,7 @@ class EventKind(StrEnum):
     STATE = "state"  # the node changed state
     PROFILE = "profile"  # fingerprinting gave (or took away) a profile
     REFUSED = "refused"  # a request from or about the node was refused
+    APPROVAL = "approval"  # a report held for `node approve` (keys, profile, address), or approved
 
 
 class LeaseKind(StrEnum):
@@ -89,6 +90,44 @@ class Event:
             EventKind(str(data.get("kind"))),
             detail if isinstance(detail, Mapping) else {},
         )
+
+
+class TokenCheck(StrEnum):
+    """What the registry found of a boot token presented with a request."""
+
+    OK = "ok"
+    UNKNOWN = "no valid boot token"  # none, another node's, or replaced by a newer boot
+    EXPIRED = "boot token expired"
+    ELSEWHERE = "boot token used from another address"
+    SPENT = "boot token already used for an inventory"
+
+
+@dataclass(frozen=True)
+class BootToken:
+    """A node's live boot token as the registry keeps it: never the token, only who may
+    use it. ``bound_to`` None: whoever uses it first (then that address only)."""
+
+    mac: str
+    asked_by: str  # the address that fetched the script
+    bound_to: str | None
+    issued: float
+    expires: float
+    spent: float | None  # when its one inventory POST came
+
+    def live(self, now: float) -> bool:
+        return now < self.expires
+
+
+@dataclass(frozen=True)
+class PendingInventory:
+    """A report held for ``node approve``: the document as the POST would have stored it,
+    the address it came from (proxy mode) and what it would change."""
+
+    mac: str
+    received: float
+    data: str
+    ip: str | None
+    changes: Detail
 
 
 @dataclass(frozen=True)

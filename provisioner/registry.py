@@ -5,6 +5,10 @@ CLI) reads and writes node facts only through :class:`Registry`, so a PostgreSQL
 can later replace this module's SQL without touching callers. One connection guarded by a
 lock: the services run in threads (TFTP) and an event loop (DHCP, HTTP), and SQLite
 serialises writers anyway.
+
+The file (and SQLite's -wal and -shm beside it, which take its mode) is 0600, in a folder
+made 0700: it holds inventories, host keys and the hashes of live boot tokens. A database
+from an older version opens as it is: new tables are created, new columns added.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -21,15 +26,28 @@ from contextlib import contextmanager
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from provisioner import names
 from provisioner.discovery.model import Inventory
 from provisioner.discovery.schema import inventory_of
 from provisioner.errors import RegistryError
-from provisioner.records import Detail, Event, EventKind, Lease, LeaseKind, Node
+from provisioner.records import (
+    BootToken,
+    Detail,
+    Event,
+    EventKind,
+    Lease,
+    LeaseKind,
+    Node,
+    PendingInventory,
+    TokenCheck,
+)
 from provisioner.states import NodeEvent, NodeState, apply
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: boot_tokens, pending_inventories, nodes.dhcp_ip
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,7 +59,6 @@ CREATE TABLE IF NOT EXISTS nodes (
     ip TEXT,
     firmware TEXT,
     arch INTEGER,
-    boot_token TEXT,
     first_seen REAL NOT NULL,
     last_seen REAL NOT NULL
 );
@@ -93,20 +110,53 @@ CREATE TABLE IF NOT EXISTS profile_images (
     image TEXT NOT NULL,        -- name (its newest version) or name@version (pinned)
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS boot_tokens (
+    mac TEXT PRIMARY KEY,       -- one per node: its latest boot script's
+    hash TEXT NOT NULL,         -- sha256 of the token; the token itself is never stored
+    asked_by TEXT NOT NULL,     -- the address that fetched the script
+    bound_to TEXT,              -- the one address that may use it (NULL: its first user)
+    issued REAL NOT NULL,
+    expires REAL NOT NULL,
+    spent REAL                  -- when its one inventory POST came
+);
+CREATE TABLE IF NOT EXISTS pending_inventories (
+    mac TEXT PRIMARY KEY,       -- a report held for `node approve` (the latest one)
+    received REAL NOT NULL,
+    data TEXT NOT NULL,
+    ip TEXT,                    -- proxy mode: the address it came from
+    changes TEXT NOT NULL       -- JSON: what it would change (keys, profile, address)
+);
 """
 
-# Columns added after a table was first shipped: (table, column, declaration).
-_ADDED_COLUMNS = (("nodes", "image", "TEXT"),)  # the image@version its last script named
+# Columns added after a table was first shipped: (table, column, declaration). Version 1
+# had nodes.boot_token (one unhashed-expiry token per node): left unused in old files.
+_ADDED_COLUMNS = (
+    ("nodes", "image", "TEXT"),  # the image@version its last script named
+    ("nodes", "dhcp_ip", "TEXT"),  # proxy mode: the address its PXE DHCP named (never its ip)
+)
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _private(path: Path) -> None:
+    """Create the database file 0600 (SQLite gives its -wal and -shm the same mode), or
+    make an existing one and its companions 0600."""
+    path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if file.exists() and file.stat().st_mode & 0o777 != PRIVATE_FILE:
+                file.chmod(PRIVATE_FILE)
+    except OSError as exc:
+        raise RegistryError(f"cannot open registry {path}: {exc.strerror}") from exc
+
+
 class Registry:
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private(path)
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -118,7 +168,8 @@ class Registry:
                 if column not in have:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
             self._db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)",
+                "INSERT INTO meta(key, value) VALUES ('schema', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
         except sqlite3.Error as exc:
@@ -164,12 +215,17 @@ class Registry:
         firmware: str | None = None,
         arch: int | None = None,
         firmware_is_guess: bool = False,
+        dhcp_ip: str | None = None,
         now: float | None = None,
     ) -> Node:
         """Create the node at first sight (state new) or refresh what we saw of it.
 
+        ``ip``: for the operator and tests; the services set a node's address only from a
+        bound lease (:meth:`commit_lease`) or a token-checked report (:meth:`set_ip`).
         ``firmware_is_guess``: only fill the firmware in if none is known yet (iPXE's own
         DHCP requests say less about the machine than its firmware's did).
+        ``dhcp_ip``: proxy mode, the address its PXE DHCP request named (see
+        :meth:`dhcp_address`).
         """
         now = time.time() if now is None else now
         with self._tx() as db:
@@ -180,6 +236,8 @@ class Registry:
             )
             if ip is not None:
                 db.execute("UPDATE nodes SET ip = ? WHERE mac = ?", (ip, mac))
+            if dhcp_ip is not None:
+                db.execute("UPDATE nodes SET dhcp_ip = ? WHERE mac = ?", (dhcp_ip, mac))
             if firmware is not None and firmware_is_guess:
                 db.execute(
                     "UPDATE nodes SET firmware = ?, arch = ? WHERE mac = ? AND firmware IS NULL",
@@ -201,11 +259,32 @@ class Registry:
             ).fetchone()
         return _node(row) if row else None
 
+    def set_ip(self, mac: str, ip: str) -> None:
+        """The node's address, from its token-checked report (proxy mode)."""
+        with self._tx() as db:
+            db.execute("UPDATE nodes SET ip = ? WHERE mac = ?", (ip, mac))
+
+    def dhcp_address(self, mac: str) -> str | None:
+        """Proxy mode: the address the node's last PXE DHCP request named. Anyone can send
+        such a packet: it only says who may fetch the node's boot token, never its ip."""
+        with self._lock:
+            row = self._db.execute("SELECT dhcp_ip FROM nodes WHERE mac = ?", (mac,)).fetchone()
+        return str(row["dhcp_ip"]) if row and row["dhcp_ip"] else None
+
     def node_by_ip(self, ip: str) -> Node | None:
+        """The node at ``ip``, to put what came from there on its timeline: the one whose
+        address it is, else one whose PXE DHCP request named it (proxy mode, before the
+        node's report gave its address). Never to decide anything else."""
         with self._lock:
             row = self._db.execute(
                 "SELECT * FROM nodes WHERE ip = ? ORDER BY last_seen DESC LIMIT 1", (ip,)
             ).fetchone()
+            if row is None:
+                row = self._db.execute(
+                    "SELECT * FROM nodes WHERE dhcp_ip = ? AND ip IS NULL"
+                    " ORDER BY last_seen DESC LIMIT 1",
+                    (ip,),
+                ).fetchone()
         return _node(row) if row else None
 
     def nodes(self) -> list[Node]:
@@ -214,6 +293,10 @@ class Registry:
         return [_node(r) for r in rows]
 
     def set_hostname(self, mac: str, hostname: str | None) -> Node:
+        """Name a node (an RFC 1123 hostname: it reaches units and shell lines; UnsafeValue
+        otherwise), or take its name away."""
+        if hostname is not None:
+            names.check_hostname(hostname)
         try:
             with self._tx() as db:
                 db.execute("UPDATE nodes SET hostname = ? WHERE mac = ?", (hostname, mac))
@@ -344,6 +427,8 @@ class Registry:
             db.execute("DELETE FROM power WHERE mac = ?", (mac,))
             db.execute("DELETE FROM events WHERE mac = ?", (mac,))
             db.execute("DELETE FROM leases WHERE mac = ? AND kind != ?", (mac, "declined"))
+            db.execute("DELETE FROM boot_tokens WHERE mac = ?", (mac,))
+            db.execute("DELETE FROM pending_inventories WHERE mac = ?", (mac,))
 
     def _require(self, mac: str) -> Node:
         node = self.node(mac)
@@ -353,17 +438,73 @@ class Registry:
 
     # ------------------------------------------------------------------ boot tokens
 
-    def new_boot_token(self, mac: str, token: str) -> None:
-        """Remember (a hash of) the token that this boot's script hands to the agent."""
+    def issue_boot_token(
+        self,
+        mac: str,
+        token: str,
+        *,
+        asked_by: str,
+        bound_to: str | None,
+        expires: float,
+        now: float | None = None,
+    ) -> None:
+        """Remember (a hash of) the token this boot's script hands to the node; it replaces
+        the node's previous one. Who may have one is the caller's rule (routes_boot)."""
+        now = time.time() if now is None else now
         with self._tx() as db:
-            db.execute("UPDATE nodes SET boot_token = ? WHERE mac = ?", (hash_token(token), mac))
+            db.execute(
+                "INSERT INTO boot_tokens(mac, hash, asked_by, bound_to, issued, expires, spent)"
+                " VALUES (?, ?, ?, ?, ?, ?, NULL) ON CONFLICT(mac) DO UPDATE SET"
+                " hash = excluded.hash, asked_by = excluded.asked_by,"
+                " bound_to = excluded.bound_to, issued = excluded.issued,"
+                " expires = excluded.expires, spent = NULL",
+                (mac, hash_token(token), asked_by, bound_to, now, expires),
+            )
 
-    def check_boot_token(self, mac: str, token: str) -> bool:
+    def boot_token(self, mac: str) -> BootToken | None:
+        """The node's latest token as kept (live or not), without its hash."""
         with self._lock:
-            row = self._db.execute("SELECT boot_token FROM nodes WHERE mac = ?", (mac,)).fetchone()
-        if row is None or not row["boot_token"]:
+            row = self._db.execute("SELECT * FROM boot_tokens WHERE mac = ?", (mac,)).fetchone()
+        if row is None:
+            return None
+        return BootToken(
+            row["mac"], row["asked_by"], row["bound_to"], row["issued"], row["expires"],
+            row["spent"],
+        )  # fmt: skip
+
+    def use_boot_token(
+        self, mac: str, token: str, *, source: str, spend: bool = False, now: float | None = None
+    ) -> TokenCheck:
+        """Check ``token`` for a request from ``source``, in one transaction: it must be the
+        node's latest, unexpired, and used from its bound address (a token bound to none is
+        bound to ``source`` now). ``spend``: the inventory POST, once per token."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM boot_tokens WHERE mac = ?", (mac,)).fetchone()
+            if row is None or not hmac.compare_digest(row["hash"], hash_token(token)):
+                return TokenCheck.UNKNOWN
+            if now >= row["expires"]:
+                return TokenCheck.EXPIRED
+            if row["bound_to"] is None:
+                db.execute("UPDATE boot_tokens SET bound_to = ? WHERE mac = ?", (source, mac))
+            elif row["bound_to"] != source:
+                return TokenCheck.ELSEWHERE
+            if spend:
+                if row["spent"] is not None:
+                    return TokenCheck.SPENT
+                db.execute("UPDATE boot_tokens SET spent = ? WHERE mac = ?", (now, mac))
+        return TokenCheck.OK
+
+    def check_boot_token(self, mac: str, token: str, *, now: float | None = None) -> bool:
+        """Is ``token`` the node's latest and unexpired (changes nothing)?"""
+        now = time.time() if now is None else now
+        with self._lock:
+            row = self._db.execute(
+                "SELECT hash, expires FROM boot_tokens WHERE mac = ?", (mac,)
+            ).fetchone()
+        if row is None or now >= row["expires"]:
             return False
-        return hmac.compare_digest(row["boot_token"], hash_token(token))
+        return hmac.compare_digest(row["hash"], hash_token(token))
 
     # ------------------------------------------------------------------ events
 
@@ -408,6 +549,39 @@ class Registry:
             self._event(db, mac, EventKind.INVENTORY, {"bytes": len(data)}, now)
         return self.transition(mac, NodeEvent.INVENTORY, reason="inventory received")
 
+    def hold_inventory(
+        self, mac: str, data: str, *, ip: str | None, changes: Detail, now: float | None = None
+    ) -> None:
+        """Keep a report aside for ``node approve`` (replacing one held before) and put
+        it on the node's timeline: an ``inventory`` event (the node did report: the lab
+        and ``enroll --wait`` follow those), then ``approval`` with what it would change."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO pending_inventories(mac, received, data, ip, changes)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(mac) DO UPDATE SET"
+                " received = excluded.received, data = excluded.data, ip = excluded.ip,"
+                " changes = excluded.changes",
+                (mac, now, data, ip, json.dumps(dict(changes))),
+            )
+            self._event(db, mac, EventKind.INVENTORY, {"bytes": len(data), "held": True}, now)
+            self._event(db, mac, EventKind.APPROVAL, {"status": "pending", **changes}, now)
+
+    def pending_inventory(self, mac: str) -> PendingInventory | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM pending_inventories WHERE mac = ?", (mac,)
+            ).fetchone()
+        if row is None:
+            return None
+        return PendingInventory(
+            row["mac"], row["received"], row["data"], row["ip"], json.loads(row["changes"])
+        )
+
+    def drop_pending_inventory(self, mac: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM pending_inventories WHERE mac = ?", (mac,))
+
     def inventory_document(self, mac: str) -> str | None:
         """The document the node's agent last sent, as it was stored (JSON text)."""
         with self._lock:
@@ -430,6 +604,26 @@ class Registry:
                 "SELECT ip, mac FROM leases WHERE expires > ?", (now,)
             ).fetchall()
         return {IPv4Address(r["ip"]): r["mac"] for r in rows}
+
+    def bound_address(self, mac: str, now: float | None = None) -> str | None:
+        """The address of the node's unexpired bound lease (full mode), if any."""
+        now = time.time() if now is None else now
+        with self._lock:
+            row = self._db.execute(
+                "SELECT ip FROM leases WHERE mac = ? AND kind = ? AND expires > ?",
+                (mac, LeaseKind.BOUND.value, now),
+            ).fetchone()
+        return str(row["ip"]) if row else None
+
+    def has_dhcp(self, mac: str) -> bool:
+        """Did ``mac`` network-boot through us: a lease, or a DHCP event on its timeline?"""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM leases WHERE mac = ?"
+                " UNION ALL SELECT 1 FROM events WHERE mac = ? AND kind = ? LIMIT 1",
+                (mac, mac, EventKind.DHCP.value),
+            ).fetchone()
+        return row is not None
 
     def leases(self) -> list[Lease]:
         with self._lock:

@@ -65,7 +65,9 @@ class BootServices:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        # Registry, API token, SSH key: nobody else's to read (an older install made it 0755).
+        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cfg.state_dir.chmod(0o700)
         cfg.image_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(cfg.registry_path)
         self.metrics = Metrics()

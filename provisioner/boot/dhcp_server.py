@@ -193,14 +193,14 @@ class DhcpService:
         client = decision.client
         if client is None or not (client.is_pxe or client.is_ipxe or client.is_http_client):
             return  # not a network-booting node: no registry entry
-        seen_ip = packet.requested_address or (
-            packet.ciaddr if packet.ciaddr != IPv4Address(0) else None
-        )
+        # Never the node's ip: anyone can send a DHCP packet with any MAC. Its address comes
+        # from a bound lease (full mode, _apply) or its token-checked report (proxy mode).
+        # What a proxy-mode REQUEST names only says who may fetch its boot token.
         self._later(
             functools.partial(
                 self.registry.touch_node,
                 mac,
-                ip=str(seen_ip) if seen_ip and self.policy.mode is DhcpMode.PROXY else None,
+                dhcp_ip=self._named_address(packet),
                 firmware=client.firmware.value,
                 arch=client.arch,
                 firmware_is_guess=client.is_ipxe,
@@ -234,6 +234,15 @@ class DhcpService:
             port,
             _type_name(reply.message_type) if reply else decision.reason,
         )
+
+    def _named_address(self, packet: DhcpPacket) -> str | None:
+        """Proxy mode: the address a REQUEST names (option 50, else ciaddr); else None."""
+        if self.policy.mode is not DhcpMode.PROXY or packet.message_type is not MessageType.REQUEST:
+            return None
+        named = packet.requested_address or (
+            packet.ciaddr if packet.ciaddr != IPv4Address(0) else None
+        )
+        return str(named) if named is not None else None
 
     def _apply(self, action: LeaseAction, packet: DhcpPacket) -> None:
         """Mirror a lease decision into the lease table now and the registry soon."""

@@ -8,13 +8,23 @@ back as it comes. Routes, checked per request (a cluster without ``gateway: true
 
 - ``GET  /clusters/{name}/v1/models``: the served names, from the cluster spec;
 - ``POST /clusters/{name}/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``:
-  forwarded by the body's ``model`` with the client's ``Authorization`` header.
+  forwarded by the body's ``model``.
+
+Every route needs the cluster's gateway key (``Authorization: Bearer``; ``provisioner
+cluster key NAME``): 401 without it. The client's ``Authorization`` header never goes
+upstream: the gateway sends the cluster's engine key, which the servers require
+(:mod:`provisioner.clusters.keys`).
 
 The routing is pure (:func:`upstreams`, :func:`pick`, :func:`model_list`); the forwarding
 is :class:`Gateway` over an ``httpx.AsyncClient`` (no thread held while a stream waits
 for its next token), whose transport a test replaces with ``httpx.MockTransport``.
 httpx's exceptions stop here: they become OpenAI-style 502/504 answers, or, once a
 stream has started, a logged and counted cut.
+
+A request body is at most :data:`MAX_BODY_BYTES` (413) of JSON nested at most
+``limits.MAX_JSON_DEPTH`` deep (400): the app's body limits (limits.py) hold the routes
+to both before they read, with errors in this module's format (:func:`refusal_body`);
+:func:`_read_body` and the parse check again, for a gateway mounted without them.
 """
 
 from __future__ import annotations
@@ -24,12 +34,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from provisioner.boot.limits import MIB, Refusal
+from provisioner.clusters import keys
 from provisioner.clusters.spec import ClusterError
 from provisioner.clusters.store import load
 from provisioner.metrics import Metrics
@@ -39,10 +52,12 @@ from provisioner.registry import Registry
 log = logging.getLogger(__name__)
 
 FORWARDED = ("chat/completions", "completions", "embeddings")
-MAX_BODY_BYTES = 32 * 1024 * 1024
+# A request body: http.py holds the routes to it before they read (limits.py), and
+# _read_body again. 4 MiB of JSON is a million tokens of prompt.
+MAX_BODY_BYTES = 4 * MIB
 # Request headers that go upstream; hop-by-hop and Host never do. Accept-Encoding is
 # pinned to identity: a compressing upstream would hold SSE chunks back.
-PASSED_REQUEST_HEADERS = ("authorization", "content-type", "accept", "user-agent")
+PASSED_REQUEST_HEADERS = ("content-type", "accept", "user-agent")
 PASSED_RESPONSE_HEADERS = ("content-type", "cache-control", "retry-after", "x-request-id")
 UNKNOWN = "?"  # the metrics label for a cluster or model we do not serve (bounded labels)
 
@@ -83,6 +98,11 @@ class GatewayError:
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status)
+
+
+def refusal_body(refusal: Refusal) -> dict[str, object]:
+    """The body limits' refusals (limits.py) in the gateway's OpenAI error format."""
+    return dict(GatewayError(refusal.status, refusal.message, refusal.code).body())
 
 
 # ---------------------------------------------------------------- pure routing
@@ -149,10 +169,28 @@ def gateway_off(cluster: Cluster) -> GatewayError:
     )
 
 
-def upstream_headers(headers: Mapping[str, str]) -> dict[str, str]:
+def upstream_headers(headers: Mapping[str, str], engine_key: str | None = None) -> dict[str, str]:
+    """What goes upstream: a few of the client's headers (never its Authorization), and
+    the engine key the servers require."""
     passed = {k: headers[k] for k in PASSED_REQUEST_HEADERS if k in headers}
     passed["accept-encoding"] = "identity"
+    if engine_key:
+        passed["authorization"] = f"Bearer {engine_key}"
     return passed
+
+
+def client_key(headers: Mapping[str, str]) -> str | None:
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def unauthorized(cluster: str) -> GatewayError:
+    return GatewayError(
+        401,
+        f"cluster {cluster}'s gateway needs its key: Authorization: Bearer <key> "
+        f"(the operator runs: provisioner cluster key {cluster})",
+        "invalid_api_key",
+    )
 
 
 def client_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -168,6 +206,8 @@ class Route:
 
     cluster: Cluster
     head_ip: str | None
+    gateway_key: str | None = None  # what clients must send (None: nobody gets in)
+    engine_key: str | None = None  # what the servers require
 
 
 class Gateway:
@@ -178,9 +218,11 @@ class Gateway:
         registry: Registry,
         metrics: Metrics,
         *,
+        state_dir: Path | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         timeouts: GatewayTimeouts = DEFAULT_TIMEOUTS,
     ):
+        self.state_dir = state_dir  # where the clusters' keys are (None: no keys at all)
         self.registry = registry
         self.metrics = metrics
         self.timeouts = timeouts
@@ -216,7 +258,20 @@ class Gateway:
         if not cluster.gateway:
             return gateway_off(cluster)
         head = self.registry.node(cluster.head)
-        return Route(cluster, head.ip if head is not None else None)
+        gateway_key = engine_key = None
+        if self.state_dir is not None:
+            gateway_key = keys.existing(self.state_dir, cluster.name, "gateway")
+            engine_key = keys.existing(self.state_dir, cluster.name, "engine")
+        return Route(cluster, head.ip if head is not None else None, gateway_key, engine_key)
+
+    async def authorized(self, name: str, request: Request) -> Route | GatewayError:
+        """The cluster's route if the request carries its gateway key."""
+        route = await self.route(name)
+        if isinstance(route, GatewayError):
+            return route
+        if not keys.matches(route.gateway_key, client_key(request.headers)):
+            return unauthorized(route.cluster.name)
+        return route
 
     async def route(self, name: str) -> Route | GatewayError:
         # The registry takes a lock that a writer may hold: never wait for it on the loop.
@@ -227,14 +282,14 @@ class Gateway:
             "provisioner_gateway_requests_total", cluster=cluster, model=model, status=str(status)
         )
 
-    async def models(self, name: str) -> Response:
-        route = await self.route(name)
+    async def models(self, name: str, request: Request) -> Response:
+        route = await self.authorized(name, request)
         if isinstance(route, GatewayError):
             return route.response()
         return JSONResponse(model_list(route.cluster, route.head_ip, int(time.time())))
 
     async def forward(self, name: str, endpoint: str, request: Request) -> Response:
-        route = await self.route(name)
+        route = await self.authorized(name, request)
         if isinstance(route, GatewayError):
             self.count(UNKNOWN, UNKNOWN, route.status)
             return route.response()
@@ -245,10 +300,13 @@ class Gateway:
             return body.response()
         try:
             parsed: object = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            # RecursionError: nested too deep for the parser; limits.py refuses deeper
+            # than MAX_JSON_DEPTH before it gets here when the gateway runs in the app.
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             self.count(cluster.name, UNKNOWN, 400)
             return GatewayError(
-                400, f"the request body is not JSON: {exc}", "invalid_json"
+                400, f"the request body is not JSON: {reason}", "invalid_json"
             ).response()
         if route.head_ip is None:
             self.count(cluster.name, UNKNOWN, 502)
@@ -266,13 +324,15 @@ class Gateway:
         # pick() took it: the model asked for, or the one served when none was asked for.
         asked = parsed.get("model") if isinstance(parsed, dict) else None
         model = asked if isinstance(asked, str) and asked else next(iter(table))
-        return await self._relay(cluster.name, model, f"{chosen}/v1/{endpoint}", body, request)
+        url = f"{chosen}/v1/{endpoint}"
+        return await self._relay(cluster.name, model, url, body, request, route.engine_key)
 
     async def _relay(
-        self, cluster: str, model: str, url: str, body: bytes, request: Request
-    ) -> Response:
+        self, cluster: str, model: str, url: str, body: bytes, request: Request,
+        engine_key: str | None = None,
+    ) -> Response:  # fmt: skip
         upstream_request = self.client.build_request(
-            "POST", url, content=body, headers=upstream_headers(request.headers)
+            "POST", url, content=body, headers=upstream_headers(request.headers, engine_key)
         )
         started = time.monotonic()
         try:
@@ -354,8 +414,8 @@ def router(gateway: Gateway) -> APIRouter:
     routes = APIRouter(tags=["gateway"])
 
     @routes.get("/clusters/{name}/v1/models")
-    async def list_models(name: str) -> Response:
-        return await gateway.models(name)
+    async def list_models(name: str, request: Request) -> Response:
+        return await gateway.models(name, request)
 
     def forwarder(endpoint: str) -> Callable[[str, Request], Awaitable[Response]]:
         async def forward(name: str, request: Request) -> Response:

@@ -9,28 +9,77 @@ per area, each in its own module:
 - routes_files.py: ``GET|HEAD /images/``, ``/tftp/``, ``/artifacts/``, ``/models/``:
   kernels, initrds, root images, the TFTP root over HTTP, runtimes and models (Range);
 - routes_api.py: ``/api/v1/nodes``, ``/api/v1/profiles/reload``: the operator's API,
-  whose writes need the API bearer token;
+  which needs the API bearer token (reads open with ``[http] open_reads``);
 - gateway.py: ``/clusters/{name}/v1/...``, a cluster's OpenAI gateway, open where the
   cluster has ``gateway: true``;
-- routes_metrics.py: ``GET /metrics`` (Prometheus), ``GET /healthz``.
+- routes_metrics.py: ``GET /metrics`` (Prometheus), ``GET /healthz``;
+- here: ``GET /api/docs`` and ``/openapi.json``, the API's description, read like the
+  API (the API token unless ``open_reads``).
 
+In front of them all, limits.py's :class:`BodyLimits` holds every request body to the
+limit :data:`BODY_RULES` gives its route, and asks for credentials before reading it.
 Every request a node makes is put on its timeline in the registry.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from provisioner.boot import gateway, routes_api, routes_boot, routes_files, routes_metrics
-from provisioner.boot.http_context import AppContext
+from provisioner.boot.http_context import AppContext, api_token_ok, open_reads, require_api_token
+from provisioner.boot.limits import Auth, BodyLimits, BodyRule, Refusal, route
+
+# The routes that take a body, first match wins; any other request: limits.DEFAULT_LIMIT
+# (64 KiB) and no credentials asked before the route's own checks.
+BODY_RULES: tuple[BodyRule, ...] = (
+    route("inventory", "POST", "/api/v1/nodes/{mac}/inventory",
+          routes_boot.MAX_INVENTORY_BYTES, Auth.BEARER),  # the route checks the boot token
+    route("api-write", "PATCH DELETE", "/api/v1/nodes/{key}",
+          routes_api.MAX_BODY_BYTES, Auth.API_TOKEN),
+    route("api-write", "POST", "/api/v1/profiles/reload",
+          routes_api.MAX_BODY_BYTES, Auth.API_TOKEN),
+    route("gateway", "POST", "/clusters/{name}/v1/{endpoint:path}",
+          gateway.MAX_BODY_BYTES, render=gateway.refusal_body),
+)  # fmt: skip
+
+DOCS_URL = "/api/docs"
+OPENAPI_URL = "/openapi.json"
 
 
 def create_app(ctx: AppContext) -> FastAPI:
-    app = FastAPI(title="provisioner", version="1", docs_url="/api/docs", redoc_url=None)
+    # FastAPI's own docs and schema routes are open to all: ours (below) read like the API.
+    app = FastAPI(title="provisioner", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = ctx
     app.include_router(routes_boot.router(ctx))
     app.include_router(routes_files.router(ctx))
     app.include_router(routes_api.router(ctx))
-    app.include_router(gateway.router(gateway.Gateway(ctx.registry, ctx.metrics)))
+    app.include_router(
+        gateway.router(gateway.Gateway(ctx.registry, ctx.metrics, state_dir=ctx.config.state_dir))
+    )
     app.include_router(routes_metrics.router(ctx))
+    _add_docs(app, ctx)
+
+    def refused(refusal: Refusal) -> None:
+        ctx.metrics.inc("provisioner_http_refused_total", reason=refusal.reason)
+
+    app.add_middleware(
+        BodyLimits,
+        rules=BODY_RULES,
+        api_token_ok=lambda header: api_token_ok(ctx, header),
+        on_refused=refused,
+    )
     return app
+
+
+def _add_docs(app: FastAPI, ctx: AppContext) -> None:
+    reads = [Depends(require_api_token(ctx, unless=open_reads))]
+
+    @app.get(OPENAPI_URL, include_in_schema=False, dependencies=reads)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get(DOCS_URL, include_in_schema=False, dependencies=reads)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=OPENAPI_URL, title="provisioner API")

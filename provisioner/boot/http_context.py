@@ -1,19 +1,28 @@
 """What every route module of the HTTP app shares: the :class:`AppContext` it is built
-on, and the two request helpers more than one of them needs.
+on, the request helpers more than one of them needs, and the API token rule.
 
 ``create_app`` (http.py) hands one AppContext to each ``routes_*.router(ctx)``; no route
 reaches the registry, the metrics or the config any other way.
+
+The API token: :func:`api_token_ok` is the one check (the body limits of limits.py ask it
+before a write's body is read); :func:`require_api_token` makes it a route dependency,
+which the read routes skip where ``[http] open_reads`` / ``open_metrics`` say so.
 """
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Header, HTTPException, Request
 
 from provisioner.boot.ipxe import ScriptRenderer
+from provisioner.boot.limits import API_TOKEN_REQUIRED
+from provisioner.boot.limits import bearer as bearer  # the routes' import of it stays here
 from provisioner.boot.policy import BootSpec, boot_spec, image_for
-from provisioner.config import Config
+from provisioner.config import Config, HttpConfig
 from provisioner.enroll.matching import Enroller
 from provisioner.image import ImageError
 from provisioner.image.store import ImageStore, StoredImage
@@ -63,12 +72,40 @@ class AppContext:
         )
 
 
-def bearer(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, else None."""
-    if authorization and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return None
-
-
 def client_ip(request: Request) -> str:
     return request.client.host if request.client else "?"
+
+
+def api_token_ok(ctx: AppContext, authorization: str | None) -> bool:
+    """Whether an ``Authorization`` header carries the API token (in constant time)."""
+    token = bearer(authorization)
+    if token is None:
+        return False
+    # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500).
+    return secrets.compare_digest(
+        token.encode("utf-8", "surrogateescape"), ctx.api_token.encode("utf-8")
+    )
+
+
+def require_api_token(
+    ctx: AppContext, *, unless: Callable[[HttpConfig], bool] | None = None
+) -> Callable[[str | None], None]:
+    """A route dependency: 401 (counted) without the API token, unless ``unless`` says
+    this config opens the route (``open_reads``, ``open_metrics``)."""
+
+    def check(authorization: Annotated[str | None, Header()] = None) -> None:
+        if unless is not None and unless(ctx.config.http):
+            return
+        if not api_token_ok(ctx, authorization):
+            ctx.metrics.inc("provisioner_http_refused_total", reason="api-token")
+            raise HTTPException(401, API_TOKEN_REQUIRED, headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def open_reads(http: HttpConfig) -> bool:
+    return http.open_reads
+
+
+def open_metrics(http: HttpConfig) -> bool:
+    return http.open_metrics

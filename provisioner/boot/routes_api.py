@@ -6,24 +6,29 @@
 - ``DELETE /api/v1/nodes/{key}``: forget it;
 - ``POST /api/v1/profiles/reload``: read hwprofiles/ again and re-fingerprint every node.
 
-Reads are open; the three writes need the API bearer token (401 without it, counted).
-The agent's own calls under ``/api/v1/nodes/{mac}/`` are in routes_boot.py.
+Every call needs the API bearer token (401 without it, counted); ``[http] open_reads``
+opens the two reads (inventories, timelines, MACs) to a trusted network. A write's token
+is checked before its body is read (limits.py); its body is held to
+:data:`MAX_BODY_BYTES`. The agent's own calls under ``/api/v1/nodes/{mac}/`` are in
+routes_boot.py.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel
 
-from provisioner.boot.http_context import AppContext, bearer
+from provisioner.boot.http_context import AppContext, open_reads, require_api_token
+from provisioner.boot.limits import DEFAULT_LIMIT
 from provisioner.config import normalize_mac
 from provisioner.errors import IllegalTransition, RegistryError
+from provisioner.names import UnsafeValue
 from provisioner.profiles import ProfileError
 from provisioner.states import NodeEvent
+
+MAX_BODY_BYTES = DEFAULT_LIMIT  # a write's body: a hostname and a boot choice
 
 
 class NodeUpdate(BaseModel):
@@ -34,20 +39,14 @@ class NodeUpdate(BaseModel):
 def router(ctx: AppContext) -> APIRouter:
     """The node and profile API, for ``app.include_router``."""
     routes = APIRouter()
+    writes = [Depends(require_api_token(ctx))]
+    reads = [Depends(require_api_token(ctx, unless=open_reads))]
 
-    def require_api_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        token = bearer(authorization)
-        if token is None or not secrets.compare_digest(token, ctx.api_token):
-            ctx.metrics.inc("provisioner_http_refused_total", reason="api-token")
-            raise HTTPException(
-                401, "a valid API bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    @routes.get("/api/v1/nodes")
+    @routes.get("/api/v1/nodes", dependencies=reads)
     def list_nodes() -> list[dict[str, str | float | int | None]]:
         return [n.as_dict() for n in ctx.registry.nodes()]
 
-    @routes.get("/api/v1/nodes/{key}")
+    @routes.get("/api/v1/nodes/{key}", dependencies=reads)
     def show_node(key: str) -> dict[str, object]:
         node = ctx.registry.node(normalize_mac(key) or key)
         if node is None:
@@ -59,7 +58,7 @@ def router(ctx: AppContext) -> APIRouter:
             "inventory": json.loads(inventory) if inventory else None,
         }
 
-    @routes.patch("/api/v1/nodes/{key}", dependencies=[Depends(require_api_token)])
+    @routes.patch("/api/v1/nodes/{key}", dependencies=writes)
     def update_node(key: str, update: NodeUpdate) -> dict[str, str | float | int | None]:
         node = ctx.registry.node(normalize_mac(key) or key)
         if node is None:
@@ -76,11 +75,11 @@ def router(ctx: AppContext) -> APIRouter:
             raise HTTPException(409, str(exc)) from exc
         except RegistryError as exc:
             raise HTTPException(409, str(exc)) from exc
+        except UnsafeValue as exc:
+            raise HTTPException(422, str(exc)) from exc
         return node.as_dict()
 
-    @routes.delete(
-        "/api/v1/nodes/{key}", status_code=204, dependencies=[Depends(require_api_token)]
-    )
+    @routes.delete("/api/v1/nodes/{key}", status_code=204, dependencies=writes)
     def delete_node(key: str) -> Response:
         node = ctx.registry.node(normalize_mac(key) or key)
         if node is None:
@@ -88,7 +87,7 @@ def router(ctx: AppContext) -> APIRouter:
         ctx.registry.forget(node.mac)
         return Response(status_code=204)
 
-    @routes.post("/api/v1/profiles/reload", dependencies=[Depends(require_api_token)])
+    @routes.post("/api/v1/profiles/reload", dependencies=writes)
     def reload_profiles() -> dict[str, object]:
         """Read hwprofiles/ again and re-fingerprint every node (also on SIGHUP)."""
         if ctx.enroller is None:

@@ -30,8 +30,11 @@ from provisioner.records import EventKind
 
 
 def router(ctx: AppContext) -> APIRouter:
-    """The four file areas, for ``app.include_router``."""
-    routes = APIRouter()
+    """The four file areas, for ``app.include_router``.
+
+    Not in the API's OpenAPI description: they are for nodes, and one route for GET and
+    HEAD gives both operations the same id (a warning, /openapi.json a 500 in tests)."""
+    routes = APIRouter(include_in_schema=False)
 
     def serve_file(root: Path, rel: str, area: str, request: Request) -> FileResponse:
         try:

@@ -282,11 +282,16 @@ class TftpService:
         """tftpy's dyn_file_func: every RRQ lands here, with its name as a token."""
         name = unquote(token.removeprefix(_TOKEN_PREFIX))
         try:
-            path = confine(self.root, name)
-            return _ServedFile(path, lambda f: self._finished(f, name, raddress, rport))
-        except (TftpPathError, OSError) as exc:
+            path = confine(self.root, name)  # the one refusal: confine raises no OSError
+        except TftpPathError as exc:
             self.stats.refused += 1
             log.info("TFTP refused %r to remote=%s:%d: %s", name, raddress, rport, exc)
+            return None
+        try:
+            return _ServedFile(path, lambda f: self._finished(f, name, raddress, rport))
+        except OSError as exc:  # confined, then gone or unreadable: ours, not the client's
+            self.stats.refused += 1
+            log.warning("TFTP cannot open %s for remote=%s:%d: %s", path, raddress, rport, exc)
             return None
 
     def _refuse_upload(self, path: str, context: Any) -> None:

@@ -39,13 +39,15 @@ from provisioner.config import (
     ensure_api_token,
     normalize_mac,
     render_config,
+    summary,
     write_config,
 )
 from provisioner.discovery.accelerators import accelerators
 from provisioner.discovery.dumps import parse_dump
 from provisioner.discovery.schema import inventory_schema
+from provisioner.enroll.matching import Enroller, approve
 from provisioner.errors import IllegalTransition, ProvisionerError
-from provisioner.records import Event, EventKind, Node
+from provisioner.records import Detail, Event, EventKind, Node
 from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
 
@@ -76,22 +78,7 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    cfg = load_cfg(args)
-    data = {
-        "source": str(cfg.source),
-        "interface": cfg.network.interface,
-        "address": str(cfg.network.address),
-        "mode": cfg.network.mode.value,
-        "range": f"{cfg.dhcp.range_start}-{cfg.dhcp.range_end}" if cfg.dhcp.range_start else None,
-        "ports": {
-            "dhcp": cfg.dhcp.port,
-            "pxe": cfg.dhcp.pxe_port,
-            "tftp": cfg.tftp.port,
-            "http": cfg.http.port,
-        },
-        "state_dir": str(cfg.state_dir),
-        "tftp_root": str(cfg.tftp_root),
-    }
+    data = summary(load_cfg(args))
     if args.json:
         print_json(data)
     else:
@@ -186,6 +173,30 @@ def cmd_node_enroll(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_node_approve(args: argparse.Namespace) -> int:
+    """Apply a report held for approval (new SSH host keys, profile or address)."""
+    cfg = load_cfg(args)
+    reg = open_registry(cfg)
+    node = reg.node(normalize_mac(args.node) or args.node)
+    if node is None:
+        print(f"no node {args.node}", file=sys.stderr)
+        return 1
+    enroller = Enroller(
+        reg, cfg.cluster.profiles_dir, cfg.cluster.hostname_pattern,
+        auto_enroll=cfg.cluster.auto_enroll,
+    )  # fmt: skip
+    done = approve(reg, enroller, node.mac)
+    if done is None:
+        print(f"{args.node}: nothing to approve (no report is held)", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json({"node": done.node.as_dict(), "approved": dict(done.changes)})
+    else:
+        name = done.node.hostname or done.node.mac
+        print(f"{name}: approved ({done.changes.get('what')}); {done.node.state.value}")
+    return 0
+
+
 def cmd_node_show(args: argparse.Namespace) -> int:
     reg = open_registry(load_cfg(args))
 
@@ -195,25 +206,32 @@ def cmd_node_show(args: argparse.Namespace) -> int:
         return 1
     events = reg.events(node.mac)
     inventory = reg.inventory_document(node.mac)
+    pending = reg.pending_inventory(node.mac)
+    held = dict(pending.changes) if pending else None
     if args.json:
         print_json(
             {
                 **node.as_dict(),
                 "timeline": [e.as_dict() for e in events],
                 "inventory": json.loads(inventory) if inventory else None,
+                "pending_approval": held,
             }
         )
         return 0
-    _show_node(node, events, has_inventory=inventory is not None)
+    _show_node(node, events, has_inventory=inventory is not None, held=held)
     return 0
 
 
-def _show_node(node: Node, events: list[Event], *, has_inventory: bool) -> None:
+def _show_node(
+    node: Node, events: list[Event], *, has_inventory: bool, held: Detail | None
+) -> None:
     for key, value in node.as_dict().items():
         if key in ("first_seen", "last_seen") and isinstance(value, float):
             value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
         print(f"{key:11} {value if value is not None else '-'}")
     print(f"{'inventory':11} {'received' if has_inventory else '-'}")
+    if held:
+        print(f"{'held':11} a report changing {held.get('what')}: `provisioner node approve`")
     print("\nboot timeline (t = seconds since the first step shown, + = since the previous):")
     print_timeline(events)
 
@@ -354,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
         "matched nodes boot their profile's image from their next boot",
     )  # fmt: skip
     nenroll.add_argument("nodes", nargs="+", metavar="NODE", help="MAC or hostname")
+    napprove = add_command(
+        node_sub, "approve", cmd_node_approve,
+        "apply a report held for approval (new SSH host keys, profile or address)",
+    )  # fmt: skip
+    napprove.add_argument("node", help="MAC or hostname")
 
     add_node_add_command(node_sub, load_cfg)
     add_power_commands(sub, load_cfg)

@@ -12,14 +12,12 @@ without importing this package. What each engine adds is in
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from provisioner import names
 from provisioner.errors import ProvisionerError
 from provisioner.profiles import Profile
 from provisioner.records import Cluster, Node
-
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 
 
 class ClusterError(ProvisionerError):
@@ -30,9 +28,7 @@ def validate(
     cluster: Cluster, nodes: Mapping[str, Node | None], profiles: Mapping[str, Profile | None]
 ) -> list[str]:
     """Why ``cluster`` cannot be made (empty: it can). ``nodes``/``profiles`` by hostname."""
-    problems = []
-    if not _NAME.match(cluster.name):
-        problems.append(f"cluster name {cluster.name!r}: lower-case letters, digits, '-'")
+    problems = names_problems(cluster)
     if len(set(cluster.members)) != len(cluster.members):
         problems.append("a node is listed twice (head and workers must differ)")
     for member in cluster.members:
@@ -52,6 +48,30 @@ def validate(
                 f"{member}: {cluster.engine.value} does not run on {profile.name}: {reason}{hint}"
             )
     return problems
+
+
+def names_problems(cluster: Cluster) -> list[str]:
+    """Every name and option of ``cluster`` held to :mod:`provisioner.names` (they reach
+    unit files, their paths and command lines on the members)."""
+
+    def problem(check: Callable[..., object], *values: object) -> str | None:
+        try:
+            check(*values)
+        except names.UnsafeValue as exc:
+            return str(exc)
+        return None
+
+    found = [
+        problem(names.check_cluster, cluster.name),
+        problem(names.check_model, cluster.model),
+        *(problem(names.check_hostname, m) for m in cluster.members),
+        *(problem(names.check_option, k, v) for k, v in cluster.options.items()),
+        *(problem(names.check_served, s.name) for s in cluster.serve),
+        *(problem(names.check_model, s.model) for s in cluster.serve),
+    ]
+    if cluster.rpc_network is not None:
+        found.append(problem(names.check_interface, cluster.rpc_network))
+    return [p for p in found if p is not None]
 
 
 def split(text: str | None) -> Sequence[str]:

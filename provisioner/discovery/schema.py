@@ -27,18 +27,30 @@ from provisioner.discovery.model import (
     SshHostKey,
 )
 from provisioner.errors import ProtocolError
+from provisioner.names import HOSTNAME_MAX, INTERFACE, REPORTED_HOSTNAME, RULES, json_pattern
 
-HEX4 = "^[0-9a-f]{4}$"
+HEX4 = json_pattern("[0-9a-f]{4}")
 PATTERNS = {
     "PciDevice.vendor": HEX4,
     "PciDevice.device": HEX4,
     "PciDevice.subsystem_vendor": HEX4,
     "PciDevice.subsystem_device": HEX4,
     "PciDevice.pci_class": HEX4,
-    "PciDevice.prog_if": "^[0-9a-f]{2}$",
-    "Nic.mac": "^[0-9a-f]{2}(:[0-9a-f]{2}){5}$",
-    "SshHostKey.fingerprint": "^SHA256:[A-Za-z0-9+/]{43}$",
-    "SshHostKey.public_key": "^[A-Za-z0-9+/]+={0,2}$",
+    "PciDevice.prog_if": json_pattern("[0-9a-f]{2}"),
+    "Nic.name": json_pattern(INTERFACE),
+    "Nic.mac": json_pattern("[0-9a-f]{2}(:[0-9a-f]{2}){5}"),
+    "Inventory.hostname": json_pattern(REPORTED_HOSTNAME),
+    "SshHostKey.fingerprint": json_pattern("SHA256:[A-Za-z0-9+/]{43}"),
+    "SshHostKey.public_key": json_pattern("[A-Za-z0-9+/]+={0,2}"),
+}
+MAX_LENGTHS = {"Inventory.hostname": HOSTNAME_MAX}
+# What a pattern asks for, in words, for the error that refuses a value.
+RULE_OF = {
+    PATTERNS["Nic.name"]: f"an interface name: {RULES['interface']}",
+    PATTERNS["Inventory.hostname"]: "a hostname (RFC 1123: letters, digits and '-' in labels "
+    "of 1-63, no '-' at either end, joined by '.') or (none)",
+    PATTERNS["Nic.mac"]: "a MAC address: six lower-case hex pairs joined by ':'",
+    HEX4: "4 lower-case hex digits",
 }
 ENUMS: dict[str, list[str]] = {"Inventory.firmware": ["bios", "uefi"]}
 NESTED: dict[str, type[Any]] = {
@@ -77,6 +89,8 @@ def _type_schema(name: str, hint: Any) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": base}
     if name in PATTERNS:
         schema["pattern"] = PATTERNS[name]
+    if name in MAX_LENGTHS:
+        schema["maxLength"] = MAX_LENGTHS[name]
     if name in ENUMS:
         schema["enum"] = [v for v in ENUMS[name] if v is not None]
     return schema
@@ -125,9 +139,18 @@ def from_json(data: object) -> Inventory:
     error = best_match(_validator().iter_errors(data))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top)"
-        raise InventorySchemaError(f"{where}: {error.message}")
+        rule = RULE_OF.get(error.validator_value) if error.validator == "pattern" else None
+        reason = f"{error.instance!r} is not {rule}" if rule else error.message
+        raise InventorySchemaError(f"{where}: {reason}")
     assert isinstance(data, Mapping)
     inventory: Inventory = _build(Inventory, {k: v for k, v in data.items() if k != "schema"})
+    return inventory
+
+
+def check(inventory: Inventory) -> Inventory:
+    """``inventory`` (parsed from an agent's text report, say) held to the schema, as a
+    JSON one is: returned as it is, or InventorySchemaError with the path and reason."""
+    from_json(json.loads(json.dumps(to_json(inventory))))  # tuples become JSON arrays
     return inventory
 
 

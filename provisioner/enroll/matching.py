@@ -6,6 +6,13 @@ hostname from the cluster's pattern, the state (``matched`` or ``unmatched``) an
 ``profile`` event on its timeline with the nearest candidates. ``reload`` reads the
 profiles again and re-fingerprints every node, keeping the last good set if the new one
 has errors.
+
+:func:`receive` is where a token-checked report enters. A node's first reports are
+trusted (trust on first use: a new or discovered node booting the discovery image). An
+enrolled node (or one past it: :data:`HOLDS_FOR_APPROVAL`) whose report would change its
+SSH host keys (the keys post-install pins), its profile or, in proxy mode, its address is
+not updated: the report is held, its ``approval`` event names old and new, and
+:func:`approve` (``provisioner node approve``) applies it.
 """
 
 from __future__ import annotations
@@ -15,13 +22,19 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from provisioner.discovery.model import Inventory
+from provisioner.discovery.schema import inventory_of
 from provisioner.enroll.fingerprint import Match, fingerprint
 from provisioner.profiles import ProfileSet, load_profiles
-from provisioner.records import EventKind, Node
+from provisioner.records import Detail, EventKind, Node
 from provisioner.registry import Registry
 from provisioner.states import BOOTS_PROFILE_IMAGE, REFINGERPRINTABLE, NodeEvent, NodeState
 
 log = logging.getLogger(__name__)
+
+# Nodes whose keys, profile and address were accepted once (enrolled, and the states an
+# enrolled node moves on to): a report that changes one waits for `node approve`.
+HOLDS_FOR_APPROVAL = frozenset({*BOOTS_PROFILE_IMAGE, NodeState.LOCAL, NodeState.FAILED})
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,11 @@ class Enroller:
             if self.auto_enroll and node.state is NodeState.MATCHED:
                 node = self.registry.transition(mac, NodeEvent.ENROLL, reason="auto-enroll")
             return node
+
+    def profile_for(self, inventory: Inventory) -> str | None:
+        """The profile ``inventory`` would be given now (nothing is stored)."""
+        with self._lock:
+            return fingerprint(inventory, self.profiles).profile
 
     def reload(self) -> list[Change]:
         """Read the profiles again (raises ProfileError, keeping the old set, if bad)."""
@@ -107,3 +125,127 @@ def _summary(match: Match) -> dict[str, str | int | None]:
     if match.accelerators:
         detail["accelerators"] = ", ".join(f"{a.slug} x{a.count}" for a in match.accelerators)
     return detail
+
+
+# ------------------------------------------------------------------ held reports
+
+
+@dataclass(frozen=True)
+class Review:
+    """What a report would change on a node that holds for approval (before, after)."""
+
+    keys: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # SSH host key fingerprints
+    profile: tuple[str | None, str | None] | None = None
+    ip: tuple[str | None, str] | None = None
+
+    @property
+    def what(self) -> str:
+        parts = [("ssh host keys", self.keys), ("profile", self.profile), ("address", self.ip)]
+        return ", ".join(name for name, change in parts if change is not None)
+
+    def as_detail(self) -> dict[str, str | None]:
+        """For the ``approval`` event: what changed, each part's before and after."""
+        detail: dict[str, str | None] = {"what": self.what}
+        if self.keys is not None:
+            detail["keys_before"] = ", ".join(self.keys[0])
+            detail["keys_after"] = ", ".join(self.keys[1]) or None
+        if self.profile is not None:
+            detail["profile_before"], detail["profile_after"] = self.profile
+        if self.ip is not None:
+            detail["ip_before"], detail["ip_after"] = self.ip
+        return detail
+
+
+def review(
+    node: Node,
+    before: Inventory | None,
+    after: Inventory,
+    *,
+    profile_after: str | None,
+    ip_after: str | None = None,
+) -> Review | None:
+    """What ``after`` would change on ``node``; None if it may be applied as it comes.
+
+    Only nodes in :data:`HOLDS_FOR_APPROVAL` hold, and only what they had: first host keys
+    (the discovery image reports none), a first profile, a first address are trusted.
+    """
+    if node.state not in HOLDS_FOR_APPROVAL:
+        return None
+    old_keys = _fingerprints(before)
+    new_keys = _fingerprints(after)
+    found = Review(
+        keys=(old_keys, new_keys) if old_keys and old_keys != new_keys else None,
+        profile=(node.profile, profile_after)
+        if node.profile is not None and profile_after != node.profile
+        else None,
+        ip=(node.ip, ip_after) if node.ip and ip_after and ip_after != node.ip else None,
+    )
+    return found if found.what else None
+
+
+def _fingerprints(inventory: Inventory | None) -> tuple[str, ...]:
+    if inventory is None:
+        return ()
+    return tuple(sorted({k.fingerprint for k in inventory.ssh_host_keys}))
+
+
+@dataclass(frozen=True)
+class Received:
+    node: Node
+    held: Review | None  # not None: kept for `node approve`, nothing applied
+
+
+def receive(
+    registry: Registry, enroller: Enroller | None, mac: str, document: str, *, ip: str | None
+) -> Received:
+    """A token-checked report (the JSON document the registry keeps) from ``mac``; ``ip``:
+    the address it came from where that is the node's address (proxy mode), else None.
+
+    Applied (address, inventory, fingerprint) unless :func:`review` holds it.
+    """
+    node = registry.node(mac)
+    if node is not None and node.state in HOLDS_FOR_APPROVAL:
+        after = inventory_of(document)
+        # As on_inventory will: a document that does not fit the schema leaves the profile.
+        profile = node.profile
+        if enroller is not None and after is not None:
+            profile = enroller.profile_for(after)
+        before = registry.inventory(mac)
+        held = review(node, before, after or Inventory(), profile_after=profile, ip_after=ip)
+        if held is not None:
+            registry.hold_inventory(mac, document, ip=ip, changes=held.as_detail())
+            log.warning(
+                "report held for approval mac=%s node=%s: %s", mac, node.hostname, held.what
+            )
+            return Received(node, held)
+    with registry.batch():
+        if ip is not None:
+            registry.set_ip(mac, ip)
+        registry.drop_pending_inventory(mac)  # a report held before is stale now
+        node = registry.store_inventory(mac, document)
+    if enroller is not None:
+        node = enroller.on_inventory(mac)
+    return Received(node, None)
+
+
+@dataclass(frozen=True)
+class Approved:
+    node: Node
+    changes: Detail
+
+
+def approve(registry: Registry, enroller: Enroller | None, mac: str) -> Approved | None:
+    """Apply the report held for ``mac`` (keys, profile, address); None if none is held."""
+    pending = registry.pending_inventory(mac)
+    if pending is None:
+        return None
+    with registry.batch():
+        registry.drop_pending_inventory(mac)
+        if pending.ip is not None:
+            registry.set_ip(mac, pending.ip)
+        registry.store_inventory(mac, pending.data)
+        registry.add_event(mac, EventKind.APPROVAL, {**pending.changes, "status": "approved"})
+    node = enroller.on_inventory(mac) if enroller is not None else registry.node(mac)
+    assert node is not None
+    log.info("held report approved mac=%s node=%s: %s", mac, node.hostname, pending.changes)
+    return Approved(node, pending.changes)

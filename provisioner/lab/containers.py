@@ -388,7 +388,10 @@ def unpack_root(image: Path, cache: Path, progress: Progress) -> Path:
 def fetch_script(prov: Namespace, base_url: str, mac: str) -> str:
     """GET ``<base>/boot/<mac>.ipxe`` from the appliance's namespace, as iPXE would."""
     url = f"{base_url.rstrip('/')}/boot/{mac}.ipxe"
-    # The header: this request comes from the appliance's namespace, not from the node.
+    # The header: this request is made for the node, which has no DHCP lease yet. serve
+    # takes it only from the appliance itself (loopback or its own address): run in the
+    # appliance's namespace, curl to the appliance's address connects from that address.
+    # The token is then bound to the first address that uses it: the container's.
     header = "X-Provisioner-On-Behalf: lab"
     argv = ["curl", "-fsS", "-H", header, "--max-time", str(int(SCRIPT_TIMEOUT)), url]
     done = prov.run(argv, check=False)

@@ -48,6 +48,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from provisioner import names
 from provisioner.config import DEFAULT_STATE_DIR
 from provisioner.errors import ModelError
 from provisioner.models.hf import SUMS_NAME, scan_hf_folder, sha256sums
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 
 STORE_ENV = "PROVISIONER_MODELS"
 GGUF_MAGIC = b"GGUF"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME_RE = re.compile(names.MODEL)  # fullmatch: provisioner.names says what a model name is
 _PACKAGE_REF = re.compile(r"^(?P<package>[A-Za-z_][A-Za-z0-9_.-]*):(?P<rel>[^:]*)$")
 CHUNK = 1 << 20
 
@@ -225,7 +226,7 @@ class ModelStore:
         self.root = Path(root)
 
     def _manifest(self, name: str) -> Path:
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise ModelNotFound(f"no model {name!r} (bad name)")
         return self.root / f"{name}.json"
 
@@ -270,8 +271,8 @@ class ModelStore:
         name and content again is a no-op, other content under a taken name is refused."""
         path = resolve_source(source)
         name = name or default_name(path)
-        if not NAME_RE.match(name):
-            raise ModelError(f"bad model name {name!r} (letters, digits, '.', '_', '-')")
+        if not NAME_RE.fullmatch(name):
+            raise ModelError(f"bad model name {name!r}: {names.RULES['model']}")
         if path.is_dir():
             return self._add_folder(path, source, name)
         with path.open("rb") as f:

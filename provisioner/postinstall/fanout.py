@@ -11,11 +11,13 @@ Success is ``installed`` (a node that had failed is repaired).
 
 from __future__ import annotations
 
+import shlex
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 from provisioner.postinstall.plan import NodePlan, Step
 from provisioner.postinstall.ssh import Connection, SshError
@@ -84,7 +86,7 @@ def _run_step(conn: Connection, step: Step) -> StepOutcome:
         same = conn.run(step.same or "false", timeout=60)
         if not same.ok:
             path, data, mode = step.put
-            conn.run(f"mkdir -p \"$(dirname '{path}')\"", timeout=60)
+            conn.run(f"mkdir -p {shlex.quote(str(PurePosixPath(path).parent))}", timeout=60)
             conn.put(path, data, mode)
             action = step.changed_action or step.action
     done = conn.run(action, timeout=step.timeout)

@@ -10,14 +10,18 @@ or worker). Nothing here touches a node: :mod:`.engine` runs the plan.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 
+from provisioner.names import UnsafeValue, check_unit
 from provisioner.postinstall.recipes import (
     DEFAULT_RECIPES,
     ROLES,
@@ -30,6 +34,14 @@ from provisioner.postinstall.recipes import (
 from provisioner.records import Cluster
 
 UNIT_DIR = "/etc/systemd/system"
+# Debian policy's package names: what {{ packages }} may hold in a shell line unquoted.
+PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+# A download's file (and an artifact's programs): a relative path of plain names.
+RELATIVE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*(/[A-Za-z0-9][A-Za-z0-9._+-]*)*")
+DOWNLOAD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+PATH = re.compile(r"(/[A-Za-z0-9._+@:-]+)+")
+URL = re.compile(r"https?://[^\s\x00-\x1f\x7f]+")
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,24 @@ class Download:
     sha256: str
     size: int = 0
     binaries: Mapping[str, str] | None = None  # an artifact's programs: role -> path in it
+
+
+def check_download(download: Download, what: str) -> Download:
+    """A file the control node serves, before its names reach paths and commands: a plain
+    name, a relative file of plain names, an http(s) URL, a sha256 (RecipeError if not)."""
+    problems = []
+    if not DOWNLOAD_NAME.fullmatch(download.name):
+        problems.append(f"name {download.name!r}")
+    for file in (download.file, *(download.binaries or {}).values()):
+        if not RELATIVE.fullmatch(file) or ".." in file.split("/"):
+            problems.append(f"file {file!r}")
+    if not URL.fullmatch(download.url):
+        problems.append(f"url {download.url!r}")
+    if not SHA256.fullmatch(download.sha256):
+        problems.append(f"sha256 {download.sha256!r}")
+    if problems:
+        raise RecipeError(f"{what}: {', '.join(problems)}: not a plain name, file, URL, sha256")
+    return download
 
 
 @dataclass(frozen=True)
@@ -94,7 +124,22 @@ def _same(path: str, data: bytes) -> str:
 def _render(env: jinja2.Environment, text: str, context: Mapping[str, Any], where: str) -> str:
     try:
         return env.from_string(text).render(**context)
-    except jinja2.TemplateError as exc:
+    except (jinja2.TemplateError, UnsafeValue) as exc:
+        raise RecipeError(f"{where}: {exc}") from exc
+
+
+def _path(path: str, where: str) -> str:
+    """A file a step writes or fetches: absolute, of plain names, no ``..`` (so that it
+    is safe in any shell quoting, fanout's ``mkdir`` included)."""
+    if not PATH.fullmatch(path) or ".." in path.split("/"):
+        raise RecipeError(f"{where}: {path!r} is not an absolute path of plain names")
+    return path
+
+
+def _unit(unit: str, where: str) -> str:
+    try:
+        return check_unit(unit)
+    except UnsafeValue as exc:
         raise RecipeError(f"{where}: {exc}") from exc
 
 
@@ -111,8 +156,8 @@ def _compile(
 ) -> tuple[list[str], Step]:
     where = f"{recipe.source}:{spec.line}: step {spec.name!r}"
     packages = [_render(env, p, context, where).strip() for p in spec.packages]
-    if any(not p or " " in p for p in packages):
-        raise RecipeError(f"{where}: packages render to {packages}: one name each")
+    if not all(PACKAGE.fullmatch(p) for p in packages):
+        raise RecipeError(f"{where}: packages render to {packages}: one Debian name each")
     context = {**context, "packages": " ".join(packages)}
     b = {k: _render(env, v, context, where) for k, v in spec.body.items()}
     then = _render(env, spec.then, context, where) if spec.then else None
@@ -121,7 +166,9 @@ def _compile(
         return packages, Step(spec.name, recipe.name, "command", b["check"], b["action"],
                     b.get("verify", b["check"]), timeout=spec.timeout)  # fmt: skip
     if spec.kind == "fetch":
-        dest, sha, url = b["dest"], b["sha256"], b["url"]
+        dest, sha, url = _path(b["dest"], where), b["sha256"], b["url"]
+        if not SHA256.fullmatch(sha):
+            raise RecipeError(f"{where}: sha256 {sha!r} is not 64 lower-case hex digits")
         # The file is hashed once, as it arrives; a marker beside it records the sha256
         # that was checked, so a re-run (and the verification) need not read a model of
         # 100+ GB again.
@@ -131,11 +178,12 @@ def _compile(
             f"set -e; mkdir -p {q(str(Path(dest).parent))}; rm -f {q(sums)}; "
             f"curl -fsS --retry 5 --retry-connrefused -o {q(dest + '.part')} {q(url)}; "
             f"if ! echo {q(f'{sha}  {dest}.part')} | sha256sum -c --status; then "
-            f"echo 'sha256 of {url} is not {sha}' >&2; rm -f {q(dest + '.part')}; exit 1; fi; "
+            f"echo {q(f'sha256 of {url} is not {sha}')} >&2; rm -f {q(dest + '.part')}; "
+            "exit 1; fi; "
             f"mv {q(dest + '.part')} {q(dest)}; echo {q(sha)} > {q(sums)}"
         )
         if "unpack" in b:
-            to = b["unpack"]
+            to = _path(b["unpack"], where)
             marker = f"{to}/.provisioner-sha256"
             check += f' && test "$(cat {q(marker)} 2>/dev/null)" = {q(sha)}'
             action += (
@@ -154,13 +202,13 @@ def _compile(
         else _template(env, b["template"], context, where)
     ).encode()
     if spec.kind == "file":
-        path = b["path"]
+        path = _path(b["path"], where)
         mode = int(b.get("mode", "0644"), 8)
         same = _same(path, content)
         return packages, Step(spec.name, recipe.name, "file", same, then or "true", same,
                     put=(path, content, mode), same=same, changed_action=then or "true",
                     timeout=spec.timeout)  # fmt: skip
-    unit = b["name"]
+    unit = _unit(b["name"], where)
     path = f"{UNIT_DIR}/{unit}"
     same = _same(path, content)
     active = f"systemctl is-enabled -q {q(unit)} && systemctl is-active -q {q(unit)}"
@@ -185,7 +233,7 @@ def _template(env: jinja2.Environment, name: str, context: Mapping[str, Any], wh
         return env.get_template(name).render(**context)
     except jinja2.TemplateNotFound as exc:
         raise RecipeError(f"{where}: no template {name} in postinstall/templates") from exc
-    except jinja2.TemplateError as exc:
+    except (jinja2.TemplateError, UnsafeValue) as exc:
         raise RecipeError(f"{where}: template {name}: {exc}") from exc
 
 
@@ -206,6 +254,16 @@ def _items(context: Mapping[str, Any], dotted: str, where: str) -> list[Any]:
     return value
 
 
+def _ip_of(url: str) -> str:
+    """The control node's address in its URL ("" when the URL names a host, not an IP:
+    the node firewall then has no control-node rule, and says so in a comment)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return ""
+
+
 def context_for(
     cluster: Cluster,
     member: Member,
@@ -214,6 +272,7 @@ def context_for(
     control_url: str,
     artifact: Download | None,
     model: Download | None,
+    engine_key: str = "",
 ) -> dict[str, Any]:
     by_name = {m.hostname: m for m in members}
     head = by_name[cluster.head]
@@ -239,8 +298,13 @@ def context_for(
             "rpc_port": cluster.rpc_port,
             "http_port": cluster.http_port,
             "options": dict(cluster.options),
+            "members": [m.address for m in members],
         },
-        "control": {"url": control_url},
+        "control": {"url": control_url, "address": _ip_of(control_url)},
+        # The node's firewall (base recipe): ports only the control node may reach (the
+        # servers' APIs), ports only the head may reach (llama.cpp RPC); the engine sets them.
+        "firewall": {"control_only": [], "head_only": []},
+        "keys": {"engine": engine_key},
         "artifact": artifact.__dict__ if artifact else None,
         "model": model.__dict__ if model else None,
     }
@@ -256,21 +320,30 @@ def plan(
     engine_recipes: Sequence[str],
     recipes_dir: Path = DEFAULT_RECIPES,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
+    engine_key: str = "",
 ) -> list[NodePlan]:
     """Each member's steps. ``engine_recipes``: the engine's recipes after base and the
     drivers; ``extra``: more context per hostname (the engine's own: vLLM's served
-    models, Ray's arguments)."""
+    models, Ray's arguments, the firewall's ports); ``engine_key``: what the cluster's
+    servers require (the head gets it in a 0600 file)."""
     env = template_env(recipes_dir)
+    for download, what in ((artifact, "artifact"), (model, "model")):
+        if download is not None:
+            check_download(download, what)
+    recipes: dict[str, Recipe] = {}  # each read once per plan
     plans = []
     for member in members:
         role = cluster.role(member.hostname)
         context = context_for(
-            cluster, member, members, control_url=control_url, artifact=artifact, model=model
-        )
+            cluster, member, members, control_url=control_url, artifact=artifact, model=model,
+            engine_key=engine_key,
+        )  # fmt: skip
         context.update((extra or {}).get(member.hostname, {}))
         steps: list[Step] = []
         for name in recipes_for(member, engine_recipes):
-            recipe = load_recipe(name, recipes_dir)
+            if name not in recipes:
+                recipes[name] = load_recipe(name, recipes_dir)
+            recipe = recipes[name]
             for spec in recipe.steps:
                 if role not in spec.roles:
                     continue
@@ -327,6 +400,6 @@ def teardown(
             items = [None] if spec.each is None else _items(context, spec.each, where)
             for item in items:
                 one = {**context, "item": item}
-                units += [_render(env, u, one, where).strip() for u in spec.units]
+                units += [_unit(_render(env, u, one, where).strip(), where) for u in spec.units]
                 commands += [_render(env, c, one, where).strip() for c in spec.commands]
     return Teardown(tuple(dict.fromkeys(units)), tuple(dict.fromkeys(commands)))

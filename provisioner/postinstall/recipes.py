@@ -1,4 +1,4 @@
-"""Post-install recipes: YAML in the top-level ``postinstall/`` folder, templates beside.
+r"""Post-install recipes: YAML in the top-level ``postinstall/`` folder, templates beside.
 
 A recipe is a list of steps; each step is one of four kinds, and every kind has a check
 (is it done already?), an action and a verification, so that a second run on a finished
@@ -49,10 +49,49 @@ recipe that adds a unit step lists it there too (a test holds every recipe to th
 
 Strings and templates are jinja2 (undefined names are errors). Loading is pure: YAML text
 in, a Recipe or a RecipeError naming the file, the line and the reason out.
+
+Escaping: every value is escaped for the language it lands in
+--------------------------------------------------------------
+
+Autoescape is off (it would escape for HTML). Instead each ``{{ ... }}`` names the
+language of its place with one of these filters (:func:`template_env` installs them; a
+value they cannot write safely raises :class:`provisioner.names.UnsafeValue`, which the
+plan reports as a RecipeError with the file and step):
+
+==================  =======================================================================
+filter              what it writes
+==================  =======================================================================
+``sh``              one shell word (``shlex.quote``: plain words stay bare); a list: words
+``systemd``         one ExecStart= argument (systemd.syntax(7), systemd.service(5)): plain
+                    words bare, else ``"..."`` with ``\\`` and ``\"``; ``%`` -> ``%%``
+                    (specifiers), ``$`` -> ``$$`` (no variable expansion); a list: argv
+``systemd('exec')`` the same for the command itself: an absolute path (no ``-@+!:`` prefix)
+``systemd('env')``  one ``Environment=`` assignment ``KEY=VALUE``: quoted as above, no ``$$``
+                    (Environment= does not expand variables)
+``systemd('text')`` free text in a setting or a comment (Description=, a comment):
+                    ``%`` -> ``%%``; no trailing backslash (it would continue the line)
+``systemd('name')`` a name inside a path (a log file's): letters, digits, ``._-``, as it is
+``systemd('unit')`` a unit name (:data:`provisioner.names.UNIT`), as it is
+``systemd('size')`` a size setting (MemoryMax=): ``N[KMGTPE]``, ``N%`` or ``infinity``
+``nft``             an IPv4/IPv6 address, a port or a port range ``N-M``; a list: each
+``nft('comment')``  text in a ``#`` comment line
+==================  =======================================================================
+
+(``ipxe``, for the boot scripts in ``bootconf/``, is in :mod:`provisioner.boot.ipxe`.)
+Whatever the filter, ``finalize`` refuses a value with a line break or a control
+character: in a unit, a rule file, a shell line or a boot script it would start a line of
+its own. Inside a recipe's ``fetch:``, ``file:`` and ``unit:`` bodies values are data
+(paths, URLs, unit names): :mod:`.plan` quotes them where it builds commands and checks
+unit names and paths; in ``command:``, ``then:`` and ``teardown: commands:`` they are
+shell and take ``| sh``. ``tests/security/test_hostile_templates.py`` holds every
+template and recipe to this (a filter on every value, or a known-safe one it lists).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +101,7 @@ import jinja2
 import yaml
 
 from provisioner.errors import ProvisionerError
+from provisioner.names import UnsafeValue, check_line, check_unit
 
 DEFAULT_RECIPES = Path(__file__).resolve().parents[2] / "postinstall"
 KINDS = ("fetch", "file", "unit", "command")
@@ -248,9 +288,116 @@ def load_recipe(name: str, directory: Path = DEFAULT_RECIPES) -> Recipe:
 
 
 def template_env(directory: Path = DEFAULT_RECIPES) -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(directory / "templates"),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
+        finalize=finalize,
     )
+    env.filters.update(sh=sh, systemd=systemd, nft=nft)
+    return env
+
+
+# ---------------------------------------------------------------- escaping filters
+
+
+def finalize(value: Any) -> Any:
+    """Every ``{{ ... }}``'s value: text that stays on its line (see the docstring)."""
+    if isinstance(value, str):
+        check_line(value, "template value")
+    return value
+
+
+def sh(value: Any) -> str:
+    """One shell word (a list: one word each, joined by spaces)."""
+    if isinstance(value, list | tuple):
+        return " ".join(sh(v) for v in value)
+    return shlex.quote(check_line(value, "sh"))
+
+
+_SYSTEMD_BARE = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SIZE = re.compile(r"[0-9]+(\.[0-9]+)?[%KMGTPE]?|infinity")
+_PATH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+SYSTEMD_KINDS = ("arg", "exec", "env", "text", "name", "unit", "size")
+
+
+def systemd_word(value: Any, *, dollar: bool = True) -> str:
+    """One word of a unit setting that unquotes (ExecStart=, Environment=): bare when
+    it is plain, else double-quoted with ``\\`` and ``\"``; ``%%`` for ``%``, and with
+    ``dollar`` (ExecStart=) ``$$`` for ``$``."""
+    text = check_line(value, "systemd")
+    escaped = text.replace("%", "%%")
+    if dollar:
+        escaped = escaped.replace("$", "$$")
+    if _SYSTEMD_BARE.fullmatch(text):
+        return escaped
+    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def systemd(value: Any, kind: str = "arg") -> str:
+    """A value in a unit file, written for its ``kind`` of place (see the docstring)."""
+    if kind == "arg" and isinstance(value, list | tuple):
+        return " ".join(systemd_word(v) for v in value)
+    if kind == "arg":
+        return systemd_word(value)
+    text = check_line(value, f"systemd({kind})")
+    if kind == "exec":
+        if not text.startswith("/"):
+            raise UnsafeValue(f"systemd: the command {text!r} is not an absolute path")
+        return systemd_word(text)
+    if kind == "env":
+        key, sep, _ = text.partition("=")
+        if not sep or not _ENV_KEY.fullmatch(key):
+            raise UnsafeValue(f"systemd: {text!r} is not an environment assignment KEY=VALUE")
+        return systemd_word(text, dollar=False)
+    if kind == "text":
+        if text.endswith("\\"):
+            raise UnsafeValue(f"systemd: {text!r} ends in a backslash (a continued line)")
+        return text.replace("%", "%%")
+    if kind == "name":
+        if not _PATH_NAME.fullmatch(text):
+            raise UnsafeValue(f"systemd: {text!r} is not a name for a path (letters, digits, ._-)")
+        return text
+    if kind == "unit":
+        return check_unit(text)
+    if kind == "size":
+        if not _SIZE.fullmatch(text):
+            raise UnsafeValue(f"systemd: {text!r} is not a size (N[KMGTPE], N% or infinity)")
+        return text
+    raise UnsafeValue(f"systemd: no kind {kind!r} (one of {', '.join(SYSTEMD_KINDS)})")
+
+
+_PORT_RANGE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
+
+
+def nft(value: Any, kind: str = "value") -> Any:
+    """An address, a port or a port range in an nftables rule (a list: each), checked
+    and written as nft reads it; ``nft('comment')``: text in a ``#`` comment."""
+    if kind == "comment":
+        return check_line(value, "nft comment")
+    if kind != "value":
+        raise UnsafeValue(f"nft: no kind {kind!r} (value or comment)")
+    if isinstance(value, list | tuple):
+        return [nft(v) for v in value]
+    text = check_line(value, "nft")
+    if re.fullmatch(r"[0-9]{1,5}", text):
+        return str(_port(int(text), value))
+    if found := _PORT_RANGE.fullmatch(text):
+        low, high = _port(int(found[1]), value), _port(int(found[2]), value)
+        if low > high:
+            raise UnsafeValue(f"nft: port range {text!r} runs backwards")
+        return f"{low}-{high}"
+    try:
+        if "%" not in text:  # an IPv6 scope (fe80::1%eth0) is not an nft address
+            return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    raise UnsafeValue(f"nft: {text!r} is not an address, a port or a port range")
+
+
+def _port(number: int, value: Any) -> int:
+    if not 0 <= number <= 65535:
+        raise UnsafeValue(f"nft: {value!r} is not a port (0-65535)")
+    return number

@@ -13,11 +13,12 @@ rendered list with it (in the control node's vLLM venv).
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from provisioner.names import UnsafeValue, check_model, check_served
+from provisioner.postinstall.recipes import systemd_word
 from provisioner.records import Cluster, Served
 
 VENV_ROOT = "/opt/vllm"
@@ -182,10 +183,15 @@ def shares_problems(served: Sequence[Served]) -> list[str]:
 
 
 def parse_serve(text: str, index: int) -> Served:
-    """``NAME=MODEL[:SHARE][@PORT]`` (``--serve``); ports default to 8000, 8001, ..."""
+    """``NAME=MODEL[:SHARE][@PORT]`` (``--serve``); ports default to 8000, 8001, ...
+    NAME and MODEL follow :mod:`provisioner.names` (they name a unit and its log)."""
     name, sep, rest = text.partition("=")
     if not sep or not name or not rest:
         raise ValueError(f"--serve {text!r}: NAME=MODEL[:SHARE][@PORT]")
+    try:
+        check_served(name)
+    except UnsafeValue as exc:
+        raise ValueError(f"--serve {text!r}: {exc}") from None
     port = FIRST_PORT + index
     if "@" in rest:
         rest, _, port_text = rest.rpartition("@")
@@ -201,6 +207,10 @@ def parse_serve(text: str, index: int) -> Served:
             raise ValueError(f"--serve {text!r}: share {share_text!r} is not a number") from None
     if not rest:
         raise ValueError(f"--serve {text!r}: no model")
+    try:
+        check_model(rest)
+    except UnsafeValue as exc:
+        raise ValueError(f"--serve {text!r}: {exc}") from None
     return Served(name, rest, share, port)
 
 
@@ -299,8 +309,9 @@ def ray_unit(cluster: Cluster) -> str:
 
 
 def quoted(argv: Sequence[str]) -> str:
-    """An argument list as one systemd ExecStart tail (shell-quoted, which systemd reads)."""
-    return " ".join(shlex.quote(a) for a in argv)
+    """An argument list as one systemd ExecStart tail, each argument as systemd reads it
+    (the ``systemd`` filter's quoting: plain words bare, ``%%`` and ``$$`` escaped)."""
+    return " ".join(systemd_word(a) for a in argv)
 
 
 def context(
@@ -327,12 +338,14 @@ def context(
         entry = {"name": s.name, "model": s.model, "port": s.port, "share": s.share}
         entry.update(unit=unit_name(cluster, s), args=quoted(argv), argv=argv)
         served.append(entry)
+    ray_args = ray_start_args(cluster, member, head)
     needed = sorted({s.model for s in cluster.served()})
     return {
         "vllm": {
             "venv": venv,
             "python": f"{venv}/bin/python",
             "served": served,
+            "units": [s["unit"] for s in served],
             "models": [{"name": n, **models[n]} for n in needed],
             "env": env,
             "backend": backend_of(members),
@@ -344,7 +357,8 @@ def context(
         },
         "ray": {
             "unit": ray_unit(cluster),
-            "args": quoted(ray_start_args(cluster, member, head)),
+            "args": quoted(ray_args),
+            "argv": ray_args,
             "members": [m.address for m in members],
             "ports": sorted(RAY_PORTS.values()),
             "worker_ports": f"{RAY_WORKER_PORTS[0]}-{RAY_WORKER_PORTS[1]}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from shlex import quote as q
 from typing import Any
 
 from provisioner.postinstall.ssh import Connection
@@ -28,7 +29,7 @@ def unit_checks(conns: Mapping[str, Connection], units: Mapping[str, Sequence[st
     for hostname, conn in conns.items():
         for unit in units.get(hostname, ()):
             out = conn.run(
-                f"systemctl is-active {unit}; systemctl show -p NRestarts --value {unit}",
+                f"systemctl is-active {q(unit)}; systemctl show -p NRestarts --value {q(unit)}",
                 timeout=30,
             ).stdout.split()
             state = out[0] if out else "unknown"
@@ -46,7 +47,8 @@ def last_log_line(conn: Connection, unit: str) -> str:
     """The last line that names an error in the unit's log file (or its journal)."""
     log = f"/var/log/{unit.removesuffix('.service')}.log"
     command = (
-        f"{{ test -f {log} && cat {log} || journalctl -u {unit} -n 200 --no-pager; }} 2>/dev/null"
+        f"{{ test -f {q(log)} && cat {q(log)} || journalctl -u {q(unit)} -n 200 --no-pager; }}"
+        " 2>/dev/null"
         " | grep -E 'Error|error|ERROR' | tail -n 1"
     )
     return conn.run(command, timeout=30).stdout.strip()[-300:]
@@ -73,15 +75,17 @@ def restart_check(
     completion from ``endpoint`` works again."""
 
     def main_pid() -> str:
-        return conn.run(f"systemctl show -p MainPID --value {unit}", timeout=30).stdout.strip()
+        return conn.run(f"systemctl show -p MainPID --value {q(unit)}", timeout=30).stdout.strip()
 
     before = main_pid()
+    if not before.isdigit() or before == "0":
+        return Check("restart", False, None, wait_s, f"{hostname}: {unit} has no main process")
     conn.run(f"kill -9 {before}", timeout=30)
     progress(f"smoke: killed {hostname}'s {unit} (pid {before}); waiting for systemd")
     started = time.monotonic()
     after = before
     while time.monotonic() - started < wait_s:
-        active = conn.run(f"systemctl is-active {unit}", timeout=30).stdout.strip()
+        active = conn.run(f"systemctl is-active {q(unit)}", timeout=30).stdout.strip()
         after = main_pid()
         if active == "active" and after not in ("", "0", before):
             break

@@ -53,6 +53,20 @@ def ssh(lab_dir: Path, node: dict[str, object], command: str) -> subprocess.Comp
     )  # fmt: skip
 
 
+def connects(lab_dir: Path, source: str | None, ip: object, port: int) -> str:
+    """From the control node's namespace (from ``source`` if given): can a TCP connection
+    to ``ip:port`` be made within 3 s? ``open`` or ``blocked``."""
+    code = (
+        "import socket,sys\n"
+        "s=socket.socket(); s.settimeout(3)\n"
+        f"{f's.bind(({source!r}, 0))' if source else 'pass'}\n"
+        f"try:\n s.connect(({str(ip)!r}, {port})); print('open')\n"
+        "except OSError: print('blocked')\n"
+    )
+    done = run_cli("lab", "exec", "--dir", str(lab_dir), "--", sys.executable, "-c", code)
+    return done.stdout.strip()
+
+
 def test_three_nodes_become_a_llama_rpc_cluster_that_passes_smoke(
     lab_dir: Path, rootfs_built: BuiltRootfs
 ) -> None:
@@ -118,6 +132,27 @@ def test_three_nodes_become_a_llama_rpc_cluster_that_passes_smoke(
         f"post-install {postinstall_s:.1f} s, smoke {smoke_s:.1f} s"
     )
 
+    # Least exposure: each node's firewall drops by default. A source that is neither a
+    # member nor the control node (a second address on the control namespace) reaches no
+    # engine port; a member reaches only what its role needs; the control node the API.
+    head_ip, rpc_ip = node_json(lab_dir, "ctr1")["ip"], node_json(lab_dir, "ctr2")["ip"]
+    outsider = "10.99.0.250"
+    added = run_cli("lab", "exec", "--dir", str(lab_dir), "--", "ip", "addr", "add",
+                    f"{outsider}/24", "dev", "eth0")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert connects(lab_dir, None, head_ip, 8080) == "open"  # the control node: smoke, gateway
+    for ip, port in ((head_ip, 8080), (rpc_ip, 50052), (head_ip, 22)):
+        expected = "open" if port == 22 else "blocked"  # SSH stays open (key auth only)
+        assert connects(lab_dir, outsider, ip, port) == expected, (ip, port)
+    member = node_json(lab_dir, "ctr3")  # a worker: neither the head's API nor a peer's RPC
+    for ip, port in ((head_ip, 8080), (rpc_ip, 50052)):
+        probe = ssh(lab_dir, member, f"timeout 3 bash -c '</dev/tcp/{ip}/{port}' && echo open")
+        assert "open" not in probe.stdout, (ip, port)
+    models = f"http://{head_ip}:8080/v1/models"
+    unauthorized = run_cli("lab", "exec", "--dir", str(lab_dir), "--", "curl", "-s", "-o",
+                           "/dev/null", "-w", "%{http_code}", models)  # fmt: skip
+    assert unauthorized.stdout == "401"  # the server wants the engine key
+
     # A second run changes nothing and restarts nothing.
     head = node_json(lab_dir, "ctr1")
     main_pid = "systemctl show -p MainPID --value llama-server"
@@ -133,18 +168,18 @@ def test_three_nodes_become_a_llama_rpc_cluster_that_passes_smoke(
     # A failing step is shown with its output, the node fails, the next run resumes it.
     worker = node_json(lab_dir, "ctr3")
     broken = ssh(
-        lab_dir, worker, "nft delete table inet provisioner_llama_rpc; "
-        "mv /usr/sbin/nft /usr/sbin/nft.off",
+        lab_dir, worker, "nft delete table inet provisioner_node; "
+        "nft delete table inet provisioner_llama_rpc; mv /usr/sbin/nft /usr/sbin/nft.off",
     )  # fmt: skip
     assert broken.returncode == 0, broken.stderr
     failed = lab_cli(lab_dir, "postinstall", "run", "smol")
     assert failed.returncode == 1
-    assert "ctr3: failed: step 'rpc firewall loaded' failed (exit 127)" in failed.stderr
+    assert "ctr3: failed: step 'node firewall loaded' failed (exit 127)" in failed.stderr
     assert node_json(lab_dir, "ctr3")["state"] == "failed"
     assert ssh(lab_dir, worker, "mv /usr/sbin/nft.off /usr/sbin/nft").returncode == 0
     resumed = lab_cli(lab_dir, "postinstall", "run", "smol")
     assert resumed.returncode == 0, resumed.stderr
-    assert "ctr3       resuming: the last run failed at 'rpc firewall loaded'" in resumed.stderr
+    assert "ctr3       resuming: the last run failed at 'node firewall loaded'" in resumed.stderr
     assert node_json(lab_dir, "ctr3")["state"] == "enrolled"
 
     # A node that presents another host key than the one it reported is refused.

@@ -129,14 +129,20 @@ def test_vllm_one_node_two_models_and_a_ray_cluster(
     from provisioner.config import load_config
 
     base = f"{load_config(Path(config)).http_base}/clusters/solo/v1"
+    key = json.loads(run_cli("--config", config, "cluster", "key", "solo", "--json").stdout)
+    auth = f"Authorization: Bearer {key['api_key']}"  # the gateway's client key
     body = json.dumps({"model": "chat", "stream": True, "max_tokens": 8,
                        "messages": [{"role": "user", "content": "Say hello."}]})  # fmt: skip
     through = run_cli("lab", "exec", "--dir", str(lab_dir), "--", "curl", "-sN", "-H",
-                      "Content-Type: application/json", "-d", body,
+                      "Content-Type: application/json", "-H", auth, "-d", body,
                       f"{base}/chat/completions", timeout=300)  # fmt: skip
     assert "data: [DONE]" in through.stdout, through.stdout[-2000:] + through.stderr
-    listed = run_cli("lab", "exec", "--dir", str(lab_dir), "--", "curl", "-s", f"{base}/models")
+    listed = run_cli("lab", "exec", "--dir", str(lab_dir), "--", "curl", "-s", "-H", auth,
+                     f"{base}/models")  # fmt: skip
     assert [m["id"] for m in json.loads(listed.stdout)["data"]] == ["chat"], listed.stdout
+    refused = run_cli("lab", "exec", "--dir", str(lab_dir), "--", "curl", "-s", "-o",
+                      "/dev/null", "-w", "%{http_code}", f"{base}/models")  # fmt: skip
+    assert refused.stdout == "401", refused.stdout  # no key, no model list
     again = lab_cli(lab_dir, "postinstall", "run", "solo", "--json")
     assert again.returncode == 0, again.stderr
     assert all(r["changed"] == [] for r in json.loads(again.stdout))

@@ -121,26 +121,37 @@ def save_cluster(app: Appliance, serve: tuple[Served, ...]) -> Cluster:
     registry.save_cluster(cluster.name, cluster.to_json())
     registry.save_cluster("quiet", Cluster("quiet", "llama-rpc", "m", "head0").to_json())
     registry.close()
+    folder = app.state / "keys"  # as clusters/keys.py keeps them, with values to assert on
+    folder.mkdir(mode=0o700, exist_ok=True)
+    (folder / "loop.gateway").write_text(GATEWAY_KEY + "\n")
+    (folder / "loop.engine").write_text(ENGINE_KEY + "\n")
     return cluster
 
 
-def curl(*args: str) -> tuple[int, bytes]:
-    """Status and body (curl prints the status on the last line)."""
+GATEWAY_KEY, ENGINE_KEY = "gw-loop", "engine-loop"
+GATEWAY_AUTH = f"Authorization: Bearer {GATEWAY_KEY}"  # what the gateway's clients send
+
+
+def curl(*args: str, auth: str | None = GATEWAY_AUTH) -> tuple[int, bytes]:
+    """Status and body (curl prints the status on the last line), with the gateway key."""
+    key = ["-H", auth] if auth else []
     run = subprocess.run(
-        ["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True, check=True, timeout=60
-    )
+        ["curl", "-s", "-w", "\n%{http_code}", *key, *args],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
     body, _, status = run.stdout.rpartition(b"\n")
     return int(status), body
 
 
-def post(url: str, body: object, *headers: str) -> tuple[int, bytes]:
-    args = [a for h in headers for a in ("-H", h)]
-    return curl("-H", "Content-Type: application/json", *args, "-d", json.dumps(body), url)
+def post(url: str, body: object, auth: str | None = GATEWAY_AUTH) -> tuple[int, bytes]:
+    args = ["-H", "Content-Type: application/json", "-d", json.dumps(body), url]
+    return curl(*args, auth=auth)
 
 
 def stream(url: str, body: object, timeout: float = 120) -> list[tuple[float, str]]:
     """``curl -N``: each SSE data line with the time it reached us."""
-    argv = ["curl", "-sN", "-H", "Content-Type: application/json", "-d", json.dumps(body), url]
+    argv = ["curl", "-sN", "-H", "Content-Type: application/json", "-H", GATEWAY_AUTH,
+            "-d", json.dumps(body), url]  # fmt: skip
     lines, started = [], time.monotonic()
     with subprocess.Popen(argv, stdout=subprocess.PIPE) as proc:
         assert proc.stdout is not None
@@ -184,11 +195,15 @@ def test_stub_stream_arrives_chunk_by_chunk(loopback_appliance: Appliance, stub:
     assert times[-1] - times[0] >= (STUB_CHUNKS - 1) * STUB_GAP
     assert all(b - a >= STUB_GAP / 2 for a, b in itertools.pairwise(times[:-1]))
 
-    status, body = post(
-        f"{base}/embeddings", {"model": "stub", "input": "x"}, "Authorization: Bearer sk-1"
-    )
+    status, body = post(f"{base}/embeddings", {"model": "stub", "input": "x"})
     assert status == 200 and json.loads(body)["data"][0]["embedding"] == [0.5, 0.25]
-    assert stub.seen[-1] == {"path": "/v1/embeddings", "authorization": "Bearer sk-1"}
+    # The client's key stays with the gateway; the upstream gets the cluster's engine key.
+    assert stub.seen[-1] == {"path": "/v1/embeddings", "authorization": f"Bearer {ENGINE_KEY}"}
+    seen = len(stub.seen)
+    for auth in (None, "Authorization: Bearer sk-guess"):
+        status, body = post(f"{base}/embeddings", {"model": "stub", "input": "x"}, auth)
+        assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    assert len(stub.seen) == seen  # refused before anything went upstream
 
     status, body = post(f"{base}/chat/completions", chat("gone", stream=False))
     assert status == 502

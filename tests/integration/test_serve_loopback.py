@@ -15,6 +15,9 @@ from tests.integration.conftest import Appliance, make_image
 pytestmark = pytest.mark.root  # the loopback appliance (fast tier: no namespaces)
 
 MAC = "52:54:00:10:20:30"
+# No DHCP on loopback: the scripts are asked for on the node's behalf, from the appliance
+# itself (routes_boot: only loopback or the appliance's own address may).
+BEHALF = ("-H", "X-Provisioner-On-Behalf: test")
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -27,7 +30,7 @@ def test_boot_script_images_ranges_and_keepalive(
     app = loopback_appliance
     kernel = make_image(app.state)
     app.start()
-    script = curl(f"{app.base}/boot/{MAC}.ipxe").stdout.decode()
+    script = curl(*BEHALF, f"{app.base}/boot/{MAC}.ipxe").stdout.decode()
     assert script.startswith("#!ipxe") and f"/images/discovery@1/vmlinuz?mac={MAC}" in script
 
     full = curl(
@@ -40,7 +43,7 @@ def test_boot_script_images_ranges_and_keepalive(
     assert (tmp_path / "k").read_bytes() == kernel
 
     part = curl(
-        f"{app.base}/images/discovery/vmlinuz",
+        f"{app.base}/images/discovery/vmlinuz?mac={MAC}",  # no address yet (proxy mode)
         "-r",
         "1000-1999",
         "-D",
@@ -62,6 +65,8 @@ def test_boot_script_images_ranges_and_keepalive(
         "-w",
         "%{num_connects}\n",
         f"{app.base}/images/discovery/initrd",
+        "-H",
+        f"Authorization: Bearer {app.api_token}",
         f"{app.base}/api/v1/nodes",
     )
     assert both.stdout.decode().split() == ["1", "0"]
@@ -105,7 +110,7 @@ def test_boot_script_images_ranges_and_keepalive(
 def test_api_writes_need_a_token(loopback_appliance: Appliance) -> None:
     app = loopback_appliance
     app.start()
-    curl(f"{app.base}/boot/{MAC}.ipxe")
+    curl(*BEHALF, f"{app.base}/boot/{MAC}.ipxe")
     url = f"{app.base}/api/v1/nodes/{MAC}"
     refused = curl(
         "-X",
@@ -121,7 +126,9 @@ def test_api_writes_need_a_token(loopback_appliance: Appliance) -> None:
         url,
     )
     assert refused.stdout == b"401"
-    assert json.loads(curl(url).stdout)["hostname"] is None
+    token = ("-H", f"Authorization: Bearer {app.api_token}")  # reads need it too now
+    assert curl("-o", "/dev/null", "-w", "%{http_code}", url).stdout == b"401"
+    assert json.loads(curl(*token, url).stdout)["hostname"] is None
     ok = curl(
         "-X",
         "PATCH",
@@ -234,7 +241,7 @@ def test_the_agent_installs_the_control_nodes_key_then_reports(
     app.start()
     public = (app.state / "ssh" / "id_ed25519.pub").read_text()  # made at first start
     assert public.startswith("ssh-ed25519 ")
-    script = curl(f"{app.base}/boot/{MAC}.ipxe").stdout.decode()
+    script = curl(*BEHALF, f"{app.base}/boot/{MAC}.ipxe").stdout.decode()
     token = re.search(r"provisioner\.token=(\S+)", script)
     assert token is not None
     env = {
@@ -268,7 +275,7 @@ def test_the_agent_installs_the_control_nodes_key_then_reports(
     assert shown["state"] in ("matched", "unmatched")
 
     # A stale token (the next boot's script made a new one) gets no key.
-    curl(f"{app.base}/boot/{MAC}.ipxe")
+    curl(*BEHALF, f"{app.base}/boot/{MAC}.ipxe")
     installed.unlink()
     stale = subprocess.run(
         [*argv, str(AGENT), "--keys"],

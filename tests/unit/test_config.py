@@ -13,6 +13,7 @@ from provisioner.config import (
     parse_config,
     render_config,
     set_value,
+    summary,
     write_config,
 )
 from provisioner.errors import ConfigError
@@ -85,6 +86,10 @@ def test_proxy_mode_needs_no_range() -> None:
         ('efi_binary = "ipxe.efi"', 'efi_binary = "grub.efi"', "boot.efi_binary", "one of"),
         ('state_dir = "/tmp/state"', 'state_dir = "relative"', "paths.state_dir", "absolute"),
         ("pxe_port = 4011", "pxe_port = 67", "dhcp.pxe_port", "differ"),
+        ('bind = ""', 'bind = "eth0"', "http.bind", "IPv4"),
+        ('bind = ""', 'bind = "::"', "http.bind", '"0.0.0.0": all'),
+        ("open_reads = false", 'open_reads = "no"', "http.open_reads", "true or false"),
+        ("open_metrics = true", "open_metrics = 1", "http.open_metrics", "true or false"),
     ],
 )
 def test_bad_values_are_refused_with_key_value_and_reason(
@@ -175,3 +180,42 @@ def test_cluster_defaults() -> None:
     cfg = parse_config(full_text())
     assert cfg.cluster.hostname_pattern.format(n=3) == "node3"
     assert cfg.cluster.profiles_dir.name == "hwprofiles"
+
+
+def test_http_listens_on_the_cluster_address_unless_told_otherwise() -> None:
+    cfg = parse_config(full_text())
+    assert cfg.http.bind == "10.10.0.1"  # the rendered file leaves bind empty
+    assert parse_config(full_text(**{'bind = ""\n': ""})).http.bind == "10.10.0.1"  # no key
+    assert parse_config(full_text(**{'bind = ""': 'bind = "0.0.0.0"'})).http.bind == "0.0.0.0"
+    assert parse_config(full_text(**{'bind = ""': 'bind = "127.0.0.1"'})).http.bind == "127.0.0.1"
+
+
+def test_reads_need_the_token_and_metrics_are_open_by_default() -> None:
+    http = parse_config(full_text()).http
+    assert (http.open_reads, http.open_metrics) == (False, True)
+    bare = '[network]\ninterface = "eth0"\naddress = "10.10.0.1/24"\nmode = "proxy"\n'
+    http = parse_config(bare).http
+    assert (http.bind, http.open_reads, http.open_metrics) == ("10.10.0.1", False, True)
+    swapped = {
+        "open_reads = false": "open_reads = true",
+        "open_metrics = true": "open_metrics = false",
+    }
+    http = parse_config(full_text(**swapped)).http
+    assert (http.open_reads, http.open_metrics) == (True, False)
+
+
+def test_the_http_settings_are_explained_in_the_rendered_file() -> None:
+    http = full_text().split("[http]", 1)[1].split("\n[", 1)[0]
+    for key, comment in (
+        ('bind = ""', '"0.0.0.0" listens on every interface'),
+        ("open_reads = false", "needs the API token"),
+        ("open_metrics = true", "/metrics without the token"),
+    ):
+        assert key in http and comment in http
+
+
+def test_config_show_summary_has_the_http_settings_in_effect() -> None:
+    shown = summary(parse_config(full_text(), source="p.toml"))
+    assert shown["http"] == {"bind": "10.10.0.1", "open_reads": False, "open_metrics": True}
+    assert shown["ports"] == {"dhcp": 67, "pxe": 4011, "tftp": 69, "http": 8080}
+    assert shown["address"] == "10.10.0.1/24" and shown["source"] == "p.toml"

@@ -82,3 +82,53 @@ def test_garbage_is_counted_not_raised(service: DhcpService) -> None:
     assert service.handle(b"\x01\x02", ("10.0.0.9", 68), 67) is None
     assert service.metrics.value("provisioner_dhcp_dropped_total", reason="malformed") == 1
     assert offer(service, "02:00:00:00:00:09") == IPv4Address("10.60.0.10")
+
+
+# ------------------------------------------------------------- a node's address
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> DhcpService:
+    cfg = parse_config(
+        render_config(
+            interface="eth0",
+            address="10.60.0.1/24",
+            mode=Mode.PROXY,
+            dhcp_range=None,
+            state_dir=tmp_path,
+        )
+    )
+    return DhcpService(cfg, Registry(cfg.registry_path), Metrics())
+
+
+def test_full_mode_sets_the_address_from_the_ack_only(service: DhcpService) -> None:
+    mac = "02:00:00:00:00:0a"
+    ip = offer(service, mac)
+    node = service.registry.node(mac)
+    assert node is not None and node.ip is None  # offered is not bound
+    asked = packet(mac, "discover", ("requested_addr", "10.60.0.66"))
+    service.handle(asked, ("0.0.0.0", 68), 67)
+    node = service.registry.node(mac)
+    assert node is not None and node.ip is None
+    req = packet(mac, "request", ("requested_addr", str(ip)), ("server_id", "10.60.0.1"))
+    assert service.handle(req, ("0.0.0.0", 68), 67) is not None
+    node = service.registry.node(mac)
+    assert node is not None and node.ip == str(ip)
+    assert service.registry.bound_address(mac) == str(ip)
+
+
+def test_proxy_mode_never_takes_an_address_from_a_dhcp_packet(proxy: DhcpService) -> None:
+    mac = "02:00:00:00:00:0b"
+    spoofed = packet(mac, "discover", ("requested_addr", "10.60.0.66"))
+    assert proxy.handle(spoofed, ("0.0.0.0", 68), 67) is not None  # the proxy offer
+    node = proxy.registry.node(mac)
+    assert node is not None and node.ip is None and proxy.registry.dhcp_address(mac) is None
+    assert [e.detail["msg"] for e in proxy.registry.events(mac)][:1] == ["discover"]
+    # A REQUEST to the site's server names the address it was offered: a hint for whom
+    # the boot token goes to, never the node's address.
+    to_site = packet(mac, "request", ("requested_addr", "10.60.0.120"), ("server_id", "10.60.0.2"))
+    assert proxy.handle(to_site, ("0.0.0.0", 68), 67) is None
+    node = proxy.registry.node(mac)
+    assert node is not None and node.ip is None
+    assert proxy.registry.dhcp_address(mac) == "10.60.0.120"
+    assert proxy.registry.bound_address(mac) is None

@@ -41,9 +41,10 @@ def test_a_cluster_engine_is_typed_even_from_a_string() -> None:
 
 def test_llama_rpc_teardown_stops_each_role_s_unit_and_drops_the_rpc_firewall() -> None:
     undo = teardowns(engine_for(LLAMA), LLAMA)
-    assert undo["node0"] == Teardown(("llama-server.service",))
+    node_table = "nft delete table inet provisioner_node"  # the base recipe's firewall
+    assert undo["node0"] == Teardown(("llama-server.service",), (node_table,))
     assert undo["node1"] == Teardown(
-        ("llama-rpc.service",), ("nft delete table inet provisioner_llama_rpc",)
+        ("llama-rpc.service",), (node_table, "nft delete table inet provisioner_llama_rpc")
     )
     line = undo["node1"].shell()
     assert line.startswith("systemctl disable --now llama-rpc.service 2>/dev/null; ")
@@ -60,7 +61,10 @@ def test_vllm_units_are_one_per_served_model_on_the_head_and_ray_only_across_nod
     assert engine_for(VLLM_RAY).recipes(VLLM_RAY) == ("vllm", "ray")
     undo = teardowns(engine_for(VLLM_RAY), VLLM_RAY)
     assert undo["a"].units == ("vllm-pair-q.service", "ray-pair.service")
-    assert undo["b"] == Teardown(("ray-pair.service",), ("nft delete table inet provisioner_ray",))
+    assert undo["b"] == Teardown(
+        ("ray-pair.service",),
+        ("nft delete table inet provisioner_node", "nft delete table inet provisioner_ray"),
+    )
 
 
 def test_vllm_fills_in_one_served_model_and_llama_refuses_serve() -> None:

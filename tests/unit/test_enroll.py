@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -10,9 +11,18 @@ import pytest
 
 from provisioner.boot.routes_boot import inventory_document
 from provisioner.config import DEFAULT_HWPROFILES
-from provisioner.enroll.matching import Enroller
+from provisioner.discovery import schema
+from provisioner.discovery.model import Inventory, SshHostKey
+from provisioner.enroll.matching import (
+    HOLDS_FOR_APPROVAL,
+    Enroller,
+    Review,
+    approve,
+    receive,
+    review,
+)
 from provisioner.profiles import ProfileError
-from provisioner.records import EventKind
+from provisioner.records import EventKind, Node
 from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
 
@@ -127,3 +137,162 @@ def test_node_list_names_the_nearest_profiles_of_an_unmatched_node(
     assert listed[0]["nearest"] == ["qemu-lab", "generic-cpu"]
     assert main(["--config", str(config), "node", "list"]) == 0
     assert "nearest: qemu-lab, generic-cpu" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------- reports held for approval
+
+
+def with_key(name: str, seed: int) -> str:
+    """The agent's report ``name`` with one SSH host key (an image's report has some)."""
+    blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(range(seed, seed + 32))
+    raw = (AGENT / name).read_bytes() + b"==> ssh <==\nkey=ssh-ed25519 "
+    raw += base64.b64encode(blob) + b" root@node0\n"
+    return json.dumps(inventory_document(raw, "text/plain; charset=utf-8"))
+
+
+def keys_of(reg: Registry, mac: str) -> list[str]:
+    inventory = reg.inventory(mac)
+    assert inventory is not None
+    return [k.fingerprint for k in inventory.ssh_host_keys]
+
+
+def enrolled(reg: Registry, enroller: Enroller, doc: str, *, ip: str | None = None) -> None:
+    """A: reported once (trusted: its first report), matched and enrolled."""
+    reg.touch_node(A, ip=ip)
+    assert receive(reg, enroller, A, doc, ip=None).held is None
+    reg.transition(A, NodeEvent.ENROLL, reason="test")
+
+
+def test_a_first_report_is_trusted_keys_profile_and_all(setup: tuple[Registry, Enroller]) -> None:
+    reg, enroller = setup
+    reg.touch_node(A)
+    got = receive(reg, enroller, A, with_key("lab-qemu-q35-bios.txt", 1), ip="10.0.0.7")
+    assert got.held is None and got.node.state is NodeState.MATCHED
+    assert got.node.profile == "qemu-lab" and got.node.ip == "10.0.0.7"
+    # Not enrolled yet: another report (other keys) is still taken as it comes.
+    got = receive(reg, enroller, A, with_key("lab-qemu-q35-bios.txt", 2), ip="10.0.0.8")
+    assert got.held is None and got.node.ip == "10.0.0.8" and reg.pending_inventory(A) is None
+
+
+def test_an_enrolled_nodes_first_host_keys_are_trusted(setup: tuple[Registry, Enroller]) -> None:
+    """The lab's path: discovery reports no keys, the node's image reports its first."""
+    reg, enroller = setup
+    enrolled(reg, enroller, agent_doc("lab-qemu-q35-bios.txt"))
+    got = receive(reg, enroller, A, with_key("lab-qemu-q35-bios.txt", 1), ip=None)
+    assert got.held is None and got.node.state is NodeState.ENROLLED and keys_of(reg, A)
+
+
+def test_an_enrolled_nodes_new_host_keys_wait_for_approval(
+    setup: tuple[Registry, Enroller],
+) -> None:
+    reg, enroller = setup
+    enrolled(reg, enroller, with_key("lab-qemu-q35-bios.txt", 1))
+    reg.transition(A, NodeEvent.SMOKE_PASS)
+    old = keys_of(reg, A)
+    got = receive(reg, enroller, A, with_key("lab-qemu-q35-bios.txt", 2), ip=None)
+    assert got.held is not None and got.held.what == "ssh host keys"
+    node = reg.node(A)
+    assert node is not None and node.state is NodeState.SERVING and keys_of(reg, A) == old
+    held = reg.events(A)[-1]
+    assert held.kind is EventKind.APPROVAL and held.detail["status"] == "pending"
+    assert held.detail["keys_before"] == old[0] and held.detail["keys_after"] != old[0]
+
+    done = approve(reg, enroller, A)
+    assert done is not None and done.changes["keys_after"] == held.detail["keys_after"]
+    assert keys_of(reg, A) == [held.detail["keys_after"]]
+    assert done.node.state is NodeState.ENROLLED  # a new report: post-install runs again
+    kinds = [(e.kind, e.detail.get("status")) for e in reg.events(A)]
+    assert (EventKind.APPROVAL, "approved") in kinds and reg.pending_inventory(A) is None
+    assert approve(reg, enroller, A) is None  # nothing held any more
+    # Held, then a report that changes nothing: the held one is stale, dropped.
+    assert receive(reg, enroller, A, with_key("lab-qemu-q35-bios.txt", 3), ip=None).held
+    assert receive(reg, enroller, A, with_key("lab-qemu-q35-bios.txt", 2), ip=None).held is None
+    assert reg.pending_inventory(A) is None
+
+
+def test_a_report_that_would_change_the_profile_or_address_is_held(
+    setup: tuple[Registry, Enroller],
+) -> None:
+    reg, enroller = setup
+    enrolled(reg, enroller, agent_doc("lab-qemu-q35-bios.txt"), ip="10.0.0.7")
+    other = json.dumps({"format": "json", "inventory": schema.to_json(Inventory()), "problems": []})
+    got = receive(reg, enroller, A, other, ip="10.0.0.66")
+    assert got.held == Review(profile=("qemu-lab", "generic-cpu"), ip=("10.0.0.7", "10.0.0.66"))
+    node = reg.node(A)
+    assert node is not None and (node.profile, node.ip) == ("qemu-lab", "10.0.0.7")
+    detail = reg.events(A)[-1].detail
+    assert detail["what"] == "profile, address" and detail["ip_after"] == "10.0.0.66"
+    done = approve(reg, enroller, A)
+    assert done is not None and (done.node.profile, done.node.ip) == ("generic-cpu", "10.0.0.66")
+
+
+def node_in(state: NodeState, profile: str | None = "qemu-lab", ip: str | None = None) -> Node:
+    return Node(A, "node0", state, profile, ip, "bios", 0, 0.0, 0.0)
+
+
+KEY1, KEY2 = SshHostKey("ssh-ed25519", "SHA256:one"), SshHostKey("ssh-ed25519", "SHA256:two")
+
+
+@pytest.mark.parametrize(
+    ("node", "before", "after", "profile", "ip", "expected"),
+    [
+        # Not enrolled yet: trust on first use, whatever changes.
+        (node_in(NodeState.DISCOVERED), (KEY1,), (KEY2,), "other", "10.0.0.9", None),
+        (node_in(NodeState.ENROLLING), (KEY1,), (KEY2,), "other", None, None),
+        # Enrolled: the same keys, profile and address pass.
+        (node_in(NodeState.ENROLLED, ip="10.0.0.7"), (KEY1,), (KEY1,), "qemu-lab", "10.0.0.7",
+         None),
+        # First keys, first profile, first address: trusted.
+        (node_in(NodeState.ENROLLED), (), (KEY1,), "qemu-lab", None, None),
+        (node_in(NodeState.LOCAL, profile=None), (KEY1,), (KEY1,), "qemu-lab", "10.0.0.7", None),
+        # What they had, changed: held.
+        (node_in(NodeState.ENROLLED), (KEY1,), (KEY2,), "qemu-lab", None,
+         Review(keys=(("SHA256:one",), ("SHA256:two",)))),
+        (node_in(NodeState.FAILED), (KEY1,), (), "qemu-lab", None,
+         Review(keys=(("SHA256:one",), ()))),
+        (node_in(NodeState.DEGRADED, ip="10.0.0.7"), (KEY1,), (KEY1,), "other", "10.0.0.8",
+         Review(profile=("qemu-lab", "other"), ip=("10.0.0.7", "10.0.0.8"))),
+    ],
+)  # fmt: skip
+def test_review_holds_only_what_an_enrolled_node_had(
+    node: Node,
+    before: tuple[SshHostKey, ...],
+    after: tuple[SshHostKey, ...],
+    profile: str | None,
+    ip: str | None,
+    expected: Review | None,
+) -> None:
+    found = review(
+        node, Inventory(ssh_host_keys=before), Inventory(ssh_host_keys=after),
+        profile_after=profile, ip_after=ip,
+    )  # fmt: skip
+    assert found == expected
+    assert (found is not None) <= (node.state in HOLDS_FOR_APPROVAL)
+
+
+def test_node_approve_applies_a_held_report_and_says_what(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from provisioner.cli import main
+    from provisioner.config import Mode, render_config, write_config
+
+    state = tmp_path / "state"
+    config = tmp_path / "provisioner.toml"
+    text = render_config(
+        interface="eth0", address="10.1.0.1/24", mode=Mode.FULL,
+        dhcp_range="10.1.0.100-10.1.0.120", state_dir=state,
+    )  # fmt: skip
+    write_config(config, text)
+    reg = Registry(state / "registry.sqlite3")
+    enroller = Enroller(reg, DEFAULT_HWPROFILES, "node{n}")
+    enrolled(reg, enroller, with_key("lab-qemu-q35-bios.txt", 1))
+    assert main(["--config", str(config), "node", "approve", "node0"]) == 1
+    assert "node0: nothing to approve" in capsys.readouterr().err
+    assert receive(reg, enroller, A, with_key("lab-qemu-q35-bios.txt", 2), ip=None).held
+    assert main(["--config", str(config), "node", "show", "node0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pending_approval"]["what"] == "ssh host keys"
+    assert main(["--config", str(config), "node", "show", "node0"]) == 0
+    assert "node approve" in capsys.readouterr().out
+    assert main(["--config", str(config), "node", "approve", "node0"]) == 0
+    assert capsys.readouterr().out == "node0: approved (ssh host keys); enrolled\n"
+    assert reg.pending_inventory(A) is None

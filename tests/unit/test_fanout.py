@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import shlex
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +45,8 @@ def unit(name: str) -> Step:
 
 
 def mkdir(path: str) -> str:
-    return f"mkdir -p \"$(dirname '{path}')\""
+    """What the fan-out runs before it uploads ``path``: its folder, shell-quoted."""
+    return f"mkdir -p {shlex.quote(path.rsplit('/', 1)[0])}"
 
 
 @pytest.fixture

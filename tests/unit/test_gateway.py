@@ -141,22 +141,23 @@ def test_model_list_from_the_spec_alone() -> None:
     ]
 
 
-def test_request_headers_passed_and_pinned() -> None:
-    got = gateway.upstream_headers(
-        {
-            "authorization": "Bearer k",
-            "content-type": "application/json",
-            "host": "control:8000",
-            "connection": "keep-alive",
-            "accept-encoding": "gzip",
-            "cookie": "c=1",
-        }
-    )
-    assert got == {
-        "authorization": "Bearer k",
+def test_request_headers_passed_and_pinned_and_the_client_key_never_goes_upstream() -> None:
+    sent = {
+        "authorization": "Bearer client-key",
+        "content-type": "application/json",
+        "host": "control:8000",
+        "connection": "keep-alive",
+        "accept-encoding": "gzip",
+        "cookie": "c=1",
+    }
+    assert gateway.upstream_headers(sent, "engine-key") == {
+        "authorization": "Bearer engine-key",
         "content-type": "application/json",
         "accept-encoding": "identity",
     }
+    assert "authorization" not in gateway.upstream_headers(sent)
+    assert gateway.client_key(sent) == "client-key"
+    assert gateway.client_key({"authorization": "Basic x"}) is None
 
 
 # ---------------------------------------------------------------- the routes
@@ -169,8 +170,20 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
     reg.set_hostname(HEAD_MAC, "node0")
     for cluster in (LLAMA, VLLM, Cluster("off", "llama-rpc", "m", "node0")):
         reg.save_cluster(cluster.name, cluster.to_json())
+        write_keys(tmp_path, cluster.name)
     yield reg
     reg.close()
+
+
+GATEWAY_KEY, ENGINE_KEY = "gw-key", "engine-key"
+AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
+
+
+def write_keys(state: Path, cluster: str) -> None:
+    """The cluster's keys as clusters/keys.py keeps them (fixed values, to assert on)."""
+    (state / "keys").mkdir(exist_ok=True)
+    (state / "keys" / f"{cluster}.gateway").write_text(GATEWAY_KEY + "\n")
+    (state / "keys" / f"{cluster}.engine").write_text(ENGINE_KEY + "\n")
 
 
 class Upstream:
@@ -199,6 +212,7 @@ def gateway_app(
     gw = Gateway(
         registry,
         metrics,
+        state_dir=registry.path.parent,
         transport=httpx.MockTransport(upstream),
         timeouts=timeouts or gateway.DEFAULT_TIMEOUTS,
     )
@@ -210,7 +224,7 @@ def gateway_app(
 @pytest.fixture
 def client(registry: Registry, upstream: Upstream) -> TestClient:
     app, _ = gateway_app(registry, upstream)
-    return TestClient(app)
+    return TestClient(app, headers=AUTH)
 
 
 def test_models_lists_the_served_names(client: TestClient) -> None:
@@ -253,7 +267,7 @@ def test_forwarded_to_the_models_server_with_authorization(
     r = client.post(
         f"/clusters/big/v1/{endpoint}",
         content=body,
-        headers={"Authorization": "Bearer sk-user", "Content-Type": "application/json"},
+        headers={**AUTH, "Content-Type": "application/json"},
     )
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/json"
@@ -261,7 +275,8 @@ def test_forwarded_to_the_models_server_with_authorization(
     [seen] = upstream.seen
     assert str(seen.url) == f"http://{HEAD_IP}:8002/v1/{endpoint}"
     assert seen.content == body
-    assert seen.headers["authorization"] == "Bearer sk-user"
+    # The client sent the gateway key; upstream gets the engine key, never the client's.
+    assert seen.headers["authorization"] == f"Bearer {ENGINE_KEY}"
     assert seen.headers["accept-encoding"] == "identity"
 
 
@@ -269,7 +284,40 @@ def test_no_model_goes_to_the_only_one(client: TestClient, upstream: Upstream) -
     r = client.post("/clusters/small/v1/completions", json={"prompt": "hi"})
     assert r.status_code == 200
     assert str(upstream.seen[0].url) == f"http://{HEAD_IP}:8080/v1/completions"
-    assert "authorization" not in upstream.seen[0].headers
+    assert upstream.seen[0].headers["authorization"] == f"Bearer {ENGINE_KEY}"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {GATEWAY_KEY}"},
+     {"Authorization": f"Bearer {ENGINE_KEY}"}],  # the engine key is not a client key
+)  # fmt: skip
+def test_a_request_without_the_gateway_key_is_401_and_never_forwarded(
+    registry: Registry, upstream: Upstream, headers: dict[str, str]
+) -> None:
+    app, _ = gateway_app(registry, upstream)
+    bare = TestClient(app, headers=headers)
+    for r in (
+        bare.get("/clusters/big/v1/models"),
+        bare.post("/clusters/big/v1/chat/completions", json={"model": "qwen"}),
+    ):
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "invalid_api_key"
+        assert "provisioner cluster key big" in r.json()["error"]["message"]
+    assert upstream.seen == []
+
+
+def test_a_cluster_whose_gateway_key_was_never_made_lets_nobody_in(
+    registry: Registry, upstream: Upstream
+) -> None:
+    (registry.path.parent / "keys" / "big.gateway").unlink()
+    app, _ = gateway_app(registry, upstream)
+    for headers in ({}, AUTH, {"Authorization": "Bearer "}):
+        r = TestClient(app, headers=headers).post(
+            "/clusters/big/v1/chat/completions", json={"model": "qwen"}
+        )
+        assert r.status_code == 401
+    assert upstream.seen == []
 
 
 def test_upstream_status_and_headers_come_back(client: TestClient, upstream: Upstream) -> None:
@@ -348,6 +396,7 @@ def test_head_without_an_address_is_502(
     registry.save_cluster(
         "lost", Cluster("lost", "llama-rpc", "m", "ghost", gateway=True).to_json()
     )
+    write_keys(registry.path.parent, "lost")
     r = client.post("/clusters/lost/v1/chat/completions", json={"model": "m"})
     assert r.status_code == 502
     assert "head ghost has no known address" in r.json()["error"]["message"]
@@ -421,7 +470,10 @@ def call_asgi(
             "raw_path": path.encode(),
             "query_string": b"",
             "root_path": "",
-            "headers": [(b"content-type", b"application/json")],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"authorization", f"Bearer {GATEWAY_KEY}".encode()),
+            ],
             "client": ("10.20.0.100", 40000),
             "server": ("10.20.0.1", 80),
         }
@@ -501,7 +553,8 @@ def test_mounted_in_the_boot_app_and_counted_in_metrics(tmp_path: Path) -> None:
     ctx.registry.touch_node(HEAD_MAC, ip="127.0.0.1")
     ctx.registry.set_hostname(HEAD_MAC, "node0")
     ctx.registry.save_cluster("small", LLAMA.to_json())
-    client = TestClient(create_app(ctx))
+    write_keys(tmp_path, "small")
+    client = TestClient(create_app(ctx), headers=AUTH)
     assert client.get("/clusters/small/v1/models").json()["data"][0]["id"] == "smollm2"
     r = client.post("/clusters/small/v1/chat/completions", json={"model": "gpt-4"})
     assert r.status_code == 404

@@ -5,27 +5,34 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from dataclasses import replace
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from provisioner.boot.http import create_app
+from provisioner.boot.http import BODY_RULES, create_app
 from provisioner.boot.http_context import AppContext
 from provisioner.boot.ipxe import ScriptRenderer
+from provisioner.boot.limits import MAX_JSON_DEPTH
+from provisioner.boot.routes_boot import MAX_INVENTORY_BYTES
+from provisioner.clusters.keys import secret
 from provisioner.config import DEFAULT_HWPROFILES, Mode, parse_config, render_config
 from provisioner.discovery import schema
 from provisioner.discovery.model import SCHEMA, Inventory
 from provisioner.enroll.matching import Enroller
 from provisioner.image.store import ImageStore
 from provisioner.metrics import Metrics
-from provisioner.records import EventKind
+from provisioner.records import Cluster, EventKind, LeaseKind
 from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
 
 MAC = "52:54:00:aa:bb:01"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "agent"
 API_TOKEN = "test-api-token-0123456789"
+API = {"Authorization": f"Bearer {API_TOKEN}"}  # reads need it too (open_reads = false)
 
 
 @pytest.fixture
@@ -41,7 +48,10 @@ def ctx(tmp_path: Path) -> AppContext:
     cfg.image_dir.mkdir(parents=True)
     cfg.tftp_root.mkdir(parents=True)
     (cfg.tftp_root / "ipxe.efi").write_bytes(b"EFI" * 100)
-    return AppContext(cfg, Registry(cfg.registry_path), API_TOKEN, Metrics(), ScriptRenderer())
+    registry = Registry(cfg.registry_path)
+    # MAC took a lease from us (full mode): the client's address may ask for its script.
+    registry.commit_lease(MAC, IPv4Address("10.20.0.100"), time.time() + 3600, LeaseKind.BOUND)
+    return AppContext(cfg, registry, API_TOKEN, Metrics(), ScriptRenderer())
 
 
 @pytest.fixture
@@ -176,7 +186,7 @@ def test_inventory_needs_the_boot_token(client: TestClient, ctx: AppContext) -> 
     r = client.post(url, json=good, headers=auth)
     assert r.status_code == 202
     assert r.json() == {"mac": MAC, "state": "discovered", "next": "stay"}
-    shown = client.get(f"/api/v1/nodes/{MAC}").json()
+    shown = client.get(f"/api/v1/nodes/{MAC}", headers=API).json()
     assert shown["state"] == "discovered"
     assert shown["inventory"]["inventory"]["pci"][0]["device"] == "1b38"
     kinds = [e["kind"] for e in shown["timeline"]]
@@ -201,11 +211,11 @@ def test_api_writes_need_the_api_token_and_change_nothing_without_it(
         f"/api/v1/nodes/{MAC}", json={"hostname": "node0", "boot": "local"}, headers=good
     )
     assert r.status_code == 200 and r.json()["hostname"] == "node0" and r.json()["state"] == "local"
-    assert client.get("/api/v1/nodes/node0").json()["mac"] == MAC
+    assert client.get("/api/v1/nodes/node0", headers=API).json()["mac"] == MAC
     r = client.patch(f"/api/v1/nodes/{MAC}", json={"boot": "sideways"}, headers=good)
     assert r.status_code == 422
     assert client.delete("/api/v1/nodes/node0", headers=good).status_code == 204
-    assert client.get("/api/v1/nodes").json() == []
+    assert client.get("/api/v1/nodes", headers=API).json() == []
 
 
 def test_illegal_state_change_is_409(client: TestClient, ctx: AppContext) -> None:
@@ -234,7 +244,7 @@ def test_agent_text_report_is_parsed_and_kept(client: TestClient, ctx: AppContex
     assert bad.status_code == 422 and "not an agent report" in bad.json()["detail"]
     r = client.post(url, content=report.encode(), headers=auth)
     assert r.status_code == 202
-    kept = client.get(f"/api/v1/nodes/{MAC}").json()["inventory"]
+    kept = client.get(f"/api/v1/nodes/{MAC}", headers=API).json()["inventory"]
     assert kept["format"] == "agent/1" and kept["raw"] == report
     assert kept["inventory"]["firmware"] == "uefi"
     assert {d["vendor"] for d in kept["inventory"]["pci"]} >= {"1af4", "8086"}
@@ -403,16 +413,20 @@ def test_a_serving_node_that_rebooted_reports_from_its_image_and_stays(
     assert r.json() == {"mac": MAC, "state": "enrolled", "next": "stay"}
 
 
-def test_a_script_asked_for_on_a_nodes_behalf_does_not_move_its_address(
+def test_a_script_asked_for_on_a_nodes_behalf_is_taken_from_the_appliance_only(
     client: TestClient, ctx: AppContext
 ) -> None:
     build_discovery(ctx)
     ctx.registry.touch_node(MAC, ip="10.20.0.105")
-    r = client.get(f"/boot/{MAC}.ipxe", headers={"X-Provisioner-On-Behalf": "lab"})
+    behalf = {"X-Provisioner-On-Behalf": "lab"}
+    elsewhere = client.get(f"/boot/{MAC}.ipxe", headers=behalf)
+    assert elsewhere.status_code == 403 and "provisioner.token" not in elsewhere.text
+    lab = TestClient(create_app(ctx), client=("10.20.0.1", 40000))  # the appliance itself
+    r = lab.get(f"/boot/{MAC}.ipxe", headers=behalf)
     assert r.status_code == 200 and "provisioner.token=" in r.text
     node = ctx.registry.node(MAC)
-    assert node is not None and node.ip == "10.20.0.105"
-    client.get(f"/boot/{MAC}.ipxe")  # iPXE itself: its address is the node's
+    assert node is not None and node.ip == "10.20.0.105"  # it says nothing of the address
+    client.get(f"/boot/{MAC}.ipxe")  # iPXE itself, from its lease's address: the node's
     node = ctx.registry.node(MAC)
     assert node is not None and node.ip == "10.20.0.100"
 
@@ -447,8 +461,8 @@ ROUTES = [
     ("GET", "/tftp/ipxe.efi", 200),
     ("HEAD", "/tftp/ipxe.efi", 200),
     ("POST", "/tftp/ipxe.efi", 405),
-    ("GET", "/api/v1/nodes", 200),  # routes_api
-    ("GET", f"/api/v1/nodes/{MAC}", 404),
+    ("GET", "/api/v1/nodes", 401),  # routes_api
+    ("GET", f"/api/v1/nodes/{MAC}", 401),
     ("PATCH", f"/api/v1/nodes/{MAC}", 401),
     ("DELETE", f"/api/v1/nodes/{MAC}", 401),
     ("POST", f"/api/v1/nodes/{MAC}", 405),
@@ -458,7 +472,8 @@ ROUTES = [
     ("POST", "/clusters/small/v1/chat/completions", 404),
     ("GET", "/metrics", 200),  # routes_metrics
     ("GET", "/healthz", 200),
-    ("GET", "/api/docs", 200),  # FastAPI's own
+    ("GET", "/api/docs", 401),  # http.py: the API's description reads like the API
+    ("GET", "/openapi.json", 401),
     ("GET", "/nowhere", 404),
 ]
 
@@ -484,3 +499,100 @@ def test_health_and_metrics_say_what_they_are(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"ok": True, "mode": "full"}
     metrics = client.get("/metrics").headers["content-type"]
     assert metrics == "text/plain; version=0.0.4; charset=utf-8"
+
+
+# ------------------------------------------------------------- who may read, how much is read
+
+READS = ["/api/v1/nodes", f"/api/v1/nodes/{MAC}", "/api/docs", "/openapi.json"]
+
+
+@pytest.mark.parametrize("path", READS)
+def test_reads_need_the_api_token_unless_open_reads(
+    client: TestClient, ctx: AppContext, path: str
+) -> None:
+    ctx.registry.touch_node(MAC)
+    refused = client.get(path)
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert MAC not in refused.text
+    for wrong in (b"Bearer wrong", b"Bearer \xff\xfe", API_TOKEN.encode()):
+        assert client.get(path, headers={"Authorization": wrong}).status_code == 401
+    assert client.get(path, headers=API).status_code == 200
+    ctx.config = replace(ctx.config, http=replace(ctx.config.http, open_reads=True))
+    assert client.get(path).status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'provisioner_http_refused_total{reason="api-token"} 4' in metrics
+
+
+def test_metrics_are_open_unless_open_metrics_is_false(client: TestClient, ctx: AppContext) -> None:
+    assert client.get("/metrics").status_code == 200
+    ctx.config = replace(ctx.config, http=replace(ctx.config.http, open_metrics=False))
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=API).status_code == 200
+    assert client.get("/healthz").status_code == 200  # never asks
+
+
+BIG = {"Content-Length": str(300 * 1000 * 1000)}  # declared only: refused before reading
+
+
+def test_bodies_are_held_to_their_routes_limits_before_they_are_read(
+    client: TestClient, ctx: AppContext
+) -> None:
+    ctx.registry.touch_node(MAC)
+    node_url, inventory = f"/api/v1/nodes/{MAC}", f"/api/v1/nodes/{MAC}/inventory"
+    r = client.patch(node_url, content=b"{}", headers=BIG)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert client.patch(node_url, content=b"{}", headers={**BIG, **API}).status_code == 413
+    assert client.post(inventory, content=b"{}", headers=BIG).status_code == 401
+    boot = {"Authorization": "Bearer not-checked-before-the-size"}
+    r = client.post(inventory, content=b"{}", headers={**BIG, **boot})
+    assert r.status_code == 413
+    assert r.json()["detail"] == f"the request body is over {MAX_INVENTORY_BYTES} bytes"
+    r = client.post("/clusters/small/v1/chat/completions", content=b"{}", headers=BIG)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    r = client.post(f"/boot/{MAC}.ipxe", content=b"x", headers={"Content-Length": "65537"})
+    assert r.status_code == 413
+    metrics = client.get("/metrics").text
+    assert 'provisioner_http_refused_total{reason="body-size"} 4' in metrics
+    assert 'provisioner_http_refused_total{reason="bearer"} 1' in metrics
+    node = ctx.registry.node(MAC)
+    assert node is not None and node.hostname is None and node.state is NodeState.NEW
+
+
+def test_the_inventory_limit_is_the_routes_own() -> None:
+    rule = next(r for r in BODY_RULES if r.name == "inventory")
+    assert rule.limit == MAX_INVENTORY_BYTES
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def test_json_nested_too_deep_is_a_400_on_every_json_route(
+    client: TestClient, ctx: AppContext
+) -> None:
+    """100,000 deep killed json.loads with a RecursionError: a 500 from the inventory."""
+    build_discovery(ctx)
+    token = re.search(r"provisioner\.token=(\S+)", client.get(f"/boot/{MAC}.ipxe").text)
+    assert token is not None
+    boot = {"Authorization": f"Bearer {token.group(1)}"}
+    ctx.registry.set_hostname(MAC, "node0")
+    cluster = Cluster("small", "llama-rpc", "smollm2", "node0", (), gateway=True)
+    ctx.registry.save_cluster("small", cluster.to_json())
+    gateway_key = {"Authorization": f"Bearer {secret(ctx.config.state_dir, 'small', 'gateway')}"}
+    calls = [
+        ("POST", f"/api/v1/nodes/{MAC}/inventory", boot, 100_000),
+        ("POST", "/clusters/small/v1/chat/completions", gateway_key, 100_000),
+        ("PATCH", f"/api/v1/nodes/{MAC}", API, 30_000),  # a write's 64 KiB
+    ]
+    for method, path, headers, depth in calls:
+        r = client.request(method, path, content=nested(depth), headers=headers)
+        assert r.status_code == 400, (path, r.text)
+    assert r.json()["detail"] == f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels"
+    assert 'reason="json-depth"} 3' in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    "path", ["/tftp/" + "a" * 256, "/images/" + "b" * 300, "/models/x/" + "é" * 128]
+)
+def test_a_file_name_over_255_bytes_is_a_404(client: TestClient, path: str) -> None:
+    assert client.get(path).status_code == 404

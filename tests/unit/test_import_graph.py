@@ -56,6 +56,7 @@ PURE_CORES = [
     "provisioner.smoke.report",
     "provisioner.states",
     "provisioner.records",
+    "provisioner.names",
     "provisioner.timeline",
 ]
 IO_MODULES = {

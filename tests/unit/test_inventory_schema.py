@@ -8,6 +8,7 @@ import pytest
 from provisioner.discovery.dumps import parse_dump
 from provisioner.discovery.schema import (
     InventorySchemaError,
+    check,
     from_json,
     inventory_schema,
     to_json,
@@ -43,9 +44,33 @@ def test_every_parsed_dump_fits_the_schema_and_round_trips(path: Path) -> None:
         ({"schema": "provisioner.inventory/1", "nics": [{"mac": "zz"}]}, "nics/0/mac"),
         ({"schema": "provisioner.inventory/1", "gpu": 1}, "gpu"),
         ([], "(top)"),
+        # what the security issue demonstrated: a NIC name that adds a unit directive
+        ({"schema": "provisioner.inventory/1",
+          "nics": [{"name": "eth0\nExecStartPre=/bin/touch /tmp/pwned"}]},
+         "nics/0/name: 'eth0\\nExecStartPre=/bin/touch /tmp/pwned' is not an interface name"),
+        ({"schema": "provisioner.inventory/1", "nics": [{"name": "eth0;id"}]}, "nics/0/name"),
+        ({"schema": "provisioner.inventory/1", "nics": [{"name": "e" * 16}]}, "nics/0/name"),
+        ({"schema": "provisioner.inventory/1", "hostname": "n0;touch /tmp/h"},
+         "hostname: 'n0;touch /tmp/h' is not a hostname"),
+        ({"schema": "provisioner.inventory/1", "hostname": "$(id)"}, "hostname"),
+        # `$` alone would let a final newline through (jsonschema uses Python's re)
+        ({"schema": "provisioner.inventory/1", "nics": [{"mac": "52:54:00:00:00:01\n"}]},
+         "nics/0/mac"),
+        ({"schema": "provisioner.inventory/1", "nics": [{"name": "eth0\n"}]}, "nics/0/name"),
     ],
-)
+)  # fmt: skip
 def test_what_does_not_fit_is_named(data: object, where: str) -> None:
     with pytest.raises(InventorySchemaError) as info:
         from_json(data)
     assert where in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["eth0;touch /tmp/x", "$(id)", "eth0%n"])
+def test_an_agent_report_is_held_to_the_schema_too(name: str) -> None:
+    text = (ROOT / "tests" / "fixtures" / "agent" / "qemu-q35-uefi.txt").read_text()
+    inventory = parse_dump(text.replace("==> net eth0 <==", f"==> net {name} <==")).inventory
+    assert [n.name for n in inventory.nics] == [name]
+    with pytest.raises(InventorySchemaError, match=r"nics/0/name: .* is not an interface name"):
+        check(inventory)
+    fine = parse_dump(text).inventory
+    assert check(fine) is fine

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -101,3 +102,50 @@ def test_confine_refuses_a_fifo(root: Path) -> None:
 def test_every_file_server_asks_the_one_rule() -> None:
     """TFTP, the sendfile front and the FastAPI file routes share paths.confine."""
     assert tftp.confine is http_files.confine is routes_files.confine is paths.confine
+
+
+# A name the file system cannot look up (ENAMETOOLONG) is refused like any other: no
+# caller sees an OSError (TFTP dropped the session, FastAPI answered 500).
+TOO_LONG = [
+    ("a" * 256, "over 255 bytes"),
+    ("pxelinux.cfg/" + "b" * 300, "over 255 bytes"),
+    ("é" * 128, "over 255 bytes"),  # 256 bytes in UTF-8
+    ("/".join(["abcdefgh"] * 500), "over 4095 bytes"),
+    ("\ud800.efi", "cannot be looked up"),  # a lone surrogate: no file name at all
+]
+
+
+@pytest.mark.parametrize(("requested", "reason"), TOO_LONG)
+def test_confine_refuses_names_too_long_to_look_up(root: Path, requested: str, reason: str) -> None:
+    with pytest.raises(TftpPathError, match=reason):
+        confine(root, requested)
+
+
+def test_a_name_of_255_bytes_is_only_not_found(root: Path) -> None:
+    (root / ("c" * 255)).write_text("the longest name there is\n")
+    assert confine(root, "c" * 255) == (root / ("c" * 255)).resolve()
+    with pytest.raises(TftpPathError, match="not a regular file"):
+        confine(root, "d" * 255)
+
+
+ON_THE_WIRE = TOO_LONG[:-1]  # TFTP and HTTP names are unquoted bytes: never a lone surrogate
+
+
+@pytest.mark.parametrize(("requested", "reason"), ON_THE_WIRE)
+def test_tftp_answers_a_name_too_long_with_an_error(
+    root: Path, requested: str, reason: str
+) -> None:
+    """tftpy's dyn_file_func: None is its File not found error packet, not a dropped loop."""
+    service = tftp.TftpService(root, "127.0.0.1", 0)
+    token = tftp._TOKEN_PREFIX + quote(requested, safe="")
+    assert service._open(token, "10.20.0.100", 2000) is None
+    assert service.stats.refused == 1
+
+
+@pytest.mark.parametrize(("requested", "reason"), ON_THE_WIRE)
+def test_the_sendfile_front_hands_a_name_too_long_to_the_app(
+    root: Path, requested: str, reason: str
+) -> None:
+    """No file: the app answers it (404, test_http_app.py), the front does not raise."""
+    areas = http_files.FileAreas({"tftp": root})
+    assert areas.locate("/tftp/" + quote(requested, safe="/")) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,22 +36,45 @@ def cluster() -> Cluster:
 
 
 def test_the_head_knows_its_workers_and_workers_only_let_the_head_in() -> None:
+    firewall = {
+        "node0": {"firewall": {"control_only": [8080], "head_only": []}},
+        **{w: {"firewall": {"control_only": [], "head_only": [50052]}} for w in ("node1", "node2")},
+    }
     plans = plan(
         cluster(), members("qemu-lab"), control_url="http://10.99.0.1:8080",
-        artifact=ARTIFACT, model=MODEL, engine_recipes=("llama-rpc",),
+        artifact=ARTIFACT, model=MODEL, engine_recipes=("llama-rpc",), extra=firewall,
+        engine_key="k3y",
     )  # fmt: skip
     head, worker = plans[0], plans[1]
     assert head.role == "head" and worker.role == "worker"
     assert [s.name for s in head.steps] == [
         "hostname",
+        "node firewall rules",
+        "node firewall loaded",
         "llama.cpp runtime",
         "model",
+        "api key",
         "llama-server",
     ]
-    unit = dict((s.name, s) for s in head.steps)["llama-server"]
+    head_steps = dict((s.name, s) for s in head.steps)
+    unit = head_steps["llama-server"]
     assert unit.put is not None and unit.put[0] == "/etc/systemd/system/llama-server.service"
     text = unit.put[1].decode()
     assert "--rpc 10.99.0.101:50052,10.99.0.102:50052" in text
+    # The API answers on the cluster address with the engine key only (from a 0600 file).
+    assert "--host 10.99.0.100 " in text and "0.0.0.0" not in text
+    assert "--api-key-file /etc/provisioner/llama-server.key" in text and "k3y" not in text
+    assert head_steps["api key"].put == ("/etc/provisioner/llama-server.key", b"k3y\n", 0o600)
+    # The node's firewall drops by default; the head's API only from the control node.
+    node_nft = head_steps["node firewall rules"].put
+    assert node_nft is not None
+    rules = node_nft[1].decode()
+    assert "policy drop;" in rules
+    assert "elements = { 10.99.0.1, 10.99.0.100, 10.99.0.101, 10.99.0.102 }" in rules
+    assert "tcp dport 8080 ip saddr 10.99.0.1 accept\n\t\ttcp dport 8080 counter drop" in rules
+    worker_nft = dict((s.name, s) for s in worker.steps)["node firewall rules"].put
+    assert worker_nft is not None
+    assert "tcp dport 50052 ip saddr 10.99.0.100 accept" in worker_nft[1].decode()
     assert "--parallel 1" in text and "Restart=always" in text and "LimitNOFILE=65535" in text
     assert "MemoryMax=" in text
     steps = dict((s.name, s) for s in worker.steps)
@@ -103,3 +128,57 @@ def test_bad_recipes_are_refused_with_file_line_and_reason(text: str, reason: st
     with pytest.raises(RecipeError, match=reason) as info:
         parse_recipe(text, Path("/r/x.yaml"))
     assert str(info.value).startswith("/r/x.yaml:")
+
+
+@pytest.mark.parametrize(
+    ("artifact", "reason"),
+    [
+        (replace(ARTIFACT, file="../x.tar.gz"), "file '../x.tar.gz'"),
+        (replace(ARTIFACT, name="a b"), "name 'a b'"),
+        (replace(ARTIFACT, url="file:///etc/x"), "url"),
+        (replace(ARTIFACT, sha256="z" * 64), "sha256"),
+        (replace(ARTIFACT, binaries={"rpc": "bin/$(id)"}), "file"),
+    ],
+)
+def test_downloads_whose_names_would_reach_paths_and_commands_are_refused(
+    artifact: Download, reason: str
+) -> None:
+    with pytest.raises(RecipeError, match=r"^artifact: .*" + re.escape(reason)):
+        plan(
+            cluster(), members("qemu-lab"), control_url="http://10.99.0.1:8080",
+            artifact=artifact, model=MODEL, engine_recipes=("llama-rpc",),
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("unit: {name: '../../../root/x.service', content: x}", "unit '../../../root/x.service'"),
+        ("file: {path: '/etc/../x', content: x}", "not an absolute path"),
+        ('file: {path: "/etc/it\'s", content: x}', "not an absolute path"),
+        ("fetch: {url: 'http://c/x', sha256: 'nothex', dest: /x}", "sha256 'nothex'"),
+    ],
+)
+def test_unit_names_paths_and_sums_are_checked_where_the_plan_uses_them(
+    tmp_path: Path, body: str, reason: str
+) -> None:
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "base.yaml").write_text(f"name: base\nsteps:\n  - name: s\n    {body}\n")
+    with pytest.raises(RecipeError, match=re.escape(reason)):
+        plan(
+            cluster(), members("qemu-lab"), control_url="http://c", artifact=None, model=None,
+            engine_recipes=(), recipes_dir=tmp_path,
+        )  # fmt: skip
+
+
+def test_a_value_that_cannot_be_escaped_names_the_recipe_step_and_value(tmp_path: Path) -> None:
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "base.yaml").write_text(
+        "name: base\nsteps:\n  - name: s\n"
+        "    command: {check: 'true', action: 'echo {{ v | sh }}'}\n"
+    )
+    with pytest.raises(RecipeError, match=r"base.yaml:3: step 's': sh: 'a\\nb' holds a line br"):
+        plan(
+            cluster(), members("qemu-lab"), control_url="http://c", artifact=None, model=None,
+            engine_recipes=(), recipes_dir=tmp_path, extra={"node0": {"v": "a\nb"}},
+        )  # fmt: skip

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -7,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import IllegalTransition, RegistryError
-from provisioner.records import EventKind, LeaseKind
-from provisioner.registry import Registry
+from provisioner.records import EventKind, LeaseKind, TokenCheck
+from provisioner.registry import SCHEMA_VERSION, Registry
 from provisioner.states import NodeEvent, NodeState
 
 MAC = "52:54:00:12:34:56"
@@ -84,13 +86,141 @@ def test_lookup_by_hostname_and_ip(reg: Registry) -> None:
 
 def test_boot_tokens_are_hashed_and_replaced_each_boot(reg: Registry, tmp_path: Path) -> None:
     reg.touch_node(MAC)
-    reg.new_boot_token(MAC, "first")
-    assert reg.check_boot_token(MAC, "first")
-    reg.new_boot_token(MAC, "second")
-    assert not reg.check_boot_token(MAC, "first")
-    assert reg.check_boot_token(MAC, "second")
-    assert not reg.check_boot_token("52:54:00:00:00:09", "second")
-    assert b"second" not in (tmp_path / "registry.sqlite3").read_bytes()
+    reg.issue_boot_token(MAC, "first-Xq7", asked_by="10.0.0.5", bound_to=None, expires=9e9)
+    assert reg.check_boot_token(MAC, "first-Xq7")
+    reg.issue_boot_token(MAC, "second-Xq7", asked_by="10.0.0.5", bound_to=None, expires=9e9)
+    assert not reg.check_boot_token(MAC, "first-Xq7")
+    assert reg.check_boot_token(MAC, "second-Xq7")
+    assert not reg.check_boot_token("52:54:00:00:00:09", "second-Xq7")
+    reg.close()
+    for file in tmp_path.glob("registry.sqlite3*"):
+        assert b"second-Xq7" not in file.read_bytes()
+
+
+def test_a_boot_token_expires_binds_to_its_first_user_and_reports_once(reg: Registry) -> None:
+    reg.issue_boot_token(MAC, "t", asked_by="10.0.0.5", bound_to=None, expires=200.0, now=100.0)
+    use = reg.use_boot_token
+    assert use(MAC, "nope", source="10.0.0.5", now=101.0) is TokenCheck.UNKNOWN
+    assert use(MAC, "t", source="10.0.0.7", now=101.0) is TokenCheck.OK  # bound to .7 now
+    assert use(MAC, "t", source="10.0.0.5", now=102.0) is TokenCheck.ELSEWHERE
+    assert use(MAC, "t", source="10.0.0.7", spend=True, now=103.0) is TokenCheck.OK
+    assert use(MAC, "t", source="10.0.0.7", spend=True, now=104.0) is TokenCheck.SPENT
+    assert use(MAC, "t", source="10.0.0.7", now=105.0) is TokenCheck.OK  # keys: its life long
+    assert use(MAC, "t", source="10.0.0.7", now=200.0) is TokenCheck.EXPIRED
+    assert not reg.check_boot_token(MAC, "t", now=200.0)
+    kept = reg.boot_token(MAC)
+    assert kept is not None and (kept.asked_by, kept.bound_to, kept.spent) == (
+        "10.0.0.5",
+        "10.0.0.7",
+        103.0,
+    )
+    assert kept.live(199.0) and not kept.live(200.0)
+    reg.issue_boot_token(MAC, "u", asked_by="10.0.0.5", bound_to="10.0.0.5", expires=400.0)
+    assert use(MAC, "u", source="10.0.0.7", now=300.0) is TokenCheck.ELSEWHERE
+    assert use(MAC, "u", source="10.0.0.5", spend=True, now=300.0) is TokenCheck.OK
+
+
+def test_leases_and_dhcp_say_where_a_node_booted_from(reg: Registry) -> None:
+    assert not reg.has_dhcp(MAC) and reg.bound_address(MAC) is None
+    reg.commit_lease(MAC, IPv4Address("10.0.0.100"), expires=2000.0, kind=LeaseKind.OFFERED)
+    assert reg.has_dhcp(MAC) and reg.bound_address(MAC, now=1000.0) is None
+    reg.commit_lease(MAC, IPv4Address("10.0.0.100"), expires=2000.0, kind=LeaseKind.BOUND)
+    assert reg.bound_address(MAC, now=1000.0) == "10.0.0.100"
+    assert reg.bound_address(MAC, now=2000.0) is None  # expired
+    other = "52:54:00:00:00:03"
+    reg.add_event(other, EventKind.DHCP, {"msg": "discover"})
+    assert reg.has_dhcp(other) and not reg.has_dhcp("52:54:00:00:00:04")
+    node = reg.touch_node(other, dhcp_ip="10.0.0.44")
+    assert node.ip is None and reg.dhcp_address(other) == "10.0.0.44"
+    assert reg.node_by_ip("10.0.0.44") == node  # its TFTP and files land on its timeline
+    reg.set_ip(other, "10.0.0.45")
+    assert reg.node_by_ip("10.0.0.45") == reg.node(other)
+
+
+def test_a_held_report_is_kept_aside_with_what_it_changes(reg: Registry) -> None:
+    reg.touch_node(MAC)
+    reg.store_inventory(MAC, '{"v": 1}')
+    changes = {"what": "profile", "profile_before": "a", "profile_after": "b"}
+    reg.hold_inventory(MAC, '{"v": 2}', ip="10.0.0.9", changes=changes, now=50.0)
+    held = reg.pending_inventory(MAC)
+    assert held is not None and (held.data, held.ip, held.received) == (
+        '{"v": 2}',
+        "10.0.0.9",
+        50.0,
+    )
+    assert held.changes == changes
+    assert reg.inventory_document(MAC) == '{"v": 1}'
+    reported, event = reg.events(MAC)[-2:]
+    assert reported.kind is EventKind.INVENTORY and reported.detail["held"] is True
+    assert event.kind is EventKind.APPROVAL and event.detail == {"status": "pending", **changes}
+    reg.drop_pending_inventory(MAC)
+    assert reg.pending_inventory(MAC) is None
+
+
+def test_the_database_and_its_folder_are_private(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    reg = Registry(state / "registry.sqlite3")
+    reg.touch_node(MAC)  # a write: the -wal and -shm files exist now
+    modes = {f.name: f.stat().st_mode & 0o777 for f in state.iterdir()}
+    assert modes == {
+        "registry.sqlite3": 0o600,
+        "registry.sqlite3-wal": 0o600,
+        "registry.sqlite3-shm": 0o600,
+    }
+    assert state.stat().st_mode & 0o777 == 0o700
+    reg.close()
+    # An older install's file (0644) is made private when it is opened.
+    (state / "registry.sqlite3").chmod(0o644)
+    Registry(state / "registry.sqlite3").close()
+    assert (state / "registry.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+def test_serve_makes_its_state_folder_private(tmp_path: Path) -> None:
+    from provisioner.config import Mode, parse_config, render_config
+    from provisioner.serve import BootServices
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    text = render_config(
+        interface="lo", address="127.0.0.1/8", mode=Mode.PROXY, dhcp_range=None, state_dir=state
+    )
+    services = BootServices(parse_config(text))
+    services.registry.close()
+    assert state.stat().st_mode & 0o777 == 0o700
+
+
+# The registry as version 1 shipped it: its nodes table, with the boot token inline.
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE nodes (mac TEXT PRIMARY KEY, hostname TEXT UNIQUE, state TEXT NOT NULL,
+    profile TEXT, ip TEXT, firmware TEXT, arch INTEGER, boot_token TEXT,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, image TEXT);
+CREATE TABLE inventories (mac TEXT PRIMARY KEY, received REAL NOT NULL, data TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema', '1');
+INSERT INTO nodes (mac, state, ip, boot_token, first_seen, last_seen)
+    VALUES ('52:54:00:12:34:56', 'enrolled', '10.0.0.5', 'abc', 1.0, 2.0);
+INSERT INTO inventories VALUES ('52:54:00:12:34:56', 1.0, '{"v": 1}');
+"""
+
+
+def test_a_version_1_database_opens_and_gains_the_new_storage(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(V1_SCHEMA)
+    reg = Registry(path)
+    node = reg.node(MAC)
+    assert node is not None and node.ip == "10.0.0.5" and reg.inventory_document(MAC) == '{"v": 1}'
+    assert reg.boot_token(MAC) is None and not reg.check_boot_token(MAC, "abc")
+    reg.issue_boot_token(MAC, "t", asked_by="10.0.0.5", bound_to=None, expires=9e9)
+    reg.hold_inventory(MAC, '{"v": 2}', ip=None, changes={"what": "profile"})
+    reg.touch_node(MAC, dhcp_ip="10.0.0.6")
+    assert reg.check_boot_token(MAC, "t") and reg.pending_inventory(MAC) is not None
+    assert reg.dhcp_address(MAC) == "10.0.0.6"
+    reg.close()
+    with sqlite3.connect(path) as db:
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+    assert json.loads(version) == SCHEMA_VERSION
 
 
 def test_leases_survive_reopening(tmp_path: Path) -> None:
@@ -138,6 +268,9 @@ def test_forget_removes_everything_about_a_node(reg: Registry) -> None:
     reg.touch_node(MAC)
     reg.store_inventory(MAC, "{}")
     reg.commit_lease(MAC, IPv4Address("10.0.0.100"), expires=9e9, kind=LeaseKind.BOUND)
+    reg.issue_boot_token(MAC, "t", asked_by="10.0.0.100", bound_to=None, expires=9e9)
+    reg.hold_inventory(MAC, "{}", ip=None, changes={"what": "profile"})
     reg.forget(MAC)
     assert reg.node(MAC) is None and reg.events(MAC) == [] and reg.inventory_document(MAC) is None
     assert reg.active_leases() == {}
+    assert reg.boot_token(MAC) is None and reg.pending_inventory(MAC) is None

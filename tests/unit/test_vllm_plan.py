@@ -104,6 +104,31 @@ def test_parse_serve_refuses(text: str) -> None:
         vllm.parse_serve(text, 0)
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("a\nExecStartPre=/bin/sh=m", "served"),  # the name is a unit's and a log's name
+        ("x;id=m", "served"),
+        ("../../etc/x=m", "served"),
+        ("a b=m", "served"),
+        ("n=../m", "model"),
+        ("n=m$(id)", "model"),
+        ("n=m%n:0.5", "model"),
+    ],
+)
+def test_parse_serve_refuses_names_that_break_their_pattern(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=f"--serve .*: {why} "):
+        vllm.parse_serve(text, 0)
+
+
+def test_exec_arguments_are_quoted_as_systemd_reads_them() -> None:
+    plain = ["--model", "/m/qwen", "--host", "10.0.0.10", "--gpu-memory-utilization", "0.45"]
+    assert vllm.quoted(plain) == " ".join(plain)  # plain words stay bare
+    assert vllm.quoted(["--x", "a b", "50%", "$HOME", 'q"\\']) == (
+        '--x "a b" 50%% "$$HOME" "q\\"\\\\"'
+    )
+
+
 def test_turing_arguments_use_half_and_ray() -> None:
     c = cluster()
     lay, _ = vllm.layout(c, RTX)
@@ -144,8 +169,9 @@ def test_two_models_on_one_node_render_two_units() -> None:
     c = cluster(head="motoko", workers=(), serve=two)
     steps = _render(c, [vm("motoko", "10.0.0.5", 1, {"dtype": "bfloat16", "backend": "cuda"})])
     assert steps["motoko"] == [
-        "hostname", "python venv", "wheelhouse lock", "vllm runtime", "model bge",
-        "model mistral", "server reasoning", "server embed",
+        "hostname", "node firewall rules", "node firewall loaded", "python venv",
+        "wheelhouse lock", "vllm runtime", "model bge", "model mistral", "api key",
+        "server reasoning", "server embed",
     ]  # fmt: skip
     units = [t for t in steps["motoko:put"] if "ExecStart" in t]
     assert "--gpu-memory-utilization 0.45" in units[0] and "--port 8000" in units[0]

@@ -133,7 +133,7 @@ def teardowns(engine: ClusterEngine, cluster: Cluster) -> dict[str, Teardown]:
         "cluster": {"name": cluster.name, "engine": cluster.engine.value, "head": cluster.head},
         **engine.teardown_context(cluster),
     }
-    recipes = engine.recipes(cluster)
+    recipes = ("base", *engine.recipes(cluster))  # base: the node's firewall table
     return {h: teardown(recipes, cluster.role(h), context) for h in cluster.members}
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from provisioner.artifacts.store import ArtifactStore
+from provisioner.clusters import keys
 from provisioner.clusters.engines import base
 from provisioner.clusters.engines.base import Progress, SmokeOptions, SmokeTarget
 from provisioner.clusters.site import Site
@@ -57,6 +58,13 @@ class LlamaRpcEngine:
         return ("llama-rpc",)
 
     def plan(self, site: Site, cluster: Cluster, members: Sequence[Member]) -> list[NodePlan]:
+        firewall = {
+            m.hostname: {"firewall": {
+                "control_only": [cluster.http_port] if m.hostname == cluster.head else [],
+                "head_only": [] if m.hostname == cluster.head else [cluster.rpc_port],
+            }}
+            for m in members
+        }  # fmt: skip
         return plan(
             cluster,
             members,
@@ -64,6 +72,8 @@ class LlamaRpcEngine:
             artifact=runtime(site, cluster),
             model=model_download(site, cluster),
             engine_recipes=self.recipes(cluster),
+            extra=firewall,
+            engine_key=keys.secret(site.cfg.state_dir, cluster.name, "engine"),
         )
 
     def teardown_context(self, cluster: Cluster) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from provisioner.clusters import keys
 from provisioner.clusters.engines import base, vllm_site
 from provisioner.clusters.engines.base import Progress, SmokeOptions, SmokeTarget
 from provisioner.clusters.site import Site
@@ -55,9 +56,14 @@ class VllmEngine:
     def plan(self, site: Site, cluster: Cluster, members: Sequence[Member]) -> list[NodePlan]:
         found = vllm_site.members(site.registry, cluster, site.profiles)
         artifact, extra = vllm_site.plan_context(site.cfg, cluster, found)
+        ports = [s.port for s in cluster.served()]
+        for hostname, ctx in extra.items():
+            head = hostname == cluster.head
+            ctx["firewall"] = {"control_only": ports if head else [], "head_only": []}
         return plan(
             cluster, members, control_url=site.cfg.http_base, artifact=artifact, model=None,
             engine_recipes=self.recipes(cluster), extra=extra,
+            engine_key=keys.secret(site.cfg.state_dir, cluster.name, "engine"),
         )  # fmt: skip
 
     def teardown_context(self, cluster: Cluster) -> dict[str, Any]:
