@@ -36,7 +36,14 @@ from provisioner.artifacts.wheelhouse import (
     WheelhouseSpec,
     build_wheelhouse,
 )
-from provisioner.cli.common import print_json, stamped, state_store, table
+from provisioner.cli.common import (
+    add_group,
+    add_store_options,
+    print_json,
+    stamped,
+    state_store,
+    table,
+)
 
 
 def _store(args: argparse.Namespace) -> ArtifactStore:
@@ -115,14 +122,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def add_artifact_commands(subparsers: Any) -> None:
     """Register ``artifact build llama.cpp``, ``artifact build vllm`` and ``artifact list``."""
-    artifact: argparse.ArgumentParser = subparsers.add_parser(
-        "artifact", help="runtimes built once on the control node and served to the nodes"
-    )
-    sub = artifact.add_subparsers(dest="artifact_command", required=True)
+    sub = add_group(
+        subparsers, "artifact", "runtimes built once on the control node and served to the nodes",
+        "artifact_command",
+    )  # fmt: skip
 
     def with_store(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--store", metavar="DIR", help="served store ($PROVISIONER_ARTIFACTS)")
-        p.add_argument("--json", action="store_true")
+        add_store_options(p, "served store", "PROVISIONER_ARTIFACTS")
 
     build = sub.add_parser("build", help="build an artifact (cached by its inputs)")
     what = build.add_subparsers(dest="software", required=True)

@@ -99,3 +99,16 @@ def add_command(
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=func)
     return parser
+
+
+def add_group(sub: Any, name: str, help: str, dest: str) -> Any:
+    """A command group (``provisioner NAME ...``) and its subcommands' subparsers."""
+    group: argparse.ArgumentParser = sub.add_parser(name, help=help)
+    return group.add_subparsers(dest=dest, required=True)
+
+
+def add_store_options(parser: argparse.ArgumentParser, what: str, env: str) -> None:
+    """``--store DIR`` (a store on the control node, else ``$ENV`` or its default) and
+    ``--json``."""
+    parser.add_argument("--store", metavar="DIR", help=f"{what} (${env})")
+    parser.add_argument("--json", action="store_true")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from provisioner.cli.common import print_json, state_store, table
+from provisioner.cli.common import add_group, add_store_options, print_json, state_store, table
 from provisioner.models.store import STORE_ENV, Model, ModelKind, ModelStore
 
 
@@ -51,14 +51,13 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def add_model_commands(subparsers: Any) -> None:
     """Register ``model add|list|remove`` on a top-level subparsers object."""
-    model: argparse.ArgumentParser = subparsers.add_parser(
-        "model", help="the model store (GGUF files, Hugging Face folders) served to the nodes"
-    )
-    sub = model.add_subparsers(dest="model_command", required=True)
+    sub = add_group(
+        subparsers, "model", "the model store (GGUF files, Hugging Face folders) served to the nodes",
+        "model_command",
+    )  # fmt: skip
 
     def with_store(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--store", metavar="DIR", help="model store ($PROVISIONER_MODELS)")
-        p.add_argument("--json", action="store_true")
+        add_store_options(p, "model store", "PROVISIONER_MODELS")
 
     add = sub.add_parser(
         "add",

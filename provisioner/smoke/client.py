@@ -58,16 +58,20 @@ def _url(endpoint: Target, path: str) -> str:
     return base.rstrip("/") + path
 
 
-def get(endpoint: Target, path: str, timeout: float = 10.0) -> Response:
-    """GET; an HTTP error status is a Response, not an exception."""
-    req = urllib.request.Request(_url(endpoint, path), headers=_headers(endpoint))
+def _send(req: urllib.request.Request, timeout: float) -> Response:
+    """One request; an HTTP error status is a Response, not an exception."""
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return Response(resp.status, resp.read())
     except urllib.error.HTTPError as exc:
         return Response(exc.code, exc.read())
     except (urllib.error.URLError, OSError) as exc:
-        raise SmokeHttpError(f"GET {_url(endpoint, path)}: {exc}") from exc
+        raise SmokeHttpError(f"{req.get_method()} {req.full_url}: {exc}") from exc
+
+
+def get(endpoint: Target, path: str, timeout: float = 10.0) -> Response:
+    """GET; an HTTP error status is a Response, not an exception."""
+    return _send(urllib.request.Request(_url(endpoint, path), headers=_headers(endpoint)), timeout)
 
 
 def post_json(endpoint: Target, path: str, body: object, timeout: float = 120.0) -> Response:
@@ -76,13 +80,7 @@ def post_json(endpoint: Target, path: str, body: object, timeout: float = 120.0)
         _url(endpoint, path), data=json.dumps(body).encode(),
         headers=_headers(endpoint, **{"Content-Type": "application/json"}), method="POST",
     )  # fmt: skip
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return Response(resp.status, resp.read())
-    except urllib.error.HTTPError as exc:
-        return Response(exc.code, exc.read())
-    except (urllib.error.URLError, OSError) as exc:
-        raise SmokeHttpError(f"POST {_url(endpoint, path)}: {exc}") from exc
+    return _send(req, timeout)
 
 
 def wait_healthy(endpoint: Target, timeout: float = 120.0) -> float:
