@@ -51,10 +51,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def add_model_commands(subparsers: Any) -> None:
     """Register ``model add|list|remove`` on a top-level subparsers object."""
-    sub = add_group(
-        subparsers, "model", "the model store (GGUF files, Hugging Face folders) served to the nodes",
-        "model_command",
-    )  # fmt: skip
+    what = "the model store (GGUF files, Hugging Face folders) served to the nodes"
+    sub = add_group(subparsers, "model", what, "model_command")
 
     def with_store(p: argparse.ArgumentParser) -> None:
         add_store_options(p, "model store", "PROVISIONER_MODELS")

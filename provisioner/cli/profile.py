@@ -11,9 +11,11 @@ The profiles directory is ``--profiles DIR``, else ``$PROVISIONER_HWPROFILES``, 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,20 @@ def _load(args: argparse.Namespace) -> ProfileSet | None:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return None
+
+
+def _with_profiles(
+    command: Callable[[argparse.Namespace, ProfileSet], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A command that needs the profiles: it runs with them loaded, or exits 1 once
+    :func:`_load` has printed why they could not be."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        profiles = _load(args)
+        return 1 if profiles is None else command(args, profiles)
+
+    return run
 
 
 def _print_json(data: object) -> None:
@@ -202,10 +218,8 @@ def match_to_dict(name: str, fmt: str | None, inv: Inventory, m: Match) -> dict[
 # ---------------------------------------------------------------- commands
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    profiles = _load(args)
-    if profiles is None:
-        return 1
+@_with_profiles
+def cmd_list(args: argparse.Namespace, profiles: ProfileSet) -> int:
     if args.json:
         _print_json(
             [
@@ -226,10 +240,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    profiles = _load(args)
-    if profiles is None:
-        return 1
+@_with_profiles
+def cmd_show(args: argparse.Namespace, profiles: ProfileSet) -> int:
     profile = profiles.get(args.name)
     if profile is None:
         print(f"no profile {args.name!r}; known: {', '.join(profiles.names)}", file=sys.stderr)
@@ -282,10 +294,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_match(args: argparse.Namespace) -> int:
-    profiles = _load(args)
-    if profiles is None:
-        return 1
+@_with_profiles
+def cmd_match(args: argparse.Namespace, profiles: ProfileSet) -> int:
     status = 0
     results: list[dict[str, object]] = []
     for name in args.files:
