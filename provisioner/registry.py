@@ -41,99 +41,13 @@ from provisioner.records import (
     PendingInventory,
     TokenCheck,
 )
+from provisioner.registry_schema import ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION
 from provisioner.states import NodeEvent, NodeState, apply
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: boot_tokens, pending_inventories, nodes.dhcp_ip
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS nodes (
-    mac TEXT PRIMARY KEY,
-    hostname TEXT UNIQUE,
-    state TEXT NOT NULL,
-    profile TEXT,
-    ip TEXT,
-    firmware TEXT,
-    arch INTEGER,
-    first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS nodes_ip ON nodes(ip);
-CREATE TABLE IF NOT EXISTS leases (
-    ip TEXT PRIMARY KEY,
-    mac TEXT NOT NULL,
-    expires REAL NOT NULL,
-    kind TEXT NOT NULL          -- offered | bound | declined
-);
-CREATE INDEX IF NOT EXISTS leases_mac ON leases(mac);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    mac TEXT NOT NULL,
-    ts REAL NOT NULL,
-    kind TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
-CREATE TABLE IF NOT EXISTS inventories (
-    mac TEXT PRIMARY KEY,
-    received REAL NOT NULL,
-    data TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS power (
-    mac TEXT PRIMARY KEY,
-    url TEXT NOT NULL,          -- power/settings.py's URL: driver, BMC, user; no password
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS clusters (
-    name TEXT PRIMARY KEY,
-    spec TEXT NOT NULL,         -- JSON: provisioner/clusters.py's Cluster
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS steps (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run TEXT NOT NULL,          -- one post-install or smoke run
-    mac TEXT NOT NULL,
-    step TEXT NOT NULL,
-    status TEXT NOT NULL,       -- unchanged | changed | failed
-    exit_status INTEGER,
-    output TEXT NOT NULL,
-    seconds REAL NOT NULL,
-    ts REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS steps_mac ON steps(mac, id);
-CREATE TABLE IF NOT EXISTS profile_images (
-    profile TEXT PRIMARY KEY,
-    image TEXT NOT NULL,        -- name (its newest version) or name@version (pinned)
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS boot_tokens (
-    mac TEXT PRIMARY KEY,       -- one per node: its latest boot script's
-    hash TEXT NOT NULL,         -- sha256 of the token; the token itself is never stored
-    asked_by TEXT NOT NULL,     -- the address that fetched the script
-    bound_to TEXT,              -- the one address that may use it (NULL: its first user)
-    issued REAL NOT NULL,
-    expires REAL NOT NULL,
-    spent REAL                  -- when its one inventory POST came
-);
-CREATE TABLE IF NOT EXISTS pending_inventories (
-    mac TEXT PRIMARY KEY,       -- a report held for `node approve` (the latest one)
-    received REAL NOT NULL,
-    data TEXT NOT NULL,
-    ip TEXT,                    -- proxy mode: the address it came from
-    changes TEXT NOT NULL       -- JSON: what it would change (keys, profile, address)
-);
-"""
-
-# Columns added after a table was first shipped: (table, column, declaration). Version 1
-# had nodes.boot_token (one unhashed-expiry token per node): left unused in old files.
-_ADDED_COLUMNS = (
-    ("nodes", "image", "TEXT"),  # the image@version its last script named
-    ("nodes", "dhcp_ip", "TEXT"),  # proxy mode: the address its PXE DHCP named (never its ip)
-)
 
 
 def hash_token(token: str) -> str:
@@ -162,8 +76,8 @@ class Registry:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-            for table, column, declaration in _ADDED_COLUMNS:
+            self._db.executescript(SCHEMA)
+            for table, column, declaration in ADDED_COLUMNS:
                 have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
                 if column not in have:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
