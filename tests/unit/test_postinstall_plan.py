@@ -182,3 +182,35 @@ def test_a_value_that_cannot_be_escaped_names_the_recipe_step_and_value(tmp_path
             cluster(), members("qemu-lab"), control_url="http://c", artifact=None, model=None,
             engine_recipes=(), recipes_dir=tmp_path, extra={"node0": {"v": "a\nb"}},
         )  # fmt: skip
+
+
+@pytest.mark.root
+def test_the_firewall_files_load_in_nft_on_a_node_without_etc_protocols() -> None:
+    """A minimal image has no /etc/protocols: nft then knows only its own keywords (a lab
+    node refused 'ipv6-icmp' once). Every rendered .nft file is checked by nft itself, in a
+    mount namespace where /etc/protocols is empty."""
+    import os
+    import shutil
+    import subprocess
+
+    from tests.conftest import unavailable
+
+    if shutil.which("nft") is None or shutil.which("unshare") is None or os.geteuid() != 0:
+        unavailable("needs root, nft and unshare (scripts/setup installs nftables)")
+    firewall = {
+        "node0": {"firewall": {"control_only": [8080], "head_only": []}},
+        **{w: {"firewall": {"control_only": [], "head_only": [50052]}} for w in ("node1", "node2")},
+    }
+    plans = plan(
+        cluster(), members("qemu-lab"), control_url="http://10.99.0.1:8080",
+        artifact=ARTIFACT, model=MODEL, engine_recipes=("llama-rpc",), extra=firewall,
+    )  # fmt: skip
+    files = [s.put[1] for p in plans for s in p.steps if s.put and s.put[0].endswith(".nft")]
+    assert len(files) == 5  # a node table on each of the three, an RPC table on each worker
+    for text in files:
+        done = subprocess.run(
+            ["unshare", "--mount", "sh", "-c",
+             "mount --bind /dev/null /etc/protocols && nft -c -f -"],
+            input=text, capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()
