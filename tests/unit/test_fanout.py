@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.postinstall import fanout
-from provisioner.postinstall.plan import Download, Member, NodePlan, Step, plan
+from provisioner.postinstall.plan import Member, NodePlan, Step, plan
 from provisioner.postinstall.ssh import Connection
 from provisioner.postinstall.ssh_paramiko import SshConnection
 from provisioner.profiles import Engine
@@ -21,6 +21,7 @@ from provisioner.records import Cluster
 from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
 from tests.fakes.ssh import FakeConnection, FakeNode, Put, Reply, replies
+from tests.unit.test_postinstall_plan import ARTIFACT, MODEL
 
 NODE0 = Member("node0", "52:54:00:00:00:00", "10.99.0.100", "qemu-lab", threads=4)
 NODE1 = Member("node1", "52:54:00:00:00:01", "10.99.0.101", "qemu-lab", threads=4)
@@ -298,15 +299,6 @@ def test_a_changed_unit_is_restarted_and_an_unchanged_stopped_one_only_started(
 
 
 # ---------------------------------------------------------------------------- real plans
-
-ARTIFACT = Download(
-    "llama.cpp-b1-cpu-x86-64-v2",
-    "llama.cpp-b1-cpu-x86-64-v2.tar.gz",
-    "http://10.99.0.1:8080/artifacts/llama.cpp-b1-cpu-x86-64-v2.tar.gz",
-    "a" * 64,
-    binaries={"server": "bin/llama-server", "rpc": "bin/rpc-server"},
-)
-MODEL = Download("smollm2", "smollm2.gguf", "http://10.99.0.1:8080/models/smollm2.gguf", "b" * 64)
 
 
 def llama_plans() -> list[NodePlan]:
