@@ -28,6 +28,7 @@ class EventKind(StrEnum):
     TFTP = "tftp"  # a file sent over TFTP
     SCRIPT = "script"  # its iPXE boot script served
     HTTP_FILE = "http-file"  # kernel, initrd or root image fetched over HTTP
+    INTEGRITY = "integrity"  # the root it booted checked against the published sha256
     KEYS = "keys"  # the booted image fetched the control node's SSH key
     INVENTORY = "inventory"  # the agent reported the hardware
     STATE = "state"  # the node changed state

@@ -41,6 +41,7 @@ class BootSpec:
     kernel: str = KERNEL_FILE
     initrd: str = INITRD_FILE
     squashfs: str | None = None  # the root fetched over HTTP (live-boot fetch=), if any
+    root_sha256: str | None = None  # the squashfs's, from the manifest: the initrd checks it
     cmdline: str = ""
     reason: str = ""  # why, for MISSING and REFUSED
 
@@ -109,5 +110,6 @@ def boot_spec(
         kind,
         image=found.ref,
         squashfs=found.squashfs,
+        root_sha256=found.digests().get("squashfs") if found.squashfs is not None else None,
         cmdline=" ".join(a for a in args if a),
     )

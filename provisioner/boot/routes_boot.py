@@ -5,7 +5,11 @@
 - ``POST /api/v1/nodes/{mac}/inventory``: the agent's report (its text format or a JSON
   inventory), answered with whether to reboot into the node's image now;
 - ``GET /api/v1/nodes/{mac}/authorized_keys``: the control node's SSH key, for the
-  booting image to install for root.
+  booting image to install for root;
+- ``POST /api/v1/nodes/{mac}/integrity``: the image's initramfs found that the root it
+  fetched is not the published one (:mod:`provisioner.boot.integrity`): the node fails.
+  The inventory POST carries the same check's good outcome in its ``X-Provisioner-Root``
+  header; a report whose root differs is refused (409) and fails the node too.
 
 Who gets a token (:func:`token_refusal`): full mode, only the holder of the MAC's bound
 lease; proxy mode, only the address its PXE request named (if seen), and while its latest
@@ -37,6 +41,16 @@ from fastapi.responses import PlainTextResponse
 
 from provisioner.boot.dhcp_server import FLUSH_SECONDS
 from provisioner.boot.http_context import AppContext, bearer, client_ip
+from provisioner.boot.integrity import (
+    ROOT_HEADER,
+    BadRootReport,
+    RootReport,
+    Verdict,
+    failure_reason,
+    judge,
+    parse_integrity_body,
+    parse_root_header,
+)
 from provisioner.boot.policy import BootKind
 from provisioner.config import Config, Mode, normalize_mac
 from provisioner.discovery import schema
@@ -46,7 +60,7 @@ from provisioner.discovery.report import parse_report
 from provisioner.enroll.matching import receive
 from provisioner.names import UnsafeValue
 from provisioner.records import BootToken, Detail, EventKind, TokenCheck
-from provisioner.states import BOOTS_PROFILE_IMAGE, NodeState
+from provisioner.states import BOOTS_PROFILE_IMAGE, NodeEvent, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +108,34 @@ def router(ctx: AppContext, *, clock: Callable[[], float] = time.time) -> APIRou
             raise HTTPException(
                 401, "a valid per-boot token is required", headers={"WWW-Authenticate": "Bearer"}
             )
+
+    def published_root(mac: str) -> tuple[str | None, str | None]:
+        """The image the node's last boot script named, and its root's sha256 (if any)."""
+        node = ctx.registry.node(mac)
+        image = node.image if node is not None else None
+        found = ctx.find_image(image) if image else None
+        if found is None or found.squashfs is None:
+            return image, None
+        return image, found.digests().get("squashfs")
+
+    def judge_root(mac: str, reported: RootReport | None) -> Verdict:
+        """Put the verdict on the timeline; a mismatch fails the node."""
+        image, published = published_root(mac)
+        verdict = judge(published, reported)
+        if verdict is Verdict.NO_ROOT:
+            return verdict
+        detail: dict[str, str | None] = {
+            "verdict": verdict.value, "image": image, "published": published,
+            **(reported.as_detail() if reported is not None else {}),
+        }  # fmt: skip
+        ctx.registry.add_event(mac, EventKind.INTEGRITY, detail)
+        if verdict is Verdict.MISMATCH:
+            assert image is not None and published is not None and reported is not None
+            reason = failure_reason(image, published, reported)
+            ctx.metrics.inc("provisioner_http_refused_total", reason="root-integrity")
+            ctx.registry.transition(mac, NodeEvent.FAIL, reason=reason)
+            log.error("root integrity mac=%s: %s", mac, reason)
+        return verdict
 
     @routes.get("/boot/{name}", response_class=PlainTextResponse)
     def boot_script(name: str, request: Request) -> Response:
@@ -171,8 +213,14 @@ def router(ctx: AppContext, *, clock: Callable[[], float] = time.time) -> APIRou
         if len(body) > MAX_INVENTORY_BYTES:
             raise HTTPException(413, f"inventory over {MAX_INVENTORY_BYTES} bytes")
         stored = inventory_document(body, request.headers.get("content-type", ""))
+        try:
+            root = parse_root_header(request.headers.get(ROOT_HEADER))
+        except BadRootReport as exc:
+            raise HTTPException(422, str(exc)) from None
         # Spent only now: a report refused as malformed (422) may be sent again.
         require_boot_token(mac, authorization, source, "inventory", spend=True)
+        if judge_root(mac, root) is Verdict.MISMATCH:
+            raise HTTPException(409, "this root is not the image the control node published")
         before = ctx.registry.node(mac)
         proxy = ctx.config.network.mode is Mode.PROXY
         got = receive(
@@ -194,6 +242,25 @@ def router(ctx: AppContext, *, clock: Callable[[], float] = time.time) -> APIRou
             mac, node.state, len(problems), next_step,
         )  # fmt: skip
         return {"mac": mac, "state": node.state.value, "next": next_step}
+
+    @routes.post("/api/v1/nodes/{mac_raw}/integrity")
+    async def post_integrity(
+        mac_raw: str, request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, str]:
+        """The initramfs' report of a root that is not the published one (its boot stops)."""
+        mac = mac_or_404(mac_raw)
+        source = client_ip(request)
+        require_boot_token(mac, authorization, source, "integrity")
+        try:
+            reported = parse_integrity_body(await request.body())
+        except BadRootReport as exc:
+            raise HTTPException(422, str(exc)) from None
+        # Spent: nothing more of this boot (its inventory) is taken.
+        require_boot_token(mac, authorization, source, "integrity", spend=True)
+        verdict = judge_root(mac, reported)
+        node = ctx.registry.node(mac)
+        assert node is not None
+        return {"mac": mac, "verdict": verdict.value, "state": node.state.value}
 
     @routes.get("/api/v1/nodes/{mac_raw}/authorized_keys", response_class=PlainTextResponse)
     def authorized_keys(

@@ -51,7 +51,7 @@ from provisioner.image.store import ImageStore
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 1  # bump when the image layout or the manifest changes
+BUILDER_VERSION = 2  # bump when the image layout or the manifest changes (2: root check)
 AGENT_PATH = "/usr/bin/provisioner-agent"
 UNIT_PATH = "/etc/systemd/system/provisioner-agent.service"
 KEYS_UNIT_PATH = "/etc/systemd/system/provisioner-keys.service"
@@ -157,6 +157,15 @@ ExecStartPre=/usr/sbin/sshd -t
 """
 
 
+# The recipe's root check, as an initramfs-tools init-bottom script: it runs after live-boot
+# mounted the fetched root and before the switch to it (images/initramfs/).
+ROOT_CHECK_PATH = "/etc/initramfs-tools/scripts/init-bottom/provisioner-root-check"
+# Files the initramfs takes: uploaded before the packages are installed (the kernel's
+# postinst runs update-initramfs then), not with the rest at the end.
+EARLY_PREFIX = "/etc/initramfs-tools/"
+EXECUTABLE = frozenset({AGENT_PATH, ROOT_CHECK_PATH})
+
+
 def staged_files(recipe: RootfsRecipe) -> dict[str, bytes]:
     """Every file the build uploads into the image, by absolute image path."""
     files = {
@@ -166,15 +175,34 @@ def staged_files(recipe: RootfsRecipe) -> dict[str, bytes]:
         NETWORK_PATH: NETWORK_UNIT.encode(),
         SSH_KEYGEN_DROPIN: SSH_KEYGEN.encode(),
     }
+    if recipe.root_check is not None:
+        files[ROOT_CHECK_PATH] = recipe.root_check.read_bytes()
     for target, path in recipe.extra:
         files[target] = path.read_bytes()
     return files
 
 
+def stage(files: dict[str, bytes], staged: Path, early: Path) -> None:
+    """Write ``files`` under ``early`` (what the initramfs takes) or ``staged`` (the rest),
+    each at its image path; the agent and the root check executable."""
+    for target, data in files.items():
+        path = (early if target.startswith(EARLY_PREFIX) else staged) / target.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(0o755 if target in EXECUTABLE else 0o644)
+
+
 def mmdebstrap_argv(
-    recipe: RootfsRecipe, mirror: str, root: Path, archives: Path, staged: Path
+    recipe: RootfsRecipe,
+    mirror: str,
+    root: Path,
+    archives: Path,
+    staged: Path,
+    early: Path | None = None,
 ) -> list[str]:
-    """The whole mmdebstrap command line. ``archives`` keeps the .debs between builds."""
+    """The whole mmdebstrap command line. ``archives`` keeps the .debs between builds;
+    ``early`` holds the files that must be in place before the packages are installed
+    (initramfs-tools scripts: the kernel's postinst builds the initrd with them)."""
     q = shlex.quote
     include = [recipe.kernel_package, *recipe.packages]
     argv = [
@@ -195,6 +223,9 @@ def mmdebstrap_argv(
         '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
         f"--setup-hook=sync-in {q(str(archives))} /var/cache/apt/archives/",
     ]
+    if early is not None:
+        # After the Essential packages, before --include (the kernel, initramfs-tools).
+        argv.append(f"--essential-hook=sync-in {q(str(early))} /")
     argv += [f"--customize-hook={hook}" for hook in customize_commands(recipe, staged)]
     argv += [
         f"--customize-hook=sync-out /var/cache/apt/archives {q(str(archives))}",
@@ -332,6 +363,16 @@ def _stream(argv: list[str], progress: Callable[[str], None], prefix: str) -> No
         )
 
 
+def _require_in_initrd(root: Path, release: str, member: str) -> None:
+    """Refuse an initrd without ``member`` (lsinitramfs of the image's own tools)."""
+    listing = subprocess.run(
+        ["chroot", str(root), "lsinitramfs", f"/boot/initrd.img-{release}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    if member not in listing and f"usr/{member}" not in listing:
+        raise ImageError(f"the initrd lacks {member}: the fetched root would go unchecked")
+
+
 def build_rootfs(
     recipe: Path, store: Path, cache: Path, progress: Callable[[str], None]
 ) -> Manifest:
@@ -355,21 +396,24 @@ def build_rootfs(
     images = ImageStore(store)
     staging = images.staging(spec.name)
     try:
-        staged = scratch / "staged"
-        for target, data in staged_files(spec).items():
-            path = staged / target.lstrip("/")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+        staged, early = scratch / "staged", scratch / "early"
+        staged.mkdir()
+        early.mkdir()
+        stage(staged_files(spec), staged, early)
         before = _debs(archives)
         root = scratch / "root"
         progress(f"mmdebstrap: {spec.suite} ({spec.variant}) from {mirror}")
         t0 = time.monotonic()
-        _stream(mmdebstrap_argv(spec, mirror, root, archives, staged), progress, "mmdebstrap")
+        _stream(
+            mmdebstrap_argv(spec, mirror, root, archives, staged, early), progress, "mmdebstrap"
+        )
         mmdebstrap_seconds = round(time.monotonic() - t0, 2)
         after = _debs(archives)
         download = sum(size for name, size in after.items() if name not in before)
         progress(f"mmdebstrap: done in {mmdebstrap_seconds} s, downloaded {download} bytes")
         release = kernel_release(p.name for p in (root / "boot").iterdir())
+        if spec.root_check is not None:
+            _require_in_initrd(root, release, ROOT_CHECK_PATH.removeprefix("/etc/initramfs-tools/"))
         shutil.copyfile(root / "boot" / f"vmlinuz-{release}", staging / "vmlinuz")
         shutil.copyfile(root / "boot" / f"initrd.img-{release}", staging / "initrd")
         packages = parse_dpkg_query(

@@ -61,6 +61,9 @@ class RootfsRecipe:
     users: tuple[User, ...]
     agent: Path
     extra: tuple[tuple[str, Path], ...]  # (absolute path in the image, file here)
+    # The initramfs script that checks the fetched root against the boot script's sha256
+    # (provisioner.root_sha256=); None: the image boots whatever root it fetched.
+    root_check: Path | None = None
 
 
 _KEYS: dict[str, frozenset[str]] = {
@@ -68,7 +71,7 @@ _KEYS: dict[str, frozenset[str]] = {
     "kernel": frozenset({"package"}),
     "packages": frozenset({"include"}),
     "squashfs": frozenset({"compression"}),
-    "files": frozenset({"agent", "extra"}),
+    "files": frozenset({"agent", "extra", "root_check"}),
 }
 _TOP = frozenset({"name", "users", *_KEYS})
 
@@ -203,7 +206,13 @@ def parse_recipe(text: bytes, source: Path) -> RootfsRecipe:
         users=_users(r),
         agent=r.file("files.agent", r.table("files").get("agent")),
         extra=_extra(r),
+        root_check=_root_check(r),
     )
+
+
+def _root_check(r: _Reader) -> Path | None:
+    relative = r.table("files").get("root_check")
+    return None if relative is None else r.file("files.root_check", relative)
 
 
 def load_recipe(path: Path) -> RootfsRecipe:

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,10 @@ def test_two_nodes_boot_the_shared_image_and_take_ssh_logins(
         assert isinstance(timeline, list)
         kinds = [e["kind"] for e in timeline]
         assert kinds.count("inventory") >= 2 and "keys" in kinds
+        # Its initramfs checked the fetched root against the boot script's sha256.
+        checks = [e["detail"] for e in timeline if e["kind"] == "integrity"]
+        assert [(c["verdict"], c["checked"]) for c in checks] == [("verified", "initramfs")]
+        assert checks[0]["sha256"] == rootfs_built.manifest.squashfs.sha256
         files = [e["detail"].get("file") for e in timeline if e["kind"] == "http-file"]
         assert f"{ref}/vmlinuz" in files and f"{ref}/root.squashfs" in files
         doc = node["inventory"]
@@ -113,3 +118,55 @@ def test_two_nodes_boot_the_shared_image_and_take_ssh_logins(
     shown = run_cli("--config", config, "image", "show", ref, "--json")
     assert set(json.loads(shown.stdout)["nodes"]) == {"labnode1", "labnode2"}
     assert os.path.isdir(images / ref)
+
+
+def test_a_tampered_root_fails_the_node_and_the_restored_one_boots(
+    lab_dir: Path, rootfs_built: BuiltRootfs
+) -> None:
+    """The image's initramfs checks the fetched root against the boot script's sha256: a
+    changed byte stops the boot before the root runs and fails the node, named why; with
+    the file restored, re-enrolling (power-cycle) boots it and the check passes."""
+    images = lab_dir / "state" / "images"
+    images.mkdir(parents=True)
+    shutil.copytree(rootfs_built.image, images / rootfs_built.image.name)
+    ref = rootfs_built.image.name
+    published = rootfs_built.manifest.squashfs.sha256
+    squashfs = images / ref / "root.squashfs"
+    original = squashfs.read_bytes()
+    middle = len(original) // 2
+    squashfs.write_bytes(
+        original[:middle] + bytes([original[middle] ^ 0xFF]) + original[middle + 1 :]
+    )
+
+    up = run_cli(
+        "lab", "up", "--dir", str(lab_dir), "--nodes", "1", "--firmware", "bios",
+        "--mode", "full", "--image", "debian-bookworm", "--timeout", "900",
+    )  # fmt: skip
+    print(up.stderr[-3000:])
+    mac = "52:54:00:99:00:01"
+    node = node_json(lab_dir, mac)
+    assert node["state"] == "failed", up.stderr[-3000:]
+    timeline = node["timeline"]
+    checks = [e["detail"] for e in timeline if e["kind"] == "integrity"]
+    assert [c["verdict"] for c in checks] == ["mismatch"]
+    assert checks[0]["checked"] == "initramfs" and checks[0]["published"] == published
+    assert checks[0]["image"] == ref and checks[0]["sha256"] != published
+    # Nothing of the tampered root ran: no key was fetched, no report came from it.
+    assert "keys" not in [e["kind"] for e in timeline]
+    assert not node["inventory"]["inventory"].get("ssh_host_keys")  # discovery's only
+    assert up.returncode != 0
+
+    squashfs.write_bytes(original)
+    config = str(lab_dir / "provisioner.toml")
+    again = run_cli("--config", config, "enroll", "labnode1", "--power-cycle", "--wait")
+    assert again.returncode == 0, again.stderr
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        node = node_json(lab_dir, mac)
+        verdicts = [e["detail"]["verdict"] for e in node["timeline"] if e["kind"] == "integrity"]
+        if verdicts[-1:] == ["verified"]:
+            break
+        time.sleep(5)
+    assert verdicts[-1:] == ["verified"], node["timeline"][-10:]
+    assert node["state"] == "enrolled"
+    assert node["inventory"]["inventory"]["ssh_host_keys"]  # the image's agent reported
