@@ -21,6 +21,7 @@ from tomlkit.exceptions import ParseError
 from tomlkit.items import Table
 
 from provisioner import names
+from provisioner.data import HWPROFILES
 from provisioner.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/provisioner/provisioner.toml")
@@ -102,7 +103,7 @@ class BootConfig:
 
 
 DEFAULT_HOSTNAME_PATTERN = "node{n}"
-DEFAULT_HWPROFILES = Path(__file__).resolve().parents[1] / "hwprofiles"
+DEFAULT_HWPROFILES = HWPROFILES
 
 
 @dataclass(frozen=True)

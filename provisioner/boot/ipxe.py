@@ -25,10 +25,11 @@ from typing import Any
 import jinja2
 
 from provisioner.boot.policy import BootSpec
+from provisioner.data import BOOTCONF
 from provisioner.names import UnsafeValue, check_line
 from provisioner.states import NodeState
 
-DEFAULT_BOOTCONF = Path(__file__).resolve().parents[2] / "bootconf"
+DEFAULT_BOOTCONF = BOOTCONF
 RETRY_SECONDS = 15
 IPXE_KINDS = ("word", "words")
 

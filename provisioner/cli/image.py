@@ -22,6 +22,7 @@ from provisioner.cli.common import (
     table,
 )
 from provisioner.config import Config
+from provisioner.data import IMAGES
 from provisioner.image import ImageError, guardrails
 from provisioner.image.discovery import build_discovery, default_cache
 from provisioner.image.rootfs import build_rootfs
@@ -29,7 +30,7 @@ from provisioner.image.store import ImageInUse, ImageRef, ImageStore, StoredImag
 from provisioner.profiles import load_profiles
 from provisioner.registry import Registry
 
-RECIPES = Path(__file__).resolve().parents[2] / "images"
+RECIPES = IMAGES
 
 
 def recipe_path(text: str) -> Path:
@@ -185,7 +186,7 @@ def _used_by(cfg: Config, images: list[StoredImage]) -> dict[str, dict[str, str]
     """image ref -> {node: why} for nodes that booted it last or boot it next."""
     if not cfg.registry_path.exists():
         return {}
-    registry = open_registry(cfg)
+    registry = open_registry(cfg, readonly=True)
     try:
         planned = _planned(cfg, registry, ImageStore(cfg.image_dir))
         booted = {n.hostname or n.mac: n.image for n in registry.nodes()}

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import provisioner
+from provisioner.data import HWPROFILES
 from provisioner.discovery.dumps import parse_dump
 from provisioner.discovery.model import Inventory
 from provisioner.enroll.fingerprint import Candidate, Match, fingerprint
@@ -45,7 +45,7 @@ def default_profiles_dir() -> Path:
     """$PROVISIONER_HWPROFILES, else hwprofiles/ next to the package."""
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR])
-    return Path(provisioner.__file__).resolve().parents[1] / "hwprofiles"
+    return HWPROFILES
 
 
 SubParsers = argparse._SubParsersAction  # the type argparse's add_subparsers() returns

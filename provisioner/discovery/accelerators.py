@@ -13,17 +13,17 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
+from provisioner.data import ACCELERATOR_TABLE
 from provisioner.discovery import pciids
 from provisioner.discovery.model import Inventory, PciDevice, hex_id
 from provisioner.errors import ProvisionerError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "hwprofiles" / "accelerators.yaml"
+DEFAULT_TABLE = ACCELERATOR_TABLE
 ENTRY_KEYS = frozenset({"slug", "vendor", "device", "revision", "family", "in_pci_ids", "source"})
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.config import Mode, render_config, write_config
+from provisioner.data import DISCOVERY_RECIPE
 from provisioner.enroll.power_cycle import start
 from provisioner.image.discovery import build_discovery, default_cache
 from provisioner.image.rootfs import build_rootfs
@@ -58,7 +59,6 @@ HTTP_PORT = 8080
 LAB_KERNEL_ARGS = "console=ttyS0,115200n8 provisioner.after=poweroff"
 IMAGE_MEMORY_MIB = 1536  # a RAM-held root: the squashfs + the unpacked initrd + the system
 STUCK_SECONDS = 180.0
-DISCOVERY_RECIPE = Path(__file__).resolve().parents[2] / "images" / "discovery.toml"
 
 Progress = Callable[[str], None]
 
@@ -162,6 +162,8 @@ def judge(
 ) -> str:
     if "ready" in steps:
         return "ready"
+    if state == NodeState.FAILED.value:  # e.g. its root was not the published one
+        return "failed"
     if target == "discovered" and (state == NodeState.DISCOVERED.value or "inventory" in steps):
         return "discovered"
     if not running:

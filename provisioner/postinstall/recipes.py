@@ -100,10 +100,11 @@ from typing import Any
 import jinja2
 import yaml
 
+from provisioner.data import POSTINSTALL
 from provisioner.errors import ProvisionerError
 from provisioner.names import UnsafeValue, check_line, check_unit
 
-DEFAULT_RECIPES = Path(__file__).resolve().parents[2] / "postinstall"
+DEFAULT_RECIPES = POSTINSTALL
 KINDS = ("fetch", "file", "unit", "command")
 ROLES = ("head", "worker")
 _STEP_KEYS = frozenset(

@@ -45,6 +45,8 @@ def test_judge() -> None:
     assert judge("new", ["dhcp"], 10, False, 20) == "failed"  # VM gone before inventory
     assert judge("new", ["dhcp"], 10, True, 20) == "booting"
     assert judge("new", ["dhcp"], 500, True, 600) == "stuck"
+    # Failed on the appliance (its root was not the published one): failed, VM up or not.
+    assert judge("failed", ["dhcp", "image"], 1, True, 5, target="ready") == "failed"
     assert judge("unseen", [], None, True, 30, stuck_after=20) == "stuck"
 
 

@@ -19,6 +19,7 @@ from provisioner.artifacts.wheelhouse import node_install_command
 from provisioner.clusters import keys
 from provisioner.clusters.spec import ClusterError
 from provisioner.config import Config
+from provisioner.data import VLLM_ARGCHECK
 from provisioner.discovery.accelerators import accelerators
 from provisioner.models.hf import fetch_tree_command
 from provisioner.models.store import ModelStore
@@ -181,7 +182,7 @@ def plan_context(
     return artifact, extra
 
 
-ARGCHECK = Path(__file__).resolve().parents[2] / "postinstall" / "vllm_argcheck.py"
+ARGCHECK = VLLM_ARGCHECK
 
 
 def check_arguments(
