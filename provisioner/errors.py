@@ -5,11 +5,16 @@
     ProvisionerError                 base of everything we raise on purpose
     ├── ConfigError                  a bad provisioner.toml: key, value and why
     ├── RegistryError                the registry refused an operation
-    │   └── IllegalTransition        a node state change the state table forbids
+    │   ├── IllegalTransition        a node state change the state table forbids
+    │   └── SchemaVersionError       a registry file from a newer provisioner, or one that
+    │                                needs upgrading and was opened read-only
+    ├── BackupError (backup.py)      a backup not written, or one refused at restore
     ├── ProtocolError                bytes from the wire that break a protocol's rules
     │   ├── DhcpDecodeError          a datagram that is not a well-formed BOOTP/DHCP packet
     │   └── TftpPathError            a TFTP file name outside the served root
     ├── BootServiceError             a boot service failed to start (a bind, a missing file)
+    │   └── InstanceConflict (instance.py)  another serve holds the state folder or DHCP port
+    ├── ServiceError (service.py)    the systemd unit not installed (write or reload failed)
     ├── ImageError (image/__init__.py)   an image could not be built
     │   └── RecipeError              a bad image recipe: file, key and why
     ├── AcceleratorTableError (discovery/accelerators.py)  a bad hwprofiles/accelerators.yaml
@@ -54,6 +59,18 @@ class RegistryError(ProvisionerError):
 
 class IllegalTransition(RegistryError):
     """A node state change that the state table does not allow."""
+
+
+class SchemaVersionError(RegistryError):
+    """The registry file's schema version (``PRAGMA user_version``) is not one this
+    provisioner may use as it is: newer than it knows (refused, nothing written), or older
+    and opened read-only (only a command that writes upgrades a file)."""
+
+    def __init__(self, path: object, found: int, known: int, message: str):
+        self.path = path
+        self.found = found
+        self.known = known
+        super().__init__(message)
 
 
 class ProtocolError(ProvisionerError):

@@ -7,8 +7,13 @@ lock: the services run in threads (TFTP) and an event loop (DHCP, HTTP), and SQL
 serialises writers anyway.
 
 The file (and SQLite's -wal and -shm beside it, which take its mode) is 0600, in a folder
-made 0700: it holds inventories, host keys and the hashes of live boot tokens. A database
-from an older version opens as it is: new tables are created, new columns added.
+made 0700: it holds inventories, host keys and the hashes of live boot tokens. Opening a
+file for writing upgrades it in place (:mod:`provisioner.registry_migrate`); a file from a
+newer provisioner is refused untouched. ``readonly=True`` (the CLI's reading commands)
+never writes: a ``mode=ro`` URI, ``immutable`` when no -wal file says a writer is at work
+(so a read-only folder works and no -wal/-shm is left behind), and a file that needs an
+upgrade is refused with what to run. :func:`snapshot` copies a live file with SQLite's
+online backup API (``provisioner backup``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -41,56 +46,69 @@ from provisioner.records import (
     PendingInventory,
     TokenCheck,
 )
-from provisioner.registry_schema import ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION
+from provisioner.registry_migrate import (
+    PRIVATE_FILE,
+    make_private,
+    migrate,
+    read_only_uri,
+    refuse_newer,
+    require_current,
+    schema_version,
+)
+from provisioner.registry_schema import SCHEMA_VERSION as SCHEMA_VERSION
 from provisioner.states import NodeEvent, NodeState, apply
 
 log = logging.getLogger(__name__)
-
-PRIVATE_FILE = 0o600
-PRIVATE_DIR = 0o700
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _private(path: Path) -> None:
-    """Create the database file 0600 (SQLite gives its -wal and -shm the same mode), or
-    make an existing one and its companions 0600."""
-    path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-    try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
-        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            if file.exists() and file.stat().st_mode & 0o777 != PRIVATE_FILE:
-                file.chmod(PRIVATE_FILE)
-    except OSError as exc:
-        raise RegistryError(f"cannot open registry {path}: {exc.strerror}") from exc
+def _connect(target: str | Path) -> sqlite3.Connection:
+    db = sqlite3.connect(target, uri=isinstance(target, str), check_same_thread=False,
+                         isolation_level=None)  # fmt: skip
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+def _open(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    if path.exists():  # a newer file is refused before anything is written (WAL mode is)
+        db = _connect(read_only_uri(path))
+        try:
+            (require_current if readonly else refuse_newer)(path, schema_version(db))
+        except BaseException:
+            db.close()
+            raise
+        if readonly:
+            db.execute("PRAGMA query_only=ON")
+            return db
+        db.close()
+    elif readonly:  # nothing recorded yet: an empty registry, in memory
+        db = _connect(":memory:")
+        migrate(db, path)
+        db.execute("PRAGMA query_only=ON")
+        return db
+    make_private(path)
+    db = _connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    migrate(db, path)
+    return db
 
 
 class Registry:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, readonly: bool = False):
         self.path = path
-        _private(path)
+        self.readonly = readonly
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(SCHEMA)
-            for table, column, declaration in ADDED_COLUMNS:
-                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-                if column not in have:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-            self._db.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema', ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (str(SCHEMA_VERSION),),
-            )
+            self._db = _open(path, readonly=readonly)
         except sqlite3.Error as exc:
             raise RegistryError(f"cannot open registry {path}: {exc}") from exc
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._depth = 0
+        self.on_event: Callable[[Event], None] | None = None  # each event recorded (metrics)
 
     def close(self) -> None:
         with self._lock:
@@ -98,6 +116,8 @@ class Registry:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            raise RegistryError(f"registry {self.path} is open read-only")
         with self._lock:
             if self._depth:  # inside batch(): one transaction for all
                 yield self._db
@@ -428,14 +448,21 @@ class Registry:
         with self._tx() as db:
             self._event(db, mac, kind, detail, ts)
 
-    @staticmethod
     def _event(
-        db: sqlite3.Connection, mac: str, kind: EventKind, detail: Detail, ts: float | None = None
+        self,
+        db: sqlite3.Connection,
+        mac: str,
+        kind: EventKind,
+        detail: Detail,
+        ts: float | None = None,
     ) -> None:
+        ts = time.time() if ts is None else ts
         db.execute(
             "INSERT INTO events(mac, ts, kind, detail) VALUES (?, ?, ?, ?)",
-            (mac, time.time() if ts is None else ts, kind.value, json.dumps(dict(detail))),
+            (mac, ts, kind.value, json.dumps(dict(detail))),
         )
+        if self.on_event is not None:
+            self.on_event(Event(mac, ts, kind, detail))
 
     def events(self, mac: str, *, limit: int = 500) -> list[Event]:
         with self._lock:
@@ -595,6 +622,34 @@ class Registry:
         return str(row["url"]) if row else None
 
     # ---- end of power settings
+
+
+def snapshot(path: Path, dest: Path) -> int:
+    """Copy the registry at ``path`` into a new file ``dest`` (0600) with SQLite's online
+    backup API (one consistent state even while ``serve`` writes), then check the copy
+    (``PRAGMA integrity_check``). Its schema version; one newer than this provisioner
+    knows is refused. ``provisioner backup`` copies the live file, restore the unpacked."""
+    if not path.is_file():
+        raise RegistryError(f"no registry at {path}")
+    os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+    try:
+        source = _connect(read_only_uri(path))
+        try:
+            refuse_newer(path, schema_version(source))
+            copy = sqlite3.connect(dest)
+            try:
+                source.backup(copy)
+                verdict = copy.execute("PRAGMA integrity_check").fetchone()[0]
+                version = schema_version(copy)
+            finally:
+                copy.close()
+        finally:
+            source.close()
+    except sqlite3.Error as exc:
+        raise RegistryError(f"cannot copy registry {path}: {exc}") from exc
+    if verdict != "ok":
+        raise RegistryError(f"registry {path} fails SQLite's integrity check: {verdict}")
+    return version
 
 
 def declined_owner(mac: str) -> str:

@@ -1,12 +1,19 @@
-"""The registry's tables (SQLite DDL) and what each schema version added.
+"""The registry's tables (SQLite DDL) and the steps that bring a file up to date.
 
-Data only: :mod:`provisioner.registry` runs the statements when it opens a file (they
-are idempotent) and adds :data:`ADDED_COLUMNS` to files made before those columns were.
+Data only: :mod:`provisioner.registry_migrate` applies :data:`MIGRATIONS` in order, each in
+one transaction that ends by setting ``PRAGMA user_version`` to the step's version.
+
+- A file made before user_version (``meta.schema`` 1 or 2, user_version 0) and a new,
+  empty one both start at 0: step 2 creates whatever tables and columns they lack (the
+  statements are idempotent), so both end with the same schema and no row is touched.
+- :data:`SCHEMA` is schema 2 as it shipped and never changes again: a later table, column
+  or index is a new step at the end of :data:`MIGRATIONS` (new files run every step).
+- ``meta.schema`` still mirrors the version for tools that read it; user_version rules.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2  # 2: boot_tokens, pending_inventories, nodes.dhcp_ip
+from dataclasses import dataclass
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -88,8 +95,37 @@ CREATE TABLE IF NOT EXISTS pending_inventories (
 """
 
 # Columns added after a table was first shipped: (table, column, declaration). Version 1
-# had nodes.boot_token (one unhashed-expiry token per node): left unused in old files.
+# had nodes.boot_token (one hashed token per node): left unused in old files.
 ADDED_COLUMNS = (
     ("nodes", "image", "TEXT"),  # the image@version its last script named
     ("nodes", "dhcp_ip", "TEXT"),  # proxy mode: the address its PXE DHCP named (never its ip)
 )
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step: ``script`` runs and ``columns`` a file lacks are added, then the file's
+    user_version becomes ``version``; all in one transaction, so all or nothing."""
+
+    version: int
+    why: str
+    script: str = ""  # statements separated by ";" (no transaction control in them)
+    columns: tuple[tuple[str, str, str], ...] = ()  # (table, column, declaration)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        2,
+        "schema 2, what provisioner made before user_version: a meta.schema 1 file gains"
+        " boot_tokens, pending_inventories, nodes.image and nodes.dhcp_ip",
+        SCHEMA,
+        ADDED_COLUMNS,
+    ),
+    Migration(
+        3,
+        "index nodes.dhcp_ip: node_by_ip (each TFTP transfer, proxy mode) without a table scan",
+        "CREATE INDEX IF NOT EXISTS nodes_dhcp_ip ON nodes(dhcp_ip);",
+    ),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1].version  # the newest schema this provisioner knows

@@ -86,7 +86,7 @@ def cmd_cluster_create(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster_list(args: argparse.Namespace) -> int:
-    found = store.load_all(open_registry(load_cfg(args)))
+    found = store.load_all(open_registry(load_cfg(args), readonly=True))
     if args.json:
         print_json([json.loads(c.to_json()) for c in found])
         return 0
@@ -98,7 +98,7 @@ def cmd_cluster_list(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster_status(args: argparse.Namespace) -> int:
-    registry = open_registry(load_cfg(args))
+    registry = open_registry(load_cfg(args), readonly=True)
     cluster = store.load(registry, args.name)
     rows = []
     for node in store.members(registry, cluster):

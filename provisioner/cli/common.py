@@ -72,8 +72,10 @@ def load_cfg(args: argparse.Namespace) -> Config:
     return load_config(config_path(args))
 
 
-def open_registry(cfg: Config) -> Registry:
-    return Registry(cfg.registry_path)
+def open_registry(cfg: Config, *, readonly: bool = False) -> Registry:
+    """The registry of ``cfg``; ``readonly``: for commands that only read (never writes,
+    not even an upgrade: an old file is refused with what to run)."""
+    return Registry(cfg.registry_path, readonly=readonly)
 
 
 def state_store(args: argparse.Namespace, folder: str, env: str) -> Path:
