@@ -1,67 +1,284 @@
-"""Counters of the boot services, exported in Prometheus' text format at /metrics."""
+"""The appliance's metrics, on prometheus_client, served at ``/metrics``.
+
+Each :class:`Metrics` has its own ``CollectorRegistry`` (tests build several apps in one
+process; the library's global registry is never used). Every series whose label values
+are known in advance is there from the start, at 0, so a rate or an alert works before
+the first event. The series (labels in braces; values listed are declared at start):
+
+- ``provisioner_build_info{version, python}``: 1;
+- ``provisioner_nodes{state}``: nodes in the registry, one series per ``NodeState``;
+- ``provisioner_dhcp_packets_total{port}``: datagrams received (the two DHCP ports);
+- ``provisioner_dhcp_replies_total{type}``: offer, ack, nak;
+- ``provisioner_dhcp_dropped_total{reason}``: :data:`DHCP_DROP_REASONS`;
+- ``provisioner_tftp_events_total{kind}``: sent, failed;
+- ``provisioner_http_files_total{area}``, ``provisioner_http_bytes_total{area}``;
+- ``provisioner_http_refused_total{reason}``: :data:`HTTP_REFUSAL_REASONS`;
+- ``provisioner_events_dropped_total{kind}``: refused;
+- ``provisioner_gateway_requests_total{cluster, model, status}`` and
+  ``provisioner_gateway_broken_total{cluster, model, reason}``: as they happen;
+- ``provisioner_ra_sent_total``;
+- ``provisioner_boot_step_seconds{step}`` (histogram): seconds from a boot's start to
+  each step of :data:`provisioner.timeline.TIMED_STEPS` (see ``timeline.BootClock``);
+- ``provisioner_http_file_throughput_bytes_per_second{area}`` (histogram): one
+  observation per file of at least :data:`THROUGHPUT_MIN_BYTES` handed out.
+
+Counters are floats in prometheus_client, exact for integers up to 2**53: 6,804,224
+bytes are written ``6.804224e+06``, which reads back as exactly 6804224.0. The
+``*_created`` series prometheus_client adds are left out of the exposition.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+import logging
+import platform
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
-Labels = tuple[tuple[str, str], ...]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-HELP = {
-    "provisioner_dhcp_packets_total": "DHCP/PXE datagrams received, by port and outcome",
-    "provisioner_dhcp_replies_total": "DHCP replies sent, by message type",
-    "provisioner_dhcp_dropped_total": "DHCP datagrams dropped, by reason",
-    "provisioner_tftp_events_total": "TFTP requests and outcomes, by kind",
-    "provisioner_http_files_total": "Files served over HTTP, by area",
-    "provisioner_http_bytes_total": "Bytes of files served over HTTP, by area",
-    "provisioner_http_refused_total": "HTTP requests refused, by reason",
-    "provisioner_gateway_requests_total": "Gateway requests, by cluster, served model and status",
-    "provisioner_gateway_broken_total": "Gateway streams cut before their end, by reason",
-    "provisioner_ra_sent_total": "IPv6 router advertisements (lifetime 0) sent to iPXE",
-    "provisioner_nodes": "Nodes in the registry, by state",
+from provisioner import __version__
+from provisioner.records import Event, Node
+from provisioner.states import NodeState
+from provisioner.timeline import TIMED_STEPS, BootClock, powered_on
+
+log = logging.getLogger(__name__)
+
+AREAS = ("images", "tftp", "artifacts", "models")  # serve.py's FileAreas, routes_files.py
+# dhcp_policy's _ignore() reasons and the adapter's own (malformed, internal-error); not
+# release and decline (dhcp_server.QUIET_OUTCOMES: no reply by design, not drops).
+DHCP_DROP_REASONS = (
+    "malformed",
+    "internal-error",
+    "not-a-request",
+    "no-message-type",
+    "no-hardware-address",
+    "unsupported-message",
+    "not-pxe",
+    "unsupported-arch",
+    "not-for-us",
+    "relay-outside-subnet",
+    "no-free-address",
+    "no-requested-address",
+    "decline-without-address",
+    "inform-without-ciaddr",
+)
+DHCP_REPLY_TYPES = ("offer", "ack", "nak")
+# limits.Refusal reasons (the middleware), then the routes' own.
+HTTP_REFUSAL_REASONS = (
+    "api-token",
+    "bearer",
+    "body-size",
+    "json-depth",
+    "path",
+    "unknown-node",
+    "boot-token",
+    "boot-address",
+    "on-behalf",
+    "root-integrity",
+)
+TFTP_EVENT_KINDS = ("sent", "failed")
+
+BOOT_STEP_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 450, 600, 900, 1800)
+MB = 1_000_000
+THROUGHPUT_BUCKETS = tuple(
+    n * MB for n in (0.1, 1, 5, 10, 25, 50, 75, 100, 125, 250, 500, 1000, 1250, 2500, 5000)
+)  # bytes/s: 125 MB/s is 1 GbE's line rate, 1250 MB/s 10 GbE's
+THROUGHPUT_MIN_BYTES = 1024 * 1024  # smaller files time the round trip, not the link
+
+
+@dataclass(frozen=True)
+class CounterSpec:
+    help: str
+    labels: tuple[str, ...] = ()
+    known: tuple[tuple[str, ...], ...] = ()  # label values declared at start (at 0)
+
+
+def _each(values: Iterable[str]) -> tuple[tuple[str, ...], ...]:
+    return tuple((v,) for v in values)
+
+
+COUNTERS: dict[str, CounterSpec] = {
+    "provisioner_dhcp_packets_total": CounterSpec(
+        "DHCP/PXE datagrams received, by port", ("port",)
+    ),
+    "provisioner_dhcp_replies_total": CounterSpec(
+        "DHCP replies sent, by message type", ("type",), _each(DHCP_REPLY_TYPES)
+    ),
+    "provisioner_dhcp_dropped_total": CounterSpec(
+        "DHCP datagrams dropped, by reason", ("reason",), _each(DHCP_DROP_REASONS)
+    ),
+    "provisioner_tftp_events_total": CounterSpec(
+        "TFTP transfers, by outcome", ("kind",), _each(TFTP_EVENT_KINDS)
+    ),
+    "provisioner_http_files_total": CounterSpec(
+        "Files served over HTTP, by area", ("area",), _each(AREAS)
+    ),
+    "provisioner_http_bytes_total": CounterSpec(
+        "Bytes of files served over HTTP, by area", ("area",), _each(AREAS)
+    ),
+    "provisioner_http_refused_total": CounterSpec(
+        "HTTP requests refused, by reason", ("reason",), _each(HTTP_REFUSAL_REASONS)
+    ),
+    "provisioner_events_dropped_total": CounterSpec(
+        "Timeline events not recorded (over a node's budget), by kind", ("kind",), (("refused",),)
+    ),
+    "provisioner_gateway_requests_total": CounterSpec(
+        "Gateway requests, by cluster, served model and status", ("cluster", "model", "status")
+    ),
+    "provisioner_gateway_broken_total": CounterSpec(
+        "Gateway streams cut before their end, by reason", ("cluster", "model", "reason")
+    ),
+    "provisioner_ra_sent_total": CounterSpec(
+        "IPv6 router advertisements (lifetime 0) sent to iPXE"
+    ),
 }
+NODES_HELP = "Nodes in the registry, by state"
+
+
+class Watched(Protocol):
+    """What :meth:`Metrics.watch` needs of the registry."""
+
+    on_event: Callable[[Event], None] | None
+
+    def nodes(self) -> list[Node]: ...
+
+    def events(self, mac: str, *, limit: int = ...) -> list[Event]: ...
 
 
 class Metrics:
+    """The appliance's series on a registry of their own; :meth:`render` exposes them."""
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: defaultdict[tuple[str, Labels], float] = defaultdict(float)
-        self._gauges: list[Callable[[], Iterable[tuple[str, Labels, float]]]] = []
+        self.registry = CollectorRegistry()
+        self._counters: dict[str, Counter] = {}
+        for name, spec in COUNTERS.items():
+            counter = Counter(name, spec.help, spec.labels, registry=self.registry)
+            for values in spec.known:
+                counter.labels(*values)
+            self._counters[name] = counter
+        Gauge(
+            "provisioner_build_info",
+            "The running provisioner's version, and Python's",
+            ("version", "python"),
+            registry=self.registry,
+        ).labels(__version__, platform.python_version()).set(1)
+        self.boot_steps = Histogram(
+            "provisioner_boot_step_seconds",
+            "Seconds from a boot's start (power-on, else its first DHCP DISCOVER) to a step",
+            ("step",),
+            buckets=BOOT_STEP_BUCKETS,
+            registry=self.registry,
+        )
+        for step in TIMED_STEPS:
+            self.boot_steps.labels(step)
+        self.throughput = Histogram(
+            "provisioner_http_file_throughput_bytes_per_second",
+            f"Bytes/s of each file of {THROUGHPUT_MIN_BYTES} bytes or more served, by area",
+            ("area",),
+            buckets=THROUGHPUT_BUCKETS,
+            registry=self.registry,
+        )
+        for area in AREAS:
+            self.throughput.labels(area)
+        self.clock: BootClock | None = None
+
+    # ------------------------------------------------------------------ counting
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            self._counts[key] += amount
+        """Add ``amount`` to a counter of :data:`COUNTERS` (KeyError for another name,
+        ValueError for labels other than its own)."""
+        counter = self._counters[name]
+        (counter.labels(**labels) if labels else counter).inc(amount)
+
+    def declare(self, name: str, **labels: str) -> None:
+        """Make a counter's series (at 0) for label values known only at run time."""
+        self._counters[name].labels(**labels)
+
+    def file_served(self, area: str, sent: int, seconds: float) -> None:
+        """One file handed out: its count, its bytes and (if big enough) its bytes/s."""
+        self.inc("provisioner_http_files_total", area=area)
+        self.inc("provisioner_http_bytes_total", sent, area=area)
+        if sent >= THROUGHPUT_MIN_BYTES and seconds > 0:
+            self.throughput.labels(area).observe(sent / seconds)
+
+    # ------------------------------------------------------------------ the registry
+
+    def watch(self, registry: Watched) -> None:
+        """Count nodes by state at each scrape, and time boot steps as they are recorded.
+
+        The registry calls :meth:`on_event` under its lock, one event at a time."""
+        self.registry.register(_NodeStates(registry.nodes))
+
+        def last_power_on(mac: str) -> float | None:
+            return max(
+                (e.ts for e in registry.events(mac, limit=50) if powered_on(e)), default=None
+            )
+
+        self.clock = BootClock(last_power_on)
+        registry.on_event = self.on_event
+
+    def on_event(self, event: Event) -> None:
+        if self.clock is None:
+            return
+        try:
+            reached = self.clock.feed(event)
+        except Exception:  # metrics must never fail the write that recorded the event
+            log.exception("boot step timing failed mac=%s event=%s", event.mac, event.kind.value)
+            return
+        if reached is not None:
+            step, seconds = reached
+            self.boot_steps.labels(step).observe(seconds)
+
+    # ------------------------------------------------------------------ reading
 
     def value(self, name: str, **labels: str) -> float:
-        with self._lock:
-            return self._counts.get((name, tuple(sorted(labels.items()))), 0.0)
+        """A sample's value (0 when the series does not exist)."""
+        found = self.registry.get_sample_value(name, labels)
+        return 0.0 if found is None else found
 
     def total(self, name: str) -> float:
-        with self._lock:
-            return sum(v for (n, _), v in self._counts.items() if n == name)
+        """The sum of a counter's series."""
+        return sum(
+            s.value for family in self.registry.collect() for s in family.samples if s.name == name
+        )
 
-    def add_gauges(self, source: Callable[[], Iterable[tuple[str, Labels, float]]]) -> None:
-        """A callable read at each scrape (e.g. node counts from the registry)."""
-        self._gauges.append(source)
+    def exposition(self) -> bytes:
+        """The text format (0.0.4) of every series, without the ``*_created`` ones."""
+        return generate_latest(_WithoutCreated(self.registry))
 
     def render(self) -> str:
-        with self._lock:
-            samples = [(n, labels, v, "counter") for (n, labels), v in self._counts.items()]
-        for source in self._gauges:
-            samples.extend((n, labels, v, "gauge") for n, labels, v in source())
-        lines: list[str] = []
-        seen: set[str] = set()
-        for name, labels, value, kind in sorted(samples, key=lambda s: (s[0], s[1])):
-            if name not in seen:
-                seen.add(name)
-                lines.append(f"# HELP {name} {HELP.get(name, name)}")
-                lines.append(f"# TYPE {name} {kind}")
-            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
-        return "\n".join(lines) + "\n"
+        return self.exposition().decode()
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _NodeStates(Collector):
+    """``provisioner_nodes{state}``: read from the registry at each scrape."""
+
+    def __init__(self, nodes: Callable[[], Iterable[Node]]):
+        self.nodes = nodes
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily("provisioner_nodes", NODES_HELP, labels=("state",))]
+
+    def collect(self) -> Iterable[Metric]:
+        counts = dict.fromkeys(NodeState, 0)
+        for node in self.nodes():
+            counts[node.state] += 1
+        family = GaugeMetricFamily("provisioner_nodes", NODES_HELP, labels=("state",))
+        for state, n in counts.items():
+            family.add_metric((state.value,), n)
+        return [family]
+
+
+class _WithoutCreated(Collector):
+    """A registry's families less the ``*_created`` samples (no use to Prometheus 2)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family

@@ -81,13 +81,12 @@ def router(ctx: AppContext) -> APIRouter:
 
 def record_file(ctx: AppContext, served: FileServed, started: float | None = None) -> None:
     """Count a file handed out and put it on its node's timeline (by ?mac= or address)."""
-    ctx.metrics.inc("provisioner_http_files_total", area=served.area)
-    ctx.metrics.inc("provisioner_http_bytes_total", served.sent, area=served.area)
+    seconds = served.seconds if started is None else time.monotonic() - started
+    ctx.metrics.file_served(served.area, served.sent, seconds)
     mac = normalize_mac(served.mac_hint or "")
     node = ctx.registry.node(mac) if mac else ctx.registry.node_by_ip(served.client)
     if node is None:
         return
-    seconds = served.seconds if started is None else time.monotonic() - started
     detail: dict[str, str | int | float | None] = {
         "area": served.area,
         "file": served.rel,

@@ -1,7 +1,8 @@
 """The appliance's own health, for monitoring:
 
-- ``GET /metrics``: the Prometheus counters and gauges (text exposition format 0.0.4);
-  open by default, the API bearer token needed with ``[http] open_metrics = false``;
+- ``GET /metrics``: the Prometheus series (provisioner/metrics.py), in prometheus_client's
+  text exposition (``CONTENT_TYPE_LATEST``); open by default, the API bearer token needed
+  with ``[http] open_metrics = false``;
 - ``GET /healthz``: ``{"ok": true, "mode": <network mode>}`` while the service is up
   (always open: it says nothing of the nodes).
 """
@@ -9,11 +10,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from provisioner.boot.http_context import AppContext, open_metrics, require_api_token
-
-PROMETHEUS_MEDIA_TYPE = "text/plain; version=0.0.4"
 
 
 def router(ctx: AppContext) -> APIRouter:
@@ -22,11 +22,12 @@ def router(ctx: AppContext) -> APIRouter:
 
     @routes.get(
         "/metrics",
-        response_class=PlainTextResponse,
+        response_class=Response,
         dependencies=[Depends(require_api_token(ctx, unless=open_metrics))],
     )
-    def metrics() -> PlainTextResponse:
-        return PlainTextResponse(ctx.metrics.render(), media_type=PROMETHEUS_MEDIA_TYPE)
+    def metrics() -> Response:
+        # A plain def: FastAPI runs it in its thread pool (the node count reads the registry).
+        return Response(ctx.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @routes.get("/healthz")
     def healthz() -> JSONResponse:

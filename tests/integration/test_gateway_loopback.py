@@ -216,8 +216,9 @@ def test_stub_stream_arrives_chunk_by_chunk(loopback_appliance: Appliance, stub:
 
     _, metrics = curl(f"{app.base}/metrics")
     text = metrics.decode()
-    assert 'provisioner_gateway_requests_total{cluster="loop",model="stub",status="200"} 2' in text
-    assert 'provisioner_gateway_requests_total{cluster="loop",model="gone",status="502"} 1' in text
+    requests = "provisioner_gateway_requests_total"
+    assert f'{requests}{{cluster="loop",model="stub",status="200"}} 2.0' in text
+    assert f'{requests}{{cluster="loop",model="gone",status="502"}} 1.0' in text
 
 
 @pytest.fixture(scope="module")

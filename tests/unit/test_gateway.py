@@ -559,5 +559,6 @@ def test_mounted_in_the_boot_app_and_counted_in_metrics(tmp_path: Path) -> None:
     r = client.post("/clusters/small/v1/chat/completions", json={"model": "gpt-4"})
     assert r.status_code == 404
     metrics = client.get("/metrics").text
-    assert 'provisioner_gateway_requests_total{cluster="small",model="?",status="404"} 1' in metrics
+    requests = "provisioner_gateway_requests_total"
+    assert f'{requests}{{cluster="small",model="?",status="404"}} 1.0' in metrics
     ctx.registry.close()

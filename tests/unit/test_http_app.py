@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from provisioner.boot.http import BODY_RULES, create_app
 from provisioner.boot.http_context import AppContext
@@ -229,7 +230,7 @@ def test_metrics_count_refusals_and_nodes(client: TestClient, ctx: AppContext) -
     ctx.registry.touch_node(MAC)
     client.delete(f"/api/v1/nodes/{MAC}")
     text = client.get("/metrics").text
-    assert 'provisioner_http_refused_total{reason="api-token"} 1' in text
+    assert 'provisioner_http_refused_total{reason="api-token"} 1.0' in text
     assert "# TYPE provisioner_http_refused_total counter" in text
 
 
@@ -498,7 +499,7 @@ def test_a_wrong_method_is_told_which_one_the_first_route_of_the_path_takes(
 def test_health_and_metrics_say_what_they_are(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"ok": True, "mode": "full"}
     metrics = client.get("/metrics").headers["content-type"]
-    assert metrics == "text/plain; version=0.0.4; charset=utf-8"
+    assert metrics == CONTENT_TYPE_LATEST and metrics.startswith("text/plain; version=")
 
 
 # ------------------------------------------------------------- who may read, how much is read
@@ -520,7 +521,7 @@ def test_reads_need_the_api_token_unless_open_reads(
     ctx.config = replace(ctx.config, http=replace(ctx.config.http, open_reads=True))
     assert client.get(path).status_code == 200
     metrics = client.get("/metrics").text
-    assert 'provisioner_http_refused_total{reason="api-token"} 4' in metrics
+    assert 'provisioner_http_refused_total{reason="api-token"} 4.0' in metrics
 
 
 def test_metrics_are_open_unless_open_metrics_is_false(client: TestClient, ctx: AppContext) -> None:
@@ -552,8 +553,8 @@ def test_bodies_are_held_to_their_routes_limits_before_they_are_read(
     r = client.post(f"/boot/{MAC}.ipxe", content=b"x", headers={"Content-Length": "65537"})
     assert r.status_code == 413
     metrics = client.get("/metrics").text
-    assert 'provisioner_http_refused_total{reason="body-size"} 4' in metrics
-    assert 'provisioner_http_refused_total{reason="bearer"} 1' in metrics
+    assert 'provisioner_http_refused_total{reason="body-size"} 4.0' in metrics
+    assert 'provisioner_http_refused_total{reason="bearer"} 1.0' in metrics
     node = ctx.registry.node(MAC)
     assert node is not None and node.hostname is None and node.state is NodeState.NEW
 
@@ -588,7 +589,7 @@ def test_json_nested_too_deep_is_a_400_on_every_json_route(
         r = client.request(method, path, content=nested(depth), headers=headers)
         assert r.status_code == 400, (path, r.text)
     assert r.json()["detail"] == f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels"
-    assert 'reason="json-depth"} 3' in client.get("/metrics").text
+    assert 'reason="json-depth"} 3.0' in client.get("/metrics").text
 
 
 @pytest.mark.parametrize(
