@@ -70,7 +70,9 @@ def add_node_add_command(node_subparsers: Any, load_config: LoadConfig = load_cf
     add.add_argument(
         "--power",
         help="redfish://USER@BMC, ipmi://USER@BMC, wol://MAC?interface=IF, "
-        "qemu:///PATH/QMP.SOCK or manual: (no passwords here: see docs/power.md)",
+        "qemu:///PATH/QMP.SOCK or manual: (no passwords here: see docs/power.md); "
+        "BMC URLs take ?boot_mode=uefi|legacy|auto for network boots (auto: the firmware "
+        "the node was seen with)",
     )
     add.add_argument("--json", action="store_true")
     add.set_defaults(func=cmd_node_add, load_config=load_config)
@@ -96,7 +98,10 @@ def _job(reg: Registry, key: str, op: Operation, store: CredentialStore, timeout
     name = node.hostname or node.mac
 
     def work() -> PowerState | None:
-        return perform(open_driver(settings, node=name, credentials=store, timeout=timeout), op)
+        driver = open_driver(
+            settings, node=name, credentials=store, timeout=timeout, firmware=node.firmware
+        )
+        return perform(driver, op)
 
     return Job(key, work, settings.driver.value, settings.target)
 
@@ -114,7 +119,7 @@ def cmd_power(args: argparse.Namespace) -> int:
     store = load_store(
         candidate_files(Path(args.credentials) if args.credentials else None, cfg.state_dir)
     )
-    reg = open_registry(cfg)
+    reg = open_registry(cfg, readonly=True)
     try:
         jobs = [_job(reg, key, op, store, args.timeout) for key in dict.fromkeys(args.nodes)]
     finally:

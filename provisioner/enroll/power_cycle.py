@@ -94,7 +94,12 @@ def _power_cycle(
                 lambda: _dhcp_since(registry, node.mac, item.started), announce
             )
         driver = open_driver(
-            settings, node=item.name, credentials=store, timeout=power_timeout, confirm=confirm
+            settings,
+            node=item.name,
+            credentials=store,
+            timeout=power_timeout,
+            confirm=confirm,
+            firmware=node.firmware,  # the one-time network boot's mode (UEFI or legacy)
         )
         if settings.driver is not DriverKind.MANUAL:  # manual: one instruction, not two
             # WoL cannot: the board's boot order must have the network first.

@@ -10,12 +10,16 @@ file or the environment) and is never stored, printed or returned.
 
     base         the PowerDriver seam, PowerState, Operation, the errors (tree there)
     settings     power URL <-> PowerSettings (pure)
+    bootmode     which firmware mode a one-time network boot asks for (pure)
     credentials  BMC passwords: environment or a 0600 TOML file
     ipmi, redfish, wol, qemu, manual   one driver each; they import base, never this
     run          one operation on many nodes in parallel, one line per node
 
 This package builds drivers: :func:`open_driver` (find the password, then make the
 driver: what every caller wants) and :func:`driver_for` (the factory, password given).
+Both take the node's ``firmware`` as seen at its last network boot (``Node.firmware``),
+from which a BMC driver picks the mode of a one-time network boot unless the power URL
+names one (``boot_mode=``, see :mod:`.bootmode`).
 It re-exports :mod:`.base`'s names for callers; nothing inside ``power/`` imports it.
 """
 
@@ -37,6 +41,7 @@ from provisioner.power.base import (
     UnsupportedOperation,
     perform,
 )
+from provisioner.power.bootmode import decide_boot_mode
 from provisioner.power.credentials import CredentialStore, candidate_files, load_store
 from provisioner.power.ipmi import IpmiDriver
 from provisioner.power.manual import ManualDriver, TerminalConfirmer
@@ -74,6 +79,7 @@ def open_driver(
     state_dir: Path | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     confirm: Confirmer | None = None,
+    firmware: str | None = None,
 ) -> PowerDriver:
     """The driver for ``node``'s power settings (parsed, or a power URL), password found.
 
@@ -84,7 +90,7 @@ def open_driver(
     /etc/provisioner/power.toml, else ``<state_dir>/power.toml``. Raises
     :class:`PowerSettingsError` for a bad URL and :class:`CredentialsError` naming the
     node, its variable and the file read (or that none was found) when there is no
-    password.
+    password. ``firmware``: the node's (``Node.firmware``), for the network boot's mode.
     """
     if isinstance(settings, str):
         settings = parse_power_url(settings)
@@ -96,7 +102,14 @@ def open_driver(
             else load_store(candidate_files(credentials, state_dir))
         )
         password = store.password(node, settings.host)
-    return driver_for(settings, node=node, password=password, timeout=timeout, confirm=confirm)
+    return driver_for(
+        settings,
+        node=node,
+        password=password,
+        timeout=timeout,
+        confirm=confirm,
+        firmware=firmware,
+    )
 
 
 def driver_for(
@@ -106,6 +119,7 @@ def driver_for(
     password: Secret | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     confirm: Confirmer | None = None,
+    firmware: str | None = None,
 ) -> PowerDriver:
     """The driver for a node's power settings (a BMC driver needs its password).
 
@@ -114,12 +128,13 @@ def driver_for(
     """
     if settings.needs_password and password is None:
         raise CredentialsError(f"{settings.driver.value} needs a password for {node}")
+    boot_mode = decide_boot_mode(settings.boot_mode, firmware)
     if settings.driver is DriverKind.IPMI:
         assert password is not None
-        return IpmiDriver(settings, password, timeout=timeout)
+        return IpmiDriver(settings, password, timeout=timeout, node=node, boot_mode=boot_mode)
     if settings.driver is DriverKind.REDFISH:
         assert password is not None
-        return RedfishDriver(settings, password, timeout=timeout)
+        return RedfishDriver(settings, password, timeout=timeout, node=node, boot_mode=boot_mode)
     if settings.driver is DriverKind.WOL:
         return WolDriver(settings)
     if settings.driver is DriverKind.QEMU:

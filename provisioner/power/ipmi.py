@@ -6,7 +6,14 @@ wall-clock limit (pyghmi keeps one shared session thread per process, whose retr
 schedule we could not bound per node). The password never appears on the command
 line: it goes in ``IPMI_PASSWORD`` with ``-E``.
 
-``ipmitool_argv`` and ``classify`` are pure; :class:`IpmiDriver` runs the command.
+A one-time network boot is ``chassis bootdev pxe``, plus ``options=efiboot`` for a UEFI
+node: ipmitool then sets the "EFI boot" bit of the boot flags (parameter 5; data
+``a0 04`` instead of ``80 04``). IPMI has no "keep the mode": without the bit the flags
+say "PC compatible (legacy)", so a node whose mode is not known gets the plain command,
+as before, and the log says what that means.
+
+``ipmitool_argv``, ``bootdev_command`` and ``classify`` are pure; :class:`IpmiDriver`
+runs the command.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from provisioner.power.base import (
     PowerError,
     PowerState,
 )
+from provisioner.power.bootmode import BootMode, BootModeChoice, decide_boot_mode
 from provisioner.power.credentials import Secret
 from provisioner.power.settings import IPMI_PORT, PowerSettings
 
@@ -70,6 +78,12 @@ def ipmitool_argv(settings: PowerSettings, command: Sequence[str], timeout: floa
     return [*argv, *command]
 
 
+def bootdev_command(mode: BootMode | None) -> list[str]:
+    """ipmitool's words for "boot from the network, next boot only" in ``mode``."""
+    command = ["chassis", "bootdev", "pxe"]
+    return [*command, "options=efiboot"] if mode is BootMode.UEFI else command
+
+
 def classify(stderr: str, returncode: int) -> PowerError:
     """ipmitool's failure output -> the error to raise, with a one-line cause."""
     for needle, kind, cause in _CAUSES:
@@ -93,10 +107,20 @@ def parse_status(stdout: str) -> PowerState:
 class IpmiDriver:
     kind = "ipmi"
 
-    def __init__(self, settings: PowerSettings, password: Secret, *, timeout: float):
+    def __init__(
+        self,
+        settings: PowerSettings,
+        password: Secret,
+        *,
+        timeout: float,
+        node: str | None = None,
+        boot_mode: BootModeChoice | None = None,
+    ):
         self.settings = settings
         self._password = password
         self.timeout = timeout
+        self.node = node or settings.target
+        self.boot_mode = boot_mode or decide_boot_mode(settings.boot_mode, None)
 
     def _run(self, *command: str) -> str:
         argv = ipmitool_argv(self.settings, command, self.timeout)
@@ -139,4 +163,16 @@ class IpmiDriver:
             self._run("chassis", "power", "cycle")
 
     def boot_next_network(self) -> None:
-        self._run("chassis", "bootdev", "pxe")
+        mode = self.boot_mode.mode
+        if mode is None:
+            log.info(
+                "node=%s: network boot once, boot type not named (%s); IPMI reads that as "
+                "legacy: set boot_mode=uefi in the power URL for a UEFI-only board",
+                self.node,
+                self.boot_mode.why,
+            )
+        else:
+            log.info(
+                "node=%s: network boot once in %s mode (%s)", self.node, mode, self.boot_mode.why
+            )
+        self._run(*bootdev_command(mode))

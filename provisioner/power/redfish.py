@@ -6,11 +6,20 @@ where the service has no session service), find the system (the URL's path, else
 only member of ``/redfish/v1/Systems``), act, and ``DELETE`` the session. Every request
 has a timeout.
 
+A one-time network boot is one ``PATCH`` of the system's ``Boot``: target ``Pxe``,
+enabled ``Once`` and, when the node's boot mode is known (:mod:`.bootmode`),
+``BootSourceOverrideMode`` ``UEFI`` or ``Legacy``. The mode is left out where the
+system's ``BootSourceOverrideMode@Redfish.AllowableValues`` lacks it, and the ``PATCH``
+is sent again without it where the BMC answers 400 to it (some BMCs do not know the
+property, or will not write it): one warning says so, and the board boots in the mode
+it has.
+
 Pure choices live in functions tested without sockets: :func:`choose_reset_type` (from
 the system's ``ResetType@Redfish.AllowableValues``), :func:`boot_override`,
-:func:`power_state_of`, :func:`pick_system`. The HTTP is behind :class:`Transport`, whose
-real implementation :class:`HttpTransport` uses the standard library's ``http.client``
-(no third-party HTTP stack in the appliance for six requests).
+:func:`override_mode`, :func:`mode_remark`, :func:`power_state_of`, :func:`pick_system`.
+The HTTP is behind :class:`Transport`, whose real implementation :class:`HttpTransport`
+uses the standard library's ``http.client`` (no third-party HTTP stack in the appliance
+for six requests).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from provisioner.power.base import (
     PowerState,
     UnsupportedOperation,
 )
+from provisioner.power.bootmode import BootMode, BootModeChoice, decide_boot_mode
 from provisioner.power.credentials import Secret
 from provisioner.power.settings import HTTP_PORT, HTTPS_PORT, PowerSettings
 
@@ -50,6 +60,9 @@ RESET_PREFERENCE: Mapping[Operation, tuple[str, ...]] = {
 }
 _STATES = {"On": PowerState.ON, "PoweringOn": PowerState.ON, "Off": PowerState.OFF}
 _STATES["PoweringOff"] = PowerState.OFF
+# Our boot modes in Redfish's words (ComputerSystem.BootSourceOverrideMode).
+REDFISH_MODES: Mapping[BootMode, str] = {BootMode.UEFI: "UEFI", BootMode.LEGACY: "Legacy"}
+MODE_PROPERTY = "BootSourceOverrideMode"
 
 
 @dataclass(frozen=True)
@@ -94,9 +107,47 @@ def choose_reset_type(allowed: Sequence[str] | None, op: Operation) -> str:
     )
 
 
-def boot_override() -> Json:
-    """The PATCH body that makes the next boot (once) a network boot."""
-    return {"Boot": {"BootSourceOverrideTarget": "Pxe", "BootSourceOverrideEnabled": "Once"}}
+def boot_override(mode: str | None = None) -> Json:
+    """The PATCH body that makes the next boot (once) a network boot, in ``mode`` if given."""
+    boot: Json = {"BootSourceOverrideTarget": "Pxe", "BootSourceOverrideEnabled": "Once"}
+    if mode is not None:
+        boot[MODE_PROPERTY] = mode
+    return {"Boot": boot}
+
+
+def override_mode(mode: BootMode | None, system: Mapping[str, object]) -> tuple[str | None, str]:
+    """(the BootSourceOverrideMode to send or None, why), from the system's ``Boot``."""
+    if mode is None:
+        return None, "no boot mode to ask for"
+    value = REDFISH_MODES[mode]
+    boot = system.get("Boot")
+    allowed = (
+        boot.get(f"{MODE_PROPERTY}@Redfish.AllowableValues") if isinstance(boot, dict) else None
+    )
+    if isinstance(allowed, list) and value not in allowed:
+        offered = ", ".join(str(a) for a in allowed) or "nothing"
+        return None, f"the system allows {MODE_PROPERTY} {offered}, not {value}"
+    return value, f"{MODE_PROPERTY} {value}"
+
+
+def mode_remark(answer: Response) -> str | None:
+    """What the BMC's answer says about BootSourceOverrideMode (a 400's reason, or a
+    warning that came with a 2xx), or None when it says nothing about it."""
+    try:
+        body = answer.json()
+    except PowerError:
+        return None
+    error = body.get("error")
+    entries: list[object] = []
+    for holder in (error if isinstance(error, dict) else {}, body):
+        found = holder.get("@Message.ExtendedInfo")
+        entries += found if isinstance(found, list) else []
+    for entry in entries:
+        if not isinstance(entry, dict) or str(entry.get("MessageId")).endswith(".Success"):
+            continue
+        if MODE_PROPERTY in json.dumps(entry):
+            return str(entry.get("Message") or entry.get("MessageId") or MODE_PROPERTY)
+    return None
 
 
 def power_state_of(system: Mapping[str, object]) -> PowerState:
@@ -218,16 +269,27 @@ class RedfishDriver:
         *,
         timeout: float,
         transport: Transport | None = None,
+        node: str | None = None,
+        boot_mode: BootModeChoice | None = None,
     ):
         self.settings = settings
         self._password = password
         self.transport = transport or HttpTransport(settings, timeout)
+        self.node = node or settings.target
+        self.boot_mode = boot_mode or decide_boot_mode(settings.boot_mode, None)
         self._auth: dict[str, str] = {}
         self._session: str | None = None
 
     # -- session ---------------------------------------------------------------
 
     def _call(self, method: str, path: str, body: Json | None = None, **extra: str) -> Response:
+        answer = self._send(method, path, body, **extra)
+        if answer.status >= 400:
+            raise _failed(method, path, answer)
+        return answer
+
+    def _send(self, method: str, path: str, body: Json | None = None, **extra: str) -> Response:
+        """One request; only a refused login raises (the caller reads other statuses)."""
         headers = {"Accept": "application/json", "OData-Version": "4.0", **self._auth, **extra}
         data = None
         if body is not None:
@@ -236,8 +298,6 @@ class RedfishDriver:
         answer = self.transport.request(method, path, headers, data)
         if answer.status in (401, 403):
             raise BmcAuthError(_refused(self.settings.user, answer.status))
-        if answer.status >= 400:
-            raise PowerError(f"{method} {path}: HTTP {answer.status}{_message(answer)}")
         return answer
 
     def _login(self) -> None:
@@ -297,8 +357,7 @@ class RedfishDriver:
             if op is Operation.STATUS:
                 return state
             if op is Operation.BOOT_NEXT_NETWORK:
-                extra = {"If-Match": etag} if etag else {}
-                self._call("PATCH", path, boot_override(), **extra)
+                self._boot_next_network(path, system, etag)
                 return None
             if op is Operation.CYCLE and state is PowerState.OFF:
                 op = Operation.ON
@@ -313,6 +372,38 @@ class RedfishDriver:
             return None
         finally:
             self._logout()
+
+    def _boot_next_network(self, path: str, system: Json, etag: str | None) -> None:
+        extra = {"If-Match": etag} if etag else {}
+        choice = self.boot_mode
+        value, why = override_mode(choice.mode, system)
+        where = f"node={self.node} bmc={self.settings.target}"
+        if choice.mode is None:
+            log.info("%s: network boot once, boot mode left as is (%s)", where, choice.why)
+        elif value is None:
+            log.warning(
+                "%s: network boot once without the %s mode (%s): %s",
+                where, choice.mode, choice.why, why,
+            )  # fmt: skip
+        else:
+            log.info("%s: network boot once in %s mode (%s)", where, choice.mode, choice.why)
+        answer = self._send("PATCH", path, boot_override(value), **extra)
+        if value is not None and answer.status == 400:
+            refused = mode_remark(answer) or f"HTTP 400{_message(answer)}"
+            self._call("PATCH", path, boot_override(), **extra)
+            log.warning(
+                "%s: the BMC refused %s=%s (%s); the next boot is from the network once, "
+                "in the mode the board has",
+                where, MODE_PROPERTY, value, refused,
+            )  # fmt: skip
+            return
+        if answer.status >= 400:
+            raise _failed("PATCH", path, answer)
+        remark = mode_remark(answer) if value is not None else None
+        if remark is not None:
+            log.warning(
+                "%s: the BMC took the request but said of %s: %s", where, MODE_PROPERTY, remark
+            )
 
     def status(self) -> PowerState:
         state = self._session_do(Operation.STATUS)
@@ -346,6 +437,10 @@ def _path_of(link: str) -> str:
     if "://" in link:
         link = "/" + link.split("://", 1)[1].split("/", 1)[1]
     return link
+
+
+def _failed(method: str, path: str, answer: Response) -> PowerError:
+    return PowerError(f"{method} {path}: HTTP {answer.status}{_message(answer)}")
 
 
 def _message(answer: Response) -> str:

@@ -5,6 +5,7 @@
     redfish://USER@HOST[:PORT][/redfish/v1/Systems/ID][?verify=no]   HTTPS (port 443)
     redfish+http://USER@HOST[:PORT][/redfish/v1/Systems/ID]          plain HTTP (labs)
     ipmi://USER@HOST[:PORT][?cipher=3]                               IPMI 2.0 LAN (623)
+        ... &boot_mode=uefi|legacy|auto   (ipmi, redfish) the one-time network boot's mode
     wol://MAC[?interface=eth1][&broadcast=10.0.0.255][&port=9]       Wake-on-LAN
     qemu:///PATH/TO/QMP.SOCK                                         a QEMU VM's QMP socket
     manual:                                                          a person presses power
@@ -12,6 +13,8 @@
 ``verify=no`` is the explicit opt-out of TLS certificate checks (a BMC with a
 self-signed certificate); without it certificates are checked. Without a system path,
 Redfish uses the BMC's only system (and refuses to guess between several).
+``boot_mode`` (default ``auto``: from the firmware the node was seen with) says which
+firmware mode "boot from the network once" asks for (:mod:`.bootmode`).
 
 :func:`parse_power_url` is pure; :attr:`PowerSettings.url` gives the canonical form
 back (what ``node add`` stores).
@@ -25,6 +28,7 @@ from enum import StrEnum
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from provisioner.power.base import PowerSettingsError
+from provisioner.power.bootmode import BootMode, parse_boot_mode
 
 IPMI_PORT = 623
 WOL_PORT = 9
@@ -56,6 +60,7 @@ class PowerSettings:
     verify_tls: bool = True  # redfish over HTTPS: check the BMC's certificate
     plain_http: bool = False  # redfish+http://
     cipher: int | None = None  # ipmi: the RMCP+ cipher suite (None: let ipmitool pick)
+    boot_mode: BootMode | None = None  # ipmi, redfish: network boot mode (None: auto)
     mac: str | None = None  # wol: the node's MAC
     interface: str | None = None  # wol: the interface to send on
     broadcast: str = "255.255.255.255"  # wol: where to send
@@ -90,6 +95,8 @@ class PowerSettings:
             query.append("verify=no")
         if self.cipher is not None:
             query.append(f"cipher={self.cipher}")
+        if self.boot_mode is not None:
+            query.append(f"boot_mode={self.boot_mode.value}")
         path = self.path or ""
         return f"{scheme}://{user}{host}{port}{path}" + (f"?{'&'.join(query)}" if query else "")
 
@@ -176,7 +183,7 @@ def _bmc(url: str, scheme: str) -> PowerSettings:
         raise PowerSettingsError(f"power URL {_shown(url)!r}: bad port") from exc
     user = unquote(parts.username) if parts.username else None
     if scheme == "ipmi":
-        options = _query(url, parts.query, {"cipher"})
+        options = _query(url, parts.query, {"cipher", "boot_mode"})
         if parts.path.strip("/"):
             raise PowerSettingsError(f"power URL {_shown(url)!r}: ipmi takes no path")
         cipher = options.get("cipher")
@@ -190,8 +197,9 @@ def _bmc(url: str, scheme: str) -> PowerSettings:
             port=port,
             user=user,
             cipher=int(cipher) if cipher is not None else None,
+            boot_mode=_boot_mode(url, options.get("boot_mode")),
         )
-    options = _query(url, parts.query, {"verify"})
+    options = _query(url, parts.query, {"verify", "boot_mode"})
     verify = options.get("verify", "yes").lower()
     if verify not in _YES + _NO:
         raise PowerSettingsError(f"power URL {_shown(url)!r}: verify must be yes or no")
@@ -208,7 +216,19 @@ def _bmc(url: str, scheme: str) -> PowerSettings:
         path=path,
         verify_tls=verify in _YES,
         plain_http=scheme == "redfish+http",
+        boot_mode=_boot_mode(url, options.get("boot_mode")),
     )
+
+
+def _boot_mode(url: str, text: str | None) -> BootMode | None:
+    if text is None:
+        return None
+    try:
+        return parse_boot_mode(text)
+    except ValueError as exc:
+        raise PowerSettingsError(
+            f"power URL {_shown(url)!r}: boot_mode must be uefi, legacy or auto, not {text!r}"
+        ) from exc
 
 
 def _query(url: str, query: str, allowed: set[str]) -> dict[str, str]:

@@ -5,11 +5,20 @@ chassis is a small shell script that keeps the power state and the boot device i
 files, so each test reads what the "hardware" was told. Every result is cross-checked
 with a separate ``ipmitool`` call. ipmi_sim offers only cipher suite 3, so most URLs say
 ``?cipher=3`` (without it ipmitool first asks the BMC which suites it has: 3 s more).
+
+ipmi_sim (OpenIPMI 2.0.33) keeps only the boot device of the boot flags (parameter 5):
+its Set System Boot Options handler reads the device selector and drops the first data
+byte (valid, persistent, EFI), and ``chassis bootparam get 5`` is rebuilt from the device
+alone, always "Boot Flag Invalid" and "BIOS PC Compatible (legacy) boot". So the EFI bit
+of a UEFI node's request is checked as it left for the BMC: ipmitool's own ``-v -v``
+trace of the request's data, next to what ipmi_sim did record (the device: pxe).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.power import BmcAuthError, BmcUnreachable, PowerState, driver_for
+from provisioner.power import BmcAuthError, BmcUnreachable, PowerState, driver_for, ipmi
 from provisioner.power.credentials import Secret
 from provisioner.power.ipmi import IpmiDriver
 from provisioner.power.settings import parse_power_url
@@ -87,9 +96,14 @@ class Sim:
         timeout: float = 5,
         cipher: str | None = "3",
         user: str = USER,
+        firmware: str | None = None,
+        boot_mode: str | None = None,
     ) -> IpmiDriver:
-        settings = parse_power_url(self.url(cipher, user))
-        driver = driver_for(settings, node="bmc0", password=Secret(password), timeout=timeout)
+        url = self.url(cipher, user) + (f"&boot_mode={boot_mode}" if boot_mode else "")
+        settings = parse_power_url(url)
+        driver = driver_for(
+            settings, node="bmc0", password=Secret(password), timeout=timeout, firmware=firmware
+        )
         assert isinstance(driver, IpmiDriver)
         return driver
 
@@ -184,6 +198,58 @@ def test_boot_next_network(sim: Sim) -> None:
     sim.driver().boot_next_network()
     assert sim.boot == "pxe"
     assert "Force PXE" in sim.ipmitool("chassis", "bootparam", "get", "5")
+
+
+# ipmitool -v -v: the request as it leaves, before encryption
+_BOOT_FLAGS = re.compile(
+    r">>\s+netfn\s+:\s+0x00\s+>>\s+command\s+:\s+0x08\s+"
+    r">>\s+data\s+:\s+0x05 (0x[0-9a-f]{2}) (0x[0-9a-f]{2})"
+)
+
+
+@pytest.fixture
+def traced(sim: Sim, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The driver runs ipmitool through a wrapper that keeps its -v -v trace."""
+    real = shutil.which("ipmitool")
+    assert real is not None
+    trace = sim.dir / "ipmitool.trace"
+    wrapper = sim.dir / "ipmitool"
+    wrapper.write_text(f'#!/bin/sh\nexec {real} -v "$@" 2>>{trace}\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(ipmi, "IPMITOOL", str(wrapper))
+    return trace
+
+
+def _boot_flags_sent(trace: Path) -> list[tuple[int, int]]:
+    """(flags byte, device byte) of every Set System Boot Options parameter 5 sent."""
+    text = trace.read_text() if trace.exists() else ""
+    return [(int(a, 16), int(b, 16)) for a, b in _BOOT_FLAGS.findall(text)]
+
+
+VALID, PERSISTENT, EFI, PXE = 0x80, 0x40, 0x20, 0x04
+
+
+@pytest.mark.parametrize(
+    ("firmware", "boot_mode", "flags"),
+    [
+        ("uefi", None, VALID | EFI),  # the firmware seen at its network boot
+        ("arm64", None, VALID | EFI),
+        ("bios", None, VALID),
+        ("bios", "uefi", VALID | EFI),  # the power URL's boot_mode wins
+        ("uefi", "legacy", VALID),
+        (None, None, VALID),  # nothing known: plain bootdev pxe, as before
+    ],
+)
+def test_network_boot_mode_reaches_the_bmc(
+    sim: Sim, traced: Path, firmware: str | None, boot_mode: str | None, flags: int
+) -> None:
+    sim.driver(firmware=firmware, boot_mode=boot_mode).boot_next_network()
+    assert _boot_flags_sent(traced) == [(flags, PXE)]  # next boot only: not persistent
+    assert sim.boot == "pxe"  # what ipmi_sim keeps of it
+    assert " set boot pxe" in sim.calls[-1]
+    shown = sim.ipmitool("chassis", "bootparam", "get", "5")
+    assert "Boot Device Selector : Force PXE" in shown
+    assert "Boot parameter data: 0004000000" in shown  # ipmi_sim drops the flags byte
 
 
 def test_cipher_suite_negotiated_when_not_given(sim: Sim) -> None:

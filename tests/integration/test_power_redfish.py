@@ -3,15 +3,21 @@
 The emulator runs its fake systems driver (no libvirt), on 127.0.0.1 and a free port,
 with HTTP Basic authentication from an htpasswd file (bcrypt), and once with TLS on a
 self-signed certificate. Its fake driver applies power changes 1 to 11 seconds after
-the request, like real hardware; the tests poll. scripts/setup installs sushy-tools in
-its own virtualenv (/var/cache/provisioner/sushy-venv) to keep Flask and friends out of
-the appliance's; $PROVISIONER_SUSHY_EMULATOR may name another sushy-emulator.
+the request, like real hardware; the tests poll. It keeps each system's
+``BootSourceOverrideMode`` (UEFI unless the system's ``boot_mode`` says otherwise) and
+shows what a PATCH set; it does not publish the mode's AllowableValues, never refuses a
+mode, and always shows ``BootSourceOverrideEnabled`` as ``Continuous`` (it ignores
+``Once``): the refusals are tested against a scripted BMC in tests/unit.
+scripts/setup installs sushy-tools in its own virtualenv
+(/var/cache/provisioner/sushy-venv) to keep Flask and friends out of the appliance's;
+$PROVISIONER_SUSHY_EMULATOR may name another sushy-emulator.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import shutil
 import socket
@@ -41,6 +47,8 @@ SYSTEMS = {
     "on0": ("11111111-0000-4000-8000-000000000003", "On"),
     "on1": ("11111111-0000-4000-8000-000000000004", "On"),
 }
+# The boot mode a system starts in where it is not the emulator's default (UEFI).
+BOOT_MODES = {"off1": "Legacy", "on1": "Legacy"}
 
 
 def _emulator() -> Path | None:
@@ -70,10 +78,13 @@ class Emulator:
         system: str | None = "off0",
         password: str = PASSWORD,
         timeout: float = 5,
+        firmware: str | None = None,
         **options: str,
     ) -> RedfishDriver:
         settings = parse_power_url(self.url(system, **options))
-        driver = driver_for(settings, node="rf0", password=Secret(password), timeout=timeout)
+        driver = driver_for(
+            settings, node="rf0", password=Secret(password), timeout=timeout, firmware=firmware
+        )
         assert isinstance(driver, RedfishDriver)
         return driver
 
@@ -105,6 +116,7 @@ def _start(tmp_path: Path, *, tls: bool) -> Iterator[Emulator]:
                     "power_state": state,
                     "external_notifier": False,
                     "nics": [{"mac": f"02:00:00:00:01:0{i}", "ip": f"192.0.2.{i}"}],
+                    **({"boot_mode": BOOT_MODES[name]} if name in BOOT_MODES else {}),
                 }
                 for i, (name, (uuid, state)) in enumerate(SYSTEMS.items())
             ]
@@ -159,13 +171,26 @@ def tls_emulator(tmp_path: Path) -> Iterator[Emulator]:
     yield from _start(tmp_path, tls=True)
 
 
-def _raw_power_state(emulator: Emulator, system: str) -> str:
+def _raw_system(emulator: Emulator, system: str) -> dict[str, object]:
     """Ask the emulator directly (not through our driver): the cross-check."""
     auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     url = f"http://127.0.0.1:{emulator.port}/redfish/v1/Systems/{SYSTEMS[system][0]}"
     req = urllib.request.Request(url, headers={"Authorization": f"Basic {auth}"})
     with urllib.request.urlopen(req, timeout=5) as answer:
-        return str(json.loads(answer.read())["PowerState"])
+        data = json.loads(answer.read())
+    assert isinstance(data, dict)
+    return data
+
+
+def _raw_power_state(emulator: Emulator, system: str) -> str:
+    return str(_raw_system(emulator, system)["PowerState"])
+
+
+def _raw_boot(emulator: Emulator, system: str) -> tuple[str, str]:
+    """(BootSourceOverrideTarget, BootSourceOverrideMode) as the emulator shows them."""
+    boot = _raw_system(emulator, system)["Boot"]
+    assert isinstance(boot, dict)
+    return str(boot["BootSourceOverrideTarget"]), str(boot["BootSourceOverrideMode"])
 
 
 def test_status_on_off_cycle(emulator: Emulator) -> None:
@@ -200,6 +225,36 @@ def test_boot_next_network(emulator: Emulator) -> None:
     assert driver.boot_override_target() == "Hdd"
     driver.boot_next_network()
     assert driver.boot_override_target() == "Pxe"
+
+
+def test_boot_next_network_sets_the_mode_the_firmware_needs(emulator: Emulator) -> None:
+    """A UEFI node on a BMC in Legacy mode, a BIOS node on one in UEFI mode: both flip."""
+    assert _raw_boot(emulator, "off1") == ("Hdd", "Legacy")
+    assert _raw_boot(emulator, "off0") == ("Hdd", "UEFI")
+    emulator.driver("off1", firmware="uefi").boot_next_network()
+    emulator.driver("off0", firmware="bios").boot_next_network()
+    assert _raw_boot(emulator, "off1") == ("Pxe", "UEFI")
+    assert _raw_boot(emulator, "off0") == ("Pxe", "Legacy")
+
+
+def test_boot_mode_in_the_power_url_beats_the_firmware(emulator: Emulator) -> None:
+    emulator.driver("on1", firmware="bios", boot_mode="uefi").boot_next_network()
+    emulator.driver("on0", firmware="uefi", boot_mode="legacy").boot_next_network()
+    assert _raw_boot(emulator, "on1") == ("Pxe", "UEFI")
+    assert _raw_boot(emulator, "on0") == ("Pxe", "Legacy")
+
+
+def test_unknown_firmware_leaves_the_mode_alone(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, "provisioner.power.redfish"):
+        emulator.driver("off1").boot_next_network()
+        emulator.driver("off0", firmware="coreboot").boot_next_network()
+    assert _raw_boot(emulator, "off1") == ("Pxe", "Legacy")
+    assert _raw_boot(emulator, "off0") == ("Pxe", "UEFI")
+    assert caplog.text.count("boot mode left as is") == 2
+    assert "no firmware seen yet" in caplog.text
+    assert "firmware 'coreboot' is not one we know" in caplog.text
 
 
 def test_wrong_password_is_one_line(emulator: Emulator) -> None:
@@ -271,6 +326,53 @@ def test_cli_runs_nodes_in_parallel_and_reports_each(emulator: Emulator, tmp_pat
     assert errors[0].startswith("badpw: status failed: the BMC refused user 'admin'")
     assert errors[1].startswith("dead: status failed: connection refused")
     assert "nope" not in done.stdout + done.stderr
+
+
+def test_cli_boot_network_takes_the_mode_from_the_registry(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """`provisioner power boot-network`: each node's firmware, as the DHCP server saw it."""
+    from provisioner.registry import Registry
+    from tests.integration.conftest import write_config
+
+    config = tmp_path / "provisioner.toml"
+    state = tmp_path / "appliance"
+    write_config(
+        config, interface="lo", address="127.0.0.1/8", mode="proxy",
+        state=state, http_port=free_port(),
+    )  # fmt: skip
+    cli = [sys.executable, "-m", "provisioner.cli", "--config", str(config)]
+    env = {
+        **os.environ,
+        "PROVISIONER_POWER_CREDENTIALS": str(tmp_path / "none.toml"),
+        "PROVISIONER_POWER_PASSWORD_UEFI0": PASSWORD,
+        "PROVISIONER_POWER_PASSWORD_BIOS0": PASSWORD,
+        "PROVISIONER_POWER_PASSWORD_FIXED0": PASSWORD,
+    }
+    nodes = [  # name, MAC, system, firmware seen at its network boot, power URL options
+        ("uefi0", "02:00:00:00:00:21", "off1", "uefi", {}),
+        ("bios0", "02:00:00:00:00:22", "off0", "bios", {}),
+        ("fixed0", "02:00:00:00:00:23", "on0", "bios", {"boot_mode": "uefi"}),
+    ]
+    for name, mac, system, _, options in nodes:
+        subprocess.run([*cli, "node", "add", name, "--mac", mac, "--power",
+                        emulator.url(system, **options)],
+                       check=True, env=env, capture_output=True)  # fmt: skip
+    registry = Registry(state / "registry.sqlite3")
+    try:
+        for _, mac, _, firmware, _ in nodes:
+            registry.touch_node(mac, firmware=firmware, arch=0 if firmware == "bios" else 7)
+    finally:
+        registry.close()
+    emulator.driver("on0", boot_mode="legacy").boot_next_network()  # was UEFI: now not
+    done = subprocess.run(
+        [*cli, "power", "boot-network", "uefi0", "bios0", "fixed0", "--timeout", "5"],
+        env=env, capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert _raw_boot(emulator, "off1") == ("Pxe", "UEFI")
+    assert _raw_boot(emulator, "off0") == ("Pxe", "Legacy")
+    assert _raw_boot(emulator, "on0") == ("Pxe", "UEFI")
 
 
 def test_no_session_service_falls_back_to_basic(emulator: Emulator) -> None:

@@ -15,8 +15,15 @@ from provisioner.power import (
     UnsupportedOperation,
     driver_for,
 )
+from provisioner.power.bootmode import BootMode
 from provisioner.power.credentials import Secret
-from provisioner.power.ipmi import IpmiDriver, classify, ipmitool_argv, parse_status
+from provisioner.power.ipmi import (
+    IpmiDriver,
+    bootdev_command,
+    classify,
+    ipmitool_argv,
+    parse_status,
+)
 from provisioner.power.manual import ManualDriver, TerminalConfirmer, WatchConfirmer
 from provisioner.power.qemu import QemuDriver
 from provisioner.power.redfish import RedfishDriver
@@ -99,6 +106,18 @@ def test_classify_ipmitool_failures(stderr: str, kind: type[PowerError], cause: 
     assert type(error) is kind
     assert cause in str(error)
     assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("mode", "command"),
+    [
+        (BootMode.UEFI, ["chassis", "bootdev", "pxe", "options=efiboot"]),
+        (BootMode.LEGACY, ["chassis", "bootdev", "pxe"]),
+        (None, ["chassis", "bootdev", "pxe"]),  # IPMI cannot say "keep the mode"
+    ],
+)
+def test_bootdev_command(mode: BootMode | None, command: list[str]) -> None:
+    assert bootdev_command(mode) == command
 
 
 def test_parse_status() -> None:
@@ -184,12 +203,12 @@ class FakeClock:
 
 
 def test_watch_confirmer_polls_until_seen() -> None:
-    clock, said = FakeClock(), []
+    clock, said = FakeClock(), list[str]()
     checks = iter([False, False, True])
     confirm = WatchConfirmer(
         lambda: next(checks), said.append, interval=2, clock=clock, sleep=clock.sleep
     )
-    assert ManualDriver("node5", confirm, timeout=60).on() is None
+    ManualDriver("node5", confirm, timeout=60).on()
     assert said == ["node5: power on node5 now"]
     assert clock.now == 4
 
@@ -218,3 +237,24 @@ def test_driver_for() -> None:
     assert isinstance(driver_for(parse_power_url("manual:"), node="n"), ManualDriver)
     with pytest.raises(CredentialsError, match="ipmi needs a password for n"):
         driver_for(parse_power_url("ipmi://a@b"), node="n")
+
+
+@pytest.mark.parametrize(
+    ("url", "firmware", "mode"),
+    [
+        ("ipmi://a@b", "uefi", BootMode.UEFI),
+        ("ipmi://a@b", "bios", BootMode.LEGACY),
+        ("ipmi://a@b", None, None),
+        ("ipmi://a@b?boot_mode=legacy", "uefi", BootMode.LEGACY),
+        ("redfish://a@b", "arm64", BootMode.UEFI),
+        ("redfish://a@b?boot_mode=uefi", None, BootMode.UEFI),
+        ("redfish://a@b?boot_mode=auto", "bios", BootMode.LEGACY),
+    ],
+)
+def test_driver_for_gives_bmc_drivers_the_boot_mode(
+    url: str, firmware: str | None, mode: BootMode | None
+) -> None:
+    driver = driver_for(parse_power_url(url), node="n7", password=Secret("x"), firmware=firmware)
+    assert isinstance(driver, IpmiDriver | RedfishDriver)
+    assert driver.boot_mode.mode is mode
+    assert driver.node == "n7"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from provisioner.power import PowerSettingsError
+from provisioner.power.bootmode import BootMode
 from provisioner.power.settings import DriverKind, PowerSettings, parse_power_url
 
 
@@ -33,6 +34,22 @@ from provisioner.power.settings import DriverKind, PowerSettings, parse_power_ur
             ),
         ),
         ("ipmi://admin@10.0.0.32", PowerSettings(DriverKind.IPMI, host="10.0.0.32", user="admin")),
+        (
+            "ipmi://admin@10.0.0.32?boot_mode=UEFI&cipher=3",
+            PowerSettings(
+                DriverKind.IPMI, host="10.0.0.32", user="admin", cipher=3, boot_mode=BootMode.UEFI
+            ),
+        ),
+        (
+            "redfish://admin@10.0.0.31?boot_mode=legacy",
+            PowerSettings(
+                DriverKind.REDFISH, host="10.0.0.31", user="admin", boot_mode=BootMode.LEGACY
+            ),
+        ),
+        (
+            "redfish://admin@10.0.0.31?boot_mode=auto",
+            PowerSettings(DriverKind.REDFISH, host="10.0.0.31", user="admin"),
+        ),
         (
             "ipmi://ADMIN@bmc7.example:6230?cipher=3",
             PowerSettings(DriverKind.IPMI, host="bmc7.example", port=6230, user="ADMIN", cipher=3),
@@ -67,6 +84,9 @@ def test_parse(url: str, expected: PowerSettings) -> None:
         "redfish+http://root@127.0.0.1:8000",
         "ipmi://admin@10.0.0.32",
         "ipmi://admin@10.0.0.32:6230?cipher=17",
+        "ipmi://admin@10.0.0.32:6230?cipher=3&boot_mode=uefi",
+        "redfish://admin@10.0.0.31/redfish/v1/Systems/1?verify=no&boot_mode=legacy",
+        "redfish+http://root@127.0.0.1:8000?boot_mode=uefi",
         "wol://aa:bb:cc:dd:ee:01?interface=eth1",
         "wol://aa:bb:cc:dd:ee:01?interface=eth1&broadcast=10.0.0.255&port=7",
         "qemu:///run/lab/n1.qmp",
@@ -90,6 +110,9 @@ def test_canonical_url_round_trips(url: str) -> None:
         ("ipmi://admin@bmc/x", "ipmi takes no path"),
         ("ipmi://admin@bmc?timeout=3", "unknown option timeout"),
         ("redfish://admin@bmc?verify=maybe", "verify must be yes or no"),
+        ("redfish://admin@bmc?boot_mode=efi", "boot_mode must be uefi, legacy or auto"),
+        ("ipmi://admin@bmc?boot_mode=", "boot_mode must be uefi, legacy or auto"),
+        ("wol://aa:bb:cc:dd:ee:01?boot_mode=uefi", "unknown option boot_mode"),
         ("redfish://admin@bmc/redfish/v1/Managers/1", "must be a system"),
         ("wol://aa:bb:cc", "is not a MAC"),
         ("wol://aa:bb:cc:dd:ee:01?interface=eth0;rm", "bad interface name"),
