@@ -8,7 +8,8 @@ import logging
 import shutil
 import signal
 import socket
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -23,12 +24,13 @@ from provisioner.boot.tftp import TftpService, TftpTransfer
 from provisioner.config import Config, ensure_api_token
 from provisioner.enroll.matching import Enroller
 from provisioner.errors import BootServiceError
-from provisioner.metrics import Labels, Metrics
+from provisioner.instance import InstanceConflict, InstanceLock
+from provisioner.metrics import Metrics
 from provisioner.profiles import ProfileError
 from provisioner.records import EventKind
 from provisioner.registry import Registry
+from provisioner.service import Notifier, use_journal_format
 from provisioner.sshkeys import ensure_keypair
-from provisioner.states import NodeState
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class BootServices:
         cfg.image_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(cfg.registry_path)
         self.metrics = Metrics()
-        self.metrics.add_gauges(self._node_gauges)
+        self.metrics.watch(self.registry)  # nodes by state, boot step timings
         self.api_token = ensure_api_token(cfg.state_dir)
         prepare_tftp_root(cfg)
         self.tftp = TftpService(
@@ -109,12 +111,6 @@ class BootServices:
         self.http: uvicorn.Server | None = None
         self._front: asyncio.Server | None = None
         self.ra: RouterAdvertiser | None = None
-
-    def _node_gauges(self) -> Iterable[tuple[str, Labels, float]]:
-        counts = dict.fromkeys(NodeState, 0)
-        for node in self.registry.nodes():
-            counts[node.state] += 1
-        return [("provisioner_nodes", (("state", s.value),), float(n)) for s, n in counts.items()]
 
     def _on_tftp(self, t: TftpTransfer) -> None:
         self.metrics.inc("provisioner_tftp_events_total", kind="sent" if t.ok else "failed")
@@ -164,13 +160,14 @@ class BootServices:
             self.tftp.stop()
             self.dhcp.stop()
             raise
-        log.info(
-            "serving: %s mode on %s (%s), TFTP :%d, HTTP %s",
-            self.cfg.network.mode.value,
-            self.cfg.network.interface,
-            self.cfg.network.address,
-            self.cfg.tftp.port,
-            self.cfg.http_base,
+        log.info("%s", self.summary())
+
+    def summary(self) -> str:
+        """One line for the log and for ``systemctl status`` (STATUS=)."""
+        return (
+            f"serving: {self.cfg.network.mode.value} mode on {self.cfg.network.interface} "
+            f"({self.cfg.network.address}), TFTP :{self.cfg.tftp.port}, "
+            f"HTTP {self.cfg.http_base}"
         )
 
     def _start_ra(self) -> None:
@@ -246,20 +243,50 @@ def _listen_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
-    services = BootServices(cfg)
-    await services.start()
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, services.reload_profiles)
-    try:
-        await stop.wait()
-    finally:
-        log.info("stopping")
-        await services.stop()
+async def serve(
+    cfg: Config, stop: asyncio.Event | None = None, notifier: Notifier | None = None
+) -> None:
+    """Lock the state folder, bind every port, tell systemd (READY=1), serve until stopped.
+
+    The lock comes before the registry is opened or a port bound: a second serve on the
+    same state folder raises InstanceConflict having touched nothing.
+    """
+    notifier = notifier or Notifier(None)
+    with InstanceLock(cfg.state_dir):
+        notifier.status("starting: binding DHCP, TFTP and HTTP")
+        services = BootServices(cfg)
+        await services.start()
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        def reload() -> None:
+            log.info("SIGHUP: reloading profiles")
+            notifier.reloading()
+            try:
+                services.reload_profiles()
+            finally:
+                notifier.ready(services.summary())
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        notifier.ready(services.summary())  # every port is bound: systemd may go on
+        try:
+            await stop.wait()
+        finally:
+            log.info("stopping")
+            notifier.stopping()
+            await services.stop()
 
 
 def run_forever(cfg: Config) -> None:
-    asyncio.run(serve(cfg))
+    """``provisioner serve``: exits 1 when another serve holds the state folder or a
+    DHCP port (the message names the PID or the port)."""
+    use_journal_format()  # under systemd: no timestamps of our own, journal priorities
+    notifier = Notifier.from_environ()
+    try:
+        asyncio.run(serve(cfg, notifier=notifier))
+    except InstanceConflict as exc:
+        notifier.status(f"refused: {exc}")
+        print(f"provisioner: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -10,6 +10,7 @@ foreign datagram is counted, logged at debug level and dropped; only a failed bi
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import socket
@@ -31,6 +32,7 @@ from provisioner.boot.dhcp_policy import (
 from provisioner.boot.leases import LeaseTable
 from provisioner.config import Config, Mode
 from provisioner.errors import BootServiceError, DhcpDecodeError
+from provisioner.instance import InstanceConflict
 from provisioner.metrics import Metrics
 from provisioner.records import EventKind, LeaseKind
 from provisioner.registry import Registry, declined_owner
@@ -67,16 +69,27 @@ def policy_config(cfg: Config) -> PolicyConfig:
 
 
 def open_socket(interface: str, port: int) -> socket.socket:
-    """A UDP socket on 0.0.0.0:port that sees only ``interface`` (broadcasts included)."""
+    """A UDP socket on 0.0.0.0:port that sees only ``interface`` (broadcasts included).
+
+    No SO_REUSEADDR (nor SO_REUSEPORT): two DHCP servers on one segment answer the same
+    DISCOVER, so the kernel's refusal (EADDRINUSE) when another process already has the
+    port on this interface (or on all of them) is what we want. A socket bound to another
+    interface does not conflict: one serve per cluster interface stays possible.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode() + b"\0")
         _grow_receive_buffer(sock)
         sock.bind(("0.0.0.0", port))
     except OSError as exc:
         sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise InstanceConflict(
+                f"DHCP port {port} on {interface} is already bound by another process "
+                f"(another provisioner serve, or a DHCP server such as dnsmasq): "
+                f"`ss -ulpn 'sport = :{port}'` names it"
+            ) from exc
         raise BootServiceError(
             f"DHCP cannot listen on {interface} port {port}: {exc.strerror}"
         ) from exc
@@ -98,6 +111,8 @@ class DhcpService:
         self.policy = policy_config(cfg)
         self.registry = registry
         self.metrics = metrics
+        for port in (cfg.dhcp.port, cfg.dhcp.pxe_port):
+            metrics.declare("provisioner_dhcp_packets_total", port=str(port))
         self.transports: list[asyncio.DatagramTransport] = []
         self._pending: list[Callable[[], object]] = []
         self._flush_handle: asyncio.TimerHandle | None = None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from provisioner import __version__
 from provisioner.cli.artifact import add_artifact_commands
+from provisioner.cli.backup import add_backup_commands
 from provisioner.cli.cluster import add_cluster_commands
 from provisioner.cli.common import (
     add_command,
@@ -30,6 +31,7 @@ from provisioner.cli.lab import add_lab_commands
 from provisioner.cli.model import add_model_commands
 from provisioner.cli.power import add_node_add_command, add_power_commands
 from provisioner.cli.profile import add_profile_commands
+from provisioner.cli.service import add_service_commands
 from provisioner.cli.smoke import add_smoke_command
 from provisioner.config import (
     DEFAULT_CONFIG_PATH,
@@ -104,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_node_list(args: argparse.Namespace) -> int:
-    reg = open_registry(load_cfg(args))
+    reg = open_registry(load_cfg(args), readonly=True)
     nodes = reg.nodes()
     nearest = {n.mac: _nearest(reg, n) for n in nodes if n.state is NodeState.UNMATCHED}
     if args.json:
@@ -198,7 +200,7 @@ def cmd_node_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_node_show(args: argparse.Namespace) -> int:
-    reg = open_registry(load_cfg(args))
+    reg = open_registry(load_cfg(args), readonly=True)
 
     node = reg.node(normalize_mac(args.node) or args.node)
     if node is None:
@@ -361,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_command(cfg_sub, "show", cmd_config_show, "the configuration in force")
 
     add_command(sub, "serve", cmd_serve, "run DHCP, TFTP and HTTP boot services", json=False)
+    add_service_commands(sub)
 
     node = sub.add_parser("node", help="nodes in the registry")
     node_sub = node.add_subparsers(dest="subcommand", required=True)
@@ -407,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cluster_commands(sub)
     add_smoke_command(sub)
+    add_backup_commands(sub)
     return p
 
 
