@@ -13,6 +13,7 @@ The file is a gzip'd tar, mode 0600, written beside its name and renamed into pl
     ssh/id_ed25519[.pub]     the control node's key pair (post-install logs in with it)
     keys/<cluster>.<kind>    the clusters' engine, gateway and Ray keys
     ray/<cluster>.token      Ray tokens where older versions kept them
+    hostkeys/<mac>/ssh_host_ed25519_key[.pub]   each node's SSH host key (hostkeys.py)
     power.toml               the BMC passwords file in force (restored into the state folder)
 
 Left out: images, the TFTP folder, artifacts and models (large, rebuilt or added again),
@@ -48,6 +49,8 @@ from typing import IO
 
 from provisioner import __version__
 from provisioner.errors import ProvisionerError
+from provisioner.hostkeys import HOSTKEY_DIR
+from provisioner.hostkeys import KEY_NAME as HOST_KEY_NAME
 from provisioner.registry import Registry, snapshot
 from provisioner.registry_schema import SCHEMA_VERSION
 from provisioner.sshkeys import KEY_DIR, KEY_NAME
@@ -61,8 +64,13 @@ API_TOKEN = "api-token"
 CREDENTIALS = "power.toml"
 TOP_FILES = (REGISTRY, API_TOKEN, CREDENTIALS)
 TOP_DIRS = (KEY_DIR, "keys", "ray")
+HOST_KEY_FILES = (HOST_KEY_NAME, f"{HOST_KEY_NAME}.pub")
+_MAC_DIR = re.compile(r"^[0-9a-f]{12}$")
 # What restore --force replaces: what a backup holds, and the registry's companions.
-OWNED = (*TOP_FILES, *TOP_DIRS, *(f"{REGISTRY}-{end}" for end in ("wal", "shm", "journal")))
+OWNED = (
+    *TOP_FILES, *TOP_DIRS, HOSTKEY_DIR,
+    *(f"{REGISTRY}-{end}" for end in ("wal", "shm", "journal")),
+)  # fmt: skip
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 _CHUNK = 1 << 20
 
@@ -75,8 +83,15 @@ def check_name(name: str) -> str:
     """A member name restore may write: a known top-level file, or one plain name in a
     known folder. The whole traversal defence: nothing else leaves the archive."""
     parts = name.split("/")
-    if (len(parts) == 1 and name in TOP_FILES) or (
-        len(parts) == 2 and parts[0] in TOP_DIRS and _PART.match(parts[1])
+    if (
+        (len(parts) == 1 and name in TOP_FILES)
+        or (len(parts) == 2 and parts[0] in TOP_DIRS and _PART.match(parts[1]))
+        or (
+            len(parts) == 3
+            and parts[0] == HOSTKEY_DIR
+            and _MAC_DIR.match(parts[1])
+            and parts[2] in HOST_KEY_FILES
+        )
     ):
         return name
     raise BackupError(f"the backup names {name!r}, not a file a backup holds")
@@ -173,6 +188,12 @@ def sources(state_dir: Path, credentials: Path | None) -> dict[str, Path]:
             for path in sorted((state_dir / folder).iterdir()):
                 if _PART.match(path.name):
                     found[f"{folder}/{path.name}"] = path
+    hostkeys = state_dir / HOSTKEY_DIR
+    if hostkeys.is_dir():
+        for node_dir in sorted(hostkeys.iterdir()):
+            if _MAC_DIR.match(node_dir.name):
+                for name in HOST_KEY_FILES:
+                    found[f"{HOSTKEY_DIR}/{node_dir.name}/{name}"] = node_dir / name
     if credentials is not None:
         found[CREDENTIALS] = credentials
     return {n: p for n, p in found.items() if p.is_file() and not p.is_symlink()}
@@ -284,7 +305,8 @@ def restore(archive: Path, state_dir: Path, *, force: bool = False) -> Outcome:
         for item in manifest.files:
             if item.path != REGISTRY:
                 target = tree / item.path
-                target.parent.mkdir(mode=0o700, exist_ok=True)
+                for folder in reversed(target.relative_to(tree).parents[:-1]):
+                    (tree / folder).mkdir(mode=0o700, exist_ok=True)
                 os.replace(staging / "unpacked" / item.path, target)
         replaced = _put_in_place(tree, state_dir)
         counts = _counts(state_dir / REGISTRY, version)

@@ -56,9 +56,13 @@ def fingerprint(public_line: str) -> str:
 
 def ensure_keypair(state_dir: Path) -> KeyPair:
     """The key pair in ``state_dir/ssh``, made (mode 0600) if there is none yet."""
-    directory = state_dir / KEY_DIR
-    private = directory / KEY_NAME
-    public = directory / f"{KEY_NAME}.pub"
+    return ensure_key(state_dir / KEY_DIR, KEY_NAME, f"provisioner@{socket.gethostname()}")
+
+
+def ensure_key(directory: Path, name: str, comment: str) -> KeyPair:
+    """An Ed25519 pair ``directory/name`` (+ ``.pub``), made (0600, folder 0700) if missing."""
+    private = directory / name
+    public = directory / f"{name}.pub"
     try:
         if private.exists():
             mode = private.stat().st_mode & 0o777
@@ -66,7 +70,7 @@ def ensure_keypair(state_dir: Path) -> KeyPair:
                 raise SshKeyError(f"{private} is readable by others (mode {mode:o}): chmod 600 it")
             if not public.exists():
                 key = serialization.load_ssh_private_key(private.read_bytes(), password=None)
-                public.write_text(_public_line(key.public_key()) + "\n")
+                public.write_text(_public_line(key.public_key(), comment) + "\n")
             return KeyPair(private, public.read_text().strip())
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = Ed25519PrivateKey.generate()
@@ -75,11 +79,11 @@ def ensure_keypair(state_dir: Path) -> KeyPair:
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         )
-        tmp = directory / f".{KEY_NAME}.new"
+        tmp = directory / f".{name}.new"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as stream:
             stream.write(pem)
-        line = _public_line(key.public_key())
+        line = _public_line(key.public_key(), comment)
         public.write_text(line + "\n")
         os.replace(tmp, private)
         return KeyPair(private, line)
@@ -87,8 +91,8 @@ def ensure_keypair(state_dir: Path) -> KeyPair:
         raise SshKeyError(f"cannot read or make the SSH key in {directory}: {exc}") from exc
 
 
-def _public_line(public_key: object) -> str:
+def _public_line(public_key: object, comment: str) -> str:
     raw = public_key.public_bytes(  # type: ignore[attr-defined]
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     ).decode()
-    return f"{raw} provisioner@{socket.gethostname()}"
+    return f"{raw} {comment}"

@@ -40,6 +40,9 @@ class AppContext:
     renderer: ScriptRenderer
     enroller: Enroller | None = None
     authorized_keys: str | None = None  # the control node's public key(s), for images
+    # Called with a node that just reported from its profile's image (serve: converge its
+    # clusters, provisioner.clusters.converge.Converger.kick).
+    on_image_report: Callable[[Node], object] | None = None
 
     def __post_init__(self) -> None:
         self.images = ImageStore(self.config.image_dir)

@@ -6,6 +6,8 @@
   inventory), answered with whether to reboot into the node's image now;
 - ``GET /api/v1/nodes/{mac}/authorized_keys``: the control node's SSH key, for the
   booting image to install for root;
+- ``GET /api/v1/nodes/{mac}/host_key``: the node's own SSH host key, made once and kept
+  by the control node (:mod:`provisioner.hostkeys`), so a reboot keeps it;
 - ``POST /api/v1/nodes/{mac}/integrity``: the image's initramfs found that the root it
   fetched is not the published one (:mod:`provisioner.boot.integrity`): the node fails.
   The inventory POST carries the same check's good outcome in its ``X-Provisioner-Root``
@@ -20,10 +22,11 @@ appliance itself: loopback or its own address, which no other machine can connec
 
 A token lives :data:`BOOT_TOKEN_SECONDS`, bound to its asker's address in full mode and
 to its first user's otherwise; it is good for one inventory POST and any number of
-``authorized_keys`` fetches. A request without a good one is refused (401) and put on the
-node's timeline (at most :data:`REFUSED_EVENTS_PER_MINUTE` events a node; the rest are
-counted in ``provisioner_events_dropped_total`` only). Requests never set a node's
-address, except the report in proxy mode: its source, as the token was checked.
+``authorized_keys`` and ``host_key`` fetches. A request without a good one is refused
+(401) and put on the node's timeline (at most :data:`REFUSED_EVENTS_PER_MINUTE` events a
+node; the rest are counted in ``provisioner_events_dropped_total`` only). Requests never
+set a node's address, except the report in proxy mode: its source, as the token was
+checked.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from provisioner.discovery.dumps.agent import from_report
 from provisioner.discovery.model import SCHEMA
 from provisioner.discovery.report import parse_report
 from provisioner.enroll.matching import receive
+from provisioner.hostkeys import ensure_host_key, issued_fingerprint
 from provisioner.names import UnsafeValue
 from provisioner.records import BootToken, Detail, EventKind, TokenCheck
 from provisioner.states import BOOTS_PROFILE_IMAGE, NodeEvent, NodeState
@@ -224,8 +228,9 @@ def router(ctx: AppContext, *, clock: Callable[[], float] = time.time) -> APIRou
         before = ctx.registry.node(mac)
         proxy = ctx.config.network.mode is Mode.PROXY
         got = receive(
-            ctx.registry, ctx.enroller, mac, json.dumps(stored), ip=source if proxy else None
-        )
+            ctx.registry, ctx.enroller, mac, json.dumps(stored), ip=source if proxy else None,
+            issued=issued_fingerprint(ctx.config.state_dir, mac),
+        )  # fmt: skip
         node = got.node
         if got.held is not None:
             return {"mac": mac, "state": node.state.value, "next": "stay", "approval": "pending"}
@@ -236,6 +241,13 @@ def router(ctx: AppContext, *, clock: Callable[[], float] = time.time) -> APIRou
             before is None or before.state not in BOOTS_PROFILE_IMAGE
         )
         reboot = just_enrolled and ctx.boot_spec(node).kind is BootKind.IMAGE
+        if (
+            ctx.on_image_report is not None
+            and not just_enrolled
+            and node.state in BOOTS_PROFILE_IMAGE
+            and ctx.boot_spec(node).kind is BootKind.IMAGE
+        ):
+            ctx.on_image_report(node)  # back on its image: its clusters converge
         next_step = "reboot" if reboot else "stay"
         log.info(
             "inventory received mac=%s state=%s problems=%d next=%s",
@@ -273,6 +285,20 @@ def router(ctx: AppContext, *, clock: Callable[[], float] = time.time) -> APIRou
             raise HTTPException(404, "the control node has no SSH key")
         ctx.registry.add_event(mac, EventKind.KEYS, {"what": "authorized_keys"})
         return PlainTextResponse(ctx.authorized_keys.strip() + "\n")
+
+    @routes.get("/api/v1/nodes/{mac_raw}/host_key", response_class=PlainTextResponse)
+    def host_key(
+        mac_raw: str, request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> PlainTextResponse:
+        """The node's SSH host key (private, OpenSSH format), the same at every boot."""
+        mac = mac_or_404(mac_raw)
+        require_boot_token(mac, authorization, client_ip(request), "host_key")
+        node = ctx.registry.node(mac)
+        pair = ensure_host_key(ctx.config.state_dir, mac, node.hostname if node else None)
+        ctx.registry.add_event(
+            mac, EventKind.KEYS, {"what": "host_key", "fingerprint": pair.fingerprint}
+        )
+        return PlainTextResponse(pair.private_path.read_text())
 
     return routes
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.config import Config
+from provisioner.hostkeys import issued_public_key
 from provisioner.postinstall.plan import Member
 from provisioner.postinstall.ssh import Connection, HostKey, connect
 from provisioner.profiles import ProfileSet, load_profiles
@@ -41,7 +42,12 @@ class Site:
         return self.cfg.state_dir / "ssh" / "id_ed25519"
 
     def host_keys(self, node: Node) -> list[HostKey]:
-        """The host keys the node's agent last reported (the ones post-install trusts)."""
+        """The host key the control node made for the node (provisioner.hostkeys), else
+        the ones its agent last reported: the keys post-install trusts."""
+        issued = issued_public_key(self.cfg.state_dir, node.mac)
+        if issued is not None:
+            kind, body = issued.split()[:2]
+            return [HostKey(kind, body)]
         inventory = self.registry.inventory(node.mac)
         if inventory is None:
             return []

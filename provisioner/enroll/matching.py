@@ -163,18 +163,27 @@ def review(
     *,
     profile_after: str | None,
     ip_after: str | None = None,
+    issued: str | None = None,
 ) -> Review | None:
     """What ``after`` would change on ``node``; None if it may be applied as it comes.
 
     Only nodes in :data:`HOLDS_FOR_APPROVAL` hold, and only what they had: first host keys
     (the discovery image reports none), a first profile, a first address are trusted.
+    ``issued``: the fingerprint of the host key the control node made for the node
+    (:mod:`provisioner.hostkeys`): then the keys must be exactly that one, and a report
+    without keys (the discovery image runs no sshd) changes none.
     """
     if node.state not in HOLDS_FOR_APPROVAL:
         return None
-    old_keys = _fingerprints(before)
     new_keys = _fingerprints(after)
+    if issued is not None:
+        old_keys: tuple[str, ...] = (issued,)
+        keys_changed = bool(new_keys) and new_keys != old_keys
+    else:
+        old_keys = _fingerprints(before)
+        keys_changed = bool(old_keys) and old_keys != new_keys
     found = Review(
-        keys=(old_keys, new_keys) if old_keys and old_keys != new_keys else None,
+        keys=(old_keys, new_keys) if keys_changed else None,
         profile=(node.profile, profile_after)
         if node.profile is not None and profile_after != node.profile
         else None,
@@ -196,10 +205,17 @@ class Received:
 
 
 def receive(
-    registry: Registry, enroller: Enroller | None, mac: str, document: str, *, ip: str | None
+    registry: Registry,
+    enroller: Enroller | None,
+    mac: str,
+    document: str,
+    *,
+    ip: str | None,
+    issued: str | None = None,
 ) -> Received:
     """A token-checked report (the JSON document the registry keeps) from ``mac``; ``ip``:
-    the address it came from where that is the node's address (proxy mode), else None.
+    the address it came from where that is the node's address (proxy mode), else None;
+    ``issued``: the fingerprint of the host key the control node made for it, if any.
 
     Applied (address, inventory, fingerprint) unless :func:`review` holds it.
     """
@@ -211,7 +227,9 @@ def receive(
         if enroller is not None and after is not None:
             profile = enroller.profile_for(after)
         before = registry.inventory(mac)
-        held = review(node, before, after or Inventory(), profile_after=profile, ip_after=ip)
+        held = review(
+            node, before, after or Inventory(), profile_after=profile, ip_after=ip, issued=issued
+        )
         if held is not None:
             registry.hold_inventory(mac, document, ip=ip, changes=held.as_detail())
             log.warning(

@@ -51,7 +51,7 @@ from provisioner.image.store import ImageStore
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 2  # bump when the image layout or the manifest changes (2: root check)
+BUILDER_VERSION = 3  # bump when the image layout or the manifest changes (3: host key)
 AGENT_PATH = "/usr/bin/provisioner-agent"
 UNIT_PATH = "/etc/systemd/system/provisioner-agent.service"
 KEYS_UNIT_PATH = "/etc/systemd/system/provisioner-keys.service"
@@ -81,12 +81,14 @@ WantedBy=multi-user.target
 
 # The control node's public key, fetched with this boot's token and installed for root:
 # post-install logs in with it. Before the agent's report, so a reported node takes logins.
+# The node's own host key (kept by the control node) comes with it, before sshd starts.
 KEYS_UNIT = f"""\
 [Unit]
-Description=Install the provisioner's SSH key for root
+Description=Install the provisioner's SSH key for root and this node's host key
 ConditionKernelCommandLine=provisioner.url
 Wants=network-online.target
 After=network-online.target
+Before=ssh.service
 
 [Service]
 Type=oneshot
@@ -148,13 +150,18 @@ def customize_commands(recipe: RootfsRecipe, staged: Path) -> list[str]:
     return hooks
 
 
+# Host keys: the one the control node issued (provisioner-keys.service put it in place),
+# else one made now (a boot without the control node's key: every type, as Debian does).
 SSH_KEYGEN_DROPIN = "/etc/systemd/system/ssh.service.d/provisioner-hostkeys.conf"
 SSH_KEYGEN = """\
 [Service]
 ExecStartPre=
-ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/bin/sh -c 'test -s /etc/ssh/ssh_host_ed25519_key || /usr/bin/ssh-keygen -A'
 ExecStartPre=/usr/sbin/sshd -t
 """
+# sshd offers the ed25519 key only: the one post-install pins.
+SSHD_HOSTKEY_PATH = "/etc/ssh/sshd_config.d/provisioner-hostkey.conf"
+SSHD_HOSTKEY = "HostKey /etc/ssh/ssh_host_ed25519_key\n"
 
 
 # The recipe's root check, as an initramfs-tools init-bottom script: it runs after live-boot
@@ -174,6 +181,7 @@ def staged_files(recipe: RootfsRecipe) -> dict[str, bytes]:
         KEYS_UNIT_PATH: KEYS_UNIT.encode(),
         NETWORK_PATH: NETWORK_UNIT.encode(),
         SSH_KEYGEN_DROPIN: SSH_KEYGEN.encode(),
+        SSHD_HOSTKEY_PATH: SSHD_HOSTKEY.encode(),
     }
     if recipe.root_check is not None:
         files[ROOT_CHECK_PATH] = recipe.root_check.read_bytes()

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,8 +112,35 @@ def test_two_nodes_boot_the_shared_image_and_take_ssh_logins(
     assert refused.returncode != 0
     assert "host key" in refused.stderr.lower(), refused.stderr
 
-    # The image in use cannot be removed while the nodes boot it.
+    # A reboot keeps the node's host key (the control node issued it): its report needs
+    # no approval, and the same known_hosts still logs in.
     config = str(lab_dir / "provisioner.toml")
+    mac = first
+    before = len(node_json(lab_dir, mac)["timeline"])
+    cycled = run_cli("--config", config, "power", "cycle", "labnode1")
+    assert cycled.returncode == 0, cycled.stderr
+    deadline = time.monotonic() + 600
+    after: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        after = node_json(lab_dir, mac)["timeline"][before:]
+        if any(e["kind"] in ("inventory", "approval") for e in after):
+            break
+        time.sleep(5)
+    kinds = [e["kind"] for e in after]
+    assert "inventory" in kinds and "approval" not in kinds, after
+    verdicts = [e["detail"]["verdict"] for e in after if e["kind"] == "integrity"]
+    assert verdicts == ["verified"]
+    node = node_json(lab_dir, mac)
+    assert node["state"] == "enrolled"
+    keys = [
+        f"{k['type']} {k['public_key']}" for k in node["inventory"]["inventory"]["ssh_host_keys"]
+    ]
+    assert keys == reported[mac]
+    known = tmp_path / f"known_hosts-{mac.replace(':', '')}"
+    login = ssh(lab_dir, known, addresses[mac], "true")
+    assert login.returncode == 0, login.stderr
+
+    # The image in use cannot be removed while the nodes boot it.
     removed = run_cli("--config", config, "image", "remove", ref)
     assert removed.returncode == 2 and "in use by 2 node(s)" in removed.stderr
     shown = run_cli("--config", config, "image", "show", ref, "--json")

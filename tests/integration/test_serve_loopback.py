@@ -264,6 +264,13 @@ def test_the_agent_installs_the_control_nodes_key_then_reports(
     assert installed.read_text() == public
     assert installed.stat().st_mode & 0o777 == 0o600
     assert (installed.parent.stat().st_mode & 0o777) == 0o700
+    # The node's own host key, kept by the control node, in place before sshd starts.
+    host_key = fake_root / "etc" / "ssh" / "ssh_host_ed25519_key"
+    assert host_key.stat().st_mode & 0o777 == 0o600
+    issued = app.state / "hostkeys" / MAC.replace(":", "") / "ssh_host_ed25519_key.pub"
+    assert (host_key.parent / "ssh_host_ed25519_key.pub").read_text().split()[:2] == (
+        issued.read_text().split()[:2]
+    )
 
     report = subprocess.run(
         [*argv, str(AGENT)], env=env, capture_output=True, text=True, timeout=120

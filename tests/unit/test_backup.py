@@ -27,6 +27,7 @@ from provisioner.config import Config, Mode, ensure_api_token, parse_config, ren
 from provisioner.discovery.model import Inventory, SshHostKey
 from provisioner.discovery.schema import to_json
 from provisioner.errors import SchemaVersionError
+from provisioner.hostkeys import ensure_host_key, issued_public_key
 from provisioner.metrics import Metrics
 from provisioner.profiles import Engine
 from provisioner.records import Cluster, EventKind, LeaseKind
@@ -36,6 +37,7 @@ from provisioner.sshkeys import ensure_keypair, fingerprint
 from provisioner.states import NodeEvent
 
 MACS = ["52:54:00:bb:00:00", "52:54:00:bb:00:01"]
+HOST_DIR = MACS[0].replace(":", "")
 HOST_KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIGq3b3m0mJ0VXYqg0oH3oQ7gq0n8S3YkQ1m4Y5cZ0rV1"
 NODE_IP = "10.40.0.100"
 BOOT_TOKEN = "boot-token-of-node0"
@@ -85,6 +87,7 @@ def site(tmp_path: Path) -> Site:
     keys.secret(state, "c1", "gateway")
     token = ensure_api_token(state)
     pair = ensure_keypair(state)
+    ensure_host_key(state, MACS[0], "node0")  # the node's own host key, issued at its boot
     credentials = state / "power.toml"
     credentials.write_text('[nodes.node0]\npassword = "bmc-secret"\n')
     credentials.chmod(0o600)
@@ -113,6 +116,8 @@ def test_a_restored_folder_serves_the_same_nodes_with_the_same_token_and_keys(
     assert listed == {
         "registry.sqlite3", "api-token", "ssh/id_ed25519", "ssh/id_ed25519.pub",
         "keys/c1.engine", "keys/c1.gateway", "power.toml",
+        f"hostkeys/{HOST_DIR}/ssh_host_ed25519_key",
+        f"hostkeys/{HOST_DIR}/ssh_host_ed25519_key.pub",
     }  # fmt: skip
     site.registry.touch_node("52:54:00:bb:00:09")  # after the backup: not in it
 
@@ -123,7 +128,13 @@ def test_a_restored_folder_serves_the_same_nodes_with_the_same_token_and_keys(
         "registry.sqlite3": 0o600, "api-token": 0o600, "power.toml": 0o600,
         "ssh": 0o700, "ssh/id_ed25519": 0o600, "ssh/id_ed25519.pub": 0o644,
         "keys": 0o700, "keys/c1.engine": 0o600, "keys/c1.gateway": 0o600,
+        "hostkeys": 0o700, f"hostkeys/{HOST_DIR}": 0o700,
+        f"hostkeys/{HOST_DIR}/ssh_host_ed25519_key": 0o600,
+        f"hostkeys/{HOST_DIR}/ssh_host_ed25519_key.pub": 0o644,
     }  # fmt: skip
+    assert issued_public_key(cfg.state_dir, MACS[0]) == issued_public_key(
+        site.cfg.state_dir, MACS[0]
+    )
     assert cfg.state_dir.stat().st_mode & 0o777 == 0o700
 
     reg = Registry(cfg.registry_path)

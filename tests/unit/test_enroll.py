@@ -270,6 +270,30 @@ def test_review_holds_only_what_an_enrolled_node_had(
     assert (found is not None) <= (node.state in HOLDS_FOR_APPROVAL)
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        # The key the control node issued, reported: nothing to approve, whatever before.
+        ((KEY2,), (KEY1,), None),
+        ((), (KEY1,), None),
+        # No keys (the discovery image runs no sshd): no key change.
+        ((KEY1,), (), None),
+        # Anything else than the issued key: held, against the issued one.
+        ((KEY1,), (KEY2,), Review(keys=(("SHA256:one",), ("SHA256:two",)))),
+        ((KEY1,), (KEY1, KEY2), Review(keys=(("SHA256:one",), ("SHA256:one", "SHA256:two")))),
+        ((), (KEY2,), Review(keys=(("SHA256:one",), ("SHA256:two",)))),
+    ],
+)  # fmt: skip
+def test_review_with_an_issued_host_key_pins_that_key(
+    before: tuple[SshHostKey, ...], after: tuple[SshHostKey, ...], expected: Review | None
+) -> None:
+    found = review(
+        node_in(NodeState.SERVING), Inventory(ssh_host_keys=before),
+        Inventory(ssh_host_keys=after), profile_after="qemu-lab", issued="SHA256:one",
+    )  # fmt: skip
+    assert found == expected
+
+
 def test_node_approve_applies_a_held_report_and_says_what(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
