@@ -35,6 +35,7 @@ class EventKind(StrEnum):
     PROFILE = "profile"  # fingerprinting gave (or took away) a profile
     REFUSED = "refused"  # a request from or about the node was refused
     APPROVAL = "approval"  # a report held for `node approve` (keys, profile, address), or approved
+    CONVERGE = "converge"  # its cluster brought back after a reboot (clusters/converge.py)
 
 
 class LeaseKind(StrEnum):
@@ -173,6 +174,7 @@ class Cluster:
     tensor_parallel: int | None = None  # vLLM: GPUs one copy spans within a node
     pipeline_parallel: int | None = None  # vLLM: stages across nodes (Ray)
     gateway: bool = False  # an OpenAI route on the control node over every served model
+    converge: bool = True  # brought back to serving by the control node after a reboot
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "engine", Engine(self.engine))

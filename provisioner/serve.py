@@ -21,6 +21,8 @@ from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.boot.ra import RouterAdvertiser
 from provisioner.boot.routes_files import record_file
 from provisioner.boot.tftp import TftpService, TftpTransfer
+from provisioner.clusters.converge import Converger, site_runner
+from provisioner.clusters.site import Site
 from provisioner.config import Config, ensure_api_token
 from provisioner.enroll.matching import Enroller
 from provisioner.errors import BootServiceError
@@ -90,6 +92,12 @@ class BootServices:
             auto_enroll=cfg.cluster.auto_enroll,
         )
         self.keypair = ensure_keypair(cfg.state_dir)  # made at first start
+        # Day two: members back on their image bring their clusters back to serving.
+        site = Site.open(cfg, self.registry)
+        self.converger = Converger(
+            self.registry,
+            site_runner(site, site.connect, lambda line: log.info("converge: %s", line)),
+        )
         self.app_ctx = AppContext(
             cfg,
             self.registry,
@@ -98,6 +106,7 @@ class BootServices:
             ScriptRenderer(),
             self.enroller,
             authorized_keys=self.keypair.public_line,
+            on_image_report=self.converger.kick,
         )
         self.app = create_app(self.app_ctx)
         self.areas = FileAreas(
@@ -219,6 +228,7 @@ class BootServices:
             await self._http_task
         self.dhcp.stop()
         self.tftp.stop()
+        self.converger.close()
         self.registry.close()
 
 

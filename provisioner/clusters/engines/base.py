@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from provisioner.clusters.engines.artifacts import ArtifactNeed
 from provisioner.clusters.site import Site
 from provisioner.postinstall.plan import Member, NodePlan, Teardown, teardown
 from provisioner.postinstall.ssh import Connection
@@ -79,6 +80,12 @@ class ClusterEngine(Protocol):
         """The recipes in ``postinstall/`` it adds after base and the drivers, in order."""
         ...
 
+    def needs(self, site: Site, cluster: Cluster) -> list[ArtifactNeed]:
+        """What :meth:`plan` reads from the artifact store, each with the spec that builds
+        it (``postinstall run`` builds the missing ones first); none for an artifact the
+        cluster names itself (``--artifact``): that one is never built."""
+        ...
+
     def plan(self, site: Site, cluster: Cluster, members: Sequence[Member]) -> list[NodePlan]:
         """Each member's post-install steps (the artifact, the model, its units)."""
         ...
@@ -101,6 +108,18 @@ class ClusterEngine(Protocol):
         self, site: Site, target: SmokeTarget, options: SmokeOptions, progress: Progress
     ) -> Report:
         """Every check that proves the cluster serves."""
+        ...
+
+    def recover(
+        self,
+        cluster: Cluster,
+        back: Sequence[str],
+        conns: Mapping[str, Connection],
+        progress: Progress,
+    ) -> list[str]:
+        """After members in ``back`` (hostnames) came back from a reboot and post-install
+        ran again: what the engine must redo on the others for the cluster to serve (e.g.
+        restart a head whose workers went away); the lines of what it did."""
         ...
 
 

@@ -8,17 +8,21 @@ buffer in the head's log.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from provisioner.artifacts.store import ArtifactStore
+from provisioner.artifacts.llama import BuildSpec
+from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.clusters import keys
 from provisioner.clusters.engines import base
+from provisioner.clusters.engines.artifacts import ArtifactNeed
 from provisioner.clusters.engines.base import Progress, SmokeOptions, SmokeTarget
 from provisioner.clusters.site import Site
 from provisioner.clusters.spec import ClusterError
 from provisioner.models.store import ModelStore
 from provisioner.postinstall.plan import Download, Member, NodePlan, plan
+from provisioner.postinstall.ssh import Connection
 from provisioner.profiles import Engine
 from provisioner.records import Cluster
 from provisioner.smoke.cluster import head_log, restart_check, sampler, unit_checks
@@ -28,6 +32,7 @@ from provisioner.smoke.run import Worker, run_smoke
 ARTIFACT_PREFIX = "llama.cpp-"
 HEAD_UNIT = "llama-server.service"
 WORKER_UNIT = "llama-rpc.service"
+BUILD_COMMAND = "provisioner artifact build llama.cpp"
 
 
 class LlamaRpcEngine:
@@ -56,6 +61,16 @@ class LlamaRpcEngine:
 
     def recipes(self, cluster: Cluster) -> tuple[str, ...]:
         return ("llama-rpc",)
+
+    def needs(self, site: Site, cluster: Cluster) -> list[ArtifactNeed]:
+        if cluster.options.get("artifact"):
+            return []
+        store = ArtifactStore(site.artifacts_dir)
+        spec = BuildSpec()  # what `artifact build llama.cpp` builds: the runtime() it takes
+        return [ArtifactNeed(
+            f"llama.cpp ({spec.backend.value}, {spec.target()})", BUILD_COMMAND, spec,
+            newest_cpu_build(store), missing(store),
+        )]  # fmt: skip
 
     def plan(self, site: Site, cluster: Cluster, members: Sequence[Member]) -> list[NodePlan]:
         firewall = {
@@ -115,6 +130,45 @@ class LlamaRpcEngine:
             )
         return report
 
+    def recover(
+        self,
+        cluster: Cluster,
+        back: Sequence[str],
+        conns: Mapping[str, Connection],
+        progress: Progress,
+    ) -> list[str]:
+        """llama.cpp's RPC has no recovery: a head that lost a worker keeps failing. So
+        when a worker came back, the head is restarted after every worker's RPC server
+        is active again (not before); a head that came back itself started after them."""
+        workers_back = [w for w in cluster.workers if w in back]
+        if not workers_back or cluster.head in back:
+            return []
+        for worker in cluster.workers:
+            wait_active(conns[worker], worker, WORKER_UNIT, progress)
+        restarted = conns[cluster.head].run(f"systemctl restart {HEAD_UNIT}", timeout=120)
+        if restarted.exit_status != 0:
+            raise ClusterError(
+                f"{cluster.head}: systemctl restart {HEAD_UNIT} failed: {restarted.stderr[-300:]}"
+            )
+        line = f"{cluster.head}: {HEAD_UNIT} restarted after {', '.join(workers_back)} came back"
+        progress(line)
+        return [line]
+
+
+def wait_active(
+    conn: Connection, hostname: str, unit: str, progress: Progress, wait_s: float = 120.0
+) -> None:
+    """Until ``unit`` is active on ``hostname`` (ClusterError after ``wait_s``)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        state = conn.run(f"systemctl is-active {unit}", timeout=30).stdout.strip()
+        if state == "active":
+            progress(f"{hostname}: {unit} active")
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{hostname}: {unit} not active after {wait_s:.0f} s ({state})")
+        time.sleep(1)
+
 
 def runtime(site: Site, cluster: Cluster) -> Download:
     """The llama.cpp artifact the cluster runs: its own, else the newest CPU build."""
@@ -124,14 +178,10 @@ def runtime(site: Site, cluster: Cluster) -> Download:
     if name:
         manifest = store.get(name)
     else:
-        found = [
-            m for m in store.list() if m.name.startswith(ARTIFACT_PREFIX) and "-cpu-" in m.name
-        ]
-        if not found:
-            raise ClusterError(
-                f"no llama.cpp build in {store.root}: provisioner artifact build llama.cpp"
-            )
-        manifest = max(found, key=lambda m: m.built_at)
+        newest = newest_cpu_build(store)
+        if newest is None:
+            raise ClusterError(missing(store))
+        manifest = newest
     return Download(
         manifest.name,
         manifest.file,
@@ -140,6 +190,16 @@ def runtime(site: Site, cluster: Cluster) -> Download:
         manifest.size,
         binaries=dict(manifest.binaries),
     )
+
+
+def newest_cpu_build(store: ArtifactStore) -> Manifest | None:
+    """The newest llama.cpp CPU build in the store, if any."""
+    found = [m for m in store.list() if m.name.startswith(ARTIFACT_PREFIX) and "-cpu-" in m.name]
+    return max(found, key=lambda m: m.built_at) if found else None
+
+
+def missing(store: ArtifactStore) -> str:
+    return f"no llama.cpp build in {store.root}: {BUILD_COMMAND}"
 
 
 def model_download(site: Site, cluster: Cluster) -> Download:

@@ -14,6 +14,7 @@ from typing import Any
 
 from provisioner.clusters import keys
 from provisioner.clusters.engines import base, vllm_site
+from provisioner.clusters.engines.artifacts import ArtifactNeed
 from provisioner.clusters.engines.base import Progress, SmokeOptions, SmokeTarget
 from provisioner.clusters.site import Site
 from provisioner.clusters.store import load_all
@@ -21,6 +22,7 @@ from provisioner.errors import ModelError
 from provisioner.models.store import ModelStore
 from provisioner.postinstall import vllm
 from provisioner.postinstall.plan import Member, NodePlan, plan
+from provisioner.postinstall.ssh import Connection
 from provisioner.profiles import Engine
 from provisioner.records import Cluster, Served
 from provisioner.smoke.cluster import VLLM_RESTART_WAIT_S, restart_check, unit_checks
@@ -52,6 +54,10 @@ class VllmEngine:
 
     def recipes(self, cluster: Cluster) -> tuple[str, ...]:
         return ("vllm", "ray") if vllm.uses_ray(cluster) else ("vllm",)
+
+    def needs(self, site: Site, cluster: Cluster) -> list[ArtifactNeed]:
+        found = vllm_site.members(site.registry, cluster, site.profiles)
+        return vllm_site.needs(site.cfg, cluster, vllm.backend_of(found))
 
     def plan(self, site: Site, cluster: Cluster, members: Sequence[Member]) -> list[NodePlan]:
         found = vllm_site.members(site.registry, cluster, site.profiles)
@@ -116,6 +122,17 @@ class VllmEngine:
                 target.endpoint(first.port), first.name, progress, VLLM_RESTART_WAIT_S,
             ))  # fmt: skip
         return Report(cluster.name, tuple(checks), streams)
+
+    def recover(
+        self,
+        cluster: Cluster,
+        back: Sequence[str],
+        conns: Mapping[str, Connection],
+        progress: Progress,
+    ) -> list[str]:
+        """Nothing: a Ray worker's unit rejoins the head by itself once post-install ran
+        again, and the head's servers wait for the placement they need."""
+        return []
 
 
 def _architectures(site: Site, cluster: Cluster) -> dict[str, tuple[str, ...]]:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.artifacts.control_venv import control_venv
-from provisioner.artifacts.store import ArtifactStore
-from provisioner.artifacts.wheelhouse import node_install_command
+from provisioner.artifacts.store import ArtifactStore, Manifest
+from provisioner.artifacts.wheelhouse import VllmBackend, WheelhouseSpec, node_install_command
 from provisioner.clusters import keys
+from provisioner.clusters.engines.artifacts import ArtifactNeed
 from provisioner.clusters.spec import ClusterError
 from provisioner.config import Config
 from provisioner.data import VLLM_ARGCHECK
@@ -107,20 +108,44 @@ def wheelhouse(cfg: Config, cluster: Cluster, backend: str) -> Download:
     if name:
         manifest = store.get(name)
     else:
-        found = [
-            m for m in store.list()
-            if m.name.startswith(WHEELHOUSE_PREFIX) and f"-{backend}-" in m.name
-        ]  # fmt: skip
-        if not found:
-            raise ClusterError(
-                f"no vLLM wheelhouse for backend {backend} in {store.root}: "
-                f"provisioner artifact build vllm --backend {backend}"
-            )
-        manifest = max(found, key=lambda m: m.built_at)
+        newest = newest_wheelhouse(store, backend)
+        if newest is None:
+            raise ClusterError(missing(store, backend))
+        manifest = newest
     return Download(
         manifest.name, manifest.file, f"{cfg.http_base}/artifacts/{manifest.file}",
         manifest.sha256, manifest.size,
     )  # fmt: skip
+
+
+def newest_wheelhouse(store: ArtifactStore, backend: str) -> Manifest | None:
+    """The newest vLLM wheelhouse for ``backend`` in the store, if any."""
+    found = [
+        m for m in store.list()
+        if m.name.startswith(WHEELHOUSE_PREFIX) and f"-{backend}-" in m.name
+    ]  # fmt: skip
+    return max(found, key=lambda m: m.built_at) if found else None
+
+
+def build_command(backend: str) -> str:
+    return f"provisioner artifact build vllm --backend {backend}"
+
+
+def missing(store: ArtifactStore, backend: str) -> str:
+    return f"no vLLM wheelhouse for backend {backend} in {store.root}: {build_command(backend)}"
+
+
+def needs(cfg: Config, cluster: Cluster, backend: str) -> list[ArtifactNeed]:
+    """The wheelhouse :func:`wheelhouse` takes, and what `artifact build vllm` builds for it
+    (none for a wheelhouse the cluster names itself)."""
+    if cluster.options.get("artifact"):
+        return []
+    store = ArtifactStore(cfg.state_dir / "artifacts")
+    spec = WheelhouseSpec(backend=VllmBackend(backend))
+    return [ArtifactNeed(
+        f"vLLM wheelhouse ({spec.name()})", build_command(backend), spec,
+        newest_wheelhouse(store, backend), missing(store, backend),
+    )]  # fmt: skip
 
 
 def venv_for(cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember]) -> str:

@@ -1,0 +1,264 @@
+"""Day two, without sockets: the Converger's waiting (members coming back, a paused
+cluster, a run at a time), llama.cpp's ordered recovery on fake nodes, and converge()'s
+stages recorded on every member's timeline."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from provisioner.clusters import converge as converge_mod
+from provisioner.clusters.converge import Converger, booting, clusters_of, converge
+from provisioner.clusters.engines.llama_rpc import HEAD_UNIT, WORKER_UNIT, LlamaRpcEngine
+from provisioner.clusters.site import Site
+from provisioner.clusters.spec import ClusterError
+from provisioner.config import Mode, parse_config, render_config
+from provisioner.postinstall.fanout import NodeRun
+from provisioner.profiles import Engine
+from provisioner.records import Cluster, EventKind, Node
+from provisioner.registry import Registry
+from provisioner.smoke.report import Check, Report
+from provisioner.states import NodeEvent
+from tests.fakes.ssh import FakeNode, Reply, replies
+
+NODES = {"node0": "52:54:00:c0:00:00", "node1": "52:54:00:c0:00:01", "node2": "52:54:00:c0:00:02"}
+CLUSTER = Cluster("c1", Engine.LLAMA_RPC, "tiny", "node0", ("node1", "node2"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    reg = Registry(tmp_path / "registry.sqlite3")
+    for i, (name, mac) in enumerate(NODES.items()):
+        reg.touch_node(mac, ip=f"10.30.0.{100 + i}")
+        reg.set_hostname(mac, name)
+        reg.store_inventory(mac, "{}")
+        reg.set_profile(mac, "qemu-lab")
+        reg.transition(mac, NodeEvent.MATCH)
+        reg.transition(mac, NodeEvent.ENROLL)
+    reg.save_cluster(CLUSTER.name, CLUSTER.to_json())
+    yield reg
+    reg.close()
+
+
+def node(reg: Registry, name: str) -> Node:
+    found = reg.node(NODES[name])
+    assert found is not None
+    return found
+
+
+def reboot(reg: Registry, name: str, ts: float, *, back: bool) -> None:
+    """The node asked for its boot script ``ts`` s from now; ``back``: and reported after."""
+    ts += time.time()
+    reg.add_event(NODES[name], EventKind.SCRIPT, {"boot": "image"}, ts=ts)
+    if back:
+        reg.add_event(NODES[name], EventKind.INVENTORY, {"bytes": 1}, ts=ts + 1)
+
+
+# ------------------------------------------------------------- who is back
+
+
+def test_booting_and_clusters_of(registry: Registry) -> None:
+    reboot(registry, "node1", 10.0, back=False)
+    reboot(registry, "node2", 10.0, back=True)
+    assert booting(registry, node(registry, "node1"))
+    assert not booting(registry, node(registry, "node2"))
+    assert not booting(registry, node(registry, "node0"))  # never rebooted here
+    assert [c.name for c in clusters_of(registry, node(registry, "node2"))] == ["c1"]
+
+
+def test_the_converger_waits_for_every_member_then_runs_once(registry: Registry) -> None:
+    clock = Clock()
+    ran: list[tuple[str, tuple[str, ...]]] = []
+    conv = Converger(registry, lambda name, back: ran.append((name, back)), clock=clock,
+                     settle_s=3600, timeout_s=600)  # fmt: skip
+    try:
+        reboot(registry, "node1", 1.0, back=True)
+        reboot(registry, "node2", 1.0, back=False)  # still on its way
+        assert conv.kick(node(registry, "node1")) == ["c1"]
+        assert conv.due("c1") is None  # node2 is booting
+        clock.now += 30
+        reboot(registry, "node2", 2.0, back=True)
+        conv.kick(node(registry, "node2"))
+        assert conv.due("c1") == ("node1", "node2")
+        assert conv.due("c1") is None  # running: no second one at once
+    finally:
+        conv.close()
+
+
+def test_a_member_that_does_not_come_back_is_left_behind_after_the_timeout(
+    registry: Registry,
+) -> None:
+    clock = Clock()
+    conv = Converger(registry, lambda *a: None, clock=clock, settle_s=3600, timeout_s=600)
+    try:
+        reboot(registry, "node1", 1.0, back=True)
+        reboot(registry, "node2", 1.0, back=False)
+        conv.kick(node(registry, "node1"))
+        clock.now += 599
+        assert conv.due("c1") is None
+        clock.now += 2
+        assert conv.due("c1") == ("node1",)  # converges without node2: smoke will say
+    finally:
+        conv.close()
+
+
+def test_a_paused_cluster_is_left_as_it_is(registry: Registry) -> None:
+    paused = Cluster(**{**CLUSTER.__dict__, "converge": False})
+    registry.save_cluster("c1", paused.to_json())
+    conv = Converger(registry, lambda *a: None, settle_s=3600)
+    try:
+        assert conv.kick(node(registry, "node1")) == []
+        assert conv.due("c1") is None
+    finally:
+        conv.close()
+
+
+def test_the_timer_runs_it_in_a_thread_and_a_kick_during_a_run_runs_again(
+    registry: Registry,
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    ran: list[tuple[str, ...]] = []
+
+    def run(name: str, back: tuple[str, ...]) -> None:
+        ran.append(back)
+        started.set()
+        release.wait(10)
+
+    conv = Converger(registry, run, settle_s=0.05)
+    try:
+        conv.kick(node(registry, "node1"))
+        assert started.wait(10)
+        conv.kick(node(registry, "node2"))  # came back while the first run goes on
+        started.clear()
+        release.set()
+        assert started.wait(10)
+        deadline = time.monotonic() + 10
+        while len(ran) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ran == [("node1",), ("node2",)]
+    finally:
+        conv.close()
+
+
+# ------------------------------------------------------------- llama.cpp's recovery
+
+
+def fake_nodes() -> dict[str, FakeNode]:
+    nodes = {name: FakeNode(name) for name in NODES}
+    for worker in ("node1", "node2"):
+        nodes[worker].on(f"systemctl is-active {WORKER_UNIT}", stdout="active\n")
+    return nodes
+
+
+def test_a_worker_back_restarts_the_head_after_every_worker_is_active() -> None:
+    nodes = fake_nodes()
+    order: list[str] = []
+    nodes["node2"].on(
+        f"systemctl is-active {WORKER_UNIT}",
+        replies(Reply("activating\n"), Reply("active\n")),
+    )
+
+    def recorder(name: str) -> Callable[[str], Reply]:
+        def answer(command: str) -> Reply:
+            order.append(f"{name}: {command}")
+            return Reply("active\n")
+
+        return answer
+
+    for name, fake in nodes.items():
+        fake.on(re.compile("systemctl"), recorder(name))
+    conns = {name: fake.connect() for name, fake in nodes.items()}
+    lines = LlamaRpcEngine().recover(CLUSTER, ("node1",), conns, lambda line: None)
+    assert lines == [f"node0: {HEAD_UNIT} restarted after node1 came back"]
+    assert order[-1] == f"node0: systemctl restart {HEAD_UNIT}"
+    assert f"node1: systemctl is-active {WORKER_UNIT}" in order
+    assert f"node2: systemctl is-active {WORKER_UNIT}" in order
+
+
+@pytest.mark.parametrize("back", [(), ("node0",), ("node0", "node1")])
+def test_no_worker_back_or_the_head_back_too_restarts_nothing(back: tuple[str, ...]) -> None:
+    nodes = fake_nodes()
+    conns = {name: fake.connect() for name, fake in nodes.items()}
+    assert LlamaRpcEngine().recover(CLUSTER, back, conns, lambda line: None) == []
+    assert not any("restart" in c for f in nodes.values() for c in f.commands)
+
+
+def test_a_worker_that_stays_down_fails_the_recovery(monkeypatch: pytest.MonkeyPatch) -> None:
+    from provisioner.clusters.engines import llama_rpc
+
+    nodes = fake_nodes()
+    nodes["node2"].on(f"systemctl is-active {WORKER_UNIT}", stdout="failed\n")
+    ticks = iter(range(0, 10_000, 100))
+    fake_time = SimpleNamespace(monotonic=lambda: float(next(ticks)), sleep=lambda s: None)
+    monkeypatch.setattr(llama_rpc, "time", fake_time)  # the module's, not the process's
+    conns = {name: fake.connect() for name, fake in nodes.items()}
+    with pytest.raises(ClusterError, match=f"node2: {WORKER_UNIT} not active"):
+        LlamaRpcEngine().recover(CLUSTER, ("node1",), conns, lambda line: None)
+    assert not any("restart" in c for c in nodes["node0"].commands)
+
+
+# ------------------------------------------------------------- converge()'s stages
+
+
+@pytest.fixture
+def site(registry: Registry, tmp_path: Path) -> Site:
+    cfg = parse_config(
+        render_config(
+            interface="eth0", address="10.30.0.1/24", mode=Mode.FULL,
+            dhcp_range="10.30.0.100-10.30.0.120", state_dir=tmp_path / "state",
+        )
+    )  # fmt: skip
+    return Site.open(cfg, registry)
+
+
+def stages(registry: Registry) -> list[list[tuple[object, object]]]:
+    return [
+        [(e.detail["stage"], e.detail["ok"]) for e in registry.events(mac)
+         if e.kind is EventKind.CONVERGE]
+        for mac in NODES.values()
+    ]  # fmt: skip
+
+
+def test_converge_records_where_it_stopped_on_every_member(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nodes = fake_nodes()
+    connect = lambda n: nodes[n.hostname].connect()  # noqa: E731
+    monkeypatch.setattr(converge_mod, "postinstall_plan", lambda *a, **k: [])
+
+    def fail_plan(*a: object, **k: object) -> None:
+        raise ClusterError("c1: node2: failed, not booted on its image yet")
+
+    monkeypatch.setattr(converge_mod, "postinstall_plan", fail_plan)
+    got = converge(site, CLUSTER, ("node1",), connect=connect, progress=lambda line: None)
+    assert (got.stage, got.ok) == ("plan", False) and "node2" in str(got.reason)
+    assert stages(site.registry) == [[("plan", False)]] * 3
+
+    monkeypatch.setattr(converge_mod, "postinstall_plan", lambda *a, **k: [])
+    bad = NodeRun("node1", NODES["node1"], error="step 'llama-rpc unit' failed")
+    monkeypatch.setattr(converge_mod.fanout, "run", lambda *a: [bad])
+    got = converge(site, CLUSTER, ("node1",), connect=connect, progress=lambda line: None)
+    assert (got.stage, got.ok) == ("post-install", False) and "llama-rpc unit" in str(got.reason)
+
+    monkeypatch.setattr(converge_mod.fanout, "run", lambda *a: [])
+    passed = Report("c1", (Check("health", True, None, None, "ok"),))
+    monkeypatch.setattr(converge_mod, "smoke", lambda *a: passed)
+    got = converge(site, CLUSTER, ("node1",), connect=connect, progress=lambda line: None)
+    assert (got.stage, got.ok, got.back) == ("smoke", True, ("node1",))
+    assert got.recovered == (f"node0: {HEAD_UNIT} restarted after node1 came back",)
+    assert stages(site.registry)[0] == [("plan", False), ("post-install", False), ("smoke", True)]
+    assert nodes["node0"].commands[-1] == f"systemctl restart {HEAD_UNIT}"
