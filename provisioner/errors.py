@@ -3,9 +3,17 @@
 ::
 
     ProvisionerError                 base of everything we raise on purpose
+    ├── NotFound (marker)            what was named does not exist (the CLI exits 3)
+    ├── Refused (marker)             refused as things stand: it clashes with what exists
+    │                                or the state table forbids it (the CLI exits 4)
+    ├── UsageError                   a command line a command cannot act on (exits 2)
     ├── ConfigError                  a bad provisioner.toml: key, value and why
+    │   └── ConfigNotFound (+NotFound)   no configuration file where it was looked for
     ├── RegistryError                the registry refused an operation
-    │   ├── IllegalTransition        a node state change the state table forbids
+    │   ├── NodeNotFound (+NotFound) no node of that MAC or hostname
+    │   ├── NameTaken (+Refused)     a hostname another node has, or a node a cluster
+    │   │                            names (enroll/lifecycle.py refuses to rename it)
+    │   ├── IllegalTransition (+Refused)  a node state change the state table forbids
     │   └── SchemaVersionError       a registry file from a newer provisioner, or one that
     │                                needs upgrading and was opened read-only
     ├── BackupError (backup.py)      a backup not written, or one refused at restore
@@ -16,9 +24,12 @@
     │   └── InstanceConflict (instance.py)  another serve holds the state folder or DHCP port
     ├── ServiceError (service.py)    the systemd unit not installed (write or reload failed)
     ├── ImageError (image/__init__.py)   an image could not be built
-    │   └── RecipeError              a bad image recipe: file, key and why
+    │   ├── RecipeError              a bad image recipe: file, key and why
+    │   ├── ImageNotFound (image/store.py)   no such image or version in the store
+    │   └── ImageInUse (image/store.py)      a version nodes boot cannot be removed
     ├── AcceleratorTableError (discovery/accelerators.py)  a bad hwprofiles/accelerators.yaml
     ├── ArtifactError (artifacts/__init__.py)  a runtime or wheelhouse not built or stored
+    │   └── ArtifactNotFound         no artifact of that name in the store
     ├── ModelError                   a model not added, found or removed (models/store.py,
     │   │                            models/hf.py: a Hugging Face folder refused)
     │   └── ModelNotFound (models/store.py)  no model of that name in the store
@@ -32,6 +43,14 @@
 
 Third-party exceptions (tftpy, uvicorn, subprocess, OSError) are translated at the
 adapter edge with ``raise OurError(...) from exc``.
+
+``NotFound`` and ``Refused`` are markers: a class says what kind of failure it is by
+deriving from one of them as well as from its own family (``NodeNotFound(RegistryError,
+NotFound)``), and the command line turns the kind into its exit status
+(:mod:`provisioner.cli.common`, ``docs/cli.md``); they are the REST API's 404 and 409.
+Of the classes in other modules, ImageNotFound, ModelNotFound and ArtifactNotFound are
+not-found errors and ImageInUse a refusal, but do not derive from the markers yet: the
+command line's table names them until they do.
 """
 
 from __future__ import annotations
@@ -39,6 +58,21 @@ from __future__ import annotations
 
 class ProvisionerError(Exception):
     """Base of every error provisioner raises on purpose."""
+
+
+class NotFound(ProvisionerError):
+    """Marker: the node, cluster, image, model, profile or file named does not exist."""
+
+
+class Refused(ProvisionerError):
+    """Marker: refused as things stand: it would overwrite or clash with what exists (a
+    name taken, a MAC known under another name, a file there), or the state table forbids
+    it. Nothing was changed."""
+
+
+class UsageError(ProvisionerError):
+    """A command line that a command cannot act on (an argument missing or malformed,
+    found by the command rather than by argparse); the command line exits 2 for it."""
 
 
 class ConfigError(ProvisionerError):
@@ -53,11 +87,29 @@ class ConfigError(ProvisionerError):
         super().__init__(f"{where}{key} = {value!r}: {reason}")
 
 
+class ConfigNotFound(ConfigError, NotFound):
+    """No configuration file at ``path``; ``hint`` says how to write one."""
+
+    def __init__(self, path: object, hint: str):
+        self.path = path
+        self.key, self.value, self.reason, self.source = "(file)", path, hint, str(path)
+        ProvisionerError.__init__(self, f"no configuration file {path}: {hint}")
+
+
 class RegistryError(ProvisionerError):
     """The registry could not carry out an operation."""
 
 
-class IllegalTransition(RegistryError):
+class NodeNotFound(RegistryError, NotFound):
+    """No node with that MAC or hostname in the registry."""
+
+
+class NameTaken(RegistryError, Refused):
+    """A name that may not be given or changed: another node has it, the node's MAC is
+    known under another name, or a cluster names the node by it."""
+
+
+class IllegalTransition(RegistryError, Refused):
     """A node state change that the state table does not allow."""
 
 

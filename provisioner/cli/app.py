@@ -1,4 +1,9 @@
-"""The `provisioner` command: thin; it parses, calls, prints."""
+"""The `provisioner` command: thin; it parses, calls, prints.
+
+Global options (``--config``, ``--log-level``) are taken before or after the
+subcommand; every command's exit status follows one scheme (:mod:`.common`,
+``docs/cli.md``, which ``scripts/gen-cli-doc`` writes from this parser).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,77 +20,35 @@ from provisioner.cli.artifact import add_artifact_commands
 from provisioner.cli.backup import add_backup_commands
 from provisioner.cli.cluster import add_cluster_commands
 from provisioner.cli.common import (
+    Exit,
     add_command,
-    ago,
-    config_path,
+    exit_status,
     load_cfg,
-    open_registry,
     print_json,
-    print_timeline,
-    table,
+    walk,
 )
+from provisioner.cli.config import add_config_commands
 from provisioner.cli.enroll import add_enroll_commands
 from provisioner.cli.image import add_image_commands
 from provisioner.cli.lab import add_lab_commands
 from provisioner.cli.model import add_model_commands
+from provisioner.cli.node import add_node_commands
 from provisioner.cli.power import add_node_add_command, add_power_commands
 from provisioner.cli.profile import add_profile_commands
 from provisioner.cli.service import add_service_commands
 from provisioner.cli.smoke import add_smoke_command
-from provisioner.config import (
-    DEFAULT_CONFIG_PATH,
-    DEFAULT_HTTP_PORT,
-    DEFAULT_STATE_DIR,
-    Mode,
-    ensure_api_token,
-    normalize_mac,
-    render_config,
-    summary,
-    write_config,
-)
+from provisioner.config import DEFAULT_CONFIG_PATH
 from provisioner.discovery.accelerators import accelerators
 from provisioner.discovery.dumps import parse_dump
 from provisioner.discovery.schema import inventory_schema
-from provisioner.enroll.matching import Enroller, approve
-from provisioner.errors import IllegalTransition, ProvisionerError
-from provisioner.records import Detail, Event, EventKind, Node
-from provisioner.registry import Registry
-from provisioner.states import NodeEvent, NodeState
+from provisioner.errors import ProvisionerError
 
 log = logging.getLogger("provisioner")
 
-
-# ---------------------------------------------------------------- config
-
-
-def cmd_config_init(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else config_path(args)
-    if out.exists() and not args.force:
-        print(f"{out} exists; use --force to overwrite it", file=sys.stderr)
-        return 1
-    text = render_config(
-        interface=args.interface,
-        address=args.address,
-        mode=Mode(args.mode),
-        dhcp_range=args.range,
-        state_dir=Path(args.state_dir),
-        http_port=args.http_port,
-    )
-    write_config(out, text)
-    token_path = Path(args.state_dir) / "api-token"
-    ensure_api_token(Path(args.state_dir))
-    print(f"wrote {out}\nAPI token in {token_path} (mode 0600)")
-    return 0
-
-
-def cmd_config_show(args: argparse.Namespace) -> int:
-    data = summary(load_cfg(args))
-    if args.json:
-        print_json(data)
-    else:
-        for key, value in data.items():
-            print(f"{key:10} {value}")
-    return 0
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_ENV = "PROVISIONER_LOG"
+COMPLETION_SHELLS = ("bash", "zsh", "tcsh")  # what shtab writes
+STATUS_LINE = ", ".join(f"{int(e)} {e.name.lower().replace('_', ' ')}" for e in Exit)
 
 
 # ---------------------------------------------------------------- serve
@@ -100,142 +62,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
     run_forever(cfg)
     return 0
-
-
-# ---------------------------------------------------------------- nodes
-
-
-def cmd_node_list(args: argparse.Namespace) -> int:
-    reg = open_registry(load_cfg(args), readonly=True)
-    nodes = reg.nodes()
-    nearest = {n.mac: _nearest(reg, n) for n in nodes if n.state is NodeState.UNMATCHED}
-    if args.json:
-        print_json(
-            [
-                {**n.as_dict(), **({"nearest": nearest[n.mac]} if n.mac in nearest else {})}
-                for n in nodes
-            ]
-        )
-        return 0
-    if not nodes:
-        print("no nodes yet: power on a node set to boot from the network")
-        return 0
-    header = ("MAC", "HOSTNAME", "STATE", "PROFILE", "IP", "FIRMWARE", "LAST SEEN")
-    rows = [
-        (
-            n.mac,
-            n.hostname or "-",
-            n.state.value,
-            n.profile
-            or (f"nearest: {', '.join(nearest[n.mac]) or '-'}" if n.mac in nearest else "-"),
-            n.ip or "-",
-            n.firmware or "-",
-            ago(n.last_seen),
-        )
-        for n in nodes
-    ]
-    table(header, rows)
-    return 0
-
-
-def _nearest(reg: Registry, node: Node) -> list[str]:
-    """The candidates the last fingerprinting named for an unmatched node."""
-    for event in reversed(reg.events(node.mac)):
-        if event.kind is EventKind.PROFILE:
-            text = str(event.detail.get("candidates") or "")
-            return [c for c in text.split(", ") if c]
-    return []
-
-
-def cmd_node_enroll(args: argparse.Namespace) -> int:
-    """matched -> enrolled: the node boots its profile's image at its next boot."""
-    reg = open_registry(load_cfg(args))
-    done, failed = [], []
-    for key in args.nodes:
-        node = reg.node(normalize_mac(key) or key)
-        if node is None:
-            failed.append({"node": key, "error": "no such node"})
-            continue
-        if not node.profile:
-            failed.append({"node": key, "error": f"no profile yet (state {node.state.value})"})
-            continue
-        try:
-            node = reg.transition(node.mac, NodeEvent.ENROLL, reason="cli")
-        except IllegalTransition as exc:
-            failed.append({"node": key, "error": str(exc)})
-            continue
-        done.append(node.as_dict())
-    if args.json:
-        print_json({"enrolled": done, "failed": failed})
-    else:
-        for node_dict in done:
-            print(f"{node_dict['hostname'] or node_dict['mac']}: enrolled ({node_dict['profile']})")
-        for failure in failed:
-            print(f"{failure['node']}: not enrolled: {failure['error']}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def cmd_node_approve(args: argparse.Namespace) -> int:
-    """Apply a report held for approval (new SSH host keys, profile or address)."""
-    cfg = load_cfg(args)
-    reg = open_registry(cfg)
-    node = reg.node(normalize_mac(args.node) or args.node)
-    if node is None:
-        print(f"no node {args.node}", file=sys.stderr)
-        return 1
-    enroller = Enroller(
-        reg, cfg.cluster.profiles_dir, cfg.cluster.hostname_pattern,
-        auto_enroll=cfg.cluster.auto_enroll,
-    )  # fmt: skip
-    done = approve(reg, enroller, node.mac)
-    if done is None:
-        print(f"{args.node}: nothing to approve (no report is held)", file=sys.stderr)
-        return 1
-    if args.json:
-        print_json({"node": done.node.as_dict(), "approved": dict(done.changes)})
-    else:
-        name = done.node.hostname or done.node.mac
-        print(f"{name}: approved ({done.changes.get('what')}); {done.node.state.value}")
-    return 0
-
-
-def cmd_node_show(args: argparse.Namespace) -> int:
-    reg = open_registry(load_cfg(args), readonly=True)
-
-    node = reg.node(normalize_mac(args.node) or args.node)
-    if node is None:
-        print(f"no node {args.node}", file=sys.stderr)
-        return 1
-    events = reg.events(node.mac)
-    inventory = reg.inventory_document(node.mac)
-    pending = reg.pending_inventory(node.mac)
-    held = dict(pending.changes) if pending else None
-    if args.json:
-        print_json(
-            {
-                **node.as_dict(),
-                "timeline": [e.as_dict() for e in events],
-                "inventory": json.loads(inventory) if inventory else None,
-                "pending_approval": held,
-            }
-        )
-        return 0
-    _show_node(node, events, has_inventory=inventory is not None, held=held)
-    return 0
-
-
-def _show_node(
-    node: Node, events: list[Event], *, has_inventory: bool, held: Detail | None
-) -> None:
-    for key, value in node.as_dict().items():
-        if key in ("first_seen", "last_seen") and isinstance(value, float):
-            value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
-        print(f"{key:11} {value if value is not None else '-'}")
-    print(f"{'inventory':11} {'received' if has_inventory else '-'}")
-    if held:
-        print(f"{'held':11} a report changing {held.get('what')}: `provisioner node approve`")
-    print("\nboot timeline (t = seconds since the first step shown, + = since the previous):")
-    print_timeline(events)
 
 
 # ---------------------------------------------------------------- hardware dumps
@@ -311,7 +137,7 @@ def cmd_profile_reload(args: argparse.Namespace) -> int:
                 print(f"  {problem}", file=sys.stderr)
         else:
             print(f"reload refused ({exc.code}): {detail}", file=sys.stderr)
-        return 1
+        return Exit.REFUSED if exc.code == 409 else Exit.FAILED
     except OSError as exc:
         print(
             f"cannot reach provisioner serve at {url}: {exc} "
@@ -334,53 +160,56 @@ def cmd_inventory_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- completion
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """A completion script for the shell (shtab reads it off the parser)."""
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell), end="")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
+def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--config`` and ``--log-level``: on the top parser with their defaults, on every
+    subparser with SUPPRESS (a subcommand's copy sets the value only when it is given, so
+    ``provisioner --config A node list`` keeps A and ``provisioner node list --config B``
+    takes B)."""
+    default_log = os.environ.get(LOG_ENV, "info") if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None if top else argparse.SUPPRESS,
+        help=f"config file (default: $PROVISIONER_CONFIG, else {DEFAULT_CONFIG_PATH})",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=default_log,
+        help=f"debug, info, warning or error, any case (default: ${LOG_ENV} or info)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="provisioner", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="provisioner",
+        description=__doc__.split("\n\n")[0],
+        epilog=f"exit status: {STATUS_LINE} (docs/cli.md)",
+    )
     p.add_argument("--version", action="version", version=f"provisioner {__version__}")
-    p.add_argument(
-        "--config", help=f"config file (default: $PROVISIONER_CONFIG or {DEFAULT_CONFIG_PATH})"
-    )
-    p.add_argument("--log-level", default=os.environ.get("PROVISIONER_LOG", "INFO"))
-    sub = p.add_subparsers(dest="command", required=True)
+    add_global_options(p, top=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    cfg = sub.add_parser("config", help="write or show provisioner.toml")
-    cfg_sub = cfg.add_subparsers(dest="subcommand", required=True)
-    init = cfg_sub.add_parser("init", help="write a commented provisioner.toml")
-    init.add_argument("--interface", required=True, help="the cluster-facing interface")
-    init.add_argument(
-        "--address", required=True, help="this node's address there, e.g. 10.10.0.1/24"
-    )
-    init.add_argument("--mode", required=True, choices=[m.value for m in Mode])
-    init.add_argument("--range", help="full mode: the address pool FIRST-LAST")
-    init.add_argument("--out", help="where to write (default: the --config path)")
-    init.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR))
-    init.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
-    init.add_argument("--force", action="store_true", help="overwrite an existing file")
-    init.set_defaults(func=cmd_config_init)
-    add_command(cfg_sub, "show", cmd_config_show, "the configuration in force")
-
+    add_config_commands(sub)
     add_command(sub, "serve", cmd_serve, "run DHCP, TFTP and HTTP boot services", json=False)
     add_service_commands(sub)
 
-    node = sub.add_parser("node", help="nodes in the registry")
-    node_sub = node.add_subparsers(dest="subcommand", required=True)
-    add_command(node_sub, "list", cmd_node_list, "every node with its state")
-    nshow = add_command(node_sub, "show", cmd_node_show, "one node and its boot timeline")
-    nshow.add_argument("node", help="MAC or hostname")
-    nenroll = add_command(
-        node_sub, "enroll", cmd_node_enroll,
-        "matched nodes boot their profile's image from their next boot",
-    )  # fmt: skip
-    nenroll.add_argument("nodes", nargs="+", metavar="NODE", help="MAC or hostname")
-    napprove = add_command(
-        node_sub, "approve", cmd_node_approve,
-        "apply a report held for approval (new SSH host keys, profile or address)",
-    )  # fmt: skip
-    napprove.add_argument("node", help="MAC or hostname")
-
+    node_sub = add_node_commands(sub)
     add_node_add_command(node_sub, load_cfg)
     add_power_commands(sub, load_cfg)
 
@@ -411,27 +240,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_commands(sub)
     add_smoke_command(sub)
     add_backup_commands(sub)
+
+    completion = sub.add_parser("completion", help="a shell completion script (bash, zsh)")
+    completion.add_argument("shell", choices=COMPLETION_SHELLS)
+    completion.set_defaults(func=cmd_completion)
+
+    for _, parser in walk(p):
+        if parser is not p:
+            add_global_options(parser, top=False)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.log_level not in LOG_LEVELS:  # the default, from the environment
+            parser.error(f"${LOG_ENV}={args.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    except SystemExit as exc:  # --help, --version: 0; a usage error: 2 (said on stderr)
+        return exc.code if isinstance(exc.code, int) else Exit.USAGE
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.log_level.upper() != "DEBUG":  # one line per SSH session and SFTP file: noise
+    if args.log_level != "debug":  # one line per SSH session and SFTP file: noise
         logging.getLogger("paramiko").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except ProvisionerError as exc:
+        log.debug("%s", type(exc).__name__, exc_info=True)
         print(f"provisioner: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
     except BrokenPipeError:  # `provisioner ... | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return Exit.OK
+    except OSError as exc:  # a file or device the command could not read or write
+        log.debug("%s", type(exc).__name__, exc_info=True)
+        print(f"provisioner: {exc}", file=sys.stderr)
+        return Exit.FAILED
 
 
 if __name__ == "__main__":

@@ -11,20 +11,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from typing import Any
 
 from provisioner.cli.common import (
     add_command,
+    ago,
     load_cfg,
+    load_cluster,
     open_registry,
     print_json,
     stamped,
     table,
 )
 from provisioner.clusters import keys, store
+from provisioner.clusters.converge import last_convergence
 from provisioner.clusters.create import create
 from provisioner.clusters.engines import engine_for, engine_names
-from provisioner.clusters.plan import cluster_plan
+from provisioner.clusters.plan import cluster_plan, postinstall_plan
 from provisioner.clusters.remove import remove
 from provisioner.clusters.site import Site
 from provisioner.clusters.spec import ClusterError, split
@@ -99,7 +103,7 @@ def cmd_cluster_list(args: argparse.Namespace) -> int:
 
 def cmd_cluster_status(args: argparse.Namespace) -> int:
     registry = open_registry(load_cfg(args), readonly=True)
-    cluster = store.load(registry, args.name)
+    cluster = load_cluster(registry, args.name)
     rows = []
     for node in store.members(registry, cluster):
         steps = registry.steps(node.mac)
@@ -115,10 +119,20 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
                 "last_status": last["status"] if last else None,
             }
         )
+    converged = last_convergence(registry, cluster)
     if args.json:
-        print_json({"cluster": json.loads(cluster.to_json()), "nodes": rows})
+        print_json({"cluster": json.loads(cluster.to_json()), "nodes": rows, "converge": converged})
         return 0
     print(f"{cluster.name}: {cluster.engine.value}, model {cluster.model}")
+    mode = "on" if cluster.converge else "paused (cluster resume)"
+    if converged is None:
+        print(f"converge at boot: {mode}; none yet")
+    else:
+        outcome = "ok" if converged.get("ok") else f"failed: {converged.get('reason')}"
+        print(
+            f"converge at boot: {mode}; last {ago(float(str(converged['ts'])))} "
+            f"({converged.get('back') or 'no member back'}): {converged.get('stage')} {outcome}"
+        )
     table(
         ("NODE", "ROLE", "STATE", "ADDRESS", "PROFILE", "LAST STEP"),
         [
@@ -131,11 +145,28 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster_pause(args: argparse.Namespace) -> int:
+    """Converge at boot off (pause) or on (resume) for one cluster."""
+    registry = open_registry(load_cfg(args))
+    cluster = replace(load_cluster(registry, args.name), converge=args.resume)
+    registry.save_cluster(cluster.name, cluster.to_json())
+    what = (
+        "resumed: members back from a reboot are converged"
+        if args.resume
+        else ("paused: members back from a reboot are left as they come")
+    )
+    if args.json:
+        print_json({"cluster": cluster.name, "converge": cluster.converge})
+    else:
+        print(f"{cluster.name}: converge at boot {what}")
+    return 0
+
+
 def cmd_cluster_key(args: argparse.Namespace) -> int:
     """The key a client of the cluster's gateway sends (made on first use; --rotate makes
     a new one, and the old one stops working at once)."""
     site = _site(args)
-    cluster = store.load(site.registry, args.name)
+    cluster = load_cluster(site.registry, args.name)
     if args.rotate:
         keys.key_path(site.cfg.state_dir, cluster.name, "gateway").unlink(missing_ok=True)
     key = keys.secret(site.cfg.state_dir, cluster.name, "gateway")
@@ -154,9 +185,12 @@ def cmd_cluster_remove(args: argparse.Namespace) -> int:
     """Stop and remove the cluster's units (and its firewall tables) on every member that
     answers, then forget the cluster; its nodes go back to enrolled."""
     site = _site(args)
-    cluster = store.load(site.registry, args.name)
+    cluster = load_cluster(site.registry, args.name)
     remove(site, cluster, force=args.force, progress=lambda line: print(line, file=sys.stderr))
-    print(f"{cluster.name}: removed")
+    if args.json:
+        print_json({"removed": json.loads(cluster.to_json())})
+    else:
+        print(f"{cluster.name}: removed")
     return 0
 
 
@@ -171,9 +205,9 @@ def _connector(site: Site) -> fanout.Connect:
 
 def cmd_postinstall_run(args: argparse.Namespace) -> int:
     site = _site(args)
-    cluster = store.load(site.registry, args.cluster)
-    plans = cluster_plan(site, cluster)
+    cluster = load_cluster(site.registry, args.cluster)
     if args.dry_run:
+        plans = cluster_plan(site, cluster)
         accepted, lines = engine_for(cluster).dry_run(
             site, cluster, check_args=args.check_args, progress=stamped
         )
@@ -194,6 +228,7 @@ def cmd_postinstall_run(args: argparse.Namespace) -> int:
             for i, s in enumerate(p.steps, 1):
                 print(f"  {i}. [{s.recipe}] {s.name}: {s.describe()}")
         return 0 if accepted else 1
+    plans = postinstall_plan(site, cluster, build=not args.no_build, progress=stamped)
     progress = (lambda line: None) if args.json else stamped
     results = fanout.run(site.registry, plans, _connector(site), progress)
     if args.json:
@@ -251,17 +286,25 @@ def add_cluster_commands(sub: Any) -> None:
     status.add_argument("name")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_cluster_status)
+    for verb, resume, text in (
+        ("pause", False, "stop converging its members when they come back from a reboot"),
+        ("resume", True, "converge its members again when they come back (the default)"),
+    ):
+        toggle = add_command(csub, verb, cmd_cluster_pause, text)
+        toggle.add_argument("name")
+        toggle.set_defaults(resume=resume)
     key = add_command(
         csub, "key", cmd_cluster_key, "the gateway's client key and base URL (OPENAI_*)"
     )
     key.add_argument("name")
     key.add_argument("--rotate", action="store_true", help="a new key; the old one stops")
-    remove = csub.add_parser("remove", help="stop its units on the members and forget it")
+    remove = add_command(
+        csub, "remove", cmd_cluster_remove, "stop its units on the members and forget it"
+    )
     remove.add_argument("name")
     remove.add_argument(
         "--force", action="store_true", help="forget it even where a member does not answer"
     )
-    remove.set_defaults(func=cmd_cluster_remove)
 
     post = sub.add_parser("postinstall", help="drivers, runtime and units on a cluster's nodes")
     psub = post.add_subparsers(dest="subcommand", required=True)
@@ -272,6 +315,11 @@ def add_cluster_commands(sub: Any) -> None:
         "--check-args", action="store_true",
         help="with --dry-run, vLLM clusters: have vLLM's own parser judge each served "
         "model's arguments (in a control-node venv made from the wheelhouse)",
+    )  # fmt: skip
+    prun.add_argument(
+        "--no-build", action="store_true",
+        help="refuse when an artifact the plan needs is missing, instead of building it "
+        "(as artifact build llama.cpp / vllm --backend B would)",
     )  # fmt: skip
     prun.add_argument("--json", action="store_true")
     prun.set_defaults(func=cmd_postinstall_run)

@@ -15,6 +15,7 @@ from typing import Any
 
 from provisioner.cli.common import load_cfg, open_registry, print_json, stamped
 from provisioner.enroll import power_cycle as enrollment
+from provisioner.errors import UsageError
 from provisioner.power import DEFAULT_TIMEOUT, open_driver
 from provisioner.power.credentials import candidate_files, load_store
 from provisioner.power.settings import DriverKind, parse_power_url
@@ -25,8 +26,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if args.new:
         return cmd_enroll_new(args)
     if not args.nodes:
-        print("enroll: name the nodes (or --new NAME for one nobody knows yet)", file=sys.stderr)
-        return 2
+        raise UsageError("enroll: name the nodes (or --new NAME for one nobody knows yet)")
     cfg = load_cfg(args)
     store = load_store(
         candidate_files(Path(args.credentials) if args.credentials else None, cfg.state_dir)
@@ -100,8 +100,7 @@ def cmd_enroll_new(args: argparse.Namespace) -> int:
         seen = f"{node.mac} ({node.firmware or 'firmware ?'}, {node.ip or 'no address yet'})"
         if not args.yes:
             if not sys.stdin.isatty():
-                print(f"{args.new}: {seen} booted; confirm with --yes", file=sys.stderr)
-                return 1
+                raise UsageError(f"{args.new}: {seen} booted; confirm with --yes")
             answer = input(f"{seen} booted: is it {args.new}? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 print(f"{args.new}: not taken; {node.mac} stays unknown", file=sys.stderr)

@@ -23,7 +23,8 @@ from provisioner.cli.common import (
 )
 from provisioner.config import Config
 from provisioner.data import IMAGES
-from provisioner.image import ImageError, guardrails
+from provisioner.errors import NotFound
+from provisioner.image import guardrails
 from provisioner.image.discovery import build_discovery, default_cache
 from provisioner.image.rootfs import build_rootfs
 from provisioner.image.store import ImageInUse, ImageRef, ImageStore, StoredImage, users_of
@@ -41,7 +42,7 @@ def recipe_path(text: str) -> Path:
     named = RECIPES / f"{text}.toml"
     if not named.is_file():
         have = ", ".join(sorted(p.stem for p in RECIPES.glob("*.toml")))
-        raise ImageError(f"no recipe {text!r}: give a file, or one of {have}")
+        raise NotFound(f"no recipe {text!r}: give a file, or one of {have}")
     return named
 
 
@@ -128,7 +129,7 @@ def cmd_image_use(args: argparse.Namespace) -> int:
     ref = ImageRef.parse(args.image)
     profiles = load_profiles(cfg.cluster.profiles_dir)
     if args.profile not in profiles:
-        raise ImageError(f"no profile {args.profile!r} (have: {', '.join(profiles.names)})")
+        raise NotFound(f"no profile {args.profile!r} (have: {', '.join(profiles.names)})")
     store = ImageStore(cfg.image_dir)
     image = store.get(ref)  # refuse an image that is not built
     registry = open_registry(cfg)

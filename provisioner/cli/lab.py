@@ -78,7 +78,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         image=args.image or ("debian-bookworm" if args.kind == "container" else None),
         kind=args.kind,
     )
-    return _report_lab(state, as_json=False)
+    return _report_lab(state, as_json=args.json)
 
 
 def cmd_lab_status(args: argparse.Namespace) -> int:
@@ -182,6 +182,7 @@ def add_lab_commands(sub: Any) -> None:
         action="store_true",
         help="leave provisioner serve off (see how nodes fail without it)",
     )
+    lab_up.add_argument("--json", action="store_true", help="print the nodes' states as JSON")
     lab_up.set_defaults(func=cmd_lab_up)
     lab_status = lab_sub.add_parser("status", help="each lab node's state and last boot step")
     lab_status.add_argument("--json", action="store_true")

@@ -45,7 +45,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     model = _store(args).remove(args.name)
-    print(f"removed {model.name}")
+    if args.json:
+        print_json({"removed": model.to_json()})
+    else:
+        print(f"removed {model.name}")
     return 0
 
 

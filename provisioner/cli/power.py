@@ -4,7 +4,8 @@ Mounted by :mod:`provisioner.cli`: :func:`add_power_commands` on the top-level
 subparsers, :func:`add_node_add_command` on ``node``'s (both may be given another
 configuration loader than ``cli_common.load_cfg``, for tests). Thin: parse, look
 the nodes up, hand the work to :mod:`provisioner.power.run`, print. Exit status 0 when
-every node succeeded, 1 when any failed; each failure is one line naming the node.
+every node succeeded, 1 when any failed (a node not found too: each failure is one line
+naming the node), the other statuses of :mod:`.common` for ``node add``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any
 
 from provisioner.cli.common import load_cfg, open_registry, print_json
 from provisioner.config import Config, normalize_mac
+from provisioner.enroll import lifecycle
+from provisioner.errors import NameTaken, UsageError
+from provisioner.names import UnsafeValue, check_hostname
 from provisioner.power import (
     DEFAULT_TIMEOUT,
     Operation,
@@ -73,6 +77,9 @@ def add_node_add_command(node_subparsers: Any, load_config: LoadConfig = load_cf
         "qemu:///PATH/QMP.SOCK or manual: (no passwords here: see docs/power.md); "
         "BMC URLs take ?boot_mode=uefi|legacy|auto for network boots (auto: the firmware "
         "the node was seen with)",
+    )
+    add.add_argument(
+        "--rename", action="store_true", help="the MAC is known under another name: rename it"
     )
     add.add_argument("--json", action="store_true")
     add.set_defaults(func=cmd_node_add, load_config=load_config)
@@ -137,14 +144,31 @@ def cmd_power(args: argparse.Namespace) -> int:
 
 
 def cmd_node_add(args: argparse.Namespace) -> int:
+    """A node by MAC: new, or the same name again (its power URL updated). A MAC known
+    under another name is refused unless ``--rename``; a name another MAC has, always."""
     cfg: Config = args.load_config(args)
     mac = normalize_mac(args.mac)
     if mac is None:
-        print(f"--mac {args.mac!r} is not a MAC address like aa:bb:cc:dd:ee:ff", file=sys.stderr)
-        return 1
-    settings: PowerSettings | None = parse_power_url(args.power) if args.power else None
+        raise UsageError(f"--mac {args.mac!r} is not a MAC address like aa:bb:cc:dd:ee:ff")
+    try:
+        check_hostname(args.name)
+    except UnsafeValue as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        settings: PowerSettings | None = parse_power_url(args.power) if args.power else None
+    except PowerError as exc:
+        raise UsageError(f"--power: {exc}") from exc
     reg = open_registry(cfg)
     try:
+        known = reg.node(mac)
+        lifecycle.check_name_free(reg, mac, args.name)
+        if known is not None and known.hostname not in (None, args.name):
+            if not args.rename:
+                raise NameTaken(
+                    f"{mac} is node {known.hostname}: --rename renames it {args.name} "
+                    f"(or: provisioner node rename {known.hostname} {args.name})"
+                )
+            lifecycle.rename(reg, mac, args.name)
         with reg.batch():
             reg.touch_node(mac)
             node: Node = reg.set_hostname(mac, args.name)

@@ -1,7 +1,8 @@
 """``provisioner profile ...``: list, show, validate, match dumps, scaffold a new profile.
 
 Mounted by :mod:`provisioner.cli` with :func:`add_profile_commands`; each subcommand sets
-``func`` to a callable taking the parsed Namespace and returning the exit status. Thin:
+``func`` to a callable taking the parsed Namespace and returning the exit status (the
+scheme of :mod:`provisioner.cli.common`; these print their own errors). Thin:
 the work is in :mod:`provisioner.profiles` and :mod:`provisioner.enroll.fingerprint`.
 
 The profiles directory is ``--profiles DIR``, else ``$PROVISIONER_HWPROFILES``, else the
@@ -11,6 +12,7 @@ The profiles directory is ``--profiles DIR``, else ``$PROVISIONER_HWPROFILES``, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from provisioner.cli.common import Exit
 from provisioner.data import HWPROFILES
 from provisioner.discovery.dumps import parse_dump
 from provisioner.discovery.model import Inventory
@@ -32,6 +35,7 @@ from provisioner.profiles import (
     PciRule,
     Profile,
     ProfileError,
+    ProfileProblem,
     ProfileSet,
     Rule,
     load_profiles,
@@ -75,6 +79,9 @@ def add_profile_commands(subparsers: Any) -> SubParsers[argparse.ArgumentParser]
 
     check = sub.add_parser("validate", help="report every problem as file:line: key: reason")
     check.add_argument("paths", nargs="*", metavar="PATH", help="files or directories")
+    check.add_argument(
+        "--json", action="store_true", help="{paths, ok, problems: [{file, line, key, reason}]}"
+    )
     check.set_defaults(func=cmd_validate)
 
     match = sub.add_parser("match", help="which profile a hardware dump gets, and why")
@@ -245,7 +252,7 @@ def cmd_show(args: argparse.Namespace, profiles: ProfileSet) -> int:
     profile = profiles.get(args.name)
     if profile is None:
         print(f"no profile {args.name!r}; known: {', '.join(profiles.names)}", file=sys.stderr)
-        return 1
+        return Exit.NOT_FOUND
     data = profile_to_dict(profile)
     if args.json:
         _print_json(data)
@@ -282,13 +289,22 @@ def cmd_show(args: argparse.Namespace, profiles: ProfileSet) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.paths] or [default_profiles_dir()]
-    missing = [p for p in paths if not p.exists()]
-    for path in missing:
-        print(f"{path}:0: path: does not exist", file=sys.stderr)
-    problems = validate([p for p in paths if p.exists()])
-    for problem in problems:
+    missing = [ProfileProblem(str(p), 0, "path", "does not exist") for p in paths if not p.exists()]
+    problems = [*missing, *validate([p for p in paths if p.exists()])]
+    if args.json:
+        _print_json(
+            {
+                "paths": [str(p) for p in paths],
+                "ok": not problems,
+                "problems": [dataclasses.asdict(p) for p in problems],
+            }
+        )
+        return 1 if problems else 0
+    for problem in missing:
+        print(problem, file=sys.stderr)
+    for problem in problems[len(missing) :]:
         print(problem)
-    if problems or missing:
+    if problems:
         return 1
     print(f"ok: {', '.join(str(p) for p in paths)}")
     return 0
@@ -352,7 +368,7 @@ def _print_match(
 def cmd_new(args: argparse.Namespace) -> int:
     if not NAME_RE.match(args.name):
         print(f"{args.name!r}: use lowercase letters, digits and '-'", file=sys.stderr)
-        return 1
+        return Exit.USAGE
     try:
         text = _read(args.dump)
     except OSError as exc:
@@ -372,8 +388,8 @@ def cmd_new(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out)
     if out.exists() and not args.force:
-        print(f"{out} exists; use --force to overwrite it", file=sys.stderr)
-        return 1
+        print(f"{out} exists; --force overwrites it", file=sys.stderr)
+        return Exit.REFUSED
     out.write_text(body, encoding="utf-8")
     print(f"wrote {out}; now: provisioner profile validate {out}")
     return 0

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from provisioner.cli.common import config_path
-from provisioner.config import load_config
+from provisioner.cli.common import config_path, load_cfg, print_json
 from provisioner.service import (
     DEFAULT_UNIT_DIR,
     UNIT_NAME,
@@ -20,13 +19,21 @@ from provisioner.service import (
 
 def cmd_service_install(args: argparse.Namespace) -> int:
     path = config_path(args).absolute()
-    cfg = load_config(path)  # a bad file fails here, not at the service's first start
+    cfg = load_cfg(args)  # a bad file fails here, not at the service's first start
     spec = unit_spec(cfg, path)
     text = render_unit(spec)
     if args.dry_run:
-        print(text, end="")
+        if args.json:
+            print_json({"path": str(Path(args.unit_dir) / UNIT_NAME), "written": False,
+                        "reloaded": False, "unit": text})  # fmt: skip
+        else:
+            print(text, end="")
         return 0
     installed = install_unit(text, Path(args.unit_dir), spec.writable)
+    if args.json:
+        print_json({"path": str(installed.path), "written": True,
+                    "reloaded": installed.reloaded, "unit": text})  # fmt: skip
+        return 0
     print(f"wrote {installed.path}")
     if not installed.reloaded:
         print(
@@ -44,9 +51,10 @@ def add_service_commands(sub: Any) -> None:
         "install",
         help=f"write {DEFAULT_UNIT_DIR / UNIT_NAME} for this config; systemctl daemon-reload",
     )
-    # Also accepted after the subcommand; SUPPRESS keeps the top-level --config when absent.
-    install.add_argument("--config", default=argparse.SUPPRESS, help="the config serve reads")
     install.add_argument("--dry-run", action="store_true", help="print the unit, write nothing")
+    install.add_argument(
+        "--json", action="store_true", help="{path, written, reloaded, unit} (the unit's text)"
+    )
     install.add_argument(
         "--unit-dir", default=str(DEFAULT_UNIT_DIR), help=f"default: {DEFAULT_UNIT_DIR}"
     )

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from provisioner.cli.common import load_cfg, open_registry, print_json, stamped
-from provisioner.clusters import store
+from provisioner.cli.common import load_cfg, load_cluster, open_registry, print_json, stamped
 from provisioner.clusters.engines.base import SmokeOptions
 from provisioner.clusters.site import Site
 from provisioner.clusters.smoke import floors_for, smoke
@@ -21,7 +20,7 @@ from provisioner.smoke.run import Floors
 def cmd_smoke(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
     site = Site.open(cfg, open_registry(cfg))
-    cluster = store.load(site.registry, args.cluster)
+    cluster = load_cluster(site.registry, args.cluster)
     floors = floors_for(site, cluster)
     if args.min_tokens_per_s is not None or args.max_ttft_s is not None:
         floors = Floors(

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from provisioner.clusters.engines import engine_for
@@ -290,10 +290,10 @@ def site_runner(site: Site, connect: Connect, progress: Progress) -> Run:
     return run
 
 
-def convergences(registry: Registry, cluster: Cluster) -> Mapping[str, object] | None:
-    """The last ``converge`` event of the cluster's head (``cluster status``)."""
+def last_convergence(registry: Registry, cluster: Cluster) -> dict[str, object] | None:
+    """The last ``converge`` event of the cluster's head, with its time (``ts``)."""
     head = registry.node(cluster.head)
     if head is None:
         return None
     found = [e for e in registry.events(head.mac) if e.kind is EventKind.CONVERGE]
-    return dict(found[-1].detail) if found else None
+    return {**found[-1].detail, "ts": found[-1].ts} if found else None

@@ -142,7 +142,7 @@ def test_two_nodes_boot_the_shared_image_and_take_ssh_logins(
 
     # The image in use cannot be removed while the nodes boot it.
     removed = run_cli("--config", config, "image", "remove", ref)
-    assert removed.returncode == 2 and "in use by 2 node(s)" in removed.stderr
+    assert removed.returncode == 4 and "in use by 2 node(s)" in removed.stderr
     shown = run_cli("--config", config, "image", "show", ref, "--json")
     assert set(json.loads(shown.stdout)["nodes"]) == {"labnode1", "labnode2"}
     assert os.path.isdir(images / ref)

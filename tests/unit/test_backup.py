@@ -336,7 +336,7 @@ def test_backup_and_restore_commands_print_json(
     ).items()
     assert read_manifest(archive).schema_version == SCHEMA_VERSION
 
-    assert main(["--config", str(path), "backup", str(archive)]) == 2  # exists: --force
+    assert main(["--config", str(path), "backup", str(archive)]) == 1  # exists: --force
     assert "--force" in capsys.readouterr().err
     assert main(["--config", str(path), "backup", str(archive), "--force"]) == 0
     capsys.readouterr()
@@ -347,5 +347,5 @@ def test_backup_and_restore_commands_print_json(
     read = json.loads(capsys.readouterr().out)
     assert read["state_dir"] == str(target) and read["counts"] == {"nodes": 2, "clusters": 1}
     assert sorted(f["path"] for f in read["files"]) == sorted(f["path"] for f in wrote["files"])
-    assert main(argv) == 2
+    assert main(argv) == 1
     assert "is not empty" in capsys.readouterr().err

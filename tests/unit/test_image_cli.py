@@ -69,7 +69,7 @@ def test_list_show_use_and_remove(config: Path, capsys: pytest.CaptureFixture[st
     assert shown["ram_needed"] > 512 << 20 and shown["findings"] == []
 
     code, _, err = run(config, capsys, "image", "remove", "debian-bookworm@2")
-    assert code == 2 and f"debian-bookworm@2 is in use by 1 node(s): {MAC} (boots it next)" in err
+    assert code == 4 and f"debian-bookworm@2 is in use by 1 node(s): {MAC} (boots it next)" in err
     assert ImageStore(load_config(config).image_dir).find("debian-bookworm@2") is not None
 
     # Pin the profile to version 1: version 2 is free to go, version 1 is now in use.
@@ -79,19 +79,19 @@ def test_list_show_use_and_remove(config: Path, capsys: pytest.CaptureFixture[st
     code, out, _ = run(config, capsys, "image", "remove", "debian-bookworm@2", "--json")
     assert code == 0 and json.loads(out) == {"removed": ["debian-bookworm@2"]}
     code, _, err = run(config, capsys, "image", "remove", "debian-bookworm")
-    assert code == 2 and "debian-bookworm@1 is in use" in err
+    assert code == 4 and "debian-bookworm@1 is in use" in err
 
 
 def test_use_refuses_unknown_profiles_and_unbuilt_images(
     config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = run(config, capsys, "image", "use", "debian-bookworm", "--profile", "qemu-lab")
-    assert code == 2 and "no image debian-bookworm" in err
+    assert code == 3 and "no image debian-bookworm" in err
     publish(config, b"x")
     code, _, err = run(config, capsys, "image", "use", "debian-bookworm", "--profile", "nope")
-    assert code == 2 and "no profile 'nope'" in err
+    assert code == 3 and "no profile 'nope'" in err
     code, _, err = run(config, capsys, "image", "show", "Bad Name")
-    assert code == 2 and "not an image name" in err
+    assert code == 1 and "not an image name" in err
 
 
 def test_enroll_refuses_a_node_without_a_profile(

@@ -152,7 +152,7 @@ def test_power_without_settings_or_with_a_world_readable_file(
     creds = tmp_path / "power.toml"
     creds.write_text("[default]\npassword = 'hunter2'\n")
     creds.chmod(0o644)
-    assert main([*cfg, "power", "status", "n0"]) == 2
+    assert main([*cfg, "power", "status", "n0"]) == 1
     out, err = capsys.readouterr()
     assert "mode 0644" in err and "chmod 600" in err and "hunter2" not in out + err
 

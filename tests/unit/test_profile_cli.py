@@ -55,7 +55,7 @@ def test_show(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(capsys.readouterr().out)
     assert data["match"]["all"][0]["pci"]["ids"][0] == "8086:56a0"
     assert data["kernel_args"] == ["i915.force_probe=56a0,56a1,56a2,56a5"]
-    assert run("profile", "show", "nope") == 1
+    assert run("profile", "show", "nope") == 3
     assert "known:" in capsys.readouterr().err
 
 
@@ -171,7 +171,7 @@ def test_new_scaffolds_a_profile_that_validates_and_matches(
     out.parent.mkdir()
     assert run("profile", "new", "my-p40", "--from", str(dump), "--out", str(out)) == 0
     assert out.read_text(encoding="utf-8") == printed
-    assert run("profile", "new", "my-p40", "--from", str(dump), "--out", str(out)) == 1
+    assert run("profile", "new", "my-p40", "--from", str(dump), "--out", str(out)) == 4
     capsys.readouterr()
     assert run("profile", "validate", str(out)) == 0
     assert run("profile", "match", str(dump), "--profiles", str(out.parent), "--json") == 0
@@ -204,7 +204,7 @@ def test_new_from_a_dump_without_accelerators_uses_dmi(
     assert run("profile", "new", "r640", "--from", str(dump)) == 0
     out = capsys.readouterr().out
     assert 'system_product: "PowerEdge R640"' in out
-    assert run("profile", "new", "Bad Name", "--from", str(dump)) == 1
+    assert run("profile", "new", "Bad Name", "--from", str(dump)) == 2
 
 
 def test_returns_the_profile_subparsers_for_more_commands(

@@ -267,7 +267,7 @@ def test_cli_install_refuses_a_bad_config(
 ) -> None:
     config = tmp_path / "p.toml"
     config.write_text('[network]\ninterface = "eth0"\naddress = "10.9.0.1/24"\nmode = "fast"\n')
-    assert main(["service", "install", "--config", str(config), "--unit-dir", str(tmp_path)]) == 2
+    assert main(["service", "install", "--config", str(config), "--unit-dir", str(tmp_path)]) == 1
     assert "network.mode" in capsys.readouterr().err
     assert not (tmp_path / "provisioner.service").exists()
 
