@@ -23,10 +23,10 @@ from pydantic import BaseModel
 from provisioner.boot.http_context import AppContext, open_reads, require_api_token
 from provisioner.boot.limits import DEFAULT_LIMIT
 from provisioner.config import normalize_mac
+from provisioner.enroll import lifecycle
 from provisioner.errors import IllegalTransition, RegistryError
 from provisioner.names import UnsafeValue
 from provisioner.profiles import ProfileError
-from provisioner.states import NodeEvent
 
 MAX_BODY_BYTES = DEFAULT_LIMIT  # a write's body: a hostname and a boot choice
 
@@ -60,20 +60,22 @@ def router(ctx: AppContext) -> APIRouter:
 
     @routes.patch("/api/v1/nodes/{key}", dependencies=writes)
     def update_node(key: str, update: NodeUpdate) -> dict[str, str | float | int | None]:
+        """The same operations as ``node rename`` and ``node boot`` (enroll/lifecycle.py):
+        a cluster's member keeps its name, a taken or malformed name is refused."""
         node = ctx.registry.node(normalize_mac(key) or key)
         if node is None:
             raise HTTPException(404, f"no node {key}")
         if update.boot not in (None, "local", "network"):
             raise HTTPException(422, "boot must be 'local' or 'network'")
         try:
-            if update.hostname is not None:
-                node = ctx.registry.set_hostname(node.mac, update.hostname or None)
+            if update.hostname:
+                node, _ = lifecycle.rename(ctx.registry, node.mac, update.hostname)
+            elif update.hostname == "":
+                raise HTTPException(422, "a node's hostname cannot be emptied: rename it")
             if update.boot is not None:
-                event = NodeEvent.BOOT_LOCAL if update.boot == "local" else NodeEvent.BOOT_NETWORK
-                node = ctx.registry.transition(node.mac, event, reason="api")
-        except IllegalTransition as exc:
-            raise HTTPException(409, str(exc)) from exc
-        except RegistryError as exc:
+                target = lifecycle.BootTarget(update.boot)
+                _, node = lifecycle.boot(ctx.registry, node.mac, target, by="api")
+        except (IllegalTransition, RegistryError) as exc:
             raise HTTPException(409, str(exc)) from exc
         except UnsafeValue as exc:
             raise HTTPException(422, str(exc)) from exc
@@ -84,7 +86,10 @@ def router(ctx: AppContext) -> APIRouter:
         node = ctx.registry.node(normalize_mac(key) or key)
         if node is None:
             raise HTTPException(404, f"no node {key}")
-        ctx.registry.forget(node.mac)
+        try:
+            lifecycle.remove(ctx.registry, node.mac, state_dir=ctx.config.state_dir)
+        except RegistryError as exc:  # a cluster's member
+            raise HTTPException(409, str(exc)) from exc
         return Response(status_code=204)
 
     @routes.post("/api/v1/profiles/reload", dependencies=writes)

@@ -190,7 +190,8 @@ def cmd_node_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_node_remove(args: argparse.Namespace) -> int:
-    reg = open_registry(load_cfg(args))
+    cfg = load_cfg(args)
+    reg = open_registry(cfg)
     try:
         node = lifecycle.find(reg, args.node)
         name = f"{node.hostname} ({node.mac})" if node.hostname else node.mac
@@ -201,7 +202,7 @@ def cmd_node_remove(args: argparse.Namespace) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print(f"{name}: kept", file=sys.stderr)
                 return Exit.FAILED
-        lifecycle.remove(reg, node.mac)
+        lifecycle.remove(reg, node.mac, state_dir=cfg.state_dir)
     finally:
         reg.close()
     if args.json:

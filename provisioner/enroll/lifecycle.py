@@ -17,10 +17,12 @@ doors refuse the same things the same way:
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 
 from provisioner import names
 from provisioner.config import normalize_mac
 from provisioner.errors import NameTaken, NodeNotFound
+from provisioner.hostkeys import forget_host_key
 from provisioner.records import Cluster, Node
 from provisioner.registry import Registry
 from provisioner.states import NodeEvent
@@ -89,9 +91,12 @@ def boot(registry: Registry, key: str, target: BootTarget, *, by: str) -> tuple[
     return node, registry.transition(node.mac, BOOT_EVENTS[target], reason=by)
 
 
-def remove(registry: Registry, key: str) -> Node:
-    """Forget the node ``key`` (not a cluster's member); returns it as it was."""
+def remove(registry: Registry, key: str, *, state_dir: Path | None = None) -> Node:
+    """Forget the node ``key`` (not a cluster's member), and the host key the control
+    node kept for it in ``state_dir``; returns it as it was."""
     node = find(registry, key)
     _not_in_a_cluster(registry, node, "removed")
     registry.forget(node.mac)
+    if state_dir is not None:
+        forget_host_key(state_dir, node.mac)
     return node

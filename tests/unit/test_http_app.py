@@ -219,6 +219,32 @@ def test_api_writes_need_the_api_token_and_change_nothing_without_it(
     assert client.get("/api/v1/nodes", headers=API).json() == []
 
 
+def test_api_writes_follow_the_cli_rules_for_names_members_and_host_keys(
+    client: TestClient, ctx: AppContext
+) -> None:
+    from provisioner.hostkeys import ensure_host_key, issued_public_key
+    from provisioner.profiles import Engine
+    from provisioner.records import Cluster
+
+    other = "52:54:00:aa:bb:02"
+    for mac, name in ((MAC, "node0"), (other, "node1")):
+        ctx.registry.touch_node(mac)
+        ctx.registry.set_hostname(mac, name)
+    good = {"Authorization": f"Bearer {API_TOKEN}"}
+    r = client.patch(f"/api/v1/nodes/{MAC}", json={"hostname": "node1"}, headers=good)
+    assert r.status_code == 409 and "taken" in r.json()["detail"]  # another node's name
+    r = client.patch(f"/api/v1/nodes/{MAC}", json={"hostname": "bad name!"}, headers=good)
+    assert r.status_code == 422
+    ctx.registry.save_cluster("c1", Cluster("c1", Engine.LLAMA_RPC, "m", "node0").to_json())
+    r = client.patch(f"/api/v1/nodes/{MAC}", json={"hostname": "node9"}, headers=good)
+    assert r.status_code == 409 and "cluster c1" in r.json()["detail"]
+    assert client.delete("/api/v1/nodes/node0", headers=good).status_code == 409
+    # A removed node's host key goes with it: if it comes back, it gets a new one.
+    ensure_host_key(ctx.config.state_dir, other, "node1")
+    assert client.delete("/api/v1/nodes/node1", headers=good).status_code == 204
+    assert issued_public_key(ctx.config.state_dir, other) is None
+
+
 def test_illegal_state_change_is_409(client: TestClient, ctx: AppContext) -> None:
     ctx.registry.touch_node(MAC)
     good = {"Authorization": f"Bearer {API_TOKEN}"}
