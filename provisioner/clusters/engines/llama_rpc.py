@@ -137,15 +137,19 @@ class LlamaRpcEngine:
         conns: Mapping[str, Connection],
         progress: Progress,
     ) -> list[str]:
-        """llama.cpp's RPC has no recovery: a head that lost a worker keeps failing. So
-        when a worker came back, the head is restarted after every worker's RPC server
-        is active again (not before); a head that came back itself started after them."""
+        """llama.cpp's RPC has no recovery: a head that lost a worker keeps failing (and a
+        head that came back with its workers may have started before them). So when a
+        worker came back, the head is restarted after every worker's RPC server is
+        active again, never before; reset-failed first, in case systemd gave up on it."""
         workers_back = [w for w in cluster.workers if w in back]
-        if not workers_back or cluster.head in back:
+        if not workers_back:
             return []
         for worker in cluster.workers:
             wait_active(conns[worker], worker, WORKER_UNIT, progress)
-        restarted = conns[cluster.head].run(f"systemctl restart {HEAD_UNIT}", timeout=120)
+        restarted = conns[cluster.head].run(
+            f"systemctl reset-failed {HEAD_UNIT} 2>/dev/null; systemctl restart {HEAD_UNIT}",
+            timeout=120,
+        )
         if restarted.exit_status != 0:
             raise ClusterError(
                 f"{cluster.head}: systemctl restart {HEAD_UNIT} failed: {restarted.stderr[-300:]}"
