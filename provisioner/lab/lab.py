@@ -6,8 +6,24 @@ site DHCP server), starts `provisioner serve` there and powers on N QEMU VMs who
 boot device is the network, then follows each node through DHCP, TFTP, iPXE, its script,
 kernel, initrd and inventory. Everything it starts is recorded in ``lab.json``; `down`
 ends those processes by PID and deletes the lab's namespaces (with them its bridge,
-veths and taps), and nothing else. The lab's state directory (registry, image store) is
-kept, so `provisioner node list` still answers and the next `up` needs no rebuild.
+veths and taps) and this machine's leg on it, and nothing else.
+
+The machine itself is on the lab's network too: `up` gives it a leg into the
+appliance's namespace (``<prefix>h0``, :data:`HOST_LEG`, see :mod:`.netns`), which
+forwards its connections onto the bridge as the control node's (:data:`SERVER`), so that
+``ssh``, ``curl`` and the ``provisioner`` commands typed here (post-install, smoke, the
+gateway) reach the nodes the way an operator expects, through the nodes' firewalls, and
+a packet for a lab address never takes the machine's default route while the lab is up.
+The leg's only route is the lab's subnet via the appliance on that link: it goes with
+the link when `down` (or :func:`.netns.cleanup`) deletes the lab, so no route of the
+lab outlives it. Once the lab is down, a node's
+address is an address like any other here; ``Site.connect`` then refuses to open SSH to
+an address of the cluster subnet that this machine would reach from outside it. If the
+machine already routes the lab's subnet more specifically than by its default route (a
+site network, another lab's leg), `up` adds no leg and says so: use `lab exec`.
+
+The lab's state directory (registry, image store) is kept, so `provisioner node list`
+still answers and the next `up` needs no rebuild.
 """
 
 from __future__ import annotations
@@ -21,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +56,9 @@ from provisioner.lab.netns import (
     LabNetwork,
     Namespace,
     cleanup,
+    host_routes,
     list_namespaces,
+    overlapping_routes,
     pid_alive,
 )
 from provisioner.lab.vm import VmSpec, console_tail, prepare, probe_accel, qemu_argv
@@ -53,6 +71,7 @@ DEFAULT_LAB_DIR = Path(os.environ.get("PROVISIONER_LAB_DIR", "/var/lib/provision
 SUBNET = "10.99.0"
 SERVER = f"{SUBNET}.1"
 SITE = f"{SUBNET}.2"
+HOST_LEG = f"{SUBNET}.254"  # this machine's address on the lab (outside both DHCP ranges)
 HTTP_PORT = 8080
 # After its report a lab VM powers off, unless the appliance answers "next": "reboot"
 # (the node was enrolled and its image is built: it boots that now).
@@ -86,6 +105,7 @@ class LabState:
     image: str | None = None  # nodes are enrolled and boot this image (None: discovery only)
     kind: str = "vm"  # vm (QEMU, real firmware) | container (systemd-nspawn, the image only)
     containers: list[dict[str, Any]] = field(default_factory=list)  # containers.Started
+    host_leg: str | None = None  # this machine's link on the lab's bridge (None: none)
 
     @property
     def target(self) -> str:
@@ -288,6 +308,8 @@ def up(
     )  # fmt: skip
     lab.save()
     try:
+        lab.host_leg = attach_this_machine(net, progress)
+        lab.save()
         if kind == "container":
             _containers_up(lab, net, nodes, mode, state_dir, appliance, progress)
             watch(lab, progress, timeout)
@@ -323,6 +345,25 @@ def up(
         raise
     watch(lab, progress, timeout)
     return lab
+
+
+def attach_this_machine(net: LabNetwork, progress: Progress) -> str | None:
+    """Give this machine a leg on the lab's bridge at :data:`HOST_LEG`, unless it routes
+    the lab's subnet already (then: none, and a line saying why); the leg's name."""
+    subnet = IPv4Network(f"{SUBNET}.0/24")
+    taken = overlapping_routes(host_routes(), subnet)
+    if taken:
+        progress(
+            f"this machine routes {subnet} already ({'; '.join(taken)}): no leg on the lab, "
+            "commands typed here do not reach its nodes (use `provisioner lab exec`)"
+        )
+        return None
+    leg = net.attach_host("prov", IPv4Interface(f"{HOST_LEG}/24"))
+    progress(
+        f"this machine on the lab: {HOST_LEG} on {leg}, through the appliance (nodes see "
+        f"{SERVER}): ssh, curl and provisioner commands typed here reach the nodes"
+    )
+    return leg
 
 
 def _containers_up(

@@ -9,6 +9,19 @@ interfaces::
 
 Every name starts with a short unique prefix (``pv`` + 6 hex digits) so parallel
 runs and leftovers never collide; :func:`cleanup` removes leftovers by prefix.
+
+:meth:`LabNetwork.attach_host` gives the machine itself (its root namespace) a leg on
+the segment, through one of its hosts (the appliance): a veth pair ``<prefix>h0`` (here,
+with an address of the lab's subnet as a /32) and ``<prefix>h1`` (in that host's
+namespace, which forwards the machine's connections onto the segment under its own
+address, SNAT, and forwards nothing else). Nodes then see the control node: a node's
+firewall that lets only the control node in lets these in too. The only route added
+here is for the subnet via that host on ``<prefix>h0``: it lives and dies with that link,
+and deleting the host's namespace deletes both ends, so nothing of the leg can outlive
+the lab. Its IPv6 is off (router advertisements must not give the machine a route).
+:func:`overlapping_routes` (pure) tells whether the machine already routes the subnet
+more specifically than a default or a wider route: a site network or another lab's leg,
+where a second leg would be ambiguous.
 Processes started through the network are tracked by PID and ended by
 :meth:`LabNetwork.close` (SIGTERM, then SIGKILL after a grace period) before the
 namespaces are deleted, the switch last.
@@ -30,7 +43,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from types import TracebackType
 from typing import IO, Any
 
@@ -44,9 +57,12 @@ DEFAULT_GRACE = 3.0
 BRIDGE = "br0"
 HOST_IFACE = "eth0"
 IFNAMSIZ = 15  # longest interface name the kernel accepts
+LEG_HOST_END = "h0"  # <prefix>h0: the machine's end of its leg on the segment
+LEG_BRIDGE_END = "h1"  # <prefix>h1: the leg's end on the bridge
 
 _HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_LEG = re.compile(rf"^{PREFIX_ROOT}[0-9a-f]{{6}}{LEG_HOST_END}$")  # what cleanup may delete
 _QUIET_SYSCTLS = (
     "net.ipv6.conf.all.disable_ipv6=1",
     "net.ipv6.conf.default.disable_ipv6=1",
@@ -77,13 +93,18 @@ def new_prefix() -> str:
 
 
 def _run(
-    argv: Sequence[str], *, check: bool = True, timeout: float = DEFAULT_TIMEOUT
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv``; translate subprocess failures into :class:`CommandError`."""
+    """Run ``argv`` (``input`` on its stdin); translate failures into :class:`CommandError`."""
     try:
         done = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=timeout, check=False
-        )
+            list(argv), input=input, capture_output=True, text=True, timeout=timeout,
+            check=False,
+        )  # fmt: skip
     except subprocess.TimeoutExpired as exc:
         raise CommandError(argv, None, f"after {timeout}s") from exc
     except OSError as exc:
@@ -111,10 +132,15 @@ class Namespace:
         return ["ip", "netns", "exec", self.name, *argv]
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float = DEFAULT_TIMEOUT
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` here to completion, output captured as text."""
-        return _run(self.argv(argv), check=check, timeout=timeout)
+        """Run ``argv`` here to completion (``input`` on its stdin), output as text."""
+        return _run(self.argv(argv), check=check, timeout=timeout, input=input)
 
     def popen(
         self,
@@ -208,14 +234,77 @@ def _delete_namespace(name: str, grace: float) -> None:
     _run(["ip", "netns", "delete", name], check=False)
 
 
+def leg_name(prefix: str) -> str:
+    """The machine's end of a lab's leg (root namespace), e.g. ``pv1a2b3ch0``."""
+    return prefix + LEG_HOST_END
+
+
+def overlapping_routes(routes: Iterable[dict[str, Any]], subnet: IPv4Network) -> list[str]:
+    """Routes (``ip -j -4 route show``) that would compete with a connected route for
+    ``subnet``: as or more specific and overlapping it. A default or a wider route does
+    not (the leg's route beats it); described as ``dst dev``, e.g. ``10.99.0.0/24 dev x``."""
+    found = []
+    for route in routes:
+        dst = str(route.get("dst", ""))
+        if dst in ("", "default") or route.get("type", "unicast") in ("local", "broadcast"):
+            continue
+        try:
+            net = IPv4Network(dst if "/" in dst else f"{dst}/32", strict=False)
+        except ValueError:
+            continue
+        if net.prefixlen >= subnet.prefixlen and net.overlaps(subnet):
+            found.append(f"{dst} dev {route.get('dev', '?')}")
+    return found
+
+
+def host_routes() -> list[dict[str, Any]]:
+    """The machine's IPv4 routes (main table, root namespace), as ``ip -j`` gives them."""
+    done = _run(["ip", "-j", "-4", "route", "show"])
+    routes: list[dict[str, Any]] = json.loads(done.stdout or "[]")
+    return routes
+
+
+def _leg_rules(port: str, source: IPv4Address, gateway: IPv4Address) -> str:
+    """nftables rules for the namespace a leg goes through: this machine's connections
+    out onto the segment as ``gateway``, their replies back; nothing else forwarded."""
+    return (
+        "table ip provisioner_leg {\n"
+        "  chain forward { type filter hook forward priority 0; policy drop;\n"
+        "    ct state established,related accept\n"
+        f'    iifname "{port}" ip saddr {source} accept\n'
+        "  }\n"
+        "  chain postrouting { type nat hook postrouting priority 100;\n"
+        f'    ip saddr {source} oifname != "{port}" snat to {gateway}\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+def _host_legs() -> list[str]:
+    """Names of the lab legs in the root namespace (veth links named ``pv<hex>h0``)."""
+    done = _run(["ip", "-j", "link", "show", "type", "veth"], check=False)
+    links: list[dict[str, Any]] = json.loads(done.stdout or "[]") if done.returncode == 0 else []
+    return [str(link["ifname"]) for link in links if _LEG.match(str(link.get("ifname", "")))]
+
+
+def _delete_leg(name: str) -> None:
+    """Delete a leg by its root end (the bridge end and the connected route go with it)."""
+    _run(["ip", "link", "delete", name], check=False)
+
+
 def cleanup(prefix: str, *, grace: float = DEFAULT_GRACE) -> list[str]:
     """Remove every namespace whose name starts with ``prefix``; return their names.
 
-    Processes still inside them (a previous run's servers) are ended first; the
-    switch namespaces (``*-sw``) go last so that veth pairs die from the host end.
+    The machine's legs on those labs (``<prefix>h0``) go first; processes still inside
+    the namespaces (a previous run's servers) are ended; the switch namespaces
+    (``*-sw``) go last so that veth pairs die from the host end.
     """
     if len(prefix) < len(PREFIX_ROOT):
         raise LabError(f"cleanup prefix {prefix!r} is too short to be safe")
+    for leg in _host_legs():
+        if leg.startswith(prefix):
+            log.info("removing leftover lab leg %s", leg)
+            _delete_leg(leg)
     doomed = [name for name in list_namespaces() if name.startswith(prefix)]
     doomed.sort(key=lambda name: (name.endswith("-sw"), name))
     for name in doomed:
@@ -248,6 +337,7 @@ class LabNetwork:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._created: list[str] = []
         self._switch: Namespace | None = None
+        self._leg: str | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -292,6 +382,9 @@ class LabNetwork:
                 for stream in (proc.stdin, proc.stdout, proc.stderr):
                     if stream is not None:
                         stream.close()
+            if self._leg is not None:
+                _delete_leg(self._leg)
+                self._leg = None
             created, self._created = self._created, []
             for name in sorted(created, key=lambda n: n.endswith("-sw")):
                 _delete_namespace(name, self.grace)
@@ -308,6 +401,43 @@ class LabNetwork:
         if isinstance(address, str):
             address = IPv4Interface(address)
         return self._add(HostSpec(name, address, mac.lower() if mac else None))
+
+    def attach_host(self, via: str, address: IPv4Interface | str) -> str:
+        """Put this machine (the root namespace) on the segment at ``address``, routed
+        through host ``via`` (the appliance): a veth pair from here into ``via``'s
+        namespace, which forwards this machine's connections onto the segment under its
+        own address (SNAT), so that nodes see them come from the control node. The only
+        route added here is for ``address.network`` via ``via`` on the new link: it goes
+        with the link. ``via`` forwards nothing the other way. Returns the link's name."""
+        if isinstance(address, str):
+            address = IPv4Interface(address)
+        if self._leg is not None:
+            raise LabError(f"lab {self.prefix} already has this machine on it ({self._leg})")
+        router = self.host(via)
+        spec = next((s for s in self._specs if s.name == via and s.address), None)
+        if spec is None or spec.address is None or address not in spec.address.network:
+            raise LabError(f"lab {self.prefix}: {via} has no address in {address.network}")
+        gateway, me = spec.address.ip, address.ip
+        leg, port = leg_name(self.prefix), self.prefix + LEG_BRIDGE_END
+        _run(["ip", "link", "add", leg, "type", "veth", "peer", "name", port,
+              "netns", router.name])  # fmt: skip
+        self._leg = leg
+        _run(["sysctl", "-q", "-w", f"net.ipv6.conf.{leg}.disable_ipv6=1"], check=False)
+        _run(["ip", "addr", "add", f"{me}/32", "dev", leg])
+        _run(["ip", "link", "set", leg, "up"])
+        router.run(["ip", "link", "set", port, "up"])
+        router.run(["ip", "route", "add", f"{me}/32", "dev", port])
+        router.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        router.run(["nft", "-f", "-"], input=_leg_rules(port, me, gateway))
+        _run(["ip", "route", "add", str(address.network), "via", str(gateway), "dev", leg,
+              "onlink", "src", str(me)])  # fmt: skip
+        log.info("lab %s: this machine on the segment as %s via %s (%s)", self.prefix, me, via, leg)
+        return leg
+
+    @property
+    def leg(self) -> str | None:
+        """This machine's end of its leg on the segment (None: it has none)."""
+        return self._leg
 
     def host(self, name: str) -> Namespace:
         """The namespace of host ``name``; its processes are tracked by this lab."""

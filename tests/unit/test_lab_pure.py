@@ -98,3 +98,36 @@ def test_lab_vms_start_powered_off_for_the_qemu_driver(tmp_path: Path) -> None:
     argv = qemu_argv(VmSpec("labnode1", MAC, "bios", "pvt1", tmp_path, powered_off=True))
     assert "-S" in argv and "-no-shutdown" in argv
     assert "-S" not in qemu_argv(VmSpec("labnode1", MAC, "bios", "pvt1", tmp_path))
+
+
+def test_only_routes_as_specific_as_the_lab_subnet_compete_with_its_leg() -> None:
+    from ipaddress import IPv4Network
+
+    from provisioner.lab.netns import overlapping_routes
+
+    lab = IPv4Network("10.99.0.0/24")
+    routes = [
+        {"dst": "default", "gateway": "192.0.2.1", "dev": "eth0"},
+        {"dst": "192.0.2.0/24", "dev": "eth0", "protocol": "kernel"},
+        {"dst": "10.0.0.0/8", "gateway": "192.0.2.9", "dev": "eth0"},  # wider: the leg wins
+        {"dst": "10.99.0.0/24", "dev": "pv0a0b0ch0", "protocol": "kernel"},  # another lab
+        {"dst": "10.99.0.7", "gateway": "192.0.2.9", "dev": "eth1"},  # a host route
+        {"dst": "10.99.1.0/24", "dev": "eth2"},  # a neighbour, not ours
+        {"type": "unreachable", "dst": "10.99.0.0/25"},
+        {"type": "local", "dst": "10.99.0.3", "dev": "lo"},
+    ]
+    assert overlapping_routes(routes, lab) == [
+        "10.99.0.0/24 dev pv0a0b0ch0",
+        "10.99.0.7 dev eth1",
+        "10.99.0.0/25 dev ?",
+    ]
+    assert overlapping_routes(routes[:3], lab) == []
+
+
+def test_a_lab_leg_name_fits_an_interface_name_and_cleanup_knows_it() -> None:
+    from provisioner.lab.netns import _LEG, IFNAMSIZ, leg_name, new_prefix
+
+    prefix = new_prefix()
+    leg = leg_name(prefix)
+    assert leg.startswith(prefix) and len(leg) <= IFNAMSIZ and _LEG.match(leg)
+    assert not _LEG.match("eth0") and not _LEG.match(f"{prefix}c1")
