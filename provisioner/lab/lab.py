@@ -556,6 +556,50 @@ def watch(lab: LabState, progress: Progress, timeout: float) -> list[NodeStatus]
         time.sleep(1.0)
 
 
+def reboot(directory: Path, names: Sequence[str], progress: Progress) -> list[str]:
+    """Power-cycle lab nodes, as a person at the rack would: a VM through its power
+    driver (QMP: a reset, the firmware boots from the network again), a container node
+    stopped and started again on a fresh boot script (a new token; its image's root as
+    the image left it: a reboot's clean node). The names rebooted."""
+    lab = LabState.load(directory)
+    if lab is None:
+        raise LabError("no lab is up (provisioner lab up)")
+    by_name = {n.name: n for n in lab.nodes}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise LabError(f"no lab node {', '.join(unknown)} (have: {', '.join(by_name)})")
+    chosen = [by_name[n] for n in dict.fromkeys(names)]
+    if lab.kind != "container":
+        for node in chosen:
+            open_driver(_power_url(lab.vm(node)), node=node.name, timeout=10).cycle()
+            node.powered_on = time.time()
+            progress(f"{node.name}: power cycle (QMP reset)")
+        lab.save()
+        return [n.name for n in chosen]
+    running = {d["name"]: Started.from_dict(d) for d in lab.containers}
+    stop_containers([running[n.name] for n in chosen if n.name in running], progress)
+    switch = Namespace(f"{lab.prefix}-sw")
+    for node in chosen:  # its namespace is gone, but the kernel frees the veth lazily
+        switch.run(["ip", "link", "del", node.tap], check=False)
+    specs = [s for s in containers.container_specs(len(lab.nodes)) if s.name in names]
+    image = ImageStore(lab.state_dir / "images").get(lab.image or "")
+    root = containers.unpack_root(image.path, directory / "rootfs", progress)
+    prov = Namespace(f"{lab.prefix}-prov")
+    base = f"http://{SERVER}:{HTTP_PORT}"
+    started = containers.start_containers(
+        lab.prefix, switch, specs, root,
+        lambda mac: containers.fetch_script(prov, base, mac), progress,
+        directory / "containers",
+    )  # fmt: skip
+    for one in started:
+        running[one.name] = one
+        by_name[one.name].pid = one.pid
+        by_name[one.name].powered_on = one.started_at
+    lab.containers = [running[n.name].as_dict() for n in lab.nodes if n.name in running]
+    lab.save()
+    return [n.name for n in started]
+
+
 def down(directory: Path, progress: Progress) -> list[str]:
     lab = LabState.load(directory)
     if lab is None:
