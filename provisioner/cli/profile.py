@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from provisioner.cli.common import Exit
+from provisioner.cli.common import Exit, config_path
+from provisioner.config import load_config
 from provisioner.data import HWPROFILES
 from provisioner.discovery.dumps import parse_dump
 from provisioner.discovery.model import Inventory
@@ -45,8 +46,14 @@ from provisioner.profiles import (
 ENV_VAR = "PROVISIONER_HWPROFILES"
 
 
-def default_profiles_dir() -> Path:
-    """$PROVISIONER_HWPROFILES, else hwprofiles/ next to the package."""
+def default_profiles_dir(args: argparse.Namespace | None = None) -> Path:
+    """The profiles ``serve`` reads: the configuration's ``[cluster] profiles`` when one is
+    in force (--config, $PROVISIONER_CONFIG, the system's), else $PROVISIONER_HWPROFILES,
+    else the hwprofiles/ shipped with the package."""
+    if args is not None:
+        path = config_path(args, lab_fallback=False)
+        if path.exists():
+            return load_config(path).cluster.profiles_dir
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR])
     return HWPROFILES
@@ -104,7 +111,7 @@ def add_profile_commands(subparsers: Any) -> SubParsers[argparse.ArgumentParser]
 
 
 def _load(args: argparse.Namespace) -> ProfileSet | None:
-    directory = Path(args.profiles) if args.profiles else default_profiles_dir()
+    directory = Path(args.profiles) if args.profiles else default_profiles_dir(args)
     try:
         return load_profiles(directory)
     except ProfileError as exc:
@@ -288,7 +295,7 @@ def cmd_show(args: argparse.Namespace, profiles: ProfileSet) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    paths = [Path(p) for p in args.paths] or [default_profiles_dir()]
+    paths = [Path(p) for p in args.paths] or [default_profiles_dir(args)]
     missing = [ProfileProblem(str(p), 0, "path", "does not exist") for p in paths if not p.exists()]
     problems = [*missing, *validate([p for p in paths if p.exists()])]
     if args.json:

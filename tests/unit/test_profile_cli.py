@@ -37,6 +37,32 @@ def test_default_directory_and_env_override(monkeypatch: pytest.MonkeyPatch) -> 
     assert default_profiles_dir() == Path("/elsewhere")
 
 
+def test_the_profiles_in_force_are_the_configs_like_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provisioner.cli import main
+    from provisioner.config import Mode, render_config
+
+    mine = tmp_path / "profiles"
+    mine.mkdir()
+    (mine / "only-mine.yaml").write_text(
+        (ROOT / "hwprofiles" / "qemu-lab.yaml")
+        .read_text()
+        .replace("name: qemu-lab", "name: only-mine")
+    )
+    config = tmp_path / "provisioner.toml"
+    text = render_config(interface="eth0", address="10.1.0.1/24", mode=Mode.PROXY,
+                         dhcp_range=None, state_dir=tmp_path / "state")  # fmt: skip
+    shipped = f'profiles = "{ROOT / "hwprofiles"}"'
+    assert shipped in text
+    config.write_text(text.replace(shipped, f'profiles = "{mine}"'))
+    monkeypatch.delenv("PROVISIONER_HWPROFILES", raising=False)
+    assert main(["--config", str(config), "profile", "list", "--json"]) == 0
+    assert [p["name"] for p in json.loads(capsys.readouterr().out)] == ["only-mine"]
+    assert main(["profile", "list", "--json", "--config", str(config)]) == 0
+    assert [p["name"] for p in json.loads(capsys.readouterr().out)] == ["only-mine"]
+
+
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert run("profile", "list") == 0
     out = capsys.readouterr().out
