@@ -260,4 +260,4 @@ def test_an_enrolled_nodes_new_host_keys_wait_for_approval(segment: Segment) -> 
     last = [e for e in node["timeline"] if e["kind"] == "approval"][-1]
     assert last["detail"]["status"] == "approved"
     again = segment.app.cli("node", "approve", NODE_MAC)
-    assert again.returncode == 1 and "nothing to approve" in again.stderr
+    assert again.returncode == 4 and "nothing to approve" in again.stderr
