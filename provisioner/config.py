@@ -111,6 +111,7 @@ class ClusterConfig:
     hostname_pattern: str = DEFAULT_HOSTNAME_PATTERN  # {n}: 0, 1, 2, ... first free
     profiles_dir: Path = DEFAULT_HWPROFILES
     auto_enroll: bool = False  # a matched node is enrolled (boots its image) at once
+    watch_interval: float = 30.0  # s between the watchdog's probes of serving clusters; 0: off
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,15 @@ def _parse_cluster(r: _Reader) -> ClusterConfig:
     default = Path(env) if env else DEFAULT_HWPROFILES
     profiles = Path(r.text("cluster", "profiles", str(default)) or default)
     auto_enroll = r.flag("cluster", "auto_enroll", False)
-    return ClusterConfig(hostname_pattern=pattern, profiles_dir=profiles, auto_enroll=auto_enroll)
+    interval = r.get("cluster", "watch_interval", ClusterConfig.watch_interval)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
+        raise r.fail("cluster.watch_interval", interval, "must be seconds (a number, 0: off)")
+    return ClusterConfig(
+        hostname_pattern=pattern,
+        profiles_dir=profiles,
+        auto_enroll=auto_enroll,
+        watch_interval=float(interval),
+    )
 
 
 def _parse_http(r: _Reader, net: NetworkConfig) -> HttpConfig:
@@ -506,6 +515,9 @@ def render_config(
     cluster.add(tomlkit.comment("Enroll a node as soon as its profile matches: it boots its"))
     cluster.add(tomlkit.comment("image next time (false: wait for `provisioner node enroll`)."))
     cluster.add("auto_enroll", False)
+    cluster.add(tomlkit.comment("Seconds between the watchdog's checks that serving clusters'"))
+    cluster.add(tomlkit.comment("units are up (one down: converged back); 0 turns it off."))
+    cluster.add("watch_interval", 30)
     doc.add("cluster", cluster)
 
     paths = tomlkit.table()

@@ -36,6 +36,8 @@ class EventKind(StrEnum):
     REFUSED = "refused"  # a request from or about the node was refused
     APPROVAL = "approval"  # a report held for `node approve` (keys, profile, address), or approved
     CONVERGE = "converge"  # its cluster brought back after a reboot (clusters/converge.py)
+    RECOVER = "recover"  # an engine's recovery step on it (a worker back, the head restarted)
+    WATCH = "watch"  # the watchdog found one of its units down (clusters/watchdog.py)
 
 
 class LeaseKind(StrEnum):

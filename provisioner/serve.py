@@ -23,6 +23,7 @@ from provisioner.boot.routes_files import record_file
 from provisioner.boot.tftp import TftpService, TftpTransfer
 from provisioner.clusters.converge import Converger, site_runner
 from provisioner.clusters.site import Site
+from provisioner.clusters.watchdog import Watchdog
 from provisioner.config import Config, ensure_api_token
 from provisioner.enroll.matching import Enroller
 from provisioner.errors import BootServiceError
@@ -98,6 +99,10 @@ class BootServices:
             self.registry,
             site_runner(site, site.connect, lambda line: log.info("converge: %s", line)),
         )
+        # ... and a cluster whose units stop while its nodes stay up, too.
+        self.watchdog = Watchdog(
+            self.registry, self.converger, site.connect, interval=cfg.cluster.watch_interval
+        )
         self.app_ctx = AppContext(
             cfg,
             self.registry,
@@ -169,6 +174,7 @@ class BootServices:
             self.tftp.stop()
             self.dhcp.stop()
             raise
+        self.watchdog.start()
         log.info("%s", self.summary())
 
     def summary(self) -> str:
@@ -228,6 +234,7 @@ class BootServices:
             await self._http_task
         self.dhcp.stop()
         self.tftp.stop()
+        self.watchdog.close()
         self.converger.close()
         self.registry.close()
 

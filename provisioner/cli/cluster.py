@@ -32,6 +32,7 @@ from provisioner.clusters.plan import cluster_plan, postinstall_plan
 from provisioner.clusters.remove import remove
 from provisioner.clusters.site import Site
 from provisioner.clusters.spec import ClusterError, split
+from provisioner.clusters.timing import BootTiming, boot_to_serving, last_smoke
 from provisioner.postinstall import fanout
 from provisioner.postinstall.plan import NodePlan
 from provisioner.postinstall.ssh import Connection
@@ -105,9 +106,12 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
     registry = open_registry(load_cfg(args), readonly=True)
     cluster = load_cluster(registry, args.name)
     rows = []
+    boots: list[BootTiming | None] = []
     for node in store.members(registry, cluster):
         steps = registry.steps(node.mac)
         last = steps[-1] if steps else None
+        boot = boot_to_serving(registry.events(node.mac))
+        boots.append(boot)
         rows.append(
             {
                 "node": node.hostname,
@@ -117,11 +121,16 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
                 "profile": node.profile,
                 "last_step": last["step"] if last else None,
                 "last_status": last["status"] if last else None,
+                "boot_to_serving_s": boot.seconds if boot else None,
+                "boot": boot.as_dict() if boot else None,
             }
         )
     converged = last_convergence(registry, cluster)
+    smoked = last_smoke(registry, cluster)
     if args.json:
-        print_json({"cluster": json.loads(cluster.to_json()), "nodes": rows, "converge": converged})
+        smoke = smoked.as_dict() if smoked else None
+        cluster_json = json.loads(cluster.to_json())
+        print_json({"cluster": cluster_json, "nodes": rows, "converge": converged, "smoke": smoke})
         return 0
     print(f"{cluster.name}: {cluster.engine.value}, model {cluster.model}")
     mode = "on" if cluster.converge else "paused (cluster resume)"
@@ -133,16 +142,32 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
             f"converge at boot: {mode}; last {ago(float(str(converged['ts'])))} "
             f"({converged.get('back') or 'no member back'}): {converged.get('stage')} {outcome}"
         )
+    if smoked is None:
+        print("last smoke: none yet")
+    else:
+        outcome = "passed" if smoked.passed else f"{smoked.outcome.value}: {smoked.reason}"
+        print(f"last smoke: {ago(smoked.ts)} {outcome}")
     table(
-        ("NODE", "ROLE", "STATE", "ADDRESS", "PROFILE", "LAST STEP"),
+        ("NODE", "ROLE", "STATE", "ADDRESS", "PROFILE", "LAST STEP", "BOOT→SERVING"),
         [
             (str(r["node"]), str(r["role"]), str(r["state"]), str(r["address"] or "-"),
              str(r["profile"] or "-"),
-             f"{r['last_step']}: {r['last_status']}" if r["last_step"] else "-")
-            for r in rows
+             f"{r['last_step']}: {r['last_status']}" if r["last_step"] else "-",
+             _boot_cell(boot))
+            for r, boot in zip(rows, boots, strict=True)
         ],
     )  # fmt: skip
     return 0
+
+
+def _boot_cell(boot: BootTiming | None) -> str:
+    """``28.5 s`` from power-on to serving; ``(degraded)`` where the boot ended there
+    instead; ``-`` when no boot is on the timeline or it is not serving yet."""
+    if boot is not None and boot.seconds is not None:
+        return f"{boot.seconds:.1f} s"
+    if boot is not None and boot.ended is not None:
+        return f"({boot.ended.value})"
+    return "-"
 
 
 def cmd_cluster_pause(args: argparse.Namespace) -> int:
@@ -282,7 +307,11 @@ def add_cluster_commands(sub: Any) -> None:
     clist = csub.add_parser("list", help="every cluster")
     clist.add_argument("--json", action="store_true")
     clist.set_defaults(func=cmd_cluster_list)
-    status = csub.add_parser("status", help="a cluster's members, states and last steps")
+    status = csub.add_parser(
+        "status",
+        help="a cluster's members, states and last steps, its last smoke and convergence, "
+        "and each member's last boot from power-on to serving",
+    )
     status.add_argument("name")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_cluster_status)

@@ -46,6 +46,7 @@ from provisioner.postinstall.ssh import Connection, SshError
 from provisioner.records import Cluster, EventKind, Node
 from provisioner.registry import Registry
 from provisioner.smoke.verdict import verdict as smoke_verdict
+from provisioner.states import NodeEvent, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ def converge(
         )
         for node in members(site.registry, cluster):
             site.registry.add_event(node.mac, EventKind.CONVERGE, outcome.as_detail())
+        if not ok and verdict is None:  # it ended before the smoke's verdict
+            _degrade_head(site.registry, cluster, f"converge {stage}: {reason}")
         log.log(
             logging.INFO if ok else logging.WARNING,
             "converge %s: %s %s%s", cluster.name, stage, "ok" if ok else "failed",
@@ -155,7 +158,15 @@ def converge(
         nodes = {n.hostname or n.mac: n for n in members(site.registry, cluster)}
         for hostname, node in nodes.items():
             conns[hostname] = connect(node)
-        recovered = engine_for(cluster).recover(cluster, back_names, conns, progress)
+        recovered = []
+        for step in engine_for(cluster).recover(cluster, back_names, conns, progress):
+            # Its own event on the member's timeline, as it happens: the order is visible.
+            site.registry.add_event(
+                nodes[step.host].mac,
+                EventKind.RECOVER,
+                {"cluster": cluster.name, "what": step.what},
+            )
+            recovered.append(str(step))
     except (ProvisionerError, SshError) as exc:
         return ended("recover", False, str(exc))
     finally:
@@ -172,6 +183,15 @@ def converge(
         "smoke", report.passed, reason, verdict=head.state.value if head else None,
         recovered=tuple(recovered),
     )  # fmt: skip
+
+
+def _degrade_head(registry: Registry, cluster: Cluster, reason: str) -> None:
+    """A convergence that did not get to a smoke verdict: the head, if it said it serves,
+    now says ``degraded`` with the reason (the cluster is not whole; the members that
+    failed a step are ``failed`` already). The next convergence's smoke sets it right."""
+    head = registry.node(cluster.head)
+    if head is not None and head.state is NodeState.SERVING:
+        registry.transition(head.mac, NodeEvent.SMOKE_DEGRADED, reason=reason)
 
 
 Run = Callable[[str, tuple[str, ...]], object]
@@ -214,6 +234,19 @@ class Converger:
             self._arm(cluster.name, self.settle_s)
             names.append(cluster.name)
         return names
+
+    def request(self, name: str, hosts: Collection[str]) -> None:
+        """Converge cluster ``name`` now for ``hosts`` (the watchdog found them down)."""
+        with self._lock:
+            pending = self._pending.setdefault(name, {})
+            for host in hosts:
+                pending.setdefault(host, self.clock())
+        self._arm(name, 0.0)
+
+    def busy(self, name: str) -> bool:
+        """A convergence of ``name`` is waiting or running."""
+        with self._lock:
+            return name in self._running or bool(self._pending.get(name))
 
     def _arm(self, name: str, delay: float) -> None:
         with self._lock:

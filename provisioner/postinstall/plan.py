@@ -215,7 +215,11 @@ def _compile(
     changed = (
         f"systemctl daemon-reload && systemctl enable -q {q(unit)} && systemctl restart {q(unit)}"
     )
-    start = f"systemctl daemon-reload && systemctl enable -q --now {q(unit)}"
+    # reset-failed: a unit systemd gave up on (its restarts hit the start limit) starts again.
+    start = (
+        f"systemctl reset-failed {q(unit)} 2>/dev/null; "
+        f"systemctl daemon-reload && systemctl enable -q --now {q(unit)}"
+    )
     if then:
         changed += f" && {then}"
         start += f" && {then}"

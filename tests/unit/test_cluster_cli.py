@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,13 @@ from provisioner.clusters.site import Site
 from provisioner.config import Mode, load_config, render_config
 from provisioner.models.store import ModelStore
 from provisioner.postinstall.ssh import Connection
-from provisioner.records import EventKind, Node
+from provisioner.records import Cluster, EventKind, Node
 from provisioner.registry import Registry
+from provisioner.smoke.report import Check
 from provisioner.states import NodeEvent
 from tests.conftest import unavailable
 from tests.fakes.ssh import FakeNode
+from tests.unit.test_cluster_timing import Clock, boot, installed, on_clock, record_smoke
 from tests.unit.test_ensure_artifacts import LLAMA_MISSING, FakeBuilder
 
 NODES = {f"node{i}": (f"52:54:00:aa:00:0{i}", f"10.30.0.10{i}") for i in range(3)}
@@ -111,6 +115,60 @@ def test_converge_at_boot_is_paused_and_resumed_per_cluster(
     assert "converge at boot: on; last " in out and "(node1): smoke ok" in out
     code, _, err = run(config, capsys, "cluster", "pause", "nope")
     assert code == 3 and "no cluster 'nope'" in err
+
+
+def test_status_shows_the_last_smoke_and_each_member_s_boot_to_serving(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = run(config, capsys, "cluster", "create", "c1", "--model", "tiny",
+                       "--head", "node0", "--workers", "node1,node2")  # fmt: skip
+    assert code == 0, err
+    code, out, _ = run(config, capsys, "cluster", "status", "c1")
+    assert "\nlast smoke: none yet\n" in out and "BOOT→SERVING" in out
+    code, out, _ = run(config, capsys, "cluster", "status", "c1", "--json")
+    shown = json.loads(out)
+    assert shown["smoke"] is None and [n["boot_to_serving_s"] for n in shown["nodes"]] == [None] * 3
+    # node0 and node1 boot (from power-on) and serve; node1 reboots and ends degraded;
+    # node2 never rebooted here: no boot on its timeline.
+    registry = Registry(load_config(config).registry_path)
+    macs = [mac for mac, _ in NODES.values()]
+    state = load_config(config).state_dir
+    cluster = Cluster.from_json(registry.cluster_spec("c1") or "")
+    clock = on_clock(monkeypatch, Clock(time.time() - 3600))
+    start = clock.now
+    for mac in macs[:2]:
+        boot(registry, clock, mac, start)
+    installed(registry, clock, start + 20.0, macs)
+    clock.now = start + 28.5
+    record_smoke(registry, cluster, state, monkeypatch, Check("health", True))
+    boot(registry, clock, macs[1], start + 1000.0)
+    installed(registry, clock, start + 1030.0, macs)
+    clock.now = start + 1040.0
+    record_smoke(registry, cluster, state, monkeypatch, Check("health", True),
+                 Check("ttft_s", False, 9.0, 2.0))  # fmt: skip
+    registry.close()
+
+    code, out, _ = run(config, capsys, "cluster", "status", "c1")
+    assert code == 0
+    assert re.search(r"\nlast smoke: \d+m ago degraded: below floor: ttft_s\n", out), out
+    assert out.index("converge at boot:") < out.index("last smoke:") < out.index("NODE")
+    cells = {line.split()[0]: line for line in out.splitlines() if line.startswith("node")}
+    assert cells["node0"].endswith("smoke:ttft_s: failed  28.5 s")
+    assert cells["node1"].split()[2] == "degraded" and cells["node1"].endswith(" (degraded)")
+    assert cells["node2"].endswith(" -")
+    code, out, _ = run(config, capsys, "cluster", "status", "c1", "--json")
+    shown = json.loads(out)
+    assert {"cluster", "nodes", "converge", "smoke"} <= set(shown)
+    assert shown["smoke"] == {
+        "run": f"smoke-{int(start + 1040.0)}", "ts": start + 1040.0, "passed": False,
+        "outcome": "degraded", "reason": "below floor: ttft_s", "failed": ["ttft_s"],
+    }  # fmt: skip
+    nodes = {n["node"]: n for n in shown["nodes"]}
+    assert nodes["node0"]["boot_to_serving_s"] == pytest.approx(28.5)
+    assert nodes["node0"]["last_step"] == "smoke:ttft_s" and nodes["node0"]["state"] == "degraded"
+    assert nodes["node1"]["boot_to_serving_s"] is None
+    assert nodes["node1"]["boot"] == {"start": start + 1000.0, "seconds": None, "ended": "degraded"}
+    assert nodes["node2"]["boot"] is None
 
 
 def test_create_refuses_unknown_members_and_models(

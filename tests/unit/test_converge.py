@@ -24,32 +24,16 @@ from provisioner.profiles import Engine
 from provisioner.records import Cluster, EventKind, Node
 from provisioner.registry import Registry
 from provisioner.smoke.report import Check, Report
-from provisioner.states import NodeEvent
+from tests.fakes.cluster import Clock, cluster_registry
 from tests.fakes.ssh import FakeNode, Reply, replies
 
 NODES = {"node0": "52:54:00:c0:00:00", "node1": "52:54:00:c0:00:01", "node2": "52:54:00:c0:00:02"}
 CLUSTER = Cluster("c1", Engine.LLAMA_RPC, "tiny", "node0", ("node1", "node2"))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
-    reg = Registry(tmp_path / "registry.sqlite3")
-    for i, (name, mac) in enumerate(NODES.items()):
-        reg.touch_node(mac, ip=f"10.30.0.{100 + i}")
-        reg.set_hostname(mac, name)
-        reg.store_inventory(mac, "{}")
-        reg.set_profile(mac, "qemu-lab")
-        reg.transition(mac, NodeEvent.MATCH)
-        reg.transition(mac, NodeEvent.ENROLL)
-    reg.save_cluster(CLUSTER.name, CLUSTER.to_json())
+    reg = cluster_registry(tmp_path / "registry.sqlite3", NODES, CLUSTER)
     yield reg
     reg.close()
 
@@ -183,7 +167,11 @@ def test_a_worker_back_restarts_the_head_after_every_worker_is_active() -> None:
         fake.on(re.compile("systemctl"), recorder(name))
     conns = {name: fake.connect() for name, fake in nodes.items()}
     lines = LlamaRpcEngine().recover(CLUSTER, ("node1",), conns, lambda line: None)
-    assert lines == [f"node0: {HEAD_UNIT} restarted after node1 came back"]
+    assert list(map(str, lines)) == [
+        f"node1: {WORKER_UNIT} active",
+        f"node2: {WORKER_UNIT} active",
+        f"node0: {HEAD_UNIT} restarted after node1 came back",
+    ]
     assert order[-1] == f"node0: systemctl reset-failed {HEAD_UNIT} 2>/dev/null; " + (
         f"systemctl restart {HEAD_UNIT}"
     )
@@ -261,8 +249,20 @@ def test_converge_records_where_it_stopped_on_every_member(
     monkeypatch.setattr(converge_mod, "smoke", lambda *a: passed)
     got = converge(site, CLUSTER, ("node1",), connect=connect, progress=lambda line: None)
     assert (got.stage, got.ok, got.back) == ("smoke", True, ("node1",))
-    assert got.recovered == (f"node0: {HEAD_UNIT} restarted after node1 came back",)
+    assert got.recovered[-1] == f"node0: {HEAD_UNIT} restarted after node1 came back"
     assert stages(site.registry)[0] == [("plan", False), ("post-install", False), ("smoke", True)]
+    # Each recovery step on its member's timeline, in the order it happened.
+    steps = sorted(
+        (e.ts, name, e.detail["what"])
+        for name, mac in NODES.items()
+        for e in site.registry.events(mac)
+        if e.kind is EventKind.RECOVER
+    )
+    assert [(name, what) for _, name, what in steps] == [
+        ("node1", f"{WORKER_UNIT} active"),
+        ("node2", f"{WORKER_UNIT} active"),
+        ("node0", f"{HEAD_UNIT} restarted after node1 came back"),
+    ]
     assert nodes["node0"].commands[-1].endswith(f"systemctl restart {HEAD_UNIT}")
 
 
@@ -270,5 +270,5 @@ def test_a_head_back_with_its_workers_is_restarted_after_them() -> None:
     nodes = fake_nodes()
     conns = {name: fake.connect() for name, fake in nodes.items()}
     lines = LlamaRpcEngine().recover(CLUSTER, ("node0", "node2"), conns, lambda line: None)
-    assert lines == [f"node0: {HEAD_UNIT} restarted after node2 came back"]
+    assert str(lines[-1]) == f"node0: {HEAD_UNIT} restarted after node2 came back"
     assert nodes["node0"].commands[-1].endswith(f"systemctl restart {HEAD_UNIT}")

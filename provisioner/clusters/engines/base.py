@@ -28,6 +28,17 @@ Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
+class Recovery:
+    """One thing an engine's recovery did or waited for on one member (a timeline event)."""
+
+    host: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.what}"
+
+
+@dataclass(frozen=True)
 class SmokeOptions:
     """What the operator asked of one smoke run (``provisioner smoke``'s flags)."""
 
@@ -116,10 +127,10 @@ class ClusterEngine(Protocol):
         back: Sequence[str],
         conns: Mapping[str, Connection],
         progress: Progress,
-    ) -> list[str]:
-        """After members in ``back`` (hostnames) came back from a reboot and post-install
-        ran again: what the engine must redo on the others for the cluster to serve (e.g.
-        restart a head whose workers went away); the lines of what it did."""
+    ) -> list[Recovery]:
+        """After members in ``back`` (hostnames) came back (a reboot, a unit the watchdog
+        found down) and post-install ran again: what the engine must redo for the cluster
+        to serve (e.g. restart a head whose workers went away), in the order it did it."""
         ...
 
 

@@ -17,7 +17,7 @@ from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.clusters import keys
 from provisioner.clusters.engines import base
 from provisioner.clusters.engines.artifacts import ArtifactNeed
-from provisioner.clusters.engines.base import Progress, SmokeOptions, SmokeTarget
+from provisioner.clusters.engines.base import Progress, Recovery, SmokeOptions, SmokeTarget
 from provisioner.clusters.site import Site
 from provisioner.clusters.spec import ClusterError
 from provisioner.models.store import ModelStore
@@ -136,7 +136,7 @@ class LlamaRpcEngine:
         back: Sequence[str],
         conns: Mapping[str, Connection],
         progress: Progress,
-    ) -> list[str]:
+    ) -> list[Recovery]:
         """llama.cpp's RPC has no recovery: a head that lost a worker keeps failing (and a
         head that came back with its workers may have started before them). So when a
         worker came back, the head is restarted after every worker's RPC server is
@@ -144,8 +144,10 @@ class LlamaRpcEngine:
         workers_back = [w for w in cluster.workers if w in back]
         if not workers_back:
             return []
+        done = []
         for worker in cluster.workers:
             wait_active(conns[worker], worker, WORKER_UNIT, progress)
+            done.append(Recovery(worker, f"{WORKER_UNIT} active"))
         restarted = conns[cluster.head].run(
             f"systemctl reset-failed {HEAD_UNIT} 2>/dev/null; systemctl restart {HEAD_UNIT}",
             timeout=120,
@@ -154,9 +156,11 @@ class LlamaRpcEngine:
             raise ClusterError(
                 f"{cluster.head}: systemctl restart {HEAD_UNIT} failed: {restarted.stderr[-300:]}"
             )
-        line = f"{cluster.head}: {HEAD_UNIT} restarted after {', '.join(workers_back)} came back"
-        progress(line)
-        return [line]
+        head = Recovery(
+            cluster.head, f"{HEAD_UNIT} restarted after {', '.join(workers_back)} came back"
+        )
+        progress(str(head))
+        return [*done, head]
 
 
 def wait_active(

@@ -129,7 +129,7 @@ class VllmEngine:
         back: Sequence[str],
         conns: Mapping[str, Connection],
         progress: Progress,
-    ) -> list[str]:
+    ) -> list[base.Recovery]:
         """Nothing: a Ray worker's unit rejoins the head by itself once post-install ran
         again, and the head's servers wait for the placement they need."""
         return []
