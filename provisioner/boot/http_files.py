@@ -221,6 +221,9 @@ class FrontProtocol(asyncio.Protocol):
                 self._hand_over()
                 return
             self.busy = True
+            if self.idle is not None:  # idle means between requests: a long send is not idle
+                self.idle.cancel()
+                self.idle = None
             assert self.transport is not None
             self.transport.pause_reading()
             asyncio.get_running_loop().create_task(self._send(event, *found))
