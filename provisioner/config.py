@@ -182,11 +182,27 @@ class _Reader:
             raise self.fail(f"{section}.{key}", value, "must be true or false")
         return value
 
-    def port(self, section: str, key: str, default: int) -> int:
+    def number(
+        self,
+        section: str,
+        key: str,
+        default: float,
+        lo: float,
+        hi: float,
+        why: str,
+        *,
+        whole: bool = True,
+    ) -> float:
+        """A number in [lo, hi] (an integer unless ``whole`` is false; never a boolean),
+        else ConfigError with ``why``."""
         value = self.get(section, key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-            raise self.fail(f"{section}.{key}", value, "must be a port number 1-65535")
+        kinds = int if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not lo <= value <= hi:
+            raise self.fail(f"{section}.{key}", value, why)
         return value
+
+    def port(self, section: str, key: str, default: int) -> int:
+        return int(self.number(section, key, default, 1, 65535, "must be a port number 1-65535"))
 
     def ip(self, section: str, key: str) -> IPv4Address | None:
         value = self.text(section, key, None)
@@ -263,9 +279,10 @@ def _parse_cluster(r: _Reader) -> ClusterConfig:
     default = Path(env) if env else DEFAULT_HWPROFILES
     profiles = Path(r.text("cluster", "profiles", str(default)) or default)
     auto_enroll = r.flag("cluster", "auto_enroll", False)
-    interval = r.get("cluster", "watch_interval", ClusterConfig.watch_interval)
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
-        raise r.fail("cluster.watch_interval", interval, "must be seconds (a number, 0: off)")
+    interval = r.number(
+        "cluster", "watch_interval", ClusterConfig.watch_interval, 0, 86400,
+        "must be seconds between 0 (off) and 86400", whole=False,
+    )  # fmt: skip
     return ClusterConfig(
         hostname_pattern=pattern,
         profiles_dir=profiles,
@@ -317,9 +334,10 @@ def _parse_network(r: _Reader) -> NetworkConfig:
 
 def _parse_dhcp(r: _Reader, net: NetworkConfig) -> DhcpConfig:
     start, end = _parse_range(r, net)
-    lease = r.get("dhcp", "lease_seconds", DEFAULT_LEASE_SECONDS)
-    if isinstance(lease, bool) or not isinstance(lease, int) or not 60 <= lease <= 2**31:
-        raise r.fail("dhcp.lease_seconds", lease, "must be an integer number of seconds >= 60")
+    lease = int(
+        r.number("dhcp", "lease_seconds", DEFAULT_LEASE_SECONDS, 60, 2**31,
+                 "must be an integer number of seconds >= 60")
+    )  # fmt: skip
     router = r.ip("dhcp", "router")
     if router is not None and router not in net.subnet:
         raise r.fail("dhcp.router", str(router), f"not in the cluster subnet {net.subnet}")

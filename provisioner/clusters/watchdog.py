@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from provisioner.clusters.converge import Converger, booting, last_convergence
@@ -80,12 +80,17 @@ def judge(host: str, units: tuple[str, ...], output: str) -> Down | None:
     return Down(host, units=bad) if bad else None
 
 
-def probe(cluster: Cluster, nodes: Mapping[str, Node], connect: Connect) -> list[Down]:
-    """Ask every member whether its units are active; the ones that are not (or do not
-    answer). ``nodes``: the members by hostname."""
+def probe(
+    cluster: Cluster,
+    nodes: Mapping[str, Node],
+    connect: Connect,
+    only: Collection[str] | None = None,
+) -> list[Down]:
+    """Ask every member (or those in ``only``) whether its units are active; the ones
+    that are not (or do not answer). ``nodes``: the members by hostname."""
     found = []
     for host, units in units_by_host(engine_for(cluster), cluster).items():
-        if not units:
+        if not units or (only is not None and host not in only):
             continue
         node = nodes.get(host)
         if node is None:
@@ -191,13 +196,10 @@ class Watchdog:
         silent = {d.host for d in down if d.unreachable}
         before = self._silent.get(cluster.name, set())
         self._silent[cluster.name] = silent
-        units = [d.host for d in down if not d.unreachable]
-        if units and self.confirm_s > 0:
+        still = [d for d in down if not d.unreachable]
+        if still and self.confirm_s > 0:  # asked again: only the members found down
             self._stop.wait(self.confirm_s)
-            again = {d.host: d for d in probe(cluster, nodes, self.connect)}
-            still = [again[h] for h in units if h in again]
-        else:
-            still = [d for d in down if not d.unreachable]
+            still = probe(cluster, nodes, self.connect, only={d.host for d in still})
         return still + [d for d in down if d.unreachable and d.host in before]
 
     def start(self) -> None:

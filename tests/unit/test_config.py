@@ -90,6 +90,9 @@ def test_proxy_mode_needs_no_range() -> None:
         ('bind = ""', 'bind = "::"', "http.bind", '"0.0.0.0": all'),
         ("open_reads = false", 'open_reads = "no"', "http.open_reads", "true or false"),
         ("open_metrics = true", "open_metrics = 1", "http.open_metrics", "true or false"),
+        ("watch_interval = 30", "watch_interval = -1", "cluster.watch_interval", "0 (off)"),
+        ("watch_interval = 30", "watch_interval = true", "cluster.watch_interval", "seconds"),
+        ("lease_seconds = 3600", "lease_seconds = 30", "dhcp.lease_seconds", ">= 60"),
     ],
 )
 def test_bad_values_are_refused_with_key_value_and_reason(
@@ -180,6 +183,15 @@ def test_cluster_defaults() -> None:
     cfg = parse_config(full_text())
     assert cfg.cluster.hostname_pattern.format(n=3) == "node3"
     assert cfg.cluster.profiles_dir.name == "hwprofiles"
+    assert cfg.cluster.watch_interval == 30.0
+    off = full_text(**{"watch_interval = 30": "watch_interval = 0"})
+    assert parse_config(off).cluster.watch_interval == 0.0
+    assert (
+        parse_config(
+            full_text(**{"watch_interval = 30": "watch_interval = 2.5"})
+        ).cluster.watch_interval
+        == 2.5
+    )
 
 
 def test_http_listens_on_the_cluster_address_unless_told_otherwise() -> None:
