@@ -34,6 +34,7 @@
     │   │                            models/hf.py: a Hugging Face folder refused)
     │   └── ModelNotFound (models/store.py)  no model of that name in the store
     ├── ClusterError (clusters/spec.py)  a cluster refused (the member or rule at fault)
+    │   └── RollRefused (+Refused, clusters/roll.py)  a rolling upgrade that cannot start
     ├── UnsafeValue (names.py)       a name or value that may not reach a unit, a shell
     │                                line, a firewall rule or a boot script
     ├── RayOutputError (smoke/ray.py)  Ray gave no node list

@@ -38,6 +38,7 @@ class EventKind(StrEnum):
     CONVERGE = "converge"  # its cluster brought back after a reboot (clusters/converge.py)
     RECOVER = "recover"  # an engine's recovery step on it (a worker back, the head restarted)
     WATCH = "watch"  # the watchdog found one of its units down (clusters/watchdog.py)
+    ROLL = "roll"  # a rolling image upgrade rebooted it, saw it back, or stopped on it
 
 
 class LeaseKind(StrEnum):

@@ -266,23 +266,70 @@ class Registry:
 
     # ------------------------------------------------------------------ profile images
 
-    def set_profile_image(self, profile: str, image: str | None) -> None:
-        """The image ``profile``'s nodes boot (``name`` or ``name@version``); None: default."""
+    def set_profile_image(
+        self, profile: str, image: str | None, *, previous: str | None = None
+    ) -> None:
+        """The image ``profile``'s nodes boot (``name`` or ``name@version``); None: default.
+
+        The image it replaces is kept as the profile's ``previous`` (what ``image use
+        --rollback`` returns to); ``previous`` names it instead when the caller knows
+        better (a roll that resolved the profile's default to a version)."""
         with self._tx() as db:
+            row = db.execute(
+                "SELECT image FROM profile_images WHERE profile = ?", (profile,)
+            ).fetchone()
+            before = previous or (row["image"] if row else None)
+            if row is not None and before == image:  # the same again: keep the one before
+                before = db.execute(
+                    "SELECT previous FROM profile_images WHERE profile = ?", (profile,)
+                ).fetchone()["previous"]
             if image is None:
                 db.execute("DELETE FROM profile_images WHERE profile = ?", (profile,))
             else:
                 db.execute(
-                    "INSERT INTO profile_images(profile, image, updated) VALUES (?, ?, ?)"
-                    " ON CONFLICT(profile) DO UPDATE SET image = excluded.image,"
-                    " updated = excluded.updated",
-                    (profile, image, time.time()),
+                    "INSERT INTO profile_images(profile, image, updated, previous)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT(profile) DO UPDATE SET"
+                    " image = excluded.image, updated = excluded.updated,"
+                    " previous = excluded.previous",
+                    (profile, image, time.time(), before if before != image else None),
                 )
 
     def profile_images(self) -> dict[str, str]:
         with self._lock:
             rows = self._db.execute("SELECT profile, image FROM profile_images").fetchall()
         return {r["profile"]: r["image"] for r in rows}
+
+    def previous_profile_image(self, profile: str) -> str | None:
+        """The image ``profile`` booted before its last ``image use`` (None: not known)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT previous FROM profile_images WHERE profile = ?", (profile,)
+            ).fetchone()
+        return str(row["previous"]) if row and row["previous"] else None
+
+    # ------------------------------------------------------------------ node image pins
+
+    def pin_image(self, mac: str, image: str | None) -> None:
+        """Boot ``mac`` from ``image`` (name@version) whatever its profile's image is, until
+        unpinned (None): how a rolling upgrade moves one node at a time."""
+        with self._tx() as db:
+            if image is None:
+                db.execute("DELETE FROM node_images WHERE mac = ?", (mac,))
+            elif db.execute("SELECT 1 FROM nodes WHERE mac = ?", (mac,)).fetchone() is None:
+                raise RegistryError(f"no node with MAC {mac}")
+            else:
+                db.execute(
+                    "INSERT INTO node_images(mac, image, updated) VALUES (?, ?, ?)"
+                    " ON CONFLICT(mac) DO UPDATE SET image = excluded.image,"
+                    " updated = excluded.updated",
+                    (mac, image, time.time()),
+                )
+
+    def image_pins(self) -> dict[str, str]:
+        """MAC -> the image it is pinned to (only the pinned nodes)."""
+        with self._lock:
+            rows = self._db.execute("SELECT mac, image FROM node_images").fetchall()
+        return {r["mac"]: r["image"] for r in rows}
 
     # ------------------------------------------------------------------ clusters
 
@@ -359,6 +406,7 @@ class Registry:
             db.execute("DELETE FROM nodes WHERE mac = ?", (mac,))
             db.execute("DELETE FROM inventories WHERE mac = ?", (mac,))
             db.execute("DELETE FROM power WHERE mac = ?", (mac,))
+            db.execute("DELETE FROM node_images WHERE mac = ?", (mac,))
             db.execute("DELETE FROM events WHERE mac = ?", (mac,))
             db.execute("DELETE FROM leases WHERE mac = ? AND kind != ?", (mac, "declined"))
             db.execute("DELETE FROM boot_tokens WHERE mac = ?", (mac,))

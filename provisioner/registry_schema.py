@@ -126,6 +126,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         "index nodes.dhcp_ip: node_by_ip (each TFTP transfer, proxy mode) without a table scan",
         "CREATE INDEX IF NOT EXISTS nodes_dhcp_ip ON nodes(dhcp_ip);",
     ),
+    Migration(
+        4,
+        "rolling image upgrades: node_images (a node pinned to a version while a roll moves"
+        " it) and profile_images.previous (the version `image use --rollback` returns to)",
+        """CREATE TABLE IF NOT EXISTS node_images (
+    mac TEXT PRIMARY KEY,
+    image TEXT NOT NULL,        -- name@version: boots this, whatever its profile's image
+    updated REAL NOT NULL
+);""",
+        (("profile_images", "previous", "TEXT"),),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version  # the newest schema this provisioner knows

@@ -50,6 +50,7 @@ changing the table, paste ``python -m provisioner.states`` here)::
                  --boot-local-->      local
                  --boot-network-->    enrolled
     failed       --inventory-->       discovered
+                 --enroll-->          enrolled
                  --installed-->       enrolled
                  --smoke-pass-->      serving
                  --smoke-degraded-->  degraded
@@ -60,7 +61,8 @@ inventory is then fingerprinted against the profiles at once (``matched`` with a
 or ``unmatched``). Profiles reloaded re-fingerprint every node: those not enrolled yet
 move, the others keep their state.
 ``forget`` from any state returns it to ``new`` (it is rediscovered at its next boot); a
-``failed`` node's next good boot (an inventory) repairs it.
+``failed`` node's next good boot (an inventory) repairs it; ``enroll`` gives a failed
+node its profile's image again (what a rolling upgrade does before rebooting one).
 
 ``serving`` and ``degraded`` are enrolled nodes whose cluster's smoke test passed (or
 passed below a floor); post-install's success is ``installed`` (it repairs a node that
@@ -149,6 +151,8 @@ TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
     (S.ENROLLED, E.BOOT_LOCAL): S.LOCAL,
     (S.LOCAL, E.BOOT_LOCAL): S.LOCAL,
     (S.LOCAL, E.BOOT_NETWORK): S.ENROLLED,
+    # a rolling upgrade (or its rollback) takes a failed member back onto an image
+    (S.FAILED, E.ENROLL): S.ENROLLED,
     (S.ENROLLING, E.INVENTORY): S.ENROLLING,
     (S.ENROLLING, E.MATCH): S.ENROLLED,
     (S.ENROLLING, E.NO_MATCH): S.UNMATCHED,

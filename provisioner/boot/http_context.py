@@ -64,6 +64,7 @@ class AppContext:
             profile.image if profile else None,
             self.registry.profile_images(),
             self.config.boot.image,
+            self.registry.image_pins().get(node.mac),
         )
         return boot_spec(
             node,

@@ -8,6 +8,7 @@ other is the discovery initramfs.
 from __future__ import annotations
 
 import argparse
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,12 @@ from provisioner.cli.common import (
     stamped,
     table,
 )
+from provisioner.clusters.roll import BACK_TIMEOUT_S, Roll
+from provisioner.clusters.rolling import prepare, reboot_node
+from provisioner.clusters.site import Site
 from provisioner.config import Config
 from provisioner.data import IMAGES
-from provisioner.errors import NotFound
+from provisioner.errors import NotFound, UsageError
 from provisioner.image import guardrails
 from provisioner.image.discovery import build_discovery, default_cache
 from provisioner.image.rootfs import build_rootfs
@@ -126,6 +130,10 @@ def cmd_image_show(args: argparse.Namespace) -> int:
 
 def cmd_image_use(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
+    if args.rolling or args.rollback:
+        return _roll(cfg, args)
+    if args.image is None:
+        raise UsageError("give the image (name or name@version), or --rollback")
     ref = ImageRef.parse(args.image)
     profiles = load_profiles(cfg.cluster.profiles_dir)
     if args.profile not in profiles:
@@ -161,6 +169,52 @@ def cmd_image_remove(args: argparse.Namespace) -> int:
     else:
         print(f"removed {', '.join(removed)}")
     return 0
+
+
+def _roll(cfg: Config, args: argparse.Namespace) -> int:
+    """``image use ... --rolling`` / ``--rollback``: one node at a time, each back serving
+    before the next (provisioner.clusters.roll); 1 when the roll stopped at a node."""
+    if args.rollback and args.image is not None:
+        raise UsageError("--rollback takes no image: it returns to the one the profile had")
+    if not args.rollback and args.image is None:
+        raise UsageError("give the image to roll to (name or name@version)")
+    site = Site.open(cfg, open_registry(cfg))
+    store = ImageStore(cfg.image_dir)
+    profile = site.profiles.get(args.profile)
+    now = image_for(
+        args.profile,
+        profile.image if profile else None,
+        site.registry.profile_images(),
+        cfg.boot.image,
+    )
+    found = store.find(now)
+    current = found.ref if found else None
+    plan = prepare(site, args.profile, args.image, current=current, rollback=args.rollback)
+    say = (lambda line: None) if args.json else stamped
+    what = "rollback" if args.rollback else "roll"
+    order = ", ".join(s.name for s in plan.steps) or "none"
+    say(f"{what} of {args.profile} to {plan.target}: {len(plan.steps)} node(s) ({order})")
+    roll = Roll(
+        site.registry,
+        lambda node: reboot_node(site, node),
+        timeout=args.timeout,
+        progress=say,
+    )
+    report = roll.run(plan)
+    if args.json:
+        print_json(report.as_dict())
+    elif report.ok:
+        kept = f"; already there: {', '.join(plan.already)}" if plan.already else ""
+        print(f"{args.profile} boots {plan.target}: {len(report.done)} node(s) moved{kept}")
+    else:
+        failed = report.done[-1]
+        print(
+            f"{what} stopped at {failed.node}: {failed.error}; "
+            f"not moved: {', '.join(report.left) or 'none'} "
+            f"(provisioner image use --profile {args.profile} --rollback)",
+            file=sys.stderr,
+        )
+    return 0 if report.ok else 1
 
 
 # ------------------------------------------------------------------ helpers
@@ -203,12 +257,19 @@ def _planned(cfg: Config, registry: Registry, store: ImageStore) -> dict[str, st
     except Exception:  # a broken profile set must not hide which nodes use an image
         profiles = None
     chosen = registry.profile_images()
+    pins = registry.image_pins()
     planned: dict[str, str | None] = {}
     for node in registry.nodes():
         profile = profiles.get(node.profile) if profiles and node.profile else None
         wanted = wanted_image(
             node,
-            image_for(node.profile, profile.image if profile else None, chosen, cfg.boot.image),
+            image_for(
+                node.profile,
+                profile.image if profile else None,
+                chosen,
+                cfg.boot.image,
+                pins.get(node.mac),
+            ),
         )
         found = store.find(wanted) if wanted else None
         planned[node.hostname or node.mac] = found.ref if found else None
@@ -232,8 +293,30 @@ def add_image_commands(sub: Any) -> None:
     use = add_command(
         image_sub, "use", cmd_image_use, "the image a profile's nodes boot from now on"
     )
-    use.add_argument("image", help="name (follows its newest version) or name@version (pinned)")
+    use.add_argument(
+        "image",
+        nargs="?",
+        help="name (follows its newest version) or name@version (pinned); none with --rollback",
+    )
     use.add_argument("--profile", required=True, help="a profile in hwprofiles/")
+    use.add_argument(
+        "--rolling",
+        action="store_true",
+        help="reboot the profile's nodes onto it now, one at a time, each back serving "
+        "(its cluster's smoke passed) before the next; stops at the first that is not",
+    )
+    use.add_argument(
+        "--rollback",
+        action="store_true",
+        help="roll back the same way: after a stopped roll, to the profile's image; "
+        "else to the image it booted before its last `image use`",
+    )
+    use.add_argument(
+        "--timeout",
+        type=float,
+        default=BACK_TIMEOUT_S,
+        help="seconds a node may take to come back (boot, convergence, smoke)",
+    )
     remove = add_command(
         image_sub, "remove", cmd_image_remove, "delete a version (refused while nodes use it)"
     )

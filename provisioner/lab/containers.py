@@ -60,13 +60,16 @@ Errors: :class:`ContainerError`, a :class:`~provisioner.lab.netns.LabError`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +77,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from provisioner.image import ImageError
+from provisioner.image.store import ImageStore
 from provisioner.lab.netns import (
     BRIDGE,
     CommandError,
@@ -110,7 +115,6 @@ CONTAINER_STEPS = ("script", "keys", "ready")
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 Progress = Callable[[str], None]
-ScriptFor = Callable[[str], str]
 
 
 class ContainerError(LabError):
@@ -190,6 +194,21 @@ def parse_boot_script(script: str) -> BootArgs:
         return args
     first = next((ln for ln in script.splitlines() if ln.startswith("# ")), script[:80])
     raise ContainerError(f"boot script has no kernel line to take arguments from: {first}")
+
+
+_IMAGE_IN_URL = re.compile(r"/images/([^/?#\s]+)/")
+
+
+def image_of_script(script: str) -> str | None:
+    """The image (``name@version``) whose kernel a boot script's kernel line fetches: the
+    root a container node boots, as a VM's initramfs fetches that image's squashfs."""
+    for line in script.splitlines():
+        words = line.split()
+        if len(words) > 1 and words[0] == "kernel":  # its first word not an option: the URL
+            url = next((w for w in words[1:] if not w.startswith("--")), "")
+            found = _IMAGE_IN_URL.search(url)
+            return found.group(1) if found else None
+    return None
 
 
 def rootfs_dir(cache: Path, squashfs_sha256: str) -> Path:
@@ -295,7 +314,7 @@ class Started:
     name: str
     mac: str
     netns: str
-    pid: int  # systemd-nspawn's
+    pid: int  # its boot loop's (container_boot), which runs systemd-nspawn
     cgroups: tuple[str, ...]  # made by hand (empty under a systemd scope)
     console: str  # the container's console output
     started_at: float  # time.time() when nspawn was started
@@ -358,6 +377,18 @@ def unpack_root(image: Path, cache: Path, progress: Progress) -> Path:
     target = rootfs_dir(cache, expected)
     if (target / READY_MARK).exists():
         return target
+    cache.mkdir(parents=True, exist_ok=True)
+    # One unpack per root, whoever asks: nodes start in threads, and several boot loops
+    # (processes) may reboot onto a new image at once. flock serializes both.
+    with open(cache / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / READY_MARK).exists():
+            return target
+        return _unpack(image, expected, target, progress)
+
+
+def _unpack(image: Path, expected: str, target: Path, progress: Progress) -> Path:
+    cache = target.parent
     squashfs = image / "root.squashfs"
     if not squashfs.is_file():
         raise ContainerError(f"{squashfs} is missing")
@@ -367,7 +398,6 @@ def unpack_root(image: Path, cache: Path, progress: Progress) -> Path:
     actual = _sha256(squashfs)
     if actual != expected:
         raise ContainerError(f"{squashfs}: sha256 {actual}, the manifest says {expected}")
-    cache.mkdir(parents=True, exist_ok=True)
     work = cache / f".{target.name}.{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(target, ignore_errors=True)
@@ -421,11 +451,66 @@ def _plug(prefix: str, switch: Namespace, spec: ContainerSpec) -> None:
         raise
 
 
+@dataclass(frozen=True)
+class Booter:
+    """What a container node's "firmware" needs at each boot: where to fetch its boot
+    script (the appliance's namespace and URL) and the images its scripts name (the
+    store, unpacked once per squashfs into ``cache``). A script that names an image
+    without a root (discovery: an initramfs a container cannot run) boots ``fallback``
+    instead, the lab's image, whose agent reports the same way."""
+
+    prov: str  # the appliance's namespace
+    base_url: str
+    store: Path  # the image store
+    cache: Path  # unpacked roots
+    fallback: str  # the lab's image (name or name@version)
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> Booter:
+        return cls(
+            data["prov"], data["base_url"], Path(data["store"]), Path(data["cache"]),
+            data["fallback"],
+        )  # fmt: skip
+
+    def boot(self, mac: str, progress: Progress) -> tuple[Path, BootArgs]:
+        """A fresh boot script for ``mac``: the root of the image it names, its arguments."""
+        script = fetch_script(Namespace(self.prov), self.base_url, mac)
+        args = parse_boot_script(script)
+        ref = image_of_script(script)
+        if ref is None:
+            raise ContainerError(f"{mac}: its boot script names no image to boot")
+        store = ImageStore(self.store)
+        try:
+            image = store.get(ref)
+            if image.squashfs is None:
+                image = store.get(self.fallback)
+        except ImageError as exc:
+            raise ContainerError(f"{mac}: {exc}") from exc
+        return unpack_root(image.path, self.cache, progress), args
+
+
 def _launch(
-    prefix: str, spec: ContainerSpec, rootfs: Path, args: BootArgs, workdir: Path
+    prefix: str,
+    spec: ContainerSpec,
+    booter: Booter,
+    first: tuple[Path, BootArgs],
+    workdir: Path,
 ) -> Started:
+    """Start the node's boot loop (:mod:`provisioner.lab.container_boot`) on its first
+    boot's root and arguments, in the node's cgroups (or a scope)."""
     name = spec.netns(prefix)
-    argv = nspawn_argv(spec, rootfs, NETNS_DIR / name, args)
+    rootfs, args = first
+    plan = {
+        "spec": asdict(spec),
+        "netns": str(NETNS_DIR / name),
+        "booter": booter.as_dict(),
+        "root": str(rootfs),
+        "words": list(args.words),
+    }
+    argv = [sys.executable, "-m", "provisioner.lab.container_boot", json.dumps(plan)]
     cgroups: list[Path] = []
     if SYSTEMD_BOOTED.is_dir():
         argv = scope_argv(f"{name}.scope", argv)
@@ -435,7 +520,7 @@ def _launch(
             path.mkdir(exist_ok=True)
         argv = in_cgroups_argv(cgroups, argv)
     console = workdir / f"{spec.name}.console.log"
-    with open(console, "wb") as out:
+    with open(console, "ab") as out:
         try:
             proc = subprocess.Popen(
                 argv,
@@ -463,29 +548,29 @@ def start_containers(
     prefix: str,
     switch: Namespace,
     nodes: Sequence[ContainerSpec],
-    rootfs: Path,
-    script_for: ScriptFor,
+    booter: Booter,
     progress: Progress,
     workdir: Path,
 ) -> list[Started]:
-    """Start ``nodes`` on the lab bridge, booting ``rootfs``; return them as started.
+    """Start ``nodes`` on the lab bridge; return them as started.
 
-    For each node: its namespace and veth, then ``script_for(mac)`` (the boot script,
-    fetched from the appliance) and ``systemd-nspawn``. The caller records the result
+    For each node: its namespace and veth, then its boot script (fetched from the
+    appliance), the root of the image it names and its boot loop (``systemd-nspawn``
+    again at each reboot, on a fresh script). The caller records the result
     (``Started.as_dict``); on an error, what was started so far is stopped again.
     """
     if shutil.which(NSPAWN) is None:
         raise ContainerError(f"{NSPAWN} is missing: apt-get install systemd-container")
-    if not (rootfs / "usr" / "lib" / "systemd" / "systemd").exists():
-        raise ContainerError(f"{rootfs} is not a root with systemd")
     workdir.mkdir(parents=True, exist_ok=True)
     raise_inotify_limit(len(nodes))
 
     def start_one(spec: ContainerSpec) -> Started:
         _plug(prefix, switch, spec)
         try:
-            args = parse_boot_script(script_for(spec.mac))
-            node = _launch(prefix, spec, rootfs, args, workdir)
+            rootfs, args = booter.boot(spec.mac, progress)
+            if not (rootfs / "usr" / "lib" / "systemd" / "systemd").exists():
+                raise ContainerError(f"{rootfs} is not a root with systemd")
+            node = _launch(prefix, spec, booter, (rootfs, args), workdir)
         except BaseException:
             _run(["ip", "netns", "delete", spec.netns(prefix)], check=False)
             raise

@@ -397,17 +397,8 @@ def _containers_up(
               progress=lambda line: None, power_cycle=False)  # fmt: skip
     finally:
         registry.close()
-    image = ImageStore(state_dir / "images").get(lab.image)
-    root = containers.unpack_root(image.path, directory / "rootfs", progress)
-    base = f"http://{SERVER}:{HTTP_PORT}"
     started = containers.start_containers(
-        lab.prefix,
-        net.switch,
-        specs,
-        root,
-        lambda mac: containers.fetch_script(net.host("prov"), base, mac),
-        progress,
-        directory / "containers",
+        lab.prefix, net.switch, specs, _booter(lab), progress, directory / "containers"
     )
     lab.containers = [s.as_dict() for s in started]
     by_mac = {s.mac: s for s in started}
@@ -415,6 +406,18 @@ def _containers_up(
         node.pid = by_mac[node.mac].pid
         node.powered_on = by_mac[node.mac].started_at
     lab.save()
+
+
+def _booter(lab: LabState) -> containers.Booter:
+    """How the lab's container nodes boot: each start and reboot fetches its boot script
+    from the appliance and unpacks the image that script names (once per squashfs)."""
+    return containers.Booter(
+        f"{lab.prefix}-prov",
+        f"http://{SERVER}:{HTTP_PORT}",
+        lab.state_dir / "images",
+        Path(lab.directory) / "rootfs",
+        lab.image or "",
+    )
 
 
 def _enroll(lab: LabState, progress: Progress) -> None:
@@ -582,15 +585,9 @@ def reboot(directory: Path, names: Sequence[str], progress: Progress) -> list[st
     for node in chosen:  # its namespace is gone, but the kernel frees the veth lazily
         switch.run(["ip", "link", "del", node.tap], check=False)
     specs = [s for s in containers.container_specs(len(lab.nodes)) if s.name in names]
-    image = ImageStore(lab.state_dir / "images").get(lab.image or "")
-    root = containers.unpack_root(image.path, directory / "rootfs", progress)
-    prov = Namespace(f"{lab.prefix}-prov")
-    base = f"http://{SERVER}:{HTTP_PORT}"
     started = containers.start_containers(
-        lab.prefix, switch, specs, root,
-        lambda mac: containers.fetch_script(prov, base, mac), progress,
-        directory / "containers",
-    )  # fmt: skip
+        lab.prefix, switch, specs, _booter(lab), progress, directory / "containers"
+    )
     for one in started:
         running[one.name] = one
         by_name[one.name].pid = one.pid

@@ -3,12 +3,17 @@ once (`lab reboot`, the lab's power button), comes back to `serving` with no com
 typed: serve sees each member report from its image, waits for the others, re-runs the
 cluster's post-install, restarts the head after its workers' RPC servers are active
 again, and runs smoke. Then one worker alone; then one worker's RPC server stopped (the
-watchdog); then a paused cluster is left as it comes.
+watchdog); then a rolling upgrade to a new image version (one member down at a time), a
+broken version that stops the roll at its first node, and its rollback; then a paused
+cluster is left as it comes.
 Prints the time from power-on to serving (the bench figure of the day-two issue)."""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -17,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from provisioner.image.store import ImageStore
+from provisioner.lab.containers import unpack_root
 from tests.e2e.conftest import BuiltRootfs, node_json, run_cli
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror, pytest.mark.llama]
@@ -61,6 +68,58 @@ def wait_serving(lab_dir: Path, since: float, timeout: float = 900) -> float:
         assert not failed, failed
         time.sleep(2)
     raise AssertionError(f"not serving after {timeout} s: {states}")
+
+
+def new_version(lab_dir: Path, change: str) -> str:
+    """A new version of the lab's image: @1's kernel and initrd, its root changed by the
+    shell command ``change`` (run in a copy of the unpacked root), squashed again and
+    published in the lab's store. Its ref (name@version)."""
+    store = ImageStore(lab_dir / "state" / "images")
+    base = store.get("debian-bookworm@1")
+    root = unpack_root(base.path, lab_dir / "rootfs", lambda line: None)  # the lab's, once
+    work = lab_dir / "variant-root"
+    shutil.rmtree(work, ignore_errors=True)
+    subprocess.run(["cp", "-a", f"{root}/.", str(work)], check=True)
+    subprocess.run(["sh", "-ec", change], cwd=work, check=True)
+    staging = store.staging("debian-bookworm")
+    for name in ("vmlinuz", "initrd"):
+        os.link(base.path / name, staging / name)
+    squashfs = staging / "root.squashfs"
+    subprocess.run(["mksquashfs", str(work), str(squashfs), "-comp", "lz4", "-noappend",
+                    "-quiet", "-no-progress", "-e", ".unpacked"], check=True)  # fmt: skip
+    shutil.rmtree(work)
+    manifest = dict(base.manifest)
+    digest = hashlib.sha256(squashfs.read_bytes()).hexdigest()
+    manifest["squashfs"] = {
+        **manifest["squashfs"], "size": squashfs.stat().st_size, "sha256": digest
+    }  # fmt: skip
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    image, new = store.publish(staging, "debian-bookworm")
+    assert new
+    return image.ref
+
+
+def roll(config: str, status: int, *args: str) -> dict[str, Any]:
+    """``image use ARGS --json`` (a roll); its report, once its exit status is ``status``."""
+    done = run_cli("--config", config, "image", "use", *args, "--json")
+    assert done.returncode == status, done.stderr[-6000:]
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def one_down_at_a_time(lab_dir: Path, since: float) -> int:
+    """From the timelines: each member's roll reboot .. back window; no two overlap and
+    each member's fresh report lies in its own. The most members down at once (1)."""
+    windows = []
+    for name in NODES:
+        events = [e for e in node_json(lab_dir, name)["timeline"] if e["ts"] > since]
+        rolls = {e["detail"]["step"]: e["ts"] for e in events if e["kind"] == "roll"}
+        reports = [e["ts"] for e in events if e["kind"] == "inventory"]
+        assert reports and all(rolls["reboot"] < t < rolls["back"] for t in reports), events
+        windows.append((rolls["reboot"], rolls["back"]))
+    windows.sort()
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(windows)), windows
+    return max(sum(1 for lo, hi in windows if lo <= t <= hi) for t, _ in windows)
 
 
 def test_a_cluster_power_cycled_at_once_comes_back_serving_by_itself(
@@ -142,7 +201,39 @@ def test_a_cluster_power_cycled_at_once_comes_back_serving_by_itself(
     assert restart["detail"]["what"] == "llama-server.service restarted after ctr3 came back"
     assert watch["ts"] < back["ts"] < restart["ts"]
 
-    # 4. Paused: a member back from a reboot is left as it comes.
+    # 4. Rolling upgrade to @2: one member at a time (workers, then the head), each back
+    # serving before the next goes down; then a broken @3 stops at its first node, and
+    # --rollback takes that node back to @2.
+    profile = node_json(lab_dir, "ctr1")["profile"]
+    v2 = new_version(lab_dir, "echo 2 > etc/provisioner-lab-variant")
+    since = time.time()
+    report = roll(config, 0, v2, "--profile", profile, "--rolling")
+    assert [n["node"] for n in report["nodes"]] == ["ctr2", "ctr3", "ctr1"], report
+    assert all(n["ok"] and n["how"] == "systemctl reboot over SSH" for n in report["nodes"])
+    roll_s = [n["seconds"] for n in report["nodes"]]
+    down = one_down_at_a_time(lab_dir, since)
+    for name in NODES:
+        assert node_json(lab_dir, name)["image"] == v2
+        assert node_json(lab_dir, name)["state"] == "serving"
+        assert ssh_node(lab_dir, name, "cat /etc/provisioner-lab-variant").stdout == "2\n"
+    shown = run_cli("--config", config, "image", "show", v2, "--json")
+    assert shown.returncode == 0 and set(json.loads(shown.stdout)["nodes"]) == set(NODES)
+
+    v3 = new_version(lab_dir, "rm usr/sbin/nft")  # post-install's firewall step fails
+    stopped = roll(config, 1, v3, "--profile", profile, "--rolling")
+    [first] = stopped["nodes"]
+    assert first["node"] == "ctr2" and not first["ok"], stopped
+    assert stopped["left"] == ["ctr3", "ctr1"]
+    assert node_json(lab_dir, "ctr2")["state"] == "failed"
+    assert [node_json(lab_dir, n)["image"] for n in ("ctr3", "ctr1")] == [v2, v2]
+    back = roll(config, 0, "--profile", profile, "--rollback")
+    assert [(n["node"], n["ok"]) for n in back["nodes"]] == [("ctr2", True)]
+    for name in NODES:
+        assert node_json(lab_dir, name)["image"] == v2
+        assert node_json(lab_dir, name)["state"] == "serving"
+    assert run_cli("--config", config, "smoke", "smol", "--no-restart").returncode == 0
+
+    # 5. Paused: a member back from a reboot is left as it comes.
     assert run_cli("--config", config, "cluster", "pause", "smol").returncode == 0
     since = time.time()
     assert run_cli("lab", "reboot", "--dir", str(lab_dir), "ctr3").returncode == 0
@@ -161,5 +252,7 @@ def test_a_cluster_power_cycled_at_once_comes_back_serving_by_itself(
         f"day two, 3-node llama.cpp RPC cluster in containers: first post-install + smoke "
         f"{first_s:.1f} s; power-on to serving after all three rebooted {all_s:.1f} s, "
         f"after one worker {worker_s:.1f} s (cold: no disk cache, the model copied again); "
-        f"a worker's RPC server stopped to serving again {unit_s:.1f} s (watchdog every 30 s)"
+        f"a worker's RPC server stopped to serving again {unit_s:.1f} s (watchdog every 30 s); "
+        f"rolling upgrade @1 -> @2, reboot to serving per member (ctr2, ctr3, ctr1) "
+        f"{', '.join(f'{s:.1f}' for s in roll_s)} s, at most {down} member down at a time"
     )

@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 
 from provisioner.lab.containers import (
+    Booter,
     ContainerSpec,
     Started,
     container_specs,
-    fetch_script,
     start_containers,
     stop_containers,
     unpack_root,
@@ -90,8 +90,13 @@ class Lab:
             self.prefix,
             self.switch,
             specs,
-            self.root,
-            lambda mac: fetch_script(self.prov, BASE, mac),
+            Booter(
+                self.prov.name,
+                BASE,
+                self.directory / "state" / "images",
+                self.root.parent,
+                "debian-bookworm",
+            ),
             self.messages.append,
             self.directory / "containers",
         )

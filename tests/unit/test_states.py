@@ -35,6 +35,7 @@ S, E = NodeState, NodeEvent
         (S.NEW, E.POWER_CYCLE, S.ENROLLING),
         (S.ENROLLED, E.POWER_CYCLE, S.ENROLLING),
         (S.FAILED, E.POWER_CYCLE, S.ENROLLING),
+        (S.FAILED, E.ENROLL, S.ENROLLED),  # a roll (or `node enroll`) puts it back on its image
         (S.ENROLLING, E.POWER_CYCLE, S.ENROLLING),
         (S.ENROLLING, E.INVENTORY, S.ENROLLING),
         (S.ENROLLING, E.MATCH, S.ENROLLED),
@@ -51,7 +52,6 @@ def test_allowed_moves(state: NodeState, event: NodeEvent, expected: NodeState) 
     [
         (S.NEW, E.ENROLL),  # no inventory, no profile: cannot enrol
         (S.NEW, E.BOOT_LOCAL),
-        (S.FAILED, E.ENROLL),
         (S.DISCOVERED, E.BOOT_NETWORK),
         (S.ENROLLING, E.BOOT_LOCAL),
     ],
