@@ -35,6 +35,7 @@
     │   └── ModelNotFound (models/store.py)  no model of that name in the store
     ├── ClusterError (clusters/spec.py)  a cluster refused (the member or rule at fault)
     │   └── RollRefused (+Refused, clusters/roll.py)  a rolling upgrade that cannot start
+    ├── DiskRefused (+Refused, clusters/cache_disk.py)  a disk not made a node's cache
     ├── UnsafeValue (names.py)       a name or value that may not reach a unit, a shell
     │                                line, a firewall rule or a boot script
     ├── RayOutputError (smoke/ray.py)  Ray gave no node list

@@ -39,6 +39,7 @@ class EventKind(StrEnum):
     RECOVER = "recover"  # an engine's recovery step on it (a worker back, the head restarted)
     WATCH = "watch"  # the watchdog found one of its units down (clusters/watchdog.py)
     ROLL = "roll"  # a rolling image upgrade rebooted it, saw it back, or stopped on it
+    DISK = "disk"  # `node disk init`: its cache disk formatted, mounted, or refused
 
 
 class LeaseKind(StrEnum):

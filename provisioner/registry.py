@@ -312,18 +312,34 @@ class Registry:
     def pin_image(self, mac: str, image: str | None) -> None:
         """Boot ``mac`` from ``image`` (name@version) whatever its profile's image is, until
         unpinned (None): how a rolling upgrade moves one node at a time."""
+        self._set_node_row("node_images", "image", "updated", mac, image)
+
+    def set_cache_disk(self, mac: str, device: str | None) -> None:
+        """The disk ``node disk init`` made the node's cache (None: it has none)."""
+        self._set_node_row("node_disks", "device", "formatted", mac, device)
+
+    def _set_node_row(
+        self, table: str, column: str, stamp: str, mac: str, value: str | None
+    ) -> None:
+        """One value per node in ``table`` (its key: mac), with the time it was set in
+        ``stamp``; None deletes the row. Names are this module's constants, never input."""
         with self._tx() as db:
-            if image is None:
-                db.execute("DELETE FROM node_images WHERE mac = ?", (mac,))
+            if value is None:
+                db.execute(f"DELETE FROM {table} WHERE mac = ?", (mac,))
             elif db.execute("SELECT 1 FROM nodes WHERE mac = ?", (mac,)).fetchone() is None:
                 raise RegistryError(f"no node with MAC {mac}")
             else:
                 db.execute(
-                    "INSERT INTO node_images(mac, image, updated) VALUES (?, ?, ?)"
-                    " ON CONFLICT(mac) DO UPDATE SET image = excluded.image,"
-                    " updated = excluded.updated",
-                    (mac, image, time.time()),
+                    f"INSERT INTO {table}(mac, {column}, {stamp}) VALUES (?, ?, ?)"
+                    f" ON CONFLICT(mac) DO UPDATE SET {column} = excluded.{column},"
+                    f" {stamp} = excluded.{stamp}",
+                    (mac, value, time.time()),
                 )
+
+    def cache_disk(self, mac: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT device FROM node_disks WHERE mac = ?", (mac,)).fetchone()
+        return str(row["device"]) if row else None
 
     def image_pins(self) -> dict[str, str]:
         """MAC -> the image it is pinned to (only the pinned nodes)."""
@@ -407,6 +423,7 @@ class Registry:
             db.execute("DELETE FROM inventories WHERE mac = ?", (mac,))
             db.execute("DELETE FROM power WHERE mac = ?", (mac,))
             db.execute("DELETE FROM node_images WHERE mac = ?", (mac,))
+            db.execute("DELETE FROM node_disks WHERE mac = ?", (mac,))
             db.execute("DELETE FROM events WHERE mac = ?", (mac,))
             db.execute("DELETE FROM leases WHERE mac = ? AND kind != ?", (mac, "declined"))
             db.execute("DELETE FROM boot_tokens WHERE mac = ?", (mac,))
@@ -650,18 +667,7 @@ class Registry:
 
         if url is not None and "://" in url and urlsplit(url).password is not None:
             raise RegistryError("a power URL with a password is refused: use credentials")
-        with self._tx() as db:
-            if url is None:
-                db.execute("DELETE FROM power WHERE mac = ?", (mac,))
-            elif db.execute("SELECT 1 FROM nodes WHERE mac = ?", (mac,)).fetchone() is None:
-                raise RegistryError(f"no node with MAC {mac}")
-            else:
-                db.execute(
-                    "INSERT INTO power(mac, url, updated) VALUES (?, ?, ?)"
-                    " ON CONFLICT(mac) DO UPDATE SET url = excluded.url,"
-                    " updated = excluded.updated",
-                    (mac, url, time.time()),
-                )
+        self._set_node_row("power", "url", "updated", mac, url)
 
     def power(self, mac: str) -> str | None:
         """The node's power URL, or None when it has none."""

@@ -128,12 +128,18 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
-        "rolling image upgrades: node_images (a node pinned to a version while a roll moves"
-        " it) and profile_images.previous (the version `image use --rollback` returns to)",
+        "day two: node_images (a node pinned to a version while a roll moves it),"
+        " profile_images.previous (the version `image use --rollback` returns to) and"
+        " node_disks (the disk `node disk init` made a node's cache)",
         """CREATE TABLE IF NOT EXISTS node_images (
     mac TEXT PRIMARY KEY,
     image TEXT NOT NULL,        -- name@version: boots this, whatever its profile's image
     updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS node_disks (
+    mac TEXT PRIMARY KEY,
+    device TEXT NOT NULL,       -- /dev/disk/by-id/... or by-path/...: never sda
+    formatted REAL NOT NULL
 );""",
         (("profile_images", "previous", "TEXT"),),
     ),

@@ -212,6 +212,23 @@ def cmd_node_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_disk_init(args: argparse.Namespace) -> int:
+    """Make a disk of the node its cache (provisioner.clusters.cache_disk): formatted only
+    when blank and with --yes, a disk it did not make refused (4), nothing written."""
+    from provisioner.clusters.cache_disk import init_cache_disk
+    from provisioner.clusters.site import Site
+
+    cfg = load_cfg(args)
+    reg = open_registry(cfg)
+    node = lifecycle.find(reg, args.node)
+    done = init_cache_disk(Site.open(cfg, reg), node, args.device, yes=args.yes)
+    if args.json:
+        print_json(done.as_dict())
+    else:
+        print(f"{done.node}: {done.device} ({done.what}): {done.action}; its cache is on it")
+    return 0
+
+
 def add_node_commands(sub: Any) -> Any:
     """Mount ``node ...``; returns its subparsers (``node add`` is mounted by .power)."""
     node = sub.add_parser("node", help="nodes in the registry")
@@ -247,4 +264,17 @@ def add_node_commands(sub: Any) -> Any:
     )  # fmt: skip
     remove.add_argument("node", metavar="NODE", help="MAC or hostname")
     remove.add_argument("--yes", action="store_true", help="do not ask")
+    disk = node_sub.add_parser("disk", help="a node's own disk as its cache")
+    disk_sub = disk.add_subparsers(dest="disk_command", required=True)
+    dinit = add_command(
+        disk_sub, "init", cmd_node_disk_init,
+        "make a blank disk the node's cache of models and runtimes (formats it: --yes)",
+    )  # fmt: skip
+    dinit.add_argument("node", metavar="NODE", help="MAC or hostname")
+    dinit.add_argument(
+        "device", metavar="DEV", help="/dev/disk/by-id/... or /dev/disk/by-path/... (never sda)"
+    )
+    dinit.add_argument(
+        "--yes", action="store_true", help="format it (a blank disk only; never another's)"
+    )
     return node_sub

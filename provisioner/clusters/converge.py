@@ -28,10 +28,11 @@ same thing, and the head's ``--rpc`` list would still need the workers to be bac
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from provisioner.clusters.engines import engine_for
 from provisioner.clusters.engines.base import Progress, SmokeOptions
@@ -70,9 +71,11 @@ class Convergence:
     reason: str | None = None
     verdict: str | None = None  # the smoke's: serving | degraded | failed
     recovered: tuple[str, ...] = ()  # what the engine redid (e.g. the head restarted)
+    without: tuple[str, ...] = ()  # workers left out (lost_worker=drop): not back
 
     def as_detail(self) -> dict[str, str | bool | float | None]:
         return {
+            "without": ", ".join(self.without) or None,
             "cluster": self.cluster,
             "back": ", ".join(self.back),
             "stage": self.stage,
@@ -95,6 +98,38 @@ def booting(registry: Registry, node: Node) -> bool:
     return last_script > last_report
 
 
+LOST_WORKER_OPTION = "lost_worker"  # degrade (the default) | drop
+
+
+SSH_PROBE_S = 5.0
+
+
+def ssh_port_open(node: Node) -> bool:
+    """Whether the node takes a TCP connection on port 22 within :data:`SSH_PROBE_S`
+    (a powered-off node does not; one booting may not yet)."""
+    if not node.ip:
+        return False
+    try:
+        socket.create_connection((node.ip, 22), timeout=SSH_PROBE_S).close()
+    except OSError:
+        return False
+    return True
+
+
+def lost_workers(
+    registry: Registry, cluster: Cluster, reachable: Callable[[Node], bool] = ssh_port_open
+) -> tuple[str, ...]:
+    """The workers not back: on their way (a boot script asked for since their last
+    report) or not answering on SSH's port (powered off, gone)."""
+    lost = []
+    for node in members(registry, cluster):
+        if node.hostname == cluster.head:
+            continue
+        if booting(registry, node) or not reachable(node):
+            lost.append(node.hostname or node.mac)
+    return tuple(lost)
+
+
 def clusters_of(registry: Registry, node: Node) -> list[Cluster]:
     """The clusters ``node`` is a member of (by hostname)."""
     if node.hostname is None:
@@ -111,10 +146,24 @@ def converge(
     progress: Progress,
     options: SmokeOptions = BOOT_SMOKE,
     clock: Callable[[], float] = time.monotonic,
+    reachable: Callable[[Node], bool] = ssh_port_open,
 ) -> Convergence:
-    """Post-install, the engine's recovery, then smoke (see the module's docstring)."""
+    """Post-install, the engine's recovery, then smoke (see the module's docstring).
+
+    A cluster with the option ``lost_worker=drop`` goes on without the workers that are
+    not back (:func:`lost_workers`): the head is set up and restarted with the others (or
+    alone) and smoke judges that; a worker that returns later is taken back by the
+    convergence its report starts. The default (``degrade``) waits for every member and
+    leaves the head ``degraded`` naming the one missing."""
     started = clock()
     back_names = tuple(h for h in cluster.members if h in back)
+    lost: tuple[str, ...] = ()
+    whole = cluster
+    if cluster.options.get(LOST_WORKER_OPTION, "degrade") == "drop":
+        lost = lost_workers(site.registry, cluster, reachable)
+        if lost:  # the head is restarted with the others (or alone), smoke judges that
+            progress(f"{cluster.name}: without {', '.join(lost)} (not back; lost_worker=drop)")
+            cluster = replace(cluster, workers=tuple(w for w in cluster.workers if w not in lost))
 
     def ended(
         stage: str,
@@ -125,9 +174,10 @@ def converge(
         recovered: tuple[str, ...] = (),
     ) -> Convergence:
         outcome = Convergence(
-            cluster.name, back_names, stage, ok, clock() - started, reason, verdict, recovered
-        )
-        for node in members(site.registry, cluster):
+            cluster.name, back_names, stage, ok, clock() - started, reason, verdict, recovered,
+            lost,
+        )  # fmt: skip
+        for node in members(site.registry, whole):
             site.registry.add_event(node.mac, EventKind.CONVERGE, outcome.as_detail())
         if not ok and verdict is None:  # it ended before the smoke's verdict
             _degrade_head(site.registry, cluster, f"converge {stage}: {reason}")

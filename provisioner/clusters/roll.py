@@ -290,6 +290,7 @@ class Roll:
         try:
             how = self.reboot(current)
         except Exception as exc:  # its own failure, whatever it is, stops the roll
+            self.timeline.pin_image(mac, None)  # not moved: it boots what it had (or the target)
             error = f"reboot failed: {exc}"
             self._event(mac, plan.target, "failed", reason=error)
             return NodeOutcome(name, False, "", 0.0, error)

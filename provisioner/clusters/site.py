@@ -75,6 +75,7 @@ class Site:
             drivers=profile.drivers if profile else (),
             engine_defaults=profile.engine_defaults.__dict__ if profile else None,
             threads=max(1, threads),
+            cache_disk=self.registry.cache_disk(node.mac),
         )
 
 

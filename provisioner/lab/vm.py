@@ -24,7 +24,8 @@ from provisioner.lab.netns import LabError
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-DISK_BYTES = 64 * 1024 * 1024
+DISK_BYTES = 1024 * 1024 * 1024  # sparse: room for a model cache (node disk init)
+DISK_SERIAL = "lab-disk0"  # /dev/disk/by-id/virtio-lab-disk0 in the guest
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         "-drive",
         f"file={spec.disk},if=none,id=d0,format=raw",
         "-device",
-        "virtio-blk-pci,drive=d0",
+        f"virtio-blk-pci,drive=d0,serial={DISK_SERIAL}",
     ]
     if spec.firmware == "uefi":
         argv += [

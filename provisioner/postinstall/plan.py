@@ -53,6 +53,7 @@ class Member:
     drivers: tuple[str, ...] = ()
     engine_defaults: Mapping[str, str | None] | None = None
     threads: int = 1  # CPU threads its inventory reports
+    cache_disk: str | None = None  # by-id/by-path disk `node disk init` made its cache
 
 
 @dataclass(frozen=True)
@@ -174,13 +175,17 @@ def _compile(
         # 100+ GB again.
         sums = f"{dest}.provisioner-sha256"
         check = f'test -f {q(dest)} && test "$(cat {q(sums)} 2>/dev/null)" = {q(sha)}'
+        # Fetched only when the file is not there with that sha256 (a cache disk keeps it
+        # across reboots: then only the unpack below runs again).
+        have = f'test -f {q(dest)} && test "$(cat {q(sums)} 2>/dev/null)" = {q(sha)}'
         action = (
-            f"set -e; mkdir -p {q(str(Path(dest).parent))}; rm -f {q(sums)}; "
+            f"set -e; if ! {{ {have}; }}; then "
+            f"mkdir -p {q(str(Path(dest).parent))}; rm -f {q(sums)}; "
             f"curl -fsS --retry 5 --retry-connrefused -o {q(dest + '.part')} {q(url)}; "
             f"if ! echo {q(f'{sha}  {dest}.part')} | sha256sum -c --status; then "
             f"echo {q(f'sha256 of {url} is not {sha}')} >&2; rm -f {q(dest + '.part')}; "
             "exit 1; fi; "
-            f"mv {q(dest + '.part')} {q(dest)}; echo {q(sha)} > {q(sums)}"
+            f"mv {q(dest + '.part')} {q(dest)}; echo {q(sha)} > {q(sums)}; fi"
         )
         if "unpack" in b:
             to = _path(b["unpack"], where)
@@ -291,6 +296,7 @@ def context_for(
             "role": cluster.role(member.hostname),
             "threads": member.threads,
             "engine_defaults": dict(member.engine_defaults or {}),
+            "cache_disk": member.cache_disk,
         },
         "cluster": {
             "name": cluster.name,

@@ -89,3 +89,19 @@ def node_json(lab_dir: Path, mac: str) -> dict[str, Any]:
     data = json.loads(shown.stdout)
     assert isinstance(data, dict)
     return data
+
+
+def ssh_node(lab_dir: Path, name: str, command: str) -> subprocess.CompletedProcess[str]:
+    """``command`` on lab node ``name`` as root, over SSH with the control node's key (the
+    lab's host leg routes it), the node's reported host key pinned."""
+    node = node_json(lab_dir, name)
+    known = lab_dir / f"known_hosts.{name}"
+    keys = node["inventory"]["inventory"]["ssh_host_keys"]
+    known.write_text("".join(f"{node['ip']} {k['type']} {k['public_key']}\n" for k in keys))
+    return subprocess.run(
+        ["ssh", "-i", str(lab_dir / "state" / "ssh" / "id_ed25519"), "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
+         "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20",
+         f"root@{node['ip']}", command],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip

@@ -19,10 +19,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BuiltRootfs, node_json, run_cli
+from tests.e2e.conftest import BuiltRootfs, node_json, run_cli, ssh_node
 
 # Container nodes (systemd-nspawn) on the shared image; the VM test is also `qemu`.
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror, pytest.mark.llama]
@@ -194,6 +195,30 @@ def test_three_nodes_become_a_llama_rpc_cluster_that_passes_smoke(
     assert " presented " in line and "not the key it reported" in line and "refused" in line
 
 
+def reboot_until_serving(lab_dir: Path, name: str) -> tuple[float, set[str]]:
+    """Power-cycle lab node ``name`` and wait until a convergence after its report passed
+    its cluster's smoke; the seconds from power-on to then and the areas (images, models,
+    artifacts) of the files the appliance served it meanwhile."""
+    since = time.time()
+    assert run_cli("lab", "reboot", "--dir", str(lab_dir), name).returncode == 0
+    deadline = time.monotonic() + 1200
+    events: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        events = [e for e in node_json(lab_dir, name)["timeline"] if e["ts"] > since]
+        reports = [e["ts"] for e in events if e["kind"] == "inventory"]
+        done = [
+            e for e in events
+            if e["kind"] == "converge" and reports and e["ts"] > reports[0]
+            and e["detail"]["ok"] and e["detail"]["stage"] == "smoke"
+        ]  # fmt: skip
+        if done:
+            assert node_json(lab_dir, name)["state"] == "serving"
+            served = {str(e["detail"]["area"]) for e in events if e["kind"] == "http-file"}
+            return done[0]["ts"] - since, served
+        time.sleep(5)
+    raise AssertionError([e for e in events if e["kind"] in ("converge", "inventory", "watch")])
+
+
 @pytest.mark.qemu
 def test_lab_vms_booted_by_real_firmware_become_a_cluster_that_passes_smoke(
     lab_dir: Path, rootfs_built: BuiltRootfs
@@ -243,4 +268,39 @@ def test_lab_vms_booted_by_real_firmware_become_a_cluster_that_passes_smoke(
     print(
         f"VM phases: power-on to ready {boot_s:.1f} s, post-install {postinstall_s:.1f} s, "
         f"smoke {smoke_s:.1f} s"
+    )
+
+    # The head's own disk as its cache (`node disk init`): never by kernel name, never a
+    # disk with a partition table provisioner did not make, never without --yes; then
+    # formatted, and after a reboot neither the model nor the runtime is fetched again.
+    disk = "/dev/disk/by-id/virtio-lab-disk0"
+    cold_s, cold_served = reboot_until_serving(lab_dir, "labnode1")  # the bench's cold leg
+    assert {"models", "artifacts"} <= cold_served, cold_served
+
+    def disk_init(*args: str) -> subprocess.CompletedProcess[str]:
+        return lab_cli(lab_dir, "node", "disk", "init", "labnode1", *args)
+
+    assert disk_init("/dev/vda", "--yes").returncode == 2  # a kernel name: a usage error
+    dos = ssh_node(lab_dir, "labnode1", f"printf 'label: dos\\n,64M,L\\n' | sfdisk -q {disk}")
+    assert dos.returncode == 0, dos.stderr
+    foreign = disk_init(disk, "--yes")
+    assert foreign.returncode == 4 and "dos partition table" in foreign.stderr, foreign.stderr
+    wiped = ssh_node(lab_dir, "labnode1", f"wipefs -q -a {disk}; lsblk -no PTTYPE {disk}")
+    assert wiped.returncode == 0 and not wiped.stdout.strip(), wiped
+    unasked = disk_init(disk)
+    assert unasked.returncode == 4 and "--yes" in unasked.stderr, unasked.stderr
+    assert not ssh_node(lab_dir, "labnode1", f"lsblk -no PTTYPE {disk}").stdout.strip()
+    formatted = disk_init(disk, "--yes", "--json")
+    assert formatted.returncode == 0, formatted.stderr[-3000:]
+    assert json.loads(formatted.stdout)["action"] == "formatted"
+    kept = ssh_node(lab_dir, "labnode1", "findmnt -no SOURCE,LABEL /var/lib/provisioner; "
+                    "ls /var/lib/provisioner/models")  # fmt: skip
+    assert "prov-cache" in kept.stdout and ".gguf" in kept.stdout, kept
+
+    warm_s, served = reboot_until_serving(lab_dir, "labnode1")
+    assert "images" in served and not served & {"models", "artifacts"}, served
+    print(
+        f"VM head, power-on to serving: without a cache disk {cold_s:.1f} s (fetched "
+        f"{sorted(cold_served)}), with one {warm_s:.1f} s (fetched {sorted(served)}: "
+        f"no model, no runtime); first post-install + smoke {postinstall_s + smoke_s:.1f} s"
     )

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pytest
 
 from provisioner.image.store import ImageStore
 from provisioner.lab.containers import unpack_root
-from tests.e2e.conftest import BuiltRootfs, node_json, run_cli
+from tests.e2e.conftest import BuiltRootfs, node_json, run_cli, ssh_node
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror, pytest.mark.llama]
 
@@ -37,22 +38,6 @@ def converges_after(lab_dir: Path, since: float) -> list[dict[str, Any]]:
     """The head's converge events recorded after ``since``."""
     head = node_json(lab_dir, "ctr1")
     return [e for e in head["timeline"] if e["kind"] == "converge" and e["ts"] > since]
-
-
-def ssh_node(lab_dir: Path, name: str, command: str) -> subprocess.CompletedProcess[str]:
-    """``command`` on lab node ``name`` as root, over SSH with the control node's key (the
-    lab's host leg routes it), the node's reported host key pinned."""
-    node = node_json(lab_dir, name)
-    known = lab_dir / f"known_hosts.{name}"
-    keys = node["inventory"]["inventory"]["ssh_host_keys"]
-    known.write_text("".join(f"{node['ip']} {k['type']} {k['public_key']}\n" for k in keys))
-    return subprocess.run(
-        ["ssh", "-i", str(lab_dir / "state" / "ssh" / "id_ed25519"), "-o", "BatchMode=yes",
-         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
-         "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20",
-         f"root@{node['ip']}", command],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
 
 
 def wait_serving(lab_dir: Path, since: float, timeout: float = 900) -> float:
@@ -97,6 +82,22 @@ def new_version(lab_dir: Path, change: str) -> str:
     image, new = store.publish(staging, "debian-bookworm")
     assert new
     return image.ref
+
+
+def wait_converged(
+    lab_dir: Path, since: float, wanted: Callable[[dict[str, Any]], bool], timeout: float = 300
+) -> dict[str, Any]:
+    """The head's first convergence after ``since`` that passed its smoke and whose detail
+    ``wanted`` accepts (its detail, with ``ts``)."""
+    deadline = time.monotonic() + timeout
+    seen: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        seen = converges_after(lab_dir, since)
+        for e in seen:
+            if e["detail"]["ok"] and e["detail"]["stage"] == "smoke" and wanted(e["detail"]):
+                return {**e["detail"], "ts": e["ts"]}
+        time.sleep(3)
+    raise AssertionError(f"no such convergence in {timeout} s: {seen}")
 
 
 def roll(config: str, status: int, *args: str) -> dict[str, Any]:
@@ -148,6 +149,7 @@ def test_a_cluster_power_cycled_at_once_comes_back_serving_by_itself(
     created = run_cli(
         "--config", config, "cluster", "create", "smol", "--model", "smollm2",
         "--head", "ctr1", "--workers", "ctr2,ctr3", "--option", "threads=1",
+        "--option", "lost_worker=drop",
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
     t0 = time.monotonic()
@@ -233,7 +235,25 @@ def test_a_cluster_power_cycled_at_once_comes_back_serving_by_itself(
         assert node_json(lab_dir, name)["state"] == "serving"
     assert run_cli("--config", config, "smoke", "smol", "--no-restart").returncode == 0
 
-    # 5. Paused: a member back from a reboot is left as it comes.
+    # 5. A worker that does not come back (powered off), with lost_worker=drop: the
+    # watchdog finds it gone, the head is restarted with the other worker and serves; when
+    # it is powered on again, the head takes it back.
+    rpc = {n: f"{node_json(lab_dir, n)['ip']}:50052" for n in ("ctr2", "ctr3")}
+    since = time.time()
+    ssh_node(lab_dir, "ctr3", "systemctl --no-block poweroff")
+    without = wait_converged(lab_dir, since, lambda d: d["without"] == "ctr3", timeout=600)
+    lost_s = without["ts"] - since
+    unit = ssh_node(lab_dir, "ctr1", "systemctl cat llama-server.service").stdout
+    assert f"--rpc {rpc['ctr2']}" in unit and rpc["ctr3"] not in unit, unit
+    since = time.time()
+    assert run_cli("lab", "reboot", "--dir", str(lab_dir), "ctr3").returncode == 0
+    wait_converged(lab_dir, since, lambda d: "ctr3" in d["back"] and not d["without"])
+    returned_s = time.time() - since
+    unit = ssh_node(lab_dir, "ctr1", "systemctl cat llama-server.service").stdout
+    assert rpc["ctr2"] in unit and rpc["ctr3"] in unit, unit
+    assert {n: node_json(lab_dir, n)["state"] for n in NODES} == dict.fromkeys(NODES, "serving")
+
+    # 6. Paused: a member back from a reboot is left as it comes.
     assert run_cli("--config", config, "cluster", "pause", "smol").returncode == 0
     since = time.time()
     assert run_cli("lab", "reboot", "--dir", str(lab_dir), "ctr3").returncode == 0
@@ -254,5 +274,7 @@ def test_a_cluster_power_cycled_at_once_comes_back_serving_by_itself(
         f"after one worker {worker_s:.1f} s (cold: no disk cache, the model copied again); "
         f"a worker's RPC server stopped to serving again {unit_s:.1f} s (watchdog every 30 s); "
         f"rolling upgrade @1 -> @2, reboot to serving per member (ctr2, ctr3, ctr1) "
-        f"{', '.join(f'{s:.1f}' for s in roll_s)} s, at most {down} member down at a time"
+        f"{', '.join(f'{s:.1f}' for s in roll_s)} s, at most {down} member down at a time; "
+        f"a worker powered off to serving without it {lost_s:.1f} s (lost_worker=drop), "
+        f"powered on to serving with it {returned_s:.1f} s"
     )

@@ -83,8 +83,8 @@ def test_create_then_plan_wires_the_head_to_its_workers(
     assert plans["node0"]["role"] == "head" and plans["node1"]["role"] == "worker"
     head_steps = [s["name"] for s in plans["node0"]["steps"]]
     assert head_steps == [
-        "hostname", "node firewall rules", "node firewall loaded", "llama.cpp runtime", "model",
-        "api key", "llama-server",
+        "cache disk", "hostname", "node firewall rules", "node firewall loaded",
+        "llama.cpp runtime", "model", "api key", "llama-server",
     ]  # fmt: skip
     code, out, _ = run(config, capsys, "postinstall", "run", "c1", "--dry-run")
     assert "node1 (worker, 10.30.0.101, qemu-lab):" in out

@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -272,3 +273,45 @@ def test_a_head_back_with_its_workers_is_restarted_after_them() -> None:
     lines = LlamaRpcEngine().recover(CLUSTER, ("node0", "node2"), conns, lambda line: None)
     assert str(lines[-1]) == f"node0: {HEAD_UNIT} restarted after node2 came back"
     assert nodes["node0"].commands[-1].endswith(f"systemctl restart {HEAD_UNIT}")
+
+
+def test_lost_workers_are_those_booting_or_not_answering(registry: Registry) -> None:
+    reboot(registry, "node1", 1.0, back=False)  # on its way back
+    down = {"node2"}  # powered off: its SSH port does not answer
+    lost = converge_mod.lost_workers(registry, CLUSTER, lambda n: n.hostname not in down)
+    assert lost == ("node1", "node2")
+    assert converge_mod.lost_workers(registry, CLUSTER, lambda n: True) == ("node1",)
+
+
+def test_lost_worker_drop_goes_on_without_it_and_degrade_does_not(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nodes = fake_nodes()
+    connect = lambda n: nodes[n.hostname].connect()  # noqa: E731
+    planned: list[tuple[str, ...]] = []
+    judged: list[tuple[str, ...]] = []
+
+    def plan(site: Site, cluster: Cluster, **k: object) -> list[object]:
+        planned.append(cluster.workers)
+        return []
+
+    def smoke(site: Site, cluster: Cluster, *a: object) -> Report:
+        judged.append(cluster.workers)
+        return Report("c1", (Check("health", True, None, None, "ok"),))
+
+    monkeypatch.setattr(converge_mod, "postinstall_plan", plan)
+    monkeypatch.setattr(converge_mod.fanout, "run", lambda *a: [])
+    monkeypatch.setattr(converge_mod, "smoke", smoke)
+    gone = lambda n: n.hostname != "node2"  # noqa: E731
+    dropping = replace(CLUSTER, options={"lost_worker": "drop"})
+    got = converge(site, dropping, ("node1",), connect=connect, progress=lambda line: None,
+                   reachable=gone)  # fmt: skip
+    assert (got.stage, got.ok, got.without) == ("smoke", True, ("node2",))
+    assert planned == judged == [("node1",)]  # the head's --rpc and the smoke: node1 only
+    detail = site.registry.events(NODES["node2"])[-1].detail  # on the lost one's timeline too
+    assert detail["without"] == "node2"
+
+    planned.clear()
+    got = converge(site, CLUSTER, ("node1",), connect=connect, progress=lambda line: None,
+                   reachable=gone)  # fmt: skip
+    assert got.without == () and planned == [("node1", "node2")]  # degrade: all members

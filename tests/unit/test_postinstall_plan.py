@@ -48,6 +48,7 @@ def test_the_head_knows_its_workers_and_workers_only_let_the_head_in() -> None:
     head, worker = plans[0], plans[1]
     assert head.role == "head" and worker.role == "worker"
     assert [s.name for s in head.steps] == [
+        "cache disk",
         "hostname",
         "node firewall rules",
         "node firewall loaded",
@@ -101,7 +102,7 @@ def test_every_shipped_profile_renders(name: str) -> None:
         artifact=ARTIFACT, model=MODEL, engine_recipes=("llama-rpc",),
     )  # fmt: skip
     for node_plan in plans:
-        assert node_plan.steps[0].name == "hostname"
+        assert [s.name for s in node_plan.steps[:2]] == ["cache disk", "hostname"]
         for step in node_plan.steps:
             assert "{{" not in step.action and "{{" not in step.check
     if "nvidia-driver" in profile.drivers:
@@ -214,3 +215,30 @@ def test_the_firewall_files_load_in_nft_on_a_node_without_etc_protocols() -> Non
             input=text, capture_output=True, timeout=30, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr.decode()
+
+
+def test_a_cache_disk_is_mounted_first_and_keeps_the_rpc_tensor_cache() -> None:
+    by_id = "/dev/disk/by-id/virtio-lab-disk0"
+    nodes = members("generic-cpu")
+    nodes[1] = replace(nodes[1], cache_disk=by_id)  # one worker has a cache disk
+    plans = plan(
+        cluster(), nodes, control_url="http://10.99.0.1:8080", artifact=ARTIFACT, model=MODEL,
+        engine_recipes=("llama-rpc",),
+    )  # fmt: skip
+    steps = [{s.name: s for s in p.steps} for p in plans]
+    with_disk, without = steps[1], steps[2]
+    assert with_disk["cache disk"].check == "mountpoint -q /var/lib/provisioner"
+    assert f"mount -o nodev,nosuid {by_id}-part1 /var/lib/provisioner" in (
+        with_disk["cache disk"].action
+    )
+    assert without["cache disk"].check == "true"  # no disk: nothing to mount, ever
+    unit = with_disk["rpc server"].put
+    other = without["rpc server"].put
+    assert unit is not None and other is not None
+    assert "--cache" in unit[1].decode() and "LLAMA_CACHE=/var/lib/provisioner/" in unit[1].decode()
+    assert "--cache" not in other[1].decode() and "LLAMA_CACHE" not in other[1].decode()
+    # The runtime already on the disk with its sha256 is not fetched again, only unpacked.
+    fetch = with_disk["llama.cpp runtime"].action
+    assert (
+        fetch.index("if ! {") < fetch.index("curl") < fetch.index("; fi;") < fetch.index("tar -xzf")
+    )

@@ -169,7 +169,7 @@ def test_two_models_on_one_node_render_two_units() -> None:
     c = cluster(head="motoko", workers=(), serve=two)
     steps = _render(c, [vm("motoko", "10.0.0.5", 1, {"dtype": "bfloat16", "backend": "cuda"})])
     assert steps["motoko"] == [
-        "hostname", "node firewall rules", "node firewall loaded", "python venv",
+        "cache disk", "hostname", "node firewall rules", "node firewall loaded", "python venv",
         "wheelhouse lock", "vllm runtime", "model bge", "model mistral", "api key",
         "server reasoning", "server embed",
     ]  # fmt: skip
