@@ -60,6 +60,7 @@ from provisioner.lab.netns import (
     list_namespaces,
     overlapping_routes,
     pid_alive,
+    remove_orphan_legs,
 )
 from provisioner.lab.vm import VmSpec, console_tail, prepare, probe_accel, qemu_argv
 from provisioner.power import PowerError, PowerState, open_driver
@@ -351,6 +352,8 @@ def attach_this_machine(net: LabNetwork, progress: Progress) -> str | None:
     """Give this machine a leg on the lab's bridge at :data:`HOST_LEG`, unless it routes
     the lab's subnet already (then: none, and a line saying why); the leg's name."""
     subnet = IPv4Network(f"{SUBNET}.0/24")
+    for orphan in remove_orphan_legs():
+        progress(f"removed {orphan}: the leg of a lab that is gone (its namespaces were)")
     taken = overlapping_routes(host_routes(), subnet)
     if taken:
         progress(

@@ -292,6 +292,18 @@ def _delete_leg(name: str) -> None:
     _run(["ip", "link", "delete", name], check=False)
 
 
+def remove_orphan_legs() -> list[str]:
+    """Delete the machine's legs whose lab is gone (no namespace of its prefix is left,
+    e.g. a run killed before its ``lab down``): such a leg still routes the lab's subnet
+    into nothing and would keep the next lab from having a leg. Their names."""
+    alive = {name[: len(PREFIX_ROOT) + 6] for name in list_namespaces()}
+    orphans = [leg for leg in _host_legs() if leg[: -len(LEG_HOST_END)] not in alive]
+    for leg in orphans:
+        log.warning("removing lab leg %s: no namespace of its lab is left", leg)
+        _delete_leg(leg)
+    return orphans
+
+
 def cleanup(prefix: str, *, grace: float = DEFAULT_GRACE) -> list[str]:
     """Remove every namespace whose name starts with ``prefix``; return their names.
 

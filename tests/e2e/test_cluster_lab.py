@@ -14,6 +14,7 @@ is shown with its output and resumed by the next run.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -274,8 +275,14 @@ def test_lab_vms_booted_by_real_firmware_become_a_cluster_that_passes_smoke(
     # disk with a partition table provisioner did not make, never without --yes; then
     # formatted, and after a reboot neither the model nor the runtime is fetched again.
     disk = "/dev/disk/by-id/virtio-lab-disk0"
-    cold_s, cold_served = reboot_until_serving(lab_dir, "labnode1")  # the bench's cold leg
-    assert {"models", "artifacts"} <= cold_served, cold_served
+    # The head alone reset (QMP: no FIN to its workers, whose RPC servers still hold its
+    # connection): it comes back serving by itself. Its cold leg (no cache disk: the model
+    # and the runtime fetched again) is the day-two bench's first figure; under TCG each
+    # such leg costs minutes, so CI runs only the warm one (PROVISIONER_BENCH=1: both).
+    cold_s, cold_served = 0.0, set[str]()
+    if os.environ.get("PROVISIONER_BENCH"):
+        cold_s, cold_served = reboot_until_serving(lab_dir, "labnode1")
+        assert {"models", "artifacts"} <= cold_served, cold_served
 
     def disk_init(*args: str) -> subprocess.CompletedProcess[str]:
         return lab_cli(lab_dir, "node", "disk", "init", "labnode1", *args)
@@ -285,7 +292,7 @@ def test_lab_vms_booted_by_real_firmware_become_a_cluster_that_passes_smoke(
     assert dos.returncode == 0, dos.stderr
     foreign = disk_init(disk, "--yes")
     assert foreign.returncode == 4 and "dos partition table" in foreign.stderr, foreign.stderr
-    wiped = ssh_node(lab_dir, "labnode1", f"wipefs -q -a {disk}; lsblk -no PTTYPE {disk}")
+    wiped = ssh_node(lab_dir, "labnode1", f"wipefs -qa {disk} >/dev/null; lsblk -no PTTYPE {disk}")
     assert wiped.returncode == 0 and not wiped.stdout.strip(), wiped
     unasked = disk_init(disk)
     assert unasked.returncode == 4 and "--yes" in unasked.stderr, unasked.stderr
@@ -299,8 +306,11 @@ def test_lab_vms_booted_by_real_firmware_become_a_cluster_that_passes_smoke(
 
     warm_s, served = reboot_until_serving(lab_dir, "labnode1")
     assert "images" in served and not served & {"models", "artifacts"}, served
+    cold = (
+        f"without a cache disk {cold_s:.1f} s (fetched {sorted(cold_served)}), " if cold_s else ""
+    )
     print(
-        f"VM head, power-on to serving: without a cache disk {cold_s:.1f} s (fetched "
-        f"{sorted(cold_served)}), with one {warm_s:.1f} s (fetched {sorted(served)}: "
-        f"no model, no runtime); first post-install + smoke {postinstall_s + smoke_s:.1f} s"
+        f"VM head, power-on to serving: {cold}with a cache disk {warm_s:.1f} s (fetched "
+        f"{sorted(served)}: no model, no runtime); first post-install + smoke "
+        f"{postinstall_s + smoke_s:.1f} s"
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.lab.vm import DISK_BYTES
 from tests.e2e.conftest import node_json, run_cli
 
 # `lab up` builds the discovery image from Debian's packages when it is not there yet.
@@ -35,7 +36,8 @@ def check_discovered(lab_dir: Path, mac: str, firmware: str, steps: list[str]) -
     assert pci & {("1af4", "1000"), ("1af4", "1041")}, pci  # virtio-net
     assert pci & {("1af4", "1001"), ("1af4", "1042")}, pci  # virtio-blk
     assert any(n["mac"] == mac and n["driver"] == "virtio_net" for n in inv["nics"])
-    assert any(d["name"] == "vda" and d["size_bytes"] == 64 * 1024 * 1024 for d in inv["disks"])
+    disks = {d["name"]: d for d in inv["disks"]}
+    assert disks["vda"]["size_bytes"] == DISK_BYTES, disks
     kinds = [e["kind"] for e in node["timeline"]]
     files = [e["detail"].get("file") for e in node["timeline"] if e["kind"] == "http-file"]
     for step in ["power", *steps, "profile"]:

@@ -39,7 +39,9 @@ from provisioner.lab.netns import (
     cleanup,
     host_routes,
     list_namespaces,
+    new_prefix,
     overlapping_routes,
+    remove_orphan_legs,
 )
 from provisioner.models.store import ModelStore
 from provisioner.postinstall.ssh import SshError
@@ -133,6 +135,33 @@ def test_the_machine_reaches_a_lab_host_through_its_leg_and_nothing_outlives_the
         assert not [n for n in list_namespaces() if n.startswith(net.prefix)]
     finally:
         net.close()
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_the_leg_of_a_lab_that_is_gone_is_removed_and_a_live_labs_leg_is_kept() -> None:
+    """A run killed before its `lab down` can leave its leg (and its route) behind with no
+    namespace of its lab left: the next lab's leg would be refused (this machine "routes
+    the subnet already"). ``remove_orphan_legs`` (``lab up`` calls it) takes only those."""
+    _needs_netns()
+    if overlapping_routes(host_routes(), SUBNET):
+        pytest.skip(f"this machine routes {SUBNET} already")
+    hosts = [HostSpec("prov", IPv4Interface(f"{APPLIANCE}/24"))]
+    gone = new_prefix()
+    orphan = gone + "h0"
+    _run(["ip", "link", "add", orphan, "type", "veth", "peer", "name", gone + "h1"])
+    try:
+        _run(["ip", "link", "set", orphan, "up"])
+        _run(["ip", "route", "add", str(SUBNET), "dev", orphan])
+        assert overlapping_routes(host_routes(), SUBNET) == [f"{SUBNET} dev {orphan}"]
+        with LabNetwork(hosts) as net:
+            removed = remove_orphan_legs()
+            assert orphan in removed and _legs(gone) == []
+            assert overlapping_routes(host_routes(), SUBNET) == []
+            live = net.attach_host("prov", LEG)
+            assert live not in remove_orphan_legs() and _legs(net.prefix) == [live]
+    finally:
+        _run(["ip", "link", "delete", orphan], check=False)
 
 
 def test_an_address_of_the_cluster_subnet_reached_from_outside_it_is_refused() -> None:

@@ -180,12 +180,30 @@ def test_a_worker_back_restarts_the_head_after_every_worker_is_active() -> None:
     assert f"node2: systemctl is-active {WORKER_UNIT}" in order
 
 
-@pytest.mark.parametrize("back", [(), ("node0",)])
-def test_no_worker_back_restarts_nothing(back: tuple[str, ...]) -> None:
+def test_no_member_back_restarts_nothing() -> None:
     nodes = fake_nodes()
     conns = {name: fake.connect() for name, fake in nodes.items()}
-    assert LlamaRpcEngine().recover(CLUSTER, back, conns, lambda line: None) == []
+    assert LlamaRpcEngine().recover(CLUSTER, (), conns, lambda line: None) == []
     assert not any("restart" in c for f in nodes.values() for c in f.commands)
+
+
+def test_a_head_back_alone_restarts_its_workers_rpc_servers_then_itself() -> None:
+    """A reset head's connection is never closed: each worker that stayed up still serves
+    it (one head at a time), so its RPC server is restarted before the head."""
+    nodes = fake_nodes()
+    conns = {name: fake.connect() for name, fake in nodes.items()}
+    lines = LlamaRpcEngine().recover(CLUSTER, ("node0",), conns, lambda line: None)
+    assert list(map(str, lines)) == [
+        f"node1: {WORKER_UNIT} restarted (it held the connection of node0 before its reboot)",
+        f"node2: {WORKER_UNIT} restarted (it held the connection of node0 before its reboot)",
+        f"node1: {WORKER_UNIT} active",
+        f"node2: {WORKER_UNIT} active",
+        f"node0: {HEAD_UNIT} restarted after its workers' RPC servers were restarted",
+    ]
+    for worker in ("node1", "node2"):
+        restart = [c for c in nodes[worker].commands if "restart" in c]
+        assert restart == [f"systemctl reset-failed {WORKER_UNIT} 2>/dev/null; "
+                           f"systemctl restart {WORKER_UNIT}"]  # fmt: skip
 
 
 def test_a_worker_that_stays_down_fails_the_recovery(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -272,6 +290,11 @@ def test_a_head_back_with_its_workers_is_restarted_after_them() -> None:
     conns = {name: fake.connect() for name, fake in nodes.items()}
     lines = LlamaRpcEngine().recover(CLUSTER, ("node0", "node2"), conns, lambda line: None)
     assert str(lines[-1]) == f"node0: {HEAD_UNIT} restarted after node2 came back"
+    # node2 rebooted (its server is fresh); node1 stayed up holding the old head's session.
+    assert [str(line) for line in lines if "restarted (" in str(line)] == [
+        f"node1: {WORKER_UNIT} restarted (it held the connection of node0 before its reboot)"
+    ]
+    assert not any("restart" in c for c in nodes["node2"].commands)
     assert nodes["node0"].commands[-1].endswith(f"systemctl restart {HEAD_UNIT}")
 
 

@@ -140,27 +140,51 @@ class LlamaRpcEngine:
         """llama.cpp's RPC has no recovery: a head that lost a worker keeps failing (and a
         head that came back with its workers may have started before them). So when a
         worker came back, the head is restarted after every worker's RPC server is
-        active again, never before; reset-failed first, in case systemd gave up on it."""
+        active again, never before; reset-failed first, in case systemd gave up on it.
+
+        A head that came back while its workers stayed up finds them busy: an RPC server
+        serves one head at a time, and the connection of a head that was reset (power,
+        crash: no FIN) is never closed, so it would wait for that dead head forever. Those
+        workers' RPC servers are restarted first, then the head."""
+        if not cluster.workers:
+            return []
         workers_back = [w for w in cluster.workers if w in back]
-        if not workers_back:
+        head_back = cluster.head in back
+        if not workers_back and not head_back:
             return []
         done = []
+        for worker in cluster.workers if head_back else ():
+            if worker in workers_back:
+                continue
+            restart_unit(conns[worker], worker, WORKER_UNIT)
+            done.append(
+                Recovery(worker, f"{WORKER_UNIT} restarted (it held the connection of "
+                                 f"{cluster.head} before its reboot)")
+            )  # fmt: skip
+            progress(str(done[-1]))
         for worker in cluster.workers:
             wait_active(conns[worker], worker, WORKER_UNIT, progress)
             done.append(Recovery(worker, f"{WORKER_UNIT} active"))
-        restarted = conns[cluster.head].run(
-            f"systemctl reset-failed {HEAD_UNIT} 2>/dev/null; systemctl restart {HEAD_UNIT}",
-            timeout=120,
+        restart_unit(conns[cluster.head], cluster.head, HEAD_UNIT)
+        why = (
+            f"after {', '.join(workers_back)} came back"
+            if workers_back
+            else "after its workers' RPC servers were restarted"
         )
-        if restarted.exit_status != 0:
-            raise ClusterError(
-                f"{cluster.head}: systemctl restart {HEAD_UNIT} failed: {restarted.stderr[-300:]}"
-            )
-        head = Recovery(
-            cluster.head, f"{HEAD_UNIT} restarted after {', '.join(workers_back)} came back"
-        )
+        head = Recovery(cluster.head, f"{HEAD_UNIT} restarted {why}")
         progress(str(head))
         return [*done, head]
+
+
+def restart_unit(conn: Connection, hostname: str, unit: str) -> None:
+    """reset-failed (in case systemd gave up on it), then restart; ClusterError if not."""
+    restarted = conn.run(
+        f"systemctl reset-failed {unit} 2>/dev/null; systemctl restart {unit}", timeout=120
+    )
+    if restarted.exit_status != 0:
+        raise ClusterError(
+            f"{hostname}: systemctl restart {unit} failed: {restarted.stderr[-300:]}"
+        )
 
 
 def wait_active(
