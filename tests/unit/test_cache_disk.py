@@ -33,6 +33,7 @@ from provisioner.clusters.site import Site
 from provisioner.errors import ProvisionerError, Refused, UsageError
 from provisioner.records import EventKind, Node
 from provisioner.registry import Registry
+from tests.conftest import unavailable
 from tests.fakes.ssh import FakeConnection, FakeNode
 
 DEVICE = "/dev/disk/by-id/virtio-lab-disk0"
@@ -675,7 +676,7 @@ def test_a_kernel_name_is_a_usage_error_before_any_connection(
 def tool(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if found is None:
-        pytest.skip(f"needs {name} (util-linux / e2fsprogs)")
+        unavailable(f"needs {name} (scripts/setup installs fdisk and e2fsprogs)")
     return found
 
 
