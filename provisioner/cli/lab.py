@@ -13,6 +13,7 @@ from provisioner.config import Mode
 from provisioner.lab import lab
 from provisioner.lab.lab import DEFAULT_LAB_DIR
 from provisioner.lab.simulate import simulate
+from provisioner.lab.state import LabState
 from provisioner.records import Event
 
 
@@ -83,7 +84,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
 
 def cmd_lab_status(args: argparse.Namespace) -> int:
 
-    state = lab.LabState.load(Path(args.dir))
+    state = LabState.load(Path(args.dir))
     if state is None:
         print("no lab is up (provisioner lab up)", file=sys.stderr)
         return 1
@@ -92,7 +93,7 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
 
 def _report_lab(state: object, *, as_json: bool, stuck_after: float | None = None) -> int:
 
-    assert isinstance(state, lab.LabState)
+    assert isinstance(state, LabState)
     statuses = lab.status(state, stuck_after=stuck_after or lab.STUCK_SECONDS)
     bad = [s.name for s in statuses if s.verdict in ("failed", "stuck")]
     consoles = lab.vm_consoles(state, bad)
@@ -134,7 +135,7 @@ def cmd_lab_exec(args: argparse.Namespace) -> int:
     """Run a command where the appliance runs: the lab nodes' network (ssh, curl, ...)."""
     import os
 
-    state = lab.LabState.load(Path(args.dir))
+    state = LabState.load(Path(args.dir))
     if state is None:
         print("no lab is up (provisioner lab up)", file=sys.stderr)
         return 1

@@ -28,7 +28,6 @@ still answers and the next `up` needs no rebuild.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -36,10 +35,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Any
 
 from provisioner.config import Mode, render_config, write_config
 from provisioner.data import DISCOVERY_RECIPE
@@ -62,6 +60,7 @@ from provisioner.lab.netns import (
     pid_alive,
     remove_orphan_legs,
 )
+from provisioner.lab.state import LabNode, LabState
 from provisioner.lab.vm import VmSpec, console_tail, prepare, probe_accel, qemu_argv
 from provisioner.power import PowerError, PowerState, open_driver
 from provisioner.registry import Registry
@@ -81,70 +80,6 @@ IMAGE_MEMORY_MIB = 1536  # a RAM-held root: the squashfs + the unpacked initrd +
 STUCK_SECONDS = 180.0
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class LabNode:
-    name: str
-    mac: str
-    firmware: str
-    tap: str
-    pid: int | None = None
-    powered_on: float | None = None
-
-
-@dataclass
-class LabState:
-    prefix: str
-    mode: str
-    directory: str
-    started: float
-    accel: str
-    memory_mib: int
-    pids: dict[str, int] = field(default_factory=dict)
-    nodes: list[LabNode] = field(default_factory=list)
-    image: str | None = None  # nodes are enrolled and boot this image (None: discovery only)
-    kind: str = "vm"  # vm (QEMU, real firmware) | container (systemd-nspawn, the image only)
-    containers: list[dict[str, Any]] = field(default_factory=list)  # containers.Started
-    host_leg: str | None = None  # this machine's link on the lab's bridge (None: none)
-
-    @property
-    def target(self) -> str:
-        """The verdict a healthy node ends at: ``discovered``, or ``ready`` on its image."""
-        return "ready" if self.image or self.kind == "container" else "discovered"
-
-    @property
-    def config(self) -> Path:
-        return Path(self.directory) / "provisioner.toml"
-
-    @property
-    def state_dir(self) -> Path:
-        return Path(self.directory) / "state"
-
-    def vm(self, node: LabNode) -> VmSpec:
-        return VmSpec(
-            node.name,
-            node.mac,
-            node.firmware,
-            node.tap,
-            Path(self.directory) / "vms",
-            self.memory_mib,
-            self.accel,
-            powered_off=True,  # `lab up` powers it on through the qemu driver (enroll)
-        )
-
-    def save(self) -> None:
-        path = Path(self.directory) / "lab.json"
-        path.write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, directory: Path) -> LabState | None:
-        path = directory / "lab.json"
-        if not path.exists():
-            return None
-        data = json.loads(path.read_text())
-        data["nodes"] = [LabNode(**n) for n in data["nodes"]]
-        return cls(**data)
 
 
 # ---------------------------------------------------------------- pure: where is a node

@@ -52,6 +52,7 @@ from provisioner.errors import ProvisionerError
 log = logging.getLogger(__name__)
 
 PREFIX_ROOT = "pv"
+PREFIX_LEN = len(PREFIX_ROOT) + 6  # pv and 6 hex digits (new_prefix)
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_GRACE = 3.0
 BRIDGE = "br0"
@@ -296,8 +297,8 @@ def remove_orphan_legs() -> list[str]:
     """Delete the machine's legs whose lab is gone (no namespace of its prefix is left,
     e.g. a run killed before its ``lab down``): such a leg still routes the lab's subnet
     into nothing and would keep the next lab from having a leg. Their names."""
-    alive = {name[: len(PREFIX_ROOT) + 6] for name in list_namespaces()}
-    orphans = [leg for leg in _host_legs() if leg[: -len(LEG_HOST_END)] not in alive]
+    alive = {name[:PREFIX_LEN] for name in list_namespaces()}
+    orphans = [leg for leg in _host_legs() if leg[:PREFIX_LEN] not in alive]
     for leg in orphans:
         log.warning("removing lab leg %s: no namespace of its lab is left", leg)
         _delete_leg(leg)

@@ -21,6 +21,7 @@ from provisioner.clusters.site import Site
 from provisioner.clusters.spec import ClusterError
 from provisioner.config import Mode, parse_config, render_config
 from provisioner.postinstall.fanout import NodeRun
+from provisioner.postinstall.ssh import Connection
 from provisioner.profiles import Engine
 from provisioner.records import Cluster, EventKind, Node
 from provisioner.registry import Registry
@@ -149,6 +150,10 @@ def fake_nodes() -> dict[str, FakeNode]:
     return nodes
 
 
+def connect_all(nodes: dict[str, FakeNode]) -> dict[str, Connection]:
+    return {name: fake.connect() for name, fake in nodes.items()}
+
+
 def test_a_worker_back_restarts_the_head_after_every_worker_is_active() -> None:
     nodes = fake_nodes()
     order: list[str] = []
@@ -166,7 +171,7 @@ def test_a_worker_back_restarts_the_head_after_every_worker_is_active() -> None:
 
     for name, fake in nodes.items():
         fake.on(re.compile("systemctl"), recorder(name))
-    conns = {name: fake.connect() for name, fake in nodes.items()}
+    conns = connect_all(nodes)
     lines = LlamaRpcEngine().recover(CLUSTER, ("node1",), conns, lambda line: None)
     assert list(map(str, lines)) == [
         f"node1: {WORKER_UNIT} active",
@@ -182,7 +187,7 @@ def test_a_worker_back_restarts_the_head_after_every_worker_is_active() -> None:
 
 def test_no_member_back_restarts_nothing() -> None:
     nodes = fake_nodes()
-    conns = {name: fake.connect() for name, fake in nodes.items()}
+    conns = connect_all(nodes)
     assert LlamaRpcEngine().recover(CLUSTER, (), conns, lambda line: None) == []
     assert not any("restart" in c for f in nodes.values() for c in f.commands)
 
@@ -191,7 +196,7 @@ def test_a_head_back_alone_restarts_its_workers_rpc_servers_then_itself() -> Non
     """A reset head's connection is never closed: each worker that stayed up still serves
     it (one head at a time), so its RPC server is restarted before the head."""
     nodes = fake_nodes()
-    conns = {name: fake.connect() for name, fake in nodes.items()}
+    conns = connect_all(nodes)
     lines = LlamaRpcEngine().recover(CLUSTER, ("node0",), conns, lambda line: None)
     assert list(map(str, lines)) == [
         f"node1: {WORKER_UNIT} restarted (it held the connection of node0 before its reboot)",
@@ -214,7 +219,7 @@ def test_a_worker_that_stays_down_fails_the_recovery(monkeypatch: pytest.MonkeyP
     ticks = iter(range(0, 10_000, 100))
     fake_time = SimpleNamespace(monotonic=lambda: float(next(ticks)), sleep=lambda s: None)
     monkeypatch.setattr(llama_rpc, "time", fake_time)  # the module's, not the process's
-    conns = {name: fake.connect() for name, fake in nodes.items()}
+    conns = connect_all(nodes)
     with pytest.raises(ClusterError, match=f"node2: {WORKER_UNIT} not active"):
         LlamaRpcEngine().recover(CLUSTER, ("node1",), conns, lambda line: None)
     assert not any("restart" in c for c in nodes["node0"].commands)
@@ -287,7 +292,7 @@ def test_converge_records_where_it_stopped_on_every_member(
 
 def test_a_head_back_with_its_workers_is_restarted_after_them() -> None:
     nodes = fake_nodes()
-    conns = {name: fake.connect() for name, fake in nodes.items()}
+    conns = connect_all(nodes)
     lines = LlamaRpcEngine().recover(CLUSTER, ("node0", "node2"), conns, lambda line: None)
     assert str(lines[-1]) == f"node0: {HEAD_UNIT} restarted after node2 came back"
     # node2 rebooted (its server is fresh); node1 stayed up holding the old head's session.

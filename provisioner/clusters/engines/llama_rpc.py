@@ -152,10 +152,9 @@ class LlamaRpcEngine:
         head_back = cluster.head in back
         if not workers_back and not head_back:
             return []
+        stayed_up = [w for w in cluster.workers if head_back and w not in workers_back]
         done = []
-        for worker in cluster.workers if head_back else ():
-            if worker in workers_back:
-                continue
+        for worker in stayed_up:
             restart_unit(conns[worker], worker, WORKER_UNIT)
             done.append(
                 Recovery(worker, f"{WORKER_UNIT} restarted (it held the connection of "
