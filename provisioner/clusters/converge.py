@@ -316,8 +316,14 @@ class Converger:
         try:
             cluster = next(c for c in load_all(self.registry) if c.name == name)
         except StopIteration:
+            cluster = None
+        if cluster is None or not cluster.converge:
+            # Gone, or paused since it was asked for (the watchdog's round may have read
+            # the cluster before `cluster pause`): what was pending is dropped.
             with self._lock:
                 self._pending.pop(name, None)
+            if cluster is not None:
+                log.info("converge %s: paused, nothing done", name)
             return None
         with self._lock:
             if name in self._running:

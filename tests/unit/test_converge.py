@@ -113,6 +113,25 @@ def test_a_paused_cluster_is_left_as_it_is(registry: Registry) -> None:
         conv.close()
 
 
+def test_a_cluster_paused_after_the_watchdog_asked_is_left_as_it_is(
+    registry: Registry,
+) -> None:
+    """The watchdog's round read the cluster before `cluster pause` and asked anyway (seen
+    in CI: a member rebooting under a pause answered nothing): the pause wins."""
+    ran: list[tuple[str, ...]] = []
+    conv = Converger(registry, lambda name, back: ran.append(back), settle_s=3600)
+    try:
+        conv.close()  # no timer: due() is called here, as the timer would
+        conv.request("c1", ["node2"])
+        registry.save_cluster("c1", Cluster(**{**CLUSTER.__dict__, "converge": False}).to_json())
+        assert conv.due("c1") is None and not conv.busy("c1")
+        registry.save_cluster("c1", CLUSTER.to_json())
+        assert conv.due("c1") is None  # nothing was left pending
+    finally:
+        conv.close()
+    assert ran == []
+
+
 def test_the_timer_runs_it_in_a_thread_and_a_kick_during_a_run_runs_again(
     registry: Registry,
 ) -> None:
