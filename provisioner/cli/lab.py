@@ -78,6 +78,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         appliance=not args.no_appliance,
         image=args.image or ("debian-bookworm" if args.kind == "container" else None),
         kind=args.kind,
+        disk=args.disk,
     )
     return _report_lab(state, as_json=args.json)
 
@@ -184,6 +185,12 @@ def add_lab_commands(sub: Any) -> None:
         choices=["auto", "tcg", "kvm"],
         default="auto",
         help="auto: KVM only if a short OVMF boot under it works, else TCG",
+    )
+    lab_up.add_argument(
+        "--disk",
+        action="store_true",
+        help="container nodes: a 1 GiB disk each (a sparse file behind a loop device,"
+        " /dev/disk/by-id/lab-disk-NODE in the node; VMs always have disks)",
     )
     lab_up.add_argument("--timeout", type=float, default=900, help="seconds to follow the boots")
     lab_up.add_argument(

@@ -74,7 +74,9 @@ def judge(lsblk: dict[str, Any], wipefs: dict[str, Any]) -> Verdict:
         return Verdict("not-a-disk", "lsblk lists nothing")
     disk = devices[0]
     size = _size(disk.get("size"))
-    if disk.get("type") != "disk":
+    # A loop device is a disk too: a file behind one is what a lab container node has
+    # (provisioner.lab.loopdisk); one that carries anything is refused below like any disk.
+    if disk.get("type") not in ("disk", "loop"):
         return Verdict("not-a-disk", f"a {disk.get('type')}, not a whole disk")
     parts = disk.get("children") or []
     signatures = sorted({str(s.get("type")) for s in wipefs.get("signatures") or []})
@@ -118,13 +120,21 @@ def inspect_command(device: str) -> str:
 
 def format_command(device: str) -> str:
     """Shell (run as root on the node): a GPT with one partition over the whole disk, ext4
-    on it, what ``MOUNT`` held so far copied over (no fetch again), then mounted there."""
+    on it, what ``MOUNT`` held so far copied over (no fetch again), then mounted there.
+
+    ``partx -u`` after sfdisk: sfdisk's own re-read (BLKRRPART) adds no partition to a
+    loop device on the 6.18 kernel here (a lab container's disk); partx adds those
+    missing one by one (BLKPG), and does nothing where the kernel has them already."""
     q, m = shlex.quote(device), shlex.quote(MOUNT)
     return (
         f"set -e; dev=$(readlink -f {q}); "
         f"printf 'label: gpt\\nname={PART_NAME}\\n' | sfdisk --quiet --wipe always \"$dev\"; "
-        "udevadm settle 2>/dev/null || true; "
+        'partx -u "$dev" 2>/dev/null || true; udevadm settle 2>/dev/null || true; '
+        "i=0; while :; do "
         'part=$(lsblk -lnpo NAME,TYPE "$dev" | awk \'$2 == "part" {print $1; exit}\'); '
+        '[ -n "$part" ] && [ -b "$part" ] && break; '
+        '[ $i -lt 100 ] || { echo "no partition device on $dev after 10 s" >&2; exit 1; }; '
+        "sleep 0.1; i=$((i + 1)); done; "
         f'mkfs.ext4 -q -F -L {FS_LABEL} "$part"; '
         f'tmp=$(mktemp -d); mount "$part" "$tmp"; if [ -d {m} ]; then cp -a {m}/. "$tmp"/; fi; '
         f'umount "$tmp"; rmdir "$tmp"; {mount_command(device)}'
@@ -135,7 +145,16 @@ def mount_command(device: str) -> str:
     """Mount the cache partition on ``MOUNT`` unless it is mounted (also the base
     recipe's step at every boot)."""
     q, m = shlex.quote(device + "-part1"), shlex.quote(MOUNT)
-    return f"mountpoint -q {m} || {{ mkdir -p {m} && mount -o nodev,nosuid {q} {m}; }}"
+    return (
+        f"mountpoint -q {m} || {{ {_wait_for(q)}mkdir -p {m} && mount -o nodev,nosuid {q} {m}; }}"
+    )
+
+
+def _wait_for(word: str) -> str:
+    """Shell: wait up to 10 s for the block device ``word`` (a shell word) to be there: the node
+    for a partition comes from udev (or the lab's stand-in) a moment after the kernel
+    read the table, and ``udevadm settle`` does not wait where no udev runs."""
+    return f"i=0; while [ ! -b {word} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done; "
 
 
 def parse_inspection(output: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -15,6 +15,10 @@ loop with nspawn's status. SIGTERM or SIGINT (``lab down``, ``lab reboot``) is p
 to nspawn (an orderly shutdown of the container), and the loop ends after it.
 
 Each boot's lines go to the node's console log (this process's standard output).
+
+A node given a disk (``"disk": "/dev/loopN"`` in the plan: ``lab up --disk``) has it in
+its /dev while it runs: a thread here makes the nodes and /dev/disk/by-id links udev would
+(:mod:`provisioner.lab.loopdisk`), again after each reboot and each new partition table.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,6 +41,7 @@ from provisioner.lab.containers import (
     ContainerSpec,
     nspawn_argv,
 )
+from provisioner.lab.loopdisk import PLANT_EVERY, container_root, plant
 from provisioner.lab.netns import LabError
 
 REBOOT_STATUS = 133  # systemd-nspawn's exit status when the container rebooted
@@ -43,6 +50,24 @@ RETRY_S = 5.0  # a boot script that cannot be had yet (missing image, appliance 
 
 def say(line: str) -> None:
     print(f"[boot loop {time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+
+def keep_disk(name: str, loop: str, current: Callable[[], subprocess.Popen[bytes] | None]) -> None:
+    """Forever (a daemon thread): ``loop``'s nodes and links in the container that the
+    current ``systemd-nspawn`` (``current()``) runs."""
+    said = ""
+    while True:
+        child = current()
+        root = container_root(child.pid) if child is not None and child.poll() is None else None
+        if root is not None:
+            try:
+                if plant(root, loop, name):
+                    said = ""
+            except (OSError, LabError) as exc:  # the container went away meanwhile, ...
+                if str(exc) != said:
+                    said = str(exc)
+                    say(f"{name}: its disk {loop} not in its /dev: {exc}")
+        time.sleep(PLANT_EVERY)
 
 
 def run(plan: dict[str, Any]) -> int:
@@ -62,6 +87,10 @@ def run(plan: dict[str, Any]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if plan.get("disk"):
+        threading.Thread(
+            target=keep_disk, args=(spec.name, str(plan["disk"]), lambda: child), daemon=True
+        ).start()
     while True:
         child = subprocess.Popen(nspawn_argv(spec, root, netns, args), stdin=subprocess.DEVNULL)
         status = child.wait()

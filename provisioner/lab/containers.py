@@ -71,7 +71,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -498,9 +498,11 @@ def _launch(
     booter: Booter,
     first: tuple[Path, BootArgs],
     workdir: Path,
+    disk: str | None,
 ) -> Started:
     """Start the node's boot loop (:mod:`provisioner.lab.container_boot`) on its first
-    boot's root and arguments, in the node's cgroups (or a scope)."""
+    boot's root and arguments, in the node's cgroups (or a scope); ``disk``, a loop
+    device, is its disk."""
     name = spec.netns(prefix)
     rootfs, args = first
     plan = {
@@ -509,6 +511,7 @@ def _launch(
         "booter": booter.as_dict(),
         "root": str(rootfs),
         "words": list(args.words),
+        "disk": disk,
     }
     argv = [sys.executable, "-m", "provisioner.lab.container_boot", json.dumps(plan)]
     cgroups: list[Path] = []
@@ -551,8 +554,10 @@ def start_containers(
     booter: Booter,
     progress: Progress,
     workdir: Path,
+    disks: Mapping[str, str] | None = None,
 ) -> list[Started]:
-    """Start ``nodes`` on the lab bridge; return them as started.
+    """Start ``nodes`` on the lab bridge; return them as started. ``disks``: a node's
+    disk (a loop device, :mod:`provisioner.lab.loopdisk`) by node name.
 
     For each node: its namespace and veth, then its boot script (fetched from the
     appliance), the root of the image it names and its boot loop (``systemd-nspawn``
@@ -570,7 +575,8 @@ def start_containers(
             rootfs, args = booter.boot(spec.mac, progress)
             if not (rootfs / "usr" / "lib" / "systemd" / "systemd").exists():
                 raise ContainerError(f"{rootfs} is not a root with systemd")
-            node = _launch(prefix, spec, booter, (rootfs, args), workdir)
+            disk = (disks or {}).get(spec.name)
+            node = _launch(prefix, spec, booter, (rootfs, args), workdir, disk)
         except BaseException:
             _run(["ip", "netns", "delete", spec.netns(prefix)], check=False)
             raise

@@ -45,7 +45,7 @@ from provisioner.enroll.power_cycle import start
 from provisioner.image.discovery import build_discovery, default_cache
 from provisioner.image.rootfs import build_rootfs
 from provisioner.image.store import ImageRef, ImageStore
-from provisioner.lab import containers
+from provisioner.lab import containers, loopdisk
 from provisioner.lab.containers import Started, stop_containers
 from provisioner.lab.containers import steps_reached as container_steps
 from provisioner.lab.netns import (
@@ -215,6 +215,7 @@ def up(
     appliance: bool = True,
     image: str | None = None,
     kind: str = "vm",
+    disk: bool = False,
 ) -> LabState:
     existing = LabState.load(directory)
     if existing is not None and any(n.startswith(existing.prefix) for n in list_namespaces()):
@@ -247,7 +248,7 @@ def up(
         lab.host_leg = attach_this_machine(net, progress)
         lab.save()
         if kind == "container":
-            _containers_up(lab, net, nodes, mode, state_dir, appliance, progress)
+            _containers_up(lab, net, nodes, mode, state_dir, appliance, progress, disk=disk)
             watch(lab, progress, timeout)
             return lab
         for i in range(1, nodes + 1):
@@ -312,9 +313,12 @@ def _containers_up(
     state_dir: Path,
     appliance: bool,
     progress: Progress,
+    *,
+    disk: bool,
 ) -> None:
     """Container nodes (systemd-nspawn) booting the shared image on the lab bridge: no
-    firmware steps; from their boot script on, the same path as a VM's."""
+    firmware steps; from their boot script on, the same path as a VM's. With ``disk``,
+    each has a disk of its own (a loop device, :mod:`provisioner.lab.loopdisk`)."""
 
     if not appliance or lab.image is None:
         raise LabError("container nodes need the appliance and an image (--image NAME)")
@@ -323,6 +327,13 @@ def _containers_up(
     for spec in specs:
         lab.nodes.append(LabNode(spec.name, spec.mac, "container", spec.port(lab.prefix)))
     write_config(lab.config, _lab_config(mode, state_dir, lab.image))
+    if disk:
+        for spec in specs:
+            lab.disks[spec.name] = loopdisk.attach(_disk_file(lab, spec.name))
+            progress(
+                f"{spec.name}: a {loopdisk.DISK_BYTES >> 30} GiB disk, {lab.disks[spec.name]}"
+                f" (/dev/disk/by-id/{loopdisk.disk_id(spec.name)} in the node)"
+            )
     lab.save()
     net.host("prov").run(["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"])
     _start_appliance(lab, net.host("prov"), directory, progress)
@@ -336,14 +347,19 @@ def _containers_up(
     finally:
         registry.close()
     started = containers.start_containers(
-        lab.prefix, net.switch, specs, _booter(lab), progress, directory / "containers"
-    )
+        lab.prefix, net.switch, specs, _booter(lab), progress, directory / "containers",
+        lab.disks,
+    )  # fmt: skip
     lab.containers = [s.as_dict() for s in started]
     by_mac = {s.mac: s for s in started}
     for node in lab.nodes:
         node.pid = by_mac[node.mac].pid
         node.powered_on = by_mac[node.mac].started_at
     lab.save()
+
+
+def _disk_file(lab: LabState, name: str) -> Path:
+    return Path(lab.directory) / "containers" / f"{name}.disk"
 
 
 def _booter(lab: LabState) -> containers.Booter:
@@ -524,8 +540,9 @@ def reboot(directory: Path, names: Sequence[str], progress: Progress) -> list[st
         switch.run(["ip", "link", "del", node.tap], check=False)
     specs = [s for s in containers.container_specs(len(lab.nodes)) if s.name in names]
     started = containers.start_containers(
-        lab.prefix, switch, specs, _booter(lab), progress, directory / "containers"
-    )
+        lab.prefix, switch, specs, _booter(lab), progress, directory / "containers",
+        lab.disks,
+    )  # fmt: skip
     for one in started:
         running[one.name] = one
         by_name[one.name].pid = one.pid
@@ -547,6 +564,8 @@ def down(directory: Path, progress: Progress) -> list[str]:
             _stop_pid(node.pid)
     for pid in lab.pids.values():
         _stop_pid(pid)
+    for name in lab.disks:  # after the containers: nothing holds them now
+        loopdisk.detach(_disk_file(lab, name))
     removed = cleanup(lab.prefix)
     (directory / "lab.json").unlink()
     progress(f"removed {len(removed)} namespaces of lab {lab.prefix}; processes ended")

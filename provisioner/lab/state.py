@@ -35,6 +35,7 @@ class LabState:
     kind: str = "vm"  # vm (QEMU, real firmware) | container (systemd-nspawn, the image only)
     containers: list[dict[str, Any]] = field(default_factory=list)  # containers.Started
     host_leg: str | None = None  # this machine's link on the lab's bridge (None: none)
+    disks: dict[str, str] = field(default_factory=dict)  # container node -> its loop device
 
     @property
     def target(self) -> str:

@@ -25,7 +25,9 @@ QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 DISK_BYTES = 1024 * 1024 * 1024  # sparse: room for a model cache (node disk init)
-DISK_SERIAL = "lab-disk0"  # /dev/disk/by-id/virtio-lab-disk0 in the guest
+# Two disks, as a server with a system disk and a spare: /dev/disk/by-id/virtio-lab-disk0
+# and virtio-lab-disk1 in the guest (a diskless node boots the shared image either way).
+DISK_SERIALS = ("lab-disk0", "lab-disk1")
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,8 @@ class VmSpec:
         return self.workdir / f"{self.name}.qmp"
 
     @property
-    def disk(self) -> Path:
-        return self.workdir / f"{self.name}.disk"
+    def disks(self) -> tuple[Path, ...]:
+        return tuple(self.workdir / f"{self.name}.{serial}" for serial in DISK_SERIALS)
 
     @property
     def vars(self) -> Path:
@@ -90,11 +92,14 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         f"tap,id=n0,ifname={spec.tap},script=no,downscript=no",
         "-device",
         nic,
-        "-drive",
-        f"file={spec.disk},if=none,id=d0,format=raw",
-        "-device",
-        f"virtio-blk-pci,drive=d0,serial={DISK_SERIAL}",
     ]
+    for i, (path, serial) in enumerate(zip(spec.disks, DISK_SERIALS, strict=True)):
+        argv += [
+            "-drive",
+            f"file={path},if=none,id=d{i},format=raw",
+            "-device",
+            f"virtio-blk-pci,drive=d{i},serial={serial}",
+        ]
     if spec.firmware == "uefi":
         argv += [
             "-drive",
@@ -108,10 +113,11 @@ def qemu_argv(spec: VmSpec) -> list[str]:
 
 
 def prepare(spec: VmSpec) -> None:
-    """The VM's files: an empty disk (so the inventory has one) and its own UEFI vars."""
+    """The VM's files: its empty disks and its own UEFI vars."""
     spec.workdir.mkdir(parents=True, exist_ok=True)
-    with open(spec.disk, "wb") as fh:
-        fh.truncate(DISK_BYTES)
+    for path in spec.disks:
+        with open(path, "wb") as fh:
+            fh.truncate(DISK_BYTES)
     if spec.firmware == "uefi":
         if not OVMF_CODE.exists():
             raise LabError(f"{OVMF_CODE} is missing: apt-get install ovmf")

@@ -271,10 +271,11 @@ def test_lab_vms_booted_by_real_firmware_become_a_cluster_that_passes_smoke(
         f"smoke {smoke_s:.1f} s"
     )
 
-    # The head's own disk as its cache (`node disk init`): never by kernel name, never a
-    # disk with a partition table provisioner did not make, never without --yes; then
-    # formatted, and after a reboot neither the model nor the runtime is fetched again.
-    disk = "/dev/disk/by-id/virtio-lab-disk0"
+    # The head's spare disk as its cache (`node disk init`): never by kernel name, never a
+    # disk with a partition table provisioner did not make (its other disk, given one
+    # here), never without --yes; then formatted, and after a reboot neither the model nor
+    # the runtime is fetched again, and the other disk is as it was.
+    system, disk = (f"/dev/disk/by-id/virtio-lab-disk{i}" for i in (0, 1))
     # The head alone reset (QMP: no FIN to its workers, whose RPC servers still hold its
     # connection): it comes back serving by itself. Its cold leg (no cache disk: the model
     # and the runtime fetched again) is the day-two bench's first figure; under TCG each
@@ -287,13 +288,11 @@ def test_lab_vms_booted_by_real_firmware_become_a_cluster_that_passes_smoke(
     def disk_init(*args: str) -> subprocess.CompletedProcess[str]:
         return lab_cli(lab_dir, "node", "disk", "init", "labnode1", *args)
 
-    assert disk_init("/dev/vda", "--yes").returncode == 2  # a kernel name: a usage error
-    dos = ssh_node(lab_dir, "labnode1", f"printf 'label: dos\\n,64M,L\\n' | sfdisk -q {disk}")
+    assert disk_init("/dev/vdb", "--yes").returncode == 2  # a kernel name: a usage error
+    dos = ssh_node(lab_dir, "labnode1", f"printf 'label: dos\\n,64M,L\\n' | sfdisk -q {system}")
     assert dos.returncode == 0, dos.stderr
-    foreign = disk_init(disk, "--yes")
+    foreign = disk_init(system, "--yes")
     assert foreign.returncode == 4 and "dos partition table" in foreign.stderr, foreign.stderr
-    wiped = ssh_node(lab_dir, "labnode1", f"wipefs -qa {disk} >/dev/null; lsblk -no PTTYPE {disk}")
-    assert wiped.returncode == 0 and not wiped.stdout.strip(), wiped
     unasked = disk_init(disk)
     assert unasked.returncode == 4 and "--yes" in unasked.stderr, unasked.stderr
     assert not ssh_node(lab_dir, "labnode1", f"lsblk -no PTTYPE {disk}").stdout.strip()
@@ -306,6 +305,8 @@ def test_lab_vms_booted_by_real_firmware_become_a_cluster_that_passes_smoke(
 
     warm_s, served = reboot_until_serving(lab_dir, "labnode1")
     assert "images" in served and not served & {"models", "artifacts"}, served
+    tables = ssh_node(lab_dir, "labnode1", f"lsblk -no PTTYPE {system} {disk} | sort -u")
+    assert tables.stdout.split() == ["dos", "gpt"], tables  # the refused disk untouched
     cold = (
         f"without a cache disk {cold_s:.1f} s (fetched {sorted(cold_served)}), " if cold_s else ""
     )

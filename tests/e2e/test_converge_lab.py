@@ -2,11 +2,14 @@
 once (`lab reboot`, the lab's power button), comes back to `serving` with no command
 typed: serve sees each member report from its image, waits for the others, re-runs the
 cluster's post-install, restarts the head after its workers' RPC servers are active
-again, and runs smoke. Then one worker alone; then one worker's RPC server stopped (the
+again, and runs smoke. Then the same with each node's own disk (`lab up --disk`, `node
+disk init`) as its cache: nothing fetched again. Then one worker alone; then one worker's
+RPC server stopped (the
 watchdog); then a rolling upgrade to a new image version (one member down at a time), a
 broken version that stops the roll at its first node, and its rollback; then a paused
 cluster is left as it comes.
-Prints the time from power-on to serving (the bench figure of the day-two issue)."""
+Prints the time from power-on to serving, cold and warm (the day-two issue's figures;
+bench/day_two_bench.py repeats them)."""
 
 from __future__ import annotations
 
@@ -53,6 +56,17 @@ def wait_serving(lab_dir: Path, since: float, timeout: float = 900) -> float:
         assert not failed, failed
         time.sleep(2)
     raise AssertionError(f"not serving after {timeout} s: {states}")
+
+
+def served_since(lab_dir: Path, since: float) -> set[str]:
+    """The areas (images, models, artifacts) of the files the appliance served the
+    members after ``since`` (their timelines' http-file events)."""
+    return {
+        str(e["detail"]["area"])
+        for name in NODES
+        for e in node_json(lab_dir, name)["timeline"]
+        if e["kind"] == "http-file" and e["ts"] > since
+    }
 
 
 def new_version(lab_dir: Path, change: str) -> str:
@@ -134,7 +148,7 @@ def test_a_cluster_power_cycled_at_once_comes_back_serving_by_itself(
     config = str(lab_dir / "provisioner.toml")
     up = run_cli(
         "lab", "up", "--dir", str(lab_dir), "--kind", "container", "--nodes", "3",
-        "--image", "debian-bookworm", "--timeout", "300",
+        "--image", "debian-bookworm", "--disk", "--timeout", "300",
     )  # fmt: skip
     assert up.returncode == 0, up.stderr[-6000:]
     model = run_cli(
@@ -175,6 +189,27 @@ def test_a_cluster_power_cycled_at_once_comes_back_serving_by_itself(
         kinds = [e["kind"] for e in node_json(lab_dir, name)["timeline"] if e["ts"] > since]
         assert "approval" not in kinds  # its host key is the one it had
         assert kinds.index("inventory") < kinds.index("converge")
+    cold_served = served_since(lab_dir, since)
+    assert {"models", "artifacts"} <= cold_served, cold_served  # a bare root: all again
+
+    # 1b. Each node's own disk as its cache (`node disk init`, a loop device here): only
+    # with --yes; formatted, it keeps what was fetched. The rack power-cycled again: no
+    # model and no runtime is fetched, and the cluster serves again (the warm figure).
+    for name in NODES:
+        disk = f"/dev/disk/by-id/lab-disk-{name}"
+        init = ("--config", config, "node", "disk", "init", name, disk)
+        unasked = run_cli(*init)
+        assert unasked.returncode == 4 and "--yes" in unasked.stderr, unasked.stderr
+        formatted = run_cli(*init, "--yes", "--json")
+        assert formatted.returncode == 0, formatted.stderr[-3000:]
+        assert json.loads(formatted.stdout)["action"] == "formatted"
+        kept = ssh_node(lab_dir, name, "findmnt -no LABEL /var/lib/provisioner")
+        assert kept.stdout.strip() == "prov-cache", kept
+    since = time.time()
+    assert run_cli("lab", "reboot", "--dir", str(lab_dir), *NODES).returncode == 0
+    warm_s = wait_serving(lab_dir, since)
+    warm_served = served_since(lab_dir, since)
+    assert "images" in warm_served and not warm_served & {"models", "artifacts"}, warm_served
 
     # 2. One worker alone: the head is restarted after it, the others are left alone.
     since = time.time()
@@ -270,8 +305,9 @@ def test_a_cluster_power_cycled_at_once_comes_back_serving_by_itself(
     assert "converge at boot: paused" in status.stdout
     print(
         f"day two, 3-node llama.cpp RPC cluster in containers: first post-install + smoke "
-        f"{first_s:.1f} s; power-on to serving after all three rebooted {all_s:.1f} s, "
-        f"after one worker {worker_s:.1f} s (cold: no disk cache, the model copied again); "
+        f"{first_s:.1f} s; power-on to serving after all three rebooted: cold (no disk "
+        f"cache, fetched {sorted(cold_served)}) {all_s:.1f} s, warm (cache disks, fetched "
+        f"{sorted(warm_served)}) {warm_s:.1f} s; after one worker {worker_s:.1f} s (warm); "
         f"a worker's RPC server stopped to serving again {unit_s:.1f} s (watchdog every 30 s); "
         f"rolling upgrade @1 -> @2, reboot to serving per member (ctr2, ctr3, ctr1) "
         f"{', '.join(f'{s:.1f}' for s in roll_s)} s, at most {down} member down at a time; "

@@ -37,7 +37,7 @@ def check_discovered(lab_dir: Path, mac: str, firmware: str, steps: list[str]) -
     assert pci & {("1af4", "1001"), ("1af4", "1042")}, pci  # virtio-blk
     assert any(n["mac"] == mac and n["driver"] == "virtio_net" for n in inv["nics"])
     disks = {d["name"]: d for d in inv["disks"]}
-    assert disks["vda"]["size_bytes"] == DISK_BYTES, disks
+    assert {disks[d]["size_bytes"] for d in ("vda", "vdb")} == {DISK_BYTES}, disks
     kinds = [e["kind"] for e in node["timeline"]]
     files = [e["detail"].get("file") for e in node["timeline"] if e["kind"] == "http-file"]
     for step in ["power", *steps, "profile"]:
