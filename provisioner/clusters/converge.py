@@ -52,6 +52,7 @@ from provisioner.states import NodeEvent, NodeState
 log = logging.getLogger(__name__)
 
 SETTLE_S = 15.0  # after a member's report, for the others that rebooted with it to report
+QUIET_S = 2.0  # instead, when no member is on its way back (all that rebooted reported)
 RETURN_TIMEOUT_S = 600.0  # a member still booting after this is left behind (degraded)
 # At boot the smoke kills nothing (no restart check) and waits for the model to load.
 BOOT_SMOKE = SmokeOptions(wait_s=600.0, restart=False)
@@ -257,12 +258,14 @@ class Converger:
         run: Run,
         *,
         settle_s: float = SETTLE_S,
+        quiet_s: float = QUIET_S,
         timeout_s: float = RETURN_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.registry = registry
         self.run = run
         self.settle_s = settle_s
+        self.quiet_s = quiet_s
         self.timeout_s = timeout_s
         self.clock = clock
         self._lock = threading.Lock()
@@ -272,7 +275,12 @@ class Converger:
         self._closed = False
 
     def kick(self, node: Node) -> list[str]:
-        """``node`` reported from its image: converge its clusters soon. The names."""
+        """``node`` reported from its image: converge its clusters soon. The names.
+
+        Soon is ``settle_s`` while another member is on its way back (it fetched a boot
+        script and has not reported yet; :meth:`due` waits for it anyway), else
+        ``quiet_s``: the members that rebooted together have all reported, and waiting
+        longer only delays serving (15 of the 31 s from power-on to serving here)."""
         names = []
         for cluster in clusters_of(self.registry, node):
             if not cluster.converge:
@@ -281,7 +289,12 @@ class Converger:
             with self._lock:
                 pending = self._pending.setdefault(cluster.name, {})
                 pending.setdefault(node.hostname or node.mac, self.clock())
-            self._arm(cluster.name, self.settle_s)
+            try:
+                others = [m for m in members(self.registry, cluster) if m.mac != node.mac]
+                waiting = any(booting(self.registry, m) for m in others)
+            except ProvisionerError:  # a member gone from the registry: due() will say
+                waiting = True
+            self._arm(cluster.name, self.settle_s if waiting else self.quiet_s)
             names.append(cluster.name)
         return names
 

@@ -85,6 +85,29 @@ def test_the_converger_waits_for_every_member_then_runs_once(registry: Registry)
         conv.close()
 
 
+def test_the_last_member_back_converges_at_once_and_an_early_one_waits(
+    registry: Registry,
+) -> None:
+    """A report while another member is on its way back arms the settle time; the last
+    one back (nobody booting) arms the short quiet time."""
+    ran: list[tuple[str, ...]] = []
+    conv = Converger(registry, lambda name, back: ran.append(back), settle_s=3600, quiet_s=0.05)
+    try:
+        reboot(registry, "node1", 1.0, back=True)
+        reboot(registry, "node2", 1.0, back=False)
+        conv.kick(node(registry, "node1"))
+        assert conv._timers["c1"].interval == 3600  # node2 is on its way
+        reboot(registry, "node2", 2.0, back=True)
+        conv.kick(node(registry, "node2"))
+        assert conv._timers["c1"].interval == 0.05
+        deadline = time.monotonic() + 10
+        while not ran and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ran == [("node1", "node2")]
+    finally:
+        conv.close()
+
+
 def test_a_member_that_does_not_come_back_is_left_behind_after_the_timeout(
     registry: Registry,
 ) -> None:

@@ -60,6 +60,9 @@ def test_uefi_vm_uses_ovmf_pxe_and_bios_vm_the_ipxe_rom(tmp_path: Path) -> None:
     assert not any("romfile" in a for a in bios) and not any("OVMF" in a for a in bios)
     assert f"unix:{tmp_path}/labnode1.qmp,server=on,wait=off" in bios
     assert "tap,id=n0,ifname=pvt1,script=no,downscript=no" in bios
+    disks = [bios[i + 1] for i, a in enumerate(bios) if a == "-device" and "blk" in bios[i + 1]]
+    assert disks == [f"virtio-blk-pci,drive=d{i},serial=lab-disk{i}" for i in (0, 1)]
+    assert f"file={tmp_path}/labnode1.lab-disk1,if=none,id=d1,format=raw" in bios
 
 
 def test_a_node_sent_its_image_goes_on_to_root_keys_and_ready() -> None:
