@@ -28,7 +28,7 @@ from provisioner.enroll import lifecycle
 from provisioner.enroll.matching import Enroller, approve
 from provisioner.errors import IllegalTransition, Refused, UsageError
 from provisioner.names import UnsafeValue
-from provisioner.records import Detail, Event, EventKind, Node
+from provisioner.records import Detail, EventKind, Node
 from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
 
@@ -141,13 +141,15 @@ def cmd_node_show(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    _show_node(node, events, has_inventory=inventory is not None, held=held)
+    _show_node(node, has_inventory=inventory is not None, held=held)
+    if inventory:
+        _show_disks(json.loads(inventory), reg.cache_disk(node.mac))
+    print("\nboot timeline (t = seconds since the first step shown, + = since the previous):")
+    print_timeline(events)
     return 0
 
 
-def _show_node(
-    node: Node, events: list[Event], *, has_inventory: bool, held: Detail | None
-) -> None:
+def _show_node(node: Node, *, has_inventory: bool, held: Detail | None) -> None:
     for key, value in node.as_dict().items():
         if key in ("first_seen", "last_seen") and isinstance(value, float):
             value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
@@ -155,8 +157,25 @@ def _show_node(
     print(f"{'inventory':11} {'received' if has_inventory else '-'}")
     if held:
         print(f"{'held':11} a report changing {held.get('what')}: `provisioner node approve`")
-    print("\nboot timeline (t = seconds since the first step shown, + = since the previous):")
-    print_timeline(events)
+
+
+def _show_disks(document: dict[str, Any], cache: str | None) -> None:
+    """The reported disks, each with its serial and stable names (what `node disk init`
+    takes); the cache disk marked."""
+    disks = (document.get("inventory") or {}).get("disks") or []
+    if not disks:
+        return
+    print("\ndisks (`node disk init` takes a /dev/disk/by-id or by-path name):")
+    for disk in disks:
+        size = disk.get("size_bytes")
+        ids = disk.get("ids") or []
+        print(
+            f"  {disk.get('name') or '?':10} {f'{size / (1 << 30):.1f} GiB' if size else '-':>10}"
+            f"  serial {disk.get('serial') or '-'}"
+            f"{'  (the cache disk)' if cache in ids else ''}"
+        )
+        for name in ids:
+            print(f"  {'':10} {'':>10}  {name}")
 
 
 def cmd_node_rename(args: argparse.Namespace) -> int:

@@ -76,6 +76,8 @@ class Disk:
     size_bytes: int | None = None
     rotational: bool | None = None
     model: str | None = None
+    serial: str | None = None
+    ids: tuple[str, ...] = ()  # /dev/disk/by-id/... and by-path/... (what node disk init takes)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ class Disk:
     rotational: bool | None
     removable: bool | None
     model: str | None
+    serial: str | None = None
+    ids: tuple[str, ...] = ()  # /dev/disk/by-id/... and by-path/... names (udev's)
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,8 @@ def parse_report(text: str) -> ParseResult:
                     rotational=_bool(values.get("rotational")),
                     removable=_bool(values.get("removable")),
                     model=values.get("model") or None,
+                    serial=values.get("serial") or None,
+                    ids=tuple(values.get("ids", "").split()),
                 )
             )
         elif kind == "ssh":

@@ -289,6 +289,16 @@ def make_tree(root: Path) -> None:
     write("sys/block/sda/removable", "0\n")
     write("sys/block/sda/queue/rotational", "0\n")
     write("sys/block/sda/device/model", "Samsung SSD 870   \t\n")
+    write("sys/block/sda/device/serial", "S5STNF0R123456  \n")  # SCSI/ATA: under device/
+    write("sys/block/vda/serial", "lab-disk0\n")  # virtio: beside size
+    # udev's links: two to sda, one to a partition of it (not sda's), one to vda
+    write("dev/sda", "")
+    write("dev/sda1", "")
+    write("dev/vda", "")
+    link("dev/disk/by-id/ata-Samsung_SSD_870_S5STNF0R123456", "../../sda")
+    link("dev/disk/by-id/ata-Samsung_SSD_870_S5STNF0R123456-part1", "../../sda1")
+    link("dev/disk/by-path/pci-0000:00:1f.2-ata-1", "../../sda")
+    link("dev/disk/by-id/virtio-lab-disk0", "../../vda")
     write("sys/block/loop0/size", "0\n")
     write("sys/block/zram0/size", "0\n")
 
@@ -342,11 +352,15 @@ size=976773168
 rotational=0
 removable=0
 model=Samsung SSD 870
+serial=S5STNF0R123456
+ids=/dev/disk/by-id/ata-Samsung_SSD_870_S5STNF0R123456 /dev/disk/by-path/pci-0000:00:1f.2-ata-1
 ==> block vda <==
 size=131072
 rotational=1
 removable=0
 model=
+serial=lab-disk0
+ids=/dev/disk/by-id/virtio-lab-disk0
 """
 
 

@@ -93,3 +93,30 @@ def test_ssh_host_keys_become_fingerprints_like_ssh_keygen() -> None:
         ("ssh-ed25519", expected)
     ]
     assert any("not a public key" in p for p in result.problems)
+
+
+def test_a_disks_serial_and_stable_names_reach_the_stored_inventory() -> None:
+    from provisioner.discovery import schema
+    from provisioner.discovery.dumps.agent import from_report
+
+    report = (
+        (FIXTURES / "qemu-q35-uefi.txt")
+        .read_text()
+        .replace(
+            "==> block vda <==\n",
+            "==> block vda <==\nserial=lab-disk1\n"
+            "ids=/dev/disk/by-id/virtio-lab-disk1 /dev/disk/by-path/pci-0000:00:04.0\n",
+        )
+    )
+    result = parse_report(report)
+    (disk,) = result.inventory.disks
+    assert disk.serial == "lab-disk1"
+    assert disk.ids == ("/dev/disk/by-id/virtio-lab-disk1", "/dev/disk/by-path/pci-0000:00:04.0")
+    stored = schema.to_json(schema.check(from_report(result)))
+    assert stored["disks"][0]["serial"] == "lab-disk1"
+    assert stored["disks"][0]["ids"][0] == "/dev/disk/by-id/virtio-lab-disk1"
+
+
+def test_an_older_agent_without_serials_leaves_them_empty() -> None:
+    (disk,) = parse_report((FIXTURES / "qemu-q35-uefi.txt").read_text()).inventory.disks
+    assert (disk.serial, disk.ids) == (None, ())

@@ -120,3 +120,29 @@ def test_lifecycle_errors_carry_their_kind() -> None:
     assert issubclass(NameTaken, Refused) and issubclass(IllegalTransition, Refused)
     assert set(lifecycle.BOOT_EVENTS) == set(lifecycle.BootTarget)
     assert NodeState.LOCAL.value == lifecycle.BootTarget.LOCAL.value
+
+
+def test_node_show_lists_the_disks_by_their_stable_names_and_marks_the_cache(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(config, capsys, "node", "add", "n0", "--mac", A)[0] == 0
+    spare = "/dev/disk/by-id/virtio-lab-disk1"
+    disks = [
+        {"name": "vda", "size_bytes": 1 << 30, "serial": "lab-disk0",
+         "ids": ["/dev/disk/by-id/virtio-lab-disk0"]},
+        {"name": "vdb", "size_bytes": 1 << 30, "serial": "lab-disk1",
+         "ids": [spare, "/dev/disk/by-path/pci-0000:00:05.0"]},
+        {"name": "sda", "size_bytes": None},  # an older agent: no serial, no names
+    ]  # fmt: skip
+    doc = {"format": "json", "inventory": {"schema": "provisioner.inventory/1", "disks": disks}}
+    reg = registry(config)
+    reg.store_inventory(A, json.dumps(doc))
+    reg.set_cache_disk(A, spare)
+    code, out, _ = run(config, capsys, "node", "show", "n0")
+    assert code == 0
+    lines = out[out.index("disks (") : out.index("boot timeline")].splitlines()
+    assert lines[1].split() == ["vda", "1.0", "GiB", "serial", "lab-disk0"]
+    assert lines[2].strip() == "/dev/disk/by-id/virtio-lab-disk0"
+    assert lines[3].split()[-3:] == ["(the", "cache", "disk)"] and "lab-disk1" in lines[3]
+    assert [ln.strip() for ln in lines[4:6]] == [spare, "/dev/disk/by-path/pci-0000:00:05.0"]
+    assert lines[6].split() == ["sda", "-", "serial", "-"]

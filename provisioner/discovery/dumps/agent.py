@@ -49,7 +49,9 @@ def from_report(result: report.ParseResult) -> Inventory:
         memory_bytes=inv.memory_bytes,
         dmi=Dmi(**{ours: inv.dmi.get(theirs) or None for ours, theirs in DMI_KEYS.items()}),
         nics=tuple(Nic(n.name, n.mac, n.speed_mbps, n.driver) for n in inv.nics),
-        disks=tuple(Disk(d.name, d.size_bytes, d.rotational, d.model) for d in inv.disks),
+        disks=tuple(
+            Disk(d.name, d.size_bytes, d.rotational, d.model, d.serial, d.ids) for d in inv.disks
+        ),
         firmware=inv.firmware,
         kernel=inv.kernel,
         hostname=inv.hostname,

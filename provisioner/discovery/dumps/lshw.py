@@ -220,6 +220,7 @@ def _inventory(root: Node | None, problems: list[str], partial: bool) -> Invento
                     name=opt(node.fields.get("logicalname")),
                     size_bytes=_bytes(node),
                     model=opt(node.fields.get("product")),
+                    serial=opt(node.fields.get("serial")),
                 )
             )
     cpu = None
