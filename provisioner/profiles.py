@@ -28,6 +28,7 @@ import yaml
 from provisioner import names
 from provisioner.discovery.model import Dmi
 from provisioner.errors import ProvisionerError
+from provisioner.kernel_need import MIN_RE, KernelNeed
 
 SCHEMA = "provisioner.profile/1"
 NOT_PROFILES = frozenset({"accelerators.yaml"})
@@ -35,6 +36,7 @@ DMI_FIELDS = tuple(f.name for f in fields(Dmi))  # system_vendor, board_name, ..
 REQUIRED_KEYS = ("name", "version", "description", "sources", "match")
 OPTIONAL_KEYS = (
     "drivers", "engine", "engine_defaults", "engines", "smoke", "kernel_args", "image",
+    "kernel",
 )  # fmt: skip
 ENGINE_RULE_KEYS = (
     "refused", "use", "backend", "gpu_arch", "cpu_baseline", "dtype", "quantization",
@@ -192,6 +194,7 @@ class Profile:
     smoke: Smoke = field(default_factory=Smoke)
     kernel_args: tuple[str, ...] = ()
     image: str | None = None  # the image its nodes boot (None: the config's default)
+    kernel: KernelNeed | None = None  # the kernel its hardware needs (kernel_need.py)
     engines: tuple[EngineRule, ...] = ()  # empty: no engine is ruled out
     file: str = ""
     line: int = 1
@@ -475,6 +478,7 @@ class _Reader:
             if engine is Engine.NONE and (defaults.dtype or defaults.quantization):
                 self.fail(entry[0], "engine_defaults", "given but engine is none")
         smoke = self._smoke(v["smoke"]) if "smoke" in v else Smoke()
+        kernel = self._kernel(v["kernel"]) if "kernel" in v else None
         engines = self._engines(v["engines"]) if "engines" in v else ()
         if name is None or version is None or description is None:
             return None
@@ -491,6 +495,7 @@ class _Reader:
             smoke=smoke,
             kernel_args=kernel_args,
             image=image,
+            kernel=kernel,
             engines=engines,
             file=self.source,
             line=top["name"][0].start_mark.line + 1,
@@ -549,6 +554,21 @@ class _Reader:
                     self.fail(node, f"engines.{rule.engine.value}.use",
                               f"{rule.use.value} must be listed, and not refused")  # fmt: skip
         return tuple(rules)
+
+    def _kernel(self, node: yaml.Node) -> KernelNeed | None:
+        got = self.mapping(node, "kernel", ("min", "why"))
+        if got is None:
+            return None
+        v = {key: value for key, (_, value) in got.items()}
+        for key in ("min", "why"):
+            if key not in v:
+                self.fail(node, f"kernel.{key}", "required key missing")
+        least = self.string(v["min"], "kernel.min") if "min" in v else None
+        if least is not None and not MIN_RE.match(least):
+            self.fail(v["min"], "kernel.min", f"{least!r} is not a kernel release such as 6.14")
+            least = None
+        why = self.string(v["why"], "kernel.why") if "why" in v else None
+        return KernelNeed(least, why.strip()) if least and why else None
 
     def _smoke(self, node: yaml.Node) -> Smoke:
         keys = ("reference_model", "min_tokens_per_s", "max_ttft_s")

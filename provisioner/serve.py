@@ -17,6 +17,7 @@ from provisioner.boot.dhcp_server import DhcpService
 from provisioner.boot.http import create_app
 from provisioner.boot.http_context import AppContext
 from provisioner.boot.http_files import FileAreas, FileServed, FrontProtocol
+from provisioner.boot.image_kernel import image_kernel
 from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.boot.ra import RouterAdvertiser
 from provisioner.boot.routes_files import record_file
@@ -91,6 +92,7 @@ class BootServices:
             cfg.cluster.profiles_dir,
             cfg.cluster.hostname_pattern,
             auto_enroll=cfg.cluster.auto_enroll,
+            image_kernel=image_kernel(self.registry, cfg.image_dir, cfg.boot.image),
         )
         self.keypair = ensure_keypair(cfg.state_dir)  # made at first start
         # Day two: members back on their image bring their clusters back to serving.

@@ -27,12 +27,13 @@ from provisioner.clusters.rolling import prepare, reboot_node
 from provisioner.clusters.site import Site
 from provisioner.config import Config
 from provisioner.data import IMAGES
-from provisioner.errors import NotFound, UsageError
+from provisioner.errors import NotFound, Refused, UsageError
 from provisioner.image import guardrails
 from provisioner.image.discovery import build_discovery, default_cache
 from provisioner.image.rootfs import build_rootfs
 from provisioner.image.store import ImageInUse, ImageRef, ImageStore, StoredImage, users_of
-from provisioner.profiles import load_profiles
+from provisioner.kernel_need import refusal
+from provisioner.profiles import Profile, load_profiles
 from provisioner.registry import Registry
 
 RECIPES = IMAGES
@@ -140,6 +141,7 @@ def cmd_image_use(args: argparse.Namespace) -> int:
         raise NotFound(f"no profile {args.profile!r} (have: {', '.join(profiles.names)})")
     store = ImageStore(cfg.image_dir)
     image = store.get(ref)  # refuse an image that is not built
+    _kernel_fits(profiles.get(args.profile), image)
     registry = open_registry(cfg)
     registry.set_profile_image(args.profile, str(ref))
     follows = "its newest version" if ref.version is None else "pinned"
@@ -148,6 +150,17 @@ def cmd_image_use(args: argparse.Namespace) -> int:
     else:
         print(f"{args.profile} boots {ref} ({follows}: now {image.ref}) from its next boot")
     return 0
+
+
+def _kernel_fits(profile: Profile | None, image: StoredImage) -> None:
+    """Refused (exit 4) when ``profile`` needs a newer kernel than ``image`` has: its
+    nodes would boot it and never drive their hardware (kernel_need.py)."""
+    if profile is None or profile.kernel is None:
+        return
+    release = image.manifest.get("kernel_release")
+    why = refusal(profile.name, profile.kernel, image.ref, str(release) if release else None)
+    if why is not None:
+        raise Refused(why)
 
 
 def cmd_image_remove(args: argparse.Namespace) -> int:
@@ -190,6 +203,9 @@ def _roll(cfg: Config, args: argparse.Namespace) -> int:
     found = store.find(now)
     current = found.ref if found else None
     plan = prepare(site, args.profile, args.image, current=current, rollback=args.rollback)
+    target = store.find(plan.target)
+    if target is not None:
+        _kernel_fits(profile, target)
     say = (lambda line: None) if args.json else stamped
     what = "rollback" if args.rollback else "roll"
     order = ", ".join(s.name for s in plan.steps) or "none"

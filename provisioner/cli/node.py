@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from provisioner.boot.image_kernel import image_kernel
 from provisioner.cli.common import (
     Exit,
     add_command,
@@ -78,7 +79,12 @@ def _nearest(reg: Registry, node: Node) -> list[str]:
 def cmd_node_enroll(args: argparse.Namespace) -> int:
     """matched -> enrolled: the node boots its profile's image at its next boot. Several
     nodes: each is reported; the status is 1 when any was not enrolled."""
-    reg = open_registry(load_cfg(args))
+    cfg = load_cfg(args)
+    reg = open_registry(cfg)
+    enroller = Enroller(
+        reg, cfg.cluster.profiles_dir, cfg.cluster.hostname_pattern,
+        image_kernel=image_kernel(reg, cfg.image_dir, cfg.boot.image),
+    )  # fmt: skip
     done, failed = [], []
     for key in args.nodes:
         node = reg.node(normalize_mac(key) or key)
@@ -87,6 +93,11 @@ def cmd_node_enroll(args: argparse.Namespace) -> int:
             continue
         if not node.profile:
             failed.append({"node": key, "error": f"no profile yet (state {node.state.value})"})
+            continue
+        why = enroller.enroll_refusal(node)
+        if why is not None:
+            reg.add_event(node.mac, EventKind.REFUSED, {"what": "enroll", "why": why})
+            failed.append({"node": key, "error": why})
             continue
         try:
             node = reg.transition(node.mac, NodeEvent.ENROLL, reason="cli")
@@ -112,6 +123,7 @@ def cmd_node_approve(args: argparse.Namespace) -> int:
     enroller = Enroller(
         reg, cfg.cluster.profiles_dir, cfg.cluster.hostname_pattern,
         auto_enroll=cfg.cluster.auto_enroll,
+        image_kernel=image_kernel(reg, cfg.image_dir, cfg.boot.image),
     )  # fmt: skip
     done = approve(reg, enroller, node.mac)
     if done is None:

@@ -19,18 +19,23 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.discovery.model import Inventory
 from provisioner.discovery.schema import inventory_of
 from provisioner.enroll.fingerprint import Match, fingerprint
-from provisioner.profiles import ProfileSet, load_profiles
+from provisioner.kernel_need import refusal
+from provisioner.profiles import Profile, ProfileSet, load_profiles
 from provisioner.records import Detail, EventKind, Node
 from provisioner.registry import Registry
 from provisioner.states import BOOTS_PROFILE_IMAGE, REFINGERPRINTABLE, NodeEvent, NodeState
 
 log = logging.getLogger(__name__)
+
+# (node, its profile) -> (the image ref it would boot, that image's kernel release or None)
+ImageKernel = Callable[[Node, Profile], tuple[str, str | None]]
 
 # Nodes whose keys, profile and address were accepted once (enrolled, and the states an
 # enrolled node moves on to): a report that changes one waits for `node approve`.
@@ -56,11 +61,15 @@ class Enroller:
         hostname_pattern: str,
         *,
         auto_enroll: bool = False,
+        image_kernel: ImageKernel | None = None,
     ):
         self.registry = registry
         self.profiles_dir = profiles_dir
         self.hostname_pattern = hostname_pattern
         self.auto_enroll = auto_enroll  # matched -> enrolled at once (it boots its image next)
+        # The image a node of a profile would boot and its kernel release (None: no
+        # kernel is checked): provisioner.boot.image_kernel.image_kernel.
+        self.image_kernel = image_kernel
         self.profiles: ProfileSet = load_profiles(profiles_dir)  # bad set: refuse to start
         self._lock = threading.Lock()
 
@@ -70,8 +79,22 @@ class Enroller:
             node = self.registry.assign_hostname(mac, self.hostname_pattern)
             node = self._fingerprint(node)
             if self.auto_enroll and node.state is NodeState.MATCHED:
+                why = self.enroll_refusal(node)
+                if why is not None:
+                    self.registry.add_event(mac, EventKind.REFUSED, {"what": "enroll", "why": why})
+                    log.warning("%s: not enrolled: %s", node.hostname or mac, why)
+                    return node
                 node = self.registry.transition(mac, NodeEvent.ENROLL, reason="auto-enroll")
             return node
+
+    def enroll_refusal(self, node: Node) -> str | None:
+        """Why ``node`` must not be enrolled into the image it would boot (its profile
+        needs a newer kernel than that image's), or None."""
+        profile = self.profiles.get(node.profile) if node.profile else None
+        if profile is None or profile.kernel is None or self.image_kernel is None:
+            return None
+        ref, release = self.image_kernel(node, profile)
+        return refusal(profile.name, profile.kernel, ref, release)
 
     def profile_for(self, inventory: Inventory) -> str | None:
         """The profile ``inventory`` would be given now (nothing is stored)."""
