@@ -11,7 +11,8 @@ SmolLM2-135M GGUF, llama.cpp built once (cached), `cluster create`, then timed:
     warm    the same after `node disk init NODE /dev/disk/by-id/lab-disk-NODE --yes`
             on each, ROUNDS times
 
-Each round also lists what the appliance served the members (their http-file events):
+Each round also lists the bytes the appliance sent the members, by area (their http-file
+events):
 cold fetches the runtime and the model (artifacts, models); warm neither (a container's
 root comes from the image store on the host, not over HTTP). Goal: warm < cold < first.
 
@@ -64,9 +65,9 @@ class Lab:
     def since(self, name: str, ts: float) -> list[dict[str, Any]]:
         return [e for e in self.node(name)["timeline"] if e["ts"] > ts]
 
-    def power_cycle(self, timeout: float = 900) -> tuple[float, set[str]]:
+    def power_cycle(self, timeout: float = 900) -> tuple[float, dict[str, int]]:
         """All members at once; seconds until all serve after a convergence that passed,
-        and the areas of the files served to them meanwhile."""
+        and the bytes sent to them meanwhile, by area (artifacts, models, ...)."""
         t0 = time.time()
         cli("lab", "reboot", "--dir", str(self.dir), *NODES)
         deadline = time.monotonic() + timeout
@@ -78,24 +79,27 @@ class Lab:
                 raise SystemExit(f"a convergence failed: {converged}")
             states = {n: self.node(n)["state"] for n in NODES}
             if converged and all(s == "serving" for s in states.values()):
-                served = {
-                    str(e["detail"]["area"])
-                    for timeline in events.values()
-                    for e in timeline
-                    if e["kind"] == "http-file"
-                }
+                served: dict[str, int] = {}
+                for timeline in events.values():
+                    for e in timeline:
+                        if e["kind"] == "http-file":
+                            area = str(e["detail"]["area"])
+                            served[area] = served.get(area, 0) + int(e["detail"]["sent"] or 0)
                 return converged[-1]["ts"] - t0, served
             time.sleep(1)
         raise SystemExit(f"not serving {timeout} s after the power cycle")
 
 
-def rounds(lab: Lab, count: int, label: str) -> list[float]:
-    times = []
+def rounds(lab: Lab, count: int, label: str) -> tuple[list[float], list[int]]:
+    """Seconds to serving and bytes sent, per power cycle."""
+    times, sent = [], []
     for i in range(count):
         seconds, served = lab.power_cycle()
         times.append(seconds)
-        print(f"{label} round {i + 1}: {seconds:.1f} s, served {sorted(served)}", file=sys.stderr)
-    return times
+        sent.append(sum(served.values()))
+        what = ", ".join(f"{a} {n / 1e6:.1f} MB" for a, n in sorted(served.items())) or "nothing"
+        print(f"{label} round {i + 1}: {seconds:.1f} s, sent {what}", file=sys.stderr)
+    return times, sent
 
 
 def main() -> int:
@@ -121,11 +125,11 @@ def main() -> int:
             cli("--config", lab.config, "smoke", "bench", "--no-restart")
             first = time.monotonic() - t0
             print(f"first post-install + smoke: {first:.1f} s", file=sys.stderr)
-            cold = rounds(lab, args.rounds, "cold (no disk cache)")
+            cold, cold_sent = rounds(lab, args.rounds, "cold (no disk cache)")
             for name in NODES:
                 cli("--config", lab.config, "node", "disk", "init", name,
                     f"/dev/disk/by-id/lab-disk-{name}", "--yes")  # fmt: skip
-            warm = rounds(lab, args.rounds, "warm (cache disk)")
+            warm, warm_sent = rounds(lab, args.rounds, "warm (cache disk)")
         finally:
             subprocess.run(
                 [sys.executable, "-m", "provisioner.cli", "lab", "down", "--dir", str(lab.dir)],
@@ -133,6 +137,11 @@ def main() -> int:
                 check=False,
             )
     cold_s, warm_s = statistics.median(cold), statistics.median(warm)
+    print(
+        f"sent per power cycle of the cluster: cold {statistics.median(cold_sent) / 1e6:.1f} MB,"
+        f" warm {statistics.median(warm_sent) / 1e6:.1f} MB",
+        file=sys.stderr,
+    )
     name = "3-node llama.cpp RPC cluster, power-on to serving"
     report(
         [

@@ -30,15 +30,15 @@ from provisioner.image.rootfs_recipe import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "images" / "debian-bookworm.toml"
 
 # ------------------------------------------------------------------------- recipe
 
 
-def test_the_shipped_recipe_loads() -> None:
-    recipe = load_recipe(RECIPE)
-    assert recipe.name == "debian-bookworm"
-    assert recipe.suite == "bookworm"
+@pytest.mark.parametrize("suite", ["bookworm", "trixie"])
+def test_the_shipped_recipes_load(suite: str) -> None:
+    recipe = load_recipe(ROOT / "images" / f"debian-{suite}.toml")
+    assert recipe.name == f"debian-{suite}"
+    assert recipe.suite == suite
     assert recipe.variant == "apt"
     assert recipe.mirror is None
     assert recipe.kernel_package == "linux-image-amd64"
