@@ -31,7 +31,6 @@ def image_kernel(registry: Registry, image_dir: Path, default_image: str) -> Ima
             image = ImageStore(image_dir).find(ref)
         except ImageError:
             return ref, None
-        release = image.manifest.get("kernel_release") if image is not None else None
-        return ref, str(release) if release else None
+        return ref, image.kernel_release if image is not None else None
 
     return lookup

@@ -157,8 +157,7 @@ def _kernel_fits(profile: Profile | None, image: StoredImage) -> None:
     nodes would boot it and never drive their hardware (kernel_need.py)."""
     if profile is None or profile.kernel is None:
         return
-    release = image.manifest.get("kernel_release")
-    why = refusal(profile.name, profile.kernel, image.ref, str(release) if release else None)
+    why = refusal(profile.name, profile.kernel, image.ref, image.kernel_release)
     if why is not None:
         raise Refused(why)
 

@@ -107,6 +107,12 @@ class StoredImage:
         entry = self.manifest.get(artifact)
         return int(entry["size"]) if isinstance(entry, Mapping) else 0
 
+    @property
+    def kernel_release(self) -> str | None:
+        """The kernel its manifest names (``6.1.0-41-amd64``); None for none."""
+        release = self.manifest.get("kernel_release")
+        return str(release) if release else None
+
     def digests(self) -> dict[str, str]:
         return {
             key: str(self.manifest[key]["sha256"])
@@ -122,7 +128,7 @@ class StoredImage:
             "version": self.version,
             "kind": self.kind,
             "path": str(self.path),
-            "kernel_release": self.manifest.get("kernel_release"),
+            "kernel_release": self.kernel_release,
             "built_at": self.manifest.get("built_at"),
             "sizes": {k: self.size(k) for k in ARTIFACT_KEYS if k in self.manifest},
         }
