@@ -27,6 +27,23 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on loopback.
+
+    Each socket stays bound until all are picked: one free_port() after another may be
+    handed the same port twice (a CI run once gave Ray's object manager and its agent one
+    port, and Ray refused to start).
+    """
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def need(*tools: str) -> None:
     """Skip without these tools (fail under CI=true: scripts/setup installs them)."""
     missing = [t for t in tools if shutil.which(t) is None]

@@ -38,7 +38,7 @@ from provisioner.smoke import Floors, render_table, run_smoke
 from provisioner.smoke.client import SmokeHttpError, wait_healthy
 from provisioner.smoke.load import chat_request, load_checks, run_load, summary_checks
 from provisioner.smoke.ray import parse_ray_nodes, ray_checks, ray_nodes_command
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, free_ports
 
 pytestmark = pytest.mark.vllm
 
@@ -237,17 +237,18 @@ def test_ray_members_on_loopback(vllm_python: Path) -> None:
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep 127.0.0.1 (see the docstring)
     }
-    gcs_port, head_nm, worker_nm = free_port(), free_port(), free_port()
+    ports = iter(free_ports(16))  # distinct: Ray refuses one port for two components
+    gcs_port, head_nm, worker_nm = next(ports), next(ports), next(ports)
     head_argv = [
         str(venv_bin / "ray"), "start", "--head", "--block", "--disable-usage-stats",
         "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
-        "--node-manager-port", str(head_nm), "--object-manager-port", str(free_port()),
+        "--node-manager-port", str(head_nm), "--object-manager-port", str(next(ports)),
         "--include-dashboard", "false", "--dashboard-host", "127.0.0.1",
-        "--dashboard-agent-listen-port", str(free_port()),
-        "--dashboard-agent-grpc-port", str(free_port()),
-        "--runtime-env-agent-port", str(free_port()),
-        "--metrics-export-port", str(free_port()),
-        "--ray-client-server-port", str(free_port()),
+        "--dashboard-agent-listen-port", str(next(ports)),
+        "--dashboard-agent-grpc-port", str(next(ports)),
+        "--runtime-env-agent-port", str(next(ports)),
+        "--metrics-export-port", str(next(ports)),
+        "--ray-client-server-port", str(next(ports)),
         "--min-worker-port", "0", "--max-worker-port", "0",
         "--num-cpus", "1", "--num-gpus", "0", "--object-store-memory", str(80 * 2**20),
         "--temp-dir", str(root / "head"),
@@ -259,13 +260,13 @@ def test_ray_members_on_loopback(vllm_python: Path) -> None:
         "num_gpus": 1,  # a GPU on paper: the member check reads Ray's resource table
         "object_store_memory": 80 * 2**20,
         "node_manager_port": worker_nm,
-        "object_manager_port": free_port(),
+        "object_manager_port": next(ports),
         "min_worker_port": 0,
         "max_worker_port": 0,
-        "dashboard_agent_listen_port": free_port(),
-        "metrics_agent_port": free_port(),
-        "runtime_env_agent_port": free_port(),
-        "metrics_export_port": free_port(),
+        "dashboard_agent_listen_port": next(ports),
+        "metrics_agent_port": next(ports),
+        "runtime_env_agent_port": next(ports),
+        "metrics_export_port": next(ports),
         "temp_dir": str(root / "worker"),
         "include_log_monitor": False,
     }
