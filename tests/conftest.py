@@ -11,6 +11,10 @@ pyproject.toml) and is deselected unless one of these selects it, explicitly:
 - Naming a test file or node id: ``pytest tests/e2e/test_lab.py::test_uefi_node_in_full_mode``
   runs that test whatever its tier; a folder (``pytest tests/e2e``) keeps the default.
 
+Opt-in. A test marked ``heavy`` (an image build that takes many minutes on 2 cores: the
+NVIDIA layer's DKMS modules, the Ryzen AI layer's kernel) runs only when asked for by
+``-m heavy`` or by naming its file; ``--tier all`` (CI) leaves it out.
+
 Prerequisites. A test whose tool, root or fixture folder is missing calls
 :func:`unavailable`: it skips with the reason, except under ``CI=true``, where scripts/setup
 should have provided it, so it fails. Tests that read ../shared/fixtures/hw carry
@@ -31,6 +35,7 @@ from tests import shared_fixtures
 # Markers of the slow tiers, deselected by default. `root` is not a tier: a fast test may
 # need root (the loopback appliance does) and skips without it.
 SLOW_TIERS = ("netns", "qemu", "mirror", "llama", "vllm")
+OPT_IN = "heavy"  # only with -m heavy or the file named: not even --tier all
 TIERS = ("fast", "all")
 TIERS_ENV = "PROVISIONER_TEST_TIERS"
 _DESELECTED = pytest.StashKey[int]()  # how many the fast tier left out, for the summary
@@ -66,7 +71,7 @@ def _tier(config: pytest.Config) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     registered = {line.split(":", 1)[0].strip() for line in config.getini("markers")}
-    if unregistered := set(SLOW_TIERS) - registered:
+    if unregistered := {*SLOW_TIERS, OPT_IN} - registered:
         raise pytest.UsageError(f"tier markers missing from pyproject.toml: {unregistered}")
 
 
@@ -82,8 +87,13 @@ def _named_files(config: pytest.Config) -> set[Path]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    named = _named_files(config)
+    if not config.option.markexpr:
+        heavy = [i for i in items if i.get_closest_marker(OPT_IN) and i.path.resolve() not in named]
+        if heavy:
+            config.hook.pytest_deselected(items=heavy)
+            items[:] = [i for i in items if i not in heavy]
     if _tier(config) == "fast" and not config.option.markexpr:
-        named = _named_files(config)
         kept: list[pytest.Item] = []
         dropped: list[pytest.Item] = []
         for item in items:

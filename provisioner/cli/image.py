@@ -1,8 +1,9 @@
-"""The `provisioner image` commands: build, list, show, use, remove (thin: parse, call, print).
+"""The `provisioner image` commands: build, list, show, use, diff, remove (thin: parse,
+call, print).
 
 ``build`` takes a recipe file, or a recipe's name in ``images/`` (``discovery``,
-``debian-bookworm``); a recipe with a ``[debian]`` table is a full image (mmdebstrap), any
-other is the discovery initramfs.
+``debian-bookworm``); a recipe with a ``[debian]`` table (or a ``base`` recipe and a
+``[layer]``) is a full image (mmdebstrap), any other is the discovery initramfs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from provisioner.config import Config
 from provisioner.data import IMAGES
 from provisioner.errors import NotFound, Refused, UsageError
 from provisioner.image import guardrails
+from provisioner.image.diff import diff_manifests
 from provisioner.image.discovery import build_discovery, default_cache
 from provisioner.image.rootfs import build_rootfs
 from provisioner.image.store import ImageInUse, ImageRef, ImageStore, StoredImage, users_of
@@ -53,7 +55,8 @@ def recipe_path(text: str) -> Path:
 
 def is_rootfs_recipe(path: Path) -> bool:
     try:
-        return "debian" in tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text())
+        return "debian" in data or "base" in data  # a base recipe, or a layer on one
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return False  # the builder's own reader gives the precise error
 
@@ -108,6 +111,7 @@ def cmd_image_show(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
     image = ImageStore(cfg.image_dir).get(args.image)
     details = _details(image, _used_by(cfg, [image]).get(image.ref, {}))
+    details["profiles"] = _profiles_of(cfg, image)
     if args.json:
         print_json(details)
         return 0
@@ -117,8 +121,20 @@ def cmd_image_show(args: argparse.Namespace) -> int:
             print(f"  {key}: {image.manifest[key]}")
     for key, size in details["sizes"].items():
         print(f"  {key}: {size} B ({_mib(size)}), sha256 {image.manifest[key]['sha256']}")
+    layer = image.manifest.get("layer")
+    if layer:
+        limit = f" (max {_mib(layer['max_bytes'])})" if layer.get("max_bytes") else ""
+        print(
+            f"  layer {layer['recipe']} on {layer['base']}: {len(layer['packages'])} packages"
+            f" on {layer['base_packages']}, +{_mib(layer['added_bytes'])} unpacked{limit}"
+        )
+        if layer.get("kernel_suite"):
+            print(f"  kernel from {layer['kernel_suite']}")
+        for name, module in (layer.get("modules") or {}).items():
+            print(f"  module {name}: {module['path']} (vermagic {module['vermagic']})")
     if image.kind == "rootfs":
         print(f"  RAM a node needs for this root: {_mib(details['ram_needed'])}")
+        print(f"  profiles that boot it: {', '.join(details['profiles']) or 'none'}")
     for finding in details["findings"]:
         print(f"  {finding['level']}: {finding['reason']}")
     packages = image.manifest.get("packages") or []
@@ -160,6 +176,18 @@ def _kernel_fits(profile: Profile | None, image: StoredImage) -> None:
     why = refusal(profile.name, profile.kernel, image.ref, image.kernel_release)
     if why is not None:
         raise Refused(why)
+
+
+def cmd_image_diff(args: argparse.Namespace) -> int:
+    cfg = load_cfg(args)
+    store = ImageStore(cfg.image_dir)
+    a, b = store.get(args.a), store.get(args.b)
+    diff = diff_manifests(a.ref, a.manifest, b.ref, b.manifest)
+    if args.json:
+        print_json(diff.as_dict())
+    else:
+        print("\n".join(diff.lines()))
+    return 0
 
 
 def cmd_image_remove(args: argparse.Namespace) -> int:
@@ -252,6 +280,23 @@ def _details(image: StoredImage, users: dict[str, str] | None = None) -> dict[st
     return details
 
 
+def _profiles_of(cfg: Config, image: StoredImage) -> list[str]:
+    """The profiles whose nodes would boot ``image`` (its name, or this version pinned)."""
+    chosen: dict[str, str] = {}
+    if cfg.registry_path.exists():
+        registry = open_registry(cfg, readonly=True)
+        try:
+            chosen = registry.profile_images()
+        finally:
+            registry.close()
+    out = []
+    for profile in load_profiles(cfg.cluster.profiles_dir):
+        ref = ImageRef.parse(image_for(profile.name, profile.image, chosen, cfg.boot.image))
+        if ref.name == image.name and ref.version in (None, image.version):
+            out.append(profile.name)
+    return sorted(out)
+
+
 def _used_by(cfg: Config, images: list[StoredImage]) -> dict[str, dict[str, str]]:
     """image ref -> {node: why} for nodes that booted it last or boot it next."""
     if not cfg.registry_path.exists():
@@ -292,13 +337,15 @@ def _planned(cfg: Config, registry: Registry, store: ImageStore) -> dict[str, st
 
 
 def add_image_commands(sub: Any) -> None:
-    image = sub.add_parser("image", help="the image store: build, list, show, use, remove")
+    image = sub.add_parser("image", help="the image store: build, list, show, use, diff, remove")
     image_sub = image.add_subparsers(dest="subcommand", required=True)
     build = add_command(
         image_sub, "build", cmd_image_build, "build an image into the store (a new version)"
     )
     build.add_argument(
-        "recipe", help="a recipe file, or a name in images/: discovery, debian-bookworm"
+        "recipe",
+        help="a recipe file, or a name in images/: discovery, debian-bookworm, a layer"
+        " (debian-trixie-vulkan)",
     )
     add_command(image_sub, "list", cmd_image_list, "every version in the store")
     show = add_command(
@@ -332,6 +379,11 @@ def add_image_commands(sub: Any) -> None:
         default=BACK_TIMEOUT_S,
         help="seconds a node may take to come back (boot, convergence, smoke)",
     )
+    diff = add_command(
+        image_sub, "diff", cmd_image_diff, "what changed between two images (packages, kernel)"
+    )
+    diff.add_argument("a", help="name@version (or name: its newest)")
+    diff.add_argument("b", help="name@version (or name: its newest)")
     remove = add_command(
         image_sub, "remove", cmd_image_remove, "delete a version (refused while nodes use it)"
     )

@@ -79,6 +79,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         image=args.image or ("debian-bookworm" if args.kind == "container" else None),
         kind=args.kind,
         disk=args.disk,
+        profiles=None if args.profiles is None else Path(args.profiles),
     )
     return _report_lab(state, as_json=args.json)
 
@@ -191,6 +192,12 @@ def add_lab_commands(sub: Any) -> None:
         action="store_true",
         help="container nodes: a 1 GiB disk each (a sparse file behind a loop device,"
         " /dev/disk/by-id/lab-disk-NODE in the node; VMs always have disks)",
+    )
+    lab_up.add_argument(
+        "--profiles",
+        metavar="DIR",
+        help="fingerprint the lab's nodes against the profiles in DIR (default: the shipped"
+        " hwprofiles/): try a profile's drivers, image and engines on lab nodes first",
     )
     lab_up.add_argument("--timeout", type=float, default=900, help="seconds to follow the boots")
     lab_up.add_argument(

@@ -94,6 +94,21 @@ def check_ram(
     return []
 
 
+def check_layer(name: str, added: int, limit: int | None) -> list[Finding]:
+    """A layer's own limit (``max_mib`` in its recipe) on what it adds to the root: every
+    byte of it is in every node's RAM, so a layer that grows past what its author allowed
+    (a dependency pulling a desktop in) is refused at build, not found on the nodes."""
+    if limit is None or added <= limit:
+        return []
+    return [
+        Finding(
+            "error",
+            f"the layer {name} adds {added // MiB} MiB to the root, over its max_mib of "
+            f"{limit // MiB} MiB (the manifest's layer.packages lists what it brought)",
+        )
+    ]
+
+
 def refuse_errors(what: str, findings: Iterable[Finding]) -> None:
     """Raise ImageError naming ``what`` when a finding is an error."""
     errors = [f.reason for f in findings if f.is_error]

@@ -272,7 +272,7 @@ class KernelTree:
         if path in self._loaded:
             return self._loaded[path]
         file = self.files[path]  # KeyError: unknown module (dependency_closure reports it)
-        data = _decompress(file)
+        data = read_module(file)
         try:
             info = parse_modinfo(data)
         except (ValueError, struct.error) as exc:
@@ -316,7 +316,8 @@ def first_existing(root: Path, candidates: Sequence[str]) -> Path:
     raise ImageError(f"none of {list(candidates)} in the extracted package at {root}")
 
 
-def _decompress(file: Path) -> bytes:
+def read_module(file: Path) -> bytes:
+    """A module file's ELF bytes (``.ko``, ``.ko.xz``, ``.ko.gz``; ImageError otherwise)."""
     try:
         data = file.read_bytes()
         if file.name.endswith(".ko.xz"):

@@ -12,10 +12,11 @@ import logging
 import re
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from provisioner.image import RecipeError
+from provisioner.image.layer_recipe import Layer, parse_layer
 from provisioner.image.recipe import RecipeReader
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,25 @@ class RootfsRecipe:
     # The initramfs script that checks the fetched root against the boot script's sha256
     # (provisioner.root_sha256=); None: the image boots whatever root it fetched.
     root_check: Path | None = None
+    # A layer recipe (base = "..."): the base's recipe with the layer's packages on top.
+    layer: Layer | None = None
+
+    @property
+    def all_components(self) -> tuple[str, ...]:
+        extra = self.layer.components if self.layer is not None else ()
+        return self.components + tuple(c for c in extra if c not in self.components)
+
+    @property
+    def extra_suites(self) -> tuple[str, ...]:
+        return self.layer.suites if self.layer is not None else ()
+
+    @property
+    def kernel_include(self) -> str:
+        """The kernel as mmdebstrap installs it: ``linux-image-amd64/trixie-backports``
+        when the layer takes it from another suite."""
+        if self.layer is not None and self.layer.kernel_suite is not None:
+            return f"{self.kernel_package}/{self.layer.kernel_suite}"
+        return self.kernel_package
 
 
 _KEYS: dict[str, frozenset[str]] = {
@@ -142,9 +162,16 @@ def _updates(r: _Reader) -> bool:
     return value
 
 
-def sources_lines(mirror: str, suite: str, components: tuple[str, ...], updates: bool) -> list[str]:
+def sources_lines(
+    mirror: str,
+    suite: str,
+    components: tuple[str, ...],
+    updates: bool,
+    extra_suites: tuple[str, ...] = (),
+) -> list[str]:
     """The apt sources of the image: the suite, and with ``updates`` its -updates from the
-    same mirror and its -security from the matching debian-security archive."""
+    same mirror and its -security from the matching debian-security archive; then a layer's
+    ``extra_suites`` (trixie-backports) from the mirror."""
     parts = " ".join(components)
     lines = [f"deb {mirror} {suite} {parts}"]
     if updates:
@@ -155,6 +182,7 @@ def sources_lines(mirror: str, suite: str, components: tuple[str, ...], updates:
             f"deb {mirror} {suite}-updates {parts}",
             f"deb {security} {suite}-security {parts}",
         ]
+    lines += [f"deb {mirror} {extra} {parts}" for extra in extra_suites]
     return lines
 
 
@@ -164,6 +192,8 @@ def parse_recipe(text: bytes, source: Path) -> RootfsRecipe:
         data = tomllib.loads(text.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RecipeError(source, "(file)", f"not valid TOML: {exc}") from exc
+    if "base" in data:
+        return _layered(data, text, source)
     unknown = sorted(set(data) - _TOP)
     if unknown:
         raise RecipeError(source, unknown[0], "unknown key")
@@ -208,6 +238,22 @@ def parse_recipe(text: bytes, source: Path) -> RootfsRecipe:
         extra=_extra(r),
         root_check=_root_check(r),
     )
+
+
+def _layered(data: dict[str, object], text: bytes, source: Path) -> RootfsRecipe:
+    """A layer recipe: its base recipe, renamed, with the layer on top."""
+    unknown = sorted(set(data) - {"name", "base", "layer"})
+    if unknown:
+        raise RecipeError(source, unknown[0], "unknown key in a layer recipe (name, base, layer)")
+    layer = parse_layer(data, source)
+    name = RecipeReader(source, data, {}).string("", "name", _NAME)
+    base = load_recipe(layer.base)
+    if base.layer is not None:
+        raise RecipeError(source, "base", f"{layer.base} is itself a layer: name a base recipe")
+    if layer.kernel_suite is not None and layer.kernel_suite == base.suite:
+        raise RecipeError(source, "layer.kernel", f"{base.suite} is the base's own suite")
+    combined = hashlib.sha256(bytes.fromhex(base.sha256) + text).hexdigest()
+    return replace(base, source=source, sha256=combined, name=name, layer=layer)
 
 
 def _root_check(r: _Reader) -> Path | None:

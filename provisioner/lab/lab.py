@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 
+import tomlkit
+
 from provisioner.config import Mode, render_config, write_config
 from provisioner.data import DISCOVERY_RECIPE
 from provisioner.enroll.power_cycle import start
@@ -216,6 +218,7 @@ def up(
     image: str | None = None,
     kind: str = "vm",
     disk: bool = False,
+    profiles: Path | None = None,
 ) -> LabState:
     existing = LabState.load(directory)
     if existing is not None and any(n.startswith(existing.prefix) for n in list_namespaces()):
@@ -241,7 +244,7 @@ def up(
         progress(f"accelerator: {accel} ({why})")
     lab = LabState(
         net.prefix, mode.value, str(directory), time.time(), accel, memory_mib, image=image,
-        kind=kind,
+        kind=kind, profiles=None if profiles is None else str(profiles.resolve()),
     )  # fmt: skip
     lab.save()
     try:
@@ -257,7 +260,7 @@ def up(
             net.switch.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"])
             net.switch.run(["ip", "link", "set", tap, "master", "br0", "up"])
             lab.nodes.append(LabNode(f"labnode{i}", f"52:54:00:99:00:{i:02x}", fw, tap))
-        write_config(lab.config, _lab_config(mode, state_dir, image))
+        write_config(lab.config, _lab_config(mode, state_dir, image, lab.profiles))
         lab.save()
         if mode is Mode.PROXY:
             lab.pids["site-dhcp"] = _spawn(
@@ -326,7 +329,7 @@ def _containers_up(
     specs = containers.container_specs(count)
     for spec in specs:
         lab.nodes.append(LabNode(spec.name, spec.mac, "container", spec.port(lab.prefix)))
-    write_config(lab.config, _lab_config(mode, state_dir, lab.image))
+    write_config(lab.config, _lab_config(mode, state_dir, lab.image, lab.profiles))
     if disk:
         for spec in specs:
             lab.disks[spec.name] = loopdisk.attach(_disk_file(lab, spec.name))
@@ -407,7 +410,9 @@ def _enroll(lab: LabState, progress: Progress) -> None:
     lab.save()
 
 
-def _lab_config(mode: Mode, state_dir: Path, image: str | None = None) -> str:
+def _lab_config(
+    mode: Mode, state_dir: Path, image: str | None = None, profiles: str | None = None
+) -> str:
     text = render_config(
         interface="eth0",
         address=f"{SERVER}/24",
@@ -424,6 +429,14 @@ def _lab_config(mode: Mode, state_dir: Path, image: str | None = None) -> str:
         # `lab up` enrolls its nodes (enroll --power-cycle): each is enrolled as soon as
         # it matches, and told to reboot into ``image`` when its report is in.
         text = text.replace('image = "debian-bookworm"', f'image = "{image}"')
+    if profiles is not None:
+        # `lab up --profiles DIR`: the lab's nodes fingerprinted against profiles being
+        # written (their drivers, image and engines tried on lab nodes first).
+        doc = tomlkit.parse(text)
+        cluster = doc["cluster"]
+        assert isinstance(cluster, tomlkit.items.Table)
+        cluster["profiles"] = profiles
+        text = tomlkit.dumps(doc)
     return text
 
 

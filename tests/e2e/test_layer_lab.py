@@ -1,0 +1,162 @@
+"""A layered node image end to end: debian-trixie plus a Mesa Vulkan layer
+(images/debian-trixie-vulkan.toml), built once for the session, booted by the lab.
+
+1. Container nodes of a profile that names the layered image and the mesa-vulkan driver
+   (a copy of the shipped profiles, given to `lab up --profiles`) boot it to ``ready``;
+   ``vulkaninfo`` on each lists llvmpipe (a real Vulkan device on the CPU) with nothing
+   installed at boot; post-install of a llama.cpp RPC cluster on them only checks the
+   driver (its step is ``ok``, not ``changed``), dpkg's database is byte for byte the
+   image's, and smoke passes.
+2. A profile that needs a newer kernel than the layered image's (6.14 against trixie's
+   6.12, the Ryzen AI rule) is refused at enrollment: the node stays ``matched`` with the
+   reason on its timeline, and `node enroll` refuses it (exit 4).
+3. One QEMU VM with UEFI firmware (OVMF) boots the layered image to ``ready`` and lists
+   llvmpipe too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from provisioner.image.discovery import default_cache
+from provisioner.image.rootfs import Manifest, build_rootfs
+from tests.conftest import unavailable
+from tests.e2e.conftest import llama_cluster, node_json, run_cli, ssh_node
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "debian-trixie-vulkan"
+
+
+@pytest.fixture(scope="module")
+def layered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
+    """images/debian-trixie-vulkan.toml built once for this module: (its folder, manifest)."""
+    if os.geteuid() != 0:
+        unavailable("needs root (mmdebstrap --mode=root)")
+    store = tmp_path_factory.mktemp("layer-store")
+    started = time.monotonic()
+    manifest = build_rootfs(ROOT / "images" / f"{IMAGE}.toml", store, default_cache(), print)
+    print(f"{IMAGE} build: {time.monotonic() - started:.1f} s")
+    return (store / manifest.name).resolve(), manifest
+
+
+def profiles_with(tmp_path: Path, extra: str) -> Path:
+    """A copy of the shipped profiles with ``extra`` YAML keys added to the two that lab
+    nodes match: generic-cpu (container nodes) and qemu-lab (VMs)."""
+    folder = tmp_path / "hwprofiles"
+    shutil.copytree(ROOT / "hwprofiles", folder)
+    for name in ("generic-cpu.yaml", "qemu-lab.yaml"):
+        path = folder / name
+        path.write_text(path.read_text().rstrip("\n") + "\n" + extra)
+    return folder
+
+
+def lab_with_image(lab_dir: Path, image: Path) -> Path:
+    images = lab_dir / "state" / "images"
+    images.mkdir(parents=True)
+    shutil.copytree(image, images / image.name)
+    return lab_dir / "provisioner.toml"
+
+
+def vulkan_devices(lab_dir: Path, node: str) -> str:
+    shown = ssh_node(lab_dir, node, "vulkaninfo --summary 2>/dev/null | grep deviceName")
+    assert shown.returncode == 0, shown
+    return shown.stdout
+
+
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror]
+
+
+def test_the_layer_is_in_the_manifest(layered: tuple[Path, Manifest]) -> None:
+    _, manifest = layered
+    assert manifest.layer is not None
+    names = {line.split()[0] for line in manifest.layer["packages"]}
+    assert {"mesa-vulkan-drivers", "vulkan-tools", "libvulkan1"} <= names
+    base = {line.split()[0] for line in manifest.packages} - names
+    assert {"systemd", "openssh-server", "live-boot"} <= base
+    assert manifest.layer["base"] == "debian-trixie.toml"
+    assert 0 < manifest.layer["added_bytes"] <= manifest.layer["max_bytes"]
+    assert manifest.kernel_release.startswith("6.12.")
+
+
+@pytest.mark.llama
+def test_container_nodes_boot_the_layer_and_post_install_only_checks_the_driver(
+    lab_dir: Path, layered: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    image, _ = layered
+    config = str(lab_with_image(lab_dir, image))
+    profiles = profiles_with(tmp_path, f"drivers: [mesa-vulkan]\nimage: {IMAGE}\n")
+    up = run_cli(
+        "lab", "up", "--dir", str(lab_dir), "--kind", "container", "--nodes", "2",
+        "--image", IMAGE, "--profiles", str(profiles), "--timeout", "300",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr[-6000:]
+    nodes = ("ctr1", "ctr2")
+    dpkg_before = {}
+    for name in nodes:
+        shown = node_json(lab_dir, name)
+        assert shown["state"] == "ready" and shown["profile"] == "generic-cpu", shown["state"]
+        assert shown["image"] == f"{IMAGE}@1"
+        assert "llvmpipe" in vulkan_devices(lab_dir, name)
+        dpkg_before[name] = ssh_node(lab_dir, name, "sha256sum /var/lib/dpkg/status").stdout
+
+    llama_cluster(lab_dir, "vk", "ctr1", "ctr2")
+    ran = run_cli("--config", config, "postinstall", "run", "vk", "--json")
+    assert ran.returncode == 0, ran.stderr[-6000:]
+    for run in json.loads(ran.stdout):
+        [driver] = [s for s in run["steps"] if s["step"] == "mesa vulkan drivers"]
+        assert driver["status"] == "ok", driver  # checked: the image carries it
+        assert "mesa vulkan drivers" not in run["changed"]
+    smoke = run_cli("--config", config, "smoke", "vk", "--json", "--no-restart")
+    assert smoke.returncode == 0, smoke.stdout[-3000:] + smoke.stderr[-3000:]
+    for name in nodes:  # no package was installed, at boot or by post-install
+        after = ssh_node(lab_dir, name, "sha256sum /var/lib/dpkg/status").stdout
+        assert after == dpkg_before[name]
+
+
+def test_a_profile_that_needs_a_newer_kernel_is_refused_at_enrollment(
+    lab_dir: Path, layered: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    image, manifest = layered
+    config = str(lab_with_image(lab_dir, image))
+    need = 'kernel:\n  min: "6.14"\n  why: "amdxdna is mainline since Linux 6.14"\n'
+    profiles = profiles_with(tmp_path, f"image: {IMAGE}\n{need}")
+    up = run_cli(
+        "lab", "up", "--dir", str(lab_dir), "--kind", "container", "--nodes", "1",
+        "--image", IMAGE, "--profiles", str(profiles), "--timeout", "45", "--json",
+    )  # fmt: skip
+    assert up.returncode != 0  # never ready: it must not boot an image it cannot use
+    shown = node_json(lab_dir, "ctr1")
+    assert shown["state"] == "matched" and shown["profile"] == "generic-cpu"
+    refused = [e["detail"] for e in shown["timeline"] if e["kind"] == "refused"]
+    assert refused, shown["timeline"]
+    reason = json.dumps(refused[-1])
+    assert "needs Linux 6.14 or newer" in reason
+    assert f"its image {IMAGE}" in reason and f"has {manifest.kernel_release}" in reason
+    enroll = run_cli("--config", config, "node", "enroll", "ctr1")
+    assert enroll.returncode == 4, enroll
+    assert "needs Linux 6.14 or newer" in enroll.stderr
+
+
+@pytest.mark.qemu
+def test_a_uefi_vm_boots_the_layered_image(
+    lab_dir: Path, layered: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    image, _ = layered
+    lab_with_image(lab_dir, image)
+    profiles = profiles_with(tmp_path, f"image: {IMAGE}\n")
+    started = time.monotonic()
+    up = run_cli(
+        "lab", "up", "--dir", str(lab_dir), "--nodes", "1", "--firmware", "uefi",
+        "--image", IMAGE, "--profiles", str(profiles), "--accel", "tcg", "--timeout", "900",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-6000:]
+    print(f"UEFI VM power-on to ready on {IMAGE}: {time.monotonic() - started:.1f} s")
+    shown = node_json(lab_dir, "labnode1")
+    assert shown["state"] == "ready" and shown["image"] == f"{IMAGE}@1"
+    assert "llvmpipe" in vulkan_devices(lab_dir, "labnode1")
