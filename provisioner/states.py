@@ -24,6 +24,7 @@ changing the table, paste ``python -m provisioner.states`` here)::
                  --match-->           enrolled
                  --no-match-->        unmatched
                  --enroll-->          enrolled
+                 --hold-->            matched
     enrolled     --inventory-->       enrolled
                  --match-->           enrolled
                  --enroll-->          enrolled
@@ -114,6 +115,7 @@ class NodeEvent(StrEnum):
     SMOKE_PASS = "smoke-pass"  # its cluster's smoke test passed
     SMOKE_DEGRADED = "smoke-degraded"  # it serves, below a floor
     RELEASE = "release"  # its cluster was removed: its units are gone, it serves nothing
+    HOLD = "hold"  # matched while enrolling, its enrollment refused (a kernel too old)
 
 
 S, E = NodeState, NodeEvent
@@ -157,6 +159,7 @@ TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
     (S.ENROLLING, E.MATCH): S.ENROLLED,
     (S.ENROLLING, E.NO_MATCH): S.UNMATCHED,
     (S.ENROLLING, E.ENROLL): S.ENROLLED,
+    (S.ENROLLING, E.HOLD): S.MATCHED,
     **{(state, E.POWER_CYCLE): S.ENROLLING for state in NodeState},
     # post-install and smoke (serving and degraded nodes are enrolled nodes too)
     (S.ENROLLED, E.INSTALLED): S.ENROLLED,

@@ -81,11 +81,14 @@ class Enroller:
             if self.auto_enroll and node.state is NodeState.MATCHED:
                 why = self.enroll_refusal(node)
                 if why is not None:
-                    self.registry.add_event(mac, EventKind.REFUSED, {"what": "enroll", "why": why})
-                    log.warning("%s: not enrolled: %s", node.hostname or mac, why)
+                    self._refused(node, why)
                     return node
                 node = self.registry.transition(mac, NodeEvent.ENROLL, reason="auto-enroll")
             return node
+
+    def _refused(self, node: Node, why: str) -> None:
+        self.registry.add_event(node.mac, EventKind.REFUSED, {"what": "enroll", "why": why})
+        log.warning("%s: not enrolled: %s", node.hostname or node.mac, why)
 
     def enroll_refusal(self, node: Node) -> str | None:
         """Why ``node`` must not be enrolled into the image it would boot (its profile
@@ -128,6 +131,16 @@ class Enroller:
         match = fingerprint(inventory, self.profiles)
         self.registry.set_profile(node.mac, match.profile)
         self.registry.add_event(node.mac, EventKind.PROFILE, _summary(match))
+        if match.profile and node.state is NodeState.ENROLLING:
+            # Power-cycled to enroll (`enroll --power-cycle`, the lab): a match enrolls it,
+            # unless its profile needs a newer kernel than its image has. Then it is held
+            # at matched with the reason, as auto-enrollment holds it.
+            current = self.registry.node(node.mac)
+            assert current is not None
+            why = self.enroll_refusal(current)
+            if why is not None:
+                self._refused(current, why)
+                return self.registry.transition(node.mac, NodeEvent.HOLD, reason=why)
         return self._move(node, NodeEvent.MATCH if match.profile else NodeEvent.NO_MATCH)
 
     def _move(self, node: Node, event: NodeEvent) -> Node:

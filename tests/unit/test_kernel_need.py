@@ -20,7 +20,7 @@ from provisioner.kernel_need import KernelNeed, refusal, release_version
 from provisioner.profiles import parse_profile
 from provisioner.records import EventKind
 from provisioner.registry import Registry
-from provisioner.states import NodeState
+from provisioner.states import NodeEvent, NodeState
 
 AGENT = Path(__file__).resolve().parents[1] / "fixtures" / "agent"
 MAC = "52:54:00:99:00:01"
@@ -142,6 +142,29 @@ def test_auto_enrollment_into_an_old_kernel_is_refused_then_goes_on_a_newer_imag
     assert "debian-bookworm@1 has 6.1.0-41-amd64" in str(refused.detail["why"])
 
     reg.set_profile_image("qemu-lab", "debian-bookworm@2")
+    report(reg, enroller)
+    node = reg.node(MAC)
+    assert node is not None and node.state is NodeState.ENROLLED
+
+
+def test_a_node_power_cycled_to_enroll_is_held_at_matched_too(state: Path) -> None:
+    """`enroll --power-cycle` (and the lab) puts a node in ``enrolling``, where a match
+    used to enroll it whatever its image's kernel: it is held at ``matched`` instead."""
+    reg = Registry(state / "registry.sqlite3")
+    enroller = Enroller(
+        reg, state / "hwprofiles", "node{n}",
+        image_kernel=image_kernel(reg, state / "state" / "images", "debian-bookworm@1"),
+    )  # fmt: skip
+    reg.touch_node(MAC)
+    reg.transition(MAC, NodeEvent.POWER_CYCLE)
+    report(reg, enroller)
+    node = reg.node(MAC)
+    assert node is not None and node.state is NodeState.MATCHED
+    [refused] = [e for e in reg.events(MAC) if e.kind is EventKind.REFUSED]
+    assert "needs Linux 6.14 or newer" in str(refused.detail["why"])
+    # On an image with a new enough kernel, the same power cycle enrolls it.
+    reg.set_profile_image("qemu-lab", "debian-bookworm@2")
+    reg.transition(MAC, NodeEvent.POWER_CYCLE)
     report(reg, enroller)
     node = reg.node(MAC)
     assert node is not None and node.state is NodeState.ENROLLED
