@@ -1,15 +1,15 @@
 """A layered node image end to end: debian-trixie plus a Mesa Vulkan layer
-(images/debian-trixie-vulkan.toml), built once for the session, booted by the lab.
+(images/debian-trixie-vulkan.toml), built once for the module, booted by the lab.
 
 1. Container nodes of a profile that names the layered image and the mesa-vulkan driver
    (a copy of the shipped profiles, given to `lab up --profiles`) boot it to ``ready``;
    ``vulkaninfo`` on each lists llvmpipe (a real Vulkan device on the CPU) with nothing
    installed at boot; post-install of a llama.cpp RPC cluster on them only checks the
-   driver (its step is ``ok``, not ``changed``), dpkg's database is byte for byte the
-   image's, and smoke passes.
+   driver (its step is ``unchanged``: its check passed), dpkg's database is byte for
+   byte the image's, and smoke passes.
 2. A profile that needs a newer kernel than the layered image's (6.14 against trixie's
    6.12, the Ryzen AI rule) is refused at enrollment: the node stays ``matched`` with the
-   reason on its timeline, and `node enroll` refuses it (exit 4).
+   reason on its timeline, and `node enroll` refuses it (exit 1, the reason on stderr).
 3. One QEMU VM with UEFI firmware (OVMF) boots the layered image to ``ready`` and lists
    llvmpipe too.
 """

@@ -154,6 +154,7 @@ def test_a_layer_on_a_layer_is_refused(recipes: Path) -> None:
         ("debian-trixie-vulkan", None, ()),
         ("debian-trixie-nvidia", None, ("nvidia-current", "nvidia-current-uvm")),
         ("debian-trixie-ryzen-ai", "trixie-backports", ("amdxdna", "amdgpu")),
+        ("debian-trixie-intel-arc", None, ("i915", "xe")),
     ],
 )
 def test_the_shipped_layers_load(
