@@ -7,6 +7,7 @@ key, the value and the reason (:class:`~provisioner.errors.ConfigError`).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import secrets
@@ -155,6 +156,26 @@ class _Reader:
     def __init__(self, doc: Mapping[str, object], source: str | None):
         self.doc = doc
         self.source = source
+        self.read: set[tuple[str, str]] = set()  # every (table, key) asked for
+
+    def refuse_unknown(self) -> None:
+        """A key (or table) no reader asked for is a typo or a stale name: refused with the
+        nearest known name (``cluster.profiles_dir`` -> ``cluster.profiles``), never ignored
+        (an ignored key silently leaves its default in force)."""
+        tables = {table for table, _ in self.read}
+        for table, value in self.doc.items():
+            if table not in tables:
+                near = difflib.get_close_matches(table, sorted(tables), n=1)
+                hint = f" (did you mean [{near[0]}]?)" if near else ""
+                raise self.fail(table, "(table)", f"unknown table{hint}")
+            if not isinstance(value, Mapping):
+                continue  # table() already refused it when it was read
+            known = sorted(key for t, key in self.read if t == table)
+            for key in value:
+                if (table, key) not in self.read:
+                    near = difflib.get_close_matches(key, known, n=1)
+                    hint = f" (did you mean {table}.{near[0]}?)" if near else ""
+                    raise self.fail(f"{table}.{key}", value[key], f"unknown key{hint}")
 
     def fail(self, key: str, value: object, reason: str) -> ConfigError:
         return ConfigError(key, value, reason, source=self.source)
@@ -166,6 +187,7 @@ class _Reader:
         return value
 
     def get(self, section: str, key: str, default: object) -> object:
+        self.read.add((section, key))
         return self.table(section).get(key, default)
 
     def text(self, section: str, key: str, default: str | None) -> str | None:
@@ -250,6 +272,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
     state_dir = Path(r.text("paths", "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
     if not state_dir.is_absolute():
         raise r.fail("paths.state_dir", str(state_dir), "must be an absolute path")
+    r.refuse_unknown()
     ports = {"dhcp.port": dhcp.port, "dhcp.pxe_port": dhcp.pxe_port, "tftp.port": tftp.port}
     if len(set(ports.values())) != len(ports):
         raise r.fail("dhcp.pxe_port", dhcp.pxe_port, "UDP ports must differ: " + str(ports))

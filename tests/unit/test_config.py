@@ -93,6 +93,15 @@ def test_proxy_mode_needs_no_range() -> None:
         ("watch_interval = 30", "watch_interval = -1", "cluster.watch_interval", "0 (off)"),
         ("watch_interval = 30", "watch_interval = true", "cluster.watch_interval", "seconds"),
         ("lease_seconds = 3600", "lease_seconds = 30", "dhcp.lease_seconds", ">= 60"),
+        # A misspelt or stale key is refused (ignored, it would leave the default in force)
+        (
+            "profiles = ",
+            "profiles_dir = ",
+            "cluster.profiles_dir",
+            "did you mean cluster.profiles?",
+        ),
+        ("auto_enroll = false", "autoenroll = true", "cluster.autoenroll", "auto_enroll?"),
+        ("[paths]", "[path]", "path", "unknown table (did you mean [paths]?)"),
     ],
 )
 def test_bad_values_are_refused_with_key_value_and_reason(
