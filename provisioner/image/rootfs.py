@@ -54,7 +54,7 @@ from provisioner.image.store import ImageStore
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 3  # bump when the image layout or the manifest changes (3: host key)
+BUILDER_VERSION = 4  # bump when the image layout or the manifest changes (4: layer)
 AGENT_PATH = "/usr/bin/provisioner-agent"
 UNIT_PATH = "/etc/systemd/system/provisioner-agent.service"
 KEYS_UNIT_PATH = "/etc/systemd/system/provisioner-keys.service"
