@@ -7,7 +7,6 @@ key, the value and the reason (:class:`~provisioner.errors.ConfigError`).
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import secrets
@@ -22,6 +21,7 @@ from tomlkit.exceptions import ParseError
 from tomlkit.items import Table
 
 from provisioner import names
+from provisioner.config_reader import ConfigReader
 from provisioner.data import HWPROFILES
 from provisioner.errors import ConfigError
 
@@ -150,99 +150,13 @@ class Config:
 # ---------------------------------------------------------------- parsing and validation
 
 
-class _Reader:
-    """Reads typed values out of the parsed TOML, raising ConfigError on the first bad one."""
-
-    def __init__(self, doc: Mapping[str, object], source: str | None):
-        self.doc = doc
-        self.source = source
-        self.read: set[tuple[str, str]] = set()  # every (table, key) asked for
-
-    def refuse_unknown(self) -> None:
-        """A key (or table) no reader asked for is a typo or a stale name: refused with the
-        nearest known name (``cluster.profiles_dir`` -> ``cluster.profiles``), never ignored
-        (an ignored key silently leaves its default in force)."""
-        tables = {table for table, _ in self.read}
-        for table, value in self.doc.items():
-            if table not in tables:
-                near = difflib.get_close_matches(table, sorted(tables), n=1)
-                hint = f" (did you mean [{near[0]}]?)" if near else ""
-                raise self.fail(table, "(table)", f"unknown table{hint}")
-            if not isinstance(value, Mapping):
-                continue  # table() already refused it when it was read
-            known = sorted(key for t, key in self.read if t == table)
-            for key in value:
-                if (table, key) not in self.read:
-                    near = difflib.get_close_matches(key, known, n=1)
-                    hint = f" (did you mean {table}.{near[0]}?)" if near else ""
-                    raise self.fail(f"{table}.{key}", value[key], f"unknown key{hint}")
-
-    def fail(self, key: str, value: object, reason: str) -> ConfigError:
-        return ConfigError(key, value, reason, source=self.source)
-
-    def table(self, name: str) -> Mapping[str, object]:
-        value = self.doc.get(name, {})
-        if not isinstance(value, Mapping):
-            raise self.fail(name, value, "must be a table")
-        return value
-
-    def get(self, section: str, key: str, default: object) -> object:
-        self.read.add((section, key))
-        return self.table(section).get(key, default)
-
-    def text(self, section: str, key: str, default: str | None) -> str | None:
-        value = self.get(section, key, default)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise self.fail(f"{section}.{key}", value, "must be a string")
-        return value
-
-    def flag(self, section: str, key: str, default: bool) -> bool:
-        value = self.get(section, key, default)
-        if not isinstance(value, bool):
-            raise self.fail(f"{section}.{key}", value, "must be true or false")
-        return value
-
-    def number(
-        self,
-        section: str,
-        key: str,
-        default: float,
-        lo: float,
-        hi: float,
-        why: str,
-        *,
-        whole: bool = True,
-    ) -> float:
-        """A number in [lo, hi] (an integer unless ``whole`` is false; never a boolean),
-        else ConfigError with ``why``."""
-        value = self.get(section, key, default)
-        kinds = int if whole else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or not lo <= value <= hi:
-            raise self.fail(f"{section}.{key}", value, why)
-        return value
-
-    def port(self, section: str, key: str, default: int) -> int:
-        return int(self.number(section, key, default, 1, 65535, "must be a port number 1-65535"))
-
-    def ip(self, section: str, key: str) -> IPv4Address | None:
-        value = self.text(section, key, None)
-        if not value:
-            return None
-        try:
-            return IPv4Address(value)
-        except ValueError as exc:
-            raise self.fail(f"{section}.{key}", value, "not an IPv4 address") from exc
-
-
 def parse_config(text: str, source: str | None = None) -> Config:
     """Parse and validate provisioner.toml text; raises ConfigError naming key, value, why."""
     try:
         doc = tomlkit.parse(text).unwrap()
     except ParseError as exc:
         raise ConfigError("(file)", text[:0], f"not valid TOML: {exc}", source=source) from exc
-    r = _Reader(doc, source)
+    r = ConfigReader(doc, source)
     network = _parse_network(r)
     dhcp = _parse_dhcp(r, network)
     tftp = TftpConfig(
@@ -288,7 +202,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
     )
 
 
-def _parse_cluster(r: _Reader) -> ClusterConfig:
+def _parse_cluster(r: ConfigReader) -> ClusterConfig:
     pattern = r.text("cluster", "hostname_pattern", DEFAULT_HOSTNAME_PATTERN) or ""
     try:
         samples = [pattern.format(n=n) for n in (0, 99999)]
@@ -314,7 +228,7 @@ def _parse_cluster(r: _Reader) -> ClusterConfig:
     )
 
 
-def _parse_http(r: _Reader, net: NetworkConfig) -> HttpConfig:
+def _parse_http(r: ConfigReader, net: NetworkConfig) -> HttpConfig:
     bind = r.text("http", "bind", "") or str(net.server_ip)
     try:
         IPv4Address(bind)
@@ -334,7 +248,7 @@ def _opt_path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def _parse_network(r: _Reader) -> NetworkConfig:
+def _parse_network(r: ConfigReader) -> NetworkConfig:
     interface = r.text("network", "interface", None)
     if not interface or len(interface) > 15 or "/" in interface or " " in interface:
         raise r.fail("network.interface", interface, "must be a network interface name")
@@ -355,7 +269,7 @@ def _parse_network(r: _Reader) -> NetworkConfig:
     return NetworkConfig(interface=interface, address=address, mode=mode)
 
 
-def _parse_dhcp(r: _Reader, net: NetworkConfig) -> DhcpConfig:
+def _parse_dhcp(r: ConfigReader, net: NetworkConfig) -> DhcpConfig:
     start, end = _parse_range(r, net)
     lease = int(
         r.number("dhcp", "lease_seconds", DEFAULT_LEASE_SECONDS, 60, 2**31,
@@ -406,7 +320,9 @@ def _parse_dhcp(r: _Reader, net: NetworkConfig) -> DhcpConfig:
     )
 
 
-def _parse_range(r: _Reader, net: NetworkConfig) -> tuple[IPv4Address | None, IPv4Address | None]:
+def _parse_range(
+    r: ConfigReader, net: NetworkConfig
+) -> tuple[IPv4Address | None, IPv4Address | None]:
     raw = r.text("dhcp", "range", "")
     if not raw:
         if net.mode is Mode.FULL:

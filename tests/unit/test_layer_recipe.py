@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.image import ImageError, RecipeError, guardrails
-from provisioner.image.rootfs import (
+from provisioner.image.layer_build import (
     BASE_DU,
     BASE_PACKAGES,
     LAYER_DU,
@@ -19,9 +19,9 @@ from provisioner.image.rootfs import (
     du_bytes,
     find_modules,
     layer_report,
-    mmdebstrap_argv,
     vermagic,
 )
+from provisioner.image.rootfs import mmdebstrap_argv
 from provisioner.image.rootfs_recipe import load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,14 +198,20 @@ def test_find_modules(tmp_path: Path) -> None:
     }
 
 
-def test_a_layer_whose_kernel_lacks_a_module_is_refused(recipes: Path, tmp_path: Path) -> None:
-    recipe = parse_recipe(LAYER.encode(), recipes / "layer.toml")
-    assert recipe.layer is not None
+def write_reports(tmp_path: Path) -> Path:
+    """What a layer's hooks leave: a base of one package, 90 bytes before and 290 after."""
     reports = tmp_path / "reports"
     reports.mkdir()
     (reports / BASE_PACKAGES).write_text("bash 5.2\n")
     (reports / BASE_DU).write_text("100\t/r\n10\t/r/boot\n")
     (reports / LAYER_DU).write_text("300\t/r\n10\t/r/boot\n")
+    return reports
+
+
+def test_a_layer_whose_kernel_lacks_a_module_is_refused(recipes: Path, tmp_path: Path) -> None:
+    recipe = parse_recipe(LAYER.encode(), recipes / "layer.toml")
+    assert recipe.layer is not None
+    reports = write_reports(tmp_path)
     root = tmp_path / "root"
     (root / "lib/modules/6.12.1-amd64").mkdir(parents=True)
     with pytest.raises(ImageError, match=r"6\.12\.1-amd64 has no amdxdna module"):
@@ -247,11 +253,7 @@ def test_a_module_built_for_another_kernel_is_refused(recipes: Path, tmp_path: P
         recipes / "layer.toml",
     )
     assert recipe.layer is not None
-    reports = tmp_path / "reports"
-    reports.mkdir()
-    (reports / BASE_PACKAGES).write_text("bash 5.2\n")
-    (reports / BASE_DU).write_text("100\t/r\n10\t/r/boot\n")
-    (reports / LAYER_DU).write_text("300\t/r\n10\t/r/boot\n")
+    reports = write_reports(tmp_path)
     args = (recipe.layer, root, "6.12.1-amd64", reports, ("bash 5.2", "nvidia-kernel-dkms 550"))
     with pytest.raises(ImageError, match=r"built for \['6.18.44-host'\], not the image's kernel"):
         layer_report(*args, check_modprobe=False)
