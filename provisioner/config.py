@@ -90,7 +90,7 @@ class HttpConfig:
     open_metrics: bool = True
 
 
-DEFAULT_IMAGE = "debian-bookworm"
+DEFAULT_IMAGE = "debian-trixie"
 _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9-]*(@[1-9][0-9]*)?$")
 
 

@@ -7,7 +7,7 @@ never drive its accelerator): enrollment is refused, with the reason, both at
 ``provisioner node enroll`` and at auto-enrollment (the node stays ``matched``, a
 ``refused`` event on its timeline says why and what to do).
 
-The image is the one the node would boot (:func:`provisioner.boot.policy.image_for`); its
+The image is the one the node would boot (:func:`provisioner.image.choice.image_for`); its
 kernel is its manifest's ``kernel_release`` (``6.1.0-41-amd64``). An image that is not
 in the store yet (or has no kernel release: the discovery image) decides nothing here.
 Pure: :func:`release_version`, :func:`refusal`.

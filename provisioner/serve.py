@@ -17,7 +17,6 @@ from provisioner.boot.dhcp_server import DhcpService
 from provisioner.boot.http import create_app
 from provisioner.boot.http_context import AppContext
 from provisioner.boot.http_files import FileAreas, FileServed, FrontProtocol
-from provisioner.boot.image_kernel import image_kernel
 from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.boot.ra import RouterAdvertiser
 from provisioner.boot.routes_files import record_file
@@ -30,6 +29,7 @@ from provisioner.enroll.matching import Enroller
 from provisioner.errors import BootServiceError
 from provisioner.instance import InstanceConflict, InstanceLock
 from provisioner.metrics import Metrics
+from provisioner.node_image import image_kernel
 from provisioner.profiles import ProfileError
 from provisioner.records import EventKind
 from provisioner.registry import Registry

@@ -50,9 +50,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from provisioner.artifacts import ArtifactError, default_cache_dir
+from provisioner.artifacts import ArtifactError, default_cache_dir, target_python
 from provisioner.artifacts.llama import cache_key as cache_key  # the same order-free digest
 from provisioner.artifacts.store import (
     NAME_RE,
@@ -118,6 +119,7 @@ class WheelhouseSpec:
     platform: str = field(default_factory=sysconfig.get_platform)
     exclude: tuple[str, ...] | None = None
     extras: tuple[str, ...] = CONTROL_EXTRAS
+    torch_index: str = ""  # an extra index for torch (https://download.pytorch.org/whl/cpu)
 
     def __post_init__(self) -> None:
         backend = VllmBackend(self.backend)
@@ -126,7 +128,9 @@ class WheelhouseSpec:
             object.__setattr__(self, "torch_version", DEFAULT_TORCH[backend])
         excluded = EXCLUDED[backend] if self.exclude is None else self.exclude
         object.__setattr__(self, "exclude", tuple(sorted({normalize(n) for n in excluded})))
-        object.__setattr__(self, "extras", tuple(normalize(n) for n in self.extras))
+        # The extras are the control venv's, which runs this Python: none for another one.
+        extras = () if self.python_tag != python_tag() else self.extras
+        object.__setattr__(self, "extras", tuple(normalize(n) for n in extras))
         for what, version in (
             ("vLLM", self.vllm_version),
             ("Ray", self.ray_version),
@@ -136,6 +140,23 @@ class WheelhouseSpec:
                 raise ArtifactError(f"bad {what} version {version!r}")
         if not re.fullmatch(r"cp\d+", self.python_tag):
             raise ArtifactError(f"bad Python tag {self.python_tag!r} (cp311)")
+        if self.torch_index and urlsplit(self.torch_index).scheme not in ("http", "https"):
+            raise ArtifactError(f"bad torch index {self.torch_index!r} (https://...)")
+
+    @property
+    def foreign(self) -> bool:
+        """For another Python than this one (a node image's): resolved with pip's target
+        options and the marker check of :mod:`provisioner.artifacts.target_python`."""
+        return self.python_tag != python_tag()
+
+    def pip_args(self) -> list[str]:
+        """What every pip run of this build adds: the torch index, the target Python."""
+        args = ["--extra-index-url", self.torch_index] if self.torch_index else []
+        if self.foreign:
+            args += target_python.pip_target_args(
+                self.python_tag, self.platform, target_python.host_glibc()
+            )
+        return args
 
     @property
     def package(self) -> str:
@@ -171,6 +192,7 @@ def build_inputs(spec: WheelhouseSpec) -> dict[str, str]:
         "excluded": " ".join(spec.excluded),
         "extras": " ".join(spec.extras),
         "builder_version": str(BUILDER_VERSION),
+        **({"torch_index": spec.torch_index} if spec.torch_index else {}),
     }
 
 
@@ -238,7 +260,8 @@ def check_resolution(spec: WheelhouseSpec, pins: Sequence[Pin]) -> None:
     if spec.backend is VllmBackend.CPU and not cpu_build:
         raise ArtifactError(
             f"pip resolved torch {torch.version} ({torch.url}), not a +cpu build: "
-            "a CPU node would carry CUDA libraries"
+            "a CPU node would carry CUDA libraries (PyPI has CUDA builds only: "
+            "--torch-index https://download.pytorch.org/whl/cpu)"
         )
     if spec.backend is VllmBackend.CUDA and cpu_build:
         raise ArtifactError(f"pip resolved torch {torch.version} ({torch.url}) for a CUDA build")
@@ -436,32 +459,87 @@ def resolve(
     *,
     constraints: Path | None = None,
     what: str = "resolving",
+    spec: WheelhouseSpec | None = None,
 ) -> list[Pin]:
     """pip's choice for ``requirements`` (nothing downloaded but metadata): wheels only,
-    else, when some dependency has no wheel, wheels preferred."""
+    else, when some dependency has no wheel, wheels preferred. For a ``spec`` of another
+    Python, wheels only, for that Python, and resolved again with what pip's marker
+    evaluation left out (:func:`target_python.closure_gaps`), at most three times."""
+    extra = spec.pip_args() if spec is not None else []
+    foreign = spec is not None and spec.foreign
+    asked = list(requirements)
+    for _round in range(4):
+        data = _report(asked, work, progress, constraints, what, extra, foreign=foreign)
+        if not foreign:
+            break
+        assert spec is not None
+        env = target_python.marker_environment(data.get("environment", {}), spec.python_tag)
+        gaps = target_python.closure_gaps(data, env, spec.excluded)
+        if not gaps:
+            break
+        if _round == 3:
+            lines = "; ".join(g.line() for g in gaps[:5])
+            raise ArtifactError(f"{what} for {spec.python_tag}: still incomplete: {lines}")
+        added = target_python.gap_requirements(gaps)
+        progress(
+            f"{what}: pip judged markers as Python {sys.version_info.major}."
+            f"{sys.version_info.minor}; {spec.python_tag} also needs {' '.join(added)}"
+        )
+        asked = [*requirements, *added]
+    return parse_report(data)
+
+
+def _report(
+    requirements: Sequence[str],
+    work: Path,
+    progress: Progress,
+    constraints: Path | None,
+    what: str,
+    extra: Sequence[str],
+    *,
+    foreign: bool,
+) -> dict[str, Any]:
+    """One ``pip install --dry-run --report``: its installation report."""
     report = work / f".report-{hashlib.sha256(' '.join(requirements).encode()).hexdigest()[:8]}"
     base = [*_python(), "install", "--dry-run", "--ignore-installed", "--report", str(report)]
     if constraints is not None:
         base += ["-c", str(constraints)]
-    try:
-        _pip([*base, "--only-binary=:all:", *requirements], what, progress)
-    except ArtifactError as exc:
-        if "No matching distribution" not in str(exc):
-            raise
-        progress(f"{what}: some dependency has no wheel; preferring wheels instead")
-        _pip([*base, "--prefer-binary", *requirements], what, progress)
+    base += extra
+    if foreign:
+        base += ["--target", str(work / ".target")]  # pip's rule; nothing is written there
+        _pip([*base, *requirements], what, progress)
+    else:
+        try:
+            _pip([*base, "--only-binary=:all:", *requirements], what, progress)
+        except ArtifactError as exc:
+            if "No matching distribution" not in str(exc):
+                raise
+            progress(f"{what}: some dependency has no wheel; preferring wheels instead")
+            _pip([*base, "--prefer-binary", *requirements], what, progress)
     try:
         data = json.loads(report.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"pip's report {report}: {exc}") from exc
     finally:
         report.unlink(missing_ok=True)
-    return parse_report(data)
+    if not isinstance(data, dict):
+        raise ArtifactError(f"pip's report {report}: not an object")
+    return data
 
 
-def download(pins: Sequence[Pin], folder: Path, progress: Progress) -> None:
-    """Fetch exactly ``pins`` into ``folder`` (hash-checked); build wheels of sdist-only ones.
-    Wheels left from an earlier, different resolution or cut short are removed first."""
+def download(
+    pins: Sequence[Pin], folder: Path, progress: Progress, spec: WheelhouseSpec | None = None
+) -> None:
+    """Fetch exactly ``pins`` into ``folder`` (hash-checked); build wheels of sdist-only ones
+    (not for another Python: refused). Wheels left from an earlier, different resolution or
+    cut short are removed first."""
+    extra = spec.pip_args() if spec is not None else []
+    sdists = [p.name for p in pins if not p.is_wheel]
+    if sdists and spec is not None and spec.foreign:
+        raise ArtifactError(
+            f"no {spec.python_tag} wheel of {', '.join(sdists)}: a wheel for another Python "
+            "than the control node's cannot be built here"
+        )
     wanted = {p.filename: p.sha256 for p in pins if p.is_wheel}
     built = {p.name for p in pins if not p.is_wheel}
     for p in folder.glob("*.whl"):
@@ -476,6 +554,7 @@ def download(pins: Sequence[Pin], folder: Path, progress: Progress) -> None:
         reqfile = folder / ".download.txt"
         reqfile.write_text(pins_file(missing))
         argv = [*_python(), "download", "--no-deps", "--only-binary=:all:", "--require-hashes"]
+        argv += [a for a in extra if a != "--only-binary=:all:"]
         progress(f"downloading {len(missing)} of {len(wheels)} wheels")
         argv += ["-d", str(folder), "-r", str(reqfile)]
         _pip(argv, "downloading", progress, total=len(missing))
@@ -544,7 +623,16 @@ def _build(
 ) -> Manifest:
     started = time.monotonic()
     progress(f"{name}: resolving {' '.join(spec.requirements())}")
-    resolved = resolve(spec.requirements(), folder, progress)
+    try:
+        resolved = resolve(spec.requirements(), folder, progress, spec=spec)
+    except ArtifactError as exc:
+        if spec.backend is VllmBackend.CPU and not spec.torch_index and "+cpu" in str(exc):
+            raise ArtifactError(
+                f"{exc}\n{spec.package} {spec.vllm_version} pins a +cpu torch, which PyPI does"
+                f" not carry for {spec.python_tag}: --torch-index "
+                "https://download.pytorch.org/whl/cpu"
+            ) from exc
+        raise
     check_resolution(spec, resolved)
     excluded = set(spec.excluded)
     nodes = [p for p in resolved if p.name not in excluded]
@@ -556,11 +644,13 @@ def _build(
         node_names = {p.name for p in nodes}
         extra_pins = [
             p
-            for p in resolve(spec.extras, folder, progress, constraints=constraints, what="extras")
+            for p in resolve(
+                spec.extras, folder, progress, constraints=constraints, what="extras", spec=spec
+            )
             if p.name not in node_names and p.name not in excluded
         ]
         constraints.unlink()
-    download([*nodes, *extra_pins], folder, progress)
+    download([*nodes, *extra_pins], folder, progress, spec)
     wheels = scan_wheels(folder)
     have = {w.name for w in wheels}
     lost = sorted(p.name for p in [*nodes, *extra_pins] if p.name not in have)

@@ -21,10 +21,11 @@ from fastapi import Header, HTTPException, Request
 from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.boot.limits import API_TOKEN_REQUIRED
 from provisioner.boot.limits import bearer as bearer  # the routes' import of it stays here
-from provisioner.boot.policy import BootSpec, boot_spec, image_for
+from provisioner.boot.policy import BootSpec, boot_spec
 from provisioner.config import Config, HttpConfig
 from provisioner.enroll.matching import Enroller
 from provisioner.image import ImageError
+from provisioner.image.choice import image_for
 from provisioner.image.store import ImageStore, StoredImage
 from provisioner.metrics import Metrics
 from provisioner.records import Node

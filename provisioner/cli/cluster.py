@@ -300,7 +300,8 @@ def add_cluster_commands(sub: Any) -> None:
         help="KEY=VALUE. llama-rpc: parallel, ctx_size, ngl, threads (default: the node's CPU"
         " threads; 1 where nodes share cores, as lab containers do), memory_max. vllm:"
         " max_model_len, dtype, quantization, enforce_eager, kv_cache_gib (CPU backend),"
-        " ray_object_store_bytes",
+        " ray_object_store_bytes, torch_index (the wheel index a missing wheelhouse's torch"
+        " comes from)",
     )
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=cmd_cluster_create)

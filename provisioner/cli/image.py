@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from provisioner.boot.policy import image_for, wanted_image
+from provisioner.boot.policy import wanted_image
 from provisioner.cli.common import (
     add_command,
     load_cfg,
@@ -30,6 +30,7 @@ from provisioner.config import Config
 from provisioner.data import IMAGES
 from provisioner.errors import NotFound, Refused, UsageError
 from provisioner.image import guardrails
+from provisioner.image.choice import image_for
 from provisioner.image.diff import diff_manifests
 from provisioner.image.discovery import build_discovery, default_cache
 from provisioner.image.rootfs import build_rootfs

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.cli.common import print_json, print_timeline, stamped, table
-from provisioner.config import Mode
+from provisioner.config import DEFAULT_IMAGE, Mode
 from provisioner.lab import lab
 from provisioner.lab.lab import DEFAULT_LAB_DIR
 from provisioner.lab.simulate import simulate
@@ -76,7 +76,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         progress=stamped,
         timeout=args.timeout,
         appliance=not args.no_appliance,
-        image=args.image or ("debian-bookworm" if args.kind == "container" else None),
+        image=args.image or (DEFAULT_IMAGE if args.kind == "container" else None),
         kind=args.kind,
         disk=args.disk,
         profiles=None if args.profiles is None else Path(args.profiles),
@@ -179,7 +179,7 @@ def add_lab_commands(sub: Any) -> None:
     lab_up.add_argument(
         "--image",
         help="enroll the nodes and boot this image after discovery (built from images/NAME.toml"
-        " if missing), e.g. debian-bookworm",
+        f" if missing), e.g. {DEFAULT_IMAGE} (containers boot it by default)",
     )
     lab_up.add_argument(
         "--accel",

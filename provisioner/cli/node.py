@@ -13,7 +13,6 @@ import sys
 import time
 from typing import Any
 
-from provisioner.boot.image_kernel import image_kernel
 from provisioner.cli.common import (
     Exit,
     add_command,
@@ -29,6 +28,7 @@ from provisioner.enroll import lifecycle
 from provisioner.enroll.matching import Enroller, approve
 from provisioner.errors import IllegalTransition, Refused, UsageError
 from provisioner.names import UnsafeValue
+from provisioner.node_image import image_kernel
 from provisioner.records import Detail, EventKind, Node
 from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState

@@ -113,6 +113,17 @@ class StoredImage:
         release = self.manifest.get("kernel_release")
         return str(release) if release else None
 
+    @property
+    def python_version(self) -> str | None:
+        """The Python its ``python3`` package carries (``3.13``): what a node's wheels are
+        built for; None when the image has none (or its manifest lists no packages)."""
+        for entry in self.manifest.get("packages") or ():
+            name, _, version = str(entry).partition(" ")
+            m = re.match(r"^(?:\d+:)?(\d+)\.(\d+)", version)
+            if name == "python3" and m:
+                return f"{m.group(1)}.{m.group(2)}"
+        return None
+
     def digests(self) -> dict[str, str]:
         return {
             key: str(self.manifest[key]["sha256"])

@@ -425,19 +425,20 @@ def _lab_config(
     # snponly.efi drives the NIC through OVMF's own driver: ~2.5 s less per UEFI boot here.
     text = text.replace('efi_binary = "ipxe.efi"', 'efi_binary = "snponly.efi"')
     text = text.replace(default_args, f'kernel_args = "{LAB_KERNEL_ARGS}"')
+    doc = tomlkit.parse(text)
     if image is not None:
         # `lab up` enrolls its nodes (enroll --power-cycle): each is enrolled as soon as
         # it matches, and told to reboot into ``image`` when its report is in.
-        text = text.replace('image = "debian-bookworm"', f'image = "{image}"')
+        boot = doc["boot"]
+        assert isinstance(boot, tomlkit.items.Table)
+        boot["image"] = image
     if profiles is not None:
         # `lab up --profiles DIR`: the lab's nodes fingerprinted against profiles being
         # written (their drivers, image and engines tried on lab nodes first).
-        doc = tomlkit.parse(text)
         cluster = doc["cluster"]
         assert isinstance(cluster, tomlkit.items.Table)
         cluster["profiles"] = profiles
-        text = tomlkit.dumps(doc)
-    return text
+    return tomlkit.dumps(doc)
 
 
 def site_dhcp_argv(first: str, last: str, workdir: Path, *, ping: bool = True) -> list[str]:

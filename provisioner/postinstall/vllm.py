@@ -56,6 +56,8 @@ class VllmMember:
     link_mbps: int | None  # its speed as the agent reported it
     gpus: int  # accelerators the profile's engine would use (0: CPU)
     settings: Mapping[str, str]  # the profile's engines.vllm settings (dtype, backend...)
+    python: str | None = None  # its image's Python tag (cp313); None: not known
+    image: str | None = None  # the image ref it boots (for messages)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,23 @@ def backend_of(members: Sequence[VllmMember]) -> str:
         if m.settings.get("backend") == "cuda" or (m.gpus and "backend" not in m.settings):
             return "cuda"
     return "cpu"
+
+
+def python_of(members: Sequence[VllmMember], default: str) -> tuple[str, list[str]]:
+    """(the Python tag the cluster's wheelhouse is built for, problems): every member's
+    image must carry the same Python (one venv layout, and Ray refuses a node whose Python
+    differs from the head's); ``default`` (the control node's) when no image says."""
+    tags: dict[str, list[str]] = {}
+    for m in members:
+        if m.python:
+            tags.setdefault(m.python, []).append(f"{m.hostname} ({m.image or '?'})")
+    if len(tags) > 1:
+        said = "; ".join(f"{tag}: {', '.join(who)}" for tag, who in sorted(tags.items()))
+        return default, [
+            f"the members' images carry different Pythons ({said}): Ray needs one Python on "
+            "every node; boot them one image (provisioner image use IMAGE --profile P)"
+        ]
+    return (next(iter(tags)) if tags else default), []
 
 
 def shares_problems(served: Sequence[Served]) -> list[str]:

@@ -59,7 +59,7 @@ class Site:
         store = ImageStore(cfg.image_dir)
         store.publish_files("discovery", {"vmlinuz": b"K", "initrd": b"I"})
         root = {"vmlinuz": b"K", "initrd": b"I", "root.squashfs": b"R"}
-        store.publish_files("debian-bookworm", root)  # what an enrolled node boots
+        store.publish_files("debian-trixie", root)  # what an enrolled node boots
         self.clock = Clock()
         self.ctx = AppContext(cfg, Registry(cfg.registry_path), "api", Metrics(), ScriptRenderer())
         self.app = FastAPI()

@@ -4,6 +4,7 @@ injected), a real store, a registry of enrolled nodes. No compiler, no download,
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 import tarfile
 import time
@@ -15,13 +16,14 @@ import pytest
 from provisioner.artifacts import ArtifactError
 from provisioner.artifacts.llama import BuildSpec, cache_key
 from provisioner.artifacts.store import ArtifactStore, Manifest
-from provisioner.artifacts.wheelhouse import VllmBackend, WheelhouseSpec
+from provisioner.artifacts.wheelhouse import VllmBackend, WheelhouseSpec, python_tag
 from provisioner.clusters.engines import engine_for
 from provisioner.clusters.engines.artifacts import ArtifactNeed, ArtifactSpec, Progress, ensure
 from provisioner.clusters.plan import postinstall_plan
 from provisioner.clusters.site import Site
 from provisioner.clusters.spec import ClusterError
 from provisioner.config import Mode, load_config, render_config
+from provisioner.image.store import ImageStore
 from provisioner.models.store import ModelStore
 from provisioner.postinstall.plan import NodePlan
 from provisioner.profiles import Engine
@@ -172,12 +174,43 @@ def test_vllm_needs_the_wheelhouse_artifact_build_vllm_builds_for_its_backend(
     assert need.command == "provisioner artifact build vllm --backend cpu"
     assert need.present is None
     assert need.missing == (
-        f"no vLLM wheelhouse for backend cpu in {site.artifacts_dir}: "
-        "provisioner artifact build vllm --backend cpu"
+        f"no vLLM wheelhouse for backend cpu and Python {python_tag()} in "
+        f"{site.artifacts_dir}: provisioner artifact build vllm --backend cpu"
     )
     with pytest.raises(ClusterError) as refused:
         ensure([need], ArtifactStore(site.artifacts_dir), build=False, progress=print)
     assert str(refused.value) == need.missing
+
+
+def publish_image(site: Site, name: str, python: str) -> str:
+    """An image in the site's store whose manifest lists ``python3 <python>``."""
+    store = ImageStore(site.cfg.image_dir)
+    image, _ = store.publish_files(name, {"vmlinuz": b"K", "initrd": b"I", "root.squashfs": b"R"})
+    manifest = image.path / "manifest.json"
+    data = json.loads(manifest.read_text())
+    packages = ["libc6 2.41-12", f"python3 {python}", "python3-minimal 1"]
+    manifest.write_text(json.dumps({**data, "packages": packages}))
+    return image.ref
+
+
+def test_the_wheelhouse_follows_the_python_of_the_image_the_members_boot(site: Site) -> None:
+    cluster = Cluster("v", Engine.VLLM, "smol", "node0", ("node1",),
+                      serve=(Served("a", "smol", None, 8000),))  # fmt: skip
+    publish_image(site, site.cfg.boot.image, "3.13.5-1")  # what enrolled nodes boot
+    (need,) = engine_for(cluster).needs(site, cluster)
+    assert isinstance(need.spec, WheelhouseSpec) and need.spec.python_tag == "cp313"
+    assert need.spec.extras == ()  # the control venv runs the control node's Python
+    assert need.command == "provisioner artifact build vllm --backend cpu --python cp313"
+    assert "and Python cp313 in" in need.missing
+    # a node of the cluster pinned to a Debian 12 image: two Pythons, refused
+    publish_image(site, "debian-bookworm", "3.11.2-1+b1")
+    site.registry.set_profile_image("qemu-lab", site.cfg.boot.image)
+    site.registry.pin_image(NODES["node1"][0], "debian-bookworm@1")
+    problems, _ = engine_for(cluster).check(site, cluster, {"smol": "hf"})
+    (said,) = [p for p in problems if "Python" in p]
+    assert said.startswith("the members' images carry different Pythons (cp311: node1 "
+                           "(debian-bookworm@1); cp313: node0 (")  # fmt: skip
+    assert "Ray needs one Python on every node" in said
 
 
 def test_ensure_builds_only_the_missing_needs_and_keeps_their_order(tmp_path: Path) -> None:

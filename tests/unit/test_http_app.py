@@ -291,7 +291,7 @@ def enroll(ctx: AppContext, profile: str, *, memory: int | None = 8 << 30) -> No
     ctx.registry.transition(MAC, NodeEvent.ENROLL)
 
 
-def publish_rootfs(ctx: AppContext, name: str = "debian-bookworm", root: bytes = b"R") -> None:
+def publish_rootfs(ctx: AppContext, name: str = "debian-trixie", root: bytes = b"R") -> None:
     files = {"vmlinuz": b"K" * 1000, "initrd": b"I" * 1000, "root.squashfs": root}
     ImageStore(ctx.config.image_dir).publish_files(name, files)
 
@@ -307,22 +307,22 @@ def test_an_enrolled_node_boots_one_version_of_its_image_with_a_live_root(
 ) -> None:
     publish_rootfs(ctx)
     enroll(ctx, "qemu-lab")
-    base = "http://10.20.0.1:8080/images/debian-bookworm@1"
+    base = "http://10.20.0.1:8080/images/debian-trixie@1"
     kernel = kernel_line(client.get(f"/boot/{MAC}.ipxe").text)
     assert kernel.startswith(f"kernel {base}/vmlinuz?mac={MAC} initrd=initrd ")
     # live-boot picks the mount type from the URL's suffix: it must end in .squashfs.
     assert f" boot=live fetch={base}/root.squashfs " in kernel
     assert "provisioner.token=" in kernel
     node = ctx.registry.node(MAC)
-    assert node is not None and node.image == "debian-bookworm@1"
+    assert node is not None and node.image == "debian-trixie@1"
     # A newer build: the next boot names the new version, every file of it.
     publish_rootfs(ctx, root=b"R2")
     script = client.get(f"/boot/{MAC}.ipxe").text
-    assert "debian-bookworm@2/vmlinuz" in script and "debian-bookworm@2/initrd" in script
-    assert "debian-bookworm@2/root.squashfs" in script and "@1" not in script
+    assert "debian-trixie@2/vmlinuz" in script and "debian-trixie@2/initrd" in script
+    assert "debian-trixie@2/root.squashfs" in script and "@1" not in script
     # The registry's choice for the profile wins, and may pin a version.
-    ctx.registry.set_profile_image("qemu-lab", "debian-bookworm@1")
-    assert "debian-bookworm@1/root.squashfs" in client.get(f"/boot/{MAC}.ipxe").text
+    ctx.registry.set_profile_image("qemu-lab", "debian-trixie@1")
+    assert "debian-trixie@1/root.squashfs" in client.get(f"/boot/{MAC}.ipxe").text
 
 
 def test_the_profile_adds_its_kernel_args(client: TestClient, ctx: AppContext) -> None:
@@ -343,7 +343,7 @@ def test_a_node_without_the_ram_for_the_root_is_refused_with_the_reason(
     enroll(ctx, "qemu-lab", memory=256 << 20)
     script = client.get(f"/boot/{MAC}.ipxe").text
     assert "\nkernel " not in script
-    assert "cannot boot debian-bookworm@1: the node has 256 MiB of RAM" in script
+    assert "cannot boot debian-trixie@1: the node has 256 MiB of RAM" in script
     assert f"chain --replace --autofree http://10.20.0.1:8080/boot/{MAC}.ipxe" in script
     refused = [e for e in ctx.registry.events(MAC) if e.kind is EventKind.REFUSED]
     assert refused and "256 MiB of RAM" in str(refused[-1].detail["why"])
@@ -354,7 +354,7 @@ def test_an_enrolled_node_whose_image_is_not_built_waits(
 ) -> None:
     enroll(ctx, "qemu-lab")
     script = client.get(f"/boot/{MAC}.ipxe").text
-    assert "debian-bookworm image is not in the image store" in script
+    assert "debian-trixie image is not in the image store" in script
 
 
 def test_authorized_keys_need_this_boots_token(client: TestClient, ctx: AppContext) -> None:

@@ -39,7 +39,7 @@ def run(config: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[i
 
 def publish(config: Path, root: bytes) -> None:
     store = ImageStore(load_config(config).image_dir)
-    store.publish_files("debian-bookworm", {"vmlinuz": b"K", "initrd": b"I", "root.squashfs": root})
+    store.publish_files("debian-trixie", {"vmlinuz": b"K", "initrd": b"I", "root.squashfs": root})
 
 
 def test_list_show_use_and_remove(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -48,11 +48,11 @@ def test_list_show_use_and_remove(config: Path, capsys: pytest.CaptureFixture[st
     code, out, _ = run(config, capsys, "image", "list", "--json")
     assert code == 0
     assert [(i["ref"], i["kind"]) for i in json.loads(out)] == [
-        ("debian-bookworm@1", "rootfs"),
-        ("debian-bookworm@2", "rootfs"),
+        ("debian-trixie@1", "rootfs"),
+        ("debian-trixie@2", "rootfs"),
     ]
     code, out, _ = run(config, capsys, "image", "list")
-    assert "debian-bookworm@2 (newest)" in out
+    assert "debian-trixie@2 (newest)" in out
 
     # An enrolled qemu-lab node boots the newest version next.
     registry = Registry(load_config(config).registry_path)
@@ -63,32 +63,32 @@ def test_list_show_use_and_remove(config: Path, capsys: pytest.CaptureFixture[st
     registry.transition(MAC, NodeEvent.MATCH)
     code, out, _ = run(config, capsys, "node", "enroll", MAC, "--json")
     assert code == 0 and json.loads(out)["enrolled"][0]["state"] == NodeState.ENROLLED.value
-    code, out, _ = run(config, capsys, "image", "show", "debian-bookworm", "--json")
+    code, out, _ = run(config, capsys, "image", "show", "debian-trixie", "--json")
     shown = json.loads(out)
-    assert shown["ref"] == "debian-bookworm@2" and shown["nodes"] == {MAC: "boots it next"}
+    assert shown["ref"] == "debian-trixie@2" and shown["nodes"] == {MAC: "boots it next"}
     assert shown["ram_needed"] > 512 << 20 and shown["findings"] == []
 
-    code, _, err = run(config, capsys, "image", "remove", "debian-bookworm@2")
-    assert code == 4 and f"debian-bookworm@2 is in use by 1 node(s): {MAC} (boots it next)" in err
-    assert ImageStore(load_config(config).image_dir).find("debian-bookworm@2") is not None
+    code, _, err = run(config, capsys, "image", "remove", "debian-trixie@2")
+    assert code == 4 and f"debian-trixie@2 is in use by 1 node(s): {MAC} (boots it next)" in err
+    assert ImageStore(load_config(config).image_dir).find("debian-trixie@2") is not None
 
     # Pin the profile to version 1: version 2 is free to go, version 1 is now in use.
-    code, out, _ = run(config, capsys, "image", "use", "debian-bookworm@1", "--profile", "qemu-lab")
+    code, out, _ = run(config, capsys, "image", "use", "debian-trixie@1", "--profile", "qemu-lab")
     assert code == 0 and "pinned" in out
-    assert registry.profile_images() == {"qemu-lab": "debian-bookworm@1"}
-    code, out, _ = run(config, capsys, "image", "remove", "debian-bookworm@2", "--json")
-    assert code == 0 and json.loads(out) == {"removed": ["debian-bookworm@2"]}
-    code, _, err = run(config, capsys, "image", "remove", "debian-bookworm")
-    assert code == 4 and "debian-bookworm@1 is in use" in err
+    assert registry.profile_images() == {"qemu-lab": "debian-trixie@1"}
+    code, out, _ = run(config, capsys, "image", "remove", "debian-trixie@2", "--json")
+    assert code == 0 and json.loads(out) == {"removed": ["debian-trixie@2"]}
+    code, _, err = run(config, capsys, "image", "remove", "debian-trixie")
+    assert code == 4 and "debian-trixie@1 is in use" in err
 
 
 def test_use_refuses_unknown_profiles_and_unbuilt_images(
     config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run(config, capsys, "image", "use", "debian-bookworm", "--profile", "qemu-lab")
-    assert code == 3 and "no image debian-bookworm" in err
+    code, _, err = run(config, capsys, "image", "use", "debian-trixie", "--profile", "qemu-lab")
+    assert code == 3 and "no image debian-trixie" in err
     publish(config, b"x")
-    code, _, err = run(config, capsys, "image", "use", "debian-bookworm", "--profile", "nope")
+    code, _, err = run(config, capsys, "image", "use", "debian-trixie", "--profile", "nope")
     assert code == 3 and "no profile 'nope'" in err
     code, _, err = run(config, capsys, "image", "show", "Bad Name")
     assert code == 1 and "not an image name" in err

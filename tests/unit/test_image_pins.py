@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from provisioner.boot.ipxe import ScriptRenderer
-from provisioner.boot.policy import BootKind, BootSpec, image_for
+from provisioner.boot.policy import BootKind, BootSpec
 from provisioner.errors import RegistryError
+from provisioner.image.choice import image_for
 from provisioner.lab.containers import image_of_script
 from provisioner.registry import Registry
 from provisioner.states import NodeState

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.boot.image_kernel import image_kernel
 from provisioner.boot.routes_boot import inventory_document
 from provisioner.cli import main
 from provisioner.config import DEFAULT_HWPROFILES
 from provisioner.enroll.matching import Enroller
 from provisioner.image.store import ImageStore
 from provisioner.kernel_need import KernelNeed, refusal, release_version
+from provisioner.node_image import image_kernel
 from provisioner.profiles import parse_profile
 from provisioner.records import EventKind
 from provisioner.registry import Registry

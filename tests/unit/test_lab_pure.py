@@ -74,8 +74,8 @@ def test_a_node_sent_its_image_goes_on_to_root_keys_and_ready() -> None:
     ]
     image = [
         ev(EventKind.SCRIPT, boot="image"),
-        ev(EventKind.HTTP_FILE, file="debian-bookworm@1/vmlinuz"),
-        ev(EventKind.HTTP_FILE, file="debian-bookworm@1/root.squashfs"),
+        ev(EventKind.HTTP_FILE, file="debian-trixie@1/vmlinuz"),
+        ev(EventKind.HTTP_FILE, file="debian-trixie@1/root.squashfs"),
         ev(EventKind.KEYS),
     ]
     steps = steps_reached(discovery + image)
@@ -92,9 +92,9 @@ def test_the_lab_config_names_the_image_its_nodes_boot(tmp_path: Path) -> None:
 
     plain = parse_config(_lab_config(Mode.FULL, tmp_path))
     assert "provisioner.after=poweroff" in plain.boot.kernel_args
-    assert plain.boot.image == "debian-bookworm"
-    cfg = parse_config(_lab_config(Mode.FULL, tmp_path, "debian-bookworm@2"))
-    assert cfg.boot.image == "debian-bookworm@2" and cfg.boot.efi_binary == "snponly.efi"
+    assert plain.boot.image == "debian-trixie"
+    cfg = parse_config(_lab_config(Mode.FULL, tmp_path, "debian-trixie@2"))
+    assert cfg.boot.image == "debian-trixie@2" and cfg.boot.efi_binary == "snponly.efi"
     # `lab up --profiles DIR`: the nodes are fingerprinted against DIR's profiles.
     mine = tmp_path / "my-profiles"
     mine.mkdir()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.boot.policy import image_for
 from provisioner.clusters.roll import (
     Return,
     Roll,
@@ -20,6 +19,7 @@ from provisioner.clusters.roll import (
     judge_return,
     plan_roll,
 )
+from provisioner.image.choice import image_for
 from provisioner.profiles import Engine
 from provisioner.records import Cluster, Detail, Event, EventKind, Node
 from provisioner.registry import Registry

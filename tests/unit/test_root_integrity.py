@@ -83,7 +83,7 @@ def test_judge() -> None:
 
 @pytest.fixture
 def enrolled(tmp_path: Path) -> Site:
-    """A node enrolled on debian-bookworm (a fetched root) with its lease, full mode."""
+    """A node enrolled on debian-trixie (a fetched root) with its lease, full mode."""
     site = Site(tmp_path, Mode.FULL)
     site.lease()
     _, token = site.script(NODE)
@@ -99,7 +99,7 @@ def image_boot(site: Site) -> str:
     r = site.client(NODE).get(f"/boot/{MAC}.ipxe")
     assert r.status_code == 200
     assert f"provisioner.root_sha256={PUBLISHED}" in r.text
-    assert "fetch=" in r.text and "debian-bookworm@1/root.squashfs" in r.text
+    assert "fetch=" in r.text and "debian-trixie@1/root.squashfs" in r.text
     found = re.search(r"provisioner\.token=(\S+)", r.text)
     assert found is not None
     return found.group(1)
@@ -140,7 +140,7 @@ def test_the_published_root_is_verified(enrolled: Site) -> None:
     assert verdicts(enrolled) == ["verified"]
     assert state(enrolled) is NodeState.ENROLLED
     last = [e for e in enrolled.registry.events(MAC) if e.kind is EventKind.INTEGRITY][-1]
-    assert last.detail["image"] == "debian-bookworm@1"
+    assert last.detail["image"] == "debian-trixie@1"
     assert last.detail["published"] == PUBLISHED and last.detail["checked"] == "initramfs"
 
 

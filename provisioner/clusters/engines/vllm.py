@@ -47,7 +47,7 @@ class VllmEngine:
     def check(
         self, site: Site, cluster: Cluster, model_kinds: Mapping[str, str | None]
     ) -> tuple[list[str], list[str]]:
-        found = vllm_site.members(site.registry, cluster, site.profiles)
+        found = vllm_site.site_members(site.cfg, site.registry, cluster, site.profiles)
         problems, warnings = vllm_site.check(cluster, found, model_kinds)
         others = [c for c in load_all(site.registry) if c.name != cluster.name]
         return problems + vllm_site.ray_clashes(cluster, others), warnings
@@ -56,11 +56,11 @@ class VllmEngine:
         return ("vllm", "ray") if vllm.uses_ray(cluster) else ("vllm",)
 
     def needs(self, site: Site, cluster: Cluster) -> list[ArtifactNeed]:
-        found = vllm_site.members(site.registry, cluster, site.profiles)
-        return vllm_site.needs(site.cfg, cluster, vllm.backend_of(found))
+        found = vllm_site.site_members(site.cfg, site.registry, cluster, site.profiles)
+        return vllm_site.needs(site.cfg, cluster, *vllm_site.runtime(found))
 
     def plan(self, site: Site, cluster: Cluster, members: Sequence[Member]) -> list[NodePlan]:
-        found = vllm_site.members(site.registry, cluster, site.profiles)
+        found = vllm_site.site_members(site.cfg, site.registry, cluster, site.profiles)
         artifact, extra = vllm_site.plan_context(site.cfg, cluster, found)
         ports = [s.port for s in cluster.served()]
         for hostname, ctx in extra.items():
@@ -82,7 +82,7 @@ class VllmEngine:
     def dry_run(
         self, site: Site, cluster: Cluster, *, check_args: bool, progress: Progress
     ) -> tuple[bool, list[str]]:
-        found = vllm_site.members(site.registry, cluster, site.profiles)
+        found = vllm_site.site_members(site.cfg, site.registry, cluster, site.profiles)
         _, warnings = vllm_site.check(cluster, found, {})
         lines = [f"warning: {w}" for w in warnings]
         if not check_args:
@@ -153,7 +153,7 @@ def _ray_checks(site: Site, target: SmokeTarget) -> list[Check]:
     with the ``ray`` of the venv post-install made from the cluster's wheelhouse."""
 
     cluster = target.cluster
-    found = vllm_site.members(site.registry, cluster, site.profiles)
+    found = vllm_site.site_members(site.cfg, site.registry, cluster, site.profiles)
     venv = vllm_site.venv_for(site.cfg, cluster, found)
     address = f"{target.nodes[cluster.head].ip}:{vllm.RAY_PORTS['port']}"
     command = (

@@ -15,15 +15,22 @@ from typing import Any
 
 from provisioner.artifacts.control_venv import control_venv
 from provisioner.artifacts.store import ArtifactStore, Manifest
-from provisioner.artifacts.wheelhouse import VllmBackend, WheelhouseSpec, node_install_command
+from provisioner.artifacts.target_python import version_tag
+from provisioner.artifacts.wheelhouse import (
+    VllmBackend,
+    WheelhouseSpec,
+    node_install_command,
+    python_tag,
+)
 from provisioner.clusters import keys
-from provisioner.clusters.engines.artifacts import ArtifactNeed
+from provisioner.clusters.engines.artifacts import ArtifactNeed, ensure
 from provisioner.clusters.spec import ClusterError
 from provisioner.config import Config
 from provisioner.data import VLLM_ARGCHECK
 from provisioner.discovery.accelerators import accelerators
 from provisioner.models.hf import fetch_tree_command
 from provisioner.models.store import ModelStore
+from provisioner.node_image import NodeImage, node_image
 from provisioner.postinstall import vllm
 from provisioner.postinstall.plan import Download
 from provisioner.profiles import Engine, ProfileSet
@@ -33,10 +40,15 @@ from provisioner.registry import Registry
 WHEELHOUSE_PREFIX = "vllm-"
 
 
-def member(registry: Registry, node: Node, profiles: ProfileSet) -> vllm.VllmMember:
-    """A node as the vLLM plan sees it: address, NIC (name, speed), GPUs, profile settings."""
+def member(
+    registry: Registry, node: Node, profiles: ProfileSet, image_of: NodeImage | None = None
+) -> vllm.VllmMember:
+    """A node as the vLLM plan sees it: address, NIC (name, speed), GPUs, profile settings,
+    and (with ``image_of``) the image it boots and that image's Python."""
     inventory = registry.inventory(node.mac)
     profile = profiles.get(node.profile or "")
+    ref, image = image_of(node, profile) if image_of is not None else (None, None)
+    version = image.python_version if image is not None else None
     rule = profile.engine_rule(Engine.VLLM) if profile else None
     settings = dict(rule.settings) if rule else {}
     interface = speed = None
@@ -49,18 +61,38 @@ def member(registry: Registry, node: Node, profiles: ProfileSet) -> vllm.VllmMem
     if settings.get("backend") == "cpu":
         gpus = 0
     return vllm.VllmMember(
-        node.hostname or node.mac, node.ip or "", interface, speed, gpus, settings
-    )
+        node.hostname or node.mac, node.ip or "", interface, speed, gpus, settings,
+        python=version_tag(version) if version else None, image=ref,
+    )  # fmt: skip
 
 
-def members(registry: Registry, cluster: Cluster, profiles: ProfileSet) -> list[vllm.VllmMember]:
+def members(
+    registry: Registry,
+    cluster: Cluster,
+    profiles: ProfileSet,
+    image_of: NodeImage | None = None,
+) -> list[vllm.VllmMember]:
     found = []
     for hostname in cluster.members:
         node = registry.node(hostname)
         if node is None:
             raise ClusterError(f"{cluster.name}: member {hostname} is not in the registry")
-        found.append(member(registry, node, profiles))
+        found.append(member(registry, node, profiles, image_of))
     return found
+
+
+def site_members(
+    cfg: Config, registry: Registry, cluster: Cluster, profiles: ProfileSet
+) -> list[vllm.VllmMember]:
+    """:func:`members`, each one's image looked up in the site's image store."""
+    images = node_image(registry, cfg.image_dir, cfg.boot.image)
+    return members(registry, cluster, profiles, images)
+
+
+def runtime(found: Sequence[vllm.VllmMember]) -> tuple[str, str]:
+    """(backend, Python tag) of the cluster's wheelhouse: the members' images' Python, the
+    control node's where no image says (a mix is refused by :func:`check`)."""
+    return vllm.backend_of(found), vllm.python_of(found, python_tag())[0]
 
 
 def check(
@@ -78,7 +110,7 @@ def check(
                 "Hugging Face folder (provisioner model add FOLDER)"
             )
     lay, refused = vllm.layout(cluster, found)
-    problems += refused
+    problems += refused + vllm.python_of(found, python_tag())[1]
     return problems, ([] if refused else vllm.warnings(lay, found))
 
 
@@ -99,18 +131,18 @@ def ray_clashes(cluster: Cluster, others: Sequence[Cluster]) -> list[str]:
     return problems
 
 
-def wheelhouse(cfg: Config, cluster: Cluster, backend: str) -> Download:
+def wheelhouse(cfg: Config, cluster: Cluster, backend: str, tag: str) -> Download:
     """The wheelhouse the cluster installs: its own (``--artifact``), else the newest one
-    for its backend."""
+    for its backend and its nodes' Python (``tag``)."""
 
     store = ArtifactStore(cfg.state_dir / "artifacts")
     name = cluster.options.get("artifact")
     if name:
         manifest = store.get(name)
     else:
-        newest = newest_wheelhouse(store, backend)
+        newest = newest_wheelhouse(store, backend, tag)
         if newest is None:
-            raise ClusterError(missing(store, backend))
+            raise ClusterError(missing(store, backend, tag))
         manifest = newest
     return Download(
         manifest.name, manifest.file, f"{cfg.http_base}/artifacts/{manifest.file}",
@@ -118,39 +150,52 @@ def wheelhouse(cfg: Config, cluster: Cluster, backend: str) -> Download:
     )  # fmt: skip
 
 
-def newest_wheelhouse(store: ArtifactStore, backend: str) -> Manifest | None:
-    """The newest vLLM wheelhouse for ``backend`` in the store, if any."""
+def newest_wheelhouse(store: ArtifactStore, backend: str, tag: str) -> Manifest | None:
+    """The newest vLLM wheelhouse for ``backend`` and Python ``tag`` in the store, if any."""
     found = [
         m for m in store.list()
-        if m.name.startswith(WHEELHOUSE_PREFIX) and f"-{backend}-" in m.name
+        if m.name.startswith(WHEELHOUSE_PREFIX) and m.name.endswith(f"-{backend}-{tag}")
     ]  # fmt: skip
     return max(found, key=lambda m: m.built_at) if found else None
 
 
-def build_command(backend: str) -> str:
-    return f"provisioner artifact build vllm --backend {backend}"
+def build_command(backend: str, tag: str) -> str:
+    python = "" if tag == python_tag() else f" --python {tag}"
+    return f"provisioner artifact build vllm --backend {backend}{python}"
 
 
-def missing(store: ArtifactStore, backend: str) -> str:
-    return f"no vLLM wheelhouse for backend {backend} in {store.root}: {build_command(backend)}"
+def missing(store: ArtifactStore, backend: str, tag: str) -> str:
+    return (
+        f"no vLLM wheelhouse for backend {backend} and Python {tag} in {store.root}: "
+        f"{build_command(backend, tag)}"
+    )
 
 
-def needs(cfg: Config, cluster: Cluster, backend: str) -> list[ArtifactNeed]:
+def need(cfg: Config, cluster: Cluster, backend: str, tag: str) -> ArtifactNeed:
+    """The wheelhouse for ``backend`` and ``tag``: the newest in the store, and what
+    ``artifact build vllm`` builds when there is none (the cluster's ``torch_index``)."""
+    store = ArtifactStore(cfg.state_dir / "artifacts")
+    spec = WheelhouseSpec(
+        backend=VllmBackend(backend), python_tag=tag,
+        torch_index=cluster.options.get("torch_index", ""),
+    )  # fmt: skip
+    return ArtifactNeed(
+        f"vLLM wheelhouse ({spec.name()})", build_command(backend, tag), spec,
+        newest_wheelhouse(store, backend, tag), missing(store, backend, tag),
+    )  # fmt: skip
+
+
+def needs(cfg: Config, cluster: Cluster, backend: str, tag: str) -> list[ArtifactNeed]:
     """The wheelhouse :func:`wheelhouse` takes, and what `artifact build vllm` builds for it
     (none for a wheelhouse the cluster names itself)."""
     if cluster.options.get("artifact"):
         return []
-    store = ArtifactStore(cfg.state_dir / "artifacts")
-    spec = WheelhouseSpec(backend=VllmBackend(backend))
-    return [ArtifactNeed(
-        f"vLLM wheelhouse ({spec.name()})", build_command(backend), spec,
-        newest_wheelhouse(store, backend), missing(store, backend),
-    )]  # fmt: skip
+    return [need(cfg, cluster, backend, tag)]
 
 
 def venv_for(cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember]) -> str:
     """Where post-install puts the cluster's venv on its nodes (one per wheelhouse)."""
-    return f"{vllm.VENV_ROOT}/{wheelhouse(cfg, cluster, vllm.backend_of(found)).name}"
+    return f"{vllm.VENV_ROOT}/{wheelhouse(cfg, cluster, *runtime(found)).name}"
 
 
 def model_entries(cfg: Config, cluster: Cluster) -> dict[str, dict[str, Any]]:
@@ -192,7 +237,7 @@ def plan_context(
     lay, problems = vllm.layout(cluster, found)
     if problems:
         raise ClusterError(f"{cluster.name}: " + "; ".join(problems))
-    artifact = wheelhouse(cfg, cluster, vllm.backend_of(found))
+    artifact = wheelhouse(cfg, cluster, *runtime(found))
     venv = venv_for(cfg, cluster, found)
     lock = f"/var/lib/provisioner/artifacts/{artifact.name}.requirements.txt"
     install = node_install_command(cfg.http_base, artifact.name, venv=venv, requirements=lock)
@@ -234,10 +279,18 @@ def argument_report(
 ) -> tuple[bool, list[str]]:
     """Every served model's vLLM arguments judged by vLLM's own parser, in the control
     venv made from the cluster's wheelhouse (built on first use, ~95 s): (all accepted,
-    one line per model)."""
+    one line per model). Nodes on another Python than the control node's (a Debian 13
+    image: cp313) have their wheelhouse; the control venv is made from the control node's
+    own, of the same backend (built first when missing)."""
 
-    artifact = wheelhouse(cfg, cluster, vllm.backend_of(found))
-    folder = ArtifactStore(cfg.state_dir / "artifacts").path(artifact.name)
+    backend, tag = runtime(found)
+    store = ArtifactStore(cfg.state_dir / "artifacts")
+    if tag == python_tag() or cluster.options.get("artifact"):
+        folder = store.path(wheelhouse(cfg, cluster, backend, tag).name)
+    else:
+        own = ensure([need(cfg, cluster, backend, python_tag())], store, build=True,
+                     progress=progress)[0]  # fmt: skip
+        folder = store.path(own.name)
     python = control_venv(folder, progress=progress)
     lay, _ = vllm.layout(cluster, found)
     head = next(m for m in found if m.hostname == cluster.head)
