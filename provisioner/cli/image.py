@@ -135,6 +135,8 @@ def cmd_image_show(args: argparse.Namespace) -> int:
             print(f"  module {name}: {module['path']} (vermagic {module['vermagic']})")
     if image.kind == "rootfs":
         print(f"  RAM a node needs for this root: {_mib(details['ram_needed'])}")
+        if details["python_version"]:
+            print(f"  Python {details['python_version']} (vLLM wheelhouses are built for it)")
         print(f"  profiles that boot it: {', '.join(details['profiles']) or 'none'}")
     for finding in details["findings"]:
         print(f"  {finding['level']}: {finding['reason']}")
@@ -277,6 +279,7 @@ def _details(image: StoredImage, users: dict[str, str] | None = None) -> dict[st
         details["ram_needed"] = guardrails.ram_needed(
             image.size("squashfs"), image.size("initrd"), image.size("vmlinuz")
         )
+        details["python_version"] = image.python_version  # what a vLLM wheelhouse targets
     details["nodes"] = users or {}
     return details
 

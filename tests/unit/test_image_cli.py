@@ -113,7 +113,12 @@ def publish_with(config: Path, name: str, root: bytes, manifest: dict[str, objec
 LAYERED = {
     "name": "debian-trixie-vulkan",
     "kernel_release": "6.12.118+deb13-amd64",
-    "packages": ["bash 5.2.37-2", "libllvm19 1:19.1.7-3", "mesa-vulkan-drivers 25.0.7-2"],
+    "packages": [
+        "bash 5.2.37-2",
+        "libllvm19 1:19.1.7-3",
+        "mesa-vulkan-drivers 25.0.7-2",
+        "python3 3.13.5-1",
+    ],
     "squashfs": {"name": "root.squashfs", "size": 3, "sha256": "a" * 64},
     "layer": {
         "recipe": "debian-trixie-vulkan.toml",
@@ -175,12 +180,14 @@ def test_show_prints_the_layer_and_the_profiles_that_boot_it(
         "+250.0 MiB unpacked (max 300.0 MiB)"
     ) in out
     assert "profiles that boot it: none" in out
+    assert "Python 3.13 (vLLM wheelhouses are built for it)" in out
     code, _, _ = run(
         config, capsys, "image", "use", "debian-trixie-vulkan", "--profile", "qemu-lab"
     )
     assert code == 0
     code, out, _ = run(config, capsys, "image", "show", "debian-trixie-vulkan", "--json")
-    assert json.loads(out)["profiles"] == ["qemu-lab"]
+    shown = json.loads(out)
+    assert shown["profiles"] == ["qemu-lab"] and shown["python_version"] == "3.13"
     # The shipped Ryzen AI profile names its layered image itself.
     publish_with(config, "debian-trixie-ryzen-ai", b"r", {**LAYERED, "kernel_release": "7.3.4"})
     code, out, _ = run(config, capsys, "image", "show", "debian-trixie-ryzen-ai", "--json")
