@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from provisioner.artifacts import cuda_driver
 from provisioner.names import UnsafeValue, check_model, check_served
 from provisioner.postinstall.recipes import systemd_word
 from provisioner.records import Cluster, Served
@@ -58,6 +59,8 @@ class VllmMember:
     settings: Mapping[str, str]  # the profile's engines.vllm settings (dtype, backend...)
     python: str | None = None  # its image's Python tag (cp313); None: not known
     image: str | None = None  # the image ref it boots (for messages)
+    driver: str | None = None  # its NVIDIA driver (550.163.01, or a branch: 580); None: none
+    driver_source: str = ""  # where that comes from ("its image debian-trixie-nvidia@1")
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,20 @@ def backend_of(members: Sequence[VllmMember]) -> str:
         if m.settings.get("backend") == "cuda" or (m.gpus and "backend" not in m.settings):
             return "cuda"
     return "cpu"
+
+
+def driver_problems(members: Sequence[VllmMember], cuda: str | None, wheelhouse: str) -> list[str]:
+    """Members whose NVIDIA driver is older than the wheelhouse's CUDA needs (pure; a CPU
+    wheelhouse, ``cuda`` None, needs none)."""
+    if cuda is None:
+        return []
+    found = []
+    for m in members:
+        if m.gpus and m.driver:
+            said = cuda_driver.problem(m.hostname, cuda, wheelhouse, m.driver, m.driver_source)
+            if said:
+                found.append(said)
+    return found
 
 
 def python_of(members: Sequence[VllmMember], default: str) -> tuple[str, list[str]]:

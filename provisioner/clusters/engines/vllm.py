@@ -48,7 +48,8 @@ class VllmEngine:
         self, site: Site, cluster: Cluster, model_kinds: Mapping[str, str | None]
     ) -> tuple[list[str], list[str]]:
         found = vllm_site.site_members(site.cfg, site.registry, cluster, site.profiles)
-        problems, warnings = vllm_site.check(cluster, found, model_kinds)
+        cuda = vllm_site.wheelhouse_cuda(site.cfg, cluster, found)
+        problems, warnings = vllm_site.check(cluster, found, model_kinds, cuda)
         others = [c for c in load_all(site.registry) if c.name != cluster.name]
         return problems + vllm_site.ray_clashes(cluster, others), warnings
 

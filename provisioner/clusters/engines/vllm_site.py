@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from provisioner.artifacts import ArtifactNotFound, cuda_driver
 from provisioner.artifacts.control_venv import control_venv
 from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.artifacts.target_python import version_tag
@@ -33,11 +34,13 @@ from provisioner.models.store import ModelStore
 from provisioner.node_image import NodeImage, node_image
 from provisioner.postinstall import vllm
 from provisioner.postinstall.plan import Download
+from provisioner.postinstall.recipes import RecipeError, load_recipe
 from provisioner.profiles import Engine, ProfileSet
 from provisioner.records import Cluster, Node
 from provisioner.registry import Registry
 
 WHEELHOUSE_PREFIX = "vllm-"
+NVIDIA_DRIVER_RECIPE = "nvidia-driver"  # a profile's drivers: entry (driver-nvidia-driver.yaml)
 
 
 def member(
@@ -49,6 +52,13 @@ def member(
     profile = profiles.get(node.profile or "")
     ref, image = image_of(node, profile) if image_of is not None else (None, None)
     version = image.python_version if image is not None else None
+    driver = source = None
+    if image is not None:
+        driver = cuda_driver.image_driver(image.manifest.get("packages") or ())
+        source = f"its image {image.ref}"
+    if driver is None and profile is not None and NVIDIA_DRIVER_RECIPE in profile.drivers:
+        driver = step_branch()
+        source = f"post-install's driver step (driver-{NVIDIA_DRIVER_RECIPE})"
     rule = profile.engine_rule(Engine.VLLM) if profile else None
     settings = dict(rule.settings) if rule else {}
     interface = speed = None
@@ -63,7 +73,17 @@ def member(
     return vllm.VllmMember(
         node.hostname or node.mac, node.ip or "", interface, speed, gpus, settings,
         python=version_tag(version) if version else None, image=ref,
+        driver=driver, driver_source=source or "",
     )  # fmt: skip
+
+
+def step_branch() -> str | None:
+    """The driver branch post-install's NVIDIA step holds (``580``), from its recipe."""
+    try:
+        recipe = load_recipe(f"driver-{NVIDIA_DRIVER_RECIPE}")
+    except RecipeError:
+        return None
+    return cuda_driver.pinned_branch(p for step in recipe.steps for p in step.packages)
 
 
 def members(
@@ -96,10 +116,15 @@ def runtime(found: Sequence[vllm.VllmMember]) -> tuple[str, str]:
 
 
 def check(
-    cluster: Cluster, found: Sequence[vllm.VllmMember], model_kinds: Mapping[str, str | None]
+    cluster: Cluster,
+    found: Sequence[vllm.VllmMember],
+    model_kinds: Mapping[str, str | None],
+    cuda: tuple[str | None, str] = (None, ""),
 ) -> tuple[list[str], list[str]]:
-    """(problems that refuse the cluster, warnings) for a vLLM cluster (pure)."""
+    """(problems that refuse the cluster, warnings) for a vLLM cluster (pure). ``cuda``:
+    (the CUDA its wheelhouse's torch is built for, that wheelhouse), when one is built."""
     problems = list(vllm.shares_problems(cluster.served()))
+    problems += vllm.driver_problems(found, *cuda)
     for served in cluster.served():
         kind = model_kinds.get(served.model)
         if kind is None:
@@ -148,6 +173,23 @@ def wheelhouse(cfg: Config, cluster: Cluster, backend: str, tag: str) -> Downloa
         manifest.name, manifest.file, f"{cfg.http_base}/artifacts/{manifest.file}",
         manifest.sha256, manifest.size,
     )  # fmt: skip
+
+
+def wheelhouse_cuda(
+    cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember]
+) -> tuple[str | None, str]:
+    """(the CUDA the wheelhouse the cluster would install was built for, its name);
+    (None, "") while there is none, or for a CPU one."""
+    store = ArtifactStore(cfg.state_dir / "artifacts")
+    name = cluster.options.get("artifact")
+    try:
+        manifest = store.get(name) if name else newest_wheelhouse(store, *runtime(found))
+        if manifest is None:
+            return None, ""
+        text = (store.root / manifest.file).read_text(encoding="utf-8")
+    except (OSError, ArtifactNotFound):
+        return None, ""
+    return cuda_driver.wheel_cuda(text), manifest.name
 
 
 def newest_wheelhouse(store: ArtifactStore, backend: str, tag: str) -> Manifest | None:
@@ -235,6 +277,7 @@ def plan_context(
     """(the wheelhouse, each node's extra context)."""
 
     lay, problems = vllm.layout(cluster, found)
+    problems += vllm.driver_problems(found, *wheelhouse_cuda(cfg, cluster, found))
     if problems:
         raise ClusterError(f"{cluster.name}: " + "; ".join(problems))
     artifact = wheelhouse(cfg, cluster, *runtime(found))

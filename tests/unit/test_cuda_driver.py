@@ -1,0 +1,161 @@
+"""The driver/runtime pairing: the CUDA a wheelhouse's torch was built for against the
+NVIDIA driver a node gets (its image's, or post-install's pinned branch). Pure parts, then
+`cluster create` and the post-install plan on a real registry, image store and artifact
+store (no GPU: the pairing is decided from manifests and recipes, before any node)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from provisioner.artifacts import cuda_driver
+from provisioner.artifacts.store import ArtifactKind, ArtifactStore, Manifest
+from provisioner.clusters.engines import engine_for
+from provisioner.clusters.site import Site
+from provisioner.clusters.spec import ClusterError
+from provisioner.config import Mode, load_config, render_config
+from provisioner.discovery.model import Inventory, PciDevice
+from provisioner.discovery.schema import to_json
+from provisioner.image.store import ImageStore
+from provisioner.models.store import ModelStore
+from provisioner.profiles import Engine
+from provisioner.records import Cluster, Served
+from provisioner.registry import Registry
+from provisioner.states import NodeEvent
+
+# What `artifact build vllm --backend cuda --python 3.13` resolved here (vllm 0.32.0,
+# torch 2.13.0): the runtime wheel is CUDA 13.0's.
+CUDA13 = """\
+# vLLM wheelhouse vllm-0.32.0-cuda-cp313
+nvidia-cublas==13.1.1.3 \\
+    --hash=sha256:aa
+nvidia-cuda-runtime==13.0.96 \\
+    --hash=sha256:bb
+torch==2.13.0 \\
+    --hash=sha256:cc
+"""
+CUDA12 = "nvidia-cuda-runtime-cu12==12.8.90 --hash=sha256:dd\ntorch==2.7.1 --hash=sha256:ee\n"
+CPU = "torch==2.13.0+cpu --hash=sha256:ff\nvllm-cpu==0.32.0 --hash=sha256:00\n"
+# debian-trixie-nvidia's layer (Debian non-free), as its manifest lists it
+LAYER = ["libcuda1 550.163.01-2", "nvidia-kernel-dkms 550.163.01-2", "python3 3.13.5-1"]
+
+
+def test_the_runtime_wheel_names_the_cuda_and_a_cpu_set_none() -> None:
+    assert cuda_driver.wheel_cuda(CUDA13) == "13.0"
+    assert cuda_driver.wheel_cuda(CUDA12) == "12.8"
+    assert cuda_driver.wheel_cuda(CPU) is None
+    assert cuda_driver.wheel_cuda("nvidia_cuda_runtime==13.2.51\n") == "13.2"  # any spelling
+    assert cuda_driver.wheel_cuda("nvidia-cuda-runtime==weird\n") is None
+
+
+def test_the_minimum_driver_per_cuda_major_is_nvidias_table() -> None:
+    assert cuda_driver.min_driver("13.0") == 580 and cuda_driver.min_driver("13.5") == 580
+    assert cuda_driver.min_driver("12.8") == 525 and cuda_driver.min_driver("11.8") == 450
+    assert cuda_driver.min_driver("14.0") is None and cuda_driver.min_driver("x") is None
+
+
+def test_the_image_driver_and_the_pinned_branch() -> None:
+    assert cuda_driver.image_driver(LAYER) == "550.163.01"
+    assert cuda_driver.image_driver(["python3 3.13.5-1"]) is None
+    assert cuda_driver.image_driver(["nvidia-open 1:580.95.05-0ubuntu1"]) == "580.95.05"
+    assert cuda_driver.pinned_branch(["gnupg", "nvidia-driver-pinning-580"]) == "580"
+    assert cuda_driver.pinned_branch(["nvidia-open"]) is None
+
+
+def test_a_driver_older_than_the_cuda_needs_is_a_problem_with_both_numbers() -> None:
+    said = cuda_driver.problem("gpu0", "13.0", "vllm-x", "550.163.01", "its image nv@1")
+    assert said is not None
+    assert "CUDA 13.0, which needs NVIDIA driver 580 or newer" in said
+    assert "its image nv@1 gives it 550.163.01" in said
+    assert cuda_driver.problem("gpu0", "13.0", "vllm-x", "580", "the step") is None
+    assert cuda_driver.problem("gpu0", "12.8", "vllm-x", "550.163.01", "the image") is None
+    assert cuda_driver.problem("gpu0", "14.0", "vllm-x", "550", "unknown CUDA") is None
+
+
+GPU_NODES = {f"gpu{i}": (f"52:54:00:cd:00:0{i}", f"10.32.0.10{i}") for i in range(2)}
+# the document the registry keeps of an agent's report: one RTX 3060 (GA106)
+RTX3060 = {"inventory": json.loads(json.dumps(to_json(
+    Inventory(pci=(PciDevice(vendor="10de", device="2503", pci_class="0300"),))
+)))}  # fmt: skip
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    """Two RTX 3060 nodes (nvidia-rtx-ampere: drivers [nvidia-driver], engine vllm)."""
+    path = tmp_path / "provisioner.toml"
+    path.write_text(render_config(
+        interface="eth0", address="10.32.0.1/24", mode=Mode.FULL,
+        dhcp_range="10.32.0.100-10.32.0.120", state_dir=tmp_path / "state",
+    ))  # fmt: skip
+    cfg = load_config(path)
+    registry = Registry(cfg.registry_path)
+    for name, (mac, ip) in GPU_NODES.items():
+        registry.touch_node(mac, ip=ip)
+        registry.set_hostname(mac, name)
+        registry.store_inventory(mac, json.dumps(RTX3060))
+        registry.set_profile(mac, "nvidia-rtx-ampere")
+        registry.transition(mac, NodeEvent.MATCH)
+        registry.transition(mac, NodeEvent.ENROLL)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (hf / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    ModelStore(cfg.state_dir / "models").add(str(hf), "smol")
+    yield Site.open(cfg, registry)
+    registry.close()
+
+
+def publish_image(site: Site, name: str, packages: list[str]) -> str:
+    store = ImageStore(site.cfg.image_dir)
+    image, _ = store.publish_files(name, {"vmlinuz": b"K", "initrd": b"I", "root.squashfs": b"R"})
+    manifest = image.path / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "packages": packages}))
+    return image.ref
+
+
+def publish_wheelhouse(site: Site, name: str, requirements: str) -> None:
+    store = ArtifactStore(site.artifacts_dir)
+    (store.root / name).mkdir(parents=True)
+    (store.root / name / "requirements.txt").write_text(requirements)
+    manifest = Manifest(
+        name, f"{name}/requirements.txt", "0" * 64, len(requirements), "k" * 64,
+        built_at=1.0, kind=ArtifactKind.WHEELHOUSE,
+    )  # fmt: skip
+    (store.root / f"{name}.json").write_text(json.dumps(manifest.to_json()))
+
+
+CLUSTER = Cluster("rtx", Engine.VLLM, "smol", "gpu0", ("gpu1",),
+                  serve=(Served("chat", "smol", None, 8000),))  # fmt: skip
+
+
+def driver_problems(site: Site) -> list[str]:
+    problems, _ = engine_for(CLUSTER).check(site, CLUSTER, {"smol": "hf"})
+    return [p for p in problems if "NVIDIA driver" in p]
+
+
+def test_cluster_create_refuses_cuda_13_on_an_image_with_debians_550(site: Site) -> None:
+    publish_image(site, site.cfg.boot.image, ["python3 3.13.5-1"])
+    publish_wheelhouse(site, "vllm-0.32.0-cuda-cp313", CUDA13)
+    # the base image: post-install's driver step brings its pinned 580: accepted
+    assert driver_problems(site) == []
+    # the profile given Debian's non-free driver layer (550): refused, per node
+    ref = publish_image(site, "debian-trixie-nvidia", LAYER)
+    site.registry.set_profile_image("nvidia-rtx-ampere", "debian-trixie-nvidia")
+    said = driver_problems(site)
+    assert len(said) == 2 and said[0].startswith("gpu0: torch in vllm-0.32.0-cuda-cp313 is built")
+    assert f"its image {ref} gives it 550.163.01" in said[0]
+    assert "needs NVIDIA driver 580 or newer" in said[0]
+    # the post-install plan refuses it too, before any node is touched
+    with pytest.raises(ClusterError) as refused:
+        engine_for(CLUSTER).plan(site, CLUSTER, [])
+    assert "CUDA 13.0, which needs NVIDIA driver 580" in str(refused.value)
+
+
+def test_no_wheelhouse_yet_or_a_cuda_12_one_is_not_refused(site: Site) -> None:
+    publish_image(site, site.cfg.boot.image, LAYER)
+    assert driver_problems(site) == []  # nothing to compare with until it is built
+    publish_wheelhouse(site, "vllm-0.9.0-cuda-cp313", CUDA12)
+    assert driver_problems(site) == []  # CUDA 12 runs on 525 and newer
