@@ -25,17 +25,19 @@ from typing import Any
 
 from provisioner.image import ImageError, kmod
 from provisioner.image.layer_recipe import Layer
+from provisioner.image.module_signing import CERTIFICATE, IN_IMAGE, PRIVATE, SigningKey
 
 # What a layer's hooks leave in the reports folder (outside the image).
 BASE_PACKAGES = "base-packages.txt"  # dpkg-query of the base, before the layer
 BASE_DU = "base-du.txt"  # du -sb of the root, then of its /boot, before the layer
 LAYER_DU = "layer-du.txt"  # the same, after
 DKMS_STATUS = "dkms-status.txt"
+DKMS_LOG = "dkms-make.log"  # every module's make.log, taken out of the image
 _QUERY = "-W -f '${Package} ${Version}\\n'"
 _POLICY = "/usr/sbin/policy-rc.d"
 
 
-def layer_hooks(layer: Layer, reports: Path) -> list[str]:
+def layer_hooks(layer: Layer, reports: Path, signing: SigningKey | None = None) -> list[str]:
     """The ``--customize-hook`` values of a layer: note the base's packages and size, install
     the layer's packages in the chroot (no service started), build its DKMS modules for the
     image's own kernel (not the build host's), note the size again."""
@@ -51,6 +53,13 @@ def layer_hooks(layer: Layer, reports: Path) -> list[str]:
         f'dpkg-query --admindir="$1"/var/lib/dpkg {_QUERY} > {out}/{BASE_PACKAGES}',
         f"{du} > {out}/{BASE_DU}",
     ]
+    if layer.dkms and signing is not None:
+        # DKMS signs with this pair instead of making a random one (module_signing.py)
+        dkms = f'"$1"{IN_IMAGE}'
+        hooks.append(
+            f"mkdir -p {dkms} && cp {q(str(signing.private))} {dkms}/{PRIVATE} && "
+            f"chmod 0600 {dkms}/{PRIVATE} && cp {q(str(signing.certificate))} {dkms}/{CERTIFICATE}"
+        )
     if layer.packages:
         # No daemon starts in the build root: a policy-rc.d of our own, unless one is there.
         hooks.append(
@@ -62,7 +71,12 @@ def layer_hooks(layer: Layer, reports: Path) -> list[str]:
         hooks.append(
             'for k in "$1"/lib/modules/*/; do k=${k%/}; k=${k##*/}; '
             'chroot "$1" dkms autoinstall -k "$k" || exit 1; done; '
-            f'chroot "$1" dkms status > {out}/{DKMS_STATUS}'
+            f'chroot "$1" dkms status > {out}/{DKMS_STATUS}; '
+            # the private key never ships; DKMS's build logs (with their timestamps) go
+            # to the reports, not into the image
+            f'rm -f "$1"{IN_IMAGE}/{PRIVATE}; '
+            f'for log in "$1"{IN_IMAGE}/*/*/*/*/log/make.log; do [ -f "$log" ] || continue; '
+            f'cat "$log" >> {out}/{DKMS_LOG}; rm -f "$log"; done'
         )
     hooks.append(f"{du} > {out}/{LAYER_DU}")
     return hooks

@@ -43,6 +43,7 @@ from provisioner import __version__
 from provisioner.image import ImageError, guardrails
 from provisioner.image.discovery import Artifact
 from provisioner.image.layer_build import layer_hooks, layer_report, parse_dpkg_query
+from provisioner.image.module_signing import SigningKey, ensure_signing_key, signing_dir
 from provisioner.image.rootfs_recipe import (
     RootfsRecipe,
     default_mirror,
@@ -210,10 +211,12 @@ def mmdebstrap_argv(
     staged: Path,
     early: Path | None = None,
     reports: Path | None = None,
+    signing: SigningKey | None = None,
 ) -> list[str]:
     """The whole mmdebstrap command line. ``archives`` keeps the .debs between builds;
     ``early`` holds the files that must be in place before the packages are installed
-    (initramfs-tools scripts: the kernel's postinst builds the initrd with them)."""
+    (initramfs-tools scripts: the kernel's postinst builds the initrd with them);
+    ``signing`` the pair a layer's DKMS modules are signed with."""
     q = shlex.quote
     include = [recipe.kernel_include, *recipe.packages]
     argv = [
@@ -241,7 +244,8 @@ def mmdebstrap_argv(
         if reports is None:
             raise ValueError("a layer's build needs a folder for its reports")
         # First: the base's own hooks drop resolv.conf, which apt in the chroot needs.
-        argv += [f"--customize-hook={hook}" for hook in layer_hooks(recipe.layer, reports)]
+        hooks = layer_hooks(recipe.layer, reports, signing)
+        argv += [f"--customize-hook={hook}" for hook in hooks]
     argv += [f"--customize-hook={hook}" for hook in customize_commands(recipe, staged)]
     argv += [
         f"--customize-hook=sync-out /var/cache/apt/archives {q(str(archives))}",
@@ -407,6 +411,11 @@ def build_rootfs(
         scratch = Path(tempfile.mkdtemp(prefix="rootfs-", dir=scratch_root))
     except OSError as exc:
         raise ImageError(f"cannot create work folders in {cache}: {exc}") from exc
+    # DKMS signs a layer's modules with the control node's own pair (module_signing.py)
+    signing = None
+    if spec.layer is not None and spec.layer.dkms:
+        signing = ensure_signing_key(signing_dir(store))
+        progress(f"module signing key: {signing.certificate} (sha256 {signing.fingerprint})")
     images = ImageStore(store)
     staging = images.staging(spec.name)
     try:
@@ -420,7 +429,7 @@ def build_rootfs(
         progress(f"mmdebstrap: {spec.suite} ({spec.variant}) from {mirror}")
         t0 = time.monotonic()
         _stream(
-            mmdebstrap_argv(spec, mirror, root, archives, staged, early, reports),
+            mmdebstrap_argv(spec, mirror, root, archives, staged, early, reports, signing),
             progress,
             "mmdebstrap",
         )
