@@ -13,7 +13,7 @@ import pytest
 
 from provisioner.artifacts import cuda_driver
 from provisioner.artifacts.store import ArtifactKind, ArtifactStore, Manifest
-from provisioner.clusters.engines import engine_for
+from provisioner.clusters.engines import engine_for, vllm_site
 from provisioner.clusters.site import Site
 from provisioner.clusters.spec import ClusterError
 from provisioner.config import Mode, load_config, render_config
@@ -159,3 +159,26 @@ def test_no_wheelhouse_yet_or_a_cuda_12_one_is_not_refused(site: Site) -> None:
     assert driver_problems(site) == []  # nothing to compare with until it is built
     publish_wheelhouse(site, "vllm-0.9.0-cuda-cp313", CUDA12)
     assert driver_problems(site) == []  # CUDA 12 runs on 525 and newer
+
+
+def test_the_argument_check_can_name_vllms_platform_where_nvml_finds_no_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in for the venv's python (the real parser is tests/integration/
+    test_vllm_args.py): it reports the VLLM_TARGET_DEVICE it was started with."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\ncat > /dev/null\n"
+        'echo "{\\"vllm\\": \\"${VLLM_TARGET_DEVICE:-unset}\\"}"\necho \'{"dtype": "half"}\'\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.delenv(vllm_site.TARGET_DEVICE, raising=False)
+    assert vllm_site.check_arguments(fake, [["--model", "/m"]])[0] == "unset"
+    version, seen = vllm_site.check_arguments(fake, [["--model", "/m"]], "cpu")
+    assert version == "cpu" and seen == [{"dtype": "half"}]
+    gpus = tmp_path / "gpus"
+    assert not vllm_site.has_nvidia_gpu(gpus)  # no driver loaded
+    gpus.mkdir()
+    assert not vllm_site.has_nvidia_gpu(gpus)  # the driver, no GPU
+    (gpus / "0000:01:00.0").mkdir()
+    assert vllm_site.has_nvidia_gpu(gpus)

@@ -298,17 +298,34 @@ def plan_context(
 ARGCHECK = VLLM_ARGCHECK
 
 
+# A CUDA build of vLLM finds its platform through NVML while it parses arguments: with no
+# NVIDIA GPU (a control node) even `vllm serve --help` fails ("Failed to infer device
+# type"; seen here with vllm 0.32.0 on cp313). An explicit CPU target is authoritative in
+# vLLM's platform resolution and lets the parser run; parsing does not depend on it.
+TARGET_DEVICE = "VLLM_TARGET_DEVICE"
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU the driver sees
+
+
+def has_nvidia_gpu(gpus: Path = NVIDIA_GPUS) -> bool:
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
 def check_arguments(
-    python: Path, argvs: Sequence[Sequence[str]]
+    python: Path, argvs: Sequence[Sequence[str]], target_device: str | None = None
 ) -> tuple[str, list[dict[str, Any]]]:
     """vLLM's own parser on each argument list, run by ``python`` (a vLLM venv's): the
-    vLLM version, and per list what vLLM made of it or ``{"error": ...}``."""
+    vLLM version, and per list what vLLM made of it or ``{"error": ...}``.
+    ``target_device``: vLLM's platform, set (``cpu``) where the build's own cannot be found."""
     import json
+    import os
     import subprocess
 
+    env = dict(os.environ)
+    if target_device:
+        env[TARGET_DEVICE] = target_device
     result = subprocess.run(
         [str(python), "-I", str(ARGCHECK)], input=json.dumps([list(a) for a in argvs]),
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True, text=True, timeout=600, check=False, env=env,
     )  # fmt: skip
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or len(lines) != len(argvs) + 1:
@@ -342,8 +359,11 @@ def argument_report(
         vllm.served_argv(cluster, s, lay, head, str(models[s.model]["dir"]))
         for s in cluster.served()
     ]
-    version, seen = check_arguments(python, argvs)
+    parse_on_cpu = backend == "cuda" and not has_nvidia_gpu()
+    version, seen = check_arguments(python, argvs, "cpu" if parse_on_cpu else None)
     lines = []
+    if parse_on_cpu:
+        lines.append(f"no NVIDIA GPU here: vLLM's parser ran with {TARGET_DEVICE}=cpu")
     for served, got in zip(cluster.served(), seen, strict=True):
         if "error" in got:
             lines.append(f"{served.name}: vLLM {version} refuses its arguments: {got['error']}")
