@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from provisioner.artifacts import ArtifactError, default_cache_dir, target_python
+from provisioner.artifacts import ArtifactError, default_cache_dir, target_python, venv_size
 from provisioner.artifacts.llama import cache_key as cache_key  # the same order-free digest
 from provisioner.artifacts.store import (
     NAME_RE,
@@ -73,7 +73,8 @@ CONTROL_EXTRAS = ("gguf", "accelerate")  # GGUF -> HF conversion in the control 
 REQUIREMENTS = "requirements.txt"
 EXTRAS = "extras.txt"
 INDEX = "index.html"
-NODE_VENV_ROOT = "/opt/vllm"
+NODE_VENV_ROOT = "/var/lib/provisioner/vllm"  # on the cache disk where a node has one
+INSTALLED = "installed_bytes"  # the manifest's estimate of a node's venv (venv_size.py)
 NODE_ARTIFACTS = "/var/lib/provisioner/artifacts"  # where post-install puts fetched files
 
 Progress = Callable[[str], None]
@@ -657,6 +658,14 @@ def _build(
     if lost:
         raise ArtifactError(f"{folder}: no wheel of {', '.join(lost)} after the download")
     extra_names = sorted(p.name for p in extra_pins)
+    # what the nodes' venv will take (their RAM, without a cache disk): venv_size.py
+    installed = venv_size.installed_bytes(
+        folder / w.file for w in wheels if w.name not in set(extra_names)
+    )
+    counts = {
+        "wheels": str(len(nodes)), "extra_wheels": str(len(extra_pins)),
+        INSTALLED: str(installed),
+    }  # fmt: skip
     title = f"vLLM wheelhouse {name}: what a node installs (pip --require-hashes --no-deps)"
     (folder / REQUIREMENTS).write_text(
         render_requirements(
@@ -684,7 +693,7 @@ def _build(
         sha256=sha256_file(folder / REQUIREMENTS),
         size=folder_size(folder),
         key=key,
-        inputs={**inputs, "wheels": str(len(nodes)), "extra_wheels": str(len(extra_pins))},
+        inputs={**inputs, **counts},
         built_at=time.time(),
         build_seconds=seconds,
         kind=ArtifactKind.WHEELHOUSE,

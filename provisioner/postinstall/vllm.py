@@ -22,7 +22,7 @@ from provisioner.names import UnsafeValue, check_model, check_served
 from provisioner.postinstall.recipes import systemd_word
 from provisioner.records import Cluster, Served
 
-VENV_ROOT = "/opt/vllm"
+VENV_ROOT = "/var/lib/provisioner/vllm"  # on the cache disk where a node has one
 MODEL_ROOT = "/var/lib/provisioner/models"
 FIRST_PORT = 8000
 DEFAULT_SHARE = 0.9  # vLLM's own default --gpu-memory-utilization
@@ -61,6 +61,9 @@ class VllmMember:
     image: str | None = None  # the image ref it boots (for messages)
     driver: str | None = None  # its NVIDIA driver (550.163.01, or a branch: 580); None: none
     driver_source: str = ""  # where that comes from ("its image debian-trixie-nvidia@1")
+    memory_bytes: int | None = None  # its RAM as the agent reported it
+    image_ram: int = 0  # what its image holds in RAM (image/guardrails.py's ram_needed)
+    cache_disk: bool = False  # /var/lib/provisioner (venv, models) is on a disk, not in RAM
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,33 @@ def driver_problems(members: Sequence[VllmMember], cuda: str | None, wheelhouse:
             if said:
                 found.append(said)
     return found
+
+
+def ram_problems(
+    members: Sequence[VllmMember], venv_bytes: int | None, model_bytes: int, wheelhouse: str
+) -> list[str]:
+    """Members without a cache disk whose RAM cannot hold their image, the venv made from
+    ``wheelhouse`` and the models (pure; post-install writes them into the tmpfs over the
+    image). Unknown RAM or venv size refuses nothing."""
+    if venv_bytes is None:
+        return []
+    found = []
+    for m in members:
+        need = m.image_ram + venv_bytes + model_bytes
+        if m.cache_disk or m.memory_bytes is None or m.memory_bytes >= need:
+            continue
+        found.append(
+            f"{m.hostname}: {_gib(m.memory_bytes)} of RAM cannot hold its image "
+            f"({_gib(m.image_ram)}), the vLLM venv ({_gib(venv_bytes)}, from {wheelhouse}) and "
+            f"the models ({_gib(model_bytes)}): {_gib(need)} in all, in RAM on a node without "
+            f"a cache disk; give it one (provisioner node disk init {m.hostname} "
+            "/dev/disk/by-id/...)"
+        )
+    return found
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
 
 
 def python_of(members: Sequence[VllmMember], default: str) -> tuple[str, list[str]]:

@@ -6,13 +6,16 @@ store (no GPU: the pairing is decided from manifests and recipes, before any nod
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from provisioner.artifacts import cuda_driver
+from provisioner.artifacts import ArtifactError, cuda_driver
 from provisioner.artifacts.store import ArtifactKind, ArtifactStore, Manifest
+from provisioner.artifacts.venv_size import PYC_PER_PY, VENV_BASE, installed_bytes
+from provisioner.artifacts.wheelhouse import INSTALLED
 from provisioner.clusters.engines import engine_for, vllm_site
 from provisioner.clusters.site import Site
 from provisioner.clusters.spec import ClusterError
@@ -76,10 +79,15 @@ def test_a_driver_older_than_the_cuda_needs_is_a_problem_with_both_numbers() -> 
 
 
 GPU_NODES = {f"gpu{i}": (f"52:54:00:cd:00:0{i}", f"10.32.0.10{i}") for i in range(2)}
-# the document the registry keeps of an agent's report: one RTX 3060 (GA106)
-RTX3060 = {"inventory": json.loads(json.dumps(to_json(
-    Inventory(pci=(PciDevice(vendor="10de", device="2503", pci_class="0300"),))
-)))}  # fmt: skip
+GIB = 1 << 30
+
+
+def rtx3060(memory: int = 64 * GIB) -> dict[str, object]:
+    """The document the registry keeps of an agent's report: one RTX 3060 (GA106)."""
+    inventory = Inventory(
+        memory_bytes=memory, pci=(PciDevice(vendor="10de", device="2503", pci_class="0300"),)
+    )
+    return {"inventory": json.loads(json.dumps(to_json(inventory)))}
 
 
 @pytest.fixture
@@ -95,7 +103,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     for name, (mac, ip) in GPU_NODES.items():
         registry.touch_node(mac, ip=ip)
         registry.set_hostname(mac, name)
-        registry.store_inventory(mac, json.dumps(RTX3060))
+        registry.store_inventory(mac, json.dumps(rtx3060()))
         registry.set_profile(mac, "nvidia-rtx-ampere")
         registry.transition(mac, NodeEvent.MATCH)
         registry.transition(mac, NodeEvent.ENROLL)
@@ -116,15 +124,19 @@ def publish_image(site: Site, name: str, packages: list[str]) -> str:
     return image.ref
 
 
-def publish_wheelhouse(site: Site, name: str, requirements: str) -> None:
+def publish_wheelhouse(
+    site: Site, name: str, requirements: str, installed: int | None = None
+) -> Path:
     store = ArtifactStore(site.artifacts_dir)
     (store.root / name).mkdir(parents=True)
     (store.root / name / "requirements.txt").write_text(requirements)
+    inputs = {INSTALLED: str(installed)} if installed is not None else {}
     manifest = Manifest(
         name, f"{name}/requirements.txt", "0" * 64, len(requirements), "k" * 64,
-        built_at=1.0, kind=ArtifactKind.WHEELHOUSE,
+        inputs=inputs, built_at=1.0, kind=ArtifactKind.WHEELHOUSE,
     )  # fmt: skip
     (store.root / f"{name}.json").write_text(json.dumps(manifest.to_json()))
+    return store.root / name
 
 
 CLUSTER = Cluster("rtx", Engine.VLLM, "smol", "gpu0", ("gpu1",),
@@ -182,3 +194,50 @@ def test_the_argument_check_can_name_vllms_platform_where_nvml_finds_no_gpu(
     assert not vllm_site.has_nvidia_gpu(gpus)  # the driver, no GPU
     (gpus / "0000:01:00.0").mkdir()
     assert vllm_site.has_nvidia_gpu(gpus)
+
+
+def make_wheel(folder: Path, filename: str, files: dict[str, int]) -> Path:
+    path = folder / filename
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as wheel:
+        for name, size in files.items():
+            wheel.writestr(name, b"#" * size)
+    return path
+
+
+def test_a_venvs_size_is_read_from_the_wheels_zip_directories(tmp_path: Path) -> None:
+    a = make_wheel(tmp_path, "a-1.0-py3-none-any.whl", {"a/__init__.py": 1000, "a/x.so": 5000})
+    b = make_wheel(tmp_path, "b-2.0-py3-none-any.whl", {"b/data.bin": 3000})
+    assert installed_bytes([a, b]) == 9000 + int(1000 * PYC_PER_PY) + VENV_BASE
+    (tmp_path / "bad-1.0-py3-none-any.whl").write_bytes(b"not a zip")
+    with pytest.raises(ArtifactError, match="not a readable wheel"):
+        installed_bytes([tmp_path / "bad-1.0-py3-none-any.whl"])
+
+
+def test_a_node_without_a_cache_disk_must_hold_the_venv_and_models_in_ram(site: Site) -> None:
+    publish_image(site, site.cfg.boot.image, ["python3 3.13.5-1"])
+    gpu0 = GPU_NODES["gpu0"][0]
+    site.registry.store_inventory(gpu0, json.dumps(rtx3060(memory=8 * GIB)))
+    publish_wheelhouse(site, "vllm-0.32.0-cuda-cp313", CUDA13, installed=9034 * 10**6)
+    problems, _ = engine_for(CLUSTER).check(site, CLUSTER, {"smol": "hf"})
+    (said,) = [p for p in problems if "of RAM" in p]  # gpu1 has 64 GiB: it fits
+    assert said.startswith("gpu0: 8.0 GiB of RAM cannot hold its image (")
+    assert "the vLLM venv (8.4 GiB, from vllm-0.32.0-cuda-cp313)" in said
+    assert "provisioner node disk init gpu0" in said
+    with pytest.raises(ClusterError, match=r"gpu0: 8\.0 GiB of RAM"):
+        engine_for(CLUSTER).plan(site, CLUSTER, [])
+    site.registry.set_cache_disk(gpu0, "/dev/disk/by-id/nvme-cache")  # venv and models on it
+    assert engine_for(CLUSTER).check(site, CLUSTER, {"smol": "hf"})[0] == []
+
+
+def test_a_wheelhouse_built_before_the_size_was_recorded_is_measured(site: Site) -> None:
+    publish_image(site, site.cfg.boot.image, ["python3 3.13.5-1"])
+    for mac, _ in GPU_NODES.values():
+        site.registry.store_inventory(mac, json.dumps(rtx3060(memory=512 << 20)))
+    folder = publish_wheelhouse(site, "vllm-0.32.0-cuda-cp313", CUDA13)
+    make_wheel(folder, "torch-2.13.0-cp313-cp313-manylinux_2_28_x86_64.whl",
+               {"torch/lib/libtorch_cuda.so": 256 << 20})  # fmt: skip
+    make_wheel(folder, "unlisted-1.0-py3-none-any.whl", {"u.so": 300 << 20})  # not installed
+    problems, _ = engine_for(CLUSTER).check(site, CLUSTER, {"smol": "hf"})
+    said = [p for p in problems if "of RAM" in p]
+    # 256 MiB + pip's 15 MiB (the unlisted wheel's 300 MiB is not installed)
+    assert len(said) == 2 and "the vLLM venv (0.3 GiB, from vllm-0.32.0-cuda-cp313)" in said[0]

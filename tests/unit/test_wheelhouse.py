@@ -270,7 +270,7 @@ def test_node_install_command_is_offline_hashed_and_isolated() -> None:
         "http://10.0.0.1:8080/", "vllm-0.32.0-cpu-cp311", requirements="/tmp/req.txt"
     )
     make, install = cmd.split(" && ")
-    assert make == "python3 -m venv /opt/vllm/vllm-0.32.0-cpu-cp311"
+    assert make == "python3 -m venv /var/lib/provisioner/vllm/vllm-0.32.0-cpu-cp311"
     argv = shlex.split(install)
     assert argv[:4] == [
         "env",
@@ -278,7 +278,8 @@ def test_node_install_command_is_offline_hashed_and_isolated() -> None:
         "no_proxy=10.0.0.1",
         "NO_PROXY=10.0.0.1",
     ]
-    assert argv[4:7] == ["/opt/vllm/vllm-0.32.0-cpu-cp311/bin/pip", "--isolated", "install"]
+    pip = "/var/lib/provisioner/vllm/vllm-0.32.0-cpu-cp311/bin/pip"
+    assert argv[4:7] == [pip, "--isolated", "install"]
     for flag in ("--no-index", "--no-deps", "--require-hashes", "--no-cache-dir"):
         assert flag in argv
     assert argv[argv.index("--trusted-host") + 1] == "10.0.0.1"  # plain HTTP off loopback

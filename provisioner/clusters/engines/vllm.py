@@ -13,10 +13,11 @@ from dataclasses import replace
 from typing import Any
 
 from provisioner.clusters import keys
-from provisioner.clusters.engines import base, vllm_site
+from provisioner.clusters.engines import base, vllm_fit, vllm_site
 from provisioner.clusters.engines.artifacts import ArtifactNeed
 from provisioner.clusters.engines.base import Progress, SmokeOptions, SmokeTarget
 from provisioner.clusters.site import Site
+from provisioner.clusters.spec import ClusterError
 from provisioner.clusters.store import load_all
 from provisioner.errors import ModelError
 from provisioner.models.store import ModelStore
@@ -48,8 +49,8 @@ class VllmEngine:
         self, site: Site, cluster: Cluster, model_kinds: Mapping[str, str | None]
     ) -> tuple[list[str], list[str]]:
         found = vllm_site.site_members(site.cfg, site.registry, cluster, site.profiles)
-        cuda = vllm_site.wheelhouse_cuda(site.cfg, cluster, found)
-        problems, warnings = vllm_site.check(cluster, found, model_kinds, cuda)
+        problems, warnings = vllm_site.check(cluster, found, model_kinds)
+        problems += vllm_fit.problems(site.cfg, cluster, found)
         others = [c for c in load_all(site.registry) if c.name != cluster.name]
         return problems + vllm_site.ray_clashes(cluster, others), warnings
 
@@ -62,6 +63,9 @@ class VllmEngine:
 
     def plan(self, site: Site, cluster: Cluster, members: Sequence[Member]) -> list[NodePlan]:
         found = vllm_site.site_members(site.cfg, site.registry, cluster, site.profiles)
+        unfit = vllm_fit.problems(site.cfg, cluster, found)
+        if unfit:  # before any node is touched
+            raise ClusterError(f"{cluster.name}: " + "; ".join(unfit))
         artifact, extra = vllm_site.plan_context(site.cfg, cluster, found)
         ports = [s.port for s in cluster.served()]
         for hostname, ctx in extra.items():

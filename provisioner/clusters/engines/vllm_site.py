@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from provisioner.artifacts import ArtifactNotFound, cuda_driver
+from provisioner.artifacts import cuda_driver
 from provisioner.artifacts.control_venv import control_venv
 from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.artifacts.target_python import version_tag
@@ -29,6 +29,7 @@ from provisioner.clusters.spec import ClusterError
 from provisioner.config import Config
 from provisioner.data import VLLM_ARGCHECK
 from provisioner.discovery.accelerators import accelerators
+from provisioner.image import guardrails
 from provisioner.models.hf import fetch_tree_command
 from provisioner.models.store import ModelStore
 from provisioner.node_image import NodeImage, node_image
@@ -63,7 +64,9 @@ def member(
     settings = dict(rule.settings) if rule else {}
     interface = speed = None
     gpus = 0
+    memory = None
     if inventory is not None:
+        memory = inventory.memory_bytes
         nic = next((n for n in inventory.nics if (n.mac or "").lower() == node.mac.lower()), None)
         if nic is not None:
             interface, speed = nic.name, nic.speed_mbps
@@ -73,7 +76,11 @@ def member(
     return vllm.VllmMember(
         node.hostname or node.mac, node.ip or "", interface, speed, gpus, settings,
         python=version_tag(version) if version else None, image=ref,
-        driver=driver, driver_source=source or "",
+        driver=driver, driver_source=source or "", memory_bytes=memory,
+        image_ram=guardrails.ram_needed(
+            image.size("squashfs"), image.size("initrd"), image.size("vmlinuz")
+        ) if image is not None else 0,
+        cache_disk=registry.cache_disk(node.mac) is not None,
     )  # fmt: skip
 
 
@@ -119,12 +126,9 @@ def check(
     cluster: Cluster,
     found: Sequence[vllm.VllmMember],
     model_kinds: Mapping[str, str | None],
-    cuda: tuple[str | None, str] = (None, ""),
 ) -> tuple[list[str], list[str]]:
-    """(problems that refuse the cluster, warnings) for a vLLM cluster (pure). ``cuda``:
-    (the CUDA its wheelhouse's torch is built for, that wheelhouse), when one is built."""
+    """(problems that refuse the cluster, warnings) for a vLLM cluster (pure)."""
     problems = list(vllm.shares_problems(cluster.served()))
-    problems += vllm.driver_problems(found, *cuda)
     for served in cluster.served():
         kind = model_kinds.get(served.model)
         if kind is None:
@@ -173,23 +177,6 @@ def wheelhouse(cfg: Config, cluster: Cluster, backend: str, tag: str) -> Downloa
         manifest.name, manifest.file, f"{cfg.http_base}/artifacts/{manifest.file}",
         manifest.sha256, manifest.size,
     )  # fmt: skip
-
-
-def wheelhouse_cuda(
-    cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember]
-) -> tuple[str | None, str]:
-    """(the CUDA the wheelhouse the cluster would install was built for, its name);
-    (None, "") while there is none, or for a CPU one."""
-    store = ArtifactStore(cfg.state_dir / "artifacts")
-    name = cluster.options.get("artifact")
-    try:
-        manifest = store.get(name) if name else newest_wheelhouse(store, *runtime(found))
-        if manifest is None:
-            return None, ""
-        text = (store.root / manifest.file).read_text(encoding="utf-8")
-    except (OSError, ArtifactNotFound):
-        return None, ""
-    return cuda_driver.wheel_cuda(text), manifest.name
 
 
 def newest_wheelhouse(store: ArtifactStore, backend: str, tag: str) -> Manifest | None:
@@ -277,7 +264,6 @@ def plan_context(
     """(the wheelhouse, each node's extra context)."""
 
     lay, problems = vllm.layout(cluster, found)
-    problems += vllm.driver_problems(found, *wheelhouse_cuda(cfg, cluster, found))
     if problems:
         raise ClusterError(f"{cluster.name}: " + "; ".join(problems))
     artifact = wheelhouse(cfg, cluster, *runtime(found))
