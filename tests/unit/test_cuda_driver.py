@@ -16,7 +16,9 @@ from provisioner.artifacts import ArtifactError, cuda_driver
 from provisioner.artifacts.store import ArtifactKind, ArtifactStore, Manifest
 from provisioner.artifacts.venv_size import PYC_PER_PY, VENV_BASE, installed_bytes
 from provisioner.artifacts.wheelhouse import INSTALLED
-from provisioner.clusters.engines import engine_for, vllm_site
+from provisioner.clusters.engines import base, engine_for, vllm_site
+from provisioner.clusters.engines import vllm as vllm_engine
+from provisioner.clusters.engines.base import SmokeOptions, SmokeTarget
 from provisioner.clusters.site import Site
 from provisioner.clusters.spec import ClusterError
 from provisioner.config import Mode, load_config, render_config
@@ -24,9 +26,11 @@ from provisioner.discovery.model import Inventory, PciDevice
 from provisioner.discovery.schema import to_json
 from provisioner.image.store import ImageStore
 from provisioner.models.store import ModelStore
+from provisioner.postinstall.ssh import Result
 from provisioner.profiles import Engine
 from provisioner.records import Cluster, Served
 from provisioner.registry import Registry
+from provisioner.smoke.run import Floors
 from provisioner.states import NodeEvent
 
 # What `artifact build vllm --backend cuda --python 3.13` resolved here (vllm 0.32.0,
@@ -241,3 +245,51 @@ def test_a_wheelhouse_built_before_the_size_was_recorded_is_measured(site: Site)
     said = [p for p in problems if "of RAM" in p]
     # 256 MiB + pip's 15 MiB (the unlisted wheel's 300 MiB is not installed)
     assert len(said) == 2 and "the vLLM venv (0.3 GiB, from vllm-0.32.0-cuda-cp313)" in said[0]
+
+
+class NoGpuNode:
+    """The head's SSH session as smoke uses it (mocked: no CUDA node runs here), on a node
+    where the CUDA vLLM unit crashes at each start and systemd keeps restarting it. The
+    error line is the one vllm 0.32.0 printed in a GPU-less debian-trixie root here."""
+
+    ERROR = (
+        "RuntimeError: Failed to infer device type, please set the environment variable "
+        "`VLLM_LOGGING_LEVEL=DEBUG` to turn on verbose logging to help debug the issue."
+    )
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def run(self, command: str, *, timeout: float = 300.0) -> Result:
+        self.commands.append(command)
+        if command.startswith("systemctl is-active"):
+            out = "activating\n7\n"  # auto-restart, 7 restarts so far
+        elif "journalctl" in command:
+            out = self.ERROR + "\n"
+        else:
+            out = ""
+        return Result(command, 0, out, "", 0.0)
+
+
+def test_smoke_shows_a_crashed_servers_own_error_without_waiting_for_it(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    solo = Cluster("solo", Engine.VLLM, "smol", "gpu0", serve=(Served("chat", "smol", None, 8000),))
+
+    def never(*_: object) -> None:
+        raise AssertionError("smoke waited for a server whose unit is down")
+
+    monkeypatch.setattr(base, "wait_healthy", never)
+    monkeypatch.setattr(vllm_engine, "UNIT_GRACE_S", 0.0)  # it is still down at the recheck
+    node = site.registry.node("gpu0")
+    assert node is not None
+    conn = NoGpuNode()
+    target = SmokeTarget(solo, {"gpu0": node}, {"gpu0": conn}, Floors())
+    report = engine_for(solo).smoke(site, target, SmokeOptions(restart=False), lambda _: None)
+    checks = {c.name: c for c in report.checks}
+    unit = checks["unit[gpu0:vllm-solo-chat.service]"]
+    assert not unit.passed and unit.value == "activating" and "restarted 7 time(s)" in unit.detail
+    health = checks["health[chat]"]
+    assert not health.passed and "Failed to infer device type" in health.detail
+    assert not report.passed
+    assert conn.commands.count("systemctl is-active vllm-solo-chat.service") == 1  # rechecked

@@ -8,6 +8,8 @@ member and a restart.
 
 from __future__ import annotations
 
+import shlex
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -104,9 +106,18 @@ class VllmEngine:
         cluster = target.cluster
         architectures = _architectures(site, cluster)
         checks: list[Check] = list(unit_checks(target.conns, base.units_by_host(self, cluster)))
+        down = {c.name: c for c in checks if not c.passed}
         streams: dict[str, Any] = {}
         for served in cluster.served():
             endpoint = target.endpoint(served.port)
+            unit = down.get(f"unit[{cluster.head}:{vllm.unit_name(cluster, served)}]")
+            head = target.conns[cluster.head]
+            if unit is not None and _stays_down(head, vllm.unit_name(cluster, served)):
+                # a crash loop (no GPU, a bad argument): its own error now, not a timeout
+                progress(f"smoke {cluster.name}: {served.name}'s server is {unit.value}")
+                detail = f"its server is {unit.value}: {unit.detail or 'no error logged'}"
+                checks.append(Check(f"health[{served.name}]", False, unit.value, 200, detail))
+                continue
             progress(f"smoke {cluster.name}: {endpoint}, serving {served.name} ({served.model})")
             base.wait_healthy(endpoint, options.wait_s, f"{cluster.name}: {served.name}", progress)
             if not generative(architectures.get(served.model, ())):
@@ -138,6 +149,21 @@ class VllmEngine:
         """Nothing: a Ray worker's unit rejoins the head by itself once post-install ran
         again, and the head's servers wait for the placement they need."""
         return []
+
+
+UNIT_GRACE_S = 20.0  # a unit that crashed once may come up at its next start (RestartSec=5)
+
+
+def _stays_down(conn: Connection, unit: str, grace_s: float | None = None) -> bool:
+    """Whether ``unit`` is still not active after a grace of a few restarts."""
+    deadline = time.monotonic() + (UNIT_GRACE_S if grace_s is None else grace_s)
+    while True:
+        state = conn.run(f"systemctl is-active {shlex.quote(unit)}", timeout=30).stdout.strip()
+        if state == "active":
+            return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(2)
 
 
 def _architectures(site: Site, cluster: Cluster) -> dict[str, tuple[str, ...]]:
