@@ -189,9 +189,13 @@ def add_lab_commands(sub: Any) -> None:
     )
     lab_up.add_argument(
         "--disk",
-        action="store_true",
-        help="container nodes: a 1 GiB disk each (a sparse file behind a loop device,"
-        " /dev/disk/by-id/lab-disk-NODE in the node; VMs always have disks)",
+        nargs="?",
+        type=int,
+        const=1,
+        default=0,
+        metavar="GIB",
+        help="container nodes: a disk each, of GIB GiB (default 1; a sparse file behind a"
+        " loop device, /dev/disk/by-id/lab-disk-NODE in the node; VMs always have disks)",
     )
     lab_up.add_argument(
         "--profiles",

@@ -217,7 +217,7 @@ def up(
     appliance: bool = True,
     image: str | None = None,
     kind: str = "vm",
-    disk: bool = False,
+    disk: int = 0,  # GiB of disk per container node; 0: none
     profiles: Path | None = None,
 ) -> LabState:
     existing = LabState.load(directory)
@@ -317,7 +317,7 @@ def _containers_up(
     appliance: bool,
     progress: Progress,
     *,
-    disk: bool,
+    disk: int,
 ) -> None:
     """Container nodes (systemd-nspawn) booting the shared image on the lab bridge: no
     firmware steps; from their boot script on, the same path as a VM's. With ``disk``,
@@ -332,9 +332,9 @@ def _containers_up(
     write_config(lab.config, _lab_config(mode, state_dir, lab.image, lab.profiles))
     if disk:
         for spec in specs:
-            lab.disks[spec.name] = loopdisk.attach(_disk_file(lab, spec.name))
+            lab.disks[spec.name] = loopdisk.attach(_disk_file(lab, spec.name), disk << 30)
             progress(
-                f"{spec.name}: a {loopdisk.DISK_BYTES >> 30} GiB disk, {lab.disks[spec.name]}"
+                f"{spec.name}: a {disk} GiB disk, {lab.disks[spec.name]}"
                 f" (/dev/disk/by-id/{loopdisk.disk_id(spec.name)} in the node)"
             )
     lab.save()

@@ -91,7 +91,9 @@ def node_json(lab_dir: Path, mac: str) -> dict[str, Any]:
     return data
 
 
-def ssh_node(lab_dir: Path, name: str, command: str) -> subprocess.CompletedProcess[str]:
+def ssh_node(
+    lab_dir: Path, name: str, command: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """``command`` on lab node ``name`` as root, over SSH with the control node's key (the
     lab's host leg routes it), the node's reported host key pinned."""
     node = node_json(lab_dir, name)
@@ -103,7 +105,7 @@ def ssh_node(lab_dir: Path, name: str, command: str) -> subprocess.CompletedProc
          "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
          "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20",
          f"root@{node['ip']}", command],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
 
 
