@@ -32,6 +32,8 @@ from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.artifacts.wheelhouse import WheelhouseSpec, build_wheelhouse
 from provisioner.image.debs import sha256_file
 from provisioner.models.store import resolve_source
+from provisioner.postinstall import vllm
+from provisioner.records import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 GGUF_TO_HF = ROOT / "scripts" / "gguf_to_hf.py"
@@ -130,3 +132,14 @@ def tiny_wheel(folder: Path, name: str, version: str, *, requires: tuple[str, ..
             zf.writestr(zipfile.ZipInfo(arcname, (2020, 1, 1, 0, 0, 0)), data)
         zf.writestr(zipfile.ZipInfo(f"{dist}.dist-info/RECORD", (2020, 1, 1, 0, 0, 0)), record)
     return path
+
+
+def rendered(cluster: Cluster, found: list[vllm.VllmMember]) -> list[list[str]]:
+    """The vLLM server arguments the plan renders for each model ``cluster`` serves."""
+    lay, problems = vllm.layout(cluster, found)
+    assert problems == []
+    head = next(m for m in found if m.hostname == cluster.head)
+    return [
+        vllm.served_argv(cluster, s, lay, head, f"/var/lib/provisioner/models/{s.model}")
+        for s in cluster.served()
+    ]

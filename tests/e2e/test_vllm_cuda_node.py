@@ -33,21 +33,12 @@ from provisioner.data import VLLM_ARGCHECK
 from provisioner.postinstall import vllm
 from provisioner.records import Cluster, Served
 from tests.e2e.conftest import run_cli, ssh_node
+from tests.vllm_support import rendered
 
 pytestmark = pytest.mark.heavy
 
 TURING = {"dtype": "half", "quantization": "awq", "backend": "cuda"}
 AMPERE = {"dtype": "bfloat16", "quantization": "awq", "backend": "cuda"}
-
-
-def rendered(cluster: Cluster, found: list[vllm.VllmMember]) -> list[list[str]]:
-    lay, problems = vllm.layout(cluster, found)
-    assert problems == []
-    head = next(m for m in found if m.hostname == cluster.head)
-    return [
-        vllm.served_argv(cluster, s, lay, head, f"/var/lib/provisioner/models/{s.model}")
-        for s in cluster.served()
-    ]
 
 
 def test_the_cuda_wheelhouse_installs_and_parses_on_a_trixie_node(lab_dir: Path) -> None:

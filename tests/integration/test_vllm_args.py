@@ -15,6 +15,7 @@ import pytest
 from provisioner.clusters.engines.vllm_site import check_arguments
 from provisioner.postinstall import vllm
 from provisioner.records import Cluster, Served
+from tests.vllm_support import rendered
 
 pytestmark = pytest.mark.vllm
 
@@ -25,16 +26,6 @@ AMPERE = {"dtype": "bfloat16", "quantization": "awq", "backend": "cuda"}
 def member(name: str, address: str, settings: dict[str, str], gpus: int = 1,
            link: int = 100) -> vllm.VllmMember:  # fmt: skip
     return vllm.VllmMember(name, address, "enp3s0", link, gpus, settings)
-
-
-def rendered(cluster: Cluster, found: list[vllm.VllmMember]) -> list[list[str]]:
-    lay, problems = vllm.layout(cluster, found)
-    assert problems == []
-    head = next(m for m in found if m.hostname == cluster.head)
-    return [
-        vllm.served_argv(cluster, s, lay, head, f"/var/lib/provisioner/models/{s.model}")
-        for s in cluster.served()
-    ]
 
 
 def test_rendered_arguments_are_what_vllm_understands() -> None:
