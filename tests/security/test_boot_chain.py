@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from provisioner.config import DEFAULT_IMAGE
 from provisioner.image.store import ImageStore
 from provisioner.lab.netns import Namespace
 from tests.integration.conftest import write_config
@@ -229,7 +230,7 @@ def test_an_inventory_with_a_stolen_or_old_token_is_refused(segment: Segment) ->
 
 def test_an_enrolled_nodes_new_host_keys_wait_for_approval(segment: Segment) -> None:
     files = {"vmlinuz": b"K" * 4096, "initrd": b"I" * 4096, "root.squashfs": b"R" * 4096}
-    ImageStore(segment.app.state / "images").publish_files("debian-bookworm", files)
+    ImageStore(segment.app.state / "images").publish_files(DEFAULT_IMAGE, files)
     segment.app.start()
     old_key, old_print = host_key(1)
     new_key, new_print = host_key(101)
