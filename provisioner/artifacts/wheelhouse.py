@@ -372,8 +372,13 @@ def node_install_command(
     requirements = requirements or f"{NODE_ARTIFACTS}/{name}/{REQUIREMENTS}"
     index = f"{control_url.rstrip('/')}/artifacts/{name}/{INDEX}"
     host = url.hostname
+    # pip downloads every wheel into TMPDIR before it installs one (4 GB for the CUDA set):
+    # in /tmp that is the node's RAM; in the venv's folder it is where the venv goes (the
+    # cache disk, where the node has one). Removed once installed.
+    tmp = f"{venv}/.pip-tmp"
     pip = [
         "env",
+        f"TMPDIR={tmp}",
         "PIP_CONFIG_FILE=/dev/null",
         f"no_proxy={host}",
         f"NO_PROXY={host}",
@@ -392,7 +397,10 @@ def node_install_command(
         "-r",
         requirements,
     ]
-    return f"python3 -m venv {shlex.quote(venv)} && {shlex.join(pip)}"
+    return (
+        f"python3 -m venv {shlex.quote(venv)} && mkdir -p {shlex.quote(tmp)} && "
+        f"{shlex.join(pip)} && rm -rf {shlex.quote(tmp)}"
+    )
 
 
 # ---------------------------------------------------------------------------- pip runs

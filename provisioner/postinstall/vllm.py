@@ -172,13 +172,19 @@ def driver_problems(members: Sequence[VllmMember], cuda: str | None, wheelhouse:
 
 
 def ram_problems(
-    members: Sequence[VllmMember], venv_bytes: int | None, model_bytes: int, wheelhouse: str
+    members: Sequence[VllmMember],
+    venv_bytes: int | None,
+    model_bytes: int,
+    wheelhouse: str,
+    download_bytes: int = 0,
 ) -> list[str]:
     """Members without a cache disk whose RAM cannot hold their image, the venv made from
-    ``wheelhouse`` and the models (pure; post-install writes them into the tmpfs over the
+    ``wheelhouse`` while its wheels are still downloaded (pip fetches them all before it
+    installs) and the models (pure; post-install writes them into the tmpfs over the
     image). Unknown RAM or venv size refuses nothing."""
     if venv_bytes is None:
         return []
+    venv_bytes += download_bytes
     found = []
     for m in members:
         need = m.image_ram + venv_bytes + model_bytes
@@ -186,7 +192,8 @@ def ram_problems(
             continue
         found.append(
             f"{m.hostname}: {_gib(m.memory_bytes)} of RAM cannot hold its image "
-            f"({_gib(m.image_ram)}), the vLLM venv ({_gib(venv_bytes)}, from {wheelhouse}) and "
+            f"({_gib(m.image_ram)}), the vLLM venv with its download ({_gib(venv_bytes)}, "
+            f"from {wheelhouse}) and "
             f"the models ({_gib(model_bytes)}): {_gib(need)} in all, in RAM on a node without "
             f"a cache disk; give it one (provisioner node disk init {m.hostname} "
             "/dev/disk/by-id/...)"

@@ -225,7 +225,7 @@ def test_a_node_without_a_cache_disk_must_hold_the_venv_and_models_in_ram(site: 
     problems, _ = engine_for(CLUSTER).check(site, CLUSTER, {"smol": "hf"})
     (said,) = [p for p in problems if "of RAM" in p]  # gpu1 has 64 GiB: it fits
     assert said.startswith("gpu0: 8.0 GiB of RAM cannot hold its image (")
-    assert "the vLLM venv (8.4 GiB, from vllm-0.32.0-cuda-cp313)" in said
+    assert "the vLLM venv with its download (8.4 GiB, from vllm-0.32.0-cuda-cp313)" in said
     assert "provisioner node disk init gpu0" in said
     with pytest.raises(ClusterError, match=r"gpu0: 8\.0 GiB of RAM"):
         engine_for(CLUSTER).plan(site, CLUSTER, [])
@@ -244,7 +244,8 @@ def test_a_wheelhouse_built_before_the_size_was_recorded_is_measured(site: Site)
     problems, _ = engine_for(CLUSTER).check(site, CLUSTER, {"smol": "hf"})
     said = [p for p in problems if "of RAM" in p]
     # 256 MiB + pip's 15 MiB (the unlisted wheel's 300 MiB is not installed)
-    assert len(said) == 2 and "the vLLM venv (0.3 GiB, from vllm-0.32.0-cuda-cp313)" in said[0]
+    assert len(said) == 2
+    assert "the vLLM venv with its download (0.3 GiB, from vllm-0.32.0-cuda-cp313)" in said[0]
 
 
 class NoGpuNode:

@@ -269,17 +269,20 @@ def test_node_install_command_is_offline_hashed_and_isolated() -> None:
     cmd = node_install_command(
         "http://10.0.0.1:8080/", "vllm-0.32.0-cpu-cp311", requirements="/tmp/req.txt"
     )
-    make, install = cmd.split(" && ")
-    assert make == "python3 -m venv /var/lib/provisioner/vllm/vllm-0.32.0-cpu-cp311"
+    venv = "/var/lib/provisioner/vllm/vllm-0.32.0-cpu-cp311"
+    make, tmp, install, clean = cmd.split(" && ")
+    assert make == f"python3 -m venv {venv}"
+    # pip's downloads go beside the venv (the cache disk where there is one), not /tmp (RAM)
+    assert tmp == f"mkdir -p {venv}/.pip-tmp" and clean == f"rm -rf {venv}/.pip-tmp"
     argv = shlex.split(install)
-    assert argv[:4] == [
+    assert argv[:5] == [
         "env",
+        f"TMPDIR={venv}/.pip-tmp",
         "PIP_CONFIG_FILE=/dev/null",
         "no_proxy=10.0.0.1",
         "NO_PROXY=10.0.0.1",
     ]
-    pip = "/var/lib/provisioner/vllm/vllm-0.32.0-cpu-cp311/bin/pip"
-    assert argv[4:7] == [pip, "--isolated", "install"]
+    assert argv[5:8] == [f"{venv}/bin/pip", "--isolated", "install"]
     for flag in ("--no-index", "--no-deps", "--require-hashes", "--no-cache-dir"):
         assert flag in argv
     assert argv[argv.index("--trusted-host") + 1] == "10.0.0.1"  # plain HTTP off loopback

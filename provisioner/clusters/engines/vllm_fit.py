@@ -35,6 +35,7 @@ class Built:
     name: str
     cuda: str | None  # the CUDA its torch is built for; None: a CPU set
     installed: int | None  # the bytes of a node's venv made from it; None: not known
+    size: int = 0  # the wheels' bytes: pip holds them all while it installs
 
 
 def built(cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember]) -> Built | None:
@@ -53,7 +54,10 @@ def built(cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember]) -> Bu
     installed = manifest.inputs.get(INSTALLED)
     if installed is None or not installed.isdigit():  # built before the manifest said
         installed = _measure(requirements, text)
-    return Built(manifest.name, cuda_driver.wheel_cuda(text), int(installed) if installed else None)
+    return Built(
+        manifest.name, cuda_driver.wheel_cuda(text), int(installed) if installed else None,
+        manifest.size,
+    )  # fmt: skip
 
 
 def _measure(requirements: Path, text: str) -> str | None:
@@ -87,5 +91,5 @@ def problems(cfg: Config, cluster: Cluster, found: Sequence[vllm.VllmMember]) ->
     if wheelhouse is None:
         return []
     return vllm.driver_problems(found, wheelhouse.cuda, wheelhouse.name) + vllm.ram_problems(
-        found, wheelhouse.installed, model_bytes(cfg, cluster), wheelhouse.name
+        found, wheelhouse.installed, model_bytes(cfg, cluster), wheelhouse.name, wheelhouse.size
     )
