@@ -33,13 +33,8 @@ from pathlib import Path
 
 from provisioner.artifacts import ArtifactError, default_cache_dir
 from provisioner.artifacts.store import write_json_atomic
-from provisioner.artifacts.wheelhouse import (
-    CONTROL_EXTRAS,
-    REQUIREMENTS,
-    Progress,
-    _pip,
-    normalize,
-)
+from provisioner.artifacts.wheel_files import REQUIREMENTS, normalize
+from provisioner.artifacts.wheelhouse import CONTROL_EXTRAS, Progress, _pip
 from provisioner.image.debs import sha256_file
 
 

@@ -29,10 +29,10 @@ from provisioner.artifacts.llama import (
 )
 from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.artifacts.target_python import version_tag
+from provisioner.artifacts.wheel_files import REQUIREMENTS
 from provisioner.artifacts.wheelhouse import (
     DEFAULT_RAY_VERSION,
     DEFAULT_VLLM_VERSION,
-    REQUIREMENTS,
     VllmBackend,
     WheelhouseSpec,
     build_wheelhouse,

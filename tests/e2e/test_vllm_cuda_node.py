@@ -27,7 +27,8 @@ import pytest
 
 from provisioner.artifacts import cuda_driver
 from provisioner.artifacts.store import ArtifactStore
-from provisioner.artifacts.wheelhouse import INSTALLED, node_install_command
+from provisioner.artifacts.wheel_files import node_install_command
+from provisioner.artifacts.wheelhouse import INSTALLED
 from provisioner.config import load_config
 from provisioner.data import VLLM_ARGCHECK
 from provisioner.postinstall import vllm

@@ -32,14 +32,14 @@ import pytest
 
 from provisioner.artifacts.control_venv import control_venv
 from provisioner.artifacts.store import ArtifactKind, ArtifactStore, Manifest
-from provisioner.artifacts.wheelhouse import (
+from provisioner.artifacts.wheel_files import (
     REQUIREMENTS,
-    folder_size,
     node_install_command,
     render_index,
     render_requirements,
     scan_wheels,
 )
+from provisioner.artifacts.wheelhouse import folder_size
 from provisioner.image.debs import sha256_file
 from tests.vllm_support import smollm2_hf, tiny_wheel, wheelhouse
 

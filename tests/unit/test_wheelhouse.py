@@ -14,6 +14,14 @@ import pytest
 
 from provisioner.artifacts import ArtifactError, ArtifactNotFound, wheelhouse
 from provisioner.artifacts.store import ArtifactKind, ArtifactStore, Manifest
+from provisioner.artifacts.wheel_files import (
+    node_install_command,
+    normalize,
+    parse_wheel_filename,
+    render_index,
+    render_requirements,
+    scan_wheels,
+)
 from provisioner.artifacts.wheelhouse import (
     EXCLUDED,
     Pin,
@@ -24,14 +32,8 @@ from provisioner.artifacts.wheelhouse import (
     cache_key,
     check_resolution,
     folder_size,
-    node_install_command,
-    normalize,
     parse_report,
-    parse_wheel_filename,
     pins_file,
-    render_index,
-    render_requirements,
-    scan_wheels,
 )
 from provisioner.cli import build_parser
 from provisioner.image.debs import sha256_file

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from provisioner.artifacts import ArtifactError, ArtifactNotFound, cuda_driver, venv_size
 from provisioner.artifacts.store import ArtifactStore
-from provisioner.artifacts.wheelhouse import INSTALLED, parse_wheel_filename
+from provisioner.artifacts.wheel_files import parse_wheel_filename
+from provisioner.artifacts.wheelhouse import INSTALLED
 from provisioner.clusters.engines.vllm_site import newest_wheelhouse, runtime
 from provisioner.config import Config
 from provisioner.errors import ModelError

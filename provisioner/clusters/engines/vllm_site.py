@@ -17,12 +17,8 @@ from provisioner.artifacts import cuda_driver
 from provisioner.artifacts.control_venv import control_venv
 from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.artifacts.target_python import version_tag
-from provisioner.artifacts.wheelhouse import (
-    VllmBackend,
-    WheelhouseSpec,
-    node_install_command,
-    python_tag,
-)
+from provisioner.artifacts.wheel_files import node_install_command
+from provisioner.artifacts.wheelhouse import VllmBackend, WheelhouseSpec, python_tag
 from provisioner.clusters import keys
 from provisioner.clusters.engines.artifacts import ArtifactNeed, ensure
 from provisioner.clusters.spec import ClusterError
@@ -45,10 +41,16 @@ NVIDIA_DRIVER_RECIPE = "nvidia-driver"  # a profile's drivers: entry (driver-nvi
 
 
 def member(
-    registry: Registry, node: Node, profiles: ProfileSet, image_of: NodeImage | None = None
+    registry: Registry,
+    node: Node,
+    profiles: ProfileSet,
+    image_of: NodeImage | None = None,
+    branch: str | None = None,
 ) -> vllm.VllmMember:
     """A node as the vLLM plan sees it: address, NIC (name, speed), GPUs, profile settings,
-    and (with ``image_of``) the image it boots and that image's Python."""
+    and (with ``image_of``) the image it boots and that image's Python; its NVIDIA driver:
+    its image's, else ``branch`` (what post-install's NVIDIA step pins) for a profile with
+    that step."""
     inventory = registry.inventory(node.mac)
     profile = profiles.get(node.profile or "")
     ref, image = image_of(node, profile) if image_of is not None else (None, None)
@@ -58,7 +60,7 @@ def member(
         driver = cuda_driver.image_driver(image.manifest.get("packages") or ())
         source = f"its image {image.ref}"
     if driver is None and profile is not None and NVIDIA_DRIVER_RECIPE in profile.drivers:
-        driver = step_branch()
+        driver = branch
         source = f"post-install's driver step (driver-{NVIDIA_DRIVER_RECIPE})"
     rule = profile.engine_rule(Engine.VLLM) if profile else None
     settings = dict(rule.settings) if rule else {}
@@ -99,12 +101,13 @@ def members(
     profiles: ProfileSet,
     image_of: NodeImage | None = None,
 ) -> list[vllm.VllmMember]:
+    branch = step_branch()  # the NVIDIA step's pinned branch: its recipe read once
     found = []
     for hostname in cluster.members:
         node = registry.node(hostname)
         if node is None:
             raise ClusterError(f"{cluster.name}: member {hostname} is not in the registry")
-        found.append(member(registry, node, profiles, image_of))
+        found.append(member(registry, node, profiles, image_of, branch))
     return found
 
 
