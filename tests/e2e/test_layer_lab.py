@@ -1,12 +1,14 @@
 """A layered node image end to end: debian-trixie plus a Mesa Vulkan layer
 (images/debian-trixie-vulkan.toml), built once for the module, booted by the lab.
 
-1. Container nodes of a profile that names the layered image and the mesa-vulkan driver
-   (a copy of the shipped profiles, given to `lab up --profiles`) boot it to ``ready``;
-   ``vulkaninfo`` on each lists llvmpipe (a real Vulkan device on the CPU) with nothing
-   installed at boot; post-install of a llama.cpp RPC cluster on them only checks the
-   driver (its step is ``unchanged``: its check passed), dpkg's database is byte for
-   byte the image's, and smoke passes.
+1. Three container nodes of a profile that names the layered image, the mesa-vulkan
+   driver and llama.cpp's Vulkan backend (a copy of the shipped profiles, given to `lab
+   up --profiles`) boot it to ``ready``; ``vulkaninfo`` on each lists llvmpipe (a real
+   Vulkan device on the CPU) with nothing installed at boot; post-install of a llama.cpp
+   RPC cluster (head + 2 workers) builds the Vulkan backend and only checks the driver and
+   the runtime packages, dpkg's database stays byte for byte the image's, and smoke
+   passes with every layer on Vulkan devices; the CPU build on the same nodes fails the
+   device checks.
 2. A profile that needs a newer kernel than the layered image's (6.14 against trixie's
    6.12, the Ryzen AI rule) is refused at enrollment: the node stays ``matched`` with the
    reason on its timeline, and `node enroll` refuses it (exit 1, the reason on stderr).
@@ -27,7 +29,7 @@ import pytest
 from provisioner.image.discovery import default_cache
 from provisioner.image.rootfs import Manifest, build_rootfs
 from tests.conftest import unavailable
-from tests.e2e.conftest import llama_cluster, node_json, run_cli, ssh_node
+from tests.e2e.conftest import LLAMA_VERSION, llama_cluster, node_json, run_cli, ssh_node
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "debian-trixie-vulkan"
@@ -84,19 +86,39 @@ def test_the_layer_is_in_the_manifest(layered: tuple[Path, Manifest]) -> None:
     assert manifest.kernel_release.startswith("6.12.")
 
 
+# The lab's Vulkan profile: generic-cpu (what container nodes match) with llama.cpp's
+# Vulkan backend. lavapipe is a CPU-type Vulkan device, which llama.cpp skips unless it is
+# named: visible_devices "0" (GGML_VK_VISIBLE_DEVICES=0 in the units).
+CPU_ENGINE = "    backend: cpu\n    cpu_baseline: x86-64-v2\n"
+VULKAN_ENGINE = '    backend: vulkan\n    visible_devices: "0"\n'
+CPU_BUILD = f"llama.cpp-{LLAMA_VERSION}-cpu-x86-64-v2"
+
+
+def checks_of(smoke_stdout: str) -> dict[str, dict[str, object]]:
+    return {c["name"]: c for c in json.loads(smoke_stdout)["checks"]}
+
+
 @pytest.mark.llama
-def test_container_nodes_boot_the_layer_and_post_install_only_checks_the_driver(
+def test_a_vulkan_cluster_serves_from_lavapipe_and_a_cpu_build_fails_its_checks(
     lab_dir: Path, layered: tuple[Path, Manifest], tmp_path: Path
 ) -> None:
+    """Three container nodes of a Vulkan profile on the layered image: post-install builds
+    llama.cpp's Vulkan backend (in its Debian 13 build root) because the profile names it,
+    installs nothing (the image carries the runtime packages and Mesa), every binary
+    resolves, and smoke passes with every layer on the head's llvmpipe and each worker's
+    RPC server on its own. The same nodes running the CPU build fail the device checks."""
     image, _ = layered
     config = str(lab_with_image(lab_dir, image))
     profiles = profiles_with(tmp_path, f"drivers: [mesa-vulkan]\nimage: {IMAGE}\n")
+    generic = profiles / "generic-cpu.yaml"
+    assert CPU_ENGINE in generic.read_text()
+    generic.write_text(generic.read_text().replace(CPU_ENGINE, VULKAN_ENGINE))
     up = run_cli(
-        "lab", "up", "--dir", str(lab_dir), "--kind", "container", "--nodes", "2",
+        "lab", "up", "--dir", str(lab_dir), "--kind", "container", "--nodes", "3",
         "--image", IMAGE, "--profiles", str(profiles), "--timeout", "300",
     )  # fmt: skip
     assert up.returncode == 0, up.stderr[-6000:]
-    nodes = ("ctr1", "ctr2")
+    nodes = ("ctr1", "ctr2", "ctr3")
     dpkg_before = {}
     for name in nodes:  # (a container's root is the lab's image from its first boot)
         shown = node_json(lab_dir, name)
@@ -104,18 +126,54 @@ def test_container_nodes_boot_the_layer_and_post_install_only_checks_the_driver(
         assert "llvmpipe" in vulkan_devices(lab_dir, name)
         dpkg_before[name] = ssh_node(lab_dir, name, "sha256sum /var/lib/dpkg/status").stdout
 
-    llama_cluster(lab_dir, "vk", "ctr1", "ctr2")
-    ran = run_cli("--config", config, "postinstall", "run", "vk", "--json")
+    llama_cluster(lab_dir, "vk", "ctr1", "ctr2,ctr3")  # (the CPU build is made here too)
+    started = time.monotonic()
+    ran = run_cli("--config", config, "postinstall", "run", "vk", "--json", timeout=3600)
     assert ran.returncode == 0, ran.stderr[-6000:]
+    print(f"post-install with the Vulkan build: {time.monotonic() - started:.0f} s")
     for run in json.loads(ran.stdout):
-        [driver] = [s for s in run["steps"] if s["step"] == "mesa vulkan drivers"]
-        assert driver["status"] == "unchanged", driver  # checked: the image carries it
-        assert "mesa vulkan drivers" not in run["changed"]
-    smoke = run_cli("--config", config, "smoke", "vk", "--json", "--no-restart")
+        steps = {s["step"]: s for s in run["steps"]}
+        # checked only: the image carries Mesa, libvulkan1 and the rest of the runtime
+        for step in ("mesa vulkan drivers", "llama.cpp runtime packages"):
+            assert steps[step]["status"] == "unchanged", steps[step]
+        assert steps["llama.cpp libraries resolve"]["status"] == "unchanged"
+    unit = ssh_node(lab_dir, "ctr1", "systemctl cat llama-server.service").stdout
+    assert "vulkan-x86-64-v2/bin/llama-server" in unit
+    assert "Environment=GGML_VK_VISIBLE_DEVICES=0" in unit
+    smoke = run_cli("--config", config, "smoke", "vk", "--json", "--no-restart", timeout=900)
     assert smoke.returncode == 0, smoke.stdout[-3000:] + smoke.stderr[-3000:]
+    checks = checks_of(smoke.stdout)
+    assert checks["accelerator[ctr1]"]["value"] == "Vulkan0", checks["accelerator[ctr1]"]
+    assert "llvmpipe" in str(checks["accelerator[ctr1]"]["detail"])
+    assert checks["offload"]["value"] == checks["offload"]["floor"]  # every layer
+    for worker in ("ctr2", "ctr3"):
+        assert checks[f"accelerator[{worker}]"]["value"] == "Vulkan0"
+        assert "llvmpipe" in str(checks[f"accelerator[{worker}]"]["detail"])
+    vulkan_rate = json.loads(smoke.stdout)["stream"]["decode_tokens_per_s"]
     for name in nodes:  # no package was installed, at boot or by post-install
         after = ssh_node(lab_dir, name, "sha256sum /var/lib/dpkg/status").stdout
         assert after == dpkg_before[name]
+
+    # The same nodes on the CPU build: the checks are not a rubber stamp.
+    removed = run_cli("--config", config, "cluster", "remove", "vk")
+    assert removed.returncode == 0, removed.stderr[-3000:]
+    created = run_cli(
+        "--config", config, "cluster", "create", "vkcpu", "--model", "smollm2", "--head",
+        "ctr1", "--workers", "ctr2,ctr3", "--option", "threads=1",
+        "--option", f"artifact={CPU_BUILD}",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    ran = run_cli("--config", config, "postinstall", "run", "vkcpu", "--json")
+    assert ran.returncode == 0, ran.stderr[-6000:]
+    smoke = run_cli("--config", config, "smoke", "vkcpu", "--json", "--no-restart", timeout=900)
+    assert smoke.returncode != 0, smoke.stdout[-3000:]
+    checks = checks_of(smoke.stdout)
+    failed = {name for name, c in checks.items() if not c["passed"]}
+    assert failed == {"accelerator[ctr1]", "offload", "accelerator[ctr2]", "accelerator[ctr3]"}
+    assert "ran its layers on the CPU" in str(checks["accelerator[ctr1]"]["detail"])
+    assert "CPU" in str(checks["accelerator[ctr2]"]["detail"])
+    cpu_rate = json.loads(smoke.stdout)["stream"]["decode_tokens_per_s"]
+    print(f"decode tokens/s on these nodes: Vulkan (lavapipe) {vulkan_rate}, CPU build {cpu_rate}")
 
 
 def test_a_profile_that_needs_a_newer_kernel_is_refused_at_enrollment(

@@ -15,7 +15,9 @@ import pytest
 from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.cli import main
 from provisioner.clusters.engines import artifacts as engine_artifacts
+from provisioner.clusters.plan import cluster_plan
 from provisioner.clusters.site import Site
+from provisioner.clusters.store import load_all
 from provisioner.config import Mode, load_config, render_config
 from provisioner.models.store import ModelStore
 from provisioner.postinstall.ssh import Connection
@@ -84,7 +86,8 @@ def test_create_then_plan_wires_the_head_to_its_workers(
     head_steps = [s["name"] for s in plans["node0"]["steps"]]
     assert head_steps == [
         "cache disk", "hostname", "node firewall rules", "node firewall loaded",
-        "llama.cpp runtime", "model", "api key", "llama-server",
+        "llama.cpp runtime packages", "llama.cpp runtime", "llama.cpp libraries resolve",
+        "model", "api key", "llama-server",
     ]  # fmt: skip
     code, out, _ = run(config, capsys, "postinstall", "run", "c1", "--dry-run")
     assert "node1 (worker, 10.30.0.101, qemu-lab):" in out
@@ -195,7 +198,7 @@ def test_postinstall_refuses_nodes_not_on_their_image(
 
 
 def test_an_engine_the_profile_rules_out_is_refused_with_the_rule_and_the_alternative(
-    config: Path, capsys: pytest.CaptureFixture[str]
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registry = Registry(load_config(config).registry_path)
     for name, profile in (("node1", "nvidia-p40"), ("node2", "nvidia-v100s")):
@@ -210,11 +213,69 @@ def test_an_engine_the_profile_rules_out_is_refused_with_the_rule_and_the_altern
         "7.5 or higher; the P40 (Pascal) has 6.1; use --engine llama-rpc" in err
     )
     assert "node2: vllm does not run on nvidia-v100s" in err
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")  # no CUDA toolkit on it
+    monkeypatch.delenv("CUDACXX", raising=False)
+    if shutil.which("nvcc"):
+        pytest.skip("this machine has nvcc in /usr/bin")
     code, _, err = run(
         config, capsys, "cluster", "create", "p40", "--engine", "llama-rpc", "--model", "tiny",
         "--head", "node1", "--workers", "node2",
     )  # fmt: skip
+    # Their GPUs would sit idle: each profile's CUDA build cannot be made here.
+    assert code == 1
+    assert (
+        "node1 (profile nvidia-p40): llama.cpp's cuda backend cannot be built on this "
+        "control node: it needs CUDA's compiler nvcc" in err
+    )
+    assert "provisioner artifact build llama.cpp --backend cuda --gpu-arch 61" in err
+    assert "node2 (profile nvidia-v100s): llama.cpp's cuda backend" in err
+    code, _, err = run(
+        config, capsys, "cluster", "create", "p40", "--engine", "llama-rpc", "--model", "tiny",
+        "--head", "node1", "--workers", "node2",
+        "--option", "artifact=llama.cpp-b1-cpu-x86-64-v2",
+    )  # fmt: skip
+    assert code == 0, err  # a build named by hand is the user's choice
+
+
+def test_members_of_different_profiles_run_their_own_builds_with_their_packages(
+    config: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """node0 (qemu-lab: CPU) and node1, node2 (amd-ryzen-ai-npu: Vulkan) fetch different
+    builds; each installs the runtime packages its build's manifest names."""
+    cfg = load_config(config)
+    registry = Registry(cfg.registry_path)
+    for name in ("node1", "node2"):
+        registry.set_profile(NODES[name][0], "amd-ryzen-ai-npu")
+    tarball = tmp_path / "v.tar.gz"
+    with tarfile.open(tarball, "w:gz"):
+        pass
+    vulkan = Manifest(
+        "llama.cpp-b2-vulkan-x86-64-v2", "llama.cpp-b2-vulkan-x86-64-v2.tar.gz", "d" * 64, 1,
+        "k2", inputs={"runtime_packages": "libc6 libgomp1 libvulkan1"},
+        binaries={"server": "bin/llama-server", "rpc": "bin/rpc-server"}, built_at=2.0,
+    )  # fmt: skip
+    ArtifactStore(cfg.state_dir / "artifacts").publish(tarball, vulkan)
+    code, _, err = run(
+        config, capsys, "cluster", "create", "mix", "--model", "tiny", "--head", "node0",
+        "--workers", "node1,node2",
+    )  # fmt: skip
     assert code == 0, err
+    code, _, err = run(config, capsys, "postinstall", "run", "mix", "--dry-run", "--json")
+    assert code == 0, err
+    site = Site.open(cfg, registry)
+    [cluster] = [c for c in load_all(registry) if c.name == "mix"]
+    plans = {p.member.hostname: {s.name: s for s in p.steps} for p in cluster_plan(site, cluster)}
+    assert "cpu-x86-64-v2.tar.gz" in plans["node0"]["llama.cpp runtime"].action
+    for worker in ("node1", "node2"):
+        steps = plans[worker]
+        assert "vulkan-x86-64-v2.tar.gz" in steps["llama.cpp runtime"].action
+        assert steps["llama.cpp runtime packages"].packages == ("libc6", "libgomp1", "libvulkan1")
+        ldd = steps["llama.cpp libraries resolve"].check
+        assert "/opt/llama.cpp/llama.cpp-b2-vulkan-x86-64-v2/bin/* " in ldd
+        unit = steps["rpc server"].put
+        assert unit is not None and b"Environment=" not in unit[1]  # no visible_devices
+    # an old manifest names no packages: the step checks nothing and installs nothing
+    assert plans["node0"]["llama.cpp runtime packages"].check.startswith("test -z ''")
 
 
 def test_the_turing_profile_keeps_vllm_in_half_precision() -> None:

@@ -33,7 +33,9 @@ from provisioner.states import NodeEvent
 
 NODES = {f"node{i}": (f"52:54:00:ab:00:0{i}", f"10.31.0.10{i}") for i in range(2)}
 LLAMA = Cluster("c1", Engine.LLAMA_RPC, "tiny", "node0", ("node1",))
-LLAMA_MISSING = "no llama.cpp build in {root}: provisioner artifact build llama.cpp"
+LLAMA_MISSING = (
+    "no llama.cpp build (cpu, x86-64-v2) in {root}: provisioner artifact build llama.cpp"
+)
 
 
 class FakeBuilder:

@@ -328,7 +328,7 @@ def test_an_enrolled_node_boots_one_version_of_its_image_with_a_live_root(
 def test_the_profile_adds_its_kernel_args(client: TestClient, ctx: AppContext) -> None:
     ctx.enroller = Enroller(ctx.registry, DEFAULT_HWPROFILES, "node{n}")
     arc = ctx.enroller.profiles.get("intel-arc-a770")
-    assert arc is not None and arc.kernel_args and arc.image == "debian-bookworm"  # SYCL
+    assert arc is not None and arc.kernel_args and arc.image == "debian-trixie-intel-arc"
     publish_rootfs(ctx, arc.image)
     enroll(ctx, "intel-arc-a770")
     kernel = kernel_line(client.get(f"/boot/{MAC}.ipxe").text)

@@ -12,27 +12,32 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from provisioner.artifacts.llama import BuildSpec
+from provisioner.artifacts import toolchain
+from provisioner.artifacts.llama import DEFAULT_CPU_BASELINE, Backend, BuildSpec
 from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.clusters import keys
-from provisioner.clusters.engines import base
+from provisioner.clusters.engines import base, llama_builds
 from provisioner.clusters.engines.artifacts import ArtifactNeed
 from provisioner.clusters.engines.base import Progress, Recovery, SmokeOptions, SmokeTarget
+from provisioner.clusters.engines.llama_builds import MemberBuild, member_build
 from provisioner.clusters.site import Site
 from provisioner.clusters.spec import ClusterError
+from provisioner.clusters.store import members
 from provisioner.models.store import ModelStore
 from provisioner.postinstall.plan import Download, Member, NodePlan, plan
 from provisioner.postinstall.ssh import Connection
 from provisioner.profiles import Engine
 from provisioner.records import Cluster
+from provisioner.smoke import devices
 from provisioner.smoke.cluster import head_log, restart_check, sampler, unit_checks
-from provisioner.smoke.report import Report
+from provisioner.smoke.report import Check, Report
 from provisioner.smoke.run import Worker, run_smoke
 
-ARTIFACT_PREFIX = "llama.cpp-"
 HEAD_UNIT = "llama-server.service"
 WORKER_UNIT = "llama-rpc.service"
 BUILD_COMMAND = "provisioner artifact build llama.cpp"
+# The RPC server's output since boot (its devices are printed at each start).
+RPC_LOG = f"journalctl -u {WORKER_UNIT} -b -o cat --no-pager -n 2000"
 
 
 class LlamaRpcEngine:
@@ -57,37 +62,73 @@ class LlamaRpcEngine:
     def check(
         self, site: Site, cluster: Cluster, model_kinds: Mapping[str, str | None]
     ) -> tuple[list[str], list[str]]:
-        return [], []
+        """Refused: a member whose profile's backend has no build in the store and whose
+        toolchain this control node lacks (its GPUs would sit idle)."""
+        if cluster.options.get("artifact"):
+            return [], []
+        try:
+            builds = member_builds(site, cluster)
+        except ClusterError as exc:
+            return [str(exc)], []
+        store = ArtifactStore(site.artifacts_dir)
+        problems = []
+        for spec in dict.fromkeys(b.spec for b in builds.values()):
+            why = None if llama_builds.newest(store, spec) else toolchain.missing(spec.backend)
+            if why is None:
+                continue
+            hosts = [h for h, b in builds.items() if b.spec == spec]
+            profile = builds[hosts[0]].profile
+            problems.append(
+                f"{', '.join(hosts)} (profile {profile}): llama.cpp's {spec.backend.value} "
+                f"backend cannot be built on this control node: {why}. Build it where it "
+                f"can ({build_command(spec)}) and put it in {store.root}, or name a build "
+                "with --option artifact=NAME"
+            )
+        return problems, []
 
     def recipes(self, cluster: Cluster) -> tuple[str, ...]:
         return ("llama-rpc",)
 
     def needs(self, site: Site, cluster: Cluster) -> list[ArtifactNeed]:
+        """One build per distinct spec among the members' profiles (none with
+        ``--option artifact``)."""
         if cluster.options.get("artifact"):
             return []
         store = ArtifactStore(site.artifacts_dir)
-        spec = BuildSpec()  # what `artifact build llama.cpp` builds: the runtime() it takes
-        return [ArtifactNeed(
-            f"llama.cpp ({spec.backend.value}, {spec.target()})", BUILD_COMMAND, spec,
-            newest_cpu_build(store), missing(store),
-        )]  # fmt: skip
+        specs = {b.spec: b for b in member_builds(site, cluster).values()}
+        return [
+            ArtifactNeed(
+                b.describe(), build_command(spec), spec, llama_builds.newest(store, spec),
+                missing(store, spec),
+            )
+            for spec, b in specs.items()
+        ]  # fmt: skip
 
     def plan(self, site: Site, cluster: Cluster, members: Sequence[Member]) -> list[NodePlan]:
-        firewall = {
-            m.hostname: {"firewall": {
-                "control_only": [cluster.http_port] if m.hostname == cluster.head else [],
-                "head_only": [] if m.hostname == cluster.head else [cluster.rpc_port],
-            }}
+        builds = member_builds(site, cluster)
+        downloads = runtimes(site, cluster, builds)
+        extra = {
+            m.hostname: {
+                "firewall": {
+                    "control_only": [cluster.http_port] if m.hostname == cluster.head else [],
+                    "head_only": [] if m.hostname == cluster.head else [cluster.rpc_port],
+                },
+                "accel": {
+                    "backend": builds[m.hostname].spec.backend.value,
+                    "env": dict(builds[m.hostname].env),
+                },
+            }
             for m in members
-        }  # fmt: skip
+        }
         return plan(
             cluster,
             members,
             control_url=site.cfg.http_base,
-            artifact=runtime(site, cluster),
+            artifact=None,
+            artifacts=downloads,
             model=model_download(site, cluster),
             engine_recipes=self.recipes(cluster),
-            extra=firewall,
+            extra=extra,
             engine_key=keys.secret(site.cfg.state_dir, cluster.name, "engine"),
         )
 
@@ -116,11 +157,10 @@ class LlamaRpcEngine:
         ]
         units = unit_checks(conns, base.units_by_host(self, cluster))
         base.wait_healthy(endpoint, options.wait_s, cluster.name, progress)
-        report = run_smoke(
-            cluster.name, endpoint, cluster.model, target.floors,
-            head_log(conns[cluster.head]), workers,
-        )  # fmt: skip
+        log = head_log(conns[cluster.head])
+        report = run_smoke(cluster.name, endpoint, cluster.model, target.floors, log, workers)
         report = report.with_checks(units)
+        report = report.with_checks(accelerator_checks(site, cluster, conns, log))
         report = report.with_checks(base.load_checks(options, endpoint, cluster.model, progress))
         if options.restart:  # a worker's RPC server, or a lone head's server
             host = cluster.workers[0] if cluster.workers else cluster.head
@@ -175,6 +215,19 @@ class LlamaRpcEngine:
         return [*done, head]
 
 
+def accelerator_checks(
+    site: Site, cluster: Cluster, conns: Mapping[str, Connection], log: str
+) -> list[Check]:
+    """Did each member's accelerator do the work? Its profile's backend against the
+    devices the head's log and each worker's RPC server name (smoke/devices.py)."""
+    builds = member_builds(site, cluster)
+    backend = {host: b.spec.backend.value for host, b in builds.items()}
+    checks = devices.head_checks(cluster.head, backend.get(cluster.head, "cpu"), log)
+    gpu_workers = [w for w in cluster.workers if backend.get(w, "cpu") != "cpu"]
+    logs = {w: conns[w].run(RPC_LOG, timeout=60).stdout for w in gpu_workers}
+    return checks + devices.worker_checks({w: backend[w] for w in gpu_workers}, logs)
+
+
 def restart_unit(conn: Connection, hostname: str, unit: str) -> None:
     """reset-failed (in case systemd gave up on it), then restart; ClusterError if not."""
     restarted = conn.run(
@@ -201,18 +254,49 @@ def wait_active(
         time.sleep(1)
 
 
-def runtime(site: Site, cluster: Cluster) -> Download:
-    """The llama.cpp artifact the cluster runs: its own, else the newest CPU build."""
+def member_builds(site: Site, cluster: Cluster) -> dict[str, MemberBuild]:
+    """Each member's build (hostname -> MemberBuild), from its profile."""
+    return {
+        node.hostname or node.mac: member_build(site.profiles.get(node.profile or ""))
+        for node in members(site.registry, cluster)
+    }
 
+
+def build_command(spec: BuildSpec) -> str:
+    parts = [BUILD_COMMAND]
+    if spec.backend is not Backend.CPU:
+        parts.append(f"--backend {spec.backend.value}")
+    if spec.gpu_arch:
+        parts.append(f"--gpu-arch {spec.gpu_arch}")
+    if spec.cpu_baseline != DEFAULT_CPU_BASELINE:
+        parts.append(f"--cpu-baseline {spec.cpu_baseline}")
+    return " ".join(parts)
+
+
+def runtimes(
+    site: Site, cluster: Cluster, builds: Mapping[str, MemberBuild]
+) -> dict[str, Download]:
+    """The artifact each member fetches: ``--option artifact``'s, else the newest build
+    of its profile's spec (ClusterError naming the command that builds a missing one)."""
     store = ArtifactStore(site.artifacts_dir)
     name = cluster.options.get("artifact")
-    if name:
-        manifest = store.get(name)
-    else:
-        newest = newest_cpu_build(store)
-        if newest is None:
-            raise ClusterError(missing(store))
-        manifest = newest
+    by_spec: dict[BuildSpec, Manifest] = {}
+    found = {}
+    for host, build in builds.items():
+        if name:
+            manifest = store.get(name)
+        elif build.spec in by_spec:
+            manifest = by_spec[build.spec]
+        else:
+            newest = llama_builds.newest(store, build.spec)
+            if newest is None:
+                raise ClusterError(missing(store, build.spec))
+            manifest = by_spec[build.spec] = newest
+        found[host] = download_of(site, manifest)
+    return found
+
+
+def download_of(site: Site, manifest: Manifest) -> Download:
     return Download(
         manifest.name,
         manifest.file,
@@ -220,17 +304,14 @@ def runtime(site: Site, cluster: Cluster) -> Download:
         manifest.sha256,
         manifest.size,
         binaries=dict(manifest.binaries),
+        packages=tuple(manifest.inputs.get("runtime_packages", "").split()),
     )
 
 
-def newest_cpu_build(store: ArtifactStore) -> Manifest | None:
-    """The newest llama.cpp CPU build in the store, if any."""
-    found = [m for m in store.list() if m.name.startswith(ARTIFACT_PREFIX) and "-cpu-" in m.name]
-    return max(found, key=lambda m: m.built_at) if found else None
-
-
-def missing(store: ArtifactStore) -> str:
-    return f"no llama.cpp build in {store.root}: {BUILD_COMMAND}"
+def missing(store: ArtifactStore, spec: BuildSpec | None = None) -> str:
+    spec = spec or BuildSpec()
+    what = f"{spec.backend.value}, {spec.target()}"
+    return f"no llama.cpp build ({what}) in {store.root}: {build_command(spec)}"
 
 
 def model_download(site: Site, cluster: Cluster) -> Download:
