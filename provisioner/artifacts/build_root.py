@@ -31,13 +31,12 @@ import re
 import shlex
 import shutil
 import subprocess
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner import data
-from provisioner.artifacts import ArtifactError
+from provisioner.artifacts import ArtifactError, recipe_file
 from provisioner.image.rootfs_recipe import default_mirror, sources_lines
 
 BUILDER_VERSION = 1  # bump when the root's layout or the mmdebstrap line changes
@@ -65,16 +64,7 @@ def recipes_dir() -> Path:
 def parse_recipe(text: bytes, source: Path) -> BuildRootRecipe:
     """A recipe's bytes, validated; ArtifactError naming the file and key otherwise."""
 
-    def fail(key: str, reason: str) -> ArtifactError:
-        return ArtifactError(f"{source}: {key}: {reason}")
-
-    try:
-        raw = tomllib.loads(text.decode())
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise fail("(file)", f"not valid TOML: {exc}") from exc
-    unknown = sorted(set(raw) - KEYS)
-    if unknown:
-        raise fail(unknown[0], "unknown key")
+    raw, fail = recipe_file.read(text, source, KEYS)
     for key in ("name", "suite"):
         if not isinstance(raw.get(key), str) or not NAME.fullmatch(raw[key]):
             raise fail(key, "missing, or not a plain name")

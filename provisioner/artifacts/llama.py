@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from provisioner.artifacts import ArtifactError, build_root, toolchain
+from provisioner.artifacts import ArtifactError, build_root, cuda_toolchain, toolchain
 from provisioner.artifacts.build_root import BuildRoot
+from provisioner.artifacts.cuda_toolchain import CudaToolchain, CudaToolchainRecipe
 from provisioner.artifacts.store import Manifest, read_manifest, write_json_atomic
 from provisioner.image.debs import sha256_file
 
@@ -144,9 +145,12 @@ def artifact_name(version: str, spec: BuildSpec) -> str:
     return f"llama.cpp-{version}-{spec.backend.value}-{spec.target()}".lower()
 
 
-def build_inputs(source: Source, spec: BuildSpec, compiler: str, root: str = "") -> dict[str, str]:
+def build_inputs(
+    source: Source, spec: BuildSpec, compiler: str, root: str = "", cuda: str = ""
+) -> dict[str, str]:
     """Everything that decides the build's output, as plain strings (the manifest's inputs).
-    ``root``: the build root's name, suite and package-list digest (none: this machine)."""
+    ``root``: the build root's name, suite and package-list digest (none: this machine);
+    ``cuda``: the CUDA toolchain from PyPI (none: this machine's nvcc, or no CUDA)."""
     return {
         "software": "llama.cpp",
         "version": source.version,
@@ -159,6 +163,7 @@ def build_inputs(source: Source, spec: BuildSpec, compiler: str, root: str = "")
         "compiler": compiler,
         "builder_version": str(BUILDER_VERSION),
         **({"build_root": root} if root else {}),
+        **({"cuda_toolchain": cuda} if cuda else {}),
     }
 
 
@@ -360,9 +365,10 @@ def _build(
     jobs: int,
     progress: Progress,
     root: BuildRoot | None = None,
+    extra_flags: tuple[str, ...] = (),
 ) -> None:
     """Configure and compile, here or chrooted in ``root`` (the tree read-only at /src,
-    the build folder at /build)."""
+    the build folder at /build); ``extra_flags``: a toolchain's own ``-D`` flags."""
     build_dir.mkdir(parents=True, exist_ok=True)
     src, out = (str(tree), str(build_dir)) if root is None else ("/src", "/build")
     binds = {"/src": (tree, False), "/build": (build_dir, True)}
@@ -374,7 +380,7 @@ def _build(
     generator = ["-G", "Ninja"] if has_ninja else []
     where = f" in the build root {root.recipe.name}" if root else ""
     progress(f"configuring ({spec.backend.value}, {spec.cpu_baseline}) in {build_dir}{where}")
-    _run(wrap(["cmake", "-S", src, "-B", out, *generator, *cmake_flags(spec)]))
+    _run(wrap(["cmake", "-S", src, "-B", out, *generator, *cmake_flags(spec), *extra_flags]))
     targets = [SERVER_TARGET, find_rpc_target(tree)]
     argv = wrap(["cmake", "--build", out, "-j", str(jobs), "--target", *targets])
     progress(f"compiling {' and '.join(targets)} with {jobs} jobs")
@@ -443,16 +449,24 @@ def _tar_add(
         tar.addfile(info, f)
 
 
-def pack(name: str, build_dir: Path, rpc_name: str, out: Path) -> tuple[dict[str, str], list[str]]:
+def pack(
+    name: str,
+    build_dir: Path,
+    rpc_name: str,
+    out: Path,
+    bundled: Mapping[str, Path] | None = None,
+) -> tuple[dict[str, str], list[str]]:
     """Write ``out`` (``name/bin``, ``name/lib``; mtimes 0, so the same build packs to the
-    same bytes); returns (binaries by role, system libraries needed)."""
+    same bytes); returns (binaries by role, system libraries needed). ``bundled``: more
+    libraries that go into ``lib/`` when the binaries link them (a toolchain's CUDA
+    runtime and cuBLAS), by file name."""
     bins = {}
     for target in (SERVER_TARGET, rpc_name):
         found = [p for p in build_dir.rglob(target) if p.is_file() and os.access(p, os.X_OK)]
         if not found:
             raise ArtifactError(f"the build made no {target} binary under {build_dir}")
         bins[target] = found[0]
-    libs = _libraries(build_dir)
+    libs = {**(bundled or {}), **_libraries(build_dir)}
     ours, system = _closure(bins.values(), libs)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -501,14 +515,20 @@ def build_llama(
     A backend that an ``images/buildroots`` recipe names is built chrooted in that root
     (made first if missing). Returns (the cached tarball, its manifest, whether it came
     from the cache). A backend this machine has no toolchain for is refused first."""
-    why = toolchain.missing(spec.backend.value)
+    why = toolchain.missing(spec.backend.value, spec.gpu_arch)
     refused = f"llama.cpp's {spec.backend.value} backend cannot be built here: {why}"
     recipe = build_root.load_for(spec.backend.value)
     if why is not None and recipe is not None:  # no root, no key: refused now
         raise ArtifactError(refused)
     root = build_root.ensure(recipe, cache, progress) if recipe else None
+    cuda = None
+    if spec.backend is Backend.CUDA and why is None and not toolchain.system_nvcc():
+        cuda = cuda_toolchain.load()  # CUDA 13 from PyPI: installed when a build needs it
     compiler = root.compiler() if root else compiler_id()
-    inputs = build_inputs(source, spec, compiler, root.describe() if root else "")
+    inputs = build_inputs(
+        source, spec, compiler, root.describe() if root else "",
+        cuda_toolchain.describe(cuda) if cuda else "",
+    )  # fmt: skip
     key = cache_key(inputs)
     name = artifact_name(source.version, spec)
     built = cache / "built"
@@ -529,8 +549,13 @@ def build_llama(
             raise ArtifactError(refused)
         build_dir = cache / "build" / key
         return _build_and_pack(
-            source, spec, build_dir, built, inputs, key, name, jobs, progress, root
+            source, spec, build_dir, built, inputs, key, name, jobs, progress, root, cuda
         )
+
+
+def cache_of(built: Path) -> Path:
+    """The build cache a ``built`` folder is in."""
+    return built.parent
 
 
 def _build_and_pack(
@@ -544,13 +569,19 @@ def _build_and_pack(
     jobs: int | None,
     progress: Progress,
     root: BuildRoot | None = None,
+    cuda: CudaToolchainRecipe | None = None,
 ) -> tuple[Path, Manifest, bool]:
     tarball, mpath = built / f"{key}.tar.gz", built / f"{key}.json"
     started = time.monotonic()
-    _build(source.tree, build_dir, spec, jobs or os.cpu_count() or 1, progress, root)
+    tools: CudaToolchain | None = None
+    if cuda is not None:
+        tools = cuda_toolchain.ensure(cuda, cache_of(built), progress)
+    flags = tuple(tools.cmake_flags()) if tools else ()
+    _build(source.tree, build_dir, spec, jobs or os.cpu_count() or 1, progress, root, flags)
     progress(f"packing {name}")
     built.mkdir(parents=True, exist_ok=True)
-    binaries, system = pack(name, build_dir, find_rpc_target(source.tree), tarball)
+    bundled = {p.name: p for p in tools.lib.glob("*.so*")} if tools else None
+    binaries, system = pack(name, build_dir, find_rpc_target(source.tree), tarball, bundled)
     # The Debian packages that ship what the binaries link beyond the artifact's own
     # libraries: the nodes install them from their image's suite (post-install).
     packages = sorted(set(build_root.providers(system, root.admindir if root else None).values()))

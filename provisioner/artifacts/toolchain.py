@@ -1,9 +1,11 @@
 """Can this control node build a llama.cpp backend? What its toolchain needs, said plainly.
 
 A backend that an ``images/buildroots`` recipe names (Vulkan) is built in that Debian
-root: it needs mmdebstrap, unshare and chroot, and root. The others need their vendor's
-compiler on the PATH: CUDA's ``nvcc`` (or ``$CUDACXX``), ROCm's ``hipcc`` (or
-``$HIPCXX``), oneAPI's ``icpx``. The CPU backend needs only what builds the control
+root: it needs mmdebstrap, unshare and chroot, and root. CUDA takes this machine's
+``nvcc`` (or ``$CUDACXX``), else CUDA 13's compiler from PyPI
+(:mod:`provisioner.artifacts.cuda_toolchain`, compute capability 7.5 and newer). The
+others need their vendor's compiler on the PATH: ROCm's ``hipcc`` (or ``$HIPCXX``),
+oneAPI's ``icpx``. The CPU backend needs only what builds the control
 node's own packages. Backends are named by their value (``cuda``), so that the build
 (:mod:`provisioner.artifacts.llama`) can ask before it downloads anything.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from provisioner.artifacts import ArtifactError, build_root
+from provisioner.artifacts import ArtifactError, build_root, cuda_toolchain
 
 # The compiler each GPU backend needs on the control node, and what it is.
 COMPILERS = {
@@ -23,8 +25,15 @@ COMPILERS = {
 }
 
 
-def missing(backend: str) -> str | None:
-    """Why this control node cannot build ``backend`` (``vulkan``), or None when it can."""
+def system_nvcc() -> bool:
+    """Has this machine a CUDA compiler of its own (``nvcc`` on the PATH, ``$CUDACXX``)?"""
+    return bool(shutil.which("nvcc") or os.environ.get("CUDACXX"))
+
+
+def missing(backend: str, gpu_arch: str | None = None) -> str | None:
+    """Why this control node cannot build ``backend`` (``vulkan``; ``cuda`` for
+    ``gpu_arch``), or None when it can. CUDA without an nvcc here takes the toolchain from
+    PyPI (images/toolchains/cuda-13.toml) when its compiler targets every arch."""
     if backend == "cpu":
         return None
     try:
@@ -40,6 +49,13 @@ def missing(backend: str) -> str | None:
         return None
     if backend not in COMPILERS:
         return f"no toolchain is known here for {backend}"
+    if backend == "cuda" and not system_nvcc():
+        try:
+            cuda = cuda_toolchain.load()
+            if cuda is not None:
+                return cuda_toolchain.supports(cuda, gpu_arch) if gpu_arch else None
+        except ArtifactError as exc:
+            return str(exc)
     name, env, what = COMPILERS[backend]
     if shutil.which(name) or (env and os.environ.get(env)):
         return None

@@ -221,11 +221,13 @@ def test_an_engine_the_profile_rules_out_is_refused_with_the_rule_and_the_altern
         config, capsys, "cluster", "create", "p40", "--engine", "llama-rpc", "--model", "tiny",
         "--head", "node1", "--workers", "node2",
     )  # fmt: skip
-    # Their GPUs would sit idle: each profile's CUDA build cannot be made here.
+    # Their GPUs would sit idle: each profile's CUDA build cannot be made here (CUDA 13
+    # from PyPI no longer targets Pascal or Volta).
     assert code == 1
     assert (
         "node1 (profile nvidia-p40): llama.cpp's cuda backend cannot be built on this "
-        "control node: it needs CUDA's compiler nvcc" in err
+        "control node: cuda-13.toml (cuda-13 from PyPI) compiles for compute capability "
+        "7.5 and newer, not 6.1: install a CUDA 12 toolkit" in err
     )
     assert "provisioner artifact build llama.cpp --backend cuda --gpu-arch 61" in err
     assert "node2 (profile nvidia-v100s): llama.cpp's cuda backend" in err

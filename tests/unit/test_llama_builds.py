@@ -80,11 +80,12 @@ def test_a_missing_toolchain_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv("CUDACXX", raising=False)
     assert toolchain_missing("cpu") is None
-    why = toolchain_missing("cuda")
-    assert why is not None and "nvcc" in why
+    why = toolchain_missing("cuda", "70")  # CUDA 13 from PyPI: 7.5 and newer
+    assert why is not None and "not 7.0" in why and "CUDA 12 toolkit" in why
+    assert toolchain_missing("cuda", "86") is None  # PyPI's CUDA 13 builds it
     why = toolchain_missing("sycl")
     assert why is not None and "icpx" in why
     why = toolchain_missing("vulkan")  # its build root needs mmdebstrap
     assert why is not None and "trixie-vulkan.toml" in why and "mmdebstrap" in why
     monkeypatch.setenv("CUDACXX", "/opt/cuda/bin/nvcc")
-    assert toolchain_missing("cuda") is None
+    assert toolchain_missing("cuda", "70") is None  # this machine's own nvcc

@@ -73,7 +73,8 @@ class LlamaRpcEngine:
         store = ArtifactStore(site.artifacts_dir)
         problems = []
         for spec in dict.fromkeys(b.spec for b in builds.values()):
-            why = None if llama_builds.newest(store, spec) else toolchain.missing(spec.backend)
+            have = llama_builds.newest(store, spec)
+            why = None if have else toolchain.missing(spec.backend, spec.gpu_arch)
             if why is None:
                 continue
             hosts = [h for h, b in builds.items() if b.spec == spec]
