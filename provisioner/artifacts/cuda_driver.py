@@ -86,16 +86,30 @@ def branch(driver: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def problem(host: str, cuda: str, wheelhouse: str, driver: str, source: str) -> str | None:
+def problem(
+    host: str,
+    cuda: str,
+    wheelhouse: str,
+    driver: str,
+    source: str,
+    *,
+    what: str | None = None,
+    remedy: str | None = None,
+) -> str | None:
     """Why ``host`` cannot run the wheelhouse's CUDA on its driver, or None when it can (or
-    when either number is not one this table knows: nothing is refused on a guess)."""
+    when either number is not one this table knows: nothing is refused on a guess).
+    ``what`` and ``remedy`` name another CUDA build (a llama.cpp artifact) and its way out."""
     need = min_driver(cuda)
     have = branch(driver)
     if need is None or have is None or have >= need:
         return None
+    what = what or f"torch in {wheelhouse}"
+    remedy = remedy or (
+        "build the wheelhouse with a torch for an older CUDA "
+        "(artifact build vllm --torch-index URL)"
+    )
     return (
-        f"{host}: torch in {wheelhouse} is built for CUDA {cuda}, which needs NVIDIA driver "
+        f"{host}: {what} is built for CUDA {cuda}, which needs NVIDIA driver "
         f"{need} or newer; {source} gives it {driver}: boot it an image without that driver "
-        f"(post-install's driver step installs a {need}+ branch), or build the wheelhouse "
-        f"with a torch for an older CUDA (artifact build vllm --torch-index URL)"
+        f"(post-install's driver step installs a {need}+ branch), or {remedy}"
     )

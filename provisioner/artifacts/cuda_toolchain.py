@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -121,6 +122,37 @@ def supports(recipe: CudaToolchainRecipe, gpu_arch: str) -> str | None:
 def key(recipe: CudaToolchainRecipe) -> str:
     blob = json.dumps([recipe.name, recipe.root, sorted(recipe.wheels), BUILDER_VERSION])
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+NVCC_WHEEL = re.compile(r"nvidia-cuda-nvcc(?:-cu[0-9]+)?==([0-9]+)\.([0-9]+)")
+NVCC_RELEASE = re.compile(r"release ([0-9]+)\.([0-9]+)")
+
+
+def cuda_version(recipe: CudaToolchainRecipe) -> str | None:
+    """The CUDA release the recipe's nvcc is (``13.5``), from its pinned wheel."""
+    for line in recipe.wheels:
+        m = NVCC_WHEEL.match(line)
+        if m:
+            return f"{m.group(1)}.{m.group(2)}"
+    return None
+
+
+def nvcc_release(version_text: str) -> str | None:
+    """``nvcc --version``'s release (``Cuda compilation tools, release 12.4, V12.4.131``)."""
+    m = NVCC_RELEASE.search(version_text)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def system_cuda_version() -> str | None:
+    """The release of this machine's own nvcc (``$CUDACXX``, else on the PATH)."""
+    nvcc = os.environ.get("CUDACXX") or shutil.which("nvcc")
+    if not nvcc:
+        return None
+    try:
+        done = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return nvcc_release(done.stdout)
 
 
 def describe(recipe: CudaToolchainRecipe) -> str:

@@ -423,6 +423,9 @@ def build_llama(
         source, spec, compiler, root.describe() if root else "",
         cuda_toolchain.describe(cuda) if cuda else "",
     )  # fmt: skip
+    if spec.backend is Backend.CUDA:  # the driver it needs follows (cuda_driver.py)
+        release = cuda_toolchain.cuda_version(cuda) if cuda else toolchain.system_cuda()
+        inputs["cuda_version"] = release or "unknown"
     key = cache_key(inputs)
     name = artifact_name(source.version, spec)
     built = cache / "built"

@@ -30,6 +30,20 @@ def system_nvcc() -> bool:
     return bool(shutil.which("nvcc") or os.environ.get("CUDACXX"))
 
 
+def system_cuda() -> str | None:
+    """The CUDA release of this machine's own nvcc (``12.4``), if it has one."""
+    return cuda_toolchain.system_cuda_version()
+
+
+def cuda_release() -> str | None:
+    """The CUDA release a CUDA build made here now would be (``13.5``): this machine's
+    nvcc, else the PyPI toolchain's; None when neither is known."""
+    if system_nvcc():
+        return system_cuda()
+    recipe = cuda_toolchain.load()
+    return cuda_toolchain.cuda_version(recipe) if recipe else None
+
+
 def missing(backend: str, gpu_arch: str | None = None) -> str | None:
     """Why this control node cannot build ``backend`` (``vulkan``; ``cuda`` for
     ``gpu_arch``), or None when it can. CUDA without an nvcc here takes the toolchain from

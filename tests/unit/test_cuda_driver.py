@@ -6,6 +6,8 @@ store (no GPU: the pairing is decided from manifests and recipes, before any nod
 from __future__ import annotations
 
 import json
+import shutil
+import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -294,3 +296,49 @@ def test_smoke_shows_a_crashed_servers_own_error_without_waiting_for_it(
     assert not health.passed and "Failed to infer device type" in health.detail
     assert not report.passed
     assert conn.commands.count("systemctl is-active vllm-solo-chat.service") == 1  # rechecked
+
+
+LLAMA = Cluster("rtx-llama", Engine.LLAMA_RPC, "smol", "gpu0", ("gpu1",))
+
+
+def test_a_llama_cpp_cuda_13_build_is_refused_on_debian_s_550_and_a_cuda_12_one_is_not(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same driver check for llama.cpp: the store's CUDA build of the profile (arch 86)
+    carries its CUDA release in its manifest; with no build yet, the release the control
+    node would build with (CUDA 13 from PyPI here: no nvcc on the PATH) counts."""
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    monkeypatch.delenv("CUDACXX", raising=False)
+    publish_image(site, "debian-trixie-nvidia", LAYER)
+    site.registry.set_profile_image("nvidia-rtx-ampere", "debian-trixie-nvidia")
+
+    def refused() -> list[str]:
+        problems, _ = engine_for(LLAMA).check(site, LLAMA, {"smol": "gguf"})
+        return [p for p in problems if "NVIDIA driver" in p]
+
+    if shutil.which("nvcc") is None:  # the build would be CUDA 13 from PyPI
+        said = refused()
+        assert len(said) == 2
+        assert said[0].startswith("gpu0: the llama.cpp build that provisioner artifact build "
+                                  "llama.cpp --backend cuda --gpu-arch 86 makes is built for "
+                                  "CUDA 13.5, which needs NVIDIA driver 580")  # fmt: skip
+    store = ArtifactStore(site.artifacts_dir)
+    tarball = site.cfg.state_dir / "l.tar.gz"
+    with tarfile.open(tarball, "w:gz"):
+        pass
+    name = "llama.cpp-b1-cuda-86-x86-64-v2"
+    store.publish(tarball, Manifest(
+        name, f"{name}.tar.gz", "c" * 64, 1, "k", inputs={"cuda_version": "12.8"},
+        binaries={"server": "bin/llama-server", "rpc": "bin/rpc-server"}, built_at=1.0,
+    ))  # fmt: skip
+    assert refused() == []  # CUDA 12 runs on 550 (525 and newer)
+    newer = "llama.cpp-b2-cuda-86-x86-64-v2"
+    store.publish(tarball, Manifest(
+        newer, f"{newer}.tar.gz", "d" * 64, 1, "k2", inputs={"cuda_version": "13.5"},
+        binaries={"server": "bin/llama-server", "rpc": "bin/rpc-server"}, built_at=2.0,
+    ))  # fmt: skip
+    said = refused()
+    assert len(said) == 2 and said[0].startswith(f"gpu0: llama.cpp {newer} is built for CUDA 13.5")
+    assert "gives it 550.163.01" in said[0]
+    with pytest.raises(ClusterError, match=r"CUDA 13\.5, which needs NVIDIA driver 580"):
+        engine_for(LLAMA).plan(site, LLAMA, [])  # post-install refuses it too

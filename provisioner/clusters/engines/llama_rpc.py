@@ -12,11 +12,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from provisioner.artifacts import toolchain
+from provisioner.artifacts import cuda_driver, toolchain
 from provisioner.artifacts.llama import DEFAULT_CPU_BASELINE, Backend, BuildSpec
 from provisioner.artifacts.store import ArtifactStore, Manifest
 from provisioner.clusters import keys
-from provisioner.clusters.engines import base, llama_builds
+from provisioner.clusters.engines import base, llama_builds, vllm_site
 from provisioner.clusters.engines.artifacts import ArtifactNeed
 from provisioner.clusters.engines.base import Progress, Recovery, SmokeOptions, SmokeTarget
 from provisioner.clusters.engines.llama_builds import MemberBuild, member_build
@@ -64,14 +64,14 @@ class LlamaRpcEngine:
     ) -> tuple[list[str], list[str]]:
         """Refused: a member whose profile's backend has no build in the store and whose
         toolchain this control node lacks (its GPUs would sit idle)."""
-        if cluster.options.get("artifact"):
-            return [], []
         try:
             builds = member_builds(site, cluster)
         except ClusterError as exc:
             return [str(exc)], []
         store = ArtifactStore(site.artifacts_dir)
-        problems = []
+        problems = driver_problems(site, cluster, builds, store)
+        if cluster.options.get("artifact"):
+            return problems, []
         for spec in dict.fromkeys(b.spec for b in builds.values()):
             have = llama_builds.newest(store, spec)
             why = None if have else toolchain.missing(spec.backend, spec.gpu_arch)
@@ -107,6 +107,9 @@ class LlamaRpcEngine:
 
     def plan(self, site: Site, cluster: Cluster, members: Sequence[Member]) -> list[NodePlan]:
         builds = member_builds(site, cluster)
+        refused = driver_problems(site, cluster, builds, ArtifactStore(site.artifacts_dir))
+        if refused:  # the driver changed since create (an image switched): no node touched
+            raise ClusterError("; ".join(refused))
         downloads = runtimes(site, cluster, builds)
         extra = {
             m.hostname: {
@@ -253,6 +256,34 @@ def wait_active(
         if time.monotonic() > deadline:
             raise ClusterError(f"{hostname}: {unit} not active after {wait_s:.0f} s ({state})")
         time.sleep(1)
+
+
+def driver_problems(
+    site: Site, cluster: Cluster, builds: Mapping[str, MemberBuild], store: ArtifactStore
+) -> list[str]:
+    """CUDA members whose NVIDIA driver (their image's, else what post-install's driver
+    step pins) is older than the CUDA their build is made with needs: the store's build
+    (or ``--option artifact``'s), else the one this control node would make now."""
+    cuda_hosts = {h for h, b in builds.items() if b.spec.backend is Backend.CUDA}
+    if not cuda_hosts:
+        return []
+    named = cluster.options.get("artifact")
+    problems = []
+    for m in vllm_site.site_members(site.cfg, site.registry, cluster, site.profiles):
+        if m.hostname not in cuda_hosts or not m.driver:
+            continue
+        spec = builds[m.hostname].spec
+        have = store.get(named) if named else llama_builds.newest(store, spec)
+        release = have.inputs.get("cuda_version") if have else toolchain.cuda_release()
+        made = f"the llama.cpp build that {build_command(spec)} makes"
+        what = f"llama.cpp {have.name}" if have else made
+        said = cuda_driver.problem(
+            m.hostname, release or "unknown", "", m.driver, m.driver_source, what=what,
+            remedy="build llama.cpp with an older CUDA toolkit installed on this control node",
+        )  # fmt: skip
+        if said:
+            problems.append(said)
+    return problems
 
 
 def member_builds(site: Site, cluster: Cluster) -> dict[str, MemberBuild]:
