@@ -223,6 +223,16 @@ class BuildRoot:
         return first[0].strip() if done.returncode == 0 and first else "unknown"
 
 
+def unusable(recipe: BuildRootRecipe) -> str | None:
+    """Why this machine cannot make or use the root (a tool missing, not root), or None."""
+    for tool in ("mmdebstrap", "unshare", "chroot"):
+        if shutil.which(tool) is None:
+            return f"its build root ({recipe.source.name}) needs {tool}, not installed here"
+    if os.geteuid() != 0:
+        return f"its build root ({recipe.source.name}) is made and used as root"
+    return None
+
+
 def ensure(
     recipe: BuildRootRecipe, cache: Path, progress: Progress, mirror: str | None = None
 ) -> BuildRoot:
@@ -235,14 +245,9 @@ def ensure(
     made = BuildRoot(recipe, final / "root", key)
     if (final / "made").is_file():
         return made
-    if os.geteuid() != 0:
-        raise ArtifactError(
-            f"the build root {recipe.name} ({recipe.source.name}) is made with mmdebstrap "
-            "--mode=root and used with chroot: run as root"
-        )
-    for tool in ("mmdebstrap", "unshare", "chroot"):
-        if shutil.which(tool) is None:
-            raise ArtifactError(f"the build root {recipe.name} needs {tool} (apt install it)")
+    why = unusable(recipe)
+    if why is not None:
+        raise ArtifactError(why)
     folder.mkdir(parents=True, exist_ok=True)
     archives = folder / "apt-archives"
     archives.mkdir(exist_ok=True)

@@ -55,12 +55,7 @@ def missing(backend: str, gpu_arch: str | None = None) -> str | None:
     except ArtifactError as exc:
         return str(exc)
     if recipe is not None:
-        for tool in ("mmdebstrap", "unshare", "chroot"):
-            if shutil.which(tool) is None:
-                return f"its build root ({recipe.source.name}) needs {tool}, not installed here"
-        if os.geteuid() != 0:
-            return f"its build root ({recipe.source.name}) is made and used as root"
-        return None
+        return build_root.unusable(recipe)
     if backend not in COMPILERS:
         return f"no toolchain is known here for {backend}"
     if backend == "cuda" and not system_nvcc():

@@ -312,18 +312,16 @@ def runtimes(
     of its profile's spec (ClusterError naming the command that builds a missing one)."""
     store = ArtifactStore(site.artifacts_dir)
     name = cluster.options.get("artifact")
+    named = store.get(name) if name else None  # one build for every member
     by_spec: dict[BuildSpec, Manifest] = {}
     found = {}
     for host, build in builds.items():
-        if name:
-            manifest = store.get(name)
-        elif build.spec in by_spec:
-            manifest = by_spec[build.spec]
-        else:
-            newest = llama_builds.newest(store, build.spec)
+        if build.spec not in by_spec:
+            newest = named or llama_builds.newest(store, build.spec)
             if newest is None:
                 raise ClusterError(missing(store, build.spec))
-            manifest = by_spec[build.spec] = newest
+            by_spec[build.spec] = newest
+        manifest = by_spec[build.spec]
         found[host] = download_of(site, manifest)
     return found
 
