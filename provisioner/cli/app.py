@@ -91,6 +91,8 @@ def cmd_inventory_parse(args: argparse.Namespace) -> int:
                     for a in found
                 ],
                 "pci_devices": len(result.inventory.pci),
+                "sections": [section.as_dict() for section in result.sections],
+                "carriers": list(result.carriers),
                 "problems": list(result.inventory.problems),
                 **({"inventory": asdict(result.inventory)} if args.full else {}),
             }

@@ -24,8 +24,7 @@ from typing import Any
 from provisioner.cli.common import Exit, config_path
 from provisioner.config import load_config
 from provisioner.data import HWPROFILES
-from provisioner.discovery.dumps import parse_dump
-from provisioner.discovery.model import Inventory
+from provisioner.discovery.dumps import DumpResult, parse_dump
 from provisioner.enroll.fingerprint import Candidate, Match, fingerprint
 from provisioner.enroll.scaffold import scaffold
 from provisioner.profiles import (
@@ -205,10 +204,14 @@ def candidate_to_dict(c: Candidate) -> dict[str, object]:
     }
 
 
-def match_to_dict(name: str, fmt: str | None, inv: Inventory, m: Match) -> dict[str, object]:
+def match_to_dict(name: str, dump: DumpResult, m: Match) -> dict[str, object]:
+    inv = dump.inventory
     return {
         "file": name,
-        "format": fmt,
+        "format": dump.format,
+        "sections": [s.as_dict() for s in dump.sections],
+        "skipped": list(dump.skipped),
+        "carriers": list(dump.carriers),
         "profile": m.profile,
         "conflict": list(m.conflict),
         "accelerators": [
@@ -335,17 +338,18 @@ def cmd_match(args: argparse.Namespace, profiles: ProfileSet) -> int:
         if dump.format is None:  # nothing was read: no profile, not even the fallback
             m = Match(None, m.accelerators, m.candidates, ())
         if args.json:
-            results.append(match_to_dict(name, dump.format, dump.inventory, m))
+            results.append(match_to_dict(name, dump, m))
         else:
-            _print_match(name, dump.format, dump.inventory, m, profiles, explain=args.explain)
+            _print_match(name, dump, m, profiles, explain=args.explain)
     if args.json:
         _print_json(results)
     return status
 
 
 def _print_match(
-    name: str, fmt: str | None, inv: Inventory, m: Match, profiles: ProfileSet, *, explain: bool
+    name: str, dump: DumpResult, m: Match, profiles: ProfileSet, *, explain: bool
 ) -> None:
+    fmt, inv = dump.format, dump.inventory
     if m.profile is not None:
         verdict = m.profile
     elif m.conflict:
@@ -353,6 +357,13 @@ def _print_match(
     else:
         verdict = "none (unmatched)"
     print(f"{name}: {fmt or 'unknown format'}: profile {verdict}")
+    if explain or len(dump.sections) > 1:
+        if dump.carriers:
+            print(f"  undone first: {', '.join(dump.carriers)}")
+        for s in dump.sections:
+            print(f"  section lines {s.first}-{s.last}: {s.format}, {s.pci_devices} PCI devices")
+        for skipped in dump.skipped if explain else ():
+            print(f"  {skipped}")
     for a in m.accelerators:
         print(f"  accelerator: {a.slug} {a.vendor}:{a.device} {a.name!r} x{a.count}")
     for problem in inv.problems if fmt is None else ():

@@ -33,6 +33,7 @@ class PciDevice:
     vendor_name: str | None = None  # as printed by the dump (or pci.ids)
     device_name: str | None = None
     class_name: str | None = None  # "3D controller", when the dump gives only the name
+    memory_bytes: int | None = None  # the device's own memory (VRAM), where the dump says
 
     @property
     def ids(self) -> str | None:

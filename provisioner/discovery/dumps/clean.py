@@ -6,7 +6,7 @@ import re
 
 # "root@fuji:~# dmidecode", "alex@exi > lspci -nnkq", "$ inxi -Fxz", "[root@h ~]# lspci -v"
 PROMPT = re.compile(
-    r"^\s*(?:\S+@\S+\s*(?::\S*)?\s*[#$>%]|\[[^\]]+\][#$]|[#$>%])\s*"
+    r"^\s*(?:\S+@\S+\s*(?::\S*)?(?:\s+\S+)?\s*[#$>%\u2192\u276f\u00bb]|\[[^\]]+\][#$]|[#$>%\u2192\u276f\u00bb])\s*"
     r"(?:sudo\s+)?(?:\S*/)?"
     r"(?:lspci|lshw|dmidecode|cat|nvidia-smi|sycl-ls|rocminfo|clinfo|inxi)\b.*$"
 )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from provisioner.discovery import pciids
 from provisioner.discovery.dumps.clean import dmi_value, opt, size_bytes, to_int
 from provisioner.discovery.dumps.lenient import loads_lenient, parse_xml
-from provisioner.discovery.model import Cpu, Disk, Dmi, Inventory, Nic, PciDevice
+from provisioner.discovery.model import Cpu, Disk, Dmi, Inventory, Nic, PciDevice, hex_id
 
 
 @dataclass
@@ -32,7 +32,41 @@ class Node:
         return out
 
 
+# lshw's own translations (src/po of github.com/lyonel/lshw: ca, es, fr) and the German and
+# Spanish that distributions ship (Launchpad's; seen in real dumps: tests/fixtures)
 KEYS = {
+    "descripció": "description",
+    "descripción": "description",
+    "producte": "product",
+    "producto": "product",
+    "produit": "product",
+    "fabricant": "vendor",
+    "fabricante": "vendor",
+    "vendedor": "vendor",
+    "id físic": "physid",
+    "id físico": "physid",
+    "identifiant matériel": "physid",
+    "informació de bus": "businfo",
+    "información de bus": "businfo",
+    "información del bus": "businfo",
+    "information bus": "businfo",
+    "nom lògic": "logicalname",
+    "nombre lógico": "logicalname",
+    "nom logique": "logicalname",
+    "versió": "version",
+    "versión": "version",
+    "numéro de série": "serial",
+    "mida": "size",
+    "tamaño": "size",
+    "taille": "size",
+    "capacitat": "capacity",
+    "capacidad": "capacity",
+    "capacité": "capacity",
+    "configuració": "configuration",
+    "configuración": "configuration",
+    "capabilitats": "capabilities",
+    "capabilidades": "capabilities",
+    "fonctionnalités": "capabilities",
     "beschreibung": "description",
     "produkt": "product",
     "hersteller": "vendor",
@@ -61,6 +95,7 @@ def parse_text_tree(lines: list[str]) -> tuple[Node | None, list[str]]:
     problems: list[str] = []
     root: Node | None = None
     stack: list[tuple[int, Node]] = []
+    tops: list[Node] = []  # `lshw -C display` prints several trees side by side
     for line in lines:
         if not line.strip():
             continue
@@ -75,6 +110,9 @@ def parse_text_tree(lines: list[str]) -> tuple[Node | None, list[str]]:
                 stack[-1][1].children.append(node)
             elif root is None:
                 root = node
+                tops.append(node)
+            else:
+                tops.append(node)
             stack.append((depth, node))
             continue
         field_match = FIELD.match(line)
@@ -92,6 +130,8 @@ def parse_text_tree(lines: list[str]) -> tuple[Node | None, list[str]]:
                 stack[-1][1].fields.setdefault(key, value)
         else:
             problems.append(f"unreadable line {line.strip()[:80]!r}")
+    if len(tops) > 1:  # one node above them, no machine of its own
+        root = Node("", None, children=tops)
     return root, problems
 
 
@@ -152,6 +192,25 @@ def parse_xml_dump(text: str, notes: list[str]) -> Inventory:
     return _inventory(root, notes + problems, partial)
 
 
+# lshw -numeric: "GA106 [GeForce RTX 3060 Lite Hash Rate] [10DE:2504]", "VMware [15AD]"
+NUMERIC_IDS = re.compile(r"\s*\[(?P<v>[0-9A-Fa-f]{4}):(?P<d>[0-9A-Fa-f]{1,4})\]$")
+NUMERIC_VENDOR = re.compile(r"\s*\[(?P<v>[0-9A-Fa-f]{4})\]$")
+
+
+def _numeric(
+    value: str | None, pattern: re.Pattern[str]
+) -> tuple[str | None, str | None, str | None]:
+    """(the name without lshw -numeric's ids, vendor id, device id): ids zero-padded."""
+    if value is None:
+        return None, None, None
+    match = pattern.search(value)
+    if not match:
+        return value, None, None
+    found = match.groupdict()
+    device = hex_id(found["d"]) if found.get("d") else None
+    return value[: match.start()].strip() or None, hex_id(found["v"]), device
+
+
 def _bytes(node: Node, key: str = "size") -> int | None:
     value = node.fields.get(key)
     if value is None:
@@ -187,14 +246,18 @@ def _inventory(root: Node | None, problems: list[str], partial: bool) -> Invento
             cpus.append(node)
         if businfo.startswith("pci@"):
             description = opt(node.fields.get("description"))
+            product, vendor, device = _numeric(opt(node.fields.get("product")), NUMERIC_IDS)
+            vendor_name, vendor_id, _ = _numeric(opt(node.fields.get("vendor")), NUMERIC_VENDOR)
             pci.append(
                 PciDevice(
                     address=businfo[4:].lower(),
+                    vendor=vendor or vendor_id,
+                    device=device if (vendor or vendor_id) else None,
                     pci_class=db.class_code(description) if description else None,
                     revision=opt(node.fields.get("version")),
                     driver=opt(node.config.get("driver")),
-                    vendor_name=opt(node.fields.get("vendor")),
-                    device_name=opt(node.fields.get("product")),
+                    vendor_name=vendor_name,
+                    device_name=product,
                     class_name=description,
                 )
             )

@@ -15,7 +15,11 @@ from provisioner.discovery import pciids
 from provisioner.discovery.dumps.clean import opt, to_int
 from provisioner.discovery.model import Inventory, PciDevice, hex_id
 
-ADDRESS = r"(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]"
+# "01:00.0", "0000:01:00.0"; lspci -P/-PP paths: "00:01.1/00.0", "00:01.1/03:00.0"
+ADDRESS = (
+    r"(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]"
+    r"(?:/(?:[0-9a-fA-F]{2}:)?[0-9a-fA-F]{2}\.[0-7])*"
+)
 HEADER = re.compile(rf"^(?P<addr>{ADDRESS})\s+(?P<rest>\S.*)$")
 CLASS = re.compile(
     r"^(?P<cls>[^:\[]*?[^:\[\s])(?:\s*\[(?P<code>[0-9a-fA-F]{4})\])?:\s*(?P<desc>.*)$"
@@ -24,6 +28,8 @@ IDS_AT_END = re.compile(r"\s*\[(?P<v>[0-9a-fA-F]{4}):(?P<d>[0-9a-fA-F]{4})\]$")
 REV_AT_END = re.compile(r"\s*\(rev (?P<rev>[0-9a-fA-F]{1,2})\)$")
 PROGIF_AT_END = re.compile(r"\s*\(prog-if (?P<pi>[0-9a-fA-F]{2})(?: \[[^\]]*\])?\)$")
 NUMA = re.compile(r"NUMA node:?\s*(\d+)")
+# what lspci prints for an id its pci.ids does not name: "Device 20b2"
+BARE_DEVICE = re.compile(r"^Device ([0-9a-fA-F]{4})$")
 VERBOSE_KEYS = ("Flags:", "Capabilities:", "Control:", "Status:", "Memory at", "I/O ports")
 
 
@@ -35,6 +41,7 @@ def is_header(line: str) -> bool:
 def _split_desc(desc: str, db: pciids.PciIds) -> dict[str, str | None]:
     """'NVIDIA Corporation GA106 [Geforce RTX 3050] [10de:2507] (rev a1)' -> parts."""
     out: dict[str, str | None] = {"revision": None, "prog_if": None, "vendor": None, "device": None}
+    desc = desc.rstrip("'\"`")  # a quote the paste closed on the line
     while True:
         for pattern, key in ((REV_AT_END, "revision"), (PROGIF_AT_END, "prog_if")):
             match = pattern.search(desc)
@@ -59,6 +66,11 @@ def _split_desc(desc: str, db: pciids.PciIds) -> dict[str, str | None]:
             vendor_name = device_name[: len(device_name) - len(rest)].strip()
             device_name = rest
     out["vendor_name"], out["device_name"] = vendor_name, device_name or None
+    bare = BARE_DEVICE.match(device_name)
+    if bare and out["vendor"] is None and vendor_name:
+        vendor_ids = db.vendor_ids(vendor_name)
+        if len(vendor_ids) == 1:  # the id as printed, the vendor's by its unique name
+            out["vendor"], out["device"] = vendor_ids[0], bare.group(1).lower()
     return out
 
 

@@ -20,6 +20,8 @@ NVIDIA = "10de"
 GPU_HEADER = re.compile(r"^GPU ([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7])\s*$")
 KEY_VALUE = re.compile(r"^(\s*)([^:]+?)\s*:\s*(.*)$")
 LIST_LINE = re.compile(r"^GPU (\d+): (.+?)(?: \(UUID: [^)]*\))?$")
+# the row under a GPU's: "| N/A 35C P0 37W / 250W |  0MiB / 32768MiB |" (total: the second)
+TABLE_MEMORY = re.compile(r"\|\s*\d+\s*MiB\s*/\s*(\d+)\s*MiB\s*\|")
 TABLE_ROW = re.compile(
     r"^\|\s+(\d+)\s+(.+?)\s+(?:On|Off|N/A)\s+\|\s+"
     r"([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7])"
@@ -124,9 +126,15 @@ def parse_list(lines: list[str], notes: list[str]) -> Inventory:
 
 
 def parse_table(lines: list[str], notes: list[str]) -> Inventory:
-    gpus = [
-        _gpu(m.group(3), m.group(2), None, None)
-        for m in (TABLE_ROW.match(line.strip()) for line in lines)
-        if m
-    ]
+    """The default table: a GPU's row (index, name, bus id), then its memory row. A name
+    cut short by the column (``Tesla V100S-PCI...``) is kept as printed."""
+    gpus: list[PciDevice] = []
+    for line in lines:
+        row = TABLE_ROW.match(line.strip())
+        if row:
+            gpus.append(_gpu(row.group(3), row.group(2), None, None))
+            continue
+        memory = TABLE_MEMORY.search(line)
+        if memory and gpus and gpus[-1].memory_bytes is None:
+            gpus[-1] = replace(gpus[-1], memory_bytes=int(memory.group(1)) * 1024**2)
     return _finish(gpus, None, list(notes))

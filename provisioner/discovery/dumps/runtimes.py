@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from dataclasses import replace
 
 from provisioner.discovery.dumps.clean import opt, strip_ansi, to_int
 from provisioner.discovery.model import Cpu, Inventory, PciDevice, hex_id
@@ -26,6 +27,18 @@ SYCL = re.compile(
 SYCL_TAIL = re.compile(
     r"\s*(?:OpenCL \d+\.\d+(?: NEO)?(?: \(Build \d+\))?|\d+\.\d+(?:\.\d+)*)?\s*(?:\[[^\]]*\])?\s*$"
 )
+
+
+# "Intel(R) Graphics [0x5693]": Intel's compute runtime names a part it has no marketing
+# name for by its PCI device id
+DEVICE_ID_IN_NAME = re.compile(r"\[0x(?P<id>[0-9a-fA-F]{4})\]")
+
+
+def named_device(vendor: str | None, vendor_name: str | None, name: str) -> PciDevice:
+    """A device known by its name; the id too when the name carries it ``[0x5693]``."""
+    match = DEVICE_ID_IN_NAME.search(name)
+    device = match.group("id").lower() if match and vendor else None
+    return PciDevice(vendor=vendor, device=device, vendor_name=vendor_name, device_name=name)
 
 
 def _vendor(text: str) -> tuple[str | None, str | None]:
@@ -65,7 +78,7 @@ def parse_sycl(lines: list[str], notes: list[str]) -> Inventory:
     pci: list[PciDevice] = []
     for name, count in sorted(_once_per_device(listing).items()):
         vid, vname = _vendor(vendors[name])
-        pci.extend([PciDevice(vendor=vid, vendor_name=vname, device_name=name)] * count)
+        pci.extend([named_device(vid, vname, name)] * count)
     if not listing:
         problems.append("no GPU entries found")
     cpu = Cpu(model_name=cpu_name) if cpu_name else None
@@ -155,11 +168,8 @@ def parse_clinfo(lines: list[str], notes: list[str]) -> Inventory:
         bus = BUS.search(
             dev.get("Device PCI bus info (KHR)", "") or dev.get("Device Topology (AMD)", "")
         )
-        device = PciDevice(
-            address=bus.group(2).lower() if bus else None,
-            vendor=vid,
-            vendor_name=vname,
-            device_name=name,
+        device = replace(
+            named_device(vid, vname, name), address=bus.group(2).lower() if bus else None
         )
         if device.address:
             by_address.setdefault(device.address, device)
