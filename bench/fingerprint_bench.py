@@ -1,7 +1,8 @@
 """Benchmark fingerprinting: 10,000 inventories x 50 profiles (run on demand, not a test).
 
 The issue's bar is under 1 s. Inventories are the real parsed dumps (../shared/fixtures/hw,
-when present) and the lab's agent reports, cycled with a different serial each, so every
+when present, and the pastes in tests/fixtures/pastes: mixed, quoted, name-only) and the
+lab's agent reports, cycled with a different serial each, so every
 inventory is a distinct object. Profiles are the shipped ones plus synthetic ones up to 50:
 four in five anchored on accelerator ids from hwprofiles/accelerators.yaml (with a DMI or
 memory rule), one in five unanchored (CPU regex and memory, or a DMI regex), which are
@@ -39,6 +40,7 @@ HW = ROOT.parent / "shared" / "fixtures" / "hw"
 
 def inventories(count: int) -> list[Inventory]:
     sources = sorted((ROOT / "tests" / "fixtures" / "agent").glob("*.txt"))
+    sources += sorted((ROOT / "tests" / "fixtures" / "pastes").glob("*.txt"))
     if HW.is_dir():
         sources += sorted(p for p in HW.iterdir() if "__" in p.name)
     parsed = [

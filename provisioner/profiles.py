@@ -26,18 +26,20 @@ from pathlib import Path
 import yaml
 
 from provisioner import names
+from provisioner.discovery import families, pciids
 from provisioner.discovery.model import Dmi
 from provisioner.errors import ProvisionerError
 from provisioner.kernel_need import MIN_RE, KernelNeed
 
 SCHEMA = "provisioner.profile/1"
-NOT_PROFILES = frozenset({"accelerators.yaml"})
+NOT_PROFILES = frozenset({"accelerators.yaml", "gpu-families.yaml"})
 DMI_FIELDS = tuple(f.name for f in fields(Dmi))  # system_vendor, board_name, ...
 REQUIRED_KEYS = ("name", "version", "description", "sources", "match")
 OPTIONAL_KEYS = (
     "drivers", "engine", "engine_defaults", "engines", "smoke", "kernel_args", "image",
-    "kernel",
+    "kernel", "gpu",
 )  # fmt: skip
+GPU_KEYS = ("architecture", "compute_capability", "kernel_modules", "driver_min", "driver_max")
 ENGINE_RULE_KEYS = (
     "refused", "use", "backend", "gpu_arch", "cpu_baseline", "dtype", "quantization",
     "min_compute_capability", "visible_devices",
@@ -99,11 +101,15 @@ class PciRule:
     min: int = 1
     max: int | None = None
     line: int = 0
+    family: str | None = None  # the GPU family ``ids`` were expanded from (families.py)
 
     def describe(self) -> str:
-        what = (
-            ", ".join(str(i) for i in self.ids) if self.ids else "class " + ", ".join(self.classes)
-        )
+        if self.family:
+            what = f"family {self.family}: {len(self.ids)} ids"
+        elif self.ids:
+            what = ", ".join(str(i) for i in self.ids)
+        else:
+            what = "class " + ", ".join(self.classes)
         if self.max is None:
             bound = f">= {self.min}"
         elif self.min == self.max:
@@ -174,6 +180,17 @@ class EngineRule:
 
 
 @dataclass(frozen=True)
+class Gpu:
+    """What a GPU profile says of its cards: what drivers and builds follow from them."""
+
+    architecture: str | None = None
+    compute_capability: str | None = None  # NVIDIA: "8.6"
+    kernel_modules: str | None = None  # NVIDIA: "open" (Turing on) or "proprietary"
+    driver_min: int | None = None  # the oldest driver branch that runs the cards
+    driver_max: int | None = None  # the newest (580: the last for Pascal and Volta)
+
+
+@dataclass(frozen=True)
 class Smoke:
     reference_model: str | None = None
     min_tokens_per_s: float | None = None
@@ -196,6 +213,7 @@ class Profile:
     image: str | None = None  # the image its nodes boot (None: the config's default)
     kernel: KernelNeed | None = None  # the kernel its hardware needs (kernel_need.py)
     engines: tuple[EngineRule, ...] = ()  # empty: no engine is ruled out
+    gpu: Gpu | None = None
     file: str = ""
     line: int = 1
 
@@ -214,6 +232,12 @@ class Profile:
         if rule.refused is not None:
             return (rule.refused, rule.use)
         return None
+
+    @property
+    def family(self) -> str | None:
+        """The GPU family its PCI rule names (a family profile), else None."""
+        rules = (*self.all_of, *self.any_of)
+        return next((r.family for r in rules if isinstance(r, PciRule) and r.family), None)
 
     @property
     def anchor(self) -> PciRule | DmiRule | None:
@@ -480,6 +504,7 @@ class _Reader:
         smoke = self._smoke(v["smoke"]) if "smoke" in v else Smoke()
         kernel = self._kernel(v["kernel"]) if "kernel" in v else None
         engines = self._engines(v["engines"]) if "engines" in v else ()
+        gpu = self._gpu(v["gpu"]) if "gpu" in v else None
         if name is None or version is None or description is None:
             return None
         return Profile(
@@ -497,6 +522,7 @@ class _Reader:
             image=image,
             kernel=kernel,
             engines=engines,
+            gpu=gpu,
             file=self.source,
             line=top["name"][0].start_mark.line + 1,
         )
@@ -507,6 +533,30 @@ class _Reader:
             self.fail(node, "name", f"{name!r}: use lowercase letters, digits and '-'")
             return None
         return name
+
+    def _gpu(self, node: yaml.Node) -> Gpu | None:
+        got = self.mapping(node, "gpu", GPU_KEYS)
+        if got is None:
+            return None
+        text = {k: self.string(v, f"gpu.{k}") for k, (_, v) in got.items() if "driver" not in k}
+        branch = {
+            k: self.number(v, f"gpu.{k}", integer=True, minimum=1)
+            for k, (_, v) in got.items()
+            if "driver" in k
+        }
+        modules = text.get("kernel_modules")
+        if modules is not None and modules not in ("open", "proprietary"):
+            self.fail(got["kernel_modules"][1], "gpu.kernel_modules", "open or proprietary")
+        low, high = branch.get("driver_min"), branch.get("driver_max")
+        if low is not None and high is not None and low > high:
+            self.fail(node, "gpu.driver_min", f"impossible: {int(low)} > {int(high)}")
+        return Gpu(
+            text.get("architecture"),
+            text.get("compute_capability"),
+            modules,
+            int(low) if low is not None else None,
+            int(high) if high is not None else None,
+        )
 
     def _engine_defaults(self, node: yaml.Node) -> EngineDefaults:
         got = self.mapping(node, "engine_defaults", ("dtype", "quantization"))
@@ -641,15 +691,18 @@ class _Reader:
         return list(self._dmi(value, where))
 
     def _pci(self, node: yaml.Node, key: str, line: int) -> PciRule | None:
-        got = self.mapping(node, key, ("ids", "class", "min", "max"))
+        got = self.mapping(node, key, ("ids", "class", "family", "min", "max"))
         if got is None:
             return None
-        if ("ids" in got) == ("class" in got):
-            self.fail(node, key, "give exactly one of ids or class")
+        if sum(k in got for k in ("ids", "class", "family")) != 1:
+            self.fail(node, key, "give exactly one of ids, class or family")
             return None
         ids: list[PciId] = []
         classes: list[str] = []
-        if "ids" in got:
+        family = self.string(got["family"][1], f"{key}.family") if "family" in got else None
+        if "family" in got:
+            ids.extend(self._family_ids(got["family"][1], f"{key}.family", family))
+        elif "ids" in got:
             value = got["ids"][1]
             for i, text in enumerate(self.strings(value, f"{key}.ids", empty=False)):
                 found = PCI_ID_RE.match(text.strip())
@@ -690,8 +743,27 @@ class _Reader:
         if low is None or (high is None and "max" in got) or not (ids or classes):
             return None
         return PciRule(
-            tuple(ids), tuple(classes), int(low), int(high) if high is not None else None, line
+            tuple(ids),
+            tuple(classes),
+            int(low),
+            int(high) if high is not None else None,
+            line,
+            family,
         )
+
+    def _family_ids(self, node: yaml.Node, key: str, name: str | None) -> list[PciId]:
+        """Every id of GPU family ``name`` (hwprofiles/gpu-families.yaml, by pci.ids name)."""
+        if name is None:
+            return []
+        table = families.load()
+        if table.get(name) is None:
+            known = ", ".join(f.name for f in table.families)
+            self.fail(node, key, f"{name!r}: no such GPU family (gpu-families.yaml: {known})")
+            return []
+        found = [PciId(v, d) for v, d in table.member_ids(name, pciids.default())]
+        if not found:
+            self.fail(node, key, f"{name!r}: pci.ids names no device of this family")
+        return found
 
     def _dmi(self, node: yaml.Node, key: str) -> Iterator[DmiRule]:
         got = self.mapping(node, key, DMI_FIELDS)

@@ -12,7 +12,8 @@ pyproject.toml) and is deselected unless one of these selects it, explicitly:
   runs that test whatever its tier; a folder (``pytest tests/e2e``) keeps the default.
 
 Opt-in. A test marked ``heavy`` (an image build that takes many minutes on 2 cores: the
-NVIDIA layer's DKMS modules, the Ryzen AI layer's kernel) runs only when asked for by
+NVIDIA layer's DKMS modules, the Ryzen AI layer's kernel, llama.cpp's Vulkan and CUDA
+builds) runs only when asked for by
 ``-m heavy`` or by naming its file; ``--tier all`` (CI) leaves it out.
 
 Prerequisites. A test whose tool, root or fixture folder is missing calls

@@ -24,7 +24,10 @@ from typing import Any
 from provisioner.cli.common import Exit, config_path
 from provisioner.config import load_config
 from provisioner.data import HWPROFILES
+from provisioner.discovery import pciids
+from provisioner.discovery.accelerators import name_candidates
 from provisioner.discovery.dumps import DumpResult, parse_dump
+from provisioner.discovery.model import Inventory
 from provisioner.enroll.fingerprint import Candidate, Match, fingerprint
 from provisioner.enroll.scaffold import scaffold
 from provisioner.profiles import (
@@ -364,6 +367,8 @@ def _print_match(
             print(f"  section lines {s.first}-{s.last}: {s.format}, {s.pci_devices} PCI devices")
         for skipped in dump.skipped if explain else ():
             print(f"  {skipped}")
+    for line in _names_resolved(inv) if explain else ():
+        print(f"  {line}")
     for a in m.accelerators:
         print(f"  accelerator: {a.slug} {a.vendor}:{a.device} {a.name!r} x{a.count}")
     for problem in inv.problems if fmt is None else ():
@@ -381,6 +386,26 @@ def _print_match(
         for r in c.rules:
             mark = "pass" if r.passed else "FAIL"
             print(f"    {mark} {r.group}-of line {r.line}: {r.rule}; observed {r.observed}")
+
+
+def _names_resolved(inv: Inventory) -> list[str]:
+    """For each device the dump named without ids: the ids its name resolved to, and how."""
+    db = pciids.default()
+    lines: list[str] = []
+    seen: set[tuple[str | None, str]] = set()
+    for dev in inv.pci:
+        if (dev.vendor and dev.device) or not dev.device_name:
+            continue
+        if (dev.vendor, dev.device_name) in seen:
+            continue
+        seen.add((dev.vendor, dev.device_name))
+        found, how = name_candidates(dev, db)
+        if not found:
+            lines.append(f"name {dev.device_name!r}: no pci.ids name matches")
+            continue
+        shown = ", ".join(f"{v}:{d}" for v, d in found[:8]) + (" ..." if len(found) > 8 else "")
+        lines.append(f"name {dev.device_name!r} -> {len(found)} ids by {how}: {shown}")
+    return lines
 
 
 def cmd_new(args: argparse.Namespace) -> int:

@@ -76,6 +76,7 @@ class Site:
             engine_defaults=profile.engine_defaults.__dict__ if profile else None,
             threads=max(1, threads),
             cache_disk=self.registry.cache_disk(node.mac),
+            gpu=profile.gpu.__dict__ if profile and profile.gpu else None,
         )
 
 

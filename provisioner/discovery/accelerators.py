@@ -6,6 +6,11 @@ generations apart by revision) is in the table. A device known only by name (pla
 for that name is in the table under one slug; an ambiguous name is never resolved by a
 guess. Devices not in the table (iGPUs, BMC VGA such as ASPEED or Matrox, virtio GPUs) are
 not accelerators. Names come from pci.ids, never from the table.
+
+Beside the cards the table names, every member of a GPU family
+(``hwprofiles/gpu-families.yaml``: every NVIDIA GPU from Pascal on, every Intel Arc) is an
+accelerator, its slug the family's name (``nvidia-ampere``). A name whose candidates fall
+under several slugs of one family counts for the family, under an id only the family has.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 import yaml
 
 from provisioner.data import ACCELERATOR_TABLE
-from provisioner.discovery import pciids
+from provisioner.discovery import families, pciids
 from provisioner.discovery.model import Inventory, PciDevice, hex_id
 from provisioner.errors import ProvisionerError
 
@@ -73,8 +78,9 @@ class Table:
         found = self._by_ids.get((vendor, device), [])
         if not found:
             return None
-        exact = [e for e in found if e.revision is None or e.revision == revision]
-        if exact:
+        exact = [e for e in found if e.revision == revision and revision is not None]
+        exact = exact or [e for e in found if e.revision is None]
+        if exact and (revision is not None or len(found) == 1):
             return exact[0]
         if revision is None and len({e.slug for e in found}) == 1:
             first = found[0]
@@ -132,11 +138,26 @@ _default: Table | None = None
 
 
 def default_table() -> Table:
-    """hwprofiles/accelerators.yaml of this checkout, read once."""
+    """hwprofiles/accelerators.yaml of this checkout, with every GPU family member, read once."""
     global _default
     if _default is None:
-        _default = parse_table(DEFAULT_TABLE.read_text(encoding="utf-8"), str(DEFAULT_TABLE))
+        table = parse_table(DEFAULT_TABLE.read_text(encoding="utf-8"), str(DEFAULT_TABLE))
+        _default = with_families(table, families.load(), pciids.default())
     return _default
+
+
+def with_families(table: Table, fams: families.Table, db: pciids.PciIds) -> Table:
+    """``table`` plus an entry for each family member it does not name (slug: the family)."""
+    entries = list(table.entries)
+    named = {(e.vendor, e.device) for e in entries}
+    for family in fams.families:
+        for member in fams.members(family, db):
+            if (member.vendor, member.device) not in named:
+                source = f"gpu-families.yaml {family.name}: pci.ids {member.name!r}"
+                entries.append(
+                    Entry(family.name, member.vendor, member.device, None, None, True, source)
+                )
+    return Table(entries)
 
 
 def resolve(dev: PciDevice, table: Table, db: pciids.PciIds) -> tuple[Entry | None, list[str]]:
@@ -149,11 +170,7 @@ def resolve(dev: PciDevice, table: Table, db: pciids.PciIds) -> tuple[Entry | No
     if vendors is None and dev.vendor_name:
         vendors = db.vendor_ids(dev.vendor_name) or None
     name = dev.device_name
-    candidates = db.ids_for_name(name, vendors)
-    if not candidates and vendors is None:
-        vendor_ids, rest = db.split_vendor(name)
-        if vendor_ids:
-            candidates = db.ids_for_name(rest, vendor_ids)
+    candidates, _ = name_candidates(dev, db)
     entries = [table.lookup(v, d, dev.revision) for v, d in candidates]
     known = [e for e in entries if e is not None]
     if not known:
@@ -161,8 +178,40 @@ def resolve(dev: PciDevice, table: Table, db: pciids.PciIds) -> tuple[Entry | No
     slugs = sorted({e.slug for e in known})
     if len(known) == len(entries) and len(slugs) == 1:
         return known[0], []
+    family = _one_family(candidates, db)
+    if family is not None and len(known) == len(entries):
+        only = [e for e in known if e.slug == family]
+        if only:  # counted for the family profile, not for a card it might not be
+            return only[0], []
     listed = ", ".join(f"{v}:{d}" for v, d in candidates)
     return None, [f"{name!r} is ambiguous in pci.ids ({listed}: {', '.join(slugs)}); not counted"]
+
+
+def name_candidates(dev: PciDevice, db: pciids.PciIds) -> tuple[list[tuple[str, str]], str]:
+    """The ids pci.ids gives a device known by name, and how they were found (pciids'
+    tiers, then the chip its name starts with: 'TU116M [GeForce GTX 1660 Mobile]' is one
+    of the TU116 parts even if pci.ids spells it otherwise)."""
+    name = dev.device_name or ""
+    vendors = [dev.vendor] if dev.vendor else None
+    if vendors is None and dev.vendor_name:
+        vendors = db.vendor_ids(dev.vendor_name) or None
+    found, how = db.resolve_name(name, vendors, dev.memory_bytes)
+    if not found and vendors is None:
+        vendor_ids, rest = db.split_vendor(name)
+        if vendor_ids:
+            name, vendors = rest, vendor_ids
+            found, how = db.resolve_name(rest, vendor_ids, dev.memory_bytes)
+    if not found:
+        found = families.load().chip_members(name, vendors, db)
+        how = "chip" if found else ""
+    return found, how
+
+
+def _one_family(candidates: list[tuple[str, str]], db: pciids.PciIds) -> str | None:
+    """The GPU family every candidate id belongs to, or None."""
+    fams = families.load()
+    found = {fam.name if (fam := fams.family_of(v, d, db)) else None for v, d in candidates}
+    return found.pop() if len(found) == 1 else None
 
 
 def accelerators(
@@ -195,8 +244,9 @@ def name_accelerators(
         exact = bool(dev.vendor and dev.device)
         key = (entry.slug, entry.vendor, entry.device, entry.family, exact)
         counts[key] += 1
-        printed = dev.device_name if exact else None
-        names.setdefault(key, db.name(entry.vendor, entry.device) or printed or "")
+        # a card known by its ids is named by pci.ids; one known by name, by its dump
+        known = db.name(entry.vendor, entry.device) if exact else None
+        names.setdefault(key, known or dev.device_name or "")
     result = [
         Accelerator(slug, vendor, device, names[key] or f"{vendor}:{device}", count, family, exact)
         for key, count in counts.items()

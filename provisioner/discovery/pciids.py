@@ -1,6 +1,9 @@
 """Names <-> ids from the PCI ID database (``pci.ids``) that Debian ships. Pure after load.
 
-The file (package ``pci.ids``: ``/usr/share/misc/pci.ids``, or ``pci.ids.gz``) lists vendors at
+The database is the newest (by its ``Version:`` line) of the system's (package ``pci.ids``:
+``/usr/share/misc/pci.ids``, or ``pci.ids.gz``) and the copy shipped in
+``hwprofiles/pci.ids.gz`` (Debian 12's is from 2023: it names no Ada laptop part, no Hopper,
+no Blackwell, no Battlemage). The file lists vendors at
 column 0, devices after one tab, subsystems after two, and the class list after ``C``
 lines. It is parsed once, on first use, into a :class:`PciIds`; an absent or unreadable
 file gives an empty database (every lookup answers "unknown"), never an exception.
@@ -9,7 +12,12 @@ Reverse lookup (``ids_for_name``) serves name-only dumps (plain ``lspci``, ``lsh
 ``nvidia-smi``, ``sycl-ls``): an exact match on the device name first, then on the
 bracketed marketing name (``GP102GL [Tesla P40]`` -> ``Tesla P40``), then a normalised
 comparison (case, ``(R)``/``(TM)``, vendor words such as ``NVIDIA``/``GeForce``/``Intel``,
-a trailing ``Graphics``). An ambiguous name answers every candidate, never a guess.
+a trailing ``Graphics``), then, for a name ``nvidia-smi`` cut short (``Tesla V100S-PCI...``),
+every name it begins, then every name holding all its words (``NVIDIA H100 80GB HBM3`` ->
+the H100 parts: a word pci.ids never uses, such as ``HBM3``, is left out). A name that
+states a memory size (``[Tesla V100 PCIe 32GB]``) is kept only if the card's memory, when
+the dump gives it, is that size. An ambiguous name answers every candidate, never a guess:
+:mod:`provisioner.discovery.accelerators` counts it only when they all fall in one place.
 """
 
 from __future__ import annotations
@@ -18,9 +26,12 @@ import gzip
 import logging
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+
+from provisioner.data import HWPROFILES
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +39,21 @@ DEFAULT_PATHS = (
     Path("/usr/share/misc/pci.ids"),
     Path("/usr/share/misc/pci.ids.gz"),
     Path("/usr/share/hwdata/pci.ids"),
+    HWPROFILES / "pci.ids.gz",
 )
+_VERSION = re.compile(rb"#\s*Version:\s*(\S+)")
 
 _BRACKET = re.compile(r"\[([^\[\]]+)\]\s*$")
+CUT = re.compile(r"\s*(?:\.\.\.|\u2026)\s*$")  # nvidia-smi's column cut: "Tesla V100S-PCI..."
+_GB = re.compile(r"(\d+)\s?GB\b", re.IGNORECASE)
+
+
+def _stated_gb(name: str) -> int | None:
+    """'GV100GL [Tesla V100 PCIe 32GB]' -> 32; no size in the name -> None."""
+    match = _GB.search(name)
+    return int(match.group(1)) if match else None
+
+
 _MARKS = re.compile(r"\((?:r|tm|c)\)|®|™", re.IGNORECASE)
 _VENDOR_WORDS = frozenset({"nvidia", "geforce", "intel", "amd", "ati", "corporation"})
 
@@ -68,6 +91,7 @@ class PciIds:
     _by_norm: dict[str, list[Ids]] = field(default_factory=dict)
     _vendor_by_name: dict[str, list[str]] = field(default_factory=dict)
     _class_by_name: dict[str, str] = field(default_factory=dict)
+    _vocabulary: frozenset[str] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.vendors)
@@ -112,25 +136,74 @@ class PciIds:
             return [], text
         return list(self._vendor_by_name[best]), text[len(best) :].strip()
 
-    def ids_for_name(self, name: str, vendors: list[str] | None = None) -> list[Ids]:
-        """Every ``(vendor, device)`` pci.ids names ``name``: exact, bracketed, normalised."""
+    def ids_for_name(
+        self, name: str, vendors: list[str] | None = None, memory_bytes: int | None = None
+    ) -> list[Ids]:
+        """Every ``(vendor, device)`` pci.ids names ``name`` (see the module's docstring)."""
+        return self.resolve_name(name, vendors, memory_bytes)[0]
+
+    def resolve_name(
+        self, name: str, vendors: list[str] | None = None, memory_bytes: int | None = None
+    ) -> tuple[list[Ids], str]:
+        """(the candidates, how they were found: exact, bracketed, normalised, cut, words)."""
         name = name.strip()
         if not name:
-            return []
+            return [], ""
         allowed = {v.lower() for v in vendors} if vendors else None
 
-        def keep(found: list[Ids]) -> list[Ids]:
-            return sorted({i for i in found if allowed is None or i[0] in allowed})
+        def keep(found: Iterable[Ids]) -> list[Ids]:
+            ids = sorted({i for i in found if allowed is None or i[0] in allowed})
+            return self._by_memory(ids, memory_bytes)
 
         exact = keep(self._by_name.get(name.lower(), []))
         if exact:
-            return exact
+            return exact, "exact"
         inner = bracketed(name) or name
         marketing = keep(self._by_bracket.get(inner.lower(), []))
         if marketing:
-            return marketing
-        norm = normalise(inner)
-        return keep(self._by_norm.get(norm, [])) if norm else []
+            return marketing, "bracketed"
+        cut = CUT.search(inner)
+        norm = normalise(inner[: cut.start()] if cut else inner)
+        if not norm:
+            return [], ""
+        same = keep(self._by_norm.get(norm, [])) if not cut else []
+        if same:
+            return same, "normalised"
+        if cut:
+            # "GeForce GTX 108..." begins "GeForce GTX 1080", "... 1080 Ti": a prefix,
+            # whose last word may itself be cut
+            begun = keep(
+                i for key, found in self._by_norm.items() if key.startswith(norm) for i in found
+            )
+            return begun, "cut" if begun else ""
+        words = [w for w in norm.split() if w in self._words]
+        if not words or not any(any(c.isdigit() for c in w) for w in words):
+            return [], ""  # no model number left: too little to go on
+        wanted = set(words)
+        held = keep(
+            i for key, found in self._by_norm.items() if wanted <= set(key.split()) for i in found
+        )
+        return held, "words" if held else ""
+
+    def _by_memory(self, ids: list[Ids], memory_bytes: int | None) -> list[Ids]:
+        """Drop the names stating another memory size than the card's (±15 %); when some
+        state the card's size, keep only those."""
+        if memory_bytes is None or len(ids) < 2:
+            return ids
+        gib = memory_bytes / 1024**3
+        stated = {i: _stated_gb(self.devices.get(i, "")) for i in ids}
+        fits = [i for i, s in stated.items() if s is not None and 0.85 * s <= gib <= 1.05 * s]
+        if fits:
+            return fits
+        unsized = [i for i, s in stated.items() if s is None]
+        return unsized or ids
+
+    @property
+    def _words(self) -> frozenset[str]:
+        """Every word of a normalised device name (what a name's words are checked against)."""
+        if self._vocabulary is None:
+            self._vocabulary = frozenset(w for key in self._by_norm for w in key.split())
+        return self._vocabulary
 
     def _index(self) -> None:
         by_name: dict[str, list[Ids]] = defaultdict(list)
@@ -216,9 +289,28 @@ def parse(text: str) -> PciIds:
     return db
 
 
+def version_of(path: Path) -> str | None:
+    """The ``# Version: 2026.08.22`` of a pci.ids file (plain or .gz), read from its head."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            head = handle.read(4096)
+    except (OSError, EOFError):
+        return None
+    match = _VERSION.search(head)
+    return match.group(1).decode("ascii", "replace") if match else None
+
+
+def newest(paths: tuple[Path, ...] = DEFAULT_PATHS) -> tuple[Path, ...]:
+    """``paths`` that exist, the newest version first (an unversioned file last)."""
+    found = [(version_of(p) or "", i, p) for i, p in enumerate(paths) if p.is_file()]
+    found.sort(key=lambda t: (t[0], -t[1]), reverse=True)
+    return tuple(p for _, _, p in found)
+
+
 def load(path: Path | None = None) -> PciIds:
-    """Read pci.ids (plain or .gz) from ``path`` or the first of DEFAULT_PATHS that exists."""
-    candidates = (path,) if path is not None else DEFAULT_PATHS
+    """Read pci.ids (plain or .gz) from ``path``, else the newest of DEFAULT_PATHS."""
+    candidates = (path,) if path is not None else newest()
     for candidate in candidates:
         try:
             raw = candidate.read_bytes()

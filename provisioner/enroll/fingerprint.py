@@ -13,8 +13,10 @@ of them passes. Among matching profiles the most specific wins. Specificity is t
 that passed (PCI rules only when they asked for at least one device), compared in that
 order: a profile that names the exact PCI ids beats one that names only the board, which
 beats one that names only the CPU. ``generic-cpu`` has no rules, so ``(0, 0, 0, 0, 0)``: it
-wins only when nothing else matches. Two matching profiles with the same highest
-specificity are a conflict: ``profile`` is None and ``conflict`` names them.
+wins only when nothing else matches. At the same specificity a profile that lists its cards
+beats a family profile (``pci: {family: ...}``: every card of an architecture), so the
+seeds' specific profiles win where they apply. Two matching profiles with the same highest
+specificity otherwise are a conflict: ``profile`` is None and ``conflict`` names them.
 
 Speed: a profile anchored on PCI ids (a required ``pci: {ids: ...}`` rule) is only checked
 when one of those ids is present, one anchored on an exact DMI value only when that value
@@ -71,6 +73,7 @@ class Candidate:
     checks: tuple[tuple[str, Rule, bool], ...]  # (group, rule, passed) in file order
     facts: Facts = field(compare=False, repr=False)
     passed_count: int = field(default=0, compare=False, repr=False)
+    family: bool = field(default=False, compare=False)  # a family profile: loses a tie
 
     @property
     def name(self) -> str:
@@ -213,13 +216,13 @@ def facts(inventory: Inventory, table: acc.Table, db: pciids.PciIds) -> Facts:
         if entry is not None:
             key = (entry.slug, entry.vendor, entry.device, entry.family, exact)
             found[key] += 1
-            printed.setdefault(key, dev.device_name if exact else None)
+            printed.setdefault(key, dev.device_name)
     named = [
         acc.Accelerator(
             slug,
             vendor,
             device,
-            look.name(vendor, device) or printed[key] or f"{vendor}:{device}",
+            (look.name(vendor, device) if exact else None) or printed[key] or f"{vendor}:{device}",
             count,
             family,
             exact,
@@ -353,7 +356,7 @@ def _check_profile(profile: Profile, found: Facts) -> Checked:
 def evaluate(profile: Profile, found: Facts) -> Candidate:
     """Every rule of ``profile`` checked against ``found``."""
     matched, spec, passed, checks = _check_profile(profile, found)
-    return Candidate(profile.name, matched, spec, checks, found, passed)
+    return Candidate(profile.name, matched, spec, checks, found, passed, profile.family is not None)
 
 
 def fingerprint(
@@ -384,14 +387,16 @@ def fingerprint(
         ok, spec, passed, checks = _check_profile(profile_i, found)
         # Without explain_all, a profile that passed no rule at all is no candidate.
         if explain_all or passed or ok:
-            kept.append(Candidate(profile_i.name, ok, spec, checks, found, passed))
+            family = profile_i.family is not None
+            kept.append(Candidate(profile_i.name, ok, spec, checks, found, passed, family))
     candidates = sorted(kept, key=_rank)
     matched = [c for c in candidates if c.matched]
     profile: str | None = None
     conflict: tuple[str, ...] = ()
     if matched:
         best = matched[0].specificity
-        tied = tuple(c.profile for c in matched if c.specificity == best)
+        tied = tuple(c.profile for c in matched if c.specificity == best and not c.family)
+        tied = tied or tuple(c.profile for c in matched if c.specificity == best)
         if len(tied) > 1:
             conflict = tied
         else:
@@ -399,8 +404,19 @@ def fingerprint(
     return Match(profile, found.accelerators, tuple(candidates), conflict)
 
 
-def _rank(c: Candidate) -> tuple[bool, int, int, int, int, int, int, str]:
-    """Matched first, most specific first, then most rules passed, then by name."""
+def _rank(c: Candidate) -> tuple[bool, int, int, int, int, int, bool, int, str]:
+    """Matched first, most specific first, a card's profile before a family's, then most
+    rules passed, then by name."""
     spec = c.specificity
     n = c.passed_count
-    return (not c.matched, -spec[0], -spec[1], -spec[2], -spec[3], -spec[4], -n, c.profile)
+    return (
+        not c.matched,
+        -spec[0],
+        -spec[1],
+        -spec[2],
+        -spec[3],
+        -spec[4],
+        c.family,
+        -n,
+        c.profile,
+    )

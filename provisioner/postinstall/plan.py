@@ -54,6 +54,7 @@ class Member:
     engine_defaults: Mapping[str, str | None] | None = None
     threads: int = 1  # CPU threads its inventory reports
     cache_disk: str | None = None  # by-id/by-path disk `node disk init` made its cache
+    gpu: Mapping[str, object] | None = None  # the profile's gpu facts (kernel_modules ...)
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,7 @@ def context_for(
             "threads": member.threads,
             "engine_defaults": dict(member.engine_defaults or {}),
             "cache_disk": member.cache_disk,
+            "gpu": dict(member.gpu or {}),
         },
         "cluster": {
             "name": cluster.name,

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "images" / "debian-bookworm.toml"
 
 
-# The slowest build CI makes (llama.cpp's Vulkan backend: about 12 minutes on 2 cores) and
-# the one test that needs it.
+# The slowest build an e2e run makes (llama.cpp's Vulkan backend: 8-12 minutes on 2 cores)
+# and the one test that needs it (heavy: not in CI, run by naming its file).
 EARLY_BUILD = ["artifact", "build", "llama.cpp", "--backend", "vulkan"]
 EARLY_FOR = "test_layer_lab.py::test_a_vulkan_cluster"
 

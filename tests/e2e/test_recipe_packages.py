@@ -52,7 +52,12 @@ def recipe_packages() -> tuple[dict[str, dict[str, set[str]]], dict[str, set[str
         suite = suite_of(profile.image or DEFAULT_IMAGE)
         members = [
             Member(
-                f"n{i}", f"52:54:00:00:00:0{i}", f"10.0.0.{i + 1}", profile.name, profile.drivers
+                f"n{i}",
+                f"52:54:00:00:00:0{i}",
+                f"10.0.0.{i + 1}",
+                profile.name,
+                profile.drivers,
+                gpu=profile.gpu.__dict__ if profile.gpu else None,
             )
             for i in range(2)
         ]
@@ -74,7 +79,11 @@ def test_the_recipes_name_their_packages() -> None:
     assert set(debian) == {"trixie"}  # every shipped profile's image is Debian 13's
     trixie = debian["trixie"]
     assert {"firmware-intel-graphics", "mesa-vulkan-drivers", "dkms"} <= set(trixie)
-    assert trixie["firmware-intel-graphics"] == {"intel-arc-a770"}
+    assert trixie["firmware-intel-graphics"] == {
+        "intel-arc-a770",
+        "intel-arc-alchemist",
+        "intel-arc-battlemage",
+    }
     # what llama.cpp's builds link (the runtime packages their manifests name)
     assert set(RUNTIME) <= set(trixie)
     assert other["nvidia-cuda"] >= {"nvidia-driver-pinning-580", "cuda-drivers", "nvidia-open"}

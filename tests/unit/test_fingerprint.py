@@ -27,7 +27,7 @@ needs_pci_ids = pytest.mark.skipif(
 # docs/profiles.md, "Which fixture gets which profile": keyed by the machine part of the
 # fixture's name (before the first "__").
 EXPECTED = {
-    "a100-sxm4-80gb-attached4-listed1": "generic-cpu",
+    "a100-sxm4-80gb-attached4-listed1": "nvidia-ampere-ga100",
     "amd-vega20-x8-epyc7551p-gigabyte": "generic-cpu",
     "arc-a770-i7-13700k": "intel-arc-a770",
     "arc-a770-x4-i9-12900-uhd770": "intel-arc-a770",
@@ -38,18 +38,18 @@ EXPECTED = {
     "plain-server-dell-r640": "generic-cpu",
     "plain-server-fujitsu-primergy-tx1320m3-no-accel": "generic-cpu",
     "plain-server-hp-dl180-g6": "generic-cpu",
-    "rtx2060super-ryzen-matisse-desktop": "generic-cpu",
-    "rtx2070-x2": "generic-cpu",
-    "rtx3050-ga106-2507-coral-tpu-desktop": "generic-cpu",
-    "rtx3080-lhr-ga102-i7-11700kf-nouveau": "generic-cpu",
+    "rtx2060super-ryzen-matisse-desktop": "nvidia-turing",
+    "rtx2070-x2": "nvidia-turing",
+    "rtx3050-ga106-2507-coral-tpu-desktop": "nvidia-ampere",
+    "rtx3080-lhr-ga102-i7-11700kf-nouveau": "nvidia-ampere",
     "rtx4090-alienware-windows": "nvidia-rtx-ada",
     "tesla-p40-ryzen4600g-b550m": "nvidia-p40",
-    "tesla-t4-aws-vm": "generic-cpu",
+    "tesla-t4-aws-vm": "nvidia-turing",
     "vm-kvm-rhel92-q35-16vcpu-sockets": "generic-cpu",
-    "vm-qemu-kvm-q35-gt1030-passthrough": "generic-cpu",
+    "vm-qemu-kvm-q35-gt1030-passthrough": "nvidia-pascal",
     "vm-qemu-q35-numa-pxb-virtio-gpu": "generic-cpu",
     "vm-qemu-q35-pc-q35-9.0-incus": "generic-cpu",
-    "vm-qemu-q35-tesla-v100-sxm2-16gb-x8": "generic-cpu",
+    "vm-qemu-q35-tesla-v100-sxm2-16gb-x8": "nvidia-volta",
 }
 
 
@@ -114,19 +114,27 @@ def _gpu(ids: str, revision: str | None = None, address: str | None = None) -> P
     ("devices", "expected"),
     [
         ([_gpu("10de:1df6")], "nvidia-v100s"),
-        ([_gpu("10de:1db1")], "generic-cpu"),  # V100 SXM2 16GB: not in the profile's ids
+        ([_gpu("10de:1db1")], "nvidia-volta"),  # V100 SXM2 16GB: the family, not the card
         ([_gpu("10de:1e82")], "nvidia-rtx-turing"),
-        ([_gpu("10de:1f06")], "generic-cpu"),  # RTX 2060 SUPER
+        ([_gpu("10de:1f06")], "nvidia-turing"),  # RTX 2060 SUPER
         ([_gpu("10de:2503")], "nvidia-rtx-ampere"),
         ([_gpu("10de:2204")], "nvidia-rtx-ampere"),
-        ([_gpu("10de:2507")], "generic-cpu"),  # RTX 3050
+        ([_gpu("10de:2507")], "nvidia-ampere"),  # RTX 3050
         ([_gpu("10de:2684")], "nvidia-rtx-ada"),
-        ([_gpu("10de:28b8")], "generic-cpu"),  # RTX 2000 Ada laptop
-        ([_gpu("10de:1eb8")], "generic-cpu"),  # T4
+        ([_gpu("10de:28b8")], "nvidia-ada"),  # RTX 2000 Ada laptop
+        ([_gpu("10de:1eb8")], "nvidia-turing"),  # T4
+        ([_gpu("10de:2330")], "nvidia-hopper"),  # H100 SXM5
+        ([_gpu("10de:2b85")], "nvidia-blackwell"),  # RTX 5090
+        ([_gpu("10de:1b38"), _gpu("10de:1b06", address="02:00.0")], "nvidia-p40"),  # + 1080 Ti
+        ([_gpu("10de:0fc8")], "generic-cpu"),  # GT 740 (Kepler): below 6.0, no family
+        ([_gpu("10de:1b83")], "nvidia-pascal"),  # GTX 1060 6GB
+        ([_gpu("8086:e20b")], "intel-arc-battlemage"),  # B580
+        ([_gpu("8086:5693")], "intel-arc-alchemist"),  # A370M
+        ([_gpu("8086:7d55")], "generic-cpu"),  # Meteor Lake's "Intel Arc Graphics": an iGPU
         ([_gpu("8086:56a5")], "intel-arc-a770"),  # A380: same DG2 profile
         ([_gpu("1022:17f0", "11")], "amd-ryzen-ai-npu"),  # Strix Halo
-        ([_gpu("1022:17f0", "30")], "generic-cpu"),  # a revision the driver does not know
-        ([_gpu("1022:17f0")], "generic-cpu"),  # revision unknown: the rule needs it
+        ([_gpu("1022:17f0", "30")], "amd-ryzen-ai-npu"),  # a revision newer than the table
+        ([_gpu("1022:17f0")], "amd-ryzen-ai-npu"),  # revision unknown: every 17f0 counts
     ],
 )
 def test_near_misses_and_hits_by_ids(devices: list[PciDevice], expected: str) -> None:

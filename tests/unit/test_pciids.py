@@ -58,7 +58,8 @@ def test_names_for_ids(db: pciids.PciIds) -> None:
         ("NVIDIA GeForce RTX 3050", [("10de", "2507")]),  # normalised: case, prefixes
         ("Intel(R) Arc(TM) A770 Graphics", [("8086", "56a0")]),  # (R)/(TM), 'Graphics'
         ("GV100GL [Tesla V100 SXM2 16GB]", [("10de", "1db1"), ("10de", "1df5")]),  # ambiguous
-        ("Tesla V100", []),
+        ("Tesla V100", [("10de", "1db1"), ("10de", "1df5")]),  # every name holding its words
+        ("Tesla", []),  # no model number: too little to go on
         ("", []),
     ],
 )

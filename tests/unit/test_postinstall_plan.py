@@ -24,9 +24,19 @@ ARTIFACT = Download(
 MODEL = Download("smollm2", "smollm2.gguf", "http://10.99.0.1:8080/models/smollm2.gguf", "b" * 64)
 
 
-def members(profile: str, drivers: tuple[str, ...] = ()) -> list[Member]:
+def members(
+    profile: str, drivers: tuple[str, ...] = (), gpu: dict[str, object] | None = None
+) -> list[Member]:
     return [
-        Member(f"node{i}", f"52:54:00:00:00:0{i}", f"10.99.0.10{i}", profile, drivers, threads=4)
+        Member(
+            f"node{i}",
+            f"52:54:00:00:00:0{i}",
+            f"10.99.0.10{i}",
+            profile,
+            drivers,
+            threads=4,
+            gpu=gpu,
+        )
         for i in range(3)
     ]
 
@@ -99,8 +109,9 @@ PROFILES = load_profiles(DEFAULT_HWPROFILES)
 def test_every_shipped_profile_renders(name: str) -> None:
     profile = PROFILES.get(name)
     assert profile is not None
+    gpu = profile.gpu.__dict__ if profile.gpu else None
     plans = plan(
-        cluster(), members(profile.name, profile.drivers), control_url="http://10.0.0.1:8080",
+        cluster(), members(profile.name, profile.drivers, gpu), control_url="http://10.0.0.1:8080",
         artifact=ARTIFACT, model=MODEL, engine_recipes=("llama-rpc",),
     )  # fmt: skip
     for node_plan in plans:
@@ -109,7 +120,8 @@ def test_every_shipped_profile_renders(name: str) -> None:
             assert "{{" not in step.action and "{{" not in step.check
     if "nvidia-driver" in profile.drivers:
         action = next(s.action for s in plans[0].steps if s.name == "nvidia driver 580")
-        before_turing = profile.name in ("nvidia-v100s", "nvidia-p40")
+        # the open modules need Turing or newer: Pascal and Volta, family or card, do not
+        before_turing = profile.gpu is not None and profile.gpu.architecture in ("Pascal", "Volta")
         assert ("cuda-drivers" in action) is before_turing
         assert ("nvidia-open" in action) is not before_turing
 

@@ -23,7 +23,13 @@ ROOT = Path(__file__).resolve().parents[2]
 HWPROFILES = ROOT / "hwprofiles"
 BAD = ROOT / "tests" / "fixtures" / "profiles" / "bad"
 DUPLICATE = ROOT / "tests" / "fixtures" / "profiles" / "duplicate"
-SHIPPED = {
+FAMILIES = {
+    "nvidia-pascal-gp100", "nvidia-pascal", "nvidia-volta", "nvidia-turing",
+    "nvidia-ampere-ga100", "nvidia-ampere", "nvidia-ada", "nvidia-hopper",
+    "nvidia-blackwell-dc", "nvidia-blackwell-ultra", "nvidia-blackwell",
+    "intel-arc-alchemist", "intel-arc-battlemage",
+}  # fmt: skip
+SHIPPED = FAMILIES | {
     "amd-ryzen-ai-npu",
     "generic-cpu",
     "intel-arc-a770",
@@ -43,6 +49,7 @@ def test_shipped_profiles_load_and_skip_the_accelerator_table() -> None:
     assert HWPROFILES / "accelerators.yaml" not in profile_files([HWPROFILES])
     assert validate([HWPROFILES]) == []
     assert all(name.startswith("nvidia-rtx") for name in profiles.names if "rtx" in name)
+    assert {p.name for p in profiles if p.family} == FAMILIES
 
 
 def test_hard_won_facts_are_in_the_profiles() -> None:
@@ -68,7 +75,7 @@ def _pci_ids(profile_rules: tuple[object, ...]) -> list[tuple[str, str, str | No
     return [
         (i.vendor, i.device, i.revision)
         for rule in profile_rules
-        if isinstance(rule, PciRule)
+        if isinstance(rule, PciRule) and rule.family is None  # (a family's ids: pci.ids names)
         for i in rule.ids
     ]
 

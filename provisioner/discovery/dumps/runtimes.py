@@ -177,7 +177,13 @@ def parse_clinfo(lines: list[str], notes: list[str]) -> Inventory:
             listing[dev["platform"]][name] += 1
             by_address.setdefault("name:" + name, device)
     pci = [d for key, d in by_address.items() if not key.startswith("name:")]
-    for name, count in _once_per_device(listing).items():
+    counts = _once_per_device(listing)
+    if set(listing) == {""} and any(n > 1 for n in counts.values()):
+        # `clinfo | grep "Device Name"`: the platform lines are gone, and clinfo names each
+        # device in its platform's list and again in its details: how many is unknowable
+        problems.append("clinfo without its platform lines: each device name counted once")
+        counts = Counter(dict.fromkeys(counts, 1))
+    for name, count in counts.items():
         pci.extend([by_address["name:" + name]] * count)
     if not devices:
         problems.append("no OpenCL devices found")
