@@ -755,7 +755,11 @@ class _Reader:
         """Every id of GPU family ``name`` (hwprofiles/gpu-families.yaml, by pci.ids name)."""
         if name is None:
             return []
-        table = families.load()
+        try:
+            table = families.table_for(self.source)
+        except (OSError, families.FamilyTableError) as exc:
+            self.fail(node, key, f"the GPU family table cannot be read: {exc}")
+            return []
         if table.get(name) is None:
             known = ", ".join(f.name for f in table.families)
             self.fail(node, key, f"{name!r}: no such GPU family (gpu-families.yaml: {known})")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -175,7 +174,23 @@ def parse_table(text: str, source: str = "gpu-families.yaml") -> Table:
     return Table(tuple(families), exclude)
 
 
-@lru_cache(maxsize=4)
+_loaded: dict[Path, tuple[tuple[int, int], Table]] = {}
+
+
 def load(path: Path = TABLE) -> Table:
-    """The family table at ``path`` (this checkout's), read once."""
-    return parse_table(path.read_text(encoding="utf-8"), str(path))
+    """The family table at ``path`` (this checkout's by default), read again when the file
+    changed (``profile reload`` after an edit)."""
+    stat = path.stat()
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    cached = _loaded.get(path)
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, parse_table(path.read_text(encoding="utf-8"), str(path)))
+        _loaded[path] = cached
+    return cached[1]
+
+
+def table_for(profile_file: str) -> Table:
+    """The family table a profile file's rules use: ``gpu-families.yaml`` beside it (a
+    profile folder of your own may carry its own), else the shipped one."""
+    beside = Path(profile_file).parent / TABLE.name
+    return load(beside if beside.is_file() else TABLE)

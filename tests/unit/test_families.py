@@ -187,3 +187,39 @@ def test_a_profile_naming_an_unknown_family_is_refused_with_its_line() -> None:
     assert profile is None
     assert [(p.line, p.key) for p in problems] == [(8, "match.all[0].pci.family")]
     assert "no such GPU family" in problems[0].reason
+
+
+def test_a_profile_folder_may_carry_its_own_family_table(tmp_path: object) -> None:
+    """gpu-families.yaml beside the profiles wins over the shipped one, and an edit to it
+    is read again (profile reload)."""
+    from pathlib import Path
+
+    from provisioner.profiles import load_profiles as load
+
+    assert isinstance(tmp_path, Path)
+    table = tmp_path / "gpu-families.yaml"
+    table.write_text(
+        "families:\n  - {name: nvidia-kepler, vendor: '10de', chips: [GK110], source: pci.ids}\n"
+    )
+    (tmp_path / "kepler.yaml").write_text(
+        "name: kepler\nversion: 1\ndescription: d\nsources: [s]\n"
+        "match:\n  all:\n    - pci: {family: nvidia-kepler, min: 1}\n"
+    )
+    profiles = load(tmp_path)
+    kepler = profiles.get("kepler")
+    assert kepler is not None
+    rule = next(r for r in kepler.all_of if isinstance(r, PciRule))
+    assert rule.family == "nvidia-kepler" and ("10de", "1004") in {
+        (i.vendor, i.device) for i in rule.ids
+    }
+    table.write_text(
+        "families:\n  - {name: nvidia-kepler, vendor: '10de', chips: [GK208], source: pci.ids}\n"
+    )
+    import os
+
+    os.utime(table, ns=(1, 1))  # a different stamp even within one clock tick
+    again = load(tmp_path).get("kepler")
+    assert again is not None
+    assert ("10de", "1004") not in {
+        (i.vendor, i.device) for r in again.all_of if isinstance(r, PciRule) for i in r.ids
+    }

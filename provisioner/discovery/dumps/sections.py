@@ -3,14 +3,16 @@
 A user's paste is rarely one tool's output: an environment-check script prints CPU facts,
 pip versions and ``lspci -v``; a bug report holds ``lspci | grep VGA`` then ``nvidia-smi``;
 a mail quotes it all behind ``> ``. :func:`split` first undoes what carried the text
-(:func:`carried_lines`: HTML escapes, mail quote markers), then walks the lines: each
+(:func:`carried_lines`: quoted-printable, HTML, mail quote markers, ``# `` comment blocks
+that hold a tool's output), then walks the lines: each
 line either continues the section being read (the tool's own continuation shape, such as
 an indented ``lspci -v`` attribute) or starts a new one (a line only that tool prints), or
 is skipped (a prompt, a pip list, prose), and the skipped runs are reported with their
 line numbers. Each section is then detected and parsed on its own by the caller
 (:func:`provisioner.discovery.dumps.parse_dump`).
 
-Line numbers are 1-based and refer to the text as given.
+Line numbers are 1-based and refer to the text as given (to the decoded text when
+quoted-printable's soft line breaks were joined).
 """
 
 from __future__ import annotations
@@ -96,8 +98,11 @@ def carried_lines(text: str) -> tuple[list[str], list[str]]:
       decoded, when the text says so or wears it (``=`` line ends and ``=XX`` codes);
     - HTML (a bug tracker's page): tags removed, escapes undone; escapes alone are undone
       when the text has no markup of its own (an XML dump keeps its ``&amp;``);
-    - mail quoting (``> ``, ``>> ``, ``> > ``): removed from the lines that carry it when
-      at least a third of the non-blank lines do (a shell prompt ending in ``>`` is no quote).
+    - mail quoting (``> ``, ``>> ``, ``> > ``): removed from every line that carries it
+      (no tool's output starts a line with ``>``; a prompt such as ``box > lspci`` does
+      not start with it either);
+    - ``# `` comments: a block of commented lines that holds a line only a tool prints is
+      uncommented (a script's "it prints this:"), prose comments are left alone.
     """
     undone: list[str] = []
     text = strip_ansi(text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff"))
