@@ -34,6 +34,9 @@ EXPECTED: dict[str, tuple[str | None, dict[str, int]]] = {
         {"intel-arc-a380": 1},
     ),  # the A770 card profile lists the A380
     "arc-b580-i9-13900k": ("intel-arc-battlemage", {"intel-arc-battlemage": 1}),
+    # env-check scripts: xpu-smi's table and lspci -v show the one A770 (merged by address)
+    "arc-a770-i9-13900k-linux": ("intel-arc-a770", {"intel-arc-a770": 1}),
+    "arc-a770-windows-i9-13900k": ("intel-arc-a770", {"intel-arc-a770": 1}),
     "arc-igpu-core-ultra7-265h": ("generic-cpu", {}),  # an iGPU only
     "gtx1080-laptop-8gb": ("nvidia-pascal", {"nvidia-pascal": 1}),
     "gtx1650-mobile-tu117m": ("nvidia-turing", {"nvidia-turing": 1}),

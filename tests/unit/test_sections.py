@@ -156,6 +156,34 @@ def test_names_that_carry_their_id() -> None:
     assert (a100.ids, a100.revision) == ("10de:20b2", "a1")
 
 
+XPU_SMI = """\
+-----------------------------------------------------------------
+xpu-smi is properly installed.
++-----------+--------------------------------------------------------------------------------------+
+| Device ID | Device Information                                                                   |
++-----------+--------------------------------------------------------------------------------------+
+| 0         | Device Name: Intel(R) Arc(TM) B580 Graphics                                          |
+|           | PCI Device ID: 0xe20b                                                                |
+|           | Vendor Name: Intel(R) Corporation                                                    |
+|           | PCI BDF Address: 0000:03:00.0                                                        |
++-----------+--------------------------------------------------------------------------------------+
+| 1         | Device Name: Intel(R) Arc(TM) A770 Graphics                                          |
+|           | SOC UUID: 00000000-0000-0003-0000-000856a08086                                       |
+|           | PCI BDF Address: 0000:04:00.0                                                        |
++-----------+--------------------------------------------------------------------------------------+
+-----------------------------------------------------------------
+04:00.0 VGA compatible controller: Intel Corporation Device 56a0 (rev 08)
+"""
+
+
+def test_xpu_smi_discovery_and_lspci_of_one_card() -> None:
+    result = parse_dump(XPU_SMI)
+    assert result.format == "xpu-smi+lspci-plain"
+    b580, a770 = result.inventory.pci
+    assert (b580.address, b580.ids) == ("0000:03:00.0", "8086:e20b")  # its PCI Device ID
+    assert (a770.ids, a770.revision) == ("8086:56a0", "08")  # its SOC UUID; lspci's revision
+
+
 def test_collect_env_gpu_lines() -> None:
     text = (
         "GPU models and configuration :\nGPU 0: NVIDIA L40S\nGPU 1: NVIDIA L40S\n\n"

@@ -10,8 +10,8 @@ that no tool printed, by line number. A text with no known tool's output gives
 ``format=None`` and a problem naming the formats we know.
 
 One module per tool family: :mod:`.lspci`, :mod:`.lshw`, :mod:`.dmidecode`,
-:mod:`.cpuinfo`, :mod:`.nvidia`, :mod:`.runtimes` (sycl-ls, rocminfo, clinfo), :mod:`.inxi`,
-:mod:`.agent`.
+:mod:`.cpuinfo`, :mod:`.nvidia`, :mod:`.runtimes` (sycl-ls, rocminfo, clinfo, xpu-smi),
+:mod:`.inxi`, :mod:`.agent`.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ LINE_PARSERS: dict[str, LineParser] = {
     "sycl-ls": runtimes.parse_sycl,
     "rocminfo": runtimes.parse_rocminfo,
     "clinfo": runtimes.parse_clinfo,
+    "xpu-smi": runtimes.parse_xpu_smi,
     "inxi": inxi.parse,
 }
 TEXT_PARSERS: dict[str, TextParser] = {

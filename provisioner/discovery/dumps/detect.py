@@ -21,6 +21,7 @@ FORMATS = (
     "sycl-ls",
     "rocminfo",
     "clinfo",
+    "xpu-smi",
     "inxi",
     "dmidecode",
     "proc-cpuinfo",
@@ -62,6 +63,8 @@ def detect_format(text: str) -> str | None:
         return "rocminfo"
     if "Number of platforms" in head or _count(r"^Platform #\d+:", lines):
         return "clinfo"
+    if _count(r"^\|\s*Device ID\s*\|\s*Device Information", lines):
+        return "xpu-smi"
     if _count(r"^(System|Machine|CPU|Graphics):(\s|$)", lines) >= 2 and (
         "Device-1:" in head or "bus-ID:" in head or "Kernel:" in head
     ):

@@ -188,3 +188,47 @@ def parse_clinfo(lines: list[str], notes: list[str]) -> Inventory:
     if not devices:
         problems.append("no OpenCL devices found")
     return Inventory(pci=tuple(pci), problems=problems)
+
+
+# xpu-smi discovery (Intel's XPU manager): a table of "| 0 | Device Name: ... |" rows
+XPU_ROW = re.compile(
+    r"^\|\s*(?P<index>\d+)?\s*\|\s*(?P<key>[A-Za-z][A-Za-z ]*?):\s*(?P<value>.*?)\s*\|$"
+)
+XPU_UUID_IDS = re.compile(r"([0-9a-fA-F]{4})(8086)$")  # "...-000856a08086": device 56a0, Intel
+
+
+def parse_xpu_smi(lines: list[str], notes: list[str]) -> Inventory:
+    """``xpu-smi discovery``: each GPU's name, bus address and, where the table shows it,
+    its device id (``PCI Device ID: 0xe20b``, or the last 8 digits of its ``SOC UUID``,
+    device then vendor, as the Level Zero UUID of an Intel GPU ends)."""
+    problems = list(notes)
+    rows: list[dict[str, str]] = []
+    for line in lines:
+        match = XPU_ROW.match(line.strip())
+        if not match:
+            continue
+        if match.group("index") is not None:
+            rows.append({})
+        if rows:
+            rows[-1].setdefault(match.group("key"), match.group("value"))
+    pci: list[PciDevice] = []
+    for row in rows:
+        name = opt(row.get("Device Name"))
+        device = hex_id(row.get("PCI Device ID"))
+        uuid = XPU_UUID_IDS.search(row.get("SOC UUID") or row.get("UUID") or "")
+        if device is None and uuid:
+            device = uuid.group(1).lower()
+        bus = BUS.search(row.get("PCI BDF Address", ""))
+        vid, vname = _vendor(row.get("Vendor Name", "") + " " + (name or ""))
+        pci.append(
+            PciDevice(
+                address=bus.group(0).lower() if bus else None,
+                vendor=vid,
+                device=device if vid else None,
+                vendor_name=vname,
+                device_name=name,
+            )
+        )
+    if not pci:
+        problems.append("no xpu-smi devices found")
+    return Inventory(pci=tuple(pci), problems=problems, partial=not pci)

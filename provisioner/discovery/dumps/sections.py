@@ -37,6 +37,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "nvidia-smi-L": ("nvidia-smi-L",),
     "sycl-ls": ("sycl-ls",),
     "clinfo": ("clinfo",),
+    "xpu-smi": ("xpu-smi",),
     "rocminfo": ("rocminfo",),
     "inxi": ("inxi",),
     "dmidecode": ("dmidecode",),
@@ -193,6 +194,7 @@ _CLINFO_START = re.compile(
     r"^\s*(?:Number of platforms\s|Platform #\d+:|Number of devices\s|Device Name\s{2,}\S)"
 )
 _CLINFO = re.compile(r"^\s*[A-Z][A-Za-z ()/-]+?\s{2,}\S|^\s*[`|]--\s*Device #\d+:")
+_XPU_START = re.compile(r"^\s*\|\s*Device ID\s*\|\s*Device Information")
 _ROCMINFO_START = re.compile(r"^(?:ROCk module|HSA System Attributes|HSA Agents)")
 _ROCMINFO = re.compile(r"^(?:\*{5,}|={5,}|Agent \d+\s*$|HSA |Runtime |ROCk |Done\s*$)")
 _INXI = re.compile(
@@ -242,6 +244,7 @@ STARTS: tuple[tuple[str, Callable[[str], bool]], ...] = (
     ("nvidia-smi-L", lambda s: bool(_SMI_L.match(s) or _COLLECT_ENV.match(s))),
     ("sycl-ls", lambda s: bool(_SYCL.match(s))),
     ("clinfo", lambda s: bool(_CLINFO_START.match(s))),
+    ("xpu-smi", lambda s: bool(_XPU_START.match(s))),
     ("rocminfo", lambda s: bool(_ROCMINFO_START.match(s))),
     ("dmidecode", lambda s: bool(_DMI_START.match(s))),
     ("inxi", lambda s: bool(_INXI_START.match(s))),
@@ -277,6 +280,8 @@ def _continues(family: str, line: str, previous: str) -> bool:
         return bool(_SYCL.match(line))
     if family == "clinfo":
         return bool(_CLINFO.match(line) or _CLINFO_START.match(line)) or _indented(line)
+    if family == "xpu-smi":
+        return bool(_SMI_TABLE.match(line))
     if family == "rocminfo":
         return _indented(line) or bool(_ROCMINFO.match(line) or _ROCMINFO_START.match(line))
     if family == "inxi":
