@@ -116,10 +116,22 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    """The cluster zone's DNS responder (provisioner/dns): off unless enabled."""
+
+    enabled: bool = False
+    zone: str = "cluster.lan"
+    port: int = 53
+    upstream: tuple[tuple[IPv4Address, int], ...] = ()  # other names go there; none: REFUSED
+    ttl: int = 60
+
+
+@dataclass(frozen=True)
 class Config:
     network: NetworkConfig
     http: HttpConfig
     dhcp: DhcpConfig = DhcpConfig()
+    dns: DnsConfig = DnsConfig()
     tftp: TftpConfig = TftpConfig()
     boot: BootConfig = BootConfig()
     cluster: ClusterConfig = ClusterConfig()
@@ -183,6 +195,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
         except names.UnsafeValue as exc:
             raise r.fail("boot.kernel_args", boot.kernel_args, str(exc)) from exc
     cluster = _parse_cluster(r)
+    dns_cfg = _parse_dns(r)
     state_dir = Path(r.text("paths", "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
     if not state_dir.is_absolute():
         raise r.fail("paths.state_dir", str(state_dir), "must be an absolute path")
@@ -197,8 +210,41 @@ def parse_config(text: str, source: str | None = None) -> Config:
         http=http,
         boot=boot,
         cluster=cluster,
+        dns=dns_cfg,
         state_dir=state_dir,
         source=Path(source) if source else None,
+    )
+
+
+_ZONE = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
+
+
+def _parse_dns(r: ConfigReader) -> DnsConfig:
+    zone = (r.text("dns", "zone", DnsConfig.zone) or "").lower().rstrip(".")
+    if not _ZONE.match(zone):
+        raise r.fail("dns.zone", zone, "must be a domain name such as cluster.lan")
+    raw = r.get("dns", "upstream", [])
+    if not isinstance(raw, list):
+        raise r.fail("dns.upstream", raw, 'must be a list of servers: ["10.0.0.53", "1.1.1.1:53"]')
+    upstream: list[tuple[IPv4Address, int]] = []
+    for item in raw:
+        host, _, port = str(item).partition(":")
+        try:
+            number = int(port) if port else 53
+            if not 0 < number < 65536:
+                raise ValueError(port)
+            upstream.append((IPv4Address(host), number))
+        except ValueError as exc:
+            raise r.fail("dns.upstream", item, "not an IPv4 address[:port]") from exc
+    ttl = r.number("dns", "ttl", DnsConfig.ttl, 0, 86400, "must be seconds between 0 and 86400")
+    return DnsConfig(
+        enabled=r.flag("dns", "enabled", False),
+        zone=zone,
+        port=r.port("dns", "port", 53),
+        upstream=tuple(upstream),
+        ttl=int(ttl),
     )
 
 
@@ -383,6 +429,12 @@ def summary(cfg: Config) -> dict[str, object]:
         },
         "state_dir": str(cfg.state_dir),
         "tftp_root": str(cfg.tftp_root),
+        "dns": {
+            "enabled": cfg.dns.enabled,
+            "zone": cfg.dns.zone,
+            "port": cfg.dns.port,
+            "upstream": [f"{host}:{port}" for host, port in cfg.dns.upstream],
+        },
     }
 
 
@@ -450,6 +502,21 @@ def render_config(
     http.add(tomlkit.comment("/metrics without the token (false: scrape it with the API token)."))
     http.add("open_metrics", True)
     doc.add("http", http)
+
+    dns_table = tomlkit.table()
+    dns_table.add(tomlkit.comment("DNS for the cluster zone on this node's address: every node's"))
+    dns_table.add(
+        tomlkit.comment("name, each cluster's head, 'provisioner' and 'gateway'; PTR too.")
+    )
+    dns_table.add(
+        tomlkit.comment("On, full-mode DHCP hands this node out as the nodes' DNS server.")
+    )
+    dns_table.add("enabled", False)
+    dns_table.add("zone", DnsConfig.zone)
+    dns_table.add("port", 53)
+    dns_table.add(tomlkit.comment("Other names are asked here; none: they are refused (isolated)."))
+    dns_table.add("upstream", tomlkit.array())
+    doc.add("dns", dns_table)
 
     boot = tomlkit.table()
     boot.add("bios_binary", "undionly.kpxe")

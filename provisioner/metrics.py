@@ -17,6 +17,7 @@ the first event. The series (labels in braces; values listed are declared at sta
 - ``provisioner_gateway_requests_total{cluster, model, status}`` and
   ``provisioner_gateway_broken_total{cluster, model, reason}``: as they happen;
 - ``provisioner_ra_sent_total``;
+- ``provisioner_dns_queries_total{kind}``: :data:`DNS_QUERY_KINDS` (the cluster zone's DNS);
 - ``provisioner_boot_step_seconds{step}`` (histogram): seconds from a boot's start to
   each step of :data:`provisioner.timeline.TIMED_STEPS` (see ``timeline.BootClock``);
 - ``provisioner_http_file_throughput_bytes_per_second{area}`` (histogram): one
@@ -80,6 +81,18 @@ HTTP_REFUSAL_REASONS = (
     "root-integrity",
 )
 TFTP_EVENT_KINDS = ("sent", "failed")
+DNS_QUERY_KINDS = (
+    "answered",
+    "nodata",
+    "nxdomain",
+    "forwarded",
+    "refused",
+    "servfail",
+    "notimp",
+    "formerr",
+    "truncated",
+    "dropped",
+)
 
 BOOT_STEP_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 450, 600, 900, 1800)
 MB = 1_000_000
@@ -130,6 +143,9 @@ COUNTERS: dict[str, CounterSpec] = {
     ),
     "provisioner_gateway_broken_total": CounterSpec(
         "Gateway streams cut before their end, by reason", ("cluster", "model", "reason")
+    ),
+    "provisioner_dns_queries_total": CounterSpec(
+        "DNS queries, by what they got", ("kind",), _each(DNS_QUERY_KINDS)
     ),
     "provisioner_ra_sent_total": CounterSpec(
         "IPv6 router advertisements (lifetime 0) sent to iPXE"

@@ -25,6 +25,8 @@ from provisioner.clusters.converge import Converger, site_runner
 from provisioner.clusters.site import Site
 from provisioner.clusters.watchdog import Watchdog
 from provisioner.config import Config, ensure_api_token
+from provisioner.dns import registry_zone
+from provisioner.dns.server import DnsService, Responder
 from provisioner.enroll.matching import Enroller
 from provisioner.errors import BootServiceError
 from provisioner.instance import InstanceConflict, InstanceLock
@@ -124,6 +126,14 @@ class BootServices:
                 "models": cfg.state_dir / "models",
             }
         )
+        self.dns: DnsService | None = None
+        if cfg.dns.enabled:
+            responder = Responder(
+                lambda: registry_zone(cfg, self.registry),
+                cfg.dns.upstream,
+                lambda kind: self.metrics.inc("provisioner_dns_queries_total", kind=kind),
+            )
+            self.dns = DnsService(responder, str(cfg.network.server_ip), cfg.dns.port)
         self.http: uvicorn.Server | None = None
         self._front: asyncio.Server | None = None
         self.ra: RouterAdvertiser | None = None
@@ -150,6 +160,8 @@ class BootServices:
         self.tftp.start()
         try:
             await self.dhcp.start()
+            if self.dns is not None:
+                await self.dns.start()
             self._http_socket = _listen_tcp(self.cfg.http.bind, self.cfg.http.port)
             config = uvicorn.Config(
                 self.app,
@@ -175,6 +187,8 @@ class BootServices:
         except BaseException:
             self.tftp.stop()
             self.dhcp.stop()
+            if self.dns is not None:
+                self.dns.stop()
             raise
         self.watchdog.start()
         log.info("%s", self.summary())
@@ -185,6 +199,7 @@ class BootServices:
             f"serving: {self.cfg.network.mode.value} mode on {self.cfg.network.interface} "
             f"({self.cfg.network.address}), TFTP :{self.cfg.tftp.port}, "
             f"HTTP {self.cfg.http_base}"
+            + (f", DNS :{self.cfg.dns.port} ({self.cfg.dns.zone})" if self.dns else "")
         )
 
     def _start_ra(self) -> None:
@@ -235,6 +250,8 @@ class BootServices:
             self.http.should_exit = True
             await self._http_task
         self.dhcp.stop()
+        if self.dns is not None:
+            self.dns.stop()
         self.tftp.stop()
         self.watchdog.close()
         self.converger.close()

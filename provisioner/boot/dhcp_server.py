@@ -58,8 +58,10 @@ def policy_config(cfg: Config) -> PolicyConfig:
         pool_start=cfg.dhcp.range_start,
         pool_end=cfg.dhcp.range_end,
         router=cfg.dhcp.router,
-        dns_servers=cfg.dhcp.dns,
-        domain=cfg.dhcp.domain,
+        # with the appliance's DNS on, nodes are told to use it (and its zone), unless the
+        # configuration names other servers
+        dns_servers=cfg.dhcp.dns or ((cfg.network.server_ip,) if cfg.dns.enabled else ()),
+        domain=cfg.dhcp.domain or (cfg.dns.zone if cfg.dns.enabled else None),
         lease_seconds=cfg.dhcp.lease_seconds,
         reservations=dict(cfg.dhcp.reservations),
         bios_file=cfg.boot.bios_binary,

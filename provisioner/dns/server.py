@@ -1,0 +1,175 @@
+"""The cluster's DNS responder: a thin asyncio adapter (UDP and TCP) around
+:func:`provisioner.dns.zone.answer`.
+
+The zone is made again from the registry when it is older than a second (a node that just
+got its name answers at once, and a flood of queries reads the registry once a second).
+Names outside the zone go to the upstream servers (``dns.upstream``), tried in order over
+UDP, then TCP when the upstream's answer was truncated; the client gets the upstream's
+reply with its own query id. With no upstream, they are REFUSED. Every query is counted
+by what it got (``provisioner_dns_queries_total{kind}``); a packet that is no query is
+dropped and counted as ``dropped``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import cast
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+
+from provisioner.dns.zone import Forward, Reply, Zone, answer, limit_for
+
+log = logging.getLogger(__name__)
+
+ZoneSource = Callable[[], Zone]
+Count = Callable[[str], None]
+TCP_IDLE_S = 10.0  # a TCP client that sends nothing this long is closed
+UPSTREAM_TIMEOUT_S = 2.0
+
+
+@dataclass
+class Responder:
+    """Turns one query into one reply (shared by the UDP and TCP sides)."""
+
+    zone_source: ZoneSource
+    upstream: tuple[tuple[IPv4Address, int], ...] = ()
+    count: Count = lambda kind: None
+    max_age_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        self._zone: Zone | None = None
+        self._made = 0.0
+
+    def zone(self) -> Zone:
+        now = time.monotonic()
+        if self._zone is None or now - self._made > self.max_age_s:
+            self._zone, self._made = self.zone_source(), now
+        return self._zone
+
+    async def reply(self, wire: bytes, *, tcp: bool) -> bytes | None:
+        try:
+            decided = answer(wire, self.zone(), upstream=bool(self.upstream), tcp=tcp)
+        except Exception:  # a bug must not take the service down: drop, count, log
+            log.exception("DNS query not answered")
+            decided = None
+        if decided is None:
+            self.count("dropped")
+            return None
+        if isinstance(decided, Reply):
+            self.count(decided.kind)
+            return decided.wire
+        return await self._forward(decided, tcp=tcp)
+
+    async def _forward(self, forward: Forward, *, tcp: bool) -> bytes:
+        query = forward.query
+        for host, port in self.upstream:
+            try:
+                got = await dns.asyncquery.udp(
+                    query, str(host), port=port, timeout=UPSTREAM_TIMEOUT_S, ignore_trailing=True
+                )
+                if got.flags & dns.flags.TC and tcp:
+                    got = await dns.asyncquery.tcp(
+                        query, str(host), port=port, timeout=UPSTREAM_TIMEOUT_S
+                    )
+            except (dns.exception.DNSException, OSError) as exc:
+                log.info("DNS upstream %s:%d: %s", host, port, exc)
+                continue
+            got.id = query.id
+            self.count("forwarded")
+            limit = 65535 if tcp else limit_for(query)
+            try:
+                return got.to_wire(max_size=limit)
+            except dns.exception.TooBig:
+                cut = dns.message.make_response(query)
+                cut.flags |= dns.flags.TC
+                return cut.to_wire()
+        self.count("servfail")
+        failed = dns.message.make_response(query)
+        failed.set_rcode(dns.rcode.SERVFAIL)
+        return failed.to_wire()
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, responder: Responder) -> None:
+        self.responder = responder
+        self.transport: asyncio.DatagramTransport | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        task = asyncio.get_running_loop().create_task(self._answer(data, addr))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
+        out = await self.responder.reply(data, tcp=False)
+        if out is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(out, addr)
+
+
+async def _tcp_client(
+    responder: Responder, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """RFC 7766: length-prefixed messages, several per connection, closed when idle."""
+    try:
+        while True:
+            try:
+                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_S)
+                (size,) = struct.unpack("!H", head)
+                data = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_S)
+            except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                return
+            out = await responder.reply(data, tcp=True)
+            if out is None:
+                return  # not DNS: the stream cannot be trusted to be in step any more
+            writer.write(struct.pack("!H", len(out)) + out)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+class DnsService:
+    """UDP and TCP on ``host:port``; start() binds both or raises, stop() closes them."""
+
+    def __init__(self, responder: Responder, host: str, port: int) -> None:
+        self.responder, self.host, self.port = responder, host, port
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Udp(self.responder), local_addr=(self.host, self.port)
+        )
+        self._udp = transport
+        try:
+            self._tcp = await asyncio.start_server(
+                lambda r, w: _tcp_client(self.responder, r, w), self.host, self.port
+            )
+        except BaseException:
+            transport.close()
+            raise
+
+    @property
+    def bound_port(self) -> int:
+        """The port bound (the one asked for, or the kernel's pick for port 0)."""
+        assert self._udp is not None
+        return int(self._udp.get_extra_info("sockname")[1])
+
+    def stop(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
