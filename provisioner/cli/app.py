@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from provisioner import __version__
+from provisioner.cli.ansible import add_ansible_commands
 from provisioner.cli.artifact import add_artifact_commands
 from provisioner.cli.backup import add_backup_commands
 from provisioner.cli.cluster import add_cluster_commands
@@ -242,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_commands(sub)
     add_smoke_command(sub)
     add_backup_commands(sub)
+    add_ansible_commands(sub)
 
     completion = sub.add_parser("completion", help="a shell completion script (bash, zsh)")
     completion.add_argument("shell", choices=COMPLETION_SHELLS)

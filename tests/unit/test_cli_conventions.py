@@ -31,6 +31,7 @@ NO_JSON = {
     "lab down": "prints progress only",
     "lab exec": "becomes the command it runs",
     "completion": "prints a shell script",
+    "ansible inventory": "prints JSON already (Ansible's dynamic inventory protocol)",
 }
 
 
