@@ -127,11 +127,17 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class PrometheusConfig:
+    node_exporter_port: int = 9100  # where the nodes' exporters listen (http_sd targets)
+
+
+@dataclass(frozen=True)
 class Config:
     network: NetworkConfig
     http: HttpConfig
     dhcp: DhcpConfig = DhcpConfig()
     dns: DnsConfig = DnsConfig()
+    prometheus: PrometheusConfig = PrometheusConfig()
     tftp: TftpConfig = TftpConfig()
     boot: BootConfig = BootConfig()
     cluster: ClusterConfig = ClusterConfig()
@@ -196,6 +202,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
             raise r.fail("boot.kernel_args", boot.kernel_args, str(exc)) from exc
     cluster = _parse_cluster(r)
     dns_cfg = _parse_dns(r)
+    prometheus = PrometheusConfig(r.port("prometheus", "node_exporter_port", 9100))
     state_dir = Path(r.text("paths", "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
     if not state_dir.is_absolute():
         raise r.fail("paths.state_dir", str(state_dir), "must be an absolute path")
@@ -211,6 +218,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
         boot=boot,
         cluster=cluster,
         dns=dns_cfg,
+        prometheus=prometheus,
         state_dir=state_dir,
         source=Path(source) if source else None,
     )

@@ -4,7 +4,8 @@
   its timeline and inventory;
 - ``PATCH /api/v1/nodes/{key}``: set its hostname, or boot it from disk or the network;
 - ``DELETE /api/v1/nodes/{key}``: forget it;
-- ``POST /api/v1/profiles/reload``: read hwprofiles/ again and re-fingerprint every node.
+- ``POST /api/v1/profiles/reload``: read hwprofiles/ again and re-fingerprint every node;
+- ``GET /api/v1/prometheus/targets``: Prometheus HTTP service discovery (prometheus_sd.py).
 
 Every call needs the API bearer token (401 without it, counted); ``[http] open_reads``
 opens the two reads (inventories, timelines, MACs) to a trusted network. A write's token
@@ -20,8 +21,10 @@ import json
 from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel
 
+from provisioner import prometheus_sd
 from provisioner.boot.http_context import AppContext, open_reads, require_api_token
 from provisioner.boot.limits import DEFAULT_LIMIT
+from provisioner.clusters import store
 from provisioner.config import normalize_mac
 from provisioner.enroll import lifecycle
 from provisioner.errors import IllegalTransition, RegistryError
@@ -91,6 +94,17 @@ def router(ctx: AppContext) -> APIRouter:
         except RegistryError as exc:  # a cluster's member
             raise HTTPException(409, str(exc)) from exc
         return Response(status_code=204)
+
+    @routes.get("/api/v1/prometheus/targets", dependencies=reads)
+    def prometheus_targets() -> list[dict[str, object]]:
+        """Every node's exporter and the appliance's /metrics, for ``http_sd_configs``."""
+        cfg = ctx.config
+        return prometheus_sd.targets(
+            ctx.registry.nodes(),
+            store.load_all(ctx.registry),
+            appliance=f"{cfg.network.server_ip}:{cfg.http.port}",
+            node_exporter_port=cfg.prometheus.node_exporter_port,
+        )
 
     @routes.post("/api/v1/profiles/reload", dependencies=writes)
     def reload_profiles() -> dict[str, object]:
