@@ -65,6 +65,7 @@ DHCP_DROP_REASONS = (
     "no-requested-address",
     "decline-without-address",
     "inform-without-ciaddr",
+    "not-recorded",  # a lease reply whose lease could not be written (disk full ...)
 )
 DHCP_REPLY_TYPES = ("offer", "ack", "nak")
 # limits.Refusal reasons (the middleware), then the routes' own.

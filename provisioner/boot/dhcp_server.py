@@ -118,6 +118,9 @@ class DhcpService:
         self.transports: list[asyncio.DatagramTransport] = []
         self._pending: list[Callable[[], object]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
+        # Replies whose lease is in the batch being gathered: sent once it is committed.
+        self._held: list[Callable[[], None]] = []
+        self._lease_writes = 0  # lease changes queued so far (receive() compares)
         self.leases = LeaseTable.from_rows(
             ((lease.ip, lease.mac, lease.expires) for lease in registry.leases()), time.time()
         )
@@ -137,20 +140,49 @@ class DhcpService:
         )
 
     def stop(self) -> None:
+        self.flush()  # the held replies go out, their leases recorded, before the sockets close
         for transport in self.transports:
             transport.close()
         self.transports.clear()
-        self.flush()
 
-    # ------------------------------------------------------------------ write-behind
+    # ------------------------------------------------------------------ group commit
+
+    def receive(
+        self,
+        data: bytes,
+        source: tuple[str, int],
+        port: int,
+        send: Callable[[bytes, tuple[str, int]], None],
+    ) -> None:
+        """Handle one datagram and send its reply: at once, or (group commit) when the
+        reply hands out, changes or frees a lease, only after the batch that records the
+        lease is committed. A client never holds an address the registry does not (a
+        ``kill -9`` between the two used to forget leases clients held, and a restarted
+        service could give the address to another node); one transaction per 20 ms keeps
+        the rate. If the write fails (a full disk), the reply is not sent: the client asks
+        again."""
+        before = self._lease_writes
+        result = self.handle(data, source, port)
+        if result is None:
+            return
+        reply, dest = result
+        if self._lease_writes == before:
+            send(reply, dest)
+            return
+        self._held.append(lambda: send(reply, dest))
+        self._schedule()
 
     def _later(self, op: Callable[[], object]) -> None:
         """Queue a registry write; queued writes go in one transaction every 20 ms.
 
-        Answering does not wait for the disk: the in-memory lease table already holds
-        the decision, and at 2,000 packets/s one transaction per write is the bottleneck.
+        Answering waits for the disk only where a lease is at stake (:meth:`receive`): the
+        in-memory lease table holds the decision, and at 2,000 packets/s one transaction
+        per write would be the bottleneck.
         """
         self._pending.append(op)
+        self._schedule()
+
+    def _schedule(self) -> None:
         if self._flush_handle is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -160,16 +192,25 @@ class DhcpService:
             self._flush_handle = loop.call_later(FLUSH_SECONDS, self.flush)
 
     def flush(self) -> None:
+        """Commit the queued writes in one transaction, then send the replies held for it."""
         self._flush_handle = None
         pending, self._pending = self._pending, []
-        if not pending:
-            return
+        held, self._held = self._held, []
         try:
-            with self.registry.batch():
-                for op in pending:
-                    op()
+            if pending:
+                with self.registry.batch():
+                    for op in pending:
+                        op()
         except Exception:
-            log.exception("dhcp: %d registry writes failed", len(pending))
+            log.exception(
+                "dhcp: %d registry writes failed; %d lease replies not sent",
+                len(pending),
+                len(held),
+            )
+            self.metrics.inc("provisioner_dhcp_dropped_total", len(held), reason="not-recorded")
+            return
+        for send in held:
+            send()
 
     # ------------------------------------------------------------------ one datagram
 
@@ -263,6 +304,7 @@ class DhcpService:
 
     def _apply(self, action: LeaseAction, packet: DhcpPacket) -> None:
         """Mirror a lease decision into the lease table now and the registry soon."""
+        self._lease_writes += 1
         if action.kind is LeaseActionKind.COMMIT:
             assert action.ip is not None and action.expires_at is not None
             bound = packet.message_type is MessageType.REQUEST
@@ -315,13 +357,13 @@ class _Protocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            result = self.service.handle(data, addr, self.port)
+            self.service.receive(data, addr, self.port, self._send)
         except Exception:  # a bug must not stop serving; count it and go on
             log.exception("dhcp: error handling a datagram from %s", addr[0])
             self.service.metrics.inc("provisioner_dhcp_dropped_total", reason="internal-error")
-            return
-        if result is not None and self.transport is not None:
-            reply, dest = result
+
+    def _send(self, reply: bytes, dest: tuple[str, int]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(reply, dest)
 
     def error_received(self, exc: Exception) -> None:

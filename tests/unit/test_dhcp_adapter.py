@@ -132,3 +132,79 @@ def test_proxy_mode_never_takes_an_address_from_a_dhcp_packet(proxy: DhcpService
     assert node is not None and node.ip is None
     assert proxy.registry.dhcp_address(mac) == "10.60.0.120"
     assert proxy.registry.bound_address(mac) is None
+
+
+# Group commit (issue 20, item 1): a reply that hands out a lease leaves only once the
+# lease is in the registry.
+
+
+def request(service: DhcpService, mac: str) -> bytes:
+    ip = offer(service, mac)
+    service.flush()
+    return packet(mac, "request", ("requested_addr", str(ip)), ("server_id", "10.60.0.1"))
+
+
+def test_an_ack_leaves_only_after_its_lease_is_committed(service: DhcpService) -> None:
+    mac = "02:00:00:00:00:21"
+    req = request(service, mac)
+    sent: list[tuple[bytes, bool]] = []
+
+    def send(reply: bytes, dest: tuple[str, int]) -> None:
+        fresh = Registry(service.cfg.registry_path)  # what a restarted serve would read
+        sent.append(
+            (
+                reply,
+                any(lease.mac == mac and lease.kind.value == "bound" for lease in fresh.leases()),
+            )
+        )
+        fresh.close()
+
+    service._flush_handle = object()  # type: ignore[assignment]  # as if a flush were scheduled
+    service.receive(req, ("0.0.0.0", 68), 67, send)
+    assert sent == []  # held: the batch is not committed yet
+    service.flush()
+    assert len(sent) == 1 and sent[0][1]  # sent, and the lease was already on disk
+    assert decode(sent[0][0]).yiaddr == service.leases.held_by(mac)
+
+
+def test_a_lease_that_cannot_be_written_is_not_handed_out(
+    service: DhcpService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mac = "02:00:00:00:00:22"
+    req = request(service, mac)
+    sent: list[bytes] = []
+    service._flush_handle = object()  # type: ignore[assignment]
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(service.registry, "commit_lease", full_disk)
+    service.receive(req, ("0.0.0.0", 68), 67, lambda reply, dest: sent.append(reply))
+    service.flush()
+    assert sent == []
+    assert service.metrics.total("provisioner_dhcp_dropped_total") == 1  # not-recorded
+    monkeypatch.undo()
+    service._flush_handle = None
+    service.receive(
+        req, ("0.0.0.0", 68), 67, lambda reply, dest: sent.append(reply)
+    )  # it asks again
+    assert len(sent) == 1
+
+
+def test_replies_that_change_no_lease_are_not_held(tmp_path: Path) -> None:
+    cfg = parse_config(
+        render_config(
+            interface="eth0",
+            address="10.61.0.1/24",
+            mode=Mode.PROXY,
+            dhcp_range=None,
+            state_dir=tmp_path,
+        )
+    )
+    proxy = DhcpService(cfg, Registry(cfg.registry_path), Metrics())
+    proxy._flush_handle = object()  # type: ignore[assignment]  # a batch is open: no matter
+    sent: list[bytes] = []
+    proxy.receive(
+        packet("02:00:00:00:00:23", "discover"), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r)
+    )
+    assert len(sent) == 1  # proxy mode hands out no address: nothing to wait for
