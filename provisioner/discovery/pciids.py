@@ -46,6 +46,12 @@ _VERSION = re.compile(rb"#\s*Version:\s*(\S+)")
 _BRACKET = re.compile(r"\[([^\[\]]+)\]\s*$")
 CUT = re.compile(r"\s*(?:\.\.\.|\u2026)\s*$")  # nvidia-smi's column cut: "Tesla V100S-PCI..."
 _GB = re.compile(r"(\d+)\s?GB\b", re.IGNORECASE)
+_MODEL_WORD = re.compile(r"\d")  # "3060", "a100", "v100s": a model number
+# The product lines a model number belongs to: kept with it when the other words of a
+# name (a driver's "Laptop GPU", "Generation") are not how pci.ids says it
+SERIES = frozenset(
+    {"rtx", "gtx", "gt", "mx", "tesla", "quadro", "titan", "arc", "pro", "ti", "super"}
+)
 
 
 def _stated_gb(name: str) -> int | None:
@@ -179,11 +185,16 @@ class PciIds:
         words = [w for w in norm.split() if w in self._words]
         if not words or not any(any(c.isdigit() for c in w) for w in words):
             return [], ""  # no model number left: too little to go on
-        wanted = set(words)
-        held = keep(
-            i for key, found in self._by_norm.items() if wanted <= set(key.split()) for i in found
-        )
-        return held, "words" if held else ""
+        for wanted in (set(words), {w for w in words if _MODEL_WORD.search(w) or w in SERIES}):
+            held = keep(
+                i
+                for key, found in self._by_norm.items()
+                if wanted <= set(key.split())
+                for i in found
+            )
+            if held:
+                return held, "words"
+        return [], ""
 
     def _by_memory(self, ids: list[Ids], memory_bytes: int | None) -> list[Ids]:
         """Drop the names stating another memory size than the card's (±15 %); when some

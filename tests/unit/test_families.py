@@ -120,6 +120,7 @@ def test_card_profiles_agree_with_their_family() -> None:
 
 
 TU116M = "TU116M [GeForce GTX 1660 Mobile]"
+MAXQ = "NVIDIA GeForce RTX 2080 Super with Max-Q Design"
 V100 = "Tesla V100-PCIE..."  # nvidia-smi's table cuts the name at its column
 V100_32 = 32510 * 1024**2  # nvidia-smi's MiB total of a 32 GB V100
 
@@ -134,6 +135,8 @@ V100_32 = 32510 * 1024**2  # nvidia-smi's MiB total of a 32 GB V100
         ([PciDevice(vendor="10de", device_name="GeForce GTX 108...")], "nvidia-pascal"),
         # name only, words pci.ids never uses left out ("HBM3")
         ([PciDevice(vendor="10de", device_name="NVIDIA H100 80GB HBM3")], "nvidia-hopper"),
+        # Windows' names ("with Max-Q Design"): the model words decide, every part Turing
+        ([PciDevice(vendor="10de", device_name=MAXQ)], "nvidia-turing"),
         # a chip code pci.ids spells otherwise: the chip's parts
         ([PciDevice(vendor_name="NVIDIA Corporation", device_name=TU116M)], "nvidia-turing"),
         # the memory column picks the 32 GB part, still the card profile
