@@ -210,6 +210,10 @@ class Metrics:
         counter = self._counters[name]
         (counter.labels(**labels) if labels else counter).inc(amount)
 
+    def counter(self, name: str, **labels: str) -> Callable[[], None]:
+        """One series' increment, its labels looked up once (for per-packet counting)."""
+        return self._counters[name].labels(**labels).inc
+
     def declare(self, name: str, **labels: str) -> None:
         """Make a counter's series (at 0) for label values known only at run time."""
         self._counters[name].labels(**labels)

@@ -30,7 +30,7 @@ from provisioner.dns.server import DnsService, Responder
 from provisioner.enroll.matching import Enroller
 from provisioner.errors import BootServiceError
 from provisioner.instance import InstanceConflict, InstanceLock
-from provisioner.metrics import Metrics
+from provisioner.metrics import DNS_QUERY_KINDS, Metrics
 from provisioner.node_image import image_kernel
 from provisioner.profiles import ProfileError
 from provisioner.records import EventKind
@@ -128,10 +128,14 @@ class BootServices:
         )
         self.dns: DnsService | None = None
         if cfg.dns.enabled:
+            counted = {
+                kind: self.metrics.counter("provisioner_dns_queries_total", kind=kind)
+                for kind in DNS_QUERY_KINDS
+            }
             responder = Responder(
                 lambda: registry_zone(cfg, self.registry),
                 cfg.dns.upstream,
-                lambda kind: self.metrics.inc("provisioner_dns_queries_total", kind=kind),
+                lambda kind: counted[kind](),
             )
             self.dns = DnsService(responder, str(cfg.network.server_ip), cfg.dns.port)
         self.http: uvicorn.Server | None = None

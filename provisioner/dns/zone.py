@@ -62,6 +62,13 @@ class Zone:
         return None
 
 
+def same_records(a: Zone, b: Zone) -> bool:
+    """The two zones answer alike (their serials aside)."""
+    return (a.origin, a.server, a.subnet, a.ttl, a.a, a.ptr) == (
+        b.origin, b.server, b.subnet, b.ttl, b.a, b.ptr,
+    )  # fmt: skip
+
+
 def reverse_apex(subnet: IPv4Network) -> dns.name.Name:
     """The in-addr.arpa name that holds the subnet: octet-aligned, widened to the byte."""
     octets = str(subnet.network_address).split(".")[: max(1, subnet.prefixlen // 8)]
