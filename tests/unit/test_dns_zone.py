@@ -163,3 +163,28 @@ def test_a_bad_dns_setting_is_refused_with_its_key(extra: str, key: str) -> None
     with pytest.raises(ConfigError) as caught:
         parse_config(BASE + extra)
     assert caught.value.key == key
+
+
+def test_the_responder_remembers_answers_until_the_zone_changes() -> None:
+    import asyncio
+
+    from provisioner.dns.server import Responder
+
+    zones = [ZONE]
+    kinds: list[str] = []
+    responder = Responder(lambda: zones[-1], count=kinds.append, max_age_s=0)
+    first = dns.message.make_query("node0.cluster.lan", "A")
+    second = dns.message.make_query("node0.cluster.lan", "A")
+    one = asyncio.run(responder.reply(first.to_wire(), tcp=False))
+    assert one is not None
+    again = responder.cached(second.to_wire(), tcp=False)
+    assert again is not None and again[2:] == one[2:] and again[:2] == second.to_wire()[:2]
+    assert kinds == ["answered", "answered"]
+    nodes = [("node0", "10.10.0.10"), ("node1", "10.10.0.11")]
+    zones.append(build_zone("cluster.lan", SERVER, SUBNET, nodes, [("llama", "node0")], serial=8))
+    assert responder.cached(second.to_wire(), tcp=False) is not None  # same records: kept
+    moved = build_zone("cluster.lan", SERVER, SUBNET, [("node0", "10.10.0.77")], serial=9)
+    zones.append(moved)  # node0 moved: nothing stale survives
+    assert responder.cached(second.to_wire(), tcp=False) is None
+    got = asyncio.run(responder.reply(second.to_wire(), tcp=False))
+    assert got is not None and dns.message.from_wire(got).answer[0][0].to_text() == "10.10.0.77"
