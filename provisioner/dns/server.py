@@ -5,9 +5,9 @@ The zone is made again from the registry when it is older than a second (a node 
 got its name answers at once, and a flood of queries reads the registry once a second); it
 is kept, serial and all, when its records did not change. Answers from the zone are pure
 functions of the query's bytes and the zone, so they are remembered: a query whose bytes
-after its ID were answered before gets the same reply with its own ID, with no parsing, on
-the UDP side without a task (the cache is emptied when the zone changes, and held to
-:data:`CACHE_ENTRIES`).
+after its ID were answered before gets the same reply with its own ID, with no parsing;
+over UDP straight from the thread that reads the socket (the cache is emptied when the
+zone changes, and held to :data:`CACHE_ENTRIES`).
 Names outside the zone go to the upstream servers (``dns.upstream``), tried in order over
 UDP, then TCP when the upstream's answer was truncated; the client gets the upstream's
 reply with its own query id. With no upstream, they are REFUSED. Every query is counted
@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import cast
 
 import dns.asyncquery
 import dns.exception
@@ -40,6 +41,7 @@ ZoneSource = Callable[[], Zone]
 Count = Callable[[str], None]
 TCP_IDLE_S = 10.0  # a TCP client that sends nothing this long is closed
 CACHE_ENTRIES = 20000
+UDP_POLL_S = 0.5  # how often the UDP thread looks whether it should stop
 UPSTREAM_TIMEOUT_S = 2.0
 
 
@@ -126,31 +128,6 @@ class Responder:
         return failed.to_wire()
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, responder: Responder) -> None:
-        self.responder = responder
-        self.transport: asyncio.DatagramTransport | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        known = self.responder.cached(data, tcp=False)
-        if known is not None:  # the fast path: no parsing, no task
-            if self.transport is not None:
-                self.transport.sendto(known, addr)
-            return
-        task = asyncio.get_running_loop().create_task(self._answer(data, addr))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
-        out = await self.responder.reply(data, tcp=False)
-        if out is not None and self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(out, addr)
-
-
 async def _tcp_client(
     responder: Responder, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
@@ -173,35 +150,80 @@ async def _tcp_client(
 
 
 class DnsService:
-    """UDP and TCP on ``host:port``; start() binds both or raises, stop() closes them."""
+    """UDP and TCP on ``host:port``; start() binds both or raises, stop() closes them.
+
+    UDP is read by a thread of its own: a remembered answer goes straight back from it (a
+    system call in, one out, no event loop in between); the others are answered on the
+    event loop (parsing, forwarding) and sent from there. TCP is served on the loop.
+    """
 
     def __init__(self, responder: Responder, host: str, port: int) -> None:
         self.responder, self.host, self.port = responder, host, port
-        self._udp: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
         self._tcp: asyncio.Server | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self.responder), local_addr=(self.host, self.port)
-        )
-        self._udp = transport
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
+            sock.bind((self.host, self.port))
+            sock.settimeout(UDP_POLL_S)
             self._tcp = await asyncio.start_server(
                 lambda r, w: _tcp_client(self.responder, r, w), self.host, self.port
             )
         except BaseException:
-            transport.close()
+            sock.close()
             raise
+        self._sock = sock
+        self._thread = threading.Thread(
+            target=self._udp_loop, args=(sock, loop), name="dns-udp", daemon=True
+        )
+        self._thread.start()
+
+    def _udp_loop(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        while not self._stopping:
+            try:
+                data, addr = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed: stop() was called
+            try:
+                known = self.responder.cached(data, tcp=False)
+            except Exception:  # a bug must not end the thread: drop, count, log
+                log.exception("DNS query not answered")
+                self.responder.count("dropped")
+                continue
+            if known is not None:
+                _send(sock, known, addr)
+                continue
+            asyncio.run_coroutine_threadsafe(self._answer(sock, data, addr), loop)
+
+    async def _answer(self, sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
+        out = await self.responder.reply(data, tcp=False)
+        if out is not None:
+            _send(sock, out, addr)
 
     @property
     def bound_port(self) -> int:
         """The port bound (the one asked for, or the kernel's pick for port 0)."""
-        assert self._udp is not None
-        return int(self._udp.get_extra_info("sockname")[1])
+        assert self._sock is not None
+        return int(self._sock.getsockname()[1])
 
     def stop(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
+        self._stopping = True
+        if self._sock is not None:
+            self._sock.close()
+        if self._thread is not None:
+            self._thread.join(timeout=2 * UDP_POLL_S)
         if self._tcp is not None:
             self._tcp.close()
+
+
+def _send(sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
+    try:
+        sock.sendto(data, addr)
+    except OSError as exc:  # a full buffer or a closed socket: the client asks again
+        log.debug("DNS reply to %s not sent: %s", addr[0], exc)
