@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 
 from provisioner.lab.netns import HostSpec, LabNetwork, Namespace
-from tests.integration.conftest import Appliance, make_image, need, need_root, write_config
+from tests.integration.conftest import (
+    Appliance,
+    loopback_appliance,  # noqa: F401 (test_secrets.py's)
+    make_image,
+    need,
+    need_root,
+    write_config,
+)
 
 SERVER = "10.79.0.1"
 ATTACKER = "10.79.0.66"
