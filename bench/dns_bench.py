@@ -18,12 +18,12 @@ import random
 import re
 import sys
 import tempfile
-import time
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Figure, report
+from dhcp_bench import wait_udp_listener
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,21 +59,13 @@ def dnsperf(lab: LabNetwork, work: Path, args: argparse.Namespace) -> tuple[floa
     return float(rate.group(1)), int(lost.group(1))
 
 
-def listening(lab: LabNetwork) -> None:
-    for _ in range(200):
-        if f"{SERVER}:53 " in lab.host("srv").run(["ss", "-lun"], check=False).stdout:
-            return
-        time.sleep(0.05)
-    raise SystemExit("nothing listens on UDP 53 in the server namespace")
-
-
 def measure(
     lab: LabNetwork, argv: list[str], work: Path, log: Path, args: argparse.Namespace
 ) -> tuple[float, int]:
     with open(log, "wb") as out:
         proc = lab.host("srv").popen(argv, stderr=out)
         try:
-            listening(lab)
+            wait_udp_listener(lab, 53)
             return dnsperf(lab, work, args)
         finally:
             proc.terminate()

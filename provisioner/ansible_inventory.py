@@ -43,8 +43,6 @@ class Membership:
     cluster: str
     head: str
     workers: tuple[str, ...] = ()
-    engine: str = ""
-    model: str = ""
 
 
 @dataclass(frozen=True)

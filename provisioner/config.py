@@ -22,6 +22,7 @@ from tomlkit.items import Table
 
 from provisioner import names
 from provisioner.config_reader import ConfigReader
+from provisioner.config_services import DnsConfig, PrometheusConfig, parse_dns, parse_prometheus
 from provisioner.data import HWPROFILES
 from provisioner.errors import ConfigError
 
@@ -116,28 +117,12 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
-class DnsConfig:
-    """The cluster zone's DNS responder (provisioner/dns): off unless enabled."""
-
-    enabled: bool = False
-    zone: str = "cluster.lan"
-    port: int = 53
-    upstream: tuple[tuple[IPv4Address, int], ...] = ()  # other names go there; none: REFUSED
-    ttl: int = 60
-
-
-@dataclass(frozen=True)
-class PrometheusConfig:
-    node_exporter_port: int = 9100  # where the nodes' exporters listen (http_sd targets)
-
-
-@dataclass(frozen=True)
 class Config:
     network: NetworkConfig
     http: HttpConfig
     dhcp: DhcpConfig = DhcpConfig()
-    dns: DnsConfig = DnsConfig()
-    prometheus: PrometheusConfig = PrometheusConfig()
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     tftp: TftpConfig = TftpConfig()
     boot: BootConfig = BootConfig()
     cluster: ClusterConfig = ClusterConfig()
@@ -201,8 +186,8 @@ def parse_config(text: str, source: str | None = None) -> Config:
         except names.UnsafeValue as exc:
             raise r.fail("boot.kernel_args", boot.kernel_args, str(exc)) from exc
     cluster = _parse_cluster(r)
-    dns_cfg = _parse_dns(r)
-    prometheus = PrometheusConfig(r.port("prometheus", "node_exporter_port", 9100))
+    dns_cfg = parse_dns(r)
+    prometheus = parse_prometheus(r)
     state_dir = Path(r.text("paths", "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
     if not state_dir.is_absolute():
         raise r.fail("paths.state_dir", str(state_dir), "must be an absolute path")
@@ -221,38 +206,6 @@ def parse_config(text: str, source: str | None = None) -> Config:
         prometheus=prometheus,
         state_dir=state_dir,
         source=Path(source) if source else None,
-    )
-
-
-_ZONE = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-)
-
-
-def _parse_dns(r: ConfigReader) -> DnsConfig:
-    zone = (r.text("dns", "zone", DnsConfig.zone) or "").lower().rstrip(".")
-    if not _ZONE.match(zone):
-        raise r.fail("dns.zone", zone, "must be a domain name such as cluster.lan")
-    raw = r.get("dns", "upstream", [])
-    if not isinstance(raw, list):
-        raise r.fail("dns.upstream", raw, 'must be a list of servers: ["10.0.0.53", "1.1.1.1:53"]')
-    upstream: list[tuple[IPv4Address, int]] = []
-    for item in raw:
-        host, _, port = str(item).partition(":")
-        try:
-            number = int(port) if port else 53
-            if not 0 < number < 65536:
-                raise ValueError(port)
-            upstream.append((IPv4Address(host), number))
-        except ValueError as exc:
-            raise r.fail("dns.upstream", item, "not an IPv4 address[:port]") from exc
-    ttl = r.number("dns", "ttl", DnsConfig.ttl, 0, 86400, "must be seconds between 0 and 86400")
-    return DnsConfig(
-        enabled=r.flag("dns", "enabled", False),
-        zone=zone,
-        port=r.port("dns", "port", 53),
-        upstream=tuple(upstream),
-        ttl=int(ttl),
     )
 
 

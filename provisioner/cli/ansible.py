@@ -59,10 +59,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     registry = open_registry(cfg, readonly=True)
     site = Site.open(cfg, registry)
     hosts = _hosts(site)
-    clusters = [
-        inv.Membership(c.name, c.head, tuple(c.workers), c.engine.value, c.model)
-        for c in store.load_all(registry)
-    ]
+    clusters = [inv.Membership(c.name, c.head, tuple(c.workers)) for c in store.load_all(registry)]
     access = inv.Access(site.ssh_key, cfg.state_dir / "ssh" / "known_hosts")
     document = inv.inventory(hosts, clusters, access)
     if args.host is not None:

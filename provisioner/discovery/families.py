@@ -109,21 +109,22 @@ def _chip(family: Family, name: str, exclude: re.Pattern[str]) -> str | None:
     return None
 
 
-_member_cache: dict[tuple[int, str, int], tuple[Member, ...]] = {}
+# (table, family) -> (the pci.ids the members came from, the members)
+_member_cache: dict[tuple[Table, str], tuple[pciids.PciIds, tuple[Member, ...]]] = {}
 
 
 def _members(table: Table, family: Family, db: pciids.PciIds) -> tuple[Member, ...]:
-    key = (id(table), family.name, id(db))
-    if key not in _member_cache:
-        found = []
-        for (vendor, device), name in db.devices.items():
-            if vendor != family.vendor:
-                continue
-            chip = _chip(family, name, table.exclude)
-            if chip is not None:
-                found.append(Member(vendor, device, name, chip))
-        _member_cache[key] = tuple(sorted(found, key=lambda m: (m.vendor, m.device)))
-    return _member_cache[key]
+    cached = _member_cache.get((table, family.name))
+    if cached is not None and cached[0] is db:
+        return cached[1]
+    found = [
+        Member(vendor, device, name, chip)
+        for (vendor, device), name in db.devices.items()
+        if vendor == family.vendor and (chip := _chip(family, name, table.exclude)) is not None
+    ]
+    members = tuple(sorted(found, key=lambda m: (m.vendor, m.device)))
+    _member_cache[(table, family.name)] = (db, members)
+    return members
 
 
 def parse_table(text: str, source: str = "gpu-families.yaml") -> Table:

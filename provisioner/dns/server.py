@@ -206,12 +206,6 @@ class DnsService:
         if out is not None:
             _send(sock, out, addr)
 
-    @property
-    def bound_port(self) -> int:
-        """The port bound (the one asked for, or the kernel's pick for port 0)."""
-        assert self._sock is not None
-        return int(self._sock.getsockname()[1])
-
     def stop(self) -> None:
         self._stopping = True
         if self._sock is not None:

@@ -328,11 +328,9 @@ def split(text: str) -> Split:
 
     def skip_line(number: int, line: str) -> None:
         nonlocal sample
-        if (
-            skip
-            and skip[-1] < number - 1
-            and any(line.strip() for n, line in numbered if skip[-1] < n < number)
-        ):
+        # a run of skipped lines ends at a non-blank line that was not skipped (numbered is
+        # 1-based: the lines between skip[-1] and number are numbered[skip[-1]:number - 1])
+        if skip and any(text.strip() for _, text in numbered[skip[-1] : number - 1]):
             end_skip()
         if not skip:
             sample = line.strip()
@@ -364,11 +362,15 @@ def split(text: str) -> Split:
             close()
             end_skip()
             continue
+        # what tool's line this is: as read in the section's block, as written, unindented
+        own = _starts(raw)
+        inner = _starts(raw.lstrip()) if _indented(raw) else own
         if family is not None:
             if _neutral(line):
                 pending.append((number, "" if not line.strip() else line))
                 continue
-            same = _continues(family, line, previous) or _starts(line) == family
+            here = own if line is raw else _starts(line)
+            same = here == family or _continues(family, line, previous)
             if same:
                 body.extend(text for _, text in pending if not _neutral(text) or not text)
                 pending = []
@@ -376,7 +378,7 @@ def split(text: str) -> Split:
                 last = number
                 previous = line
                 continue
-            if _starts(line) is None and _starts(raw.lstrip()) is None:
+            if here is None and inner is None:
                 unknown = sum(1 for _, text in pending if text.strip())
                 if unknown < GAP:
                     pending.append((number, line))
@@ -385,10 +387,9 @@ def split(text: str) -> Split:
         elif _neutral(raw):
             continue
         margin = 0
-        started = _starts(raw) or _lshw_root(lines, number - 1)
-        if started is None and _indented(raw):
-            started = _starts(raw.lstrip())
-            margin = len(raw) - len(raw.lstrip()) if started else 0
+        started = own or _lshw_root(lines, number - 1)
+        if started is None and inner is not None:
+            started, margin = inner, len(raw) - len(raw.lstrip())
         close()
         if started is not None:
             end_skip()
