@@ -242,3 +242,29 @@ def test_returns_the_profile_subparsers_for_more_commands(
     extra.set_defaults(func=lambda args: 7)
     args = parser.parse_args(["profile", "reload"])
     assert args.func(args) == 7
+
+
+H100_PASTE = next((ROOT / "tests" / "fixtures" / "pastes").glob("h100-sxm5-x8-*.txt"))
+
+
+def test_match_explain_lists_each_section_its_parser_and_the_names_resolved(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 19: on a mixed paste (lspci, prose, commands, nvidia-smi), --explain says
+    which lines each tool printed and which parser read them, what was skipped, and the
+    ids each name-only device resolved to."""
+    assert run("profile", "match", "--explain", str(H100_PASTE)) == 0
+    out = capsys.readouterr().out
+    assert f"{H100_PASTE}: lspci-plain+nvidia-smi-table: profile nvidia-hopper" in out
+    assert "  section lines 3-14: lspci-plain, 12 PCI devices" in out
+    assert "  section lines 82-129: nvidia-smi-table, 8 PCI devices" in out
+    assert "  lines 36-47 skipped: not a known tool's output ('sudo dnf update -y')" in out
+    assert "name 'GH100 [H100 SXM5 80GB]' -> " in out
+    assert "accelerator: nvidia-hopper" in out and "x8" in out
+    assert run("profile", "match", "--json", str(H100_PASTE)) == 0
+    [data] = json.loads(capsys.readouterr().out)
+    assert [(s["format"], s["lines"]) for s in data["sections"]] == [
+        ("lspci-plain", [3, 14]),
+        ("nvidia-smi-table", [82, 129]),
+    ]
+    assert data["profile"] == "nvidia-hopper" and data["skipped"]
