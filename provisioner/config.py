@@ -22,7 +22,14 @@ from tomlkit.items import Table
 
 from provisioner import names
 from provisioner.config_reader import ConfigReader
-from provisioner.config_services import DnsConfig, PrometheusConfig, parse_dns, parse_prometheus
+from provisioner.config_services import (
+    DnsConfig,
+    GatewayConfig,
+    PrometheusConfig,
+    parse_dns,
+    parse_gateway,
+    parse_prometheus,
+)
 from provisioner.data import HWPROFILES
 from provisioner.errors import ConfigError
 
@@ -123,6 +130,7 @@ class Config:
     dhcp: DhcpConfig = DhcpConfig()
     dns: DnsConfig = field(default_factory=DnsConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     tftp: TftpConfig = TftpConfig()
     boot: BootConfig = BootConfig()
     cluster: ClusterConfig = ClusterConfig()
@@ -188,6 +196,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
     cluster = _parse_cluster(r)
     dns_cfg = parse_dns(r)
     prometheus = parse_prometheus(r)
+    gateway = parse_gateway(r)
     state_dir = Path(r.text("paths", "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
     if not state_dir.is_absolute():
         raise r.fail("paths.state_dir", str(state_dir), "must be an absolute path")
@@ -204,6 +213,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
         cluster=cluster,
         dns=dns_cfg,
         prometheus=prometheus,
+        gateway=gateway,
         state_dir=state_dir,
         source=Path(source) if source else None,
     )
@@ -396,6 +406,11 @@ def summary(cfg: Config) -> dict[str, object]:
             "port": cfg.dns.port,
             "upstream": [f"{host}:{port}" for host, port in cfg.dns.upstream],
         },
+        "gateway": {
+            "open": cfg.gateway.open,
+            "routing": cfg.gateway.routing,
+            "listen": cfg.gateway.listen,
+        },
     }
 
 
@@ -478,6 +493,17 @@ def render_config(
     dns_table.add(tomlkit.comment("Other names are asked here; none: they are refused (isolated)."))
     dns_table.add("upstream", tomlkit.array())
     doc.add("dns", dns_table)
+
+    gateway = tomlkit.table()
+    gateway.add(tomlkit.comment("The front door: one OpenAI URL, http://<this node>/v1, for every"))
+    gateway.add(tomlkit.comment("served model, balanced over the clusters that serve it. Clients"))
+    gateway.add(tomlkit.comment("need a key (provisioner gateway key add NAME) unless open ="))
+    gateway.add(tomlkit.comment("true, which lets anyone who reaches this node use every model."))
+    gateway.add("open", False)
+    gateway.add(tomlkit.comment('"least-outstanding" (weighted by each replica\'s tokens/s) or'))
+    gateway.add(tomlkit.comment('"prefix" (requests sharing a prompt start meet the same server).'))
+    gateway.add("routing", GatewayConfig.routing)
+    doc.add("gateway", gateway)
 
     boot = tomlkit.table()
     boot.add("bios_binary", "undionly.kpxe")

@@ -28,6 +28,21 @@ class PrometheusConfig:
     node_exporter_port: int = 9100  # where the nodes' exporters listen (http_sd targets)
 
 
+ROUTINGS = ("least-outstanding", "prefix")  # provisioner.gateway.balance.Routing
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The front door (provisioner/gateway): ``/v1`` on the HTTP port, and ``provisioner
+    gateway serve`` on ``listen``."""
+
+    open: bool = False  # no API key needed: only on a network where everyone is trusted
+    routing: str = "least-outstanding"
+    max_attempts: int = 3  # replicas one request may be sent to before the first byte
+    probe_interval: float = 1.0  # seconds between health probes of each replica
+    listen: str = "0.0.0.0:8090"  # `provisioner gateway serve`'s address
+
+
 _ZONE = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 )
@@ -62,3 +77,24 @@ def parse_dns(r: ConfigReader) -> DnsConfig:
 
 def parse_prometheus(r: ConfigReader) -> PrometheusConfig:
     return PrometheusConfig(r.port("prometheus", "node_exporter_port", 9100))
+
+
+def parse_gateway(r: ConfigReader) -> GatewayConfig:
+    routing = r.text("gateway", "routing", GatewayConfig.routing)
+    if routing not in ROUTINGS:
+        raise r.fail("gateway.routing", routing, "must be one of " + ", ".join(ROUTINGS))
+    listen = r.text("gateway", "listen", GatewayConfig.listen) or ""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise r.fail("gateway.listen", listen, 'must be "ADDRESS:PORT", e.g. "0.0.0.0:8090"')
+    return GatewayConfig(
+        open=r.flag("gateway", "open", False),
+        routing=routing,
+        max_attempts=int(r.number("gateway", "max_attempts", 3, 1, 10, "must be 1-10")),
+        probe_interval=float(
+            r.number(
+                "gateway", "probe_interval", 1.0, 0.1, 60, "must be 0.1-60 seconds", whole=False
+            )
+        ),
+        listen=listen,
+    )

@@ -14,6 +14,8 @@
     │   ├── NameTaken (+Refused)     a hostname another node has, or a node a cluster
     │   │                            names (enroll/lifecycle.py refuses to rename it)
     │   ├── IllegalTransition (+Refused)  a node state change the state table forbids
+    │   ├── RegistryConflict (+Refused)   a row whose unique key another row has
+    │   │   └── KeyExists (gateway/source.py)  a gateway API key of that name exists
     │   └── SchemaVersionError       a registry file from a newer provisioner, or one that
     │                                needs upgrading and was opened read-only
     ├── BackupError (backup.py)      a backup not written, or one refused at restore
@@ -100,6 +102,10 @@ class ConfigNotFound(ConfigError, NotFound):
 
 class RegistryError(ProvisionerError):
     """The registry could not carry out an operation."""
+
+
+class RegistryConflict(RegistryError, Refused):
+    """A row whose UNIQUE or PRIMARY KEY another row has: nothing was written."""
 
 
 class NodeNotFound(RegistryError, NotFound):

@@ -16,6 +16,7 @@ the first event. The series (labels in braces; values listed are declared at sta
 - ``provisioner_events_dropped_total{kind}``: refused;
 - ``provisioner_gateway_requests_total{cluster, model, status}`` and
   ``provisioner_gateway_broken_total{cluster, model, reason}``: as they happen;
+- the front door's series: :mod:`provisioner.gateway.stats`;
 - ``provisioner_ra_sent_total``;
 - ``provisioner_dns_queries_total{kind}``: :data:`DNS_QUERY_KINDS` (the cluster zone's DNS);
 - ``provisioner_boot_step_seconds{step}`` (histogram): seconds from a boot's start to
@@ -100,6 +101,8 @@ MB = 1_000_000
 THROUGHPUT_BUCKETS = tuple(
     n * MB for n in (0.1, 1, 5, 10, 25, 50, 75, 100, 125, 250, 500, 1000, 1250, 2500, 5000)
 )  # bytes/s: 125 MB/s is 1 GbE's line rate, 1250 MB/s 10 GbE's
+GATEWAY_TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+GATEWAY_TPS_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000)
 THROUGHPUT_MIN_BYTES = 1024 * 1024  # smaller files time the round trip, not the link
 
 
@@ -144,6 +147,21 @@ COUNTERS: dict[str, CounterSpec] = {
     ),
     "provisioner_gateway_broken_total": CounterSpec(
         "Gateway streams cut before their end, by reason", ("cluster", "model", "reason")
+    ),
+    "provisioner_gateway_errors_total": CounterSpec(
+        "Gateway failures, by replica's cluster, served model and kind (gateway/stats.py)",
+        ("cluster", "model", "kind"),
+    ),
+    "provisioner_gateway_retries_total": CounterSpec(
+        "Gateway requests sent to another replica after a failure before the first byte",
+        ("model",),
+    ),
+    "provisioner_gateway_key_requests_total": CounterSpec(
+        "Gateway requests by API key and served model", ("key", "model")
+    ),
+    "provisioner_gateway_key_tokens_total": CounterSpec(
+        "Gateway tokens by API key, served model and direction (in: prompt, out: completion)",
+        ("key", "model", "direction"),
     ),
     "provisioner_dns_queries_total": CounterSpec(
         "DNS queries, by what they got", ("kind",), _each(DNS_QUERY_KINDS)
@@ -201,6 +219,20 @@ class Metrics:
         for area in AREAS:
             self.throughput.labels(area)
         self.clock: BootClock | None = None
+        # The front door's histograms and live gauges (provisioner/gateway/stats.py).
+        self.gateway_ttft = Histogram(
+            "provisioner_gateway_ttft_seconds",
+            "Seconds from a request's arrival to its answer's first byte, by replica",
+            ("cluster", "model"), buckets=GATEWAY_TTFT_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.gateway_tps = Histogram(
+            "provisioner_gateway_decode_tokens_per_second",
+            "Decode tokens/s of each streamed answer, by replica",
+            ("cluster", "model"), buckets=GATEWAY_TPS_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        # (cluster, model, requests in flight, up) of each replica, at scrape time.
+        self.gateway_view: Callable[[], Iterable[tuple[str, str, int, bool]]] = tuple
+        self.registry.register(_GatewayGauges(lambda: self.gateway_view()))
 
     # ------------------------------------------------------------------ counting
 
@@ -291,6 +323,31 @@ class _NodeStates(Collector):
         for state, n in counts.items():
             family.add_metric((state.value,), n)
         return [family]
+
+
+class _GatewayGauges(Collector):
+    def __init__(self, view: Callable[[], Iterable[tuple[str, str, int, bool]]]):
+        self.view = view
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected at scrape time only
+
+    def collect(self) -> Iterable[Metric]:
+        outstanding = GaugeMetricFamily(
+            "provisioner_gateway_outstanding",
+            "Requests in flight through the gateway, by replica",
+            labels=("cluster", "model"),
+        )
+        up = GaugeMetricFamily(
+            "provisioner_gateway_replica_up",
+            "1 while a replica takes traffic (its health probes pass)",
+            labels=("cluster", "model"),
+        )
+        for cluster, model, in_flight, is_up in self.view():
+            outstanding.add_metric((cluster, model), in_flight)
+            up.add_metric((cluster, model), 1.0 if is_up else 0.0)
+        yield outstanding
+        yield up
 
 
 class _WithoutCreated(Collector):

@@ -179,6 +179,7 @@ class Cluster:
     pipeline_parallel: int | None = None  # vLLM: stages across nodes (Ray)
     gateway: bool = False  # an OpenAI route on the control node over every served model
     converge: bool = True  # brought back to serving by the control node after a reboot
+    front_door: bool = True  # its served models are replicas behind the gateway's /v1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "engine", Engine(self.engine))

@@ -26,15 +26,16 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 from provisioner import names
 from provisioner.discovery.model import Inventory
 from provisioner.discovery.schema import inventory_of
-from provisioner.errors import RegistryError
+from provisioner.errors import RegistryConflict, RegistryError
 from provisioner.records import (
     BootToken,
     Detail,
@@ -138,6 +139,30 @@ class Registry:
         """Run several registry calls as one transaction (all or nothing)."""
         with self._tx():
             yield
+
+    def query(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, Any]]:
+        """Rows of a read, for a store whose SQL is kept in its own module (the gateway's
+        keys and usage: gateway/source.py)."""
+        with self._lock:
+            return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+
+    def execute(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
+        """One statement for each of ``rows``, in one transaction; the rows changed. A
+        UNIQUE or PRIMARY KEY clash is :class:`RegistryConflict` (nothing is changed)."""
+        try:
+            with self._tx() as db:
+                return sum(db.execute(sql, row).rowcount for row in rows)
+        except sqlite3.IntegrityError as exc:
+            raise RegistryConflict(str(exc)) from exc
+
+    def last_step_output(self, mac: str, step: str) -> str | None:
+        """The output of a node's newest step of that name (the last smoke's figures)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT output FROM steps WHERE mac = ? AND step = ? ORDER BY id DESC LIMIT 1",
+                (mac, step),
+            ).fetchone()
+        return None if row is None else str(row["output"])
 
     # ------------------------------------------------------------------ nodes
 

@@ -143,6 +143,28 @@ CREATE TABLE IF NOT EXISTS node_disks (
 );""",
         (("profile_images", "previous", "TEXT"),),
     ),
+    Migration(
+        5,
+        "the gateway's API keys (hashed) and their usage per served model",
+        """CREATE TABLE IF NOT EXISTS gateway_keys (
+    name TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,    -- the pvk-<id>- part of the key: finds its record
+    hash TEXT NOT NULL,         -- SHA-256 of the whole key; the key itself is kept nowhere
+    models TEXT,                -- JSON list of served names; NULL: all
+    rpm INTEGER,                -- requests a minute; NULL: no limit
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gateway_usage (
+    key TEXT NOT NULL,          -- a key's name ('-': the open gateway, no key)
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL,
+    PRIMARY KEY (key, model)
+);""",
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version  # the newest schema this provisioner knows

@@ -183,12 +183,14 @@ class BootServices:
                     self._http_task.result()
                     raise BootServiceError("the HTTP service stopped while starting")
                 await asyncio.sleep(0.01)
+            await self.app.state.front_door.start()
             self._front = await asyncio.get_running_loop().create_server(
                 self._front_protocol, sock=self._http_socket
             )
             if self.cfg.dhcp.router_advertisements:
                 self._start_ra()
         except BaseException:
+            await self.app.state.front_door.stop()
             self.tftp.stop()
             self.dhcp.stop()
             if self.dns is not None:
@@ -253,6 +255,7 @@ class BootServices:
         if self.http is not None:
             self.http.should_exit = True
             await self._http_task
+        await self.app.state.front_door.stop()
         self.dhcp.stop()
         if self.dns is not None:
             self.dns.stop()

@@ -41,76 +41,37 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from provisioner.boot.limits import MIB, Refusal
+from provisioner.boot.limits import Refusal
 from provisioner.clusters import keys
 from provisioner.clusters.spec import ClusterError
 from provisioner.clusters.store import load
+from provisioner.gateway.wire import (
+    DEFAULT_TIMEOUTS,
+    FORWARDED,
+    GatewayError,
+    GatewayTimeouts,
+    base_url,
+    client_headers,
+    client_key,
+    read_body,
+    upstream_headers,
+)
+from provisioner.gateway.wire import MAX_BODY_BYTES as MAX_BODY_BYTES
 from provisioner.metrics import Metrics
 from provisioner.records import Cluster
 from provisioner.registry import Registry
 
 log = logging.getLogger(__name__)
 
-FORWARDED = ("chat/completions", "completions", "embeddings")
-# A request body: http.py holds the routes to it before they read (limits.py), and
-# _read_body again. 4 MiB of JSON is a million tokens of prompt.
-MAX_BODY_BYTES = 4 * MIB
-# Request headers that go upstream; hop-by-hop and Host never do. Accept-Encoding is
-# pinned to identity: a compressing upstream would hold SSE chunks back.
-PASSED_REQUEST_HEADERS = ("content-type", "accept", "user-agent")
-PASSED_RESPONSE_HEADERS = ("content-type", "cache-control", "retry-after", "x-request-id")
 UNKNOWN = "?"  # the metrics label for a cluster or model we do not serve (bounded labels)
 
 
-@dataclass(frozen=True)
-class GatewayTimeouts:
-    """``read`` is the longest silence from an upstream (a non-streamed answer is one
-    silence as long as its generation); ``total`` caps one whole exchange."""
-
-    connect: float = 5.0
-    read: float = 600.0
-    write: float = 30.0
-    total: float = 3600.0
-
-
-DEFAULT_TIMEOUTS = GatewayTimeouts()
-
-
-@dataclass(frozen=True)
-class GatewayError:
-    """An answer the gateway gives itself, in the OpenAI error format."""
-
-    status: int
-    message: str
-    code: str
-    type: str = "invalid_request_error"
-    param: str | None = None
-
-    def body(self) -> dict[str, dict[str, str | None]]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
-
-
 def refusal_body(refusal: Refusal) -> dict[str, object]:
-    """The body limits' refusals (limits.py) in the gateway's OpenAI error format."""
+    """The body limits' refusals (limits.py) in the gateways' OpenAI error format."""
     return dict(GatewayError(refusal.status, refusal.message, refusal.code).body())
 
 
 # ---------------------------------------------------------------- pure routing
-
-
-def base_url(ip: str, port: int) -> str:
-    host = f"[{ip}]" if ":" in ip else ip
-    return f"http://{host}:{port}"
 
 
 def upstreams(cluster: Cluster, head_ip: str) -> dict[str, str]:
@@ -169,21 +130,6 @@ def gateway_off(cluster: Cluster) -> GatewayError:
     )
 
 
-def upstream_headers(headers: Mapping[str, str], engine_key: str | None = None) -> dict[str, str]:
-    """What goes upstream: a few of the client's headers (never its Authorization), and
-    the engine key the servers require."""
-    passed = {k: headers[k] for k in PASSED_REQUEST_HEADERS if k in headers}
-    passed["accept-encoding"] = "identity"
-    if engine_key:
-        passed["authorization"] = f"Bearer {engine_key}"
-    return passed
-
-
-def client_key(headers: Mapping[str, str]) -> str | None:
-    scheme, _, value = headers.get("authorization", "").partition(" ")
-    return value.strip() or None if scheme.lower() == "bearer" else None
-
-
 def unauthorized(cluster: str) -> GatewayError:
     return GatewayError(
         401,
@@ -191,10 +137,6 @@ def unauthorized(cluster: str) -> GatewayError:
         f"(the operator runs: provisioner cluster key {cluster})",
         "invalid_api_key",
     )
-
-
-def client_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: headers[k] for k in PASSED_RESPONSE_HEADERS if k in headers}
 
 
 # ---------------------------------------------------------------- forwarding
@@ -294,7 +236,7 @@ class Gateway:
             self.count(UNKNOWN, UNKNOWN, route.status)
             return route.response()
         cluster = route.cluster
-        body = await _read_body(request)
+        body = await read_body(request)
         if isinstance(body, GatewayError):
             self.count(cluster.name, UNKNOWN, body.status)
             return body.response()
@@ -391,22 +333,6 @@ class Gateway:
         log.warning(
             "gateway cluster=%s model=%s stream from %s cut: %s", cluster, model, url, reason
         )
-
-
-async def _read_body(request: Request) -> bytes | GatewayError:
-    too_big = GatewayError(
-        413, f"the request body is over {MAX_BODY_BYTES} bytes", "body_too_large"
-    )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return too_big
-    parts, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > MAX_BODY_BYTES:
-            return too_big
-        parts.append(part)
-    return b"".join(parts)
 
 
 def router(gateway: Gateway) -> APIRouter:

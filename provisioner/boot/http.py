@@ -30,6 +30,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from provisioner.boot import gateway, routes_api, routes_boot, routes_files, routes_metrics
 from provisioner.boot.http_context import AppContext, api_token_ok, open_reads, require_api_token
 from provisioner.boot.limits import Auth, BodyLimits, BodyRule, Refusal, route
+from provisioner.gateway import routes as front_routes
+from provisioner.gateway import wire
+from provisioner.gateway.frontdoor import FrontDoor, settings_from
+from provisioner.gateway.source import RegistrySource
 
 # The routes that take a body, first match wins; any other request: limits.DEFAULT_LIMIT
 # (64 KiB) and no credentials asked before the route's own checks.
@@ -41,7 +45,9 @@ BODY_RULES: tuple[BodyRule, ...] = (
     route("api-write", "POST", "/api/v1/profiles/reload",
           routes_api.MAX_BODY_BYTES, Auth.API_TOKEN),
     route("gateway", "POST", "/clusters/{name}/v1/{endpoint:path}",
-          gateway.MAX_BODY_BYTES, render=gateway.refusal_body),
+          wire.MAX_BODY_BYTES, render=gateway.refusal_body),
+    route("gateway", "POST", "/v1/{endpoint:path}",
+          wire.MAX_BODY_BYTES, render=gateway.refusal_body),
 )  # fmt: skip
 
 DOCS_URL = "/api/docs"
@@ -58,6 +64,13 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.include_router(
         gateway.router(gateway.Gateway(ctx.registry, ctx.metrics, state_dir=ctx.config.state_dir))
     )
+    # The front door (/v1): serve.py starts and stops it (app.state.front_door).
+    door = FrontDoor(
+        RegistrySource(ctx.registry, ctx.config.state_dir), ctx.metrics,
+        settings_from(ctx.config.gateway),
+    )  # fmt: skip
+    app.state.front_door = door
+    app.include_router(front_routes.router(door, require_api_token(ctx)))
     app.include_router(routes_metrics.router(ctx))
     _add_docs(app, ctx)
 

@@ -30,6 +30,7 @@ from provisioner.cli.common import (
 )
 from provisioner.cli.config import add_config_commands
 from provisioner.cli.enroll import add_enroll_commands
+from provisioner.cli.gateway import add_gateway_commands
 from provisioner.cli.image import add_image_commands
 from provisioner.cli.lab import add_lab_commands
 from provisioner.cli.model import add_model_commands
@@ -244,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_smoke_command(sub)
     add_backup_commands(sub)
     add_ansible_commands(sub)
+    add_gateway_commands(sub)
 
     completion = sub.add_parser("completion", help="a shell completion script (bash, zsh)")
     completion.add_argument("shell", choices=COMPLETION_SHELLS)

@@ -68,6 +68,7 @@ def _spec(args: argparse.Namespace) -> Cluster:
         args.name, Engine(args.engine), model, head, workers, args.rpc_network,
         options=options, serve=serve, tensor_parallel=args.tensor_parallel,
         pipeline_parallel=args.pipeline_parallel, gateway=args.gateway,
+        front_door=not args.no_front_door,
     )  # fmt: skip
 
 
@@ -278,7 +279,9 @@ def add_cluster_commands(sub: Any) -> None:
     create.add_argument(
         "--serve", action="append", metavar="NAME=MODEL[:SHARE][@PORT]",
         help="vLLM: a model the head serves under NAME with SHARE of the accelerator's "
-        "memory (several: shares add up to less than 1.0); ports from 8000",
+        "memory (several: shares add up to less than 1.0); ports from 8000. llama-rpc: one "
+        "NAME=MODEL, the name clients ask for (default: the model's). Clusters that serve one "
+        "NAME are replicas of it behind the gateway (/v1)",
     )  # fmt: skip
     create.add_argument(
         "--tensor-parallel", type=int, help="vLLM: GPUs per copy (default: a node's)"
@@ -289,6 +292,10 @@ def add_cluster_commands(sub: Any) -> None:
     create.add_argument(
         "--gateway", action="store_true",
         help="one OpenAI base URL on the control node: /clusters/NAME/v1",
+    )  # fmt: skip
+    create.add_argument(
+        "--no-front-door", action="store_true",
+        help="keep its models out of the gateway's /v1 (the front door)",
     )  # fmt: skip
     create.add_argument("--rpc-network", help="interface for RPC traffic (e.g. ib0)")
     create.add_argument(

@@ -307,6 +307,7 @@ def context_for(
             "name": cluster.name,
             "engine": cluster.engine,
             "model": cluster.model,
+            "served": cluster.served()[0].name,  # the name its server answers to
             "head": {"hostname": head.hostname, "address": head.address},
             "workers": [{"hostname": w.hostname, "address": w.address} for w in workers],
             "rpc": ",".join(rpc),

@@ -26,6 +26,7 @@ from provisioner.models.store import ModelNotFound
 # Leaf commands without --json, each with why: their output is not data.
 NO_JSON = {
     "serve": "runs until stopped; it logs",
+    "gateway serve": "runs until stopped; it logs",
     "inventory schema": "prints a JSON Schema already",
     "profile new": "prints (or writes) the profile's YAML",
     "lab down": "prints progress only",

@@ -311,8 +311,8 @@ def test_vllm_cluster_create_checks_shares_models_and_the_cpu_backend(
                        "--nodes", "node0", "--serve", "a=tiny")  # fmt: skip
     assert code != 0 and "model 'tiny' is a gguf file" in err
     code, _, err = run(config, capsys, "cluster", "create", "v", "--engine", "llama-rpc",
-                       "--head", "node0", "--serve", "a=smol")  # fmt: skip
-    assert code != 0 and "--serve is for --engine vllm" in err
+                       "--head", "node0", "--serve", "a=smol:0.5")  # fmt: skip
+    assert code != 0 and "a memory share is for --engine vllm" in err
     code, _, err = run(config, capsys, "cluster", "create", "v", "--engine", "vllm",
                        "--nodes", "node0,node1", "--serve", "a=smol")  # fmt: skip
     assert code != 0 and "CPU backend does not run over Ray" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -67,11 +68,19 @@ def test_vllm_units_are_one_per_served_model_on_the_head_and_ray_only_across_nod
     )
 
 
-def test_vllm_fills_in_one_served_model_and_llama_refuses_serve() -> None:
+def test_vllm_fills_in_one_served_model_and_llama_serves_one_name_on_its_port() -> None:
     plain = Cluster("c", Engine.VLLM, "q", "h")
     assert engine_for(plain).complete(plain).served() == (Served("q", "q", None, 8000),)
-    with pytest.raises(ClusterError, match="--serve is for --engine vllm"):
-        engine_for(LLAMA).complete(Cluster("c", Engine.LLAMA_RPC, "m", "h", serve=VLLM_RAY.serve))
+    named = Cluster("c", Engine.LLAMA_RPC, "m", "h", serve=(Served("smol", "m", None, 8000),))
+    assert engine_for(LLAMA).complete(named).served() == (Served("smol", "m", None, 8080),)
+    assert engine_for(LLAMA).complete(LLAMA).served() == (Served("m", "m", None, 8080),)
+    two = Cluster("c", Engine.LLAMA_RPC, "m", "h", serve=(Served("a", "m", None, 1),) * 2)
+    with pytest.raises(ClusterError, match="llama-rpc serves one model"):
+        engine_for(LLAMA).complete(two)
+    with pytest.raises(ClusterError, match="a memory share is for --engine vllm"):
+        engine_for(LLAMA).complete(replace(named, serve=(Served("a", "m", 0.5, 1),)))
+    with pytest.raises(ClusterError, match="give one model"):
+        engine_for(LLAMA).complete(replace(named, model="other"))
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in DEFAULT_RECIPES.glob("*.yaml")))

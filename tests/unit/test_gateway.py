@@ -28,6 +28,7 @@ from provisioner.boot.http import create_app
 from provisioner.boot.http_context import AppContext
 from provisioner.boot.ipxe import ScriptRenderer
 from provisioner.config import Mode, parse_config, render_config
+from provisioner.gateway import wire
 from provisioner.metrics import Metrics
 from provisioner.records import Cluster, Served
 from provisioner.registry import Registry
@@ -356,7 +357,7 @@ def test_bad_bodies(client: TestClient, content: bytes, status: int, code: str |
 def test_body_over_the_limit_is_413(
     client: TestClient, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gateway, "MAX_BODY_BYTES", 16)
+    monkeypatch.setattr(wire, "MAX_BODY_BYTES", 16)
     r = client.post("/clusters/small/v1/completions", json={"prompt": "x" * 64})
     assert r.status_code == 413
     assert upstream.seen == []

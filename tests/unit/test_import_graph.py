@@ -58,6 +58,11 @@ PURE_CORES = [
     "provisioner.records",
     "provisioner.names",
     "provisioner.timeline",
+    "provisioner.gateway.apikeys",
+    "provisioner.gateway.balance",
+    "provisioner.gateway.ratelimit",
+    "provisioner.gateway.replicas",
+    "provisioner.gateway.sse",
 ]
 IO_MODULES = {
     "sqlite3", "socket", "subprocess", "paramiko", "asyncio", "http.client",

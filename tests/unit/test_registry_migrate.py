@@ -101,6 +101,8 @@ def test_a_schema_2_file_from_before_user_version_is_upgraded_in_place(tmp_path:
     # Schema 4: profile_images.previous (NULL on old rows), node_images, node_disks (empty).
     grown = {**before, "profile_images": {(*r, None) for r in before["profile_images"]}}
     assert after.pop("node_images") == after.pop("node_disks") == set()
+    # Schema 5: the gateway's keys and usage (empty).
+    assert after.pop("gateway_keys") == after.pop("gateway_usage") == set()
     assert {t: r for t, r in after.items() if t != "meta"} == {
         t: r for t, r in grown.items() if t != "meta"
     }  # no row lost or changed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from provisioner.artifacts import cuda_driver, toolchain
@@ -27,7 +28,7 @@ from provisioner.models.store import ModelStore
 from provisioner.postinstall.plan import Download, Member, NodePlan, plan
 from provisioner.postinstall.ssh import Connection
 from provisioner.profiles import Engine
-from provisioner.records import Cluster
+from provisioner.records import Cluster, Served
 from provisioner.smoke import devices
 from provisioner.smoke.cluster import head_log, restart_check, sampler, unit_checks
 from provisioner.smoke.report import Check, Report
@@ -44,9 +45,20 @@ class LlamaRpcEngine:
     kind = Engine.LLAMA_RPC
 
     def complete(self, cluster: Cluster) -> Cluster:
-        if cluster.serve:
-            raise ClusterError("--serve is for --engine vllm (llama-rpc serves --model)")
-        return cluster
+        """``--serve NAME=MODEL``: one name the head's llama-server answers to (its alias),
+        on the cluster's HTTP port; two clusters that serve one name are two replicas of
+        it behind the gateway."""
+        if not cluster.serve:
+            return cluster
+        if len(cluster.serve) > 1:
+            raise ClusterError("llama-rpc serves one model: give one --serve NAME=MODEL")
+        served = cluster.serve[0]
+        if served.share is not None:
+            raise ClusterError(f"--serve {served.name}: a memory share is for --engine vllm")
+        if cluster.model != served.model:
+            raise ClusterError(f"--serve {served.name}={served.model} and --model "
+                               f"{cluster.model}: give one model")  # fmt: skip
+        return replace(cluster, serve=(Served(served.name, served.model, None, cluster.http_port),))
 
     def check_models(self, cluster: Cluster, model_kinds: Mapping[str, str | None]) -> list[str]:
         if cluster.model not in model_kinds:
@@ -155,22 +167,23 @@ class LlamaRpcEngine:
 
         cluster, nodes, conns = target.cluster, target.nodes, target.conns
         endpoint = target.endpoint(cluster.http_port)
-        progress(f"smoke {cluster.name}: {endpoint}, model {cluster.model}")
+        name = cluster.served()[0].name  # what llama-server answers to (--alias)
+        progress(f"smoke {cluster.name}: {endpoint}, model {name}")
         workers = [
             Worker(f"{nodes[w].ip}:{cluster.rpc_port}", sampler(conns[w])) for w in cluster.workers
         ]
         units = unit_checks(conns, base.units_by_host(self, cluster))
         base.wait_healthy(endpoint, options.wait_s, cluster.name, progress)
         log = head_log(conns[cluster.head])
-        report = run_smoke(cluster.name, endpoint, cluster.model, target.floors, log, workers)
+        report = run_smoke(cluster.name, endpoint, name, target.floors, log, workers)
         report = report.with_checks(units)
         report = report.with_checks(accelerator_checks(site, cluster, conns, log))
-        report = report.with_checks(base.load_checks(options, endpoint, cluster.model, progress))
+        report = report.with_checks(base.load_checks(options, endpoint, name, progress))
         if options.restart:  # a worker's RPC server, or a lone head's server
             host = cluster.workers[0] if cluster.workers else cluster.head
             unit = WORKER_UNIT if cluster.workers else HEAD_UNIT
             report = report.with_checks(
-                [restart_check(conns[host], host, unit, endpoint, cluster.model, progress)]
+                [restart_check(conns[host], host, unit, endpoint, name, progress)]
             )
         return report
 
