@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx
 from fastapi import Request, Response
@@ -56,6 +57,7 @@ from provisioner.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 REFRESH_S = 1.0  # how old the replica table and the keys may be
 USAGE_FLUSH_S = 5.0  # how often usage reaches the registry
 ANONYMOUS = "-"  # the usage key of requests to an open gateway
@@ -336,20 +338,17 @@ class FrontDoor:
         self, endpoint: str, model: str, body: bytes, request: Request,
         ranked: list[Replica], admitted: Admitted, arrived: float,
     ) -> Response:  # fmt: skip
+        """Try the replicas in turn until one gives the answer's first body bytes; only
+        then does the client get a status line, so a replica that fails before its first
+        token (refused, reset, killed while the request waited in its queue) is invisible."""
         last: GatewayError | None = None
         for attempt, replica in enumerate(ranked[: self.settings.max_attempts]):
             if attempt:
                 self.stats.retried(model)
             url = f"{replica.url}/v1/{endpoint}"
-            outgoing = self.client.build_request(
-                "POST",
-                url,
-                content=body,
-                headers=upstream_headers(request.headers, replica.engine_key),
-            )
             self.stats.begin(replica.id)
             try:
-                upstream = await _watching(self.client.send(outgoing, stream=True), request)
+                started = await _watching(self._start(replica, url, body, request), request)
             except ClientGone:
                 self._ended(replica, "client-gone", admitted, model)
                 return Response(status_code=499)
@@ -359,13 +358,11 @@ class FrontDoor:
                     continue
                 self._ended(replica, "timeout", admitted, model, status=504)
                 return timed_out(url).response()
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            except httpx.HTTPError as exc:
                 kind = "unreachable" if isinstance(exc, httpx.ConnectError) else "reset"
                 last = self._failed(replica, kind, exc, url, model)
                 continue
-            except httpx.HTTPError as exc:
-                last = self._failed(replica, "unreachable", exc, url, model)
-                continue
+            upstream, chunks, first = started
             if upstream.status_code == 503 and attempt + 1 < min(
                 len(ranked), self.settings.max_attempts
             ):
@@ -373,10 +370,27 @@ class FrontDoor:
                 self.stats.end(replica.id)
                 self.stats.error(replica.cluster, model, "busy")
                 continue
-            return self._relay(replica, model, upstream, admitted, arrived)
+            return self._relay(replica, model, upstream, chunks, first, admitted, arrived)
         self.stats.used(admitted.key, model, error=True, tokens_in=0, tokens_out=0)
         self.stats.answered(UNKNOWN, model, 502)
         return (last or self._none_up(model)).response()
+
+    async def _start(
+        self, replica: Replica, url: str, body: bytes, request: Request
+    ) -> tuple[httpx.Response, AsyncIterator[bytes], bytes]:
+        """The upstream's response, its body iterator and the first bytes of its body."""
+        outgoing = self.client.build_request(
+            "POST", url, content=body,
+            headers=upstream_headers(request.headers, replica.engine_key),
+        )  # fmt: skip
+        upstream = await self.client.send(outgoing, stream=True)
+        chunks = upstream.aiter_bytes()
+        try:
+            first = await anext(chunks, b"")
+        except BaseException:
+            await upstream.aclose()
+            raise
+        return upstream, chunks, first
 
     def _failed(
         self, replica: Replica, kind: str, exc: Exception, url: str, model: str
@@ -396,31 +410,34 @@ class FrontDoor:
         if status is not None:
             self.stats.answered(replica.cluster, model, status)
 
-    def _relay(self, replica: Replica, model: str, upstream: httpx.Response,
-               admitted: Admitted, arrived: float) -> Response:  # fmt: skip
+    def _relay(
+        self, replica: Replica, model: str, upstream: httpx.Response,
+        chunks: AsyncIterator[bytes], first: bytes, admitted: Admitted, arrived: float,
+    ) -> Response:  # fmt: skip
         status = upstream.status_code
         self.stats.answered(replica.cluster, model, status)
+        self.stats.first_byte(replica.cluster, model, time.monotonic() - arrived)
         if status >= 500:
             self.stats.error(replica.cluster, model, "upstream-error")
         streamed = upstream.headers.get("content-type", "").startswith("text/event-stream")
         return StreamingResponse(
-            self._chunks(replica, model, upstream, admitted, arrived, streamed),
+            self._chunks(replica, model, upstream, chunks, first, admitted, arrived, streamed),
             status_code=status,
             headers=client_headers(upstream.headers),
         )
 
     async def _chunks(
-        self, replica: Replica, model: str, upstream: httpx.Response, admitted: Admitted,
-        arrived: float, streamed: bool,
+        self, replica: Replica, model: str, upstream: httpx.Response,
+        chunks: AsyncIterator[bytes], first: bytes, admitted: Admitted, arrived: float,
+        streamed: bool,
     ) -> AsyncIterator[bytes]:  # fmt: skip
         tally = sse.Tally(streamed)
-        first: float | None = None
+        began = time.monotonic()
         error = upstream.status_code >= 400
         try:
-            async for chunk in upstream.aiter_bytes():
-                if first is None:
-                    first = time.monotonic()
-                    self.stats.first_byte(replica.cluster, model, first - arrived)
+            tally.feed(first)
+            yield first
+            async for chunk in chunks:
                 tally.feed(chunk)
                 yield chunk
                 if time.monotonic() - arrived > self.settings.timeouts.total:
@@ -446,8 +463,8 @@ class FrontDoor:
             self.stats.end(replica.id)
             tally.finish()
             done = time.monotonic()
-            if streamed and first is not None and tally.tokens > 1 and done > first:
-                self.stats.decoded(replica.cluster, model, (tally.tokens - 1) / (done - first))
+            if streamed and tally.tokens > 1 and done > began:
+                self.stats.decoded(replica.cluster, model, (tally.tokens - 1) / (done - began))
             self.stats.used(
                 admitted.key, model, error=error or tally.error is not None,
                 tokens_in=tally.prompt_tokens, tokens_out=tally.completion_tokens,
@@ -475,8 +492,8 @@ class FrontDoor:
         }
 
 
-async def _watching(send: Awaitable[httpx.Response], request: Request) -> httpx.Response:
-    """``send`` (a coroutine), unless the client goes away first (then it is cancelled)."""
+async def _watching(send: Awaitable[T], request: Request) -> T:
+    """``send``'s result, unless the client goes away first (then it is cancelled)."""
     sending = asyncio.ensure_future(send)
     gone = asyncio.ensure_future(_disconnected(request))
     try:
@@ -489,12 +506,8 @@ async def _watching(send: Awaitable[httpx.Response], request: Request) -> httpx.
         gone.cancel()
         return sending.result()
     sending.cancel()
-    try:
-        response = await sending
-    except (asyncio.CancelledError, httpx.HTTPError):
-        pass
-    else:
-        await response.aclose()
+    with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+        await sending  # (_start closes what it opened when cancelled)
     raise ClientGone
 
 

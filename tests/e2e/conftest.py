@@ -153,16 +153,7 @@ def llama_cluster(lab_dir: Path, name: str, head: str, workers: str, *options: s
     lab's model store, llama.cpp built into its artifact store (from the cache after the
     first build), and the llama.cpp RPC cluster ``name`` created (``options``: more
     ``--option K=V``; threads=1 always)."""
-    state = lab_dir / "state"
-    model = run_cli(
-        "model", "add", MODEL_SOURCE, "--name", "smollm2", "--store", str(state / "models")
-    )
-    assert model.returncode == 0, model.stderr
-    built = run_cli(
-        "artifact", "build", "llama.cpp", "--llama-version", LLAMA_VERSION,
-        "--store", str(state / "artifacts"), timeout=3000,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stderr[-4000:]
+    llama_ready(lab_dir / "state")
     extra = [word for option in options for word in ("--option", option)]
     created = run_cli(
         "--config", str(lab_dir / "provisioner.toml"), "cluster", "create", name,
@@ -170,3 +161,30 @@ def llama_cluster(lab_dir: Path, name: str, head: str, workers: str, *options: s
         *extra,
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
+
+
+def container_lab(lab_dir: Path, rootfs_built: BuiltRootfs, nodes: int) -> Path:
+    """``nodes`` systemd-nspawn nodes booted and enrolled on the shared image (ctr1, ...);
+    the lab's state folder."""
+    if shutil.which("systemd-nspawn") is None:
+        pytest.fail("systemd-nspawn is missing (scripts/setup installs systemd-container)")
+    state = lab_dir / "state"
+    (state / "images").mkdir(parents=True)
+    shutil.copytree(rootfs_built.image, state / "images" / rootfs_built.image.name)
+    up = run_cli(
+        "lab", "up", "--dir", str(lab_dir), "--kind", "container", "--nodes", str(nodes),
+        "--image", "debian-bookworm", "--timeout", "300",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr[-6000:]
+    return state
+
+
+def llama_ready(state: Path) -> None:
+    """SmolLM2 in the lab's model store and llama.cpp's CPU build in its artifact store
+    (from the cache after the first build)."""
+    model = run_cli("model", "add", MODEL_SOURCE, "--name", "smollm2",
+                    "--store", str(state / "models"))  # fmt: skip
+    assert model.returncode == 0, model.stderr
+    built = run_cli("artifact", "build", "llama.cpp", "--llama-version", LLAMA_VERSION,
+                    "--store", str(state / "artifacts"), timeout=3000)  # fmt: skip
+    assert built.returncode == 0, built.stderr[-4000:]

@@ -22,7 +22,7 @@ import pytest
 
 from provisioner.records import Cluster, Served
 from provisioner.registry import Registry
-from tests.integration.conftest import stop_process, write_config
+from tests.integration.conftest import Appliance, stop_process, write_config
 
 HOSTS = {"a": "127.0.0.1", "b": "127.0.0.2"}
 
@@ -205,3 +205,32 @@ def test_the_gateway_alone_balances_retries_cancels_and_reports(
     listed = cli(config, "gateway", "key", "list", "--json")
     usage = json.loads(listed.stdout)["keys"][0]["usage"]
     assert usage["requests"] >= 13 and usage["tokens_in"] >= 3 * 12, usage
+
+
+@pytest.mark.root
+def test_serve_answers_v1_with_a_key_added_while_it_runs(
+    loopback_appliance: Appliance, site: tuple[Path, int, dict[str, Replica]]
+) -> None:
+    """The front door inside `provisioner serve`: a key added while it runs is taken
+    within a second or two (the registry is read every second)."""
+    config, _, replicas = site
+    app = loopback_appliance
+    text = config.read_text()
+    app.config.write_text(text.replace(f"port = {_port(config)}", f"port = {app.http_port}"))
+    app.state = config.parent / "state"
+    app.start()
+    token = json.loads(cli(app.config, "gateway", "key", "add", "app", "--json").stdout)["api_key"]
+    body = {"model": "smol", "messages": [{"role": "user", "content": "hi"}]}
+    deadline = time.monotonic() + 5
+    while True:
+        r = httpx.post(f"{app.base}/v1/chat/completions", json=body, timeout=10,
+                       headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 200, (r.text, app.log.read_text()[-3000:])
+    assert r.json()["replica"] in replicas
+
+
+def _port(config: Path) -> int:
+    return int(config.read_text().split("[http]\nport = ")[1].split("\n")[0])

@@ -294,3 +294,18 @@ def test_the_registry_source_reads_replicas_weights_keys_and_keeps_usage(tmp_pat
     with pytest.raises(source.KeyNotFound):
         source.remove_key(reg, "app")
     reg.close()
+
+
+def test_a_replica_that_dies_before_its_first_token_is_invisible_to_the_client() -> None:
+    """Headers alone are not a start: a queued request whose server dies is sent on."""
+    replicas = Replicas()
+    replicas.answer = lambda name, r: (
+        httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Cut([]))
+        if name == "a" else ok(name, r)
+    )  # fmt: skip
+    client, door, _ = make(replicas)
+    answers = [client.post("/v1/chat/completions", json={**BODY, "stream": True}, headers=AUTH)
+               for _ in range(2)]  # fmt: skip
+    assert [(r.status_code, r.json()["replica"]) for r in answers] == [(200, "b"), (200, "b")]
+    a = next(x for x in door.status()["models"]["smol"] if x["cluster"] == "a")
+    assert a["errors"] == {"reset": 1} and not a["takes_traffic"]
