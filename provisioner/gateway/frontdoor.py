@@ -41,6 +41,7 @@ from provisioner.gateway.ratelimit import RateLimiter, retry_after
 from provisioner.gateway.replicas import Replica, Table
 from provisioner.gateway.source import Snapshot, Source
 from provisioner.gateway.stats import UNKNOWN, Stats
+from provisioner.gateway.transport import PoolTransport
 from provisioner.gateway.wire import (
     DEFAULT_TIMEOUTS,
     GatewayError,
@@ -120,7 +121,7 @@ class FrontDoor:
         if self._client is None:
             t = self.settings.timeouts
             self._client = httpx.AsyncClient(
-                transport=self._transport,
+                transport=self._transport or PoolTransport(),
                 timeout=httpx.Timeout(
                     connect=t.connect, read=t.read, write=t.write, pool=t.connect
                 ),
