@@ -41,6 +41,9 @@ class GatewayConfig:
     max_attempts: int = 3  # replicas one request may be sent to before the first byte
     probe_interval: float = 1.0  # seconds between health probes of each replica
     listen: str = "0.0.0.0:8090"  # `provisioner gateway serve`'s address
+    # Addresses of gateways on other hosts: the nodes' firewalls let them reach the
+    # servers' API ports too (post-install renders it), as the control node does.
+    hosts: tuple[str, ...] = ()
 
 
 _ZONE = re.compile(
@@ -87,7 +90,17 @@ def parse_gateway(r: ConfigReader) -> GatewayConfig:
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise r.fail("gateway.listen", listen, 'must be "ADDRESS:PORT", e.g. "0.0.0.0:8090"')
+    raw = r.get("gateway", "hosts", [])
+    if not isinstance(raw, list):
+        raise r.fail("gateway.hosts", raw, 'must be a list of IPv4 addresses: ["10.0.0.7"]')
+    hosts = []
+    for item in raw:
+        try:
+            hosts.append(str(IPv4Address(str(item))))
+        except ValueError:
+            raise r.fail("gateway.hosts", item, "not an IPv4 address") from None
     return GatewayConfig(
+        hosts=tuple(hosts),
         open=r.flag("gateway", "open", False),
         routing=routing,
         max_attempts=int(r.number("gateway", "max_attempts", 3, 1, 10, "must be 1-10")),

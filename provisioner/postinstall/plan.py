@@ -286,6 +286,7 @@ def context_for(
     artifact: Download | None,
     model: Download | None,
     engine_key: str = "",
+    gateways: Sequence[str] = (),
 ) -> dict[str, Any]:
     by_name = {m.hostname: m for m in members}
     head = by_name[cluster.head]
@@ -316,7 +317,8 @@ def context_for(
             "options": dict(cluster.options),
             "members": [m.address for m in members],
         },
-        "control": {"url": control_url, "address": _ip_of(control_url)},
+        # gateways: gateways on other hosts ([gateway] hosts), let in where the control is.
+        "control": {"url": control_url, "address": _ip_of(control_url), "gateways": list(gateways)},
         # The node's firewall (base recipe): ports only the control node may reach (the
         # servers' APIs), ports only the head may reach (llama.cpp RPC); the engine sets them.
         "firewall": {"control_only": [], "head_only": []},
@@ -341,13 +343,15 @@ def plan(
     extra: Mapping[str, Mapping[str, Any]] | None = None,
     engine_key: str = "",
     artifacts: Mapping[str, Download] | None = None,
+    gateways: Sequence[str] = (),
 ) -> list[NodePlan]:
     """Each member's steps. ``engine_recipes``: the engine's recipes after base and the
     drivers; ``extra``: more context per hostname (the engine's own: vLLM's served
     models, Ray's arguments, the firewall's ports); ``engine_key``: what the cluster's
     servers require (the head gets it in a 0600 file); ``artifacts``: a member's own
     artifact (hostname -> download) where members of different profiles run different
-    builds, instead of ``artifact``."""
+    builds, instead of ``artifact``; ``gateways``: more addresses that may reach the
+    servers' API ports (gateways on other hosts)."""
     env = template_env(recipes_dir)
     per_member = dict(artifacts or {})
     checks = [(artifact, "artifact"), (model, "model")]
@@ -362,7 +366,7 @@ def plan(
         context = context_for(
             cluster, member, members, control_url=control_url,
             artifact=per_member.get(member.hostname, artifact), model=model,
-            engine_key=engine_key,
+            engine_key=engine_key, gateways=gateways,
         )  # fmt: skip
         context.update((extra or {}).get(member.hostname, {}))
         steps: list[Step] = []

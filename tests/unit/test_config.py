@@ -102,6 +102,10 @@ def test_proxy_mode_needs_no_range() -> None:
         ),
         ("auto_enroll = false", "autoenroll = true", "cluster.autoenroll", "auto_enroll?"),
         ("[paths]", "[path]", "path", "unknown table (did you mean [paths]?)"),
+        ('routing = "least-outstanding"', 'routing = "random"', "gateway.routing", "one of"),
+        ("open = false", 'open = false\nhosts = ["gw"]', "gateway.hosts", "IPv4"),
+        ("open = false", 'open = false\nhosts = "10.0.0.7"', "gateway.hosts", "a list"),
+        ("open = false", 'open = false\nlisten = "8090"', "gateway.listen", "ADDRESS:PORT"),
     ],
 )
 def test_bad_values_are_refused_with_key_value_and_reason(
@@ -240,3 +244,9 @@ def test_config_show_summary_has_the_http_settings_in_effect() -> None:
     assert shown["http"] == {"bind": "10.10.0.1", "open_reads": False, "open_metrics": True}
     assert shown["ports"] == {"dhcp": 67, "pxe": 4011, "tftp": 69, "http": 8080}
     assert shown["address"] == "10.10.0.1/24" and shown["source"] == "p.toml"
+
+
+def test_the_gateway_section() -> None:
+    cfg = parse_config(full_text(**{"open = false": 'open = false\nhosts = ["10.10.0.7"]'}))
+    assert cfg.gateway.hosts == ("10.10.0.7",) and not cfg.gateway.open
+    assert cfg.gateway.routing == "least-outstanding" and cfg.gateway.max_attempts == 3

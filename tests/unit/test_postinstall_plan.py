@@ -219,7 +219,14 @@ def test_the_firewall_files_load_in_nft_on_a_node_without_etc_protocols() -> Non
     plans = plan(
         cluster(), members("qemu-lab"), control_url="http://10.99.0.1:8080",
         artifact=ARTIFACT, model=MODEL, engine_recipes=("llama-rpc",), extra=firewall,
+        gateways=("10.99.0.7", "10.99.0.1"),  # a gateway elsewhere; the control's again
     )  # fmt: skip
+    head_rules = next(s.put[1].decode() for s in plans[0].steps
+                      if s.put and s.put[0].endswith("node.nft"))  # fmt: skip
+    assert (
+        "tcp dport 8080 ip saddr 10.99.0.1 accept\n\t\ttcp dport 8080 ip saddr 10.99.0.7 "
+        "accept\n\t\ttcp dport 8080 counter drop"
+    ) in head_rules
     files = [s.put[1] for p in plans for s in p.steps if s.put and s.put[0].endswith(".nft")]
     assert len(files) == 5  # a node table on each of the three, an RPC table on each worker
     for text in files:

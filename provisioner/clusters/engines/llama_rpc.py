@@ -146,6 +146,7 @@ class LlamaRpcEngine:
             engine_recipes=self.recipes(cluster),
             extra=extra,
             engine_key=keys.secret(site.cfg.state_dir, cluster.name, "engine"),
+            gateways=site.cfg.gateway.hosts,
         )
 
     def teardown_context(self, cluster: Cluster) -> dict[str, Any]:

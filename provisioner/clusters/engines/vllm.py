@@ -77,6 +77,7 @@ class VllmEngine:
             cluster, members, control_url=site.cfg.http_base, artifact=artifact, model=None,
             engine_recipes=self.recipes(cluster), extra=extra,
             engine_key=keys.secret(site.cfg.state_dir, cluster.name, "engine"),
+            gateways=site.cfg.gateway.hosts,
         )  # fmt: skip
 
     def teardown_context(self, cluster: Cluster) -> dict[str, Any]:
