@@ -34,6 +34,10 @@ OTHER_CREDENTIALS = {
     ("POST", "/clusters/{name}/v1/chat/completions"): "the cluster's gateway",
     ("POST", "/clusters/{name}/v1/completions"): "the cluster's gateway",
     ("POST", "/clusters/{name}/v1/embeddings"): "the cluster's gateway",
+    ("GET", "/v1/models"): "the front door's API keys (gateway/frontdoor.py)",
+    ("POST", "/v1/chat/completions"): "the front door's API keys",
+    ("POST", "/v1/completions"): "the front door's API keys",
+    ("POST", "/v1/embeddings"): "the front door's API keys",
 }
 # Reads open to anyone who reaches the port, each with why.
 OPEN_READS = {
@@ -150,3 +154,19 @@ def test_every_api_read_needs_the_token_while_reads_are_closed(
         assert http.get(concrete(path)).status_code == 401, path
         good = http.get(concrete(path), headers={"Authorization": f"Bearer {TOKEN}"})
         assert good.status_code in (200, 404), (path, good.status_code)
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}"}]
+)
+def test_the_front_door_wants_a_gateway_key_not_the_api_token(
+    client: tuple[TestClient, Registry], headers: dict[str, str]
+) -> None:
+    """The operator's API token is not a gateway key: every /v1 route answers 401."""
+    http, _ = client
+    front = [(m, p) for m, p in routes() if p.startswith("/v1/")]
+    assert len(front) == 4
+    for method, path in front:
+        answer = http.request(method, path, headers=headers, json={"model": "m"})
+        assert answer.status_code == 401, (method, path, answer.text)
+        assert answer.json()["error"]["code"] == "invalid_api_key"
