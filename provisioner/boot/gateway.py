@@ -54,6 +54,7 @@ from provisioner.gateway.wire import (
     client_headers,
     client_key,
     read_body,
+    upstream_client,
     upstream_headers,
 )
 from provisioner.gateway.wire import MAX_BODY_BYTES as MAX_BODY_BYTES
@@ -175,16 +176,7 @@ class Gateway:
     def client(self) -> httpx.AsyncClient:
         """Made at first use (an app that never forwards loads no TLS context)."""
         if self._client is None:
-            t = self.timeouts
-            self._client = httpx.AsyncClient(
-                transport=self._transport,
-                timeout=httpx.Timeout(
-                    connect=t.connect, read=t.read, write=t.write, pool=t.connect
-                ),
-                # The upstreams queue requests themselves (llama-server --parallel, vLLM).
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
-                trust_env=False,  # cluster traffic never goes through an HTTP_PROXY
-            )
+            self._client = upstream_client(self.timeouts, self._transport)
         return self._client
 
     async def aclose(self) -> None:

@@ -25,9 +25,8 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import httpx
 from fastapi import Request, Response
@@ -44,6 +43,7 @@ from provisioner.gateway.stats import UNKNOWN, Stats
 from provisioner.gateway.transport import PoolTransport
 from provisioner.gateway.wire import (
     DEFAULT_TIMEOUTS,
+    ClientGone,
     GatewayError,
     GatewayTimeouts,
     client_headers,
@@ -52,13 +52,14 @@ from provisioner.gateway.wire import (
     read_body,
     timed_out,
     unreachable,
+    upstream_client,
     upstream_headers,
+    watching,
 )
 from provisioner.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 REFRESH_S = 1.0  # how old the replica table and the keys may be
 USAGE_FLUSH_S = 5.0  # how often usage reaches the registry
 ANONYMOUS = "-"  # the usage key of requests to an open gateway
@@ -80,10 +81,6 @@ def settings_from(cfg: GatewayConfig) -> FrontDoorSettings:
         max_attempts=cfg.max_attempts,
         probe_interval=cfg.probe_interval,
     )
-
-
-class ClientGone(Exception):
-    """The client went away while the gateway waited for the upstream."""
 
 
 @dataclass(frozen=True)
@@ -119,14 +116,8 @@ class FrontDoor:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            t = self.settings.timeouts
-            self._client = httpx.AsyncClient(
-                transport=self._transport or PoolTransport(),
-                timeout=httpx.Timeout(
-                    connect=t.connect, read=t.read, write=t.write, pool=t.connect
-                ),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-                trust_env=False,  # cluster traffic never goes through an HTTP_PROXY
+            self._client = upstream_client(
+                self.settings.timeouts, self._transport or PoolTransport()
             )
         return self._client
 
@@ -349,7 +340,7 @@ class FrontDoor:
             url = f"{replica.url}/v1/{endpoint}"
             self.stats.begin(replica.id)
             try:
-                started = await _watching(self._start(replica, url, body, request), request)
+                started = await watching(self._start(replica, url, body, request), request)
             except ClientGone:
                 self._ended(replica, "client-gone", admitted, model)
                 return Response(status_code=499)
@@ -491,29 +482,3 @@ class FrontDoor:
             "keys": len(self.snapshot.keys) if self.snapshot else 0,
             "models": models,
         }
-
-
-async def _watching(send: Awaitable[T], request: Request) -> T:
-    """``send``'s result, unless the client goes away first (then it is cancelled)."""
-    sending = asyncio.ensure_future(send)
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        done, _ = await asyncio.wait({sending, gone}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        sending.cancel()
-        gone.cancel()
-        raise
-    if sending in done:
-        gone.cancel()
-        return sending.result()
-    sending.cancel()
-    with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
-        await sending  # (_start closes what it opened when cancelled)
-    raise ClientGone
-
-
-async def _disconnected(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return

@@ -65,9 +65,6 @@ class Table:
     def all(self) -> list[Replica]:
         return [r for name in self.names() for r in self.replicas[name]]
 
-    def by_id(self) -> dict[str, Replica]:
-        return {r.id: r for r in self.all()}
-
 
 def table(
     clusters: Iterable[Cluster],

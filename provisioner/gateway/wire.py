@@ -8,15 +8,20 @@ Both gateways (the front door, :mod:`provisioner.gateway.routes`, and a cluster'
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
+import httpx
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from provisioner.gateway.replicas import base_url as base_url
 
+T = TypeVar("T")
 FORWARDED = ("chat/completions", "completions", "embeddings")
 # A request body: http.py holds the routes to it before they read (limits.py), and
 # read_body again. 4 MiB of JSON is a million tokens of prompt.
@@ -65,6 +70,20 @@ class GatewayError:
     def response(self) -> JSONResponse:
         headers = {"retry-after": str(self.retry_after)} if self.retry_after is not None else None
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def upstream_client(
+    timeouts: GatewayTimeouts, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """The client both gateways reach the servers with (never through an HTTP_PROXY)."""
+    t = timeouts
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.connect),
+        # The upstreams queue requests themselves (llama-server --parallel, vLLM).
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+        trust_env=False,
+    )
 
 
 def upstream_headers(headers: Mapping[str, str], engine_key: str | None = None) -> dict[str, str]:
@@ -128,3 +147,33 @@ async def read_body(request: Request) -> bytes | GatewayError:
             return too_big
         parts.append(part)
     return b"".join(parts)
+
+
+class ClientGone(Exception):
+    """The client went away while the gateway waited for the upstream."""
+
+
+async def watching(send: Awaitable[T], request: Request) -> T:
+    """``send``'s result, unless the client goes away first (then it is cancelled)."""
+    sending = asyncio.ensure_future(send)
+    gone = asyncio.ensure_future(disconnected(request))
+    try:
+        done, _ = await asyncio.wait({sending, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        sending.cancel()
+        gone.cancel()
+        raise
+    if sending in done:
+        gone.cancel()
+        return sending.result()
+    sending.cancel()
+    with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+        await sending  # (_start closes what it opened when cancelled)
+    raise ClientGone
+
+
+async def disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
