@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +40,12 @@ from provisioner.records import (
     Detail,
     Event,
     EventKind,
-    Lease,
-    LeaseKind,
     Node,
     PendingInventory,
     TokenCheck,
 )
+from provisioner.registry_leases import LeaseTable
+from provisioner.registry_leases import declined_owner as declined_owner
 from provisioner.registry_migrate import (
     PRIVATE_FILE,
     make_private,
@@ -98,7 +97,7 @@ def _open(path: Path, *, readonly: bool) -> sqlite3.Connection:
     return db
 
 
-class Registry:
+class Registry(LeaseTable):
     def __init__(self, path: Path, *, readonly: bool = False):
         self.path = path
         self.readonly = readonly
@@ -625,65 +624,6 @@ class Registry:
         document = self.inventory_document(mac)
         return inventory_of(document) if document else None
 
-    # ------------------------------------------------------------------ leases
-
-    def active_leases(self, now: float | None = None) -> dict[IPv4Address, str]:
-        """Every address held (offered, bound or declined) and not expired: ip -> mac."""
-        now = time.time() if now is None else now
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT ip, mac FROM leases WHERE expires > ?", (now,)
-            ).fetchall()
-        return {IPv4Address(r["ip"]): r["mac"] for r in rows}
-
-    def bound_address(self, mac: str, now: float | None = None) -> str | None:
-        """The address of the node's unexpired bound lease (full mode), if any."""
-        now = time.time() if now is None else now
-        with self._lock:
-            row = self._db.execute(
-                "SELECT ip FROM leases WHERE mac = ? AND kind = ? AND expires > ?",
-                (mac, LeaseKind.BOUND.value, now),
-            ).fetchone()
-        return str(row["ip"]) if row else None
-
-    def has_dhcp(self, mac: str) -> bool:
-        """Did ``mac`` network-boot through us: a lease, or a DHCP event on its timeline?"""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM leases WHERE mac = ?"
-                " UNION ALL SELECT 1 FROM events WHERE mac = ? AND kind = ? LIMIT 1",
-                (mac, mac, EventKind.DHCP.value),
-            ).fetchone()
-        return row is not None
-
-    def leases(self) -> list[Lease]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM leases ORDER BY ip").fetchall()
-        return [
-            Lease(IPv4Address(r["ip"]), r["mac"], r["expires"], LeaseKind(r["kind"])) for r in rows
-        ]
-
-    def commit_lease(self, mac: str, ip: IPv4Address, expires: float, kind: LeaseKind) -> None:
-        """Hold ``ip`` for ``mac``; one address per MAC (an older one is let go)."""
-        with self._tx() as db:
-            db.execute("DELETE FROM leases WHERE mac = ? AND kind != ?", (mac, "declined"))
-            db.execute(
-                "INSERT INTO leases(ip, mac, expires, kind) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, expires = excluded.expires,"
-                " kind = excluded.kind",
-                (str(ip), mac, expires, kind.value),
-            )
-            if kind is LeaseKind.BOUND:
-                db.execute("UPDATE nodes SET ip = ? WHERE mac = ?", (str(ip), mac))
-
-    def release_lease(self, mac: str) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM leases WHERE mac = ? AND kind != ?", (mac, "declined"))
-
-    def decline(self, ip: IPv4Address, mac: str, until: float) -> None:
-        """An address a client found in use: keep it out of the pool until ``until``."""
-        self.commit_lease(declined_owner(mac), ip, until, LeaseKind.DECLINED)
-
     # ---- power settings (provisioner/power): one URL per node, never a password
 
     def set_power(self, mac: str, url: str | None) -> None:
@@ -729,11 +669,6 @@ def snapshot(path: Path, dest: Path) -> int:
     if verdict != "ok":
         raise RegistryError(f"registry {path} fails SQLite's integrity check: {verdict}")
     return version
-
-
-def declined_owner(mac: str) -> str:
-    """The owner recorded for an address ``mac`` declined: nobody can renew it."""
-    return f"declined-by-{mac}"
 
 
 def _node(row: sqlite3.Row) -> Node:

@@ -1,0 +1,85 @@
+"""The registry's DHCP leases: offered, bound and declined addresses (full mode).
+
+A part of :class:`provisioner.registry.Registry` (its base class), kept apart by concern;
+it uses the registry's connection, lock and transactions and imports no SQLite itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import AbstractContextManager
+from ipaddress import IPv4Address
+from typing import Any
+
+from provisioner.records import EventKind, Lease, LeaseKind
+
+
+def declined_owner(mac: str) -> str:
+    """The owner recorded for an address ``mac`` declined: nobody can renew it."""
+    return f"declined-by-{mac}"
+
+
+class LeaseTable:
+    _db: Any  # the registry's sqlite3 connection
+    _lock: threading.RLock
+
+    def _tx(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError  # the registry's transaction
+
+    def active_leases(self, now: float | None = None) -> dict[IPv4Address, str]:
+        """Every address held (offered, bound or declined) and not expired: ip -> mac."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT ip, mac FROM leases WHERE expires > ?", (now,)
+            ).fetchall()
+        return {IPv4Address(r["ip"]): r["mac"] for r in rows}
+
+    def bound_address(self, mac: str, now: float | None = None) -> str | None:
+        """The address of the node's unexpired bound lease (full mode), if any."""
+        now = time.time() if now is None else now
+        with self._lock:
+            row = self._db.execute(
+                "SELECT ip FROM leases WHERE mac = ? AND kind = ? AND expires > ?",
+                (mac, LeaseKind.BOUND.value, now),
+            ).fetchone()
+        return str(row["ip"]) if row else None
+
+    def has_dhcp(self, mac: str) -> bool:
+        """Did ``mac`` network-boot through us: a lease, or a DHCP event on its timeline?"""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM leases WHERE mac = ?"
+                " UNION ALL SELECT 1 FROM events WHERE mac = ? AND kind = ? LIMIT 1",
+                (mac, mac, EventKind.DHCP.value),
+            ).fetchone()
+        return row is not None
+
+    def leases(self) -> list[Lease]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM leases ORDER BY ip").fetchall()
+        return [
+            Lease(IPv4Address(r["ip"]), r["mac"], r["expires"], LeaseKind(r["kind"])) for r in rows
+        ]
+
+    def commit_lease(self, mac: str, ip: IPv4Address, expires: float, kind: LeaseKind) -> None:
+        """Hold ``ip`` for ``mac``; one address per MAC (an older one is let go)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM leases WHERE mac = ? AND kind != ?", (mac, "declined"))
+            db.execute(
+                "INSERT INTO leases(ip, mac, expires, kind) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, expires = excluded.expires,"
+                " kind = excluded.kind",
+                (str(ip), mac, expires, kind.value),
+            )
+            if kind is LeaseKind.BOUND:
+                db.execute("UPDATE nodes SET ip = ? WHERE mac = ?", (str(ip), mac))
+
+    def release_lease(self, mac: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM leases WHERE mac = ? AND kind != ?", (mac, "declined"))
+
+    def decline(self, ip: IPv4Address, mac: str, until: float) -> None:
+        """An address a client found in use: keep it out of the pool until ``until``."""
+        self.commit_lease(declined_owner(mac), ip, until, LeaseKind.DECLINED)
