@@ -23,9 +23,11 @@ from tomlkit.items import Table
 from provisioner import names
 from provisioner.config_reader import ConfigReader
 from provisioner.config_services import (
+    DashboardConfig,
     DnsConfig,
     GatewayConfig,
     PrometheusConfig,
+    parse_dashboard,
     parse_dns,
     parse_gateway,
     parse_prometheus,
@@ -131,6 +133,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     tftp: TftpConfig = TftpConfig()
     boot: BootConfig = BootConfig()
     cluster: ClusterConfig = ClusterConfig()
@@ -197,6 +200,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
     dns_cfg = parse_dns(r)
     prometheus = parse_prometheus(r)
     gateway = parse_gateway(r)
+    dashboard = parse_dashboard(r)
     state_dir = Path(r.text("paths", "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
     if not state_dir.is_absolute():
         raise r.fail("paths.state_dir", str(state_dir), "must be an absolute path")
@@ -214,6 +218,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
         dns=dns_cfg,
         prometheus=prometheus,
         gateway=gateway,
+        dashboard=dashboard,
         state_dir=state_dir,
         source=Path(source) if source else None,
     )
@@ -406,6 +411,7 @@ def summary(cfg: Config) -> dict[str, object]:
             "port": cfg.dns.port,
             "upstream": [f"{host}:{port}" for host, port in cfg.dns.upstream],
         },
+        "dashboard": {"enabled": cfg.dashboard.enabled, "reads": cfg.dashboard.reads},
         "gateway": {
             "open": cfg.gateway.open,
             "routing": cfg.gateway.routing,
@@ -504,6 +510,16 @@ def render_config(
     gateway.add(tomlkit.comment('"prefix" (requests sharing a prompt start meet the same server).'))
     gateway.add("routing", GatewayConfig.routing)
     doc.add("gateway", gateway)
+
+    dashboard = tomlkit.table()
+    dashboard.add(tomlkit.comment("The web dashboard at http://<this node>:<port>/. Reading it:"))
+    dashboard.add(tomlkit.comment('"cluster" (no login from the cluster network or this node),'))
+    dashboard.add(tomlkit.comment('"open" (no login from anywhere) or "login" (always a login).'))
+    dashboard.add(tomlkit.comment("Actions (power, enroll, boot, smoke) always need a login with"))
+    dashboard.add(tomlkit.comment("the API token."))
+    dashboard.add("enabled", True)
+    dashboard.add("reads", DashboardConfig.reads)
+    doc.add("dashboard", dashboard)
 
     boot = tomlkit.table()
     boot.add("bios_binary", "undionly.kpxe")

@@ -1,5 +1,6 @@
-"""The [dns] and [prometheus] tables of provisioner.toml: the services beside the boot path
-(the cluster zone's DNS responder, Prometheus's service discovery). Pure, as config.py is:
+"""The [dns], [prometheus], [gateway] and [dashboard] tables of provisioner.toml: the
+services beside the boot path (the cluster zone's DNS responder, Prometheus's service
+discovery, the front door, the web dashboard). Pure, as config.py is:
 a :class:`ConfigReader` in, validated values out, each failure naming its key.
 """
 
@@ -26,6 +27,21 @@ class DnsConfig:
 @dataclass(frozen=True)
 class PrometheusConfig:
     node_exporter_port: int = 9100  # where the nodes' exporters listen (http_sd targets)
+
+
+DASHBOARD_READS = ("cluster", "open", "login")  # who reads the dashboard without logging in
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """The web dashboard at ``/`` (provisioner/web). ``reads``: "cluster" (default) lets
+    browsers on the cluster network (and this machine) read without a login, "open" lets
+    anyone who reaches the port read, "login" asks everyone to log in. Actions always need
+    a login (the API token) whatever ``reads`` says."""
+
+    enabled: bool = True
+    reads: str = "cluster"
+    session_hours: float = 8.0  # a login's cookie lasts this long
 
 
 ROUTINGS = ("least-outstanding", "prefix")  # provisioner.gateway.balance.Routing
@@ -111,3 +127,12 @@ def parse_gateway(r: ConfigReader) -> GatewayConfig:
         ),
         listen=listen,
     )
+
+
+def parse_dashboard(r: ConfigReader) -> DashboardConfig:
+    reads = r.text("dashboard", "reads", DashboardConfig.reads) or ""
+    if reads not in DASHBOARD_READS:
+        raise r.fail("dashboard.reads", reads, "must be one of " + ", ".join(DASHBOARD_READS))
+    hours = r.number("dashboard", "session_hours", 8.0, 0.05, 24 * 30, "must be 0.05-720 hours",
+                     whole=False)  # fmt: skip
+    return DashboardConfig(r.flag("dashboard", "enabled", True), reads, hours)

@@ -141,9 +141,13 @@ class Registry(LeaseTable):
 
     def query(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, Any]]:
         """Rows of a read, for a store whose SQL is kept in its own module (the gateway's
-        keys and usage: gateway/source.py)."""
-        with self._lock:
-            return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+        keys and usage: gateway/source.py; the dashboard's table: web/board.py). A failed
+        read (a locked or damaged file) is :class:`RegistryError`."""
+        try:
+            with self._lock:
+                return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+        except sqlite3.Error as exc:
+            raise RegistryError(f"registry {self.path}: {exc}") from exc
 
     def execute(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
         """One statement for each of ``rows``, in one transaction; the rows changed. A

@@ -184,12 +184,16 @@ class BootServices:
                     raise BootServiceError("the HTTP service stopped while starting")
                 await asyncio.sleep(0.01)
             await self.app.state.front_door.start()
+            if self.app.state.dashboard is not None:
+                self.app.state.dashboard.feed.start()
             self._front = await asyncio.get_running_loop().create_server(
                 self._front_protocol, sock=self._http_socket
             )
             if self.cfg.dhcp.router_advertisements:
                 self._start_ra()
         except BaseException:
+            if self.app.state.dashboard is not None:
+                await self.app.state.dashboard.feed.stop()
             await self.app.state.front_door.stop()
             self.tftp.stop()
             self.dhcp.stop()
@@ -206,6 +210,7 @@ class BootServices:
             f"({self.cfg.network.address}), TFTP :{self.cfg.tftp.port}, "
             f"HTTP {self.cfg.http_base}"
             + (f", DNS :{self.cfg.dns.port} ({self.cfg.dns.zone})" if self.dns else "")
+            + (f", dashboard {self.cfg.http_base}/" if self.cfg.dashboard.enabled else "")
         )
 
     def _start_ra(self) -> None:
@@ -252,6 +257,8 @@ class BootServices:
             self._front.close()
         if self.ra is not None:
             self.ra.stop()
+        if self.app.state.dashboard is not None:  # first: it ends the browsers' streams
+            await self.app.state.dashboard.feed.stop()
         if self.http is not None:
             self.http.should_exit = True
             await self._http_task

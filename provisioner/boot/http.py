@@ -13,8 +13,12 @@ per area, each in its own module:
 - gateway.py: ``/clusters/{name}/v1/...``, a cluster's OpenAI gateway, open where the
   cluster has ``gateway: true``;
 - routes_metrics.py: ``GET /metrics`` (Prometheus), ``GET /healthz``;
+- web/pages.py: ``/``, ``/nodes/{key}``, ``/clusters/{name}``, ``/events``, ``/login``:
+  the web dashboard (``[dashboard] enabled``), its own logins for actions;
 - here: ``GET /api/docs`` and ``/openapi.json``, the API's description, read like the
-  API (the API token unless ``open_reads``).
+  API (the API token unless ``open_reads``); Swagger UI's script and stylesheet come from
+  this appliance (``/api/docs/assets/``, the files of the ``fastapi-offline`` package),
+  never from a CDN: the cluster network is often offline.
 
 In front of them all, limits.py's :class:`BodyLimits` holds every request body to the
 limit :data:`BODY_RULES` gives its route, and asks for credentials before reading it.
@@ -23,9 +27,11 @@ Every request a node makes is put on its timeline in the registry.
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from importlib import resources
+
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from provisioner.boot import gateway, routes_api, routes_boot, routes_files, routes_metrics
 from provisioner.boot.http_context import AppContext, api_token_ok, open_reads, require_api_token
@@ -34,6 +40,7 @@ from provisioner.gateway import routes as front_routes
 from provisioner.gateway import wire
 from provisioner.gateway.frontdoor import FrontDoor, settings_from
 from provisioner.gateway.source import RegistrySource
+from provisioner.web import pages
 
 # The routes that take a body, first match wins; any other request: limits.DEFAULT_LIMIT
 # (64 KiB) and no credentials asked before the route's own checks.
@@ -48,10 +55,19 @@ BODY_RULES: tuple[BodyRule, ...] = (
           wire.MAX_BODY_BYTES, render=gateway.refusal_body),
     route("gateway", "POST", "/v1/{endpoint:path}",
           wire.MAX_BODY_BYTES, render=gateway.refusal_body),
+    route("dashboard", "POST", "/login", pages.MAX_FORM_BYTES),
+    route("dashboard", "POST", "/logout", pages.MAX_FORM_BYTES),
+    route("dashboard", "POST", "/nodes/{key}/actions/{action}", pages.MAX_FORM_BYTES),
+    route("dashboard", "POST", "/clusters/{name}/actions/smoke", pages.MAX_FORM_BYTES),
 )  # fmt: skip
 
 DOCS_URL = "/api/docs"
 OPENAPI_URL = "/openapi.json"
+DOCS_ASSETS = {  # Swagger UI's files, served from the fastapi-offline package
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon.png": "image/png",
+}
 
 
 def create_app(ctx: AppContext) -> FastAPI:
@@ -72,6 +88,13 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.state.front_door = door
     app.include_router(front_routes.router(door, require_api_token(ctx)))
     app.include_router(routes_metrics.router(ctx))
+    # The dashboard: serve.py starts and stops its live feed (app.state.dashboard).
+    app.state.dashboard = None
+    if ctx.config.dashboard.enabled:
+        app.state.dashboard = pages.Dashboard(
+            ctx.config, ctx.registry, ctx.api_token, ctx.metrics, door.status
+        )
+        app.include_router(pages.router(app.state.dashboard))
     _add_docs(app, ctx)
 
     def refused(refusal: Refusal) -> None:
@@ -95,4 +118,18 @@ def _add_docs(app: FastAPI, ctx: AppContext) -> None:
 
     @app.get(DOCS_URL, include_in_schema=False, dependencies=reads)
     def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=OPENAPI_URL, title="provisioner API")
+        return get_swagger_ui_html(
+            openapi_url=OPENAPI_URL, title="provisioner API",
+            swagger_js_url=f"{DOCS_URL}/assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_URL}/assets/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_URL}/assets/favicon.png",
+        )  # fmt: skip
+
+    @app.get(DOCS_URL + "/assets/{name}", include_in_schema=False, dependencies=reads)
+    def docs_asset(name: str) -> Response:
+        """Swagger UI's own files, read like the page that loads them."""
+        media = DOCS_ASSETS.get(name)
+        if media is None:
+            raise HTTPException(404, f"no {name}")
+        data = (resources.files("fastapi_offline") / "static" / name).read_bytes()
+        return Response(data, media_type=media, headers={"Cache-Control": "max-age=86400"})

@@ -45,6 +45,20 @@ OPEN_READS = {
     "/metrics": "Prometheus (open_metrics: true by default; tested in test_http_surface.py)",
     "/boot/{name}": "iPXE asks for its script with no credential; the answer is per lease",
 }
+# The web dashboard (web/pages.py): reads by network or login ([dashboard] reads), actions
+# by a login's session and CSRF token; test_dashboard_app.py tests each rule.
+DASHBOARD = {
+    ("GET", "/"): "read: the cluster network, else a login",
+    ("GET", "/nodes/{key}"): "read: the cluster network, else a login",
+    ("GET", "/clusters/{name}"): "read: the cluster network, else a login",
+    ("GET", "/events"): "read (the live feed): the cluster network, else a login",
+    ("GET", "/login"): "the login form: says nothing",
+    ("GET", "/static/{name}"): "the dashboard's own CSS and script, a fixed list",
+    ("POST", "/login"): "takes the API token as its key",
+    ("POST", "/logout"): "a session and its CSRF token",
+    ("POST", "/nodes/{key}/actions/{action}"): "a session and its CSRF token",
+    ("POST", "/clusters/{name}/actions/smoke"): "a session and its CSRF token",
+}
 FILE_AREAS = (
     "/images/",
     "/tftp/",
@@ -113,6 +127,7 @@ def test_the_route_table_is_the_one_this_test_knows() -> None:
     for method, path in listed:
         known = (
             (method, path) in OTHER_CREDENTIALS
+            or (method, path) in DASHBOARD
             or path in OPEN_READS
             or path.startswith(FILE_AREAS)
             or path.startswith("/api/")
@@ -170,3 +185,26 @@ def test_the_front_door_wants_a_gateway_key_not_the_api_token(
         answer = http.request(method, path, headers=headers, json={"model": "m"})
         assert answer.status_code == 401, (method, path, answer.text)
         assert answer.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_the_dashboard_refuses_a_stranger_without_a_login(tmp_path: Path) -> None:
+    """From outside the cluster network with no session: every dashboard read but the
+    login form and its static files sends to the login (or 401s, the live feed), every
+    action 401s, and nothing changes."""
+    state = tmp_path / "state"
+    state.mkdir()
+    ctx = context(state)
+    ctx.registry.touch_node(MAC, ip="10.62.0.11")
+    before = snapshot(ctx.registry)
+    http = TestClient(create_app(ctx), client=("192.0.2.7", 40000))
+    for method, path in DASHBOARD:
+        if path in ("/login", "/static/{name}"):
+            continue
+        answer = http.request(method, concrete(path), data={"csrf": "x", "key": "wrong"},
+                              follow_redirects=False)  # fmt: skip
+        if method == "GET" and path != "/events":
+            assert answer.status_code == 303, (path, answer.status_code)
+            assert answer.headers["location"].startswith("/login?next=")
+        else:
+            assert answer.status_code == 401, (method, path, answer.status_code)
+    assert snapshot(ctx.registry) == before

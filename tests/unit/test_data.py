@@ -66,4 +66,6 @@ def test_pyproject_ships_each_folder_from_the_top_level() -> None:
     prefix = f"provisioner.{data.SHIPPED}."
     assert SETUPTOOLS["package-dir"] == {prefix + f: f for f in data.FOLDERS}
     shipped = {p for p in SETUPTOOLS["packages"] if p.startswith(prefix)}
-    assert {p: ["*"] for p in shipped} == SETUPTOOLS["package-data"]
+    # Besides the data folders: the dashboard's templates and static files (provisioner/web).
+    web = {"provisioner.web": ["templates/*", "static/*"]}
+    assert {**{p: ["*"] for p in shipped}, **web} == SETUPTOOLS["package-data"]
