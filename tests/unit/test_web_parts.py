@@ -12,7 +12,7 @@ from provisioner.records import Event, EventKind
 from provisioner.registry import Registry
 from provisioner.states import NodeEvent
 from provisioner.web import session
-from provisioner.web.board import Board, NodeRow, diff, event_label, power_label
+from provisioner.web.board import Board, event_label, power_label
 from provisioner.web.drawing import series, smoke_history, timeline
 from provisioner.web.feed import Feed, FeedFull, sse
 
@@ -158,17 +158,6 @@ def test_event_and_power_labels() -> None:
     assert power_label("bogus:", None, None) == "invalid"
 
 
-def row(mac: str, state: str) -> NodeRow:
-    return NodeRow(mac, mac, state, "-", "-", "-", "-", 0.0, False, "-")
-
-
-def test_diff_sends_only_what_changed() -> None:
-    a, b = row("m1", "new"), row("m2", "new")
-    changes = diff({"m1": a, "m2": b}, {"m1": a, "m2": row("m2", "ready"), "m3": row("m3", "new")})
-    assert [(c.kind, c.mac) for c in changes] == [("node", "m2"), ("node", "m3")]
-    assert [(c.kind, c.mac) for c in diff({"m1": a}, {})] == [("gone", "m1")]
-
-
 def test_the_board_reads_only_when_something_was_committed(tmp_path: Path) -> None:
     path = tmp_path / "registry.sqlite"
     writer = Registry(path)
@@ -190,6 +179,9 @@ def test_the_board_reads_only_when_something_was_committed(tmp_path: Path) -> No
     assert change.row is not None
     assert change.row.last == "driver failed" and change.row.failed
     assert change.row.power == "ipmi (cycle ok)"
+    writer.set_hostname(MAC, "gpu0")  # a change of the node's own columns, no event
+    [change] = board.refresh()
+    assert change.row is not None and change.row.name == "gpu0"
     writer.forget(MAC)
     assert [c.kind for c in board.refresh()] == ["gone"]
     board.close()
