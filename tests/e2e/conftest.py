@@ -18,6 +18,7 @@ import pytest
 from provisioner.image.discovery import default_cache
 from provisioner.image.rootfs import Manifest, build_rootfs
 from provisioner.lab.netns import list_namespaces
+from tests import secret_scan
 from tests.conftest import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +58,21 @@ def vulkan_build_started_early(
         if build.poll() is None:
             os.killpg(build.pid, 15)  # its own session: cmake and the compilers with it
             build.wait(timeout=60)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_the_runs_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After every end-to-end test (issue 20, item 7): the API token, SSH private key and
+    BMC passwords of every lab's state folder appear in no other file of the run: the
+    labs' logs (serve, dnsmasq, QEMU consoles, containers), their state folders and
+    whatever the tests wrote. A leak fails the session's last teardown, naming the file."""
+    yield
+    root = tmp_path_factory.getbasetemp()
+    started = time.monotonic()
+    found = secret_scan.leaks(root)
+    print(f"secret scan of {root}: {len(secret_scan.secrets_under(root))} secrets, "
+          f"{time.monotonic() - started:.1f} s")  # fmt: skip
+    assert not found, "secrets outside their files:\n" + "\n".join(found[:20])
 
 
 @dataclass(frozen=True)
