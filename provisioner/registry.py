@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from provisioner import names
+from provisioner import names, registry_pg
 from provisioner.discovery.model import Inventory
 from provisioner.discovery.schema import inventory_of
 from provisioner.errors import RegistryConflict, RegistryError
@@ -55,6 +55,7 @@ from provisioner.registry_migrate import (
     require_current,
     schema_version,
 )
+from provisioner.registry_pg import PgConnection
 from provisioner.registry_schema import SCHEMA_VERSION as SCHEMA_VERSION
 from provisioner.states import NodeEvent, NodeState, apply
 
@@ -97,15 +98,35 @@ def _open(path: Path, *, readonly: bool) -> sqlite3.Connection:
     return db
 
 
+def _open_pg(url: str, *, readonly: bool) -> PgConnection:
+    """A PostgreSQL registry, brought up to date as a file is (the same migrations)."""
+    db = PgConnection(url, readonly=readonly)
+    where = registry_pg.redact(url)
+    try:
+        if readonly:
+            require_current(where, schema_version(db))
+        else:
+            migrate(db, where)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 class Registry(LeaseTable):
-    def __init__(self, path: Path, *, readonly: bool = False):
+    def __init__(self, path: Path | str, *, readonly: bool = False):
+        """``path``: the SQLite file, or a ``postgresql://`` URL (registry_pg.py)."""
         self.path = path
+        self.where = registry_pg.redact(path) if isinstance(path, str) else str(path)
         self.readonly = readonly
-        try:
-            self._db = _open(path, readonly=readonly)
-        except sqlite3.Error as exc:
-            raise RegistryError(f"cannot open registry {path}: {exc}") from exc
-        self._db.row_factory = sqlite3.Row
+        if registry_pg.is_url(path):
+            self._db: Any = _open_pg(str(path), readonly=readonly)
+        else:
+            try:
+                self._db = _open(Path(path), readonly=readonly)
+            except sqlite3.Error as exc:
+                raise RegistryError(f"cannot open registry {path}: {exc}") from exc
+            self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._depth = 0
         self.on_event: Callable[[Event], None] | None = None  # each event recorded (metrics)
@@ -115,9 +136,9 @@ class Registry(LeaseTable):
             self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Any]:
         if self.readonly:
-            raise RegistryError(f"registry {self.path} is open read-only")
+            raise RegistryError(f"registry {self.where} is open read-only")
         with self._lock:
             if self._depth:  # inside batch(): one transaction for all
                 yield self._db
@@ -147,7 +168,7 @@ class Registry(LeaseTable):
             with self._lock:
                 return [dict(r) for r in self._db.execute(sql, args).fetchall()]
         except sqlite3.Error as exc:
-            raise RegistryError(f"registry {self.path}: {exc}") from exc
+            raise RegistryError(f"registry {self.where}: {exc}") from exc
 
     def execute(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
         """One statement for each of ``rows``, in one transaction; the rows changed. A
@@ -156,7 +177,7 @@ class Registry(LeaseTable):
             with self._tx() as db:
                 return sum(db.execute(sql, row).rowcount for row in rows)
         except sqlite3.IntegrityError as exc:
-            raise RegistryConflict(str(exc)) from exc
+            raise RegistryConflict(str(exc)) from exc  # PostgreSQL's: raised as this already
 
     def last_step_output(self, mac: str, step: str) -> str | None:
         """The output of a node's newest step of that name (the last smoke's figures)."""
@@ -262,7 +283,7 @@ class Registry(LeaseTable):
         try:
             with self._tx() as db:
                 db.execute("UPDATE nodes SET hostname = ? WHERE mac = ?", (hostname, mac))
-        except sqlite3.IntegrityError as exc:
+        except (sqlite3.IntegrityError, RegistryConflict) as exc:
             raise RegistryError(f"hostname {hostname!r} is taken by another node") from exc
         return self._require(mac)
 
@@ -561,7 +582,7 @@ class Registry(LeaseTable):
         with self._lock:
             rows = self._db.execute(
                 "SELECT * FROM (SELECT * FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?)"
-                " ORDER BY id",
+                " AS recent ORDER BY id",
                 (mac, limit),
             ).fetchall()
         return [

@@ -77,7 +77,7 @@ def schema_version(db: Database) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-def refuse_newer(path: Path, version: int, known: int = SCHEMA_VERSION) -> None:
+def refuse_newer(path: Path | str, version: int, known: int = SCHEMA_VERSION) -> None:
     if version > known:
         raise SchemaVersionError(
             path, version, known,
@@ -86,7 +86,7 @@ def refuse_newer(path: Path, version: int, known: int = SCHEMA_VERSION) -> None:
         )  # fmt: skip
 
 
-def require_current(path: Path, version: int, known: int = SCHEMA_VERSION) -> None:
+def require_current(path: Path | str, version: int, known: int = SCHEMA_VERSION) -> None:
     """A read-only open: refuse a file that is newer, or older (it would need writing)."""
     refuse_newer(path, version, known)
     if version < known:
@@ -111,7 +111,7 @@ def statements(script: str) -> list[str]:
     return found
 
 
-def migrate(db: Database, path: Path, steps: Sequence[Migration] = MIGRATIONS) -> list[int]:
+def migrate(db: Database, path: Path | str, steps: Sequence[Migration] = MIGRATIONS) -> list[int]:
     """Apply the steps newer than the file, in order; the versions applied."""
     known = steps[-1].version if steps else 0
     refuse_newer(path, schema_version(db), known)

@@ -26,6 +26,7 @@ the run stops at collection with an error naming the path.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -132,3 +133,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"{dropped} slow-tier tests deselected ({', '.join(SLOW_TIERS)}): "
             "--tier all, -m MARKER, or a file or node id runs them"
         )
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """One throwaway PostgreSQL server for the session (tests/pg_server.py), started at
+    the first test that asks for it; the URL of its admin database."""
+    from tests import pg_server
+
+    with pg_server.server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a test's registry lives, once for each backend (issue 23): a new SQLite file,
+    then a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return tmp_path / "registry.sqlite3"
+    from tests import pg_server
+
+    return pg_server.fresh_database(request.getfixturevalue("postgres_server"))

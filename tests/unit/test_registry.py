@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -17,8 +18,11 @@ MAC = "52:54:00:12:34:56"
 
 
 @pytest.fixture
-def reg(tmp_path: Path) -> Registry:
-    return Registry(tmp_path / "registry.sqlite3")
+def reg(registry_location: Path | str) -> Iterator[Registry]:
+    """A new registry on each backend: SQLite, then PostgreSQL (tests/pg_server.py)."""
+    registry = Registry(registry_location)
+    yield registry
+    registry.close()
 
 
 def test_first_sight_creates_a_new_node_and_refreshes_later(reg: Registry) -> None:
@@ -223,8 +227,8 @@ def test_a_version_1_database_opens_and_gains_the_new_storage(tmp_path: Path) ->
     assert json.loads(version) == SCHEMA_VERSION
 
 
-def test_leases_survive_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "registry.sqlite3"
+def test_leases_survive_reopening(registry_location: Path | str) -> None:
+    path = registry_location
     reg = Registry(path)
     reg.touch_node(MAC)
     reg.commit_lease(MAC, IPv4Address("10.0.0.100"), expires=2000.0, kind=LeaseKind.OFFERED)
@@ -235,6 +239,7 @@ def test_leases_survive_reopening(tmp_path: Path) -> None:
     assert again.active_leases(now=6000.0) == {}
     node = again.node(MAC)
     assert node is not None and node.ip == "10.0.0.101"
+    again.close()
 
 
 def test_release_and_decline(reg: Registry) -> None:
@@ -274,3 +279,22 @@ def test_forget_removes_everything_about_a_node(reg: Registry) -> None:
     assert reg.node(MAC) is None and reg.events(MAC) == [] and reg.inventory_document(MAC) is None
     assert reg.active_leases() == {}
     assert reg.boot_token(MAC) is None and reg.pending_inventory(MAC) is None
+
+
+def test_a_read_only_registry_refuses_writes(registry_location: Path | str) -> None:
+    Registry(registry_location).close()  # made, and brought up to date
+    ro = Registry(registry_location, readonly=True)
+    assert ro.nodes() == []
+    with pytest.raises(RegistryError, match="read-only"):
+        ro.touch_node(MAC)
+    ro.close()
+
+
+def test_a_taken_hostname_is_refused_on_both_backends(reg: Registry) -> None:
+    reg.touch_node(MAC)
+    reg.touch_node("52:54:00:12:34:57")
+    reg.set_hostname(MAC, "node0")
+    with pytest.raises(RegistryError, match="taken"):
+        reg.set_hostname("52:54:00:12:34:57", "node0")
+    assert reg.node("52:54:00:12:34:57") is not None  # the failed transaction left it whole
+    reg.set_hostname("52:54:00:12:34:57", "node1")
