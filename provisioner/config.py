@@ -23,9 +23,12 @@ from tomlkit.items import Table
 from provisioner import names
 from provisioner.config_reader import ConfigReader
 from provisioner.config_services import (
+    ConsoleConfig,
     DnsConfig,
     GatewayConfig,
     PrometheusConfig,
+    console_table,
+    parse_console,
     parse_dns,
     parse_gateway,
     parse_prometheus,
@@ -131,6 +134,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     tftp: TftpConfig = TftpConfig()
     boot: BootConfig = BootConfig()
     cluster: ClusterConfig = ClusterConfig()
@@ -197,11 +201,14 @@ def parse_config(text: str, source: str | None = None) -> Config:
     dns_cfg = parse_dns(r)
     prometheus = parse_prometheus(r)
     gateway = parse_gateway(r)
+    console = parse_console(r)
     state_dir = Path(r.text("paths", "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
     if not state_dir.is_absolute():
         raise r.fail("paths.state_dir", str(state_dir), "must be an absolute path")
     r.refuse_unknown()
     ports = {"dhcp.port": dhcp.port, "dhcp.pxe_port": dhcp.pxe_port, "tftp.port": tftp.port}
+    if console.enabled:
+        ports["console.port"] = console.port
     if len(set(ports.values())) != len(ports):
         raise r.fail("dhcp.pxe_port", dhcp.pxe_port, "UDP ports must differ: " + str(ports))
     return Config(
@@ -214,6 +221,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
         dns=dns_cfg,
         prometheus=prometheus,
         gateway=gateway,
+        console=console,
         state_dir=state_dir,
         source=Path(source) if source else None,
     )
@@ -504,6 +512,7 @@ def render_config(
     gateway.add(tomlkit.comment('"prefix" (requests sharing a prompt start meet the same server).'))
     gateway.add("routing", GatewayConfig.routing)
     doc.add("gateway", gateway)
+    doc.add("console", console_table())
 
     boot = tomlkit.table()
     boot.add("bios_binary", "undionly.kpxe")

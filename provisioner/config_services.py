@@ -1,5 +1,6 @@
-"""The [dns] and [prometheus] tables of provisioner.toml: the services beside the boot path
-(the cluster zone's DNS responder, Prometheus's service discovery). Pure, as config.py is:
+"""The [dns], [prometheus], [gateway] and [console] tables of provisioner.toml: the services
+beside the boot path (the cluster zone's DNS responder, Prometheus's service discovery,
+the front door, the nodes' netconsole receiver). Pure, as config.py is:
 a :class:`ConfigReader` in, validated values out, each failure naming its key.
 """
 
@@ -8,6 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+
+import tomlkit
+from tomlkit.items import Table
 
 from provisioner.config_reader import ConfigReader
 
@@ -26,6 +30,17 @@ class DnsConfig:
 @dataclass(frozen=True)
 class PrometheusConfig:
     node_exporter_port: int = 9100  # where the nodes' exporters listen (http_sd targets)
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The nodes' kernel messages (netconsole, UDP) received on the cluster address and
+    kept per node (provisioner/console): on unless ``enabled = false``, which also takes
+    ``provisioner.netconsole=`` off the boot scripts (the nodes send nothing)."""
+
+    enabled: bool = True
+    port: int = 6666  # netconsole's customary port
+    max_bytes_per_node: int = 1024 * 1024  # on disk, the older half rotated out
 
 
 ROUTINGS = ("least-outstanding", "prefix")  # provisioner.gateway.balance.Routing
@@ -111,3 +126,28 @@ def parse_gateway(r: ConfigReader) -> GatewayConfig:
         ),
         listen=listen,
     )
+
+
+def parse_console(r: ConfigReader) -> ConsoleConfig:
+    cap = r.number(
+        "console", "max_bytes_per_node", ConsoleConfig.max_bytes_per_node,
+        64 * 1024, 1 << 30, "must be bytes between 65536 and 1073741824",
+    )  # fmt: skip
+    return ConsoleConfig(
+        enabled=r.flag("console", "enabled", True),
+        port=r.port("console", "port", ConsoleConfig.port),
+        max_bytes_per_node=int(cap),
+    )
+
+
+def console_table() -> Table:
+    """The [console] table `config init` writes."""
+    table = tomlkit.table()
+    table.add(tomlkit.comment("Nodes send their kernel messages here (netconsole, UDP): kept per"))
+    table.add(tomlkit.comment("node, read with `provisioner node console NODE`; a boot, panic or"))
+    table.add(tomlkit.comment("Oops goes on its timeline. false: the boot scripts stop asking."))
+    table.add("enabled", True)
+    table.add("port", ConsoleConfig.port)
+    table.add(tomlkit.comment("Bytes kept on disk per node (the older half is let go)."))
+    table.add("max_bytes_per_node", ConsoleConfig.max_bytes_per_node)
+    return table
