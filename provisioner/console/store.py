@@ -90,10 +90,14 @@ class ConsoleStore:
             os.close(fd)
 
     def remove(self, mac: str) -> None:
-        """The node is forgotten: so are its lines."""
-        path = log_path(self.state_dir, mac)
-        for p in (path, path.with_name(path.name + ".1")):
-            p.unlink(missing_ok=True)
+        forget_console(self.state_dir, mac)
+
+
+def forget_console(state_dir: Path, mac: str) -> None:
+    """The node is forgotten (``node remove``): so are its lines."""
+    path = log_path(state_dir, mac)
+    for p in (path, path.with_name(path.name + ".1")):
+        p.unlink(missing_ok=True)
 
 
 def _records(lines: Iterable[str]) -> Iterable[Record]:

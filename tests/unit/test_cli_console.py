@@ -116,3 +116,13 @@ def test_sol_is_refused_without_an_ipmi_bmc(
     done = sol(config, tmp_path, power)
     assert done.returncode == Exit.REFUSED and why in done.stderr
     assert "argv:" not in done.stdout
+
+
+def test_a_removed_node_loses_its_console_lines(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = config.parent / "state"
+    ConsoleStore(state).append(MAC, [Record(1.0, KernelLine("Linux version 6.1.0"))])
+    assert (state / "console" / f"{MAC}.log").exists()
+    assert main(["--config", str(config), "node", "remove", "gpu0", "--yes"]) == Exit.OK
+    assert not (state / "console" / f"{MAC}.log").exists()
