@@ -38,6 +38,9 @@ _FRAGMENT = re.compile(rb"^ncfrag=([0-9]{1,6})/([0-9]{1,6})$")
 _PLAIN_TIME = re.compile(r"^\[\s*([0-9]{1,10}\.[0-9]{1,9})\]\s?")
 # C0 and C1 controls and DEL: a node's text must not drive the operator's terminal.
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# The kernel prints its command line: the boot script's per-boot token is not kept.
+_SECRET = re.compile(r"\b(provisioner\.token=)\S+")
+HIDDEN = "<hidden>"
 
 
 class Dropped(Exception):
@@ -72,10 +75,10 @@ class KernelLine:
 
 
 def clean(text: str) -> str:
-    """One line fit to print: controls out (tabs become spaces), trailing space gone,
-    at most :data:`MAX_LINE` characters."""
+    """One line fit to print and keep: controls out (tabs become spaces), trailing space
+    gone, a boot token hidden, at most :data:`MAX_LINE` characters."""
     text = _CONTROL.sub("", text.replace("\t", " ").replace("\r", "")).rstrip()
-    return text[:MAX_LINE]
+    return _SECRET.sub(r"\g<1>" + HIDDEN, text)[:MAX_LINE]
 
 
 def _text(data: bytes) -> str:

@@ -107,3 +107,14 @@ def test_junk_is_dropped_with_its_reason_and_leaves_no_state(datagram: bytes, re
         decoder.feed(datagram)
     assert caught.value.reason == reason
     assert decoder.feed(b" line\n") == [KernelLine("partial line", kernel_ts=1.0)]
+
+
+def test_the_boot_token_on_the_printed_command_line_is_not_kept() -> None:
+    (line,) = Decoder().feed(
+        b"6,1,0,-;Kernel command line: initrd=initrd provisioner.mac=52:54:00:99:00:01 "
+        b"provisioner.token=0CVW_sGJ7SDHmwXjMaZc provisioner.netconsole=6666\n"
+    )
+    assert line.text == (
+        "Kernel command line: initrd=initrd provisioner.mac=52:54:00:99:00:01 "
+        "provisioner.token=<hidden> provisioner.netconsole=6666"
+    )
