@@ -23,10 +23,13 @@ from tomlkit.items import Table
 from provisioner import names
 from provisioner.config_reader import ConfigReader
 from provisioner.config_services import (
+    ConsoleConfig,
     DashboardConfig,
     DnsConfig,
     GatewayConfig,
     PrometheusConfig,
+    console_table,
+    parse_console,
     parse_dashboard,
     parse_dns,
     parse_gateway,
@@ -134,6 +137,7 @@ class Config:
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     tftp: TftpConfig = TftpConfig()
     boot: BootConfig = BootConfig()
     cluster: ClusterConfig = ClusterConfig()
@@ -201,11 +205,14 @@ def parse_config(text: str, source: str | None = None) -> Config:
     prometheus = parse_prometheus(r)
     gateway = parse_gateway(r)
     dashboard = parse_dashboard(r)
+    console = parse_console(r)
     state_dir = Path(r.text("paths", "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
     if not state_dir.is_absolute():
         raise r.fail("paths.state_dir", str(state_dir), "must be an absolute path")
     r.refuse_unknown()
     ports = {"dhcp.port": dhcp.port, "dhcp.pxe_port": dhcp.pxe_port, "tftp.port": tftp.port}
+    if console.enabled:
+        ports["console.port"] = console.port
     if len(set(ports.values())) != len(ports):
         raise r.fail("dhcp.pxe_port", dhcp.pxe_port, "UDP ports must differ: " + str(ports))
     return Config(
@@ -219,6 +226,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
         prometheus=prometheus,
         gateway=gateway,
         dashboard=dashboard,
+        console=console,
         state_dir=state_dir,
         source=Path(source) if source else None,
     )
@@ -510,6 +518,7 @@ def render_config(
     gateway.add(tomlkit.comment('"prefix" (requests sharing a prompt start meet the same server).'))
     gateway.add("routing", GatewayConfig.routing)
     doc.add("gateway", gateway)
+    doc.add("console", console_table())
 
     dashboard = tomlkit.table()
     dashboard.add(tomlkit.comment("The web dashboard at http://<this node>:<port>/. Reading it:"))

@@ -1,7 +1,7 @@
-"""The [dns], [prometheus], [gateway] and [dashboard] tables of provisioner.toml: the
-services beside the boot path (the cluster zone's DNS responder, Prometheus's service
-discovery, the front door, the web dashboard). Pure, as config.py is:
-a :class:`ConfigReader` in, validated values out, each failure naming its key.
+"""The [dns], [prometheus], [gateway], [dashboard] and [console] tables of provisioner.toml:
+the services beside the boot path (the cluster zone's DNS responder, Prometheus's service
+discovery, the front door, the web dashboard, the nodes' netconsole receiver). Pure, as
+config.py is: a :class:`ConfigReader` in, validated values out, each failure naming its key.
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+
+import tomlkit
+from tomlkit.items import Table
 
 from provisioner.config_reader import ConfigReader
 
@@ -42,6 +45,17 @@ class DashboardConfig:
     enabled: bool = True
     reads: str = "cluster"
     session_hours: float = 8.0  # a login's cookie lasts this long
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The nodes' kernel messages (netconsole, UDP) received on the cluster address and
+    kept per node (provisioner/console): on unless ``enabled = false``, which also takes
+    ``provisioner.netconsole=`` off the boot scripts (the nodes send nothing)."""
+
+    enabled: bool = True
+    port: int = 6666  # netconsole's customary port
+    max_bytes_per_node: int = 1024 * 1024  # on disk, the older half rotated out
 
 
 ROUTINGS = ("least-outstanding", "prefix")  # provisioner.gateway.balance.Routing
@@ -136,3 +150,28 @@ def parse_dashboard(r: ConfigReader) -> DashboardConfig:
     hours = r.number("dashboard", "session_hours", 8.0, 0.05, 24 * 30, "must be 0.05-720 hours",
                      whole=False)  # fmt: skip
     return DashboardConfig(r.flag("dashboard", "enabled", True), reads, hours)
+
+
+def parse_console(r: ConfigReader) -> ConsoleConfig:
+    cap = r.number(
+        "console", "max_bytes_per_node", ConsoleConfig.max_bytes_per_node,
+        64 * 1024, 1 << 30, "must be bytes between 65536 and 1073741824",
+    )  # fmt: skip
+    return ConsoleConfig(
+        enabled=r.flag("console", "enabled", True),
+        port=r.port("console", "port", ConsoleConfig.port),
+        max_bytes_per_node=int(cap),
+    )
+
+
+def console_table() -> Table:
+    """The [console] table `config init` writes."""
+    table = tomlkit.table()
+    table.add(tomlkit.comment("Nodes send their kernel messages here (netconsole, UDP): kept per"))
+    table.add(tomlkit.comment("node, read with `provisioner node console NODE`; a boot, panic or"))
+    table.add(tomlkit.comment("Oops goes on its timeline. false: the boot scripts stop asking."))
+    table.add("enabled", True)
+    table.add("port", ConsoleConfig.port)
+    table.add(tomlkit.comment("Bytes kept on disk per node (the older half is let go)."))
+    table.add("max_bytes_per_node", ConsoleConfig.max_bytes_per_node)
+    return table

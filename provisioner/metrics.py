@@ -13,7 +13,9 @@ the first event. The series (labels in braces; values listed are declared at sta
 - ``provisioner_tftp_events_total{kind}``: sent, failed;
 - ``provisioner_http_files_total{area}``, ``provisioner_http_bytes_total{area}``;
 - ``provisioner_http_refused_total{reason}``: :data:`HTTP_REFUSAL_REASONS`;
-- ``provisioner_events_dropped_total{kind}``: refused;
+- ``provisioner_events_dropped_total{kind}``: refused, console;
+- ``provisioner_console_datagrams_total{result}``: :data:`CONSOLE_RESULTS` (netconsole);
+- ``provisioner_console_lines_total``: kernel lines kept (provisioner/console);
 - ``provisioner_gateway_requests_total{cluster, model, status}`` and
   ``provisioner_gateway_broken_total{cluster, model, reason}``: as they happen;
 - the front door's series: :mod:`provisioner.gateway.stats`;
@@ -83,6 +85,11 @@ HTTP_REFUSAL_REASONS = (
     "root-integrity",
 )
 TFTP_EVENT_KINDS = ("sent", "failed")
+# provisioner/console: a datagram kept, or why not (protocol.DROP_REASONS, then the rest).
+CONSOLE_RESULTS = (
+    "accepted", "oversize", "empty", "not-text", "bad-header", "bad-fragment",
+    "unknown-source", "overload",
+)  # fmt: skip
 DNS_QUERY_KINDS = (
     "answered",
     "nodata",
@@ -140,8 +147,14 @@ COUNTERS: dict[str, CounterSpec] = {
         "HTTP requests refused, by reason", ("reason",), _each(HTTP_REFUSAL_REASONS)
     ),
     "provisioner_events_dropped_total": CounterSpec(
-        "Timeline events not recorded (over a node's budget), by kind", ("kind",), (("refused",),)
+        "Timeline events not recorded (over a node's budget), by kind",
+        ("kind",),
+        (("refused",), ("console",)),
     ),
+    "provisioner_console_datagrams_total": CounterSpec(
+        "netconsole datagrams received, by result", ("result",), _each(CONSOLE_RESULTS)
+    ),
+    "provisioner_console_lines_total": CounterSpec("Kernel lines kept from the nodes' consoles"),
     "provisioner_gateway_requests_total": CounterSpec(
         "Gateway requests, by cluster, served model and status", ("cluster", "model", "status")
     ),

@@ -40,6 +40,7 @@ class EventKind(StrEnum):
     WATCH = "watch"  # the watchdog found one of its units down (clusters/watchdog.py)
     ROLL = "roll"  # a rolling image upgrade rebooted it, saw it back, or stopped on it
     DISK = "disk"  # `node disk init`: its cache disk formatted, mounted, or refused
+    CONSOLE = "console"  # its kernel's first lines of a boot, or a panic/Oops (console/watch.py)
 
 
 class LeaseKind(StrEnum):

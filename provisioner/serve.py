@@ -25,6 +25,8 @@ from provisioner.clusters.converge import Converger, site_runner
 from provisioner.clusters.site import Site
 from provisioner.clusters.watchdog import Watchdog
 from provisioner.config import Config, ensure_api_token
+from provisioner.console.service import ConsoleReceiver, ConsoleService
+from provisioner.console.store import ConsoleStore
 from provisioner.dns import registry_zone
 from provisioner.dns.server import DnsService, Responder
 from provisioner.enroll.matching import Enroller
@@ -138,6 +140,11 @@ class BootServices:
                 lambda kind: counted[kind](),
             )
             self.dns = DnsService(responder, str(cfg.network.server_ip), cfg.dns.port)
+        self.console: ConsoleService | None = None
+        if cfg.console.enabled:
+            store = ConsoleStore(cfg.state_dir, cfg.console.max_bytes_per_node)
+            receiver = ConsoleReceiver(self.registry, store, self.metrics)
+            self.console = ConsoleService(cfg.console, str(cfg.network.server_ip), receiver)
         self.http: uvicorn.Server | None = None
         self._front: asyncio.Server | None = None
         self.ra: RouterAdvertiser | None = None
@@ -191,6 +198,7 @@ class BootServices:
             )
             if self.cfg.dhcp.router_advertisements:
                 self._start_ra()
+            await self._start_console()
         except BaseException:
             if self.app.state.dashboard is not None:
                 await self.app.state.dashboard.feed.stop()
@@ -211,7 +219,17 @@ class BootServices:
             f"HTTP {self.cfg.http_base}"
             + (f", DNS :{self.cfg.dns.port} ({self.cfg.dns.zone})" if self.dns else "")
             + (f", dashboard {self.cfg.http_base}/" if self.cfg.dashboard.enabled else "")
+            + (f", console :{self.cfg.console.port}/udp" if self.console else "")
         )
+
+    async def _start_console(self) -> None:
+        if self.console is None:
+            return
+        try:
+            await self.console.start()
+        except BootServiceError as exc:  # nodes boot without it: their consoles go unheard
+            log.warning("%s; node consoles are not kept", exc)
+            self.console = None
 
     def _start_ra(self) -> None:
         advertiser = RouterAdvertiser(self.cfg.network.interface, self.metrics)
@@ -259,6 +277,8 @@ class BootServices:
             self.ra.stop()
         if self.app.state.dashboard is not None:  # first: it ends the browsers' streams
             await self.app.state.dashboard.feed.stop()
+        if self.console is not None:
+            self.console.stop()
         if self.http is not None:
             self.http.should_exit = True
             await self._http_task

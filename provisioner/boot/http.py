@@ -10,6 +10,8 @@ per area, each in its own module:
   kernels, initrds, root images, the TFTP root over HTTP, runtimes and models (Range);
 - routes_api.py: ``/api/v1/nodes``, ``/api/v1/profiles/reload``: the operator's API,
   which needs the API bearer token (reads open with ``[http] open_reads``);
+- routes_console.py: ``GET /api/v1/nodes/{key}/console``, a node's kernel lines
+  (netconsole), read like the API;
 - gateway.py: ``/clusters/{name}/v1/...``, a cluster's OpenAI gateway, open where the
   cluster has ``gateway: true``;
 - routes_metrics.py: ``GET /metrics`` (Prometheus), ``GET /healthz``;
@@ -33,7 +35,14 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from provisioner.boot import gateway, routes_api, routes_boot, routes_files, routes_metrics
+from provisioner.boot import (
+    gateway,
+    routes_api,
+    routes_boot,
+    routes_console,
+    routes_files,
+    routes_metrics,
+)
 from provisioner.boot.http_context import AppContext, api_token_ok, open_reads, require_api_token
 from provisioner.boot.limits import Auth, BodyLimits, BodyRule, Refusal, route
 from provisioner.gateway import routes as front_routes
@@ -77,6 +86,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.include_router(routes_boot.router(ctx))
     app.include_router(routes_files.router(ctx))
     app.include_router(routes_api.router(ctx))
+    app.include_router(routes_console.router(ctx))
     app.include_router(
         gateway.router(gateway.Gateway(ctx.registry, ctx.metrics, state_dir=ctx.config.state_dir))
     )

@@ -79,8 +79,18 @@ class ScriptRenderer:
         )
         self.env.filters["ipxe"] = ipxe
 
-    def render(self, spec: BootSpec, *, mac: str, state: NodeState, base: str, token: str) -> str:
-        """The script for ``spec``; UnsafeValue when a value cannot be written into it."""
+    def render(
+        self,
+        spec: BootSpec,
+        *,
+        mac: str,
+        state: NodeState,
+        base: str,
+        token: str,
+        console_port: int | None = None,
+    ) -> str:
+        """The script for ``spec``; UnsafeValue when a value cannot be written into it.
+        ``console_port``: the kernel is told to send its messages there (netconsole)."""
         template = self.env.get_template(spec.template)
         return template.render(
             spec=spec,
@@ -89,4 +99,5 @@ class ScriptRenderer:
             base=base,
             token=token,
             retry_seconds=RETRY_SECONDS,
+            console_port=str(console_port) if console_port else "",
         )

@@ -183,9 +183,11 @@ def router(ctx: AppContext, *, clock: Callable[[], float] = time.time) -> APIRou
             expires=now + BOOT_TOKEN_SECONDS, now=now,
         )  # fmt: skip
         try:
+            console = ctx.config.console
             script = ctx.renderer.render(
-                spec, mac=mac, state=node.state, base=ctx.config.http_base, token=token
-            )
+                spec, mac=mac, state=node.state, base=ctx.config.http_base, token=token,
+                console_port=console.port if console.enabled else None,
+            )  # fmt: skip
         except UnsafeValue as exc:  # e.g. an image name that may not reach a boot script
             log.error("boot script for mac=%s not rendered: %s", mac, exc)
             raise HTTPException(500, f"no boot script for {mac}: {exc}") from exc

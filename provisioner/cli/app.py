@@ -29,6 +29,7 @@ from provisioner.cli.common import (
     walk,
 )
 from provisioner.cli.config import add_config_commands
+from provisioner.cli.console import add_console_command
 from provisioner.cli.enroll import add_enroll_commands
 from provisioner.cli.gateway import add_gateway_commands
 from provisioner.cli.image import add_image_commands
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     node_sub = add_node_commands(sub)
     add_node_add_command(node_sub, load_cfg)
+    add_console_command(node_sub)
     add_power_commands(sub, load_cfg)
 
     add_enroll_commands(sub)

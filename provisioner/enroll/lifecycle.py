@@ -21,6 +21,7 @@ from pathlib import Path
 
 from provisioner import names
 from provisioner.config import normalize_mac
+from provisioner.console.store import forget_console
 from provisioner.errors import NameTaken, NodeNotFound
 from provisioner.hostkeys import forget_host_key
 from provisioner.records import Cluster, Node
@@ -92,11 +93,12 @@ def boot(registry: Registry, key: str, target: BootTarget, *, by: str) -> tuple[
 
 
 def remove(registry: Registry, key: str, *, state_dir: Path | None = None) -> Node:
-    """Forget the node ``key`` (not a cluster's member), and the host key the control
-    node kept for it in ``state_dir``; returns it as it was."""
+    """Forget the node ``key`` (not a cluster's member), and the host key and console
+    lines the control node kept for it in ``state_dir``; returns it as it was."""
     node = find(registry, key)
     _not_in_a_cluster(registry, node, "removed")
     registry.forget(node.mac)
     if state_dir is not None:
         forget_host_key(state_dir, node.mac)
+        forget_console(state_dir, node.mac)
     return node

@@ -49,6 +49,7 @@ DEFAULT_CACHE = Path("/var/cache/provisioner")
 CACHE_ENV = "PROVISIONER_CACHE"
 KERNEL_PREFIX = "linux-image-"
 AGENT_PATH = "usr/bin/provisioner-agent"
+NETCONSOLE_PATH = "usr/bin/provisioner-netconsole"  # /init runs it once the NIC is up
 INITRD_DIRS = ("dev", "proc", "sys", "run", "etc", "root", "mnt", "usr/bin")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -77,13 +78,14 @@ class DiscoveryRecipe:
     exclude: tuple[str, ...]
     init: Path
     agent: Path
+    netconsole: Path | None = None  # kernel messages to the control node (netconsole)
 
 
 _RECIPE_KEYS: dict[str, frozenset[str]] = {
     "kernel": frozenset({"package"}),
     "busybox": frozenset({"package", "applets"}),
     "modules": frozenset({"include", "exclude"}),
-    "files": frozenset({"init", "agent"}),
+    "files": frozenset({"init", "agent", "netconsole"}),
 }
 
 
@@ -139,6 +141,7 @@ def parse_recipe(text: bytes, source: Path) -> DiscoveryRecipe:
         exclude=exclude,
         init=r.file("init"),
         agent=r.file("agent"),
+        netconsole=r.file("netconsole") if "netconsole" in r.table("files") else None,
     )
 
 
@@ -165,6 +168,11 @@ def initrd_entries(
         Device("dev/null", DeviceKind.CHAR, 1, 3, 0o666),
         File("init", recipe.init.read_bytes(), 0o755),
         File(AGENT_PATH, recipe.agent.read_bytes(), 0o755),
+        *(
+            [File(NETCONSOLE_PATH, recipe.netconsole.read_bytes(), 0o755)]
+            if recipe.netconsole
+            else []
+        ),
         File("bin/busybox", busybox, 0o755),
         Symlink("sbin", "bin"),  # the kernel's request_module() runs /sbin/modprobe
     ]

@@ -170,10 +170,13 @@ SSHD_HOSTKEY = "HostKey /etc/ssh/ssh_host_ed25519_key\n"
 # The recipe's root check, as an initramfs-tools init-bottom script: it runs after live-boot
 # mounted the fetched root and before the switch to it (images/initramfs/).
 ROOT_CHECK_PATH = "/etc/initramfs-tools/scripts/init-bottom/provisioner-root-check"
+# The recipe's netconsole script, init-bottom too: live-boot brought the NIC up; it runs
+# before the root check (alphabetical), so a refused root is heard on the control node.
+NETCONSOLE_PATH = "/etc/initramfs-tools/scripts/init-bottom/provisioner-netconsole"
 # Files the initramfs takes: uploaded before the packages are installed (the kernel's
 # postinst runs update-initramfs then), not with the rest at the end.
 EARLY_PREFIX = "/etc/initramfs-tools/"
-EXECUTABLE = frozenset({AGENT_PATH, ROOT_CHECK_PATH})
+EXECUTABLE = frozenset({AGENT_PATH, ROOT_CHECK_PATH, NETCONSOLE_PATH})
 
 
 def staged_files(recipe: RootfsRecipe) -> dict[str, bytes]:
@@ -188,6 +191,8 @@ def staged_files(recipe: RootfsRecipe) -> dict[str, bytes]:
     }
     if recipe.root_check is not None:
         files[ROOT_CHECK_PATH] = recipe.root_check.read_bytes()
+    if recipe.netconsole is not None:
+        files[NETCONSOLE_PATH] = recipe.netconsole.read_bytes()
     for target, path in recipe.extra:
         files[target] = path.read_bytes()
     return files
@@ -381,14 +386,16 @@ def _stream(argv: list[str], progress: Callable[[str], None], prefix: str) -> No
         )
 
 
-def _require_in_initrd(root: Path, release: str, member: str) -> None:
+def _require_in_initrd(
+    root: Path, release: str, member: str, why: str = "the fetched root would go unchecked"
+) -> None:
     """Refuse an initrd without ``member`` (lsinitramfs of the image's own tools)."""
     listing = subprocess.run(
         ["chroot", str(root), "lsinitramfs", f"/boot/initrd.img-{release}"],
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     if member not in listing and f"usr/{member}" not in listing:
-        raise ImageError(f"the initrd lacks {member}: the fetched root would go unchecked")
+        raise ImageError(f"the initrd lacks {member}: {why}")
 
 
 def build_rootfs(
@@ -440,6 +447,12 @@ def build_rootfs(
         release = kernel_release(p.name for p in (root / "boot").iterdir())
         if spec.root_check is not None:
             _require_in_initrd(root, release, ROOT_CHECK_PATH.removeprefix("/etc/initramfs-tools/"))
+        if spec.netconsole is not None:
+            silent = "the node's kernel messages would not reach the control node"
+            script = NETCONSOLE_PATH.removeprefix("/etc/initramfs-tools/")
+            module = f"lib/modules/{release}/kernel/drivers/net/netconsole.ko"
+            _require_in_initrd(root, release, script, silent)
+            _require_in_initrd(root, release, module, silent)
         shutil.copyfile(root / "boot" / f"vmlinuz-{release}", staging / "vmlinuz")
         shutil.copyfile(root / "boot" / f"initrd.img-{release}", staging / "initrd")
         packages = parse_dpkg_query(

@@ -12,7 +12,7 @@ node: ipmitool then sets the "EFI boot" bit of the boot flags (parameter 5; data
 say "PC compatible (legacy)", so a node whose mode is not known gets the plain command,
 as before, and the log says what that means.
 
-``ipmitool_argv``, ``bootdev_command`` and ``classify`` are pure; :class:`IpmiDriver`
+``ipmitool_argv``, ``sol_argv``, ``bootdev_command`` and ``classify`` are pure; :class:`IpmiDriver`
 runs the command.
 """
 
@@ -76,6 +76,16 @@ def ipmitool_argv(settings: PowerSettings, command: Sequence[str], timeout: floa
     if settings.cipher is not None:
         argv += ["-C", str(settings.cipher)]
     return [*argv, *command]
+
+
+def sol_argv(settings: PowerSettings) -> list[str]:
+    """``ipmitool ... sol activate``: the node's serial console over the LAN, interactive
+    (no timeouts, no -v). The password goes in ``IPMI_PASSWORD`` (``-E``), never here."""
+    argv = [IPMITOOL, "-I", "lanplus", "-H", str(settings.host)]
+    argv += ["-p", str(settings.port or IPMI_PORT), "-U", settings.user or "", "-E"]
+    if settings.cipher is not None:
+        argv += ["-C", str(settings.cipher)]
+    return [*argv, "sol", "activate"]
 
 
 def bootdev_command(mode: BootMode | None) -> list[str]:

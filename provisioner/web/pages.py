@@ -36,6 +36,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from provisioner.clusters import store as clusters
 from provisioner.clusters.timing import last_smoke
 from provisioner.config import API_TOKEN_FILE, Config, normalize_mac
+from provisioner.console.store import tail
 from provisioner.errors import ProvisionerError
 from provisioner.metrics import Metrics
 from provisioner.registry import Registry
@@ -58,6 +59,7 @@ HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
            "Referrer-Policy": "same-origin", "X-Content-Type-Options": "nosniff"}  # fmt: skip
 MAX_FORM_BYTES = 4096
 EVENTS_SHOWN = 60
+CONSOLE_LINES = 200  # the node's last kernel lines (netconsole) on its page
 
 
 class Dashboard:
@@ -156,6 +158,7 @@ class Dashboard:
             "inventory": json.dumps(json.loads(document), indent=2) if document else None,
             "power_url": reg.power(node.mac),
             "clusters": [c.name for c in clusters.load_all(reg) if node.hostname in c.members],
+            "console": tail(self.config.state_dir, node.mac, CONSOLE_LINES),
             "node_actions": NODE_ACTIONS,
         }  # fmt: skip
 

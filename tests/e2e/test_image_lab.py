@@ -7,7 +7,9 @@ fetches root.squashfs into RAM); the image installs the control node's SSH key w
 per-boot token and its agent reports again, SSH host keys included. Then OpenSSH's own
 client logs in with the control node's key, checking the host key against the one the
 node reported (a known_hosts made from the registry, StrictHostKeyChecking=yes), and
-runs a command; a known_hosts with another node's key is refused.
+runs a command; a known_hosts with another node's key is refused. Each node's kernel
+sends its messages to the appliance (netconsole): `node console` shows its boot from
+"Linux version", and its timeline has the console event.
 
 The image is built once per run (tests/e2e/conftest.py) and copied into the lab's store.
 """
@@ -93,6 +95,25 @@ def test_two_nodes_boot_the_shared_image_and_take_ssh_logins(
         reported[mac] = keys
         assert isinstance(node["ip"], str)
         addresses[mac] = node["ip"]
+        # Its kernel sent its messages to the appliance (netconsole, from its initramfs):
+        # the boot from its first line, then the booted system's (systemd's) too.
+        console = run_cli(
+            "--config", str(lab_dir / "provisioner.toml"),
+            "node", "console", mac, "--json", "--lines", "20000",
+        )  # fmt: skip
+        assert console.returncode == 0, console.stderr
+        lines = json.loads(console.stdout)["lines"]
+        texts = [line["text"] for line in lines]
+        release = rootfs_built.manifest.kernel_release
+        assert any(t.startswith(f"Linux version {release}") for t in texts), texts[:20]
+        assert any("systemd" in t for t in texts), texts[-20:]
+        assert all(line["seq"] is not None for line in lines)  # the extended format
+        boots = [e for e in timeline if e["kind"] == "console" and e["detail"]["what"] == "boot"]
+        assert boots, [e["kind"] for e in timeline]
+        script = max(e["ts"] for e in timeline if e["kind"] == "script")
+        heard = min(line["ts"] for line in lines if line["ts"] > script)
+        print(f"{mac}: {len(lines)} console lines, {len(boots)} boot event(s), first line "
+              f"{heard - script:.1f} s after its last boot script")  # fmt: skip
     assert len(set(addresses.values())) == 2
 
     for mac, ip in addresses.items():

@@ -81,6 +81,7 @@ class Appliance:
     log: Path
     prefix: Sequence[str] = ()
     proc: subprocess.Popen[bytes] | None = None
+    console_port: int = 6666  # netconsole's UDP port ([console])
 
     @property
     def base(self) -> str:
@@ -143,6 +144,7 @@ def write_config(
     pxe_port: int = 4011,
     dhcp_range: str = "",
     bind: str = "0.0.0.0",
+    console_port: int = 6666,
 ) -> None:
     path.write_text(
         f'[network]\ninterface = "{interface}"\naddress = "{address}"\nmode = "{mode}"\n'
@@ -150,6 +152,7 @@ def write_config(
         f"[tftp]\nport = {tftp_port}\n"
         f'[http]\nport = {http_port}\nbind = "{bind}"\n'
         f'[paths]\nstate_dir = "{state}"\n'
+        f"[console]\nport = {console_port}\n"
     )
 
 
@@ -176,6 +179,7 @@ def loopback_appliance(tmp_path: Path) -> Iterator[Appliance]:
         pxe_port=free_port(socket.SOCK_DGRAM),
         host="127.0.0.1",
         log=tmp_path / "serve.log",
+        console_port=free_port(socket.SOCK_DGRAM),
     )
     write_config(
         app.config,
@@ -188,6 +192,7 @@ def loopback_appliance(tmp_path: Path) -> Iterator[Appliance]:
         dhcp_port=app.dhcp_port,
         pxe_port=app.pxe_port,
         bind="127.0.0.1",
+        console_port=app.console_port,
     )
     try:
         yield app

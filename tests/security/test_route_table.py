@@ -208,3 +208,17 @@ def test_the_dashboard_refuses_a_stranger_without_a_login(tmp_path: Path) -> Non
         else:
             assert answer.status_code == 401, (method, path, answer.status_code)
     assert snapshot(ctx.registry) == before
+
+
+def test_a_node_console_is_an_api_read(client: tuple[TestClient, Registry]) -> None:
+    """GET /api/v1/nodes/{key}/console (routes_console.py): the node's kernel lines, which
+    say what runs on it: the API token like every read, and nothing for a stranger."""
+    http, _ = client
+    assert ("GET", "/api/v1/nodes/{key}/console") in routes()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        assert http.get(f"/api/v1/nodes/{MAC}/console", headers=headers).status_code == 401
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    answer = http.get("/api/v1/nodes/node0/console?lines=5", headers=good)
+    assert answer.status_code == 200 and answer.json() == {"node": "node0", "mac": MAC, "lines": []}
+    assert http.get("/api/v1/nodes/nobody/console", headers=good).status_code == 404
+    assert http.get(f"/api/v1/nodes/{MAC}/console?lines=-1", headers=good).status_code == 422

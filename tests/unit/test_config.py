@@ -106,6 +106,20 @@ def test_proxy_mode_needs_no_range() -> None:
         ("open = false", 'open = false\nhosts = ["gw"]', "gateway.hosts", "IPv4"),
         ("open = false", 'open = false\nhosts = "10.0.0.7"', "gateway.hosts", "a list"),
         ("open = false", 'open = false\nlisten = "8090"', "gateway.listen", "ADDRESS:PORT"),
+        ("port = 6666", "port = 0", "console.port", "port number"),
+        ("port = 6666", "port = 69", "dhcp.pxe_port", "UDP ports must differ"),
+        (
+            "max_bytes_per_node = 1048576",
+            "max_bytes_per_node = 10",
+            "console.max_bytes_per_node",
+            "between",
+        ),
+        (
+            "enabled = true\nport = 6666",
+            'enabled = "yes"\nport = 6666',
+            "console.enabled",
+            "true or",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_key_value_and_reason(
@@ -250,3 +264,11 @@ def test_the_gateway_section() -> None:
     cfg = parse_config(full_text(**{"open = false": 'open = false\nhosts = ["10.10.0.7"]'}))
     assert cfg.gateway.hosts == ("10.10.0.7",) and not cfg.gateway.open
     assert cfg.gateway.routing == "least-outstanding" and cfg.gateway.max_attempts == 3
+
+
+def test_consoles_are_kept_by_default_and_can_be_turned_off() -> None:
+    cfg = parse_config(full_text())
+    assert (cfg.console.enabled, cfg.console.port) == (True, 6666)
+    assert cfg.console.max_bytes_per_node == 1024 * 1024
+    off = parse_config(full_text(**{"enabled = true\nport = 6666": "enabled = false\nport = 69"}))
+    assert not off.console.enabled  # and, off, its port may be another service's

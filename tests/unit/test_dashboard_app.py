@@ -72,6 +72,19 @@ def test_the_cluster_network_reads_without_a_login(ctx: AppContext) -> None:
     assert c.get("/nodes/nobody").status_code == 404
 
 
+def test_the_node_page_shows_its_console(ctx: AppContext) -> None:
+    from provisioner.console.protocol import KernelLine
+    from provisioner.console.store import ConsoleStore, Record
+
+    ConsoleStore(ctx.config.state_dir).append(MAC, [
+        Record(1000.0, KernelLine("Linux version 6.1.0-57-amd64", 5, 1, 0.0)),
+        Record(1001.0, KernelLine("Kernel panic - not syncing: <b>VFS</b>", 0, 2, 3.5)),
+    ])  # fmt: skip
+    page = client(ctx).get("/nodes/node0").text
+    assert "Linux version 6.1.0-57-amd64" in page
+    assert '<span class="err">' in page and "&lt;b&gt;VFS&lt;/b&gt;" in page  # escaped
+
+
 def test_elsewhere_a_page_asks_for_a_login_first(ctx: AppContext) -> None:
     c = client(ctx, OUTSIDE)
     r = c.get("/nodes/node0", follow_redirects=False)

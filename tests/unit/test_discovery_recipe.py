@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,9 @@ def test_the_shipped_recipe_loads() -> None:
     assert {"sh", "modprobe", "udhcpc", "wget", "poweroff", "cttyhack"} <= set(recipe.applets)
     assert recipe.init == ROOT / "images/discovery/init"
     assert recipe.agent == ROOT / "images/agent/provisioner-agent"
+    assert recipe.netconsole == ROOT / "images/initramfs/provisioner-netconsole"
+    assert "drivers/net/netconsole.ko" in recipe.modules
+    assert {"ip", "ping", "sed", "tr", "head"} <= set(recipe.applets)  # what it runs
     assert len(recipe.sha256) == 64
 
 
@@ -431,6 +435,15 @@ def test_initrd_layout(kernel_tree: KernelTree, recipe_dir: Path) -> None:
     for name in ("modules.dep", "modules.alias", "modules.builtin", "modules.order"):
         assert f"{moddir}/{name}" in entries
     assert f"{moddir}/kernel/drivers/net/virtio_net.ko" in entries
+    assert "usr/bin/provisioner-netconsole" not in entries  # the recipe names none
+    script = ROOT / "images/initramfs/provisioner-netconsole"
+    entries = {
+        e.path: e
+        for e in initrd_entries(replace(recipe, netconsole=script), RELEASE, found, b"busybox")
+    }
+    assert entries["usr/bin/provisioner-netconsole"] == File(
+        "usr/bin/provisioner-netconsole", script.read_bytes(), 0o755
+    )
 
 
 def test_kernel_tree_refuses_a_package_without_vmlinuz(kernel_tree: KernelTree) -> None:

@@ -58,6 +58,8 @@ PURE_CORES = [
     "provisioner.records",
     "provisioner.names",
     "provisioner.timeline",
+    "provisioner.console.protocol",
+    "provisioner.console.watch",
     "provisioner.gateway.apikeys",
     "provisioner.gateway.balance",
     "provisioner.gateway.ratelimit",

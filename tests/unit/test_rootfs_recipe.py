@@ -12,7 +12,10 @@ from provisioner.image.discovery import Artifact
 from provisioner.image.rootfs import (
     AGENT_PATH,
     AGENT_UNIT,
+    EARLY_PREFIX,
+    EXECUTABLE,
     KEYS_UNIT_PATH,
+    NETCONSOLE_PATH,
     UNIT_PATH,
     Manifest,
     customize_commands,
@@ -46,6 +49,9 @@ def test_the_shipped_recipes_load(suite: str) -> None:
     assert recipe.compression == "zstd"
     assert recipe.users == (User("root", ()),)
     assert recipe.agent == ROOT / "images/agent/provisioner-agent"
+    assert recipe.netconsole == ROOT / "images/initramfs/provisioner-netconsole"
+    assert staged_files(recipe)[NETCONSOLE_PATH] == recipe.netconsole.read_bytes()
+    assert NETCONSOLE_PATH.startswith(EARLY_PREFIX) and NETCONSOLE_PATH in EXECUTABLE
     assert len(recipe.sha256) == 64
 
 
