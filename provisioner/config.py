@@ -34,6 +34,7 @@ from provisioner.config_services import (
     parse_dns,
     parse_gateway,
     parse_prometheus,
+    parse_registry_url,
 )
 from provisioner.data import HWPROFILES
 from provisioner.errors import ConfigError
@@ -143,6 +144,7 @@ class Config:
     cluster: ClusterConfig = ClusterConfig()
     state_dir: Path = DEFAULT_STATE_DIR
     source: Path | None = None
+    registry_url: str | None = None  # [registry] url: PostgreSQL; None: the SQLite file
 
     @property
     def tftp_root(self) -> Path:
@@ -155,6 +157,12 @@ class Config:
     @property
     def registry_path(self) -> Path:
         return self.state_dir / "registry.sqlite3"
+
+    @property
+    def registry_location(self) -> Path | str:
+        """What :class:`~provisioner.registry.Registry` opens: the PostgreSQL URL of
+        ``[registry] url``, else the SQLite file in the state folder."""
+        return self.registry_url or self.registry_path
 
     @property
     def api_token_path(self) -> Path:
@@ -209,6 +217,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
     state_dir = Path(r.text("paths", "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
     if not state_dir.is_absolute():
         raise r.fail("paths.state_dir", str(state_dir), "must be an absolute path")
+    registry_url = parse_registry_url(r)
     r.refuse_unknown()
     ports = {"dhcp.port": dhcp.port, "dhcp.pxe_port": dhcp.pxe_port, "tftp.port": tftp.port}
     if console.enabled:
@@ -229,6 +238,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
         console=console,
         state_dir=state_dir,
         source=Path(source) if source else None,
+        registry_url=registry_url,
     )
 
 

@@ -175,3 +175,17 @@ def console_table() -> Table:
     table.add(tomlkit.comment("Bytes kept on disk per node (the older half is let go)."))
     table.add("max_bytes_per_node", ConsoleConfig.max_bytes_per_node)
     return table
+
+
+def parse_registry_url(r: ConfigReader) -> str | None:
+    """``[registry] url``: a PostgreSQL registry shared by every ``serve`` of a site
+    (issue 23); unset, the SQLite file in the state folder. A password belongs in
+    ``~/.pgpass`` or ``PGPASSWORD``, not in this file."""
+    url = r.text("registry", "url", None)
+    if url is None:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise r.fail("registry.url", url, 'must be a PostgreSQL URL: "postgresql://user@host/db"')
+    if re.search(r"://[^/@]*:[^/@]*@", url):
+        raise r.fail("registry.url", "(hidden)", "holds a password: put it in ~/.pgpass instead")
+    return url

@@ -83,7 +83,7 @@ def translate(sql: str) -> str | None:
     if found := _PRAGMA_SET.match(text):
         return f"UPDATE {VERSION_TABLE} SET version = {int(found.group(1))}"
     if upper == "PRAGMA DATA_VERSION":
-        return "SELECT pg_current_wal_lsn()::text AS data_version"
+        return "SELECT pg_current_wal_insert_lsn()::text AS data_version"
     if found := _TABLE_INFO.match(text):
         table = found.group(1)
         return ("SELECT ordinal_position, column_name FROM information_schema.columns"

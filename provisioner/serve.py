@@ -79,7 +79,7 @@ class BootServices:
         cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         cfg.state_dir.chmod(0o700)
         cfg.image_dir.mkdir(parents=True, exist_ok=True)
-        self.registry = Registry(cfg.registry_path)
+        self.registry = Registry(cfg.registry_location)
         self.metrics = Metrics()
         self.metrics.watch(self.registry)  # nodes by state, boot step timings
         self.api_token = ensure_api_token(cfg.state_dir)

@@ -72,13 +72,13 @@ def run(cfg: Config, listen: str) -> None:
 
     registry = None
     if _writable(cfg):
-        registry = Registry(cfg.registry_path)
+        registry = Registry(cfg.registry_location)
         ensure_api_token(cfg.state_dir)  # what `gateway status` sends
     else:
         log.warning(
             "registry %s is read-only here: usage is kept in /metrics only", cfg.registry_path
         )
-        registry = Registry(cfg.registry_path, readonly=True)
+        registry = Registry(cfg.registry_location, readonly=True)
     host, _, port = listen.rpartition(":")
     app = create_app(cfg, registry)
     log.info("gateway on http://%s:%s/v1 (%s)", host, port,
@@ -93,5 +93,7 @@ def run(cfg: Config, listen: str) -> None:
 def _writable(cfg: Config) -> bool:
     import os
 
+    if cfg.registry_url is not None:  # PostgreSQL: the server's grants decide
+        return True
     path = cfg.registry_path
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)

@@ -164,7 +164,7 @@ def load_cfg(args: argparse.Namespace) -> Config:
 def open_registry(cfg: Config, *, readonly: bool = False) -> Registry:
     """The registry of ``cfg``; ``readonly``: for commands that only read (never writes,
     not even an upgrade: an old file is refused with what to run)."""
-    return Registry(cfg.registry_path, readonly=readonly)
+    return Registry(cfg.registry_location, readonly=readonly)
 
 
 def load_cluster(registry: Registry, name: str) -> Cluster:

@@ -287,7 +287,7 @@ def _details(image: StoredImage, users: dict[str, str] | None = None) -> dict[st
 def _profiles_of(cfg: Config, image: StoredImage) -> list[str]:
     """The profiles whose nodes would boot ``image`` (its name, or this version pinned)."""
     chosen: dict[str, str] = {}
-    if cfg.registry_path.exists():
+    if cfg.registry_url or cfg.registry_path.exists():
         registry = open_registry(cfg, readonly=True)
         try:
             chosen = registry.profile_images()
@@ -303,7 +303,7 @@ def _profiles_of(cfg: Config, image: StoredImage) -> list[str]:
 
 def _used_by(cfg: Config, images: list[StoredImage]) -> dict[str, dict[str, str]]:
     """image ref -> {node: why} for nodes that booted it last or boot it next."""
-    if not cfg.registry_path.exists():
+    if not (cfg.registry_url or cfg.registry_path.exists()):
         return {}
     registry = open_registry(cfg, readonly=True)
     try:

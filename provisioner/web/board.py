@@ -114,12 +114,12 @@ class _Last:
 class Board:
     """The node table, refreshed from a read-only registry connection (see the module)."""
 
-    def __init__(self, registry_path: Path, *, label_accelerators: Callable[[str | None], str]
+    def __init__(self, registry_path: Path | str, *, label_accelerators: Callable[[str | None], str]
                  = accelerator_label):  # fmt: skip
         self.path = registry_path
         self._label_accelerators = label_accelerators
         self._registry: Registry | None = None
-        self._version: int | None = None
+        self._version: object = None
         self._event_id = 0
         self._step_id = 0
         self._last_event: dict[str, _Last] = {}
@@ -137,12 +137,13 @@ class Board:
     def refresh(self) -> list[Change]:
         """Read what changed since the last call; the rows that changed."""
         if self._registry is None:
-            if not self.path.exists():
+            if isinstance(self.path, Path) and not self.path.exists():
                 return []
             self._registry = Registry(self.path, readonly=True)
         reg = self._registry
         try:
-            version = int(reg.query("PRAGMA data_version")[0]["data_version"])
+            # SQLite: a counter; PostgreSQL: the WAL position (registry_pg.py). Compared only.
+            version = reg.query("PRAGMA data_version")[0]["data_version"]
             if version == self._version and self._facts:
                 return []
             self._version = version

@@ -79,7 +79,7 @@ class Dashboard:
         self.metrics = metrics
         self.cfg = config.dashboard
         self.sessions = session.Sessions(secrets.token_bytes(32), self.cfg.session_hours * 3600)
-        self.feed = Feed(Board(config.registry_path))
+        self.feed = Feed(Board(config.registry_location))
         self.actions = Actions(config, registry)
         self.front_status = front_status
         self.token_file = str(config.state_dir / API_TOKEN_FILE)
@@ -214,9 +214,10 @@ def router(board: Dashboard) -> APIRouter:
     routes = APIRouter(include_in_schema=False)
 
     @routes.get("/")
-    def index(request: Request) -> Response:
+    async def index(request: Request) -> Response:
         if not board.may_read(request):
             return board.login_first(request)
+        await board.feed.tick()  # a page is as fresh as the registry (a no-op when unchanged)
         rows = sorted(board.feed.board.rows.values(), key=lambda r: r.name)
         found = clusters.load_all(board.registry)
         smokes = {c.name: last_smoke(board.registry, c) for c in found}

@@ -158,8 +158,8 @@ def test_event_and_power_labels() -> None:
     assert power_label("bogus:", None, None) == "invalid"
 
 
-def test_the_board_reads_only_when_something_was_committed(tmp_path: Path) -> None:
-    path = tmp_path / "registry.sqlite"
+def test_the_board_reads_only_when_something_was_committed(registry_location: Path | str) -> None:
+    path = registry_location
     writer = Registry(path)
     writer.touch_node(MAC, ip="10.20.0.100")
     board = Board(path, label_accelerators=lambda doc: "acc")
