@@ -69,6 +69,7 @@ DHCP_DROP_REASONS = (
     "decline-without-address",
     "inform-without-ciaddr",
     "not-recorded",  # a lease reply whose lease could not be written (disk full ...)
+    "lease-taken",  # another serve sharing the registry gave the address first (issue 23)
 )
 DHCP_REPLY_TYPES = ("offer", "ack", "nak")
 # limits.Refusal reasons (the middleware), then the routes' own.

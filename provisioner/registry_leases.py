@@ -63,23 +63,53 @@ class LeaseTable:
             Lease(IPv4Address(r["ip"]), r["mac"], r["expires"], LeaseKind(r["kind"])) for r in rows
         ]
 
-    def commit_lease(self, mac: str, ip: IPv4Address, expires: float, kind: LeaseKind) -> None:
-        """Hold ``ip`` for ``mac``; one address per MAC (an older one is let go)."""
+    def commit_lease(
+        self,
+        mac: str,
+        ip: IPv4Address,
+        expires: float,
+        kind: LeaseKind,
+        *,
+        now: float | None = None,
+    ) -> bool:
+        """Hold ``ip`` for ``mac``; one address per MAC (an older one is let go). False,
+        and nothing changed, when another MAC holds ``ip`` unexpired: a second ``serve``
+        sharing this registry gave it first (the caller must not hand it out)."""
+        now = time.time() if now is None else now
         with self._tx() as db:
-            db.execute("DELETE FROM leases WHERE mac = ? AND kind != ?", (mac, "declined"))
-            db.execute(
+            taken = db.execute(
                 "INSERT INTO leases(ip, mac, expires, kind) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, expires = excluded.expires,"
-                " kind = excluded.kind",
-                (str(ip), mac, expires, kind.value),
-            )
+                " kind = excluded.kind WHERE leases.mac = excluded.mac OR leases.expires <= ?",
+                (str(ip), mac, expires, kind.value, now),
+            ).rowcount
+            if not taken:
+                return False
+            db.execute("DELETE FROM leases WHERE mac = ? AND ip != ? AND kind != ?",
+                       (mac, str(ip), "declined"))  # fmt: skip
             if kind is LeaseKind.BOUND:
                 db.execute("UPDATE nodes SET ip = ? WHERE mac = ?", (str(ip), mac))
+        return True
+
+    def lease_of(self, ip: IPv4Address) -> Lease | None:
+        """Who holds ``ip`` now, as the registry says (another ``serve`` may have given it)."""
+        with self._lock:
+            r = self._db.execute("SELECT * FROM leases WHERE ip = ?", (str(ip),)).fetchone()
+        return (
+            Lease(IPv4Address(r["ip"]), r["mac"], r["expires"], LeaseKind(r["kind"])) if r else None
+        )
 
     def release_lease(self, mac: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM leases WHERE mac = ? AND kind != ?", (mac, "declined"))
 
     def decline(self, ip: IPv4Address, mac: str, until: float) -> None:
-        """An address a client found in use: keep it out of the pool until ``until``."""
-        self.commit_lease(declined_owner(mac), ip, until, LeaseKind.DECLINED)
+        """An address a client found in use: keep it out of the pool until ``until``
+        (whoever held it: the address is in use by something we do not know)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO leases(ip, mac, expires, kind) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, expires = excluded.expires,"
+                " kind = excluded.kind",
+                (str(ip), declined_owner(mac), until, LeaseKind.DECLINED.value),
+            )

@@ -157,12 +157,15 @@ class BootTarget:
 class LeaseActionKind(Enum):
     COMMIT = "commit"  # store ip as leased to mac until expires_at
     RELEASE = "release"  # drop every lease and offer held by mac
+    # The client took another server's offer: drop ours. That server may be a peer
+    # sharing our registry (issue 23), whose lease the registry row now is.
+    WITHDRAW = "withdraw"
     DECLINE = "decline"  # mac found ip in use: mark the address unusable
 
 
 @dataclass(frozen=True)
 class LeaseAction:
-    """A change for the caller's lease table; ``ip`` is None only for RELEASE and
+    """A change for the caller's lease table; ``ip`` is None only for RELEASE, WITHDRAW and
     ``expires_at`` (same clock as ``now``) is set only for COMMIT."""
 
     kind: LeaseActionKind
@@ -177,6 +180,10 @@ class LeaseAction:
     @classmethod
     def release(cls, mac: str) -> LeaseAction:
         return cls(LeaseActionKind.RELEASE, mac)
+
+    @classmethod
+    def withdraw(cls, mac: str) -> LeaseAction:
+        return cls(LeaseActionKind.WITHDRAW, mac)
 
     @classmethod
     def decline(cls, ip: IPv4Address, mac: str) -> LeaseAction:
@@ -409,7 +416,7 @@ def _decide_full(
     server_id = pkt.server_identifier
     if server_id is not None and server_id != cfg.server_ip:
         if mt is MessageType.REQUEST and leases.held_by(mac) is not None:
-            return _ignore("not-for-us", info, LeaseAction.release(mac))
+            return _ignore("not-for-us", info, LeaseAction.withdraw(mac))
         return _ignore("not-for-us", info)
     if pkt.giaddr != ZERO_IP and pkt.giaddr not in cfg.subnet:
         return _ignore("relay-outside-subnet", info)

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 BOOTP_CLIENT_PORT = 68
 DECLINE_HOLD_SECONDS = 600
 FLUSH_SECONDS = 0.02
+# A registry shared with other serves (PostgreSQL, issue 23): how often the lease table
+# learns the leases they gave (a survivor of a failover renews them).
+LEASE_SYNC_SECONDS = 2.0
 QUIET_OUTCOMES = frozenset({"release", "decline"})  # no reply by design: not drops
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -118,8 +121,11 @@ class DhcpService:
         self.transports: list[asyncio.DatagramTransport] = []
         self._pending: list[Callable[[], object]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
-        # Replies whose lease is in the batch being gathered: sent once it is committed.
-        self._held: list[Callable[[], None]] = []
+        # Replies whose lease is in the batch being gathered: sent once it is committed,
+        # unless that commit found the address given by another serve (shared registry).
+        self._held: list[tuple[Callable[[], None], _Commit | None]] = []
+        self._commit: _Commit | None = None  # the lease commit of the datagram at hand
+        self._sync: asyncio.Task[None] | None = None
         self._lease_writes = 0  # lease changes queued so far (receive() compares)
         self.leases = LeaseTable.from_rows(
             ((lease.ip, lease.mac, lease.expires) for lease in registry.leases()), time.time()
@@ -131,6 +137,8 @@ class DhcpService:
             sock = open_socket(self.cfg.network.interface, port)
             transport, _ = await loop.create_datagram_endpoint(_factory(self, port), sock=sock)
             self.transports.append(transport)
+        if self.cfg.registry_url is not None:
+            self._sync = loop.create_task(self._sync_leases(), name="dhcp-lease-sync")
         log.info(
             "DHCP (%s mode) on %s ports %d and %d",
             self.cfg.network.mode.value,
@@ -140,6 +148,8 @@ class DhcpService:
         )
 
     def stop(self) -> None:
+        if self._sync is not None:
+            self._sync.cancel()
         self.flush()  # the held replies go out, their leases recorded, before the sockets close
         for transport in self.transports:
             transport.close()
@@ -162,6 +172,7 @@ class DhcpService:
         the rate. If the write fails (a full disk), the reply is not sent: the client asks
         again."""
         before = self._lease_writes
+        self._commit = None
         result = self.handle(data, source, port)
         if result is None:
             return
@@ -169,7 +180,7 @@ class DhcpService:
         if self._lease_writes == before:
             send(reply, dest)
             return
-        self._held.append(lambda: send(reply, dest))
+        self._held.append((lambda: send(reply, dest), self._commit))
         self._schedule()
 
     def _later(self, op: Callable[[], object]) -> None:
@@ -209,8 +220,34 @@ class DhcpService:
             )
             self.metrics.inc("provisioner_dhcp_dropped_total", len(held), reason="not-recorded")
             return
-        for send in held:
+        for send, commit in held:
+            if commit is not None and commit.taken is False:
+                self._lost(commit)
+                continue
             send()
+
+    def _lost(self, commit: _Commit) -> None:
+        """Another serve sharing the registry gave the address first: no reply (the
+        client asks again), and the lease table learns who holds it."""
+        self.metrics.inc("provisioner_dhcp_dropped_total", reason="lease-taken")
+        held = self.registry.lease_of(commit.ip)
+        if held is not None:
+            self.leases.put(held.ip, held.mac, held.expires)
+        log.debug("dhcp: %s for %s: another serve gave it first", commit.ip, commit.mac)
+
+    async def _sync_leases(self) -> None:
+        """Learn the leases other serves gave, every LEASE_SYNC_SECONDS."""
+        while True:
+            await asyncio.sleep(LEASE_SYNC_SECONDS)
+            try:
+                rows = await asyncio.to_thread(self.registry.leases)
+            except Exception:  # the database away for a moment: next round
+                log.warning("dhcp: reading the shared leases failed", exc_info=True)
+                continue
+            now = time.time()
+            for lease in rows:
+                if lease.expires > now and self.leases.owner(lease.ip) != lease.mac:
+                    self.leases.put(lease.ip, lease.mac, lease.expires)
 
     # ------------------------------------------------------------------ one datagram
 
@@ -310,11 +347,14 @@ class DhcpService:
             bound = packet.message_type is MessageType.REQUEST
             kind = LeaseKind.BOUND if bound else LeaseKind.OFFERED
             self.leases.put(action.ip, action.mac, action.expires_at)
-            self._later(
-                functools.partial(
-                    self.registry.commit_lease, action.mac, action.ip, action.expires_at, kind
-                )
-            )
+            commit = self._commit = _Commit(action.mac, action.ip)
+            self._later(functools.partial(commit.run, self.registry, action.expires_at, kind))
+        elif action.kind is LeaseActionKind.WITHDRAW:
+            # Our offer lost to another server's. Alone, our registry rows are ours to
+            # drop; sharing it (PostgreSQL), the MAC's row is now the winner's: leave it.
+            self.leases.drop_mac(action.mac)
+            if self.cfg.registry_url is None:
+                self._later(functools.partial(self.registry.release_lease, action.mac))
         elif action.kind is LeaseActionKind.RELEASE:
             self.leases.drop_mac(action.mac)
             self._later(functools.partial(self.registry.release_lease, action.mac))
@@ -322,6 +362,18 @@ class DhcpService:
             until = time.time() + DECLINE_HOLD_SECONDS
             self.leases.put(action.ip, declined_owner(action.mac), until)
             self._later(functools.partial(self.registry.decline, action.ip, action.mac, until))
+
+
+class _Commit:
+    """One lease write of a batch, and whether the registry let it be made."""
+
+    def __init__(self, mac: str, ip: IPv4Address):
+        self.mac = mac
+        self.ip = ip
+        self.taken: bool | None = None  # None: not written yet
+
+    def run(self, registry: Registry, expires: float, kind: LeaseKind) -> None:
+        self.taken = registry.commit_lease(self.mac, self.ip, expires, kind)
 
 
 def _type_name(message_type: MessageType | None) -> str:

@@ -3,6 +3,7 @@ registry stay in step, and the replies go where the policy says."""
 
 from __future__ import annotations
 
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from provisioner.boot.dhcp_codec import decode
 from provisioner.boot.dhcp_server import DhcpService
 from provisioner.config import Mode, parse_config, render_config
 from provisioner.metrics import Metrics
+from provisioner.records import LeaseKind
 from provisioner.registry import Registry
 
 PXE = [("vendor_class_id", b"PXEClient:Arch:00000:UNDI:002001"), (93, b"\x00\x00")]
@@ -208,3 +210,25 @@ def test_replies_that_change_no_lease_are_not_held(tmp_path: Path) -> None:
         packet("02:00:00:00:00:23", "discover"), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r)
     )
     assert len(sent) == 1  # proxy mode hands out no address: nothing to wait for
+
+
+def test_an_address_another_serve_gave_first_is_not_handed_out(service: DhcpService) -> None:
+    """A registry shared by two serves (issue 23): the lowest free address in this one's
+    table was given by the other a moment ago. The OFFER is held back (the client asks
+    again), counted, and the table learns the owner, so the next OFFER is another address."""
+    other = Registry(service.cfg.registry_path)  # the other serve's connection
+    assert other.commit_lease("02:00:00:00:00:99", IPv4Address("10.60.0.10"), time.time() + 600,
+                              LeaseKind.BOUND)  # fmt: skip
+    other.close()
+    sent: list[bytes] = []
+    service._flush_handle = object()  # type: ignore[assignment]  # as if a flush were scheduled
+    mac = "02:00:00:00:00:31"
+    service.receive(packet(mac, "discover"), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    service.flush()
+    assert sent == []
+    assert service.metrics.total("provisioner_dhcp_dropped_total") == 1  # lease-taken
+    assert service.leases.owner(IPv4Address("10.60.0.10")) == "02:00:00:00:00:99"
+    service._flush_handle = object()  # type: ignore[assignment]
+    service.receive(packet(mac, "discover"), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    service.flush()
+    assert [decode(r).yiaddr for r in sent] == [IPv4Address("10.60.0.11")]

@@ -444,7 +444,9 @@ def test_full_renewal_is_unicast_to_the_client() -> None:
 def test_full_request_for_another_server_releases_our_offer() -> None:
     pkt = request("request", [("requested_addr", "192.168.1.5"), ("server_id", "10.10.0.9")])
     decision = run(pkt, FULL, leases={IP("10.10.0.100"): MAC})
-    assert decision == Decision(None, None, LeaseAction.release(MAC), decision.client, "not-for-us")
+    assert decision == Decision(
+        None, None, LeaseAction.withdraw(MAC), decision.client, "not-for-us"
+    )
     assert run(pkt, FULL).lease is None  # nothing offered to release
 
 

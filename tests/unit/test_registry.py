@@ -298,3 +298,23 @@ def test_a_taken_hostname_is_refused_on_both_backends(reg: Registry) -> None:
         reg.set_hostname("52:54:00:12:34:57", "node0")
     assert reg.node("52:54:00:12:34:57") is not None  # the failed transaction left it whole
     reg.set_hostname("52:54:00:12:34:57", "node1")
+
+
+def test_a_lease_another_mac_holds_is_not_taken(reg: Registry) -> None:
+    """Two serves sharing a registry (issue 23): the second to commit an address another
+    MAC holds unexpired is told no, and nothing changes; an expired one is taken."""
+    other = "52:54:00:12:34:99"
+    ip = IPv4Address("10.0.0.100")
+    assert reg.commit_lease(MAC, ip, expires=2000.0, kind=LeaseKind.OFFERED, now=1000.0)
+    assert not reg.commit_lease(other, ip, expires=2500.0, kind=LeaseKind.BOUND, now=1500.0)
+    held = reg.lease_of(ip)
+    assert held is not None and (held.mac, held.expires, held.kind) == (
+        MAC,
+        2000.0,
+        LeaseKind.OFFERED,
+    )
+    assert reg.commit_lease(MAC, ip, expires=3000.0, kind=LeaseKind.BOUND, now=1500.0)  # renewal
+    assert reg.commit_lease(other, ip, expires=9000.0, kind=LeaseKind.BOUND, now=3000.0)  # expired
+    held = reg.lease_of(ip)
+    assert held is not None and held.mac == other
+    assert reg.lease_of(IPv4Address("10.0.0.1")) is None
