@@ -65,6 +65,9 @@ class RootfsRecipe:
     # The initramfs script that checks the fetched root against the boot script's sha256
     # (provisioner.root_sha256=); None: the image boots whatever root it fetched.
     root_check: Path | None = None
+    # The accelerator exporter (node_exporter textfile metrics from nvidia-smi, xpu-smi,
+    # amdgpu/i915 sysfs), run every 15 s by its timer; None: the image has none.
+    accel_exporter: Path | None = None
     # A layer recipe (base = "..."): the base's recipe with the layer's packages on top.
     layer: Layer | None = None
 
@@ -91,7 +94,7 @@ _KEYS: dict[str, frozenset[str]] = {
     "kernel": frozenset({"package"}),
     "packages": frozenset({"include"}),
     "squashfs": frozenset({"compression"}),
-    "files": frozenset({"agent", "extra", "root_check"}),
+    "files": frozenset({"accel_exporter", "agent", "extra", "root_check"}),
 }
 _TOP = frozenset({"name", "users", *_KEYS})
 
@@ -236,7 +239,8 @@ def parse_recipe(text: bytes, source: Path) -> RootfsRecipe:
         users=_users(r),
         agent=r.file("files.agent", r.table("files").get("agent")),
         extra=_extra(r),
-        root_check=_root_check(r),
+        root_check=_optional_file(r, "root_check"),
+        accel_exporter=_optional_file(r, "accel_exporter"),
     )
 
 
@@ -256,9 +260,9 @@ def _layered(data: dict[str, object], text: bytes, source: Path) -> RootfsRecipe
     return replace(base, source=source, sha256=combined, name=name, layer=layer)
 
 
-def _root_check(r: _Reader) -> Path | None:
-    relative = r.table("files").get("root_check")
-    return None if relative is None else r.file("files.root_check", relative)
+def _optional_file(r: _Reader, key: str) -> Path | None:
+    relative = r.table("files").get(key)
+    return None if relative is None else r.file(f"files.{key}", relative)
 
 
 def load_recipe(path: Path) -> RootfsRecipe:
