@@ -54,7 +54,7 @@ from provisioner.lab.netns import (
     overlapping_routes,
 )
 from provisioner.registry import Registry
-from tests.e2e.conftest import BuiltRootfs, llama_cluster, node_json, run_cli
+from tests.e2e.conftest import BuiltRootfs, llama_cluster, node_json, run_cli, ssh_node
 from tests.e2e.observers import Prometheus, ansible, inventory_script, pings
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror]  # nspawn, no QEMU
@@ -322,7 +322,8 @@ def test_postinstall_and_smoke_typed_on_this_machine_reach_the_lab_through_its_l
     2-node container lab: this machine has a leg on the lab's bridge. An nftables counter
     on the output hook sees no packet for the lab's subnet leave by the default route's
     device, nor by any device but the leg. After `lab down` the leg and its route are
-    gone and a post-install is refused here, before any packet."""
+    gone and a post-install is refused here, before any packet. The head's node exporter
+    answers the control node but not the worker (post-install's node firewall)."""
     for tool in ("systemd-nspawn", "nft", "ssh"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing (scripts/setup installs it)")
@@ -383,6 +384,14 @@ def test_postinstall_and_smoke_typed_on_this_machine_reach_the_lab_through_its_l
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert (login.returncode, login.stdout.strip()) == (0, "ctr1"), login.stderr
+        # Post-install's node firewall: the head's node exporter answers the control node
+        # (the appliance's namespace), not a member of its own cluster.
+        metrics = f"http://{head['ip']}:9100/metrics"
+        curl = "curl -s -o /dev/null --max-time 3 -w '%{http_code}' "
+        control = run_cli("lab", "exec", "--dir", str(lab_dir), "--", "sh", "-c", curl + metrics)
+        assert control.stdout == "200", control.stdout + control.stderr
+        member = ssh_node(lab_dir, "ctr2", f'{curl}{metrics}; echo " rc=$?"')
+        assert member.stdout.split()[-1] == "rc=28", member.stdout + member.stderr  # dropped
         counts = _guard_counters()
         print(
             f"host-typed: boot {boot_s:.1f} s, post-install {postinstall_s:.1f} s, smoke "
