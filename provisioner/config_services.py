@@ -30,6 +30,9 @@ class DnsConfig:
 @dataclass(frozen=True)
 class PrometheusConfig:
     node_exporter_port: int = 9100  # where the nodes' exporters listen (http_sd targets)
+    # Prometheus servers on other hosts: the nodes' firewalls let them reach the exporter
+    # port (post-install renders it), as the control node does; nobody else.
+    hosts: tuple[str, ...] = ()
 
 
 DASHBOARD_READS = ("cluster", "open", "login")  # who reads the dashboard without logging in
@@ -109,7 +112,22 @@ def parse_dns(r: ConfigReader) -> DnsConfig:
 
 
 def parse_prometheus(r: ConfigReader) -> PrometheusConfig:
-    return PrometheusConfig(r.port("prometheus", "node_exporter_port", 9100))
+    return PrometheusConfig(
+        r.port("prometheus", "node_exporter_port", 9100), _ipv4_list(r, "prometheus", "hosts")
+    )
+
+
+def _ipv4_list(r: ConfigReader, table: str, key: str) -> tuple[str, ...]:
+    raw = r.get(table, key, [])
+    if not isinstance(raw, list):
+        raise r.fail(f"{table}.{key}", raw, 'must be a list of IPv4 addresses: ["10.0.0.7"]')
+    hosts = []
+    for item in raw:
+        try:
+            hosts.append(str(IPv4Address(str(item))))
+        except ValueError:
+            raise r.fail(f"{table}.{key}", item, "not an IPv4 address") from None
+    return tuple(hosts)
 
 
 def parse_gateway(r: ConfigReader) -> GatewayConfig:
@@ -120,17 +138,8 @@ def parse_gateway(r: ConfigReader) -> GatewayConfig:
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise r.fail("gateway.listen", listen, 'must be "ADDRESS:PORT", e.g. "0.0.0.0:8090"')
-    raw = r.get("gateway", "hosts", [])
-    if not isinstance(raw, list):
-        raise r.fail("gateway.hosts", raw, 'must be a list of IPv4 addresses: ["10.0.0.7"]')
-    hosts = []
-    for item in raw:
-        try:
-            hosts.append(str(IPv4Address(str(item))))
-        except ValueError:
-            raise r.fail("gateway.hosts", item, "not an IPv4 address") from None
     return GatewayConfig(
-        hosts=tuple(hosts),
+        hosts=_ipv4_list(r, "gateway", "hosts"),
         open=r.flag("gateway", "open", False),
         routing=routing,
         max_attempts=int(r.number("gateway", "max_attempts", 3, 1, 10, "must be 1-10")),

@@ -104,6 +104,38 @@ StandardError=journal+console
 WantedBy=multi-user.target
 """
 
+# The accelerator exporter: every 15 s, node_exporter textfile metrics from the node's
+# accelerators (images/agent/provisioner-accel-exporter); nothing on a node without one.
+ACCEL_EXPORTER_PATH = "/usr/bin/provisioner-accel-exporter"
+ACCEL_SERVICE_PATH = "/etc/systemd/system/provisioner-accel-exporter.service"
+ACCEL_TIMER_PATH = "/etc/systemd/system/provisioner-accel-exporter.timer"
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's node exporter reads *.prom
+ACCEL_SERVICE = f"""\
+[Unit]
+Description=Write this node's accelerator metrics for the node exporter
+
+[Service]
+Type=oneshot
+ExecStart={ACCEL_EXPORTER_PATH}
+ProtectSystem=strict
+ReadWritePaths=-{TEXTFILE_DIR}
+ProtectHome=yes
+PrivateTmp=yes
+NoNewPrivileges=yes
+"""
+ACCEL_TIMER = """\
+[Unit]
+Description=Accelerator metrics for the node exporter, every 15 s
+
+[Timer]
+OnBootSec=5s
+OnUnitActiveSec=15s
+AccuracySec=1s
+
+[Install]
+WantedBy=timers.target
+"""
+
 # live-boot configured the NIC in the initramfs; networkd keeps that address and renews it.
 NETWORK_UNIT = """\
 [Match]
@@ -138,6 +170,11 @@ def customize_commands(recipe: RootfsRecipe, staged: Path) -> list[str]:
         # node takes its name and resolvers from DHCP (live-boot's initramfs, networkd).
         'rm -f "$1"/etc/hostname "$1"/etc/resolv.conf',
     ]
+    if recipe.accel_exporter is not None:
+        script += [
+            f'chmod 0755 "$1"{ACCEL_EXPORTER_PATH}',
+            'chroot "$1" systemctl enable provisioner-accel-exporter.timer',
+        ]
     for user in recipe.users:
         home = "/root" if user.name == "root" else f"/home/{user.name}"
         if user.name != "root":
@@ -176,7 +213,7 @@ NETCONSOLE_PATH = "/etc/initramfs-tools/scripts/init-bottom/provisioner-netconso
 # Files the initramfs takes: uploaded before the packages are installed (the kernel's
 # postinst runs update-initramfs then), not with the rest at the end.
 EARLY_PREFIX = "/etc/initramfs-tools/"
-EXECUTABLE = frozenset({AGENT_PATH, ROOT_CHECK_PATH, NETCONSOLE_PATH})
+EXECUTABLE = frozenset({AGENT_PATH, ROOT_CHECK_PATH, NETCONSOLE_PATH, ACCEL_EXPORTER_PATH})
 
 
 def staged_files(recipe: RootfsRecipe) -> dict[str, bytes]:
@@ -193,6 +230,10 @@ def staged_files(recipe: RootfsRecipe) -> dict[str, bytes]:
         files[ROOT_CHECK_PATH] = recipe.root_check.read_bytes()
     if recipe.netconsole is not None:
         files[NETCONSOLE_PATH] = recipe.netconsole.read_bytes()
+    if recipe.accel_exporter is not None:
+        files[ACCEL_EXPORTER_PATH] = recipe.accel_exporter.read_bytes()
+        files[ACCEL_SERVICE_PATH] = ACCEL_SERVICE.encode()
+        files[ACCEL_TIMER_PATH] = ACCEL_TIMER.encode()
     for target, path in recipe.extra:
         files[target] = path.read_bytes()
     return files

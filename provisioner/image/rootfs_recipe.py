@@ -68,6 +68,9 @@ class RootfsRecipe:
     # The initramfs script that sends the kernel's messages to the control node
     # (provisioner.netconsole=PORT); None: the node's kernel sends nothing.
     netconsole: Path | None = None
+    # The accelerator exporter (node_exporter textfile metrics from nvidia-smi, xpu-smi,
+    # amdgpu/i915 sysfs), run every 15 s by its timer; None: the image has none.
+    accel_exporter: Path | None = None
     # A layer recipe (base = "..."): the base's recipe with the layer's packages on top.
     layer: Layer | None = None
 
@@ -94,7 +97,7 @@ _KEYS: dict[str, frozenset[str]] = {
     "kernel": frozenset({"package"}),
     "packages": frozenset({"include"}),
     "squashfs": frozenset({"compression"}),
-    "files": frozenset({"agent", "extra", "root_check", "netconsole"}),
+    "files": frozenset({"accel_exporter", "agent", "extra", "netconsole", "root_check"}),
 }
 _TOP = frozenset({"name", "users", *_KEYS})
 
@@ -239,8 +242,9 @@ def parse_recipe(text: bytes, source: Path) -> RootfsRecipe:
         users=_users(r),
         agent=r.file("files.agent", r.table("files").get("agent")),
         extra=_extra(r),
-        root_check=_initramfs_file(r, "root_check"),
-        netconsole=_initramfs_file(r, "netconsole"),
+        root_check=_optional_file(r, "root_check"),
+        netconsole=_optional_file(r, "netconsole"),
+        accel_exporter=_optional_file(r, "accel_exporter"),
     )
 
 
@@ -260,7 +264,7 @@ def _layered(data: dict[str, object], text: bytes, source: Path) -> RootfsRecipe
     return replace(base, source=source, sha256=combined, name=name, layer=layer)
 
 
-def _initramfs_file(r: _Reader, key: str) -> Path | None:
+def _optional_file(r: _Reader, key: str) -> Path | None:
     relative = r.table("files").get(key)
     return None if relative is None else r.file(f"files.{key}", relative)
 

@@ -287,6 +287,8 @@ def context_for(
     model: Download | None,
     engine_key: str = "",
     gateways: Sequence[str] = (),
+    exporter_port: int = 9100,
+    scrapers: Sequence[str] = (),
 ) -> dict[str, Any]:
     by_name = {m.hostname: m for m in members}
     head = by_name[cluster.head]
@@ -322,6 +324,9 @@ def context_for(
         # The node's firewall (base recipe): ports only the control node may reach (the
         # servers' APIs), ports only the head may reach (llama.cpp RPC); the engine sets them.
         "firewall": {"control_only": [], "head_only": []},
+        # The node exporter's port (in the image), let in from the control node and the
+        # Prometheus servers of [prometheus] hosts only, not from the cluster's members.
+        "prometheus": {"port": exporter_port, "hosts": list(scrapers)},
         "keys": {"engine": engine_key},
         # The llama.cpp backend the member's build runs, and its environment (the GPUs it
         # may use: GGML_VK_VISIBLE_DEVICES...); the engine sets them from the profile.
@@ -344,6 +349,8 @@ def plan(
     engine_key: str = "",
     artifacts: Mapping[str, Download] | None = None,
     gateways: Sequence[str] = (),
+    exporter_port: int = 9100,
+    scrapers: Sequence[str] = (),
 ) -> list[NodePlan]:
     """Each member's steps. ``engine_recipes``: the engine's recipes after base and the
     drivers; ``extra``: more context per hostname (the engine's own: vLLM's served
@@ -351,7 +358,8 @@ def plan(
     servers require (the head gets it in a 0600 file); ``artifacts``: a member's own
     artifact (hostname -> download) where members of different profiles run different
     builds, instead of ``artifact``; ``gateways``: more addresses that may reach the
-    servers' API ports (gateways on other hosts)."""
+    servers' API ports (gateways on other hosts); ``exporter_port``, ``scrapers``: the node
+    exporter's port and the Prometheus servers besides the control node that may reach it."""
     env = template_env(recipes_dir)
     per_member = dict(artifacts or {})
     checks = [(artifact, "artifact"), (model, "model")]
@@ -366,7 +374,8 @@ def plan(
         context = context_for(
             cluster, member, members, control_url=control_url,
             artifact=per_member.get(member.hostname, artifact), model=model,
-            engine_key=engine_key, gateways=gateways,
+            engine_key=engine_key, gateways=gateways, exporter_port=exporter_port,
+            scrapers=scrapers,
         )  # fmt: skip
         context.update((extra or {}).get(member.hostname, {}))
         steps: list[Step] = []

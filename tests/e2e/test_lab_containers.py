@@ -10,7 +10,16 @@ Enrolled, a node started again gets its image's script and a new token, and repo
 again; OpenSSH's client logs into it with the control node's key, checking the host key
 against the one the node reported last. Stopping leaves no process, namespace or cgroup.
 
-Prints the seconds from the first start to the last ``ready`` and each node's memory.
+Issue 22 on the same lab (tests/e2e/observers.py, both in the appliance's namespace):
+Debian's ``prometheus``, started before the nodes are enrolled, finds them through the
+appliance's ``http_sd`` and scrapes each one's node exporter (in the image) and the
+appliance: all ``up``, labelled by profile and state. Debian's Ansible takes
+``provisioner ansible inventory --script`` as its inventory: ``--graph`` lists the nodes
+by profile and state, ``ansible all -m ping`` gets ``pong`` from each with host key
+checking on, and fails against an empty known_hosts.
+
+Prints the seconds from the first start to the last ``ready``, each node's memory, and
+the seconds from `node enroll` until Prometheus scraped every node.
 """
 
 from __future__ import annotations
@@ -45,7 +54,8 @@ from provisioner.lab.netns import (
     overlapping_routes,
 )
 from provisioner.registry import Registry
-from tests.e2e.conftest import BuiltRootfs, llama_cluster, node_json, run_cli
+from tests.e2e.conftest import BuiltRootfs, llama_cluster, node_json, run_cli, ssh_node
+from tests.e2e.observers import Prometheus, ansible, inventory_script, pings
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.mirror]  # nspawn, no QEMU
 
@@ -178,12 +188,32 @@ def test_container_nodes_boot_the_shared_image_report_and_take_ssh_logins(
             assert IPv4Address("10.99.0.100") <= ip <= IPv4Address("10.99.0.199"), ip
         assert len({lab.node(s.mac)["ip"] for s in specs}) == NODES
 
-        # Enrolled, a node started again boots its image's script with a new token.
+        # Enrolled, a node started again boots its image's script with a new token. Before
+        # the enrolment, Prometheus is started: it sees the nodes once they are enrolled.
         one = specs[0]
-        enroll = run_cli(
-            "--config", str(lab_dir / "provisioner.toml"), "node", "enroll", *[s.mac for s in specs]
-        )
-        assert enroll.returncode == 0, enroll.stderr
+        config = lab_dir / "provisioner.toml"
+        (tmp_path / "prometheus").mkdir()
+        token = lab_dir / "state" / "api-token"
+        prometheus = Prometheus(lab.prov, tmp_path / "prometheus", BASE, token)
+        with prometheus.running():
+            prometheus.wait_up(set(), timeout=60)  # the appliance's own /metrics first
+            enrolled_at = time.monotonic()
+            enroll = run_cli("--config", str(config), "node", "enroll", *[s.mac for s in specs])
+            assert enroll.returncode == 0, enroll.stderr
+            seen = prometheus.wait_up({s.mac for s in specs}, timeout=60)
+            seen_s = time.monotonic() - enrolled_at
+        print(f"Prometheus scraped all {NODES} nodes {seen_s:.1f} s after `node enroll`")
+        names = {}  # MAC -> the name the registry gave the node
+        for spec in specs:
+            labels, shown = seen[spec.mac]["labels"], lab.node(spec.mac)
+            names[spec.mac] = shown["hostname"]
+            assert labels["profile"] == "generic-cpu" and labels["state"] == "enrolled", labels
+            assert labels["node"] == shown["hostname"], labels
+            assert "cluster" not in labels and "role" not in labels  # Prometheus drops ""
+            assert seen[spec.mac]["scrapeUrl"] == f"http://{shown['ip']}:9100/metrics"
+        assert seen["appliance"]["labels"]["role"] == "appliance"
+        assert seen["appliance"]["scrapeUrl"] == f"{BASE}/metrics"
+
         lab.stop([one.name])
         lab.start([one])
         node = lab.node(one.mac, state="enrolled")
@@ -209,13 +239,45 @@ def test_container_nodes_boot_the_shared_image_report_and_take_ssh_logins(
             "-o", f"UserKnownHostsFile={known}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "ConnectTimeout=20", f"root@{address}",
             "tr '\\0' ' ' </proc/1/cmdline; echo; hostname; id -u; systemd-detect-virt;"
-            " systemctl is-system-running",
+            " systemctl is-system-running; systemctl is-active prometheus-node-exporter"
+            " provisioner-accel-exporter.timer; ls /var/lib/prometheus/node-exporter | wc -l",
             timeout=60,
         )  # fmt: skip
         assert login.returncode == 0, login.stderr
-        cmdline, hostname, uid, virt, running = login.stdout.strip().splitlines()[-5:]
+        lines = login.stdout.strip().splitlines()[-8:]
+        cmdline, hostname, uid, virt, running, exporter, timer, prom_files = lines
         assert f"provisioner.mac={one.mac}" in cmdline and "provisioner.token=" in cmdline
         assert (hostname, uid, virt, running) == (one.name, "0", "systemd-nspawn", "running")
+        # The node exporter runs; the accelerator exporter's timer too, and writes nothing
+        # in a container (no accelerator: the host's devices are hidden).
+        assert (exporter, timer, prom_files) == ("active", "active", "0")
+
+        # Ansible: the registry as its inventory, every node's host key pinned.
+        script = inventory_script(config, tmp_path)
+        graph = ansible(lab.prov, tmp_path, "ansible-inventory", "-i", str(script), "--graph")
+        assert graph.returncode == 0, graph.stderr
+        tree = [line.strip(" |-") for line in graph.stdout.splitlines()]
+        hosts = sorted(names.values())
+        for group in ("@profile_generic_cpu:", "@state_enrolled:"):
+            at = tree.index(group)
+            assert tree[at + 1 : at + 1 + NODES] == hosts, graph.stdout
+        t0 = time.monotonic()
+        ping = ansible(lab.prov, tmp_path, "ansible", "all", "-i", str(script), "-m", "ping", "-o")
+        ping_s = time.monotonic() - t0
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        assert pings(ping.stdout) == dict.fromkeys(hosts, "SUCCESS pong"), ping.stdout
+        print(f"ansible all -m ping: {NODES} pongs in {ping_s:.1f} s")
+        # Host key checking is really on: against an empty known_hosts every node fails.
+        (tmp_path / "empty_known_hosts").write_text("")
+        strict = f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={tmp_path}/empty_known_hosts"
+        refused = ansible(
+            lab.prov, tmp_path, "ansible", "all", "-i", str(script), "-m", "ping", "-o",
+            "-e", json.dumps({"ansible_ssh_common_args": strict}),
+        )  # fmt: skip
+        assert refused.returncode != 0
+        assert all(r.startswith("UNREACHABLE") for r in pings(refused.stdout).values())
+        assert len(pings(refused.stdout)) == NODES, refused.stdout
+        assert "Host key verification failed" in refused.stdout, refused.stdout
     finally:
         everyone = list(lab.started.values())
         lab.stop(list(lab.started))
@@ -260,7 +322,8 @@ def test_postinstall_and_smoke_typed_on_this_machine_reach_the_lab_through_its_l
     2-node container lab: this machine has a leg on the lab's bridge. An nftables counter
     on the output hook sees no packet for the lab's subnet leave by the default route's
     device, nor by any device but the leg. After `lab down` the leg and its route are
-    gone and a post-install is refused here, before any packet."""
+    gone and a post-install is refused here, before any packet. The head's node exporter
+    answers the control node but not the worker (post-install's node firewall)."""
     for tool in ("systemd-nspawn", "nft", "ssh"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing (scripts/setup installs it)")
@@ -321,6 +384,14 @@ def test_postinstall_and_smoke_typed_on_this_machine_reach_the_lab_through_its_l
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert (login.returncode, login.stdout.strip()) == (0, "ctr1"), login.stderr
+        # Post-install's node firewall: the head's node exporter answers the control node
+        # (the appliance's namespace), not a member of its own cluster.
+        metrics = f"http://{head['ip']}:9100/metrics"
+        curl = "curl -s -o /dev/null --max-time 3 -w '%{http_code}' "
+        control = run_cli("lab", "exec", "--dir", str(lab_dir), "--", "sh", "-c", curl + metrics)
+        assert control.stdout == "200", control.stdout + control.stderr
+        member = ssh_node(lab_dir, "ctr2", f'{curl}{metrics}; echo " rc=$?"')
+        assert member.stdout.split()[-1] == "rc=28", member.stdout + member.stderr  # dropped
         counts = _guard_counters()
         print(
             f"host-typed: boot {boot_s:.1f} s, post-install {postinstall_s:.1f} s, smoke "

@@ -120,6 +120,7 @@ def test_proxy_mode_needs_no_range() -> None:
             "console.enabled",
             "true or",
         ),
+        ("[gateway]", '[prometheus]\nhosts = ["prom"]\n[gateway]', "prometheus.hosts", "IPv4"),
     ],
 )
 def test_bad_values_are_refused_with_key_value_and_reason(
@@ -258,6 +259,13 @@ def test_config_show_summary_has_the_http_settings_in_effect() -> None:
     assert shown["http"] == {"bind": "10.10.0.1", "open_reads": False, "open_metrics": True}
     assert shown["ports"] == {"dhcp": 67, "pxe": 4011, "tftp": 69, "http": 8080}
     assert shown["address"] == "10.10.0.1/24" and shown["source"] == "p.toml"
+
+
+def test_the_prometheus_section() -> None:
+    cfg = parse_config(full_text())
+    assert cfg.prometheus.node_exporter_port == 9100 and cfg.prometheus.hosts == ()
+    text = full_text(**{"[gateway]": '[prometheus]\nhosts = ["10.10.0.8"]\n[gateway]'})
+    assert parse_config(text).prometheus.hosts == ("10.10.0.8",)
 
 
 def test_the_gateway_section() -> None:

@@ -85,6 +85,10 @@ def test_the_head_knows_its_workers_and_workers_only_let_the_head_in() -> None:
     assert "policy drop;" in rules
     assert "elements = { 10.99.0.1, 10.99.0.100, 10.99.0.101, 10.99.0.102 }" in rules
     assert "tcp dport 8080 ip saddr 10.99.0.1 accept\n\t\ttcp dport 8080 counter drop" in rules
+    # The node exporter (in the image, on 9100) answers the control node's Prometheus only:
+    # not the cluster's members, whom the set below lets in to everything else.
+    exporter = "tcp dport 9100 ip saddr 10.99.0.1 accept\n\t\ttcp dport 9100 counter drop\n"
+    assert exporter in rules and rules.index(exporter) < rules.index("ip saddr @peers accept")
     worker_nft = dict((s.name, s) for s in worker.steps)["node firewall rules"].put
     assert worker_nft is not None
     assert "tcp dport 50052 ip saddr 10.99.0.100 accept" in worker_nft[1].decode()
@@ -220,12 +224,17 @@ def test_the_firewall_files_load_in_nft_on_a_node_without_etc_protocols() -> Non
         cluster(), members("qemu-lab"), control_url="http://10.99.0.1:8080",
         artifact=ARTIFACT, model=MODEL, engine_recipes=("llama-rpc",), extra=firewall,
         gateways=("10.99.0.7", "10.99.0.1"),  # a gateway elsewhere; the control's again
+        exporter_port=9200, scrapers=("10.99.0.9",),  # a Prometheus elsewhere
     )  # fmt: skip
     head_rules = next(s.put[1].decode() for s in plans[0].steps
                       if s.put and s.put[0].endswith("node.nft"))  # fmt: skip
     assert (
         "tcp dport 8080 ip saddr 10.99.0.1 accept\n\t\ttcp dport 8080 ip saddr 10.99.0.7 "
         "accept\n\t\ttcp dport 8080 counter drop"
+    ) in head_rules
+    assert (
+        "tcp dport 9200 ip saddr 10.99.0.1 accept\n\t\ttcp dport 9200 ip saddr 10.99.0.9 "
+        "accept\n\t\ttcp dport 9200 counter drop"
     ) in head_rules
     files = [s.put[1] for p in plans for s in p.steps if s.put and s.put[0].endswith(".nft")]
     assert len(files) == 5  # a node table on each of the three, an RPC table on each worker

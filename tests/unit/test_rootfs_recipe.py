@@ -10,6 +10,9 @@ import pytest
 from provisioner.image import ImageError, RecipeError
 from provisioner.image.discovery import Artifact
 from provisioner.image.rootfs import (
+    ACCEL_EXPORTER_PATH,
+    ACCEL_SERVICE_PATH,
+    ACCEL_TIMER_PATH,
     AGENT_PATH,
     AGENT_UNIT,
     EARLY_PREFIX,
@@ -22,6 +25,7 @@ from provisioner.image.rootfs import (
     kernel_release,
     mmdebstrap_argv,
     parse_dpkg_query,
+    stage,
     staged_files,
 )
 from provisioner.image.rootfs_recipe import (
@@ -53,6 +57,9 @@ def test_the_shipped_recipes_load(suite: str) -> None:
     assert staged_files(recipe)[NETCONSOLE_PATH] == recipe.netconsole.read_bytes()
     assert NETCONSOLE_PATH.startswith(EARLY_PREFIX) and NETCONSOLE_PATH in EXECUTABLE
     assert len(recipe.sha256) == 64
+    # What the appliance's Prometheus scrapes: the node exporter and the accelerators.
+    assert "prometheus-node-exporter" in recipe.packages
+    assert recipe.accel_exporter == ROOT / "images/agent/provisioner-accel-exporter"
 
 
 GOOD = """\
@@ -102,6 +109,33 @@ def test_extra_files_and_users(recipe_dir: Path) -> None:
     # as soon as the inventory arrives).
     assert b"provisioner-agent --keys" in files[KEYS_UNIT_PATH]
     assert "provisioner-keys.service" in AGENT_UNIT.split("After=")[1].splitlines()[0]
+
+
+def test_the_accelerator_exporter_is_installed_executable_with_its_timer_enabled(
+    recipe_dir: Path, tmp_path: Path
+) -> None:
+    bare = parse_recipe(GOOD.encode(), recipe_dir / "r.toml")
+    assert bare.accel_exporter is None
+    assert ACCEL_EXPORTER_PATH not in staged_files(bare)
+    assert not any("accel" in h for h in customize_commands(bare, Path("/s")))
+
+    (recipe_dir / "accel").write_text("#!/usr/bin/python3\n")
+    text = GOOD + 'accel_exporter = "accel"\n'  # [files] is the last table of GOOD
+    recipe = parse_recipe(text.encode(), recipe_dir / "r.toml")
+    files = staged_files(recipe)
+    assert files[ACCEL_EXPORTER_PATH] == b"#!/usr/bin/python3\n"
+    assert f"ExecStart={ACCEL_EXPORTER_PATH}" in files[ACCEL_SERVICE_PATH].decode()
+    assert "OnUnitActiveSec=15s" in files[ACCEL_TIMER_PATH].decode()
+    hooks = customize_commands(recipe, Path("/s"))
+    assert 'chroot "$1" systemctl enable provisioner-accel-exporter.timer' in hooks
+    staged, early = tmp_path / "staged", tmp_path / "early"
+    stage(files, staged, early)
+    assert (staged / ACCEL_EXPORTER_PATH.lstrip("/")).stat().st_mode & 0o777 == 0o755
+    assert (staged / ACCEL_TIMER_PATH.lstrip("/")).stat().st_mode & 0o777 == 0o644
+
+    missing = GOOD + 'accel_exporter = "gone"\n'
+    with pytest.raises(RecipeError, match=r"files\.accel_exporter"):
+        parse_recipe(missing.encode(), recipe_dir / "r.toml")
 
 
 BAD = [

@@ -147,6 +147,8 @@ class LlamaRpcEngine:
             extra=extra,
             engine_key=keys.secret(site.cfg.state_dir, cluster.name, "engine"),
             gateways=site.cfg.gateway.hosts,
+            exporter_port=site.cfg.prometheus.node_exporter_port,
+            scrapers=site.cfg.prometheus.hosts,
         )
 
     def teardown_context(self, cluster: Cluster) -> dict[str, Any]:

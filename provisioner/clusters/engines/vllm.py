@@ -78,6 +78,8 @@ class VllmEngine:
             engine_recipes=self.recipes(cluster), extra=extra,
             engine_key=keys.secret(site.cfg.state_dir, cluster.name, "engine"),
             gateways=site.cfg.gateway.hosts,
+            exporter_port=site.cfg.prometheus.node_exporter_port,
+            scrapers=site.cfg.prometheus.hosts,
         )  # fmt: skip
 
     def teardown_context(self, cluster: Cluster) -> dict[str, Any]:
