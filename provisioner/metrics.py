@@ -10,6 +10,9 @@ the first event. The series (labels in braces; values listed are declared at sta
 - ``provisioner_dhcp_packets_total{port}``: datagrams received (the two DHCP ports);
 - ``provisioner_dhcp_replies_total{type}``: offer, ack, nak;
 - ``provisioner_dhcp_dropped_total{reason}``: :data:`DHCP_DROP_REASONS`;
+- ``provisioner_dhcp_registry_failures_total``: lease batches the registry could not write;
+- ``provisioner_dhcp_unrecorded_renewals_total``: renewals ACKed meanwhile, for the time
+  the registry records;
 - ``provisioner_tftp_events_total{kind}``: sent, failed;
 - ``provisioner_http_files_total{area}``, ``provisioner_http_bytes_total{area}``;
 - ``provisioner_http_refused_total{reason}``: :data:`HTTP_REFUSAL_REASONS`;
@@ -126,6 +129,12 @@ COUNTERS: dict[str, CounterSpec] = {
     ),
     "provisioner_dhcp_dropped_total": CounterSpec(
         "DHCP datagrams dropped, by reason", ("reason",), _each(DHCP_DROP_REASONS)
+    ),
+    "provisioner_dhcp_registry_failures_total": CounterSpec(
+        "Batches of DHCP registry writes that failed (a full disk): none of their changes kept"
+    ),
+    "provisioner_dhcp_unrecorded_renewals_total": CounterSpec(
+        "Renewals ACKed while the registry could not record them, for their recorded time only"
     ),
     "provisioner_tftp_events_total": CounterSpec(
         "TFTP transfers, by outcome", ("kind",), _each(TFTP_EVENT_KINDS)

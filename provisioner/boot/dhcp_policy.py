@@ -452,6 +452,20 @@ def _decide_full(
     return _ignore("unsupported-message", info)
 
 
+def with_lease_time(reply: DhcpPacket, seconds: int) -> DhcpPacket:
+    """``reply`` with its lease time (option 51) set to ``seconds``: a renewal ACKed while
+    the registry cannot record it is told only the time the registry already holds."""
+    if seconds <= 0:
+        raise ValueError(f"lease time must be positive, got {seconds}")
+    lease = option_u32(OptionCode.LEASE_TIME, seconds)
+    options = tuple(
+        lease if code == OptionCode.LEASE_TIME else (code, v) for code, v in reply.options
+    )
+    if lease not in options:
+        options = (*options, lease)
+    return replace(reply, options=options)
+
+
 def decide(
     pkt: DhcpPacket,
     cfg: PolicyConfig,

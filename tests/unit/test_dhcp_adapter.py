@@ -3,6 +3,7 @@ registry stay in step, and the replies go where the policy says."""
 
 from __future__ import annotations
 
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -208,3 +209,80 @@ def test_replies_that_change_no_lease_are_not_held(tmp_path: Path) -> None:
         packet("02:00:00:00:00:23", "discover"), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r)
     )
     assert len(sent) == 1  # proxy mode hands out no address: nothing to wait for
+
+
+# A full disk (issue 20, item 6): a renewal of a lease the registry holds is still ACKed,
+# for the time the registry records; a new lease is refused; both are counted.
+
+
+def lease_time(reply: bytes) -> int:
+    value = decode(reply).option(51)
+    assert value is not None
+    return int.from_bytes(value, "big")
+
+
+def test_on_a_full_disk_a_recorded_lease_is_renewed_for_its_recorded_time_only(
+    service: DhcpService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    known, new = "02:00:00:00:00:31", "02:00:00:00:00:32"
+    sent: list[bytes] = []
+    service.receive(request(service, known), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    service.flush()
+    assert lease_time(sent[-1]) == service.policy.lease_seconds
+    (recorded,) = [lease for lease in service.registry.leases() if lease.mac == known]
+    new_request = request(service, new)
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(service.registry, "commit_lease", full_disk)
+    monkeypatch.setattr(service.registry, "add_event", full_disk)
+    service._flush_handle = object()  # type: ignore[assignment]  # one batch for both
+    renewal = packet(known, "request", ("requested_addr", str(recorded.ip)))
+    sent.clear()
+    service.receive(renewal, ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    service.receive(new_request, ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    service.flush()
+    assert len(sent) == 1  # the renewal; the new lease is refused
+    assert decode(sent[0]).yiaddr == recorded.ip
+    assert 0 < lease_time(sent[0]) <= recorded.expires - time.time() + 1
+    assert lease_time(sent[0]) < service.policy.lease_seconds
+    counted = service.metrics.value
+    assert counted("provisioner_dhcp_dropped_total", reason="not-recorded") == 1
+    assert counted("provisioner_dhcp_unrecorded_renewals_total") == 1
+    assert counted("provisioner_dhcp_registry_failures_total") == 1
+    (still,) = [lease for lease in service.registry.leases() if lease.mac == known]
+    assert still.expires == recorded.expires  # nothing written, nothing promised beyond it
+
+    monkeypatch.undo()  # space again: the full time, recorded
+    service._flush_handle = None
+    service.receive(renewal, ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    assert lease_time(sent[-1]) == service.policy.lease_seconds
+
+
+def test_a_lease_unwritten_since_its_last_renewal_is_renewed_for_what_the_disk_holds(
+    service: DhcpService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two renewals on a full disk: the second is told the registry's time, not the
+    first's unrecorded one; and a lease with under a minute left is not renewed at all."""
+    mac = "02:00:00:00:00:33"
+    sent: list[bytes] = []
+    service.receive(request(service, mac), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    (recorded,) = [lease for lease in service.registry.leases() if lease.mac == mac]
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(service.registry, "commit_lease", full_disk)
+    renewal = packet(mac, "request", ("requested_addr", str(recorded.ip)))
+    for _ in range(2):
+        service._flush_handle = object()  # type: ignore[assignment]
+        service.receive(renewal, ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+        service.flush()
+        assert lease_time(sent[-1]) <= recorded.expires - time.time() + 1
+    service._recorded[mac] = (recorded.ip, time.time() + 30)  # as if nearly run out
+    before = len(sent)
+    service._flush_handle = object()  # type: ignore[assignment]
+    service.receive(renewal, ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    service.flush()
+    assert len(sent) == before

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from scapy.layers.dhcp import BOOTP, DHCP
 
-from provisioner.boot.dhcp_codec import BROADCAST_FLAG, DhcpPacket, decode, encode
+from provisioner.boot.dhcp_codec import BROADCAST_FLAG, DhcpPacket, OptionCode, decode, encode
 from provisioner.boot.dhcp_policy import (
     OFFER_HOLD_SECONDS,
     BootTarget,
@@ -28,6 +28,7 @@ from provisioner.boot.dhcp_policy import (
     choose_address,
     classify,
     decide,
+    with_lease_time,
 )
 from provisioner.boot.leases import LeaseTable
 from provisioner.errors import ConfigError, DhcpDecodeError
@@ -583,3 +584,15 @@ def test_full_mode_tells_ipxe_not_to_wait_for_proxydhcp() -> None:
     assert firmware is not None and firmware.option(175) is None
     proxied = run(request("discover", IPXE), PROXY).reply
     assert proxied is not None and proxied.option(175) is None
+
+
+def test_with_lease_time_changes_option_51_only() -> None:
+    ack = run(request("request", BIOS, ciaddr="10.10.0.100"), FULL, leases={})
+    assert ack.reply is not None and ack.reply.option(OptionCode.LEASE_TIME) is not None
+    shorter = with_lease_time(ack.reply, 120)
+    assert shorter.option(OptionCode.LEASE_TIME) == (120).to_bytes(4, "big")
+    rest = [o for o in shorter.options if o[0] != OptionCode.LEASE_TIME]
+    assert rest == [o for o in ack.reply.options if o[0] != OptionCode.LEASE_TIME]
+    assert shorter.yiaddr == ack.reply.yiaddr and len(shorter.options) == len(ack.reply.options)
+    with pytest.raises(ValueError):
+        with_lease_time(ack.reply, 0)
