@@ -295,7 +295,9 @@ class DhcpService:
         if decision.lease is not None:
             self._apply(decision.lease, packet)
         if decision.reply is None:
-            if decision.reason not in QUIET_OUTCOMES:
+            if decision.reason in QUIET_OUTCOMES:
+                self.metrics.inc("provisioner_dhcp_quiet_total", kind=decision.reason)
+            else:
                 self._drop(decision.reason, source, packet.mac or "-")
             return None
         dest = _destination(decision, packet, source)
