@@ -72,6 +72,7 @@ DHCP_DROP_REASONS = (
     "no-free-address",
     "no-requested-address",
     "decline-without-address",
+    "decline-not-held",  # a DECLINE of an address another MAC holds
     "inform-without-ciaddr",
     "not-recorded",  # a lease reply whose lease could not be written (disk full ...)
 )

@@ -441,6 +441,8 @@ def _decide_full(
         declined = pkt.requested_address
         if declined is None:
             return _ignore("decline-without-address", info)
+        if leases.owner(declined) != mac:  # only its holder may give an address up (Kea)
+            return _ignore("decline-not-held", info)
         return _ignore("decline", info, LeaseAction.decline(declined, mac))
     if mt is MessageType.INFORM:
         if info is None:

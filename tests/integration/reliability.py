@@ -80,6 +80,7 @@ def segment(work: Path) -> Iterator[Segment]:
         HostSpec("load", IPv4Interface(f"{LOAD}/16")),
         HostSpec("node", None, NODE_MAC),
     ]
+    work.mkdir(parents=True, exist_ok=True)
     with LabNetwork(hosts) as lab:
         state = work / "state"
         app = Appliance(

@@ -73,10 +73,14 @@ def test_release_and_decline_free_and_block(service: DhcpService) -> None:
     ip = offer(service, mac)
     assert service.handle(packet(mac, "release"), ("10.60.0.10", 68), 67) is None
     assert service.leases.held_by(mac) is None
+    ip = offer(service, mac)
     decline = packet(mac, "decline", ("requested_addr", str(ip)))
     assert service.handle(decline, ("0.0.0.0", 68), 67) is None
     assert offer(service, "02:00:00:00:00:08") != ip
     assert service.metrics.total("provisioner_dhcp_dropped_total") == 0
+    stray = packet("02:00:00:00:00:09", "decline", ("requested_addr", str(ip)))
+    assert service.handle(stray, ("0.0.0.0", 68), 67) is None
+    assert service.metrics.value("provisioner_dhcp_dropped_total", reason="decline-not-held") == 1
 
 
 def test_garbage_is_counted_not_raised(service: DhcpService) -> None:

@@ -500,11 +500,14 @@ def test_full_ignores_relays_from_other_subnets() -> None:
 def test_full_release_decline_inform() -> None:
     release = run(request("release", [("server_id", "10.10.0.1")], ciaddr="10.10.0.100"), FULL)
     assert release == Decision(None, None, LeaseAction.release(MAC), release.client, "release")
-    decline = run(
-        request("decline", [("requested_addr", "10.10.0.100"), ("server_id", "10.10.0.1")]), FULL
-    )
+    declines = request("decline", [("requested_addr", "10.10.0.100"), ("server_id", "10.10.0.1")])
+    decline = run(declines, FULL, leases={IP("10.10.0.100"): MAC})
     assert decline.lease == LeaseAction(LeaseActionKind.DECLINE, MAC, IP("10.10.0.100"))
     assert decline.reply is None
+    # only the address's holder may give it up: a stray DECLINE took a booting node's offer
+    for held in ({IP("10.10.0.100"): "52:54:00:00:00:01"}, {}):
+        other = run(declines, FULL, leases=held)
+        assert (other.reason, other.lease, other.reply) == ("decline-not-held", None, None)
     assert run(request("decline"), FULL).reason == "decline-without-address"
     assert run(request("release", [("server_id", "10.10.0.9")]), FULL).reason == "not-for-us"
 
