@@ -10,7 +10,14 @@ the first event. The series (labels in braces; values listed are declared at sta
 - ``provisioner_dhcp_packets_total{port}``: datagrams received (the two DHCP ports);
 - ``provisioner_dhcp_replies_total{type}``: offer, ack, nak;
 - ``provisioner_dhcp_dropped_total{reason}``: :data:`DHCP_DROP_REASONS`;
+- ``provisioner_dhcp_quiet_total{kind}``: release, decline (no reply by design); with
+  replies and drops, they add up to the packets received;
+- ``provisioner_dhcp_registry_failures_total``: lease batches the registry could not write;
+- ``provisioner_dhcp_unrecorded_renewals_total``: renewals ACKed meanwhile, for the time
+  the registry records;
 - ``provisioner_tftp_events_total{kind}``: sent, failed;
+- ``provisioner_tftp_requests_total``, ``provisioner_tftp_dropped_total{reason}``
+  (:data:`TFTP_DROP_REASONS`): read from the TFTP service at each scrape;
 - ``provisioner_http_files_total{area}``, ``provisioner_http_bytes_total{area}``;
 - ``provisioner_http_refused_total{reason}``: :data:`HTTP_REFUSAL_REASONS`;
 - ``provisioner_events_dropped_total{kind}``: refused, console;
@@ -35,12 +42,12 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from provisioner import __version__
@@ -67,6 +74,7 @@ DHCP_DROP_REASONS = (
     "no-free-address",
     "no-requested-address",
     "decline-without-address",
+    "decline-not-held",  # a DECLINE of an address another MAC holds
     "inform-without-ciaddr",
     "not-recorded",  # a lease reply whose lease could not be written (disk full ...)
     "lease-taken",  # another serve sharing the registry gave the address first (issue 23)
@@ -91,6 +99,8 @@ CONSOLE_RESULTS = (
     "accepted", "oversize", "empty", "not-text", "bad-header", "bad-fragment",
     "unknown-source", "overload",
 )  # fmt: skip
+# tftp.TftpStats.dropped(): datagrams on port 69 that started no transfer
+TFTP_DROP_REASONS = ("malformed", "busy", "stray", "refused", "write-refused")
 DNS_QUERY_KINDS = (
     "answered",
     "nodata",
@@ -134,6 +144,17 @@ COUNTERS: dict[str, CounterSpec] = {
     ),
     "provisioner_dhcp_dropped_total": CounterSpec(
         "DHCP datagrams dropped, by reason", ("reason",), _each(DHCP_DROP_REASONS)
+    ),
+    "provisioner_dhcp_quiet_total": CounterSpec(
+        "DHCP messages that want no reply (RELEASE, DECLINE), by kind",
+        ("kind",),
+        (("release",), ("decline",)),
+    ),
+    "provisioner_dhcp_registry_failures_total": CounterSpec(
+        "Batches of DHCP registry writes that failed (a full disk): none of their changes kept"
+    ),
+    "provisioner_dhcp_unrecorded_renewals_total": CounterSpec(
+        "Renewals ACKed while the registry could not record them, for their recorded time only"
     ),
     "provisioner_tftp_events_total": CounterSpec(
         "TFTP transfers, by outcome", ("kind",), _each(TFTP_EVENT_KINDS)
@@ -299,6 +320,11 @@ class Metrics:
             step, seconds = reached
             self.boot_steps.labels(step).observe(seconds)
 
+    def watch_tftp(self, read: Callable[[], tuple[int, Mapping[str, int]]]) -> None:
+        """The TFTP service's counters (its thread keeps them), read at each scrape:
+        ``read`` returns (well-formed requests, {drop reason: count})."""
+        self.registry.register(_TftpCounters(read))
+
     # ------------------------------------------------------------------ reading
 
     def value(self, name: str, **labels: str) -> float:
@@ -337,6 +363,28 @@ class _NodeStates(Collector):
         for state, n in counts.items():
             family.add_metric((state.value,), n)
         return [family]
+
+
+class _TftpCounters(Collector):
+    def __init__(self, read: Callable[[], tuple[int, Mapping[str, int]]]):
+        self.read = read
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected at scrape time only
+
+    def collect(self) -> Iterable[Metric]:
+        requests, dropped = self.read()
+        yield CounterMetricFamily(
+            "provisioner_tftp_requests", "Well-formed TFTP requests (RRQ, WRQ)", value=requests
+        )
+        family = CounterMetricFamily(
+            "provisioner_tftp_dropped",
+            "TFTP datagrams on the listening port that started no transfer, by reason",
+            labels=("reason",),
+        )
+        for reason in TFTP_DROP_REASONS:
+            family.add_metric((reason,), dropped.get(reason, 0))
+        yield family
 
 
 class _GatewayGauges(Collector):

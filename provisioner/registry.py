@@ -152,7 +152,14 @@ class Registry(LeaseTable):
                 raise
             finally:
                 self._depth -= 1
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                # SQLITE_FULL or an I/O error at COMMIT may leave the transaction open:
+                # end it, or every later BEGIN fails and the service never recovers.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def batch(self) -> Iterator[None]:

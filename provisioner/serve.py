@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import shutil
 import signal
 import socket
@@ -41,6 +42,22 @@ from provisioner.service import Notifier, use_journal_format
 from provisioner.sshkeys import ensure_keypair
 
 log = logging.getLogger(__name__)
+
+# Open files serve asks for (connections, sessions): systemd's default soft limit is 1024,
+# which a thousand slow HTTP clients would use up (accept() then fails for everyone).
+WANTED_FILES = 65536
+
+
+def raise_file_limit(wanted: int = WANTED_FILES) -> int:
+    """Raise the soft RLIMIT_NOFILE towards ``wanted`` (never past the hard limit, never
+    down); the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
 
 # What goes into the TFTP root from the iPXE directory (Debian's ipxe package by default).
 IPXE_FILES = ("undionly.kpxe", "undionly.kkpxe", "ipxe.efi", "snponly.efi", "ipxe.pxe")
@@ -90,6 +107,7 @@ class BootServices:
             port=cfg.tftp.port,
             on_transfer=self._on_tftp,
         )
+        self.metrics.watch_tftp(lambda: (self.tftp.stats.requests, self.tftp.stats.dropped()))
         self.dhcp = DhcpService(cfg, self.registry, self.metrics)
         self.enroller = Enroller(
             self.registry,
@@ -322,6 +340,7 @@ async def serve(
     same state folder raises InstanceConflict having touched nothing.
     """
     notifier = notifier or Notifier(None)
+    log.debug("open files: up to %d", raise_file_limit())
     with InstanceLock(cfg.state_dir):
         notifier.status("starting: binding DHCP, TFTP and HTTP")
         services = BootServices(cfg)

@@ -448,6 +448,8 @@ def _decide_full(
         declined = pkt.requested_address
         if declined is None:
             return _ignore("decline-without-address", info)
+        if leases.owner(declined) != mac:  # only its holder may give an address up (Kea)
+            return _ignore("decline-not-held", info)
         return _ignore("decline", info, LeaseAction.decline(declined, mac))
     if mt is MessageType.INFORM:
         if info is None:
@@ -457,6 +459,20 @@ def _decide_full(
         reply = _full_reply(pkt, cfg, mac, info, MessageType.ACK, ZERO_IP, network=False)
         return Decision(reply, _destination(pkt, False, MessageType.ACK), None, info, "inform")
     return _ignore("unsupported-message", info)
+
+
+def with_lease_time(reply: DhcpPacket, seconds: int) -> DhcpPacket:
+    """``reply`` with its lease time (option 51) set to ``seconds``: a renewal ACKed while
+    the registry cannot record it is told only the time the registry already holds."""
+    if seconds <= 0:
+        raise ValueError(f"lease time must be positive, got {seconds}")
+    lease = option_u32(OptionCode.LEASE_TIME, seconds)
+    options = tuple(
+        lease if code == OptionCode.LEASE_TIME else (code, v) for code, v in reply.options
+    )
+    if lease not in options:
+        options = (*options, lease)
+    return replace(reply, options=options)
 
 
 def decide(

@@ -16,6 +16,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import cast
 
@@ -28,6 +29,7 @@ from provisioner.boot.dhcp_policy import (
     LeaseActionKind,
     PolicyConfig,
     decide,
+    with_lease_time,
 )
 from provisioner.boot.leases import LeaseTable
 from provisioner.config import Config, Mode
@@ -49,6 +51,10 @@ QUIET_OUTCOMES = frozenset({"release", "decline"})  # no reply by design: not dr
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 RECEIVE_BUFFER = 4 * 1024 * 1024
+# A renewal answered while the registry cannot be written gets what it still holds, if at
+# least this long (a shorter lease would only bring the client back at once).
+MIN_UNRECORDED_LEASE = 60
+FAILURE_LOG_SECONDS = 60.0  # while writes keep failing, one log line per minute
 
 
 def policy_config(cfg: Config) -> PolicyConfig:
@@ -123,13 +129,20 @@ class DhcpService:
         self._flush_handle: asyncio.TimerHandle | None = None
         # Replies whose lease is in the batch being gathered: sent once it is committed,
         # unless that commit found the address given by another serve (shared registry).
-        self._held: list[tuple[Callable[[], None], _Commit | None]] = []
+        self._held: list[_Held] = []
         self._commit: _Commit | None = None  # the lease commit of the datagram at hand
         self._sync: asyncio.Task[None] | None = None
         self._lease_writes = 0  # lease changes queued so far (receive() compares)
-        self.leases = LeaseTable.from_rows(
-            ((lease.ip, lease.mac, lease.expires) for lease in registry.leases()), time.time()
-        )
+        self._fallback: bytes | None = None  # handle()'s reply should its lease not be written
+        rows = registry.leases()
+        self.leases = LeaseTable.from_rows(((r.ip, r.mac, r.expires) for r in rows), time.time())
+        # The bound leases as the registry has them (MAC -> address, expiry), and the
+        # changes to them waiting in the batch: what a renewal may be told on a full disk.
+        self._recorded = {r.mac: (r.ip, r.expires) for r in rows if r.kind is LeaseKind.BOUND}
+        self._unflushed: list[tuple[str, IPv4Address | None, float]] = []
+        self._failing_since: float | None = None  # monotonic time of the first failed batch
+        self._failure_logged = 0.0
+        self._failed_batches = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -169,8 +182,9 @@ class DhcpService:
         lease is committed. A client never holds an address the registry does not (a
         ``kill -9`` between the two used to forget leases clients held, and a restarted
         service could give the address to another node); one transaction per 20 ms keeps
-        the rate. If the write fails (a full disk), the reply is not sent: the client asks
-        again."""
+        the rate. If the write fails (a full disk), the reply is not sent (the client asks
+        again), except a renewal of a lease the registry holds: it is ACKed for the time
+        the registry already records, never longer."""
         before = self._lease_writes
         self._commit = None
         result = self.handle(data, source, port)
@@ -180,7 +194,14 @@ class DhcpService:
         if self._lease_writes == before:
             send(reply, dest)
             return
-        self._held.append((lambda: send(reply, dest), self._commit))
+        fallback = self._fallback
+        self._held.append(
+            _Held(
+                lambda: send(reply, dest),
+                None if fallback is None else lambda: send(fallback, dest),
+                self._commit,
+            )
+        )
         self._schedule()
 
     def _later(self, op: Callable[[], object]) -> None:
@@ -207,29 +228,39 @@ class DhcpService:
         self._flush_handle = None
         pending, self._pending = self._pending, []
         held, self._held = self._held, []
+        changes, self._unflushed = self._unflushed, []
         try:
             if pending:
                 with self.registry.batch():
                     for op in pending:
                         op()
-        except Exception:
-            log.exception(
-                "dhcp: %d registry writes failed; %d lease replies not sent",
-                len(pending),
-                len(held),
-            )
-            self.metrics.inc("provisioner_dhcp_dropped_total", len(held), reason="not-recorded")
+        except Exception as exc:
+            self._not_recorded(exc, len(pending), held)
             return
-        for send, commit in held:
-            if commit is not None and commit.taken is False:
-                self._lost(commit)
+        for mac, ip, expires in changes:
+            if ip is None:
+                self._recorded.pop(mac, None)
+            else:
+                self._recorded[mac] = (ip, expires)
+        if self._failing_since is not None:
+            log.warning(
+                "dhcp: the registry records leases again, after %d failed writes in %.0f s",
+                self._failed_batches,
+                time.monotonic() - self._failing_since,
+            )
+            self._failing_since, self._failed_batches = None, 0
+        for reply in held:
+            if reply.commit is not None and reply.commit.taken is False:
+                self._lost(reply.commit)
                 continue
-            send()
+            reply.send()
 
     def _lost(self, commit: _Commit) -> None:
         """Another serve sharing the registry gave the address first: no reply (the
         client asks again), and the lease table learns who holds it."""
         self.metrics.inc("provisioner_dhcp_dropped_total", reason="lease-taken")
+        if self._recorded.get(commit.mac, (None,))[0] == commit.ip:
+            del self._recorded[commit.mac]  # never written: not ours to renew on a full disk
         held = self.registry.lease_of(commit.ip)
         if held is not None:
             self.leases.put(held.ip, held.mac, held.expires)
@@ -249,6 +280,40 @@ class DhcpService:
                 if lease.expires > now and self.leases.owner(lease.ip) != lease.mac:
                     self.leases.put(lease.ip, lease.mac, lease.expires)
 
+    def _not_recorded(self, exc: Exception, writes: int, held: list[_Held]) -> None:
+        """A batch failed (a full disk, an I/O error): none of its changes are in the
+        registry. New leases are refused (not sent, counted); renewals of recorded leases
+        go out for their recorded time. One log line at the first failure, then one a
+        minute while it lasts (the clients retry every few seconds)."""
+        renewed = [h for h in held if h.fallback is not None]
+        for reply in renewed:
+            assert reply.fallback is not None
+            reply.fallback()
+        refused = len(held) - len(renewed)
+        self.metrics.inc("provisioner_dhcp_dropped_total", refused, reason="not-recorded")
+        self.metrics.inc("provisioner_dhcp_unrecorded_renewals_total", len(renewed))
+        self.metrics.inc("provisioner_dhcp_registry_failures_total")
+        self._failed_batches += 1
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failure_logged < FAILURE_LOG_SECONDS:
+            log.debug("dhcp: registry write failed again: %s", exc)
+            return
+        self._failure_logged = now
+        log.error(
+            "dhcp: cannot record leases in the registry %s (%s): %d writes lost, %d new "
+            "leases refused, %d renewals answered for their recorded time only; "
+            "%d failed writes so far",
+            self.registry.where,
+            exc,
+            writes,
+            refused,
+            len(renewed),
+            self._failed_batches,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+
     # ------------------------------------------------------------------ one datagram
 
     def handle(
@@ -256,6 +321,7 @@ class DhcpService:
     ) -> tuple[bytes, tuple[str, int]] | None:
         """Decode, decide, apply; returns the reply and where to send it (or None)."""
         self.metrics.inc("provisioner_dhcp_packets_total", port=str(port))
+        self._fallback = None
         try:
             packet = decode(data)
         except DhcpDecodeError as exc:
@@ -269,14 +335,38 @@ class DhcpService:
         if decision.lease is not None:
             self._apply(decision.lease, packet)
         if decision.reply is None:
-            if decision.reason not in QUIET_OUTCOMES:
+            if decision.reason in QUIET_OUTCOMES:
+                self.metrics.inc("provisioner_dhcp_quiet_total", kind=decision.reason)
+            else:
                 self._drop(decision.reason, source, packet.mac or "-")
             return None
         dest = _destination(decision, packet, source)
         self.metrics.inc(
             "provisioner_dhcp_replies_total", type=_type_name(decision.reply.message_type)
         )
+        self._fallback = self._unrecorded_renewal(decision, packet, now)
         return encode(decision.reply, max_size=packet.max_message_size), dest
+
+    def _unrecorded_renewal(
+        self, decision: Decision, packet: DhcpPacket, now: float
+    ) -> bytes | None:
+        """What to send instead of this ACK if its new expiry cannot be written: the same
+        lease for the time the registry already records, or None (the reply is refused)."""
+        action, reply = decision.lease, decision.reply
+        if (
+            reply is None
+            or reply.message_type is not MessageType.ACK
+            or action is None
+            or action.kind is not LeaseActionKind.COMMIT
+        ):
+            return None
+        recorded = self._recorded.get(action.mac)
+        if recorded is None or recorded[0] != action.ip:
+            return None
+        remaining = int(recorded[1] - now)
+        if remaining < MIN_UNRECORDED_LEASE:
+            return None
+        return encode(with_lease_time(reply, remaining), max_size=packet.max_message_size)
 
     def _drop(self, reason: str, source: tuple[str, int], what: str) -> None:
         self.metrics.inc("provisioner_dhcp_dropped_total", reason=reason)
@@ -347,6 +437,8 @@ class DhcpService:
             bound = packet.message_type is MessageType.REQUEST
             kind = LeaseKind.BOUND if bound else LeaseKind.OFFERED
             self.leases.put(action.ip, action.mac, action.expires_at)
+            # an offer replaces the MAC's bound lease in the registry (one address per MAC)
+            self._unflushed.append((action.mac, action.ip if bound else None, action.expires_at))
             commit = self._commit = _Commit(action.mac, action.ip)
             self._later(functools.partial(commit.run, self.registry, action.expires_at, kind))
         elif action.kind is LeaseActionKind.WITHDRAW:
@@ -354,14 +446,29 @@ class DhcpService:
             # drop; sharing it (PostgreSQL), the MAC's row is now the winner's: leave it.
             self.leases.drop_mac(action.mac)
             if self.cfg.registry_url is None:
+                self._unflushed.append((action.mac, None, 0.0))
                 self._later(functools.partial(self.registry.release_lease, action.mac))
         elif action.kind is LeaseActionKind.RELEASE:
             self.leases.drop_mac(action.mac)
+            self._unflushed.append((action.mac, None, 0.0))
             self._later(functools.partial(self.registry.release_lease, action.mac))
         elif action.kind is LeaseActionKind.DECLINE and action.ip is not None:
             until = time.time() + DECLINE_HOLD_SECONDS
             self.leases.put(action.ip, declined_owner(action.mac), until)
+            self._unflushed += [(mac, None, 0.0) for mac, held in self._recorded.items()
+                                if held[0] == action.ip]  # fmt: skip
             self._later(functools.partial(self.registry.decline, action.ip, action.mac, until))
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A lease reply waiting for its batch: ``send`` once it is committed, else
+    ``fallback`` (a renewal for its recorded time), if any; not at all when its
+    ``commit`` found the address another serve's."""
+
+    send: Callable[[], None]
+    fallback: Callable[[], None] | None
+    commit: _Commit | None = None
 
 
 class _Commit:

@@ -13,14 +13,24 @@ them into tftpy, which owns the sockets and the state machine:
   root, never decide anything: ``dyn_file_func`` unquotes it and asks ``confine()``.
 - Uploads go to ``upload_open``, which returns None: tftpy answers Access violation.
 - Should tftpy's loop die anyway (a failed ``sendto``), it is restarted on the same port.
+- tftpy waits on its sockets with select(2), which refuses a descriptor >= FD_SETSIZE
+  (1024): with a thousand HTTP connections open in serve, each new session's socket got
+  one and tftpy's loop died at once, restart after restart (no node could fetch iPXE).
+  Its module's ``select`` is replaced by :class:`_PollSelect` (poll(2): no such limit).
+- Every datagram on the listening port is counted once (:class:`TftpStats`): a request,
+  malformed, busy, or stray (from the address and port of a session in progress, which
+  tftpy ignores: counted through its log record, which :class:`_TftpyLog` takes). tftpy's
+  ERROR line per ended session is left out: the reason is counted, and logged at debug.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import os
+import select
 import shutil
 import socket
 import tempfile
@@ -47,7 +57,7 @@ MAX_BLKSIZE = 65464  # RFC 2348; tftpy accepts up to 65536, which no UDP datagra
 MODES = frozenset({"octet", "netascii"})  # tftpy sends netascii files unconverted
 DEFAULT_TIMEOUT = 2.0  # seconds per retransmission; also how long tftpy's select() sleeps
 DEFAULT_RETRIES = 5
-MAX_SESSIONS = 256  # tftpy select()s on every session socket: stay far below FD_SETSIZE
+MAX_SESSIONS = 256  # tftpy polls every session socket on each turn of its loop
 TFTPY_LOG_LEVEL = logging.WARNING  # tftpy logs several INFO lines per packet
 _TOKEN_PREFIX = "t"  # never "", "." or "..": a token is always one plain path component
 
@@ -92,7 +102,59 @@ class TftpStats:
     write_refused: int = 0
     malformed: int = 0  # datagrams tftpy could not parse, bad modes, stray first packets
     busy: int = 0  # requests dropped because MAX_SESSIONS were in progress
+    stray: int = 0  # datagrams on the listening port from a session's own address and port
     restarts: int = 0  # times tftpy's loop died and was started again
+
+    def dropped(self) -> dict[str, int]:
+        """What started no transfer, by reason: datagrams (malformed, busy, stray; with
+        ``requests`` they add up to every datagram the port received) and requests
+        refused (refused, write-refused: a part of ``requests``)."""
+        return {"malformed": self.malformed, "busy": self.busy, "stray": self.stray,
+                "refused": self.refused, "write-refused": self.write_refused}  # fmt: skip
+
+
+class _PollSelect:
+    """Stands in for the ``select`` module inside tftpy's server: its one call,
+    ``select.select(sockets, [], [], timeout)``, made with poll(2)."""
+
+    @staticmethod
+    def select(
+        rlist: list[Any], wlist: list[Any], xlist: list[Any], timeout: float | None = None
+    ) -> tuple[list[Any], list[Any], list[Any]]:
+        if wlist or xlist:
+            raise NotImplementedError("tftpy waits only for sockets to read")
+        poller = select.poll()
+        by_fd = {sock.fileno(): sock for sock in rlist}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        wait = None if timeout is None else max(0, int(timeout * 1000))
+        ready = poller.poll(wait)
+        return [by_fd[fd] for fd, _ in ready if fd in by_fd], [], []
+
+
+def use_poll_in_tftpy() -> None:
+    """Make tftpy's server loop wait with poll(2) (see the module docstring)."""
+    setattr(importlib.import_module("tftpy.TftpServer"), "select", _PollSelect)  # noqa: B010
+
+
+class _TftpyLog(logging.Filter):
+    """On tftpy's server logger: counts the datagrams tftpy drops with only a log line
+    (stray), and leaves out its ERROR lines per session ended and per retransmission
+    (counted: the drop reasons, ``provisioner_tftp_events_total{kind="failed"}``)."""
+
+    STRAY = "received traffic on main socket for existing session"
+    ENDED = ("Fatal exception thrown from session", "Timeout waiting for traffic")
+
+    def __init__(self, stats: Callable[[], TftpStats]) -> None:
+        super().__init__()
+        self._stats = stats
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith(self.STRAY):
+            self._stats().stray += 1
+            return False
+        return not message.startswith(self.ENDED)
 
 
 class _ServedFile(io.FileIO):
@@ -211,12 +273,15 @@ class TftpService:
         self._private: str | None = None
         self._failure: BaseException | None = None
         self._stopping = threading.Event()
+        self._log_filter = _TftpyLog(lambda: self.stats)
 
     def start(self) -> None:
         """Bind now (BootServiceError if that fails), then serve in a daemon thread."""
         if not self.root.is_dir():
             raise BootServiceError(f"TFTP root {self.root} is not a directory")
         logging.getLogger("tftpy").setLevel(TFTPY_LOG_LEVEL)
+        use_poll_in_tftpy()
+        logging.getLogger("tftpy.TftpServer").addFilter(self._log_filter)
         self._private = tempfile.mkdtemp(prefix="provisioner-tftpy-")
         self._stopping.clear()
         self._failure = None
@@ -252,6 +317,7 @@ class TftpService:
         self._cleanup()
 
     def _cleanup(self) -> None:
+        logging.getLogger("tftpy.TftpServer").removeFilter(self._log_filter)
         if self._private is not None:
             shutil.rmtree(self._private, ignore_errors=True)
         self._server = self._thread = self._private = None

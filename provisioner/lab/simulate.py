@@ -144,83 +144,94 @@ class Simulation:
 
     def _boot(self, ns: Namespace, index: int) -> NodeRun:
         name, mac = f"node{index}", node_mac(index)
-        fw = firmware_for(self.firmware, index)
-        run = NodeRun(name, mac, fw)
-        arch, vendor = FIRMWARE[fw]
-        pxe_args = ["--arch", arch, "--vendor-class", vendor]
-
-        def step(label: str, ok: bool, detail: str, started: float) -> bool:
-            run.steps.append(Step(label, ok, detail, round(time.monotonic() - started, 3)))
-            self.progress(name, f"{label:12} {'ok ' if ok else 'FAILED'} {detail}")
-            return ok
-
-        t = time.monotonic()
-        first = self._pxe(ns, mac, [*pxe_args, "--configure"])
-        if not step(
-            "dhcp",
-            bool(first.get("ok", True)) and "boot_file" in first,
-            f"address {first.get('address')} boot {first.get('boot_file')}",
-            t,
-        ):
-            return run
-        t = time.monotonic()
-        boot_file = str(first["boot_file"])
-        out = self.work / f"{name}-{Path(boot_file).name}"
-        got = _curl(
-            ns,
-            f"tftp://{first['next_server']}/{boot_file}",
-            "--tftp-blksize",
-            "1468",
-            "-o",
-            str(out),
+        return boot_node(
+            ns, name, mac, firmware_for(self.firmware, index), self.work, self.progress
         )
-        size = out.stat().st_size if out.exists() else 0
-        if not step("tftp", got.returncode == 0 and size > 0, f"{boot_file} {size} bytes", t):
-            return run
-        t = time.monotonic()
-        second = self._pxe(ns, mac, [*pxe_args, "--user-class", "iPXE"])
-        url = str(second.get("boot_file"))
-        if not step("ipxe-dhcp", url.startswith("http://"), f"script {url}", t):
-            return run
-        t = time.monotonic()
-        script = _curl(ns, url).stdout
-        kernel = re.search(r"^kernel (\S+)", script, re.M)
-        initrd = re.search(r"^initrd (?:--name \S+ )?(\S+)", script, re.M)
-        if kernel is None or initrd is None:
-            note = (
-                "no image to boot yet (discovery image not built)"
-                if ("not in the image store" in script)
-                else script[:80]
-            )
-            step("script", script.startswith("#!ipxe"), note, t)
-            return run
-        step("script", True, "boots " + kernel.group(1).split("/images/")[-1], t)
-        for label, match in (("kernel", kernel), ("initrd", initrd)):
-            t = time.monotonic()
-            fetched = _curl(ns, match.group(1), "-o", "/dev/null", "-w", "%{size_download}")
-            step(label, fetched.returncode == 0, f"{fetched.stdout} bytes", t)
-        return run
 
-    def _pxe(self, ns: Namespace, mac: str, args: list[str]) -> dict[str, object]:
-        argv = [
-            sys.executable,
-            "-m",
-            "provisioner.lab.pxeclient",
-            "--iface",
-            "eth0",
-            "--mac",
-            mac,
-            "--timeout",
-            "20",
-            "--json",
-            *args,
-        ]
-        done = ns.run(argv, check=False, timeout=60)
-        try:
-            result = json.loads(done.stdout)
-        except json.JSONDecodeError:
-            return {"ok": False, "error": done.stderr.strip()}
-        return result if isinstance(result, dict) else {"ok": False}
+
+def boot_node(
+    ns: Namespace, name: str, mac: str, fw: str, work: Path, progress: Progress
+) -> NodeRun:
+    """What one node's firmware and iPXE do, from ``ns``, each step timed: DHCP (the
+    scripted PXE client, address configured), the iPXE binary over TFTP, iPXE's DHCP,
+    its boot script, kernel and initrd over HTTP. Stops at the first failed step."""
+    run = NodeRun(name, mac, fw)
+    arch, vendor = FIRMWARE[fw]
+    pxe_args = ["--arch", arch, "--vendor-class", vendor]
+
+    def step(label: str, ok: bool, detail: str, started: float) -> bool:
+        run.steps.append(Step(label, ok, detail, round(time.monotonic() - started, 3)))
+        progress(name, f"{label:12} {'ok ' if ok else 'FAILED'} {detail}")
+        return ok
+
+    t = time.monotonic()
+    first = pxe(ns, mac, [*pxe_args, "--configure"])
+    if not step(
+        "dhcp",
+        bool(first.get("ok", True)) and "boot_file" in first,
+        f"address {first.get('address')} boot {first.get('boot_file')}",
+        t,
+    ):
+        return run
+    t = time.monotonic()
+    boot_file = str(first["boot_file"])
+    out = work / f"{name}-{Path(boot_file).name}"
+    got = _curl(
+        ns,
+        f"tftp://{first['next_server']}/{boot_file}",
+        "--tftp-blksize",
+        "1468",
+        "-o",
+        str(out),
+    )
+    size = out.stat().st_size if out.exists() else 0
+    if not step("tftp", got.returncode == 0 and size > 0, f"{boot_file} {size} bytes", t):
+        return run
+    t = time.monotonic()
+    second = pxe(ns, mac, [*pxe_args, "--user-class", "iPXE"])
+    url = str(second.get("boot_file"))
+    if not step("ipxe-dhcp", url.startswith("http://"), f"script {url}", t):
+        return run
+    t = time.monotonic()
+    script = _curl(ns, url).stdout
+    kernel = re.search(r"^kernel (\S+)", script, re.M)
+    initrd = re.search(r"^initrd (?:--name \S+ )?(\S+)", script, re.M)
+    if kernel is None or initrd is None:
+        note = (
+            "no image to boot yet (discovery image not built)"
+            if ("not in the image store" in script)
+            else script[:80]
+        )
+        step("script", script.startswith("#!ipxe"), note, t)
+        return run
+    step("script", True, "boots " + kernel.group(1).split("/images/")[-1], t)
+    for label, match in (("kernel", kernel), ("initrd", initrd)):
+        t = time.monotonic()
+        fetched = _curl(ns, match.group(1), "-o", "/dev/null", "-w", "%{size_download}")
+        step(label, fetched.returncode == 0, f"{fetched.stdout} bytes", t)
+    return run
+
+
+def pxe(ns: Namespace, mac: str, args: list[str]) -> dict[str, object]:
+    argv = [
+        sys.executable,
+        "-m",
+        "provisioner.lab.pxeclient",
+        "--iface",
+        "eth0",
+        "--mac",
+        mac,
+        "--timeout",
+        "20",
+        "--json",
+        *args,
+    ]
+    done = ns.run(argv, check=False, timeout=60)
+    try:
+        result = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return {"ok": False, "error": done.stderr.strip()}
+    return result if isinstance(result, dict) else {"ok": False}
 
 
 def _curl(ns: Namespace, *args: str) -> subprocess.CompletedProcess[str]:

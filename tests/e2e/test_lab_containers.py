@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
@@ -314,6 +315,28 @@ def _guard_counters() -> dict[str, int]:
     return counts
 
 
+def _scan_from_outside(lab_dir: Path, hosts: list[str]) -> tuple[float, dict[str, list[int]]]:
+    """Every TCP port of ``hosts``, scanned from a namespace of its own on the lab's
+    bridge (10.99.0.200, no cluster member, not the control node); removed after."""
+    prefix = json.loads((lab_dir / "lab.json").read_text())["prefix"]
+    ns, outer = f"{prefix}-scan", f"{prefix}scan"
+    _run(["ip", "netns", "add", ns])
+    try:
+        _run(["ip", "link", "add", outer, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        _run(["ip", "link", "set", outer, "netns", f"{prefix}-sw"])
+        sw = ["ip", "netns", "exec", f"{prefix}-sw"]
+        _run([*sw, "ip", "link", "set", outer, "master", "br0", "up"])
+        inside = ["ip", "netns", "exec", ns]
+        _run([*inside, "ip", "addr", "add", "10.99.0.200/24", "dev", "eth0"])
+        _run([*inside, "ip", "link", "set", "eth0", "up"])
+        _run([*inside, "ip", "link", "set", "lo", "up"])
+        t0 = time.monotonic()
+        done = _run([*inside, sys.executable, "-m", "tests.e2e.portscan", *hosts], timeout=600)
+        return time.monotonic() - t0, json.loads(done.stdout)
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=False, timeout=30)
+
+
 @pytest.mark.llama
 def test_postinstall_and_smoke_typed_on_this_machine_reach_the_lab_through_its_leg_only(
     lab_dir: Path, rootfs_built: BuiltRootfs
@@ -392,6 +415,13 @@ def test_postinstall_and_smoke_typed_on_this_machine_reach_the_lab_through_its_l
         assert control.stdout == "200", control.stdout + control.stderr
         member = ssh_node(lab_dir, "ctr2", f'{curl}{metrics}; echo " rc=$?"')
         assert member.stdout.split()[-1] == "rc=28", member.stdout + member.stderr  # dropped
+        # A port scan from a machine on the lab's network that is no member (issue 20,
+        # item 7): of every TCP port of both nodes, only sshd answers; nothing of
+        # llama.cpp (the head's server, the workers' RPC) nor the node exporter.
+        worker = node_json(lab_dir, "ctr2")
+        scan_s, open_ports = _scan_from_outside(lab_dir, [head["ip"], worker["ip"]])
+        assert open_ports == {head["ip"]: [22], worker["ip"]: [22]}, open_ports
+        print(f"port scan of 2 x 65535 ports from a non-member: {open_ports} in {scan_s:.1f} s")
         counts = _guard_counters()
         print(
             f"host-typed: boot {boot_s:.1f} s, post-install {postinstall_s:.1f} s, smoke "

@@ -324,3 +324,22 @@ def test_stop_is_prompt_idempotent_and_ends_sessions(tmp_path: Path) -> None:
     assert [(e.ok, e.size) for e in events] == [(False, 512)]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind((HOST, service.port))  # the port is free again
+
+
+@needs_curl
+def test_a_session_socket_numbered_past_fd_setsize_is_served(
+    served: Served, tmp_path: Path
+) -> None:
+    """select(2) refuses descriptors >= 1024: with a thousand HTTP connections open in
+    serve, tftpy's loop died on each new session (the starvation check found it)."""
+    held = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(1100)]
+    try:
+        assert held[-1].fileno() >= 1024
+        out = tmp_path / "out"
+        result = curl(served.port, "big.bin", out)
+        assert result.returncode == 0, result.stderr
+        assert out.read_bytes() == (served.root / "big.bin").read_bytes()
+        assert served.service.stats.restarts == 0
+    finally:
+        for sock in held:
+            sock.close()

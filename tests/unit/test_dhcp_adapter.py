@@ -74,10 +74,14 @@ def test_release_and_decline_free_and_block(service: DhcpService) -> None:
     ip = offer(service, mac)
     assert service.handle(packet(mac, "release"), ("10.60.0.10", 68), 67) is None
     assert service.leases.held_by(mac) is None
+    ip = offer(service, mac)
     decline = packet(mac, "decline", ("requested_addr", str(ip)))
     assert service.handle(decline, ("0.0.0.0", 68), 67) is None
     assert offer(service, "02:00:00:00:00:08") != ip
     assert service.metrics.total("provisioner_dhcp_dropped_total") == 0
+    stray = packet("02:00:00:00:00:09", "decline", ("requested_addr", str(ip)))
+    assert service.handle(stray, ("0.0.0.0", 68), 67) is None
+    assert service.metrics.value("provisioner_dhcp_dropped_total", reason="decline-not-held") == 1
 
 
 def test_garbage_is_counted_not_raised(service: DhcpService) -> None:
@@ -232,3 +236,80 @@ def test_an_address_another_serve_gave_first_is_not_handed_out(service: DhcpServ
     service.receive(packet(mac, "discover"), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
     service.flush()
     assert [decode(r).yiaddr for r in sent] == [IPv4Address("10.60.0.11")]
+
+
+# A full disk (issue 20, item 6): a renewal of a lease the registry holds is still ACKed,
+# for the time the registry records; a new lease is refused; both are counted.
+
+
+def lease_time(reply: bytes) -> int:
+    value = decode(reply).option(51)
+    assert value is not None
+    return int.from_bytes(value, "big")
+
+
+def test_on_a_full_disk_a_recorded_lease_is_renewed_for_its_recorded_time_only(
+    service: DhcpService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    known, new = "02:00:00:00:00:31", "02:00:00:00:00:32"
+    sent: list[bytes] = []
+    service.receive(request(service, known), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    service.flush()
+    assert lease_time(sent[-1]) == service.policy.lease_seconds
+    (recorded,) = [lease for lease in service.registry.leases() if lease.mac == known]
+    new_request = request(service, new)
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(service.registry, "commit_lease", full_disk)
+    monkeypatch.setattr(service.registry, "add_event", full_disk)
+    service._flush_handle = object()  # type: ignore[assignment]  # one batch for both
+    renewal = packet(known, "request", ("requested_addr", str(recorded.ip)))
+    sent.clear()
+    service.receive(renewal, ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    service.receive(new_request, ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    service.flush()
+    assert len(sent) == 1  # the renewal; the new lease is refused
+    assert decode(sent[0]).yiaddr == recorded.ip
+    assert 0 < lease_time(sent[0]) <= recorded.expires - time.time() + 1
+    assert lease_time(sent[0]) < service.policy.lease_seconds
+    counted = service.metrics.value
+    assert counted("provisioner_dhcp_dropped_total", reason="not-recorded") == 1
+    assert counted("provisioner_dhcp_unrecorded_renewals_total") == 1
+    assert counted("provisioner_dhcp_registry_failures_total") == 1
+    (still,) = [lease for lease in service.registry.leases() if lease.mac == known]
+    assert still.expires == recorded.expires  # nothing written, nothing promised beyond it
+
+    monkeypatch.undo()  # space again: the full time, recorded
+    service._flush_handle = None
+    service.receive(renewal, ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    assert lease_time(sent[-1]) == service.policy.lease_seconds
+
+
+def test_a_lease_unwritten_since_its_last_renewal_is_renewed_for_what_the_disk_holds(
+    service: DhcpService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two renewals on a full disk: the second is told the registry's time, not the
+    first's unrecorded one; and a lease with under a minute left is not renewed at all."""
+    mac = "02:00:00:00:00:33"
+    sent: list[bytes] = []
+    service.receive(request(service, mac), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    (recorded,) = [lease for lease in service.registry.leases() if lease.mac == mac]
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(service.registry, "commit_lease", full_disk)
+    renewal = packet(mac, "request", ("requested_addr", str(recorded.ip)))
+    for _ in range(2):
+        service._flush_handle = object()  # type: ignore[assignment]
+        service.receive(renewal, ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+        service.flush()
+        assert lease_time(sent[-1]) <= recorded.expires - time.time() + 1
+    service._recorded[mac] = (recorded.ip, time.time() + 30)  # as if nearly run out
+    before = len(sent)
+    service._flush_handle = object()  # type: ignore[assignment]
+    service.receive(renewal, ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+    service.flush()
+    assert len(sent) == before

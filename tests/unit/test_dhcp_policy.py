@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from scapy.layers.dhcp import BOOTP, DHCP
 
-from provisioner.boot.dhcp_codec import BROADCAST_FLAG, DhcpPacket, decode, encode
+from provisioner.boot.dhcp_codec import BROADCAST_FLAG, DhcpPacket, OptionCode, decode, encode
 from provisioner.boot.dhcp_policy import (
     OFFER_HOLD_SECONDS,
     BootTarget,
@@ -28,6 +28,7 @@ from provisioner.boot.dhcp_policy import (
     choose_address,
     classify,
     decide,
+    with_lease_time,
 )
 from provisioner.boot.leases import LeaseTable
 from provisioner.errors import ConfigError, DhcpDecodeError
@@ -501,11 +502,14 @@ def test_full_ignores_relays_from_other_subnets() -> None:
 def test_full_release_decline_inform() -> None:
     release = run(request("release", [("server_id", "10.10.0.1")], ciaddr="10.10.0.100"), FULL)
     assert release == Decision(None, None, LeaseAction.release(MAC), release.client, "release")
-    decline = run(
-        request("decline", [("requested_addr", "10.10.0.100"), ("server_id", "10.10.0.1")]), FULL
-    )
+    declines = request("decline", [("requested_addr", "10.10.0.100"), ("server_id", "10.10.0.1")])
+    decline = run(declines, FULL, leases={IP("10.10.0.100"): MAC})
     assert decline.lease == LeaseAction(LeaseActionKind.DECLINE, MAC, IP("10.10.0.100"))
     assert decline.reply is None
+    # only the address's holder may give it up: a stray DECLINE took a booting node's offer
+    for held in ({IP("10.10.0.100"): "52:54:00:00:00:01"}, {}):
+        other = run(declines, FULL, leases=held)
+        assert (other.reason, other.lease, other.reply) == ("decline-not-held", None, None)
     assert run(request("decline"), FULL).reason == "decline-without-address"
     assert run(request("release", [("server_id", "10.10.0.9")]), FULL).reason == "not-for-us"
 
@@ -585,3 +589,15 @@ def test_full_mode_tells_ipxe_not_to_wait_for_proxydhcp() -> None:
     assert firmware is not None and firmware.option(175) is None
     proxied = run(request("discover", IPXE), PROXY).reply
     assert proxied is not None and proxied.option(175) is None
+
+
+def test_with_lease_time_changes_option_51_only() -> None:
+    ack = run(request("request", BIOS, ciaddr="10.10.0.100"), FULL, leases={})
+    assert ack.reply is not None and ack.reply.option(OptionCode.LEASE_TIME) is not None
+    shorter = with_lease_time(ack.reply, 120)
+    assert shorter.option(OptionCode.LEASE_TIME) == (120).to_bytes(4, "big")
+    rest = [o for o in shorter.options if o[0] != OptionCode.LEASE_TIME]
+    assert rest == [o for o in ack.reply.options if o[0] != OptionCode.LEASE_TIME]
+    assert shorter.yiaddr == ack.reply.yiaddr and len(shorter.options) == len(ack.reply.options)
+    with pytest.raises(ValueError):
+        with_lease_time(ack.reply, 0)
