@@ -455,6 +455,26 @@ class Registry(LeaseTable):
             rows = self._db.execute(query + " ORDER BY id", args).fetchall()
         return [dict(r) for r in rows]
 
+    def generation(self, key: str) -> str | None:
+        """A value every process sharing the registry can watch (``bump``), e.g.
+        ``profiles``: a serve that reloaded its profiles tells the others."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE key = ?", (f"gen:{key}",)
+            ).fetchone()
+        return str(row["value"]) if row else None
+
+    def bump(self, key: str) -> str:
+        """A new value for ``generation(key)``; returned, so its writer knows its own."""
+        value = f"{time.time():.6f}-{os.getpid()}"
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (f"gen:{key}", value),
+            )
+        return value
+
     def macs_with_inventory(self) -> list[str]:
         with self._lock:
             rows = self._db.execute("SELECT mac FROM inventories ORDER BY mac").fetchall()

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 # Open files serve asks for (connections, sessions): systemd's default soft limit is 1024,
 # which a thousand slow HTTP clients would use up (accept() then fails for everyone).
 WANTED_FILES = 65536
+PROFILE_FOLLOW_SECONDS = (
+    2.0  # a shared registry: how soon another serve's profile reload is followed
+)
 
 
 def raise_file_limit(wanted: int = WANTED_FILES) -> int:
@@ -164,6 +167,7 @@ class BootServices:
             receiver = ConsoleReceiver(self.registry, store, self.metrics)
             self.console = ConsoleService(cfg.console, str(cfg.network.server_ip), receiver)
         self.http: uvicorn.Server | None = None
+        self._follower: asyncio.Task[None] | None = None
         self._front: asyncio.Server | None = None
         self.ra: RouterAdvertiser | None = None
 
@@ -227,6 +231,8 @@ class BootServices:
                 self.dns.stop()
             raise
         self.watchdog.start()
+        if self.cfg.registry_url is not None:  # other serves share the registry
+            self._follower = asyncio.create_task(self._follow_profiles(), name="profiles")
         log.info("%s", self.summary())
 
     def summary(self) -> str:
@@ -277,6 +283,26 @@ class BootServices:
     def _on_file(self, served: FileServed) -> None:
         record_file(self.app_ctx, served)
 
+    async def _follow_profiles(self) -> None:
+        """A profile reload on another serve sharing the registry (its API or SIGHUP)
+        reloads this one's profiles too, within PROFILE_FOLLOW_SECONDS (polling: one
+        read of a registry value; PostgreSQL's LISTEN would need a connection of its own
+        kept open, and polling also catches a reload made while this serve was down)."""
+        while True:
+            await asyncio.sleep(PROFILE_FOLLOW_SECONDS)
+            try:
+                changes = await asyncio.to_thread(self.enroller.follow)
+            except ProfileError as exc:
+                for problem in exc.problems:
+                    log.error("profile reload (from another serve) refused: %s", problem)
+                continue
+            except Exception:  # the database away for a moment: next round
+                log.warning("profile reload check failed", exc_info=True)
+                continue
+            if changes is not None:
+                log.info("profiles reloaded: another serve reloaded them; %d nodes changed",
+                         len(changes))  # fmt: skip
+
     def reload_profiles(self) -> None:
         """SIGHUP: re-read the profiles; a bad set is logged and the old one kept."""
         try:
@@ -289,6 +315,8 @@ class BootServices:
             log.info("profile of %s (%s): %s -> %s", c.mac, c.hostname, c.before, c.after)
 
     async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
         if self._front is not None:
             self._front.close()
         if self.ra is not None:

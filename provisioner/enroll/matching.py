@@ -34,6 +34,8 @@ from provisioner.states import BOOTS_PROFILE_IMAGE, REFINGERPRINTABLE, NodeEvent
 
 log = logging.getLogger(__name__)
 
+PROFILES_GENERATION = "profiles"  # Registry.generation: the last profile reload, any serve
+
 # (node, its profile) -> (the image ref it would boot, that image's kernel release or None)
 ImageKernel = Callable[[Node, Profile], tuple[str, str | None]]
 
@@ -72,6 +74,17 @@ class Enroller:
         self.image_kernel = image_kernel
         self.profiles: ProfileSet = load_profiles(profiles_dir)  # bad set: refuse to start
         self._lock = threading.Lock()
+        self._announced = registry.generation(PROFILES_GENERATION)  # the reload seen last
+
+    def follow(self) -> list[Change] | None:
+        """Reload if another serve sharing the registry reloaded its profiles since the
+        last look (serve polls this); None when none did. A bad set here is refused
+        (ProfileError) and this serve keeps its own, as on SIGHUP."""
+        seen = self.registry.generation(PROFILES_GENERATION)
+        if seen is None or seen == self._announced:
+            return None
+        self._announced = seen
+        return self.reload(announce=False)
 
     def on_inventory(self, mac: str) -> Node:
         """Fingerprint the node whose inventory was just stored; returns it updated."""
@@ -104,10 +117,14 @@ class Enroller:
         with self._lock:
             return fingerprint(inventory, self.profiles).profile
 
-    def reload(self) -> list[Change]:
-        """Read the profiles again (raises ProfileError, keeping the old set, if bad)."""
+    def reload(self, *, announce: bool = True) -> list[Change]:
+        """Read the profiles again (raises ProfileError, keeping the old set, if bad).
+        ``announce``: tell the other serves sharing the registry to reload theirs too
+        (:meth:`follow`); a reload they asked for does not announce again."""
         with self._lock:
             self.profiles = load_profiles(self.profiles_dir)
+            if announce:
+                self._announced = self.registry.bump(PROFILES_GENERATION)
             changes = []
             for mac in self.registry.macs_with_inventory():
                 node = self.registry.node(mac)

@@ -164,21 +164,22 @@ def make_image(state: Path, name: str = "discovery", kernel_size: int = 256 * 10
     return kernel
 
 
-@pytest.fixture
-def loopback_appliance(tmp_path: Path) -> Iterator[Appliance]:
-    """serve on 127.0.0.1 with high ports (DHCP bound to lo): HTTP and TFTP are real."""
+def loopback(folder: Path) -> Appliance:
+    """A serve on 127.0.0.1 with high ports (DHCP bound to lo), its files in ``folder``;
+    not started. Several may run side by side (each has its own ports)."""
     need_root()
     need("curl")
-    state = tmp_path / "state"
+    state = folder / "state"
+    folder.mkdir(parents=True, exist_ok=True)
     app = Appliance(
-        config=tmp_path / "provisioner.toml",
+        config=folder / "provisioner.toml",
         state=state,
         http_port=free_port(),
         tftp_port=free_port(socket.SOCK_DGRAM),
         dhcp_port=free_port(socket.SOCK_DGRAM),
         pxe_port=free_port(socket.SOCK_DGRAM),
         host="127.0.0.1",
-        log=tmp_path / "serve.log",
+        log=folder / "serve.log",
         console_port=free_port(socket.SOCK_DGRAM),
     )
     write_config(
@@ -194,6 +195,13 @@ def loopback_appliance(tmp_path: Path) -> Iterator[Appliance]:
         bind="127.0.0.1",
         console_port=app.console_port,
     )
+    return app
+
+
+@pytest.fixture
+def loopback_appliance(tmp_path: Path) -> Iterator[Appliance]:
+    """serve on 127.0.0.1 with high ports (DHCP bound to lo): HTTP and TFTP are real."""
+    app = loopback(tmp_path)
     try:
         yield app
     finally:

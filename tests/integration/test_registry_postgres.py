@@ -7,12 +7,16 @@ made."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
+from provisioner.config import DEFAULT_HWPROFILES
 from tests import pg_server
-from tests.integration.conftest import Appliance
+from tests.integration.conftest import Appliance, loopback
 
 pytestmark = pytest.mark.root  # the loopback appliance and the postgres user
 
@@ -66,3 +70,34 @@ def test_a_password_in_the_url_is_refused(loopback_appliance: Appliance) -> None
     done = app.cli("node", "list")
     assert done.returncode != 0
     assert "~/.pgpass" in done.stderr and "s3cret" not in done.stderr
+
+
+def test_a_profile_reload_on_one_serve_reaches_the_other(
+    tmp_path: Path, postgres_server: str
+) -> None:
+    """Two serves on one PostgreSQL registry, one hwprofiles folder (as config management
+    would keep on each control node): a reload asked of one through the API is followed
+    by the other within seconds (it polls the registry: scale.md)."""
+    url = pg_server.fresh_database(postgres_server)
+    profiles = tmp_path / "hwprofiles"
+    shutil.copytree(DEFAULT_HWPROFILES, profiles)
+    apps = [loopback(tmp_path / name) for name in ("one", "two")]
+    for app in apps:
+        app.config.write_text(app.config.read_text() + f'[registry]\nurl = "{url}"\n'
+                              f'[cluster]\nprofiles = "{profiles}"\n')  # fmt: skip
+    try:
+        for app in apps:
+            app.start()
+        one, two = apps
+        (profiles / "qemu-lab.yaml").unlink()
+        answer = curl("-X", "POST", f"{one.base}/api/v1/profiles/reload",
+                      "-H", f"Authorization: Bearer {one.api_token}")  # fmt: skip
+        assert json.loads(answer)["profiles"] > 0, answer
+        deadline = time.monotonic() + 10
+        while "another serve reloaded them" not in two.log.read_text():
+            assert time.monotonic() < deadline, two.log.read_text()[-2000:]
+            time.sleep(0.2)
+        assert "another serve reloaded them" not in one.log.read_text()  # no echo back
+    finally:
+        for app in apps:
+            app.stop()

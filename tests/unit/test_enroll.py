@@ -100,6 +100,29 @@ def test_reload_shows_what_changed_and_a_bad_set_keeps_the_old(
     assert node.state is (NodeState.MATCHED if node.profile else NodeState.UNMATCHED)
 
 
+def test_a_reload_on_one_serve_is_followed_by_another_sharing_the_registry(
+    tmp_path: Path, profiles: Path
+) -> None:
+    """Two serves, one registry (issue 23): a reload on one (API or SIGHUP) is seen by
+    the other's follow(), once; a reload it makes because of it is not announced back."""
+    path = tmp_path / "registry.sqlite3"
+    here, there = Registry(path), Registry(path)
+    one, two = Enroller(here, profiles, "node{n}"), Enroller(there, profiles, "node{n}")
+    assert two.follow() is None  # nobody reloaded yet
+    (profiles / "qemu-lab.yaml").unlink()
+    one.reload()
+    assert two.profiles.get("qemu-lab") is not None  # not yet
+    assert two.follow() == []
+    assert two.profiles.get("qemu-lab") is None  # followed
+    assert two.follow() is None and one.follow() is None  # no ping-pong
+    (profiles / "broken.yaml").write_text("name: x\nversion: 1\nbogus_key: 3\n")
+    with pytest.raises(ProfileError):
+        two.reload()  # refused: nothing announced
+    assert one.follow() is None
+    here.close()
+    there.close()
+
+
 def test_node_list_names_the_nearest_profiles_of_an_unmatched_node(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
