@@ -54,6 +54,7 @@ from provisioner.lab.netns import (
     list_namespaces,
     overlapping_routes,
 )
+from provisioner.records import HTTP_PORT, RPC_PORT
 from provisioner.registry import Registry
 from tests.e2e.conftest import BuiltRootfs, llama_cluster, node_json, run_cli, ssh_node
 from tests.e2e.observers import Prometheus, ansible, inventory_script, pings
@@ -331,7 +332,9 @@ def _scan_from_outside(lab_dir: Path, hosts: list[str]) -> tuple[float, dict[str
         _run([*inside, "ip", "link", "set", "eth0", "up"])
         _run([*inside, "ip", "link", "set", "lo", "up"])
         t0 = time.monotonic()
-        done = _run([*inside, sys.executable, "-m", "tests.e2e.portscan", *hosts], timeout=600)
+        confirm = ",".join(map(str, (22, 9100, RPC_PORT, HTTP_PORT, 6379, 8265, 10001)))
+        done = _run([*inside, sys.executable, "-m", "tests.e2e.portscan", *hosts,
+                     "--confirm", confirm], timeout=600)  # fmt: skip
         return time.monotonic() - t0, json.loads(done.stdout)
     finally:
         subprocess.run(["ip", "netns", "delete", ns], check=False, timeout=30)
