@@ -427,6 +427,17 @@ def _stream(argv: list[str], progress: Callable[[str], None], prefix: str) -> No
         )
 
 
+MODULE_SUFFIXES = ("", ".xz", ".zst", ".gz")  # Debian 13 compresses its modules (.ko.xz)
+
+
+def initrd_has(listing: Iterable[str], member: str) -> bool:
+    """Whether an initrd's file list (lsinitramfs) holds ``member``: under / or /usr
+    (merged /usr), and a kernel module (``.ko``) compressed too."""
+    suffixes = MODULE_SUFFIXES if member.endswith(".ko") else ("",)
+    wanted = {f"{prefix}{member}{suffix}" for prefix in ("", "usr/") for suffix in suffixes}
+    return not wanted.isdisjoint(listing)
+
+
 def _require_in_initrd(
     root: Path, release: str, member: str, why: str = "the fetched root would go unchecked"
 ) -> None:
@@ -435,7 +446,7 @@ def _require_in_initrd(
         ["chroot", str(root), "lsinitramfs", f"/boot/initrd.img-{release}"],
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
-    if member not in listing and f"usr/{member}" not in listing:
+    if not initrd_has(listing, member):
         raise ImageError(f"the initrd lacks {member}: {why}")
 
 

@@ -318,3 +318,17 @@ def test_manifest_round_trips() -> None:
     assert Manifest.from_json(manifest.to_json()) == manifest
     with pytest.raises(ImageError, match="not a valid image manifest"):
         Manifest.from_json('{"name": "x"}')
+
+
+def test_the_initrd_check_finds_a_module_compressed_or_under_usr() -> None:
+    """Debian 13's initrds hold modules as .ko.xz (the check refused a trixie image whose
+    netconsole.ko.xz was there: the CI run after issue 22 found it); merged /usr too."""
+    from provisioner.image.rootfs import initrd_has
+
+    module = "lib/modules/6.12.118+deb13-amd64/kernel/drivers/net/netconsole.ko"
+    assert initrd_has([module + ".xz"], module)
+    assert initrd_has(["usr/" + module], module)
+    assert initrd_has([module], module)
+    assert not initrd_has([module.replace("netconsole", "e1000")], module)
+    script = "scripts/init-bottom/provisioner-netconsole"
+    assert initrd_has([script], script) and not initrd_has([script + ".xz"], script)
