@@ -28,6 +28,7 @@ still answers and the next `up` needs no rebuild.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -45,6 +46,7 @@ from provisioner.config import Mode, render_config, write_config
 from provisioner.data import DISCOVERY_RECIPE
 from provisioner.enroll.power_cycle import start
 from provisioner.image.discovery import build_discovery, default_cache
+from provisioner.image.discovery import load_recipe as load_discovery_recipe
 from provisioner.image.rootfs import build_rootfs
 from provisioner.image.store import ImageRef, ImageStore
 from provisioner.lab import containers, loopdisk
@@ -181,12 +183,19 @@ def _stop_pid(pid: int, grace: float = 5.0) -> None:
 
 
 def ensure_discovery_image(image_dir: Path, progress: Progress) -> None:
-    if (image_dir / "discovery" / "vmlinuz").exists() and (
-        image_dir / "discovery" / "initrd"
-    ).exists():
-        return
-
-    progress("building the discovery image (first time: downloads Debian's kernel)")
+    """Build the discovery image when the lab has none, or when the one it has was built
+    from another recipe (a provisioner upgrade: e.g. netconsole's module in its initrd)."""
+    current = image_dir / "discovery"
+    if (current / "vmlinuz").exists() and (current / "initrd").exists():
+        try:
+            built = json.loads((current / "manifest.json").read_text()).get("recipe_sha256")
+        except (OSError, ValueError):
+            built = None
+        if built == load_discovery_recipe(DISCOVERY_RECIPE).sha256:
+            return
+        progress("the discovery recipe changed since the lab's image was built: rebuilding")
+    else:
+        progress("building the discovery image (first time: downloads Debian's kernel)")
     build_discovery(DISCOVERY_RECIPE, image_dir, default_cache(), progress)
 
 
