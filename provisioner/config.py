@@ -29,6 +29,7 @@ from provisioner.config_services import (
     GatewayConfig,
     PrometheusConfig,
     console_table,
+    dashboard_table,
     parse_console,
     parse_dashboard,
     parse_dns,
@@ -530,15 +531,7 @@ def render_config(
     doc.add("gateway", gateway)
     doc.add("console", console_table())
 
-    dashboard = tomlkit.table()
-    dashboard.add(tomlkit.comment("The web dashboard at http://<this node>:<port>/. Reading it:"))
-    dashboard.add(tomlkit.comment('"cluster" (no login from the cluster network or this node),'))
-    dashboard.add(tomlkit.comment('"open" (no login from anywhere) or "login" (always a login).'))
-    dashboard.add(tomlkit.comment("Actions (power, enroll, boot, smoke) always need a login with"))
-    dashboard.add(tomlkit.comment("the API token."))
-    dashboard.add("enabled", True)
-    dashboard.add("reads", DashboardConfig.reads)
-    doc.add("dashboard", dashboard)
+    doc.add("dashboard", dashboard_table())
 
     boot = tomlkit.table()
     boot.add("bios_binary", "undionly.kpxe")

@@ -152,6 +152,19 @@ def parse_gateway(r: ConfigReader) -> GatewayConfig:
     )
 
 
+def dashboard_table() -> Table:
+    """The [dashboard] table `config init` writes."""
+    table = tomlkit.table()
+    table.add(tomlkit.comment("The web dashboard at http://<this node>:<port>/. Reading it:"))
+    table.add(tomlkit.comment('"cluster" (no login from the cluster network or this node),'))
+    table.add(tomlkit.comment('"open" (no login from anywhere) or "login" (always a login).'))
+    table.add(tomlkit.comment("Actions (power, enroll, boot, smoke) always need a login with"))
+    table.add(tomlkit.comment("the API token."))
+    table.add("enabled", True)
+    table.add("reads", DashboardConfig.reads)
+    return table
+
+
 def parse_dashboard(r: ConfigReader) -> DashboardConfig:
     reads = r.text("dashboard", "reads", DashboardConfig.reads) or ""
     if reads not in DASHBOARD_READS:

@@ -18,8 +18,6 @@ online backup API (``provisioner backup``).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -32,18 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import names, registry_pg
-from provisioner.discovery.model import Inventory
-from provisioner.discovery.schema import inventory_of
 from provisioner.errors import RegistryConflict, RegistryError
 from provisioner.records import (
-    BootToken,
     Detail,
     Event,
     EventKind,
     Node,
-    PendingInventory,
-    TokenCheck,
 )
+from provisioner.registry_inventories import InventoryTable
 from provisioner.registry_leases import LeaseTable
 from provisioner.registry_leases import declined_owner as declined_owner
 from provisioner.registry_migrate import (
@@ -57,13 +51,11 @@ from provisioner.registry_migrate import (
 )
 from provisioner.registry_pg import PgConnection
 from provisioner.registry_schema import SCHEMA_VERSION as SCHEMA_VERSION
+from provisioner.registry_tokens import TokenTable
+from provisioner.registry_tokens import hash_token as hash_token
 from provisioner.states import NodeEvent, NodeState, apply
 
 log = logging.getLogger(__name__)
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _connect(target: str | Path) -> sqlite3.Connection:
@@ -113,7 +105,7 @@ def _open_pg(url: str, *, readonly: bool) -> PgConnection:
     return db
 
 
-class Registry(LeaseTable):
+class Registry(LeaseTable, TokenTable, InventoryTable):
     def __init__(self, path: Path | str, *, readonly: bool = False):
         """``path``: the SQLite file, or a ``postgresql://`` URL (registry_pg.py)."""
         self.path = path
@@ -511,76 +503,6 @@ class Registry(LeaseTable):
             raise RegistryError(f"no node with MAC {mac}")
         return node
 
-    # ------------------------------------------------------------------ boot tokens
-
-    def issue_boot_token(
-        self,
-        mac: str,
-        token: str,
-        *,
-        asked_by: str,
-        bound_to: str | None,
-        expires: float,
-        now: float | None = None,
-    ) -> None:
-        """Remember (a hash of) the token this boot's script hands to the node; it replaces
-        the node's previous one. Who may have one is the caller's rule (routes_boot)."""
-        now = time.time() if now is None else now
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO boot_tokens(mac, hash, asked_by, bound_to, issued, expires, spent)"
-                " VALUES (?, ?, ?, ?, ?, ?, NULL) ON CONFLICT(mac) DO UPDATE SET"
-                " hash = excluded.hash, asked_by = excluded.asked_by,"
-                " bound_to = excluded.bound_to, issued = excluded.issued,"
-                " expires = excluded.expires, spent = NULL",
-                (mac, hash_token(token), asked_by, bound_to, now, expires),
-            )
-
-    def boot_token(self, mac: str) -> BootToken | None:
-        """The node's latest token as kept (live or not), without its hash."""
-        with self._lock:
-            row = self._db.execute("SELECT * FROM boot_tokens WHERE mac = ?", (mac,)).fetchone()
-        if row is None:
-            return None
-        return BootToken(
-            row["mac"], row["asked_by"], row["bound_to"], row["issued"], row["expires"],
-            row["spent"],
-        )  # fmt: skip
-
-    def use_boot_token(
-        self, mac: str, token: str, *, source: str, spend: bool = False, now: float | None = None
-    ) -> TokenCheck:
-        """Check ``token`` for a request from ``source``, in one transaction: it must be the
-        node's latest, unexpired, and used from its bound address (a token bound to none is
-        bound to ``source`` now). ``spend``: the inventory POST, once per token."""
-        now = time.time() if now is None else now
-        with self._tx() as db:
-            row = db.execute("SELECT * FROM boot_tokens WHERE mac = ?", (mac,)).fetchone()
-            if row is None or not hmac.compare_digest(row["hash"], hash_token(token)):
-                return TokenCheck.UNKNOWN
-            if now >= row["expires"]:
-                return TokenCheck.EXPIRED
-            if row["bound_to"] is None:
-                db.execute("UPDATE boot_tokens SET bound_to = ? WHERE mac = ?", (source, mac))
-            elif row["bound_to"] != source:
-                return TokenCheck.ELSEWHERE
-            if spend:
-                if row["spent"] is not None:
-                    return TokenCheck.SPENT
-                db.execute("UPDATE boot_tokens SET spent = ? WHERE mac = ?", (now, mac))
-        return TokenCheck.OK
-
-    def check_boot_token(self, mac: str, token: str, *, now: float | None = None) -> bool:
-        """Is ``token`` the node's latest and unexpired (changes nothing)?"""
-        now = time.time() if now is None else now
-        with self._lock:
-            row = self._db.execute(
-                "SELECT hash, expires FROM boot_tokens WHERE mac = ?", (mac,)
-            ).fetchone()
-        if row is None or now >= row["expires"]:
-            return False
-        return hmac.compare_digest(row["hash"], hash_token(token))
-
     # ------------------------------------------------------------------ events
 
     def add_event(
@@ -615,66 +537,6 @@ class Registry(LeaseTable):
         return [
             Event(r["mac"], r["ts"], EventKind(r["kind"]), json.loads(r["detail"])) for r in rows
         ]
-
-    # ------------------------------------------------------------------ inventories
-
-    def store_inventory(self, mac: str, data: str, *, now: float | None = None) -> Node:
-        """Keep the agent's report and move the node on (new/failed -> discovered)."""
-        now = time.time() if now is None else now
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO inventories(mac, received, data) VALUES (?, ?, ?)"
-                " ON CONFLICT(mac) DO UPDATE"
-                " SET received = excluded.received, data = excluded.data",
-                (mac, now, data),
-            )
-            self._event(db, mac, EventKind.INVENTORY, {"bytes": len(data)}, now)
-        return self.transition(mac, NodeEvent.INVENTORY, reason="inventory received")
-
-    def hold_inventory(
-        self, mac: str, data: str, *, ip: str | None, changes: Detail, now: float | None = None
-    ) -> None:
-        """Keep a report aside for ``node approve`` (replacing one held before) and put
-        it on the node's timeline: an ``inventory`` event (the node did report: the lab
-        and ``enroll --wait`` follow those), then ``approval`` with what it would change."""
-        now = time.time() if now is None else now
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO pending_inventories(mac, received, data, ip, changes)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(mac) DO UPDATE SET"
-                " received = excluded.received, data = excluded.data, ip = excluded.ip,"
-                " changes = excluded.changes",
-                (mac, now, data, ip, json.dumps(dict(changes))),
-            )
-            self._event(db, mac, EventKind.INVENTORY, {"bytes": len(data), "held": True}, now)
-            self._event(db, mac, EventKind.APPROVAL, {"status": "pending", **changes}, now)
-
-    def pending_inventory(self, mac: str) -> PendingInventory | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM pending_inventories WHERE mac = ?", (mac,)
-            ).fetchone()
-        if row is None:
-            return None
-        return PendingInventory(
-            row["mac"], row["received"], row["data"], row["ip"], json.loads(row["changes"])
-        )
-
-    def drop_pending_inventory(self, mac: str) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM pending_inventories WHERE mac = ?", (mac,))
-
-    def inventory_document(self, mac: str) -> str | None:
-        """The document the node's agent last sent, as it was stored (JSON text)."""
-        with self._lock:
-            row = self._db.execute("SELECT data FROM inventories WHERE mac = ?", (mac,)).fetchone()
-        return str(row["data"]) if row else None
-
-    def inventory(self, mac: str) -> Inventory | None:
-        """The node's last inventory, typed; None if there is none or it does not fit the
-        schema (the document stays readable through :meth:`inventory_document`)."""
-        document = self.inventory_document(mac)
-        return inventory_of(document) if document else None
 
     # ---- power settings (provisioner/power): one URL per node, never a password
 

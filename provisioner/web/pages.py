@@ -114,6 +114,13 @@ class Dashboard:
         )  # fmt: skip
         return HTMLResponse(html, status, headers=HEADERS)
 
+    def said(self, sid: str, text: str, ok: bool) -> None:
+        """The outcome of a session's action, shown on its next page; one per session,
+        and no more kept than there are live sessions."""
+        self.flash[sid] = (text, ok)
+        while len(self.flash) > session.MAX_SESSIONS:
+            self.flash.pop(next(iter(self.flash)))
+
     def login_first(self, request: Request) -> Response:
         target = quote(request.url.path, safe="/")
         return RedirectResponse(f"/login?next={target}", 303, headers=HEADERS)
@@ -288,9 +295,9 @@ def router(board: Dashboard) -> APIRouter:
             raise HTTPException(404, f"no action {action}: one of {', '.join(NODE_ACTIONS)}")
         try:
             text = await asyncio.to_thread(board.actions.node, key, action)
-            board.flash[sid] = (text, True)
+            board.said(sid, text, True)
         except ActionError as exc:
-            board.flash[sid] = (str(exc), False)
+            board.said(sid, str(exc), False)
         await board.feed.tick()  # the table shows it before the page comes back
         return RedirectResponse(f"/nodes/{quote(key, safe='')}", 303, headers=HEADERS)
 
@@ -298,9 +305,9 @@ def router(board: Dashboard) -> APIRouter:
     async def smoke_action(request: Request, name: str) -> Response:
         sid, _ = await board.acting(request)
         try:
-            board.flash[sid] = (board.actions.smoke(name), True)
+            board.said(sid, board.actions.smoke(name), True)
         except ActionError as exc:
-            board.flash[sid] = (str(exc), False)
+            board.said(sid, str(exc), False)
         return RedirectResponse(f"/clusters/{quote(name, safe='')}", 303, headers=HEADERS)
 
     @routes.get("/static/{name}")
