@@ -21,6 +21,7 @@ seconds after the boot's start each step was first reached (the boot-step histog
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -165,3 +166,14 @@ def _starts_boot(e: Event, boot: _Boot | None) -> bool:
         return True
     firmware = e.detail.get("client") != "ipxe"
     return firmware and "dhcp" in boot.seen
+
+
+def ago(ts: float) -> str:
+    """How long ago ``ts`` was, for people: "42s ago", "7m ago", "3h ago" (the commands'
+    tables and the dashboard say it the same way)."""
+    secs = max(0, int(time.time() - ts))
+    if secs < 120:
+        return f"{secs}s ago"
+    if secs < 7200:
+        return f"{secs // 60}m ago"
+    return f"{secs // 3600}h ago"

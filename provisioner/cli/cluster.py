@@ -16,7 +16,6 @@ from typing import Any
 
 from provisioner.cli.common import (
     add_command,
-    ago,
     load_cfg,
     load_cluster,
     open_registry,
@@ -39,6 +38,7 @@ from provisioner.postinstall.ssh import Connection
 from provisioner.postinstall.vllm import parse_serve
 from provisioner.profiles import Engine
 from provisioner.records import Cluster
+from provisioner.timeline import ago
 
 
 def _site(args: argparse.Namespace) -> Site:

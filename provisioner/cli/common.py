@@ -105,15 +105,6 @@ def print_timeline(events: list[Event]) -> None:
         prev = e.ts
 
 
-def ago(ts: float) -> str:
-    secs = max(0, int(time.time() - ts))
-    if secs < 120:
-        return f"{secs}s ago"
-    if secs < 7200:
-        return f"{secs // 60}m ago"
-    return f"{secs // 3600}h ago"
-
-
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:

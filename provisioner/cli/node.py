@@ -16,7 +16,6 @@ from typing import Any
 from provisioner.cli.common import (
     Exit,
     add_command,
-    ago,
     load_cfg,
     open_registry,
     print_json,
@@ -32,6 +31,7 @@ from provisioner.node_image import image_kernel
 from provisioner.records import Detail, EventKind, Node
 from provisioner.registry import Registry
 from provisioner.states import NodeEvent, NodeState
+from provisioner.timeline import ago
 
 
 def cmd_node_list(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from provisioner.console.store import tail
 from provisioner.errors import ProvisionerError
 from provisioner.metrics import Metrics
 from provisioner.registry import Registry
+from provisioner.timeline import ago
 from provisioner.web import session
 from provisioner.web.actions import NODE_ACTIONS, ActionError, Actions
 from provisioner.web.board import Board
@@ -88,7 +89,7 @@ class Dashboard:
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
             undefined=jinja2.StrictUndefined,
         )  # fmt: skip
-        self.env.filters["ago"] = _ago
+        self.env.filters["ago"] = ago
         self.env.filters["stamp"] = lambda ts: time.strftime(
             "%Y-%m-%d %H:%M:%S", time.localtime(ts)
         )
@@ -207,14 +208,6 @@ def _replica(model: str, r: dict[str, Any]) -> dict[str, Any]:
         "ttft": "-" if ttft is None else f"{ttft:.3f} s",
         "tps": "-" if tps is None else f"{tps:.1f}",
     }
-
-
-def _ago(ts: float) -> str:
-    seconds = max(0, int(time.time() - ts))
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
-        if seconds >= size:
-            return f"{seconds // size} {unit} ago"
-    return f"{seconds} s ago"
 
 
 def router(board: Dashboard) -> APIRouter:
