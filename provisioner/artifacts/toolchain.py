@@ -20,8 +20,16 @@ from provisioner.artifacts import ArtifactError, build_root, cuda_toolchain
 # The compiler each GPU backend needs on the control node, and what it is.
 COMPILERS = {
     "cuda": ("nvcc", "CUDACXX", "CUDA's compiler nvcc (the CUDA toolkit)"),
-    "hip": ("hipcc", "HIPCXX", "ROCm's hipcc"),
+    "hip": ("hipcc", "HIPCXX", "ROCm's hipcc 6.1 or newer"),
     "sycl": ("icpx", "", "Intel's oneAPI DPC++ compiler icpx"),
+}
+# Why no Debian build root makes up for a missing compiler (checked against trixie's
+# package index and llama.cpp b11434's ggml-hip/CMakeLists.txt, "At least ROCM/HIP V6.1
+# is required"; oneAPI is in no Debian suite, nor as a compiler on PyPI).
+NO_DEBIAN_ROOT = {
+    "hip": "Debian 13's ROCm is too old for llama.cpp's HIP backend (hipcc 5.7.1, rocBLAS "
+    "5.5.1, no gfx1151 kernels)",
+    "sycl": "no Debian suite ships oneAPI",
 }
 
 
@@ -68,4 +76,7 @@ def missing(backend: str, gpu_arch: str | None = None) -> str | None:
     name, env, what = COMPILERS[backend]
     if shutil.which(name) or (env and os.environ.get(env)):
         return None
-    return f"it needs {what}, and this control node has none on its PATH"
+    why = f"; {NO_DEBIAN_ROOT[backend]}: the Vulkan backend runs on these GPUs" if (
+        backend in NO_DEBIAN_ROOT
+    ) else ""  # fmt: skip
+    return f"it needs {what}, and this control node has none on its PATH{why}"

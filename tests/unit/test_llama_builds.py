@@ -84,7 +84,11 @@ def test_a_missing_toolchain_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     assert why is not None and "not 7.0" in why and "CUDA 12 toolkit" in why
     assert toolchain_missing("cuda", "86") is None  # PyPI's CUDA 13 builds it
     why = toolchain_missing("sycl")
-    assert why is not None and "icpx" in why
+    assert why is not None and "icpx" in why and "no Debian suite ships oneAPI" in why
+    monkeypatch.delenv("HIPCXX", raising=False)
+    why = toolchain_missing("hip")  # Debian 13's ROCm (5.7) is below llama.cpp's HIP 6.1
+    assert why is not None and "hipcc 6.1 or newer" in why and "hipcc 5.7.1" in why
+    assert "the Vulkan backend runs on these GPUs" in why
     why = toolchain_missing("vulkan")  # its build root needs mmdebstrap
     assert why is not None and "trixie-vulkan.toml" in why and "mmdebstrap" in why
     monkeypatch.setenv("CUDACXX", "/opt/cuda/bin/nvcc")
