@@ -10,7 +10,8 @@ from typing import Any
 
 from provisioner.cli.common import print_json, print_timeline, stamped, table
 from provisioner.config import DEFAULT_IMAGE, Mode
-from provisioner.lab import lab
+from provisioner.errors import UsageError
+from provisioner.lab import lab, netem
 from provisioner.lab.lab import DEFAULT_LAB_DIR
 from provisioner.lab.simulate import simulate
 from provisioner.lab.state import LabState
@@ -80,6 +81,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         kind=args.kind,
         disk=args.disk,
         profiles=None if args.profiles is None else Path(args.profiles),
+        netem=None if args.netem is None else netem.parse(args.netem),
     )
     return _report_lab(state, as_json=args.json)
 
@@ -117,6 +119,36 @@ def _report_lab(state: object, *, as_json: bool, stuck_after: float | None = Non
                 for line in (consoles[s.name] or "(empty)").splitlines():
                     print(f"      {line}")
     return 1 if bad or any(s.verdict != state.target for s in statuses) else 0
+
+
+def cmd_lab_netem(args: argparse.Namespace) -> int:
+    """Put faults on the lab's bridge (netem: loss, delay), clear them, or show them."""
+    if args.clear and args.spec:
+        raise UsageError("lab netem: give a spec or --clear, not both")
+    directory = Path(args.dir)
+    quiet = (lambda line: None) if args.json else stamped
+    if args.spec or args.clear:
+        wanted = netem.parse(" ".join(args.spec)) if args.spec else None
+        state: LabState | None = netem.lab_faults(directory, wanted, quiet)
+    else:
+        state = LabState.load(directory)
+    if state is None:
+        print("no lab is up (provisioner lab up)", file=sys.stderr)
+        return 1
+    spec = netem.parse(state.netem) if state.netem else None
+    if args.json:
+        print_json(
+            {
+                "prefix": state.prefix,
+                "netem": spec.as_dict() if spec else None,
+                "spec": state.netem,
+                "way": state.netem_way,
+            }
+        )
+    else:
+        print(f"lab {state.prefix}: {state.netem or 'no faults'} on the bridge"
+              + (f" ({state.netem_way})" if state.netem_way else ""))  # fmt: skip
+    return 0
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
@@ -203,6 +235,12 @@ def add_lab_commands(sub: Any) -> None:
         help="fingerprint the lab's nodes against the profiles in DIR (default: the shipped"
         " hwprofiles/): try a profile's drivers, image and engines on lab nodes first",
     )
+    lab_up.add_argument(
+        "--netem",
+        metavar="SPEC",
+        help="faults on the lab's bridge from the start, in tc netem's words: 'loss 10%%"
+        " delay 50ms' (delay T [JITTER], loss P%%; see lab netem)",
+    )
     lab_up.add_argument("--timeout", type=float, default=900, help="seconds to follow the boots")
     lab_up.add_argument(
         "--no-appliance",
@@ -220,6 +258,15 @@ def add_lab_commands(sub: Any) -> None:
         help="seconds without a new boot step before a node counts as stuck",
     )
     lab_status.set_defaults(func=cmd_lab_status)
+    lab_netem = lab_sub.add_parser(
+        "netem",
+        help="packet loss and delay on every port of the lab's bridge (tc netem; an NFQUEUE"
+        " process where the kernel has no sch_netem), or --clear; none: show them",
+    )
+    lab_netem.add_argument("spec", nargs="*", metavar="SPEC", help="e.g. loss 10%% delay 50ms")
+    lab_netem.add_argument("--clear", action="store_true", help="take the faults off")
+    lab_netem.add_argument("--json", action="store_true")
+    lab_netem.set_defaults(func=cmd_lab_netem)
     lab_down = lab_sub.add_parser("down", help="remove every namespace, tap and process of the lab")
     lab_down.set_defaults(func=cmd_lab_down)
     lab_reboot = lab_sub.add_parser(
@@ -235,5 +282,5 @@ def add_lab_commands(sub: Any) -> None:
     )
     lab_exec.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     lab_exec.set_defaults(func=cmd_lab_exec)
-    for sp in (lab_up, lab_status, lab_down, lab_reboot, lab_exec):
+    for sp in (lab_up, lab_status, lab_netem, lab_down, lab_reboot, lab_exec):
         sp.add_argument("--dir", default=str(DEFAULT_LAB_DIR), help="the lab's files")

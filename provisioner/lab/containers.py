@@ -555,9 +555,12 @@ def start_containers(
     progress: Progress,
     workdir: Path,
     disks: Mapping[str, str] | None = None,
+    shape: Callable[[str], None] | None = None,
 ) -> list[Started]:
     """Start ``nodes`` on the lab bridge; return them as started. ``disks``: a node's
-    disk (a loop device, :mod:`provisioner.lab.loopdisk`) by node name.
+    disk (a loop device, :mod:`provisioner.lab.loopdisk`) by node name; ``shape``: called
+    with each node's port on the bridge once it is there, before the node starts
+    (faults on the bridge: :mod:`provisioner.lab.netem`).
 
     For each node: its namespace and veth, then its boot script (fetched from the
     appliance), the root of the image it names and its boot loop (``systemd-nspawn``
@@ -572,6 +575,8 @@ def start_containers(
     def start_one(spec: ContainerSpec) -> Started:
         _plug(prefix, switch, spec)
         try:
+            if shape is not None:
+                shape(spec.port(prefix))
             rootfs, args = booter.boot(spec.mac, progress)
             if not (rootfs / "usr" / "lib" / "systemd" / "systemd").exists():
                 raise ContainerError(f"{rootfs} is not a root with systemd")

@@ -31,8 +31,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -52,6 +50,7 @@ from provisioner.image.store import ImageRef, ImageStore
 from provisioner.lab import containers, loopdisk
 from provisioner.lab.containers import Started, stop_containers
 from provisioner.lab.containers import steps_reached as container_steps
+from provisioner.lab.netem import Netem, port_shaper, set_faults
 from provisioner.lab.netns import (
     HostSpec,
     LabError,
@@ -63,6 +62,8 @@ from provisioner.lab.netns import (
     overlapping_routes,
     pid_alive,
     remove_orphan_legs,
+    spawn_detached,
+    stop_pid,
 )
 from provisioner.lab.state import LabNode, LabState
 from provisioner.lab.vm import VmSpec, console_tail, prepare, probe_accel, qemu_argv
@@ -155,30 +156,6 @@ def _alive(pid: int | None) -> bool:
     return pid_alive(pid)
 
 
-def _spawn(ns: Namespace, argv: Sequence[str], log: Path) -> int:
-    """Start a detached process in ``ns`` (it outlives this command); its PID."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            ns.argv(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return proc.pid
-
-
-def _stop_pid(pid: int, grace: float = 5.0) -> None:
-    if not _alive(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-
-
 # ---------------------------------------------------------------- up / status / down
 
 
@@ -228,6 +205,7 @@ def up(
     kind: str = "vm",
     disk: int = 0,  # GiB of disk per container node; 0: none
     profiles: Path | None = None,
+    netem: Netem | None = None,  # faults on the bridge from the start (lab/netem.py)
 ) -> LabState:
     existing = LabState.load(directory)
     if existing is not None and any(n.startswith(existing.prefix) for n in list_namespaces()):
@@ -259,6 +237,9 @@ def up(
     try:
         lab.host_leg = attach_this_machine(net, progress)
         lab.save()
+        if netem is not None:
+            set_faults(lab, netem, progress)
+        shape = port_shaper(lab)
         if kind == "container":
             _containers_up(lab, net, nodes, mode, state_dir, appliance, progress, disk=disk)
             watch(lab, progress, timeout)
@@ -268,11 +249,13 @@ def up(
             tap = f"{net.prefix}t{i}"
             net.switch.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"])
             net.switch.run(["ip", "link", "set", tap, "master", "br0", "up"])
+            if shape is not None:
+                shape(tap)
             lab.nodes.append(LabNode(f"labnode{i}", f"52:54:00:99:00:{i:02x}", fw, tap))
         write_config(lab.config, _lab_config(mode, state_dir, image, lab.profiles))
         lab.save()
         if mode is Mode.PROXY:
-            lab.pids["site-dhcp"] = _spawn(
+            lab.pids["site-dhcp"] = spawn_detached(
                 net.host("site"),
                 site_dhcp_argv(f"{SUBNET}.100", f"{SUBNET}.199", directory),
                 directory / "site-dhcp.log",
@@ -286,7 +269,8 @@ def up(
         for node in lab.nodes:
             spec = lab.vm(node)
             prepare(spec)
-            node.pid = _spawn(net.switch, qemu_argv(spec), spec.workdir / f"{node.name}.qemu.log")
+            qemu_log = spec.workdir / f"{node.name}.qemu.log"
+            node.pid = spawn_detached(net.switch, qemu_argv(spec), qemu_log)
         lab.save()
         _enroll(lab, progress)
     except BaseException:
@@ -360,7 +344,7 @@ def _containers_up(
         registry.close()
     started = containers.start_containers(
         lab.prefix, net.switch, specs, _booter(lab), progress, directory / "containers",
-        lab.disks,
+        lab.disks, port_shaper(lab),
     )  # fmt: skip
     lab.containers = [s.as_dict() for s in started]
     by_mac = {s.mac: s for s in started}
@@ -469,7 +453,7 @@ def site_dhcp_argv(first: str, last: str, workdir: Path, *, ping: bool = True) -
 
 def _start_appliance(lab: LabState, ns: Namespace, directory: Path, progress: Progress) -> None:
     argv = [sys.executable, "-m", "provisioner.cli", "--config", str(lab.config), "serve"]
-    lab.pids["serve"] = _spawn(ns, argv, directory / "serve.log")
+    lab.pids["serve"] = spawn_detached(ns, argv, directory / "serve.log")
     probe = ["curl", "-sf", "-o", "/dev/null", f"http://{SERVER}:{HTTP_PORT}/healthz"]
     deadline = time.monotonic() + 30
     while ns.run(probe, check=False).returncode != 0:
@@ -564,7 +548,7 @@ def reboot(directory: Path, names: Sequence[str], progress: Progress) -> list[st
     specs = [s for s in containers.container_specs(len(lab.nodes)) if s.name in names]
     started = containers.start_containers(
         lab.prefix, switch, specs, _booter(lab), progress, directory / "containers",
-        lab.disks,
+        lab.disks, port_shaper(lab),
     )  # fmt: skip
     for one in started:
         running[one.name] = one
@@ -584,9 +568,9 @@ def down(directory: Path, progress: Progress) -> list[str]:
         stop_containers([Started.from_dict(d) for d in lab.containers], progress)
     for node in lab.nodes:
         if node.pid and lab.kind != "container":
-            _stop_pid(node.pid)
+            stop_pid(node.pid)
     for pid in lab.pids.values():
-        _stop_pid(pid)
+        stop_pid(pid)
     for name in lab.disks:  # after the containers: nothing holds them now
         loopdisk.detach(_disk_file(lab, name))
     removed = cleanup(lab.prefix)

@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
@@ -537,3 +538,30 @@ def pid_alive(pid: int | None) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def spawn_detached(ns: Namespace, argv: Sequence[str], log: Path) -> int:
+    """Start a detached process in ``ns`` (it outlives this command, its output appended
+    to ``log``); its PID, for whoever ends it later (:func:`stop_pid`)."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            ns.argv(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def stop_pid(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM a process :func:`spawn_detached` started, SIGKILL after ``grace`` s."""
+    if not pid_alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -37,6 +37,8 @@ class LabState:
     host_leg: str | None = None  # this machine's link on the lab's bridge (None: none)
     disks: dict[str, str] = field(default_factory=dict)  # container node -> its loop device
     profiles: str | None = None  # the profiles folder nodes are fingerprinted against
+    netem: str | None = None  # faults on the bridge (netem's words; None: none)
+    netem_way: str | None = None  # how they were put there: tc | queue (lab/netem.py)
 
     @property
     def target(self) -> str:
