@@ -43,6 +43,34 @@ def unit_checks(conns: Mapping[str, Connection], units: Mapping[str, Sequence[st
     return checks
 
 
+def unit_state(conn: Connection, unit: str) -> tuple[str, int]:
+    """(ActiveState, NRestarts) of ``unit``: ``("active", 0)`` for one that runs and never
+    died; ``activating`` for a simple service is systemd waiting to restart it."""
+    out = conn.run(f"systemctl show -p ActiveState -p NRestarts {q(unit)}", timeout=30).stdout
+    fields = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    restarts = fields.get("NRestarts", "").strip()
+    count = int(restarts) if restarts.isdigit() else 0
+    return fields.get("ActiveState", "").strip() or "unknown", count
+
+
+def death_watch(conn: Connection, unit: str) -> Callable[[], str | None]:
+    """A check to call while waiting on ``unit``'s server: None while the process that was
+    running at the start runs on, else why not (systemd restarted it, or it is down), with
+    its log's last error line. A server that dies while it loads fails at once, not after
+    the whole wait."""
+    _, before = unit_state(conn, unit)
+
+    def died() -> str | None:
+        state, now = unit_state(conn, unit)
+        if state == "active" and now <= before:
+            return None
+        why = f"restarted {now - before} time(s) by systemd" if now > before else state
+        said = last_log_line(conn, unit) or "no error logged"
+        return f"{unit} {why} while its server loaded: {said}"
+
+    return died
+
+
 def last_log_line(conn: Connection, unit: str) -> str:
     """The last line that names an error in the unit's log file (or its journal)."""
     log = f"/var/log/{unit.removesuffix('.service')}.log"

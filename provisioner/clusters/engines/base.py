@@ -8,6 +8,7 @@ so no other module compares engine names. The recipes it names live in ``postins
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -147,14 +148,34 @@ def load_checks(
                                 min_rpm=options.min_rpm, max_p99_s=options.max_p99_s))  # fmt: skip
 
 
-def wait_healthy(endpoint: Endpoint, wait_s: float, label: str, progress: Progress) -> None:
-    """Wait for a server that was just (re)started to load its model (503 until then)."""
+DEATH_POLL_S = 5.0  # how often a server's unit is asked whether it died, while waited for
 
-    try:
-        waited = wait(endpoint, timeout=wait_s)
-        progress(f"smoke {label}: healthy after {waited:.1f} s")
-    except SmokeHttpError as exc:
-        progress(f"smoke {label}: {exc}")
+
+def wait_healthy(
+    endpoint: Endpoint,
+    wait_s: float,
+    label: str,
+    progress: Progress,
+    died: Callable[[], str | None] | None = None,
+) -> str | None:
+    """Wait for a server that was just (re)started to load its model (503 until then).
+    With ``died`` (:func:`provisioner.smoke.cluster.death_watch`), asked every few seconds,
+    the wait ends as soon as the server's unit dies; returns why, else None."""
+    started = time.monotonic()
+    while True:
+        left = wait_s - (time.monotonic() - started)
+        try:
+            wait(endpoint, timeout=max(1.0, min(left, DEATH_POLL_S) if died else left))
+            progress(f"smoke {label}: healthy after {time.monotonic() - started:.1f} s")
+            return None
+        except SmokeHttpError as exc:
+            why = died() if died is not None else None
+            if why is not None:
+                progress(f"smoke {label}: {why}")
+                return why
+            if time.monotonic() - started >= wait_s:
+                progress(f"smoke {label}: {exc}")
+                return None
 
 
 def teardowns(engine: ClusterEngine, cluster: Cluster) -> dict[str, Teardown]:

@@ -28,7 +28,12 @@ from provisioner.postinstall.plan import Member, NodePlan, plan
 from provisioner.postinstall.ssh import Connection
 from provisioner.profiles import Engine
 from provisioner.records import Cluster, Served
-from provisioner.smoke.cluster import VLLM_RESTART_WAIT_S, restart_check, unit_checks
+from provisioner.smoke.cluster import (
+    VLLM_RESTART_WAIT_S,
+    death_watch,
+    restart_check,
+    unit_checks,
+)
 from provisioner.smoke.ray import ray_checks, ray_nodes_command
 from provisioner.smoke.report import Check, Report
 from provisioner.smoke.run import embedding_check, generative, health_check, models_check, run_smoke
@@ -122,7 +127,12 @@ class VllmEngine:
                 checks.append(Check(f"health[{served.name}]", False, unit.value, 200, detail))
                 continue
             progress(f"smoke {cluster.name}: {endpoint}, serving {served.name} ({served.model})")
-            base.wait_healthy(endpoint, options.wait_s, f"{cluster.name}: {served.name}", progress)
+            watch = death_watch(head, vllm.unit_name(cluster, served))
+            label = f"{cluster.name}: {served.name}"
+            died = base.wait_healthy(endpoint, options.wait_s, label, progress, watch)
+            if died is not None:  # e.g. no GPU: vLLM's own error, at once, not a timeout
+                checks.append(Check(f"health[{served.name}]", False, None, 200, died))
+                continue
             if not generative(architectures.get(served.model, ())):
                 found = [health_check(endpoint), models_check(endpoint, served.name),
                          embedding_check(endpoint, served.name)]  # fmt: skip
