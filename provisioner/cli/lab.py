@@ -13,6 +13,7 @@ from provisioner.config import DEFAULT_IMAGE, Mode
 from provisioner.errors import UsageError
 from provisioner.lab import lab, netem
 from provisioner.lab.lab import DEFAULT_LAB_DIR
+from provisioner.lab.segment import DEFAULT_SUBNET, Segment, registry_url
 from provisioner.lab.simulate import simulate
 from provisioner.lab.state import LabState
 from provisioner.records import Event
@@ -67,6 +68,8 @@ def cmd_lab_simulate(args: argparse.Namespace) -> int:
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
 
+    segment = Segment.parse(args.subnet)  # a bad value: exit 2, before anything is built
+    url = None if args.registry_url is None else registry_url(args.registry_url)
     state = lab.up(
         Path(args.dir),
         nodes=args.nodes,
@@ -82,6 +85,9 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         disk=args.disk,
         profiles=None if args.profiles is None else Path(args.profiles),
         netem=None if args.netem is None else netem.parse(args.netem),
+        segment=segment,
+        first_node=args.first_node,
+        registry_url=url,
     )
     return _report_lab(state, as_json=args.json)
 
@@ -240,6 +246,27 @@ def add_lab_commands(sub: Any) -> None:
         metavar="SPEC",
         help="faults on the lab's bridge from the start, in tc netem's words: 'loss 10%%"
         " delay 50ms' (delay T [JITTER], loss P%%; see lab netem)",
+    )
+    lab_up.add_argument(
+        "--subnet",
+        metavar="CIDR",
+        default=DEFAULT_SUBNET,
+        help="the lab's network, a private /16 to /24: the appliance is its first address,"
+        " full mode's DHCP range its 100th to 199th (another lab's is another segment)",
+    )
+    lab_up.add_argument(
+        "--first-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="number the nodes from N (ctrN/labnodeN, MACs ending in N): nodes of two labs"
+        " on one registry must not share numbers",
+    )
+    lab_up.add_argument(
+        "--registry-url",
+        metavar="URL",
+        help="the lab's serve uses this PostgreSQL registry ([registry] url; no password in"
+        " it: ~/.pgpass), shared with other labs or serves (docs/scale.md)",
     )
     lab_up.add_argument("--timeout", type=float, default=900, help="seconds to follow the boots")
     lab_up.add_argument(

@@ -9,8 +9,8 @@ ends those processes by PID and deletes the lab's namespaces (with them its brid
 veths and taps) and this machine's leg on it, and nothing else.
 
 The machine itself is on the lab's network too: `up` gives it a leg into the
-appliance's namespace (``<prefix>h0``, :data:`HOST_LEG`, see :mod:`.netns`), which
-forwards its connections onto the bridge as the control node's (:data:`SERVER`), so that
+appliance's namespace (``<prefix>h0``, the segment's ``host_leg``, see :mod:`.netns`),
+which forwards its connections onto the bridge as the control node's (its ``server``), so that
 ``ssh``, ``curl`` and the ``provisioner`` commands typed here (post-install, smoke, the
 gateway) reach the nodes the way an operator expects, through the nodes' firewalls, and
 a packet for a lab address never takes the machine's default route while the lab is up.
@@ -24,6 +24,10 @@ site network, another lab's leg), `up` adds no leg and says so: use `lab exec`.
 
 The lab's state directory (registry, image store) is kept, so `provisioner node list`
 still answers and the next `up` needs no rebuild.
+
+Its subnet (default 10.99.0.0/24), its nodes' first number and its registry come from
+:mod:`.segment`: two labs with different subnets and node numbers, writing to one
+PostgreSQL registry, are two segments of one site (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 
 import tomlkit
@@ -65,6 +68,7 @@ from provisioner.lab.netns import (
     spawn_detached,
     stop_pid,
 )
+from provisioner.lab.segment import Segment, node_numbers
 from provisioner.lab.state import LabNode, LabState
 from provisioner.lab.vm import VmSpec, console_tail, prepare, probe_accel, qemu_argv
 from provisioner.power import PowerError, PowerState, open_driver
@@ -73,10 +77,6 @@ from provisioner.states import NodeState
 from provisioner.timeline import steps_reached
 
 DEFAULT_LAB_DIR = Path(os.environ.get("PROVISIONER_LAB_DIR", "/var/lib/provisioner-lab"))
-SUBNET = "10.99.0"
-SERVER = f"{SUBNET}.1"
-SITE = f"{SUBNET}.2"
-HOST_LEG = f"{SUBNET}.254"  # this machine's address on the lab (outside both DHCP ranges)
 HTTP_PORT = 8080
 # After its report a lab VM powers off, unless the appliance answers "next": "reboot"
 # (the node was enrolled and its image is built: it boots that now).
@@ -206,7 +206,12 @@ def up(
     disk: int = 0,  # GiB of disk per container node; 0: none
     profiles: Path | None = None,
     netem: Netem | None = None,  # faults on the bridge from the start (lab/netem.py)
+    segment: Segment | None = None,  # its subnet (default 10.99.0.0/24)
+    first_node: int = 1,  # its nodes' first number (names and MACs)
+    registry_url: str | None = None,  # a shared PostgreSQL registry (lab/segment.py)
 ) -> LabState:
+    segment = segment or Segment.parse()
+    numbers = node_numbers(first_node, nodes)
     existing = LabState.load(directory)
     if existing is not None and any(n.startswith(existing.prefix) for n in list_namespaces()):
         raise LabError(f"a lab is already up ({existing.prefix}): run `provisioner lab down`")
@@ -221,9 +226,9 @@ def up(
     for stale in state_dir.glob("registry.sqlite3*"):
         stale.unlink()  # a new lab: a fresh registry (images are kept)
 
-    hosts = [HostSpec("prov", IPv4Interface(f"{SERVER}/24"))]
+    hosts = [HostSpec("prov", segment.interface(segment.server))]
     if mode is Mode.PROXY:
-        hosts.append(HostSpec("site", IPv4Interface(f"{SITE}/24")))
+        hosts.append(HostSpec("site", segment.interface(segment.site)))
     net = LabNetwork(hosts)
     net.open()  # not closed on return: `lab down` removes it
     if accel == "auto" and kind == "vm":
@@ -232,19 +237,20 @@ def up(
     lab = LabState(
         net.prefix, mode.value, str(directory), time.time(), accel, memory_mib, image=image,
         kind=kind, profiles=None if profiles is None else str(profiles.resolve()),
+        subnet=str(segment.network), first_node=first_node, registry_url=registry_url,
     )  # fmt: skip
     lab.save()
     try:
-        lab.host_leg = attach_this_machine(net, progress)
+        lab.host_leg = attach_this_machine(net, segment, progress)
         lab.save()
         if netem is not None:
             set_faults(lab, netem, progress)
         shape = port_shaper(lab)
         if kind == "container":
-            _containers_up(lab, net, nodes, mode, state_dir, appliance, progress, disk=disk)
+            _containers_up(lab, net, nodes, mode, appliance, progress, disk=disk)
             watch(lab, progress, timeout)
             return lab
-        for i in range(1, nodes + 1):
+        for i in numbers:
             fw = firmware if firmware != "mixed" else ("bios" if i % 2 else "uefi")
             tap = f"{net.prefix}t{i}"
             net.switch.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"])
@@ -252,15 +258,16 @@ def up(
             if shape is not None:
                 shape(tap)
             lab.nodes.append(LabNode(f"labnode{i}", f"52:54:00:99:00:{i:02x}", fw, tap))
-        write_config(lab.config, _lab_config(mode, state_dir, image, lab.profiles))
+        write_config(lab.config, _lab_config(mode, state_dir, image, lab.profiles, lab))
         lab.save()
         if mode is Mode.PROXY:
             lab.pids["site-dhcp"] = spawn_detached(
                 net.host("site"),
-                site_dhcp_argv(f"{SUBNET}.100", f"{SUBNET}.199", directory),
+                site_dhcp_argv(str(segment.dhcp_first), str(segment.dhcp_last), directory,
+                               netmask=str(segment.network.netmask)),
                 directory / "site-dhcp.log",
-            )
-            progress(f"site DHCP server (dnsmasq) on {SITE}: addresses only")
+            )  # fmt: skip
+            progress(f"site DHCP server (dnsmasq) on {segment.site}: addresses only")
         if appliance:
             # IPv6 on the appliance's NIC: it answers iPXE's router solicitations.
             net.host("prov").run(["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"])
@@ -280,10 +287,12 @@ def up(
     return lab
 
 
-def attach_this_machine(net: LabNetwork, progress: Progress) -> str | None:
-    """Give this machine a leg on the lab's bridge at :data:`HOST_LEG`, unless it routes
-    the lab's subnet already (then: none, and a line saying why); the leg's name."""
-    subnet = IPv4Network(f"{SUBNET}.0/24")
+def attach_this_machine(net: LabNetwork, segment: Segment, progress: Progress) -> str | None:
+    """Give this machine a leg on the lab's bridge at the segment's ``host_leg``, unless
+    it routes the lab's subnet already (then: none, and a line saying why); the leg's
+    name. The leg's route is the subnet's own: more specific than a default route, so
+    nothing for the lab leaves by the machine's way out while the lab is up."""
+    subnet = segment.network
     for orphan in remove_orphan_legs():
         progress(f"removed {orphan}: the leg of a lab that is gone (its namespaces were)")
     taken = overlapping_routes(host_routes(), subnet)
@@ -293,10 +302,10 @@ def attach_this_machine(net: LabNetwork, progress: Progress) -> str | None:
             "commands typed here do not reach its nodes (use `provisioner lab exec`)"
         )
         return None
-    leg = net.attach_host("prov", IPv4Interface(f"{HOST_LEG}/24"))
+    leg = net.attach_host("prov", segment.interface(segment.host_leg))
     progress(
-        f"this machine on the lab: {HOST_LEG} on {leg}, through the appliance (nodes see "
-        f"{SERVER}): ssh, curl and provisioner commands typed here reach the nodes"
+        f"this machine on the lab: {segment.host_leg} on {leg}, through the appliance (nodes"
+        f" see {segment.server}): ssh, curl and provisioner commands typed here reach them"
     )
     return leg
 
@@ -306,7 +315,6 @@ def _containers_up(
     net: LabNetwork,
     count: int,
     mode: Mode,
-    state_dir: Path,
     appliance: bool,
     progress: Progress,
     *,
@@ -319,10 +327,10 @@ def _containers_up(
     if not appliance or lab.image is None:
         raise LabError("container nodes need the appliance and an image (--image NAME)")
     directory = Path(lab.directory)
-    specs = containers.container_specs(count)
+    specs = containers.container_specs(count, first=lab.first_node)
     for spec in specs:
         lab.nodes.append(LabNode(spec.name, spec.mac, "container", spec.port(lab.prefix)))
-    write_config(lab.config, _lab_config(mode, state_dir, lab.image, lab.profiles))
+    write_config(lab.config, _lab_config(mode, lab.state_dir, lab.image, lab.profiles, lab))
     if disk:
         for spec in specs:
             lab.disks[spec.name] = loopdisk.attach(_disk_file(lab, spec.name), disk << 30)
@@ -333,7 +341,7 @@ def _containers_up(
     lab.save()
     net.host("prov").run(["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"])
     _start_appliance(lab, net.host("prov"), directory, progress)
-    registry = Registry(lab.state_dir / "registry.sqlite3")
+    registry = Registry(lab.registry)
     try:
         for spec in specs:  # known by MAC and name, enrolled as soon as they report
             registry.touch_node(spec.mac)
@@ -363,7 +371,7 @@ def _booter(lab: LabState) -> containers.Booter:
     from the appliance and unpacks the image that script names (once per squashfs)."""
     return containers.Booter(
         f"{lab.prefix}-prov",
-        f"http://{SERVER}:{HTTP_PORT}",
+        f"http://{lab.segment.server}:{HTTP_PORT}",
         lab.state_dir / "images",
         Path(lab.directory) / "rootfs",
         lab.image or "",
@@ -380,7 +388,7 @@ def _enroll(lab: LabState, progress: Progress) -> None:
             if not _alive(node.pid) or time.monotonic() > deadline:
                 raise LabError(f"{node.name}: QEMU did not start (see its .qemu.log)")
             time.sleep(0.1)
-    registry = Registry(lab.state_dir / "registry.sqlite3")
+    registry = Registry(lab.registry)
     try:
         for node in lab.nodes:
             registry.touch_node(node.mac)
@@ -404,13 +412,18 @@ def _enroll(lab: LabState, progress: Progress) -> None:
 
 
 def _lab_config(
-    mode: Mode, state_dir: Path, image: str | None = None, profiles: str | None = None
+    mode: Mode,
+    state_dir: Path,
+    image: str | None = None,
+    profiles: str | None = None,
+    lab: LabState | None = None,  # its segment and registry (None: the defaults)
 ) -> str:
+    segment = lab.segment if lab is not None else Segment.parse()
     text = render_config(
         interface="eth0",
-        address=f"{SERVER}/24",
+        address=str(segment.interface(segment.server)),
         mode=mode,
-        dhcp_range=f"{SUBNET}.100-{SUBNET}.199" if mode is Mode.FULL else None,
+        dhcp_range=segment.dhcp_range if mode is Mode.FULL else None,
         state_dir=state_dir,
         http_port=HTTP_PORT,
     )
@@ -431,10 +444,15 @@ def _lab_config(
         cluster = doc["cluster"]
         assert isinstance(cluster, tomlkit.items.Table)
         cluster["profiles"] = profiles
+    if lab is not None and lab.registry_url is not None:
+        # `lab up --registry-url`: this lab's serve is one segment's of a site (scale.md).
+        doc["registry"] = {"url": lab.registry_url}
     return tomlkit.dumps(doc)
 
 
-def site_dhcp_argv(first: str, last: str, workdir: Path, *, ping: bool = True) -> list[str]:
+def site_dhcp_argv(
+    first: str, last: str, workdir: Path, *, ping: bool = True, netmask: str = "255.255.255.0"
+) -> list[str]:
     """dnsmasq as a site's DHCP server on eth0: addresses only, no PXE options at all."""
     argv = [
         shutil.which("dnsmasq") or "/usr/sbin/dnsmasq",
@@ -444,7 +462,7 @@ def site_dhcp_argv(first: str, last: str, workdir: Path, *, ping: bool = True) -
         "--interface=eth0",
         "--bind-interfaces",
         "--log-dhcp",
-        f"--dhcp-range={first},{last},255.255.255.0,1h",
+        f"--dhcp-range={first},{last},{netmask},1h",
         f"--dhcp-leasefile={workdir / 'site.leases'}",
         f"--pid-file={workdir / 'site.pid'}",
     ]
@@ -454,21 +472,22 @@ def site_dhcp_argv(first: str, last: str, workdir: Path, *, ping: bool = True) -
 def _start_appliance(lab: LabState, ns: Namespace, directory: Path, progress: Progress) -> None:
     argv = [sys.executable, "-m", "provisioner.cli", "--config", str(lab.config), "serve"]
     lab.pids["serve"] = spawn_detached(ns, argv, directory / "serve.log")
-    probe = ["curl", "-sf", "-o", "/dev/null", f"http://{SERVER}:{HTTP_PORT}/healthz"]
+    server = lab.segment.server
+    probe = ["curl", "-sf", "-o", "/dev/null", f"http://{server}:{HTTP_PORT}/healthz"]
     deadline = time.monotonic() + 30
     while ns.run(probe, check=False).returncode != 0:
         if not _alive(lab.pids["serve"]) or time.monotonic() > deadline:
             tail = (directory / "serve.log").read_text()[-2000:]
             raise LabError(f"provisioner serve did not start in the lab:\n{tail}")
         time.sleep(0.2)
-    progress(f"appliance: provisioner serve ({lab.mode} mode) on {SERVER}")
+    progress(f"appliance: provisioner serve ({lab.mode} mode) on {server}")
 
 
 def status(
     lab: LabState, now: float | None = None, stuck_after: float = STUCK_SECONDS
 ) -> list[NodeStatus]:
     now = time.time() if now is None else now
-    registry = Registry(lab.state_dir / "registry.sqlite3")
+    registry = Registry(lab.registry)
     try:
         out = []
         for node in lab.nodes:
@@ -545,7 +564,8 @@ def reboot(directory: Path, names: Sequence[str], progress: Progress) -> list[st
     switch = Namespace(f"{lab.prefix}-sw")
     for node in chosen:  # its namespace is gone, but the kernel frees the veth lazily
         switch.run(["ip", "link", "del", node.tap], check=False)
-    specs = [s for s in containers.container_specs(len(lab.nodes)) if s.name in names]
+    every = containers.container_specs(len(lab.nodes), first=lab.first_node)
+    specs = [s for s in every if s.name in names]
     started = containers.start_containers(
         lab.prefix, switch, specs, _booter(lab), progress, directory / "containers",
         lab.disks, port_shaper(lab),

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provisioner.lab.segment import DEFAULT_SUBNET, Segment
 from provisioner.lab.vm import VmSpec
 
 
@@ -39,11 +40,23 @@ class LabState:
     profiles: str | None = None  # the profiles folder nodes are fingerprinted against
     netem: str | None = None  # faults on the bridge (netem's words; None: none)
     netem_way: str | None = None  # how they were put there: tc | queue (lab/netem.py)
+    subnet: str = DEFAULT_SUBNET  # the lab's segment (lab/segment.py)
+    first_node: int = 1  # its nodes' numbers start here (names, MACs)
+    registry_url: str | None = None  # a shared PostgreSQL registry (None: the SQLite file)
 
     @property
     def target(self) -> str:
         """The verdict a healthy node ends at: ``discovered``, or ``ready`` on its image."""
         return "ready" if self.image or self.kind == "container" else "discovered"
+
+    @property
+    def segment(self) -> Segment:
+        return Segment.parse(self.subnet)
+
+    @property
+    def registry(self) -> Path | str:
+        """What :class:`~provisioner.registry.Registry` opens for this lab."""
+        return self.registry_url or self.state_dir / "registry.sqlite3"
 
     @property
     def config(self) -> Path:
