@@ -61,7 +61,7 @@ def direct_boot(state: labmod.LabState, firmware: str, timeout: float) -> float:
     prov = Namespace(f"{state.prefix}-prov")
     switch = Namespace(f"{state.prefix}-sw")
     script = prov.run(
-        ["curl", "-s", f"http://{labmod.SERVER}:{labmod.HTTP_PORT}/boot/{DIRECT_MAC}.ipxe"]
+        ["curl", "-s", f"http://{state.segment.server}:{labmod.HTTP_PORT}/boot/{DIRECT_MAC}.ipxe"]
     ).stdout
     match = re.search(r"^kernel \S+ (.*?)(?: \|\| goto failed)?$", script, re.M)
     if match is None:

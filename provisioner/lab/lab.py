@@ -34,16 +34,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomlkit
-
-from provisioner.config import Mode, render_config, write_config
+from provisioner.config import Mode, write_config
 from provisioner.data import DISCOVERY_RECIPE
 from provisioner.enroll.power_cycle import start
 from provisioner.image.discovery import build_discovery, default_cache
@@ -53,6 +50,7 @@ from provisioner.image.store import ImageRef, ImageStore
 from provisioner.lab import containers, loopdisk
 from provisioner.lab.containers import Started, stop_containers
 from provisioner.lab.containers import steps_reached as container_steps
+from provisioner.lab.lab_config import HTTP_PORT, lab_config, site_dhcp_argv
 from provisioner.lab.netem import Netem, port_shaper, set_faults
 from provisioner.lab.netns import (
     HostSpec,
@@ -77,10 +75,8 @@ from provisioner.states import NodeState
 from provisioner.timeline import steps_reached
 
 DEFAULT_LAB_DIR = Path(os.environ.get("PROVISIONER_LAB_DIR", "/var/lib/provisioner-lab"))
-HTTP_PORT = 8080
 # After its report a lab VM powers off, unless the appliance answers "next": "reboot"
 # (the node was enrolled and its image is built: it boots that now).
-LAB_KERNEL_ARGS = "console=ttyS0,115200n8 provisioner.after=poweroff"
 IMAGE_MEMORY_MIB = 1536  # a RAM-held root: the squashfs + the unpacked initrd + the system
 STUCK_SECONDS = 180.0
 
@@ -258,7 +254,7 @@ def up(
             if shape is not None:
                 shape(tap)
             lab.nodes.append(LabNode(f"labnode{i}", f"52:54:00:99:00:{i:02x}", fw, tap))
-        write_config(lab.config, _lab_config(mode, state_dir, image, lab.profiles, lab))
+        write_config(lab.config, lab_config(mode, state_dir, image, lab.profiles, lab))
         lab.save()
         if mode is Mode.PROXY:
             lab.pids["site-dhcp"] = spawn_detached(
@@ -330,7 +326,7 @@ def _containers_up(
     specs = containers.container_specs(count, first=lab.first_node)
     for spec in specs:
         lab.nodes.append(LabNode(spec.name, spec.mac, "container", spec.port(lab.prefix)))
-    write_config(lab.config, _lab_config(mode, lab.state_dir, lab.image, lab.profiles, lab))
+    write_config(lab.config, lab_config(mode, lab.state_dir, lab.image, lab.profiles, lab))
     if disk:
         for spec in specs:
             lab.disks[spec.name] = loopdisk.attach(_disk_file(lab, spec.name), disk << 30)
@@ -409,64 +405,6 @@ def _enroll(lab: LabState, progress: Progress) -> None:
     if failed:
         raise LabError("cannot power on lab VMs: " + "; ".join(failed))
     lab.save()
-
-
-def _lab_config(
-    mode: Mode,
-    state_dir: Path,
-    image: str | None = None,
-    profiles: str | None = None,
-    lab: LabState | None = None,  # its segment and registry (None: the defaults)
-) -> str:
-    segment = lab.segment if lab is not None else Segment.parse()
-    text = render_config(
-        interface="eth0",
-        address=str(segment.interface(segment.server)),
-        mode=mode,
-        dhcp_range=segment.dhcp_range if mode is Mode.FULL else None,
-        state_dir=state_dir,
-        http_port=HTTP_PORT,
-    )
-    default_args = 'kernel_args = "console=tty0 console=ttyS0,115200n8"'
-    # snponly.efi drives the NIC through OVMF's own driver: ~2.5 s less per UEFI boot here.
-    text = text.replace('efi_binary = "ipxe.efi"', 'efi_binary = "snponly.efi"')
-    text = text.replace(default_args, f'kernel_args = "{LAB_KERNEL_ARGS}"')
-    doc = tomlkit.parse(text)
-    if image is not None:
-        # `lab up` enrolls its nodes (enroll --power-cycle): each is enrolled as soon as
-        # it matches, and told to reboot into ``image`` when its report is in.
-        boot = doc["boot"]
-        assert isinstance(boot, tomlkit.items.Table)
-        boot["image"] = image
-    if profiles is not None:
-        # `lab up --profiles DIR`: the lab's nodes fingerprinted against profiles being
-        # written (their drivers, image and engines tried on lab nodes first).
-        cluster = doc["cluster"]
-        assert isinstance(cluster, tomlkit.items.Table)
-        cluster["profiles"] = profiles
-    if lab is not None and lab.registry_url is not None:
-        # `lab up --registry-url`: this lab's serve is one segment's of a site (scale.md).
-        doc["registry"] = {"url": lab.registry_url}
-    return tomlkit.dumps(doc)
-
-
-def site_dhcp_argv(
-    first: str, last: str, workdir: Path, *, ping: bool = True, netmask: str = "255.255.255.0"
-) -> list[str]:
-    """dnsmasq as a site's DHCP server on eth0: addresses only, no PXE options at all."""
-    argv = [
-        shutil.which("dnsmasq") or "/usr/sbin/dnsmasq",
-        "--no-daemon",
-        "--conf-file=/dev/null",
-        "--port=0",
-        "--interface=eth0",
-        "--bind-interfaces",
-        "--log-dhcp",
-        f"--dhcp-range={first},{last},{netmask},1h",
-        f"--dhcp-leasefile={workdir / 'site.leases'}",
-        f"--pid-file={workdir / 'site.pid'}",
-    ]
-    return argv if ping else [*argv, "--no-ping"]
 
 
 def _start_appliance(lab: LabState, ns: Namespace, directory: Path, progress: Progress) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from provisioner.config import Mode, render_config, write_config
 from provisioner.errors import ProvisionerError
-from provisioner.lab.lab import site_dhcp_argv
+from provisioner.lab.lab_config import site_dhcp_argv
 from provisioner.lab.netns import HostSpec, LabNetwork, Namespace
 from provisioner.records import Node
 from provisioner.registry import Registry

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.lab.lab import site_dhcp_argv
+from provisioner.lab.lab_config import site_dhcp_argv
 from provisioner.lab.netns import HostSpec, LabNetwork, Namespace
 from tests.integration.conftest import Appliance, make_image, need, need_root, write_config
 

@@ -88,17 +88,17 @@ def test_a_node_sent_its_image_goes_on_to_root_keys_and_ready() -> None:
 
 def test_the_lab_config_names_the_image_its_nodes_boot(tmp_path: Path) -> None:
     from provisioner.config import Mode, parse_config
-    from provisioner.lab.lab import _lab_config
+    from provisioner.lab.lab_config import lab_config
 
-    plain = parse_config(_lab_config(Mode.FULL, tmp_path))
+    plain = parse_config(lab_config(Mode.FULL, tmp_path))
     assert "provisioner.after=poweroff" in plain.boot.kernel_args
     assert plain.boot.image == "debian-trixie"
-    cfg = parse_config(_lab_config(Mode.FULL, tmp_path, "debian-trixie@2"))
+    cfg = parse_config(lab_config(Mode.FULL, tmp_path, "debian-trixie@2"))
     assert cfg.boot.image == "debian-trixie@2" and cfg.boot.efi_binary == "snponly.efi"
     # `lab up --profiles DIR`: the nodes are fingerprinted against DIR's profiles.
     mine = tmp_path / "my-profiles"
     mine.mkdir()
-    cfg = parse_config(_lab_config(Mode.FULL, tmp_path, "debian-trixie-vulkan", str(mine)))
+    cfg = parse_config(lab_config(Mode.FULL, tmp_path, "debian-trixie-vulkan", str(mine)))
     assert cfg.cluster.profiles_dir == mine and cfg.boot.image == "debian-trixie-vulkan"
     assert plain.cluster.profiles_dir != mine
 

@@ -55,11 +55,11 @@ def test_a_registry_url_is_checked_as_the_config_checks_it() -> None:
 
 
 def test_the_lab_config_carries_its_segment_and_registry(tmp_path: Path) -> None:
-    from provisioner.lab.lab import _lab_config
+    from provisioner.lab.lab_config import lab_config
 
     lab = LabState("pv000000", "full", str(tmp_path), 0.0, "tcg", 512,
                    subnet="10.96.0.0/24", registry_url="postgresql://p@db/p")  # fmt: skip
-    cfg = parse_config(_lab_config(Mode.FULL, tmp_path, lab=lab))
+    cfg = parse_config(lab_config(Mode.FULL, tmp_path, lab=lab))
     assert str(cfg.network.address) == "10.96.0.1/24"
     assert cfg.registry_location == "postgresql://p@db/p"
     assert lab.registry == "postgresql://p@db/p"
