@@ -63,7 +63,7 @@ class TargetResult:
     target: str
     inputs: int
     seconds: float
-    exec_per_sec: int  # libFuzzer's average
+    exec_per_sec: int  # libFuzzer's average (start-up left out)
     seed_cov: int  # after the seed corpus alone (INITED)
     seed_ft: int
     cov: int  # at the end
@@ -140,11 +140,13 @@ def parse_log(target: str, text: str, rc: int, seconds: float, log: Path) -> Tar
     why = error.group(1).strip() if error else None
     if rc and why is None:
         why = f"exit status {rc}; see {log}"
+    inputs = stats.get("number_of_executed_units", 0)
     return TargetResult(
         target=target,
-        inputs=stats.get("number_of_executed_units", 0),
+        inputs=inputs,
         seconds=round(seconds, 1),
-        exec_per_sec=stats.get("average_exec_per_sec", 0),
+        # libFuzzer's whole seconds say 0 for a run under one: then ours, start-up included
+        exec_per_sec=stats.get("average_exec_per_sec", 0) or round(inputs / seconds),
         seed_cov=int(inited[2]) if inited else 0,
         seed_ft=int(inited[3]) if inited else 0,
         cov=int(last[2]) if last else 0,
