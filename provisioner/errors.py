@@ -21,6 +21,7 @@
     ├── BackupError (backup.py)      a backup not written, or one refused at restore
     ├── ProtocolError                bytes from the wire that break a protocol's rules
     │   ├── DhcpDecodeError          a datagram that is not a well-formed BOOTP/DHCP packet
+    │   ├── DhcpReplyTooLarge        a reply the request's maximum message size cannot hold
     │   └── TftpPathError            a TFTP file name outside the served root
     ├── BootServiceError             a boot service failed to start (a bind, a missing file)
     │   └── InstanceConflict (instance.py)  another serve holds the state folder or DHCP port
@@ -139,6 +140,11 @@ class ProtocolError(ProvisionerError):
 
 class DhcpDecodeError(ProtocolError):
     """A datagram that is not a well-formed BOOTP/DHCP packet."""
+
+
+class DhcpReplyTooLarge(ProtocolError):
+    """A DHCP reply longer than the request's maximum message size (option 57) allows:
+    what makes it long is the request's own option 82, which a reply echoes."""
 
 
 class TftpPathError(ProtocolError):

@@ -58,7 +58,8 @@ from provisioner.timeline import TIMED_STEPS, BootClock, powered_on
 log = logging.getLogger(__name__)
 
 AREAS = ("images", "tftp", "artifacts", "models")  # serve.py's FileAreas, routes_files.py
-# dhcp_policy's _ignore() reasons and the adapter's own (malformed, internal-error); not
+# dhcp_policy's _ignore() reasons and the adapter's own (malformed, internal-error,
+# reply-too-large, not-recorded, lease-taken); not
 # release and decline (dhcp_server.QUIET_OUTCOMES: no reply by design, not drops).
 DHCP_DROP_REASONS = (
     "malformed",
@@ -78,6 +79,7 @@ DHCP_DROP_REASONS = (
     "inform-without-ciaddr",
     "not-recorded",  # a lease reply whose lease could not be written (disk full ...)
     "lease-taken",  # another serve sharing the registry gave the address first (issue 23)
+    "reply-too-large",  # the request's option 57 cannot hold the reply (its option 82 echoed)
 )
 DHCP_REPLY_TYPES = ("offer", "ack", "nak")
 # limits.Refusal reasons (the middleware), then the routes' own.

@@ -15,7 +15,9 @@ Wire rules implemented here:
   instances.
 * ``encode`` writes option 53 first, appends End, pads to the 300-byte BOOTP minimum and
   honours the client's maximum message size (option 57, an IP datagram size: 28 bytes of
-  IP and UDP headers are subtracted, and values below the legal 576 count as 576).
+  IP and UDP headers are subtracted, and values below the legal 576 count as 576): a
+  longer reply raises :class:`~provisioner.errors.DhcpReplyTooLarge`, the request's fault
+  (it is the echo of its own option 82 that makes a reply long).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from enum import IntEnum
 from functools import cached_property
 from ipaddress import IPv4Address
 
-from provisioner.errors import DhcpDecodeError
+from provisioner.errors import DhcpDecodeError, DhcpReplyTooLarge
 
 BOOTREQUEST = 1
 BOOTREPLY = 2
@@ -363,8 +365,8 @@ def _encode_field(text: str, size: int, name: str) -> bytes:
 def encode(pkt: DhcpPacket, *, max_size: int | None = None) -> bytes:
     """Serialise ``pkt``. ``max_size`` is the client's option 57, when it sent one.
 
-    Raises ValueError (a local bug, not a wire error) when sname/file do not fit or the
-    message exceeds ``max_size``.
+    Raises DhcpReplyTooLarge when the message exceeds ``max_size``, and ValueError (a
+    local bug, not a wire error) when sname/file do not fit.
     """
     header = _HEADER.pack(
         pkt.op,
@@ -397,7 +399,7 @@ def encode(pkt: DhcpPacket, *, max_size: int | None = None) -> bytes:
     if max_size is not None:
         limit = max(max_size, MIN_MAX_MESSAGE_SIZE) - IP_UDP_HEADERS
         if len(out) > limit:
-            raise ValueError(f"reply is {len(out)} bytes; client accepts at most {limit}")
+            raise DhcpReplyTooLarge(f"reply is {len(out)} bytes; client accepts at most {limit}")
     if len(out) < BOOTP_MIN_SIZE:
         out += bytes(BOOTP_MIN_SIZE - len(out))
     return bytes(out)

@@ -33,7 +33,7 @@ from provisioner.boot.dhcp_policy import (
 )
 from provisioner.boot.leases import LeaseTable
 from provisioner.config import Config, Mode
-from provisioner.errors import BootServiceError, DhcpDecodeError
+from provisioner.errors import BootServiceError, DhcpDecodeError, DhcpReplyTooLarge
 from provisioner.instance import InstanceConflict
 from provisioner.metrics import Metrics
 from provisioner.records import EventKind, LeaseKind
@@ -330,6 +330,12 @@ class DhcpService:
         now = time.time()
         self.leases.expire(now)
         decision = decide(packet, self.policy, port=port, leases=self.leases, now=now)
+        reply = decision.reply
+        try:  # before any lease changes: a reply that cannot go out leaves no trace
+            wire = b"" if reply is None else encode(reply, max_size=packet.max_message_size)
+        except DhcpReplyTooLarge as exc:
+            self._drop("reply-too-large", source, f"{packet.mac or '-'}: {exc}")
+            return None
         if packet.mac is not None:
             self._record(packet.mac, packet, decision, port, now)
         if decision.lease is not None:
@@ -345,7 +351,7 @@ class DhcpService:
             "provisioner_dhcp_replies_total", type=_type_name(decision.reply.message_type)
         )
         self._fallback = self._unrecorded_renewal(decision, packet, now)
-        return encode(decision.reply, max_size=packet.max_message_size), dest
+        return wire, dest
 
     def _unrecorded_renewal(
         self, decision: Decision, packet: DhcpPacket, now: float

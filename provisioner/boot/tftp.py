@@ -64,14 +64,18 @@ _TOKEN_PREFIX = "t"  # never "", "." or "..": a token is always one plain path c
 
 def normalize_options(options: Mapping[str, str]) -> dict[str, str]:
     """The options of a request tftpy may act on: names case-insensitive, blksize clamped
-    to [8, 65464]; the rest, and non-numeric values (a ValueError in tftpy), dropped."""
+    to [8, 65464]; the rest, and non-numeric values (a ValueError in tftpy), dropped.
+
+    A blksize of more digits than ``int()`` reads (4,300: a ValueError) is clamped too."""
     accepted: dict[str, str] = {}
     for name, value in options.items():
         key, number = name.lower(), value.strip()
         if not (number.isascii() and number.isdigit()):
             continue
         if key == "blksize":
-            accepted[key] = str(min(max(int(number), MIN_BLKSIZE), MAX_BLKSIZE))
+            digits = number.lstrip("0")
+            size = MAX_BLKSIZE if len(digits) > len(str(MAX_BLKSIZE)) else int(digits or "0")
+            accepted[key] = str(min(max(size, MIN_BLKSIZE), MAX_BLKSIZE))
         elif key == "tsize":
             accepted[key] = number
     return accepted
@@ -231,9 +235,9 @@ class _GuardedFactory:
             raise tftpy.TftpException(f"not a request: {type(packet).__name__}")
         if packet.mode not in MODES:
             raise tftpy.TftpException(f"unsupported mode {packet.mode!r}")
-        self._service.stats.requests += 1
         packet.options = normalize_options(packet.options)
         packet.filename = _TOKEN_PREFIX + quote(packet.filename, safe="")
+        self._service.stats.requests += 1  # last: a datagram is a request or malformed, once
 
 
 class _SessionTable(dict[str, Any]):

@@ -2,34 +2,34 @@
 read what the network and users send, and each may only answer or refuse in its own way,
 never raise anything else or hang.
 
-- the DHCP codec and policy: random bytes, and valid PXE packets with bytes changed;
-- the TFTP request parser (tftpy's, behind our guard): random bytes, and requests mutated;
-- DNS answers (dns/zone.py): random bytes, and queries mutated;
+- the DHCP codec and policy, the TFTP request parser (tftpy's, behind our guard) and DNS
+  answers (dns/zone.py): random bytes, and the seeds with bytes changed, cut or grown, each
+  through its harness in fuzz_targets.py (what it checks is said there);
 - pasted hardware dumps (parse_dump): random text and mixed pastes with lines shuffled.
 
-``FUZZ_EXAMPLES`` (default 300 per test) sets the budget; a long run is
-``FUZZ_EXAMPLES=100000 pytest tests/security/test_fuzz.py``.
+``FUZZ_EXAMPLES`` (default 300 per test) sets the budget. The long run is coverage-guided,
+the same harnesses under atheris: ``.venv/bin/python bench/fuzz_bench.py`` (10^6 a target).
 """
 
 from __future__ import annotations
 
 import os
-from ipaddress import IPv4Address, IPv4Network
 
-import dns.message
 import pytest
-import tftpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.dhcp import BOOTP, DHCP
 
-from provisioner.boot.dhcp_codec import decode
-from provisioner.boot.dhcp_policy import DhcpMode, PolicyConfig, decide
-from provisioner.boot.leases import LeaseTable
-from provisioner.boot.tftp import TftpStats, _GuardedFactory
 from provisioner.discovery.dumps import parse_dump
-from provisioner.dns.zone import Forward, Reply, answer, build_zone
-from provisioner.errors import DhcpDecodeError
+from tests.security.fuzz_targets import (
+    Harness,
+    dhcp_one,
+    dhcp_seeds,
+    dns_one,
+    dns_seeds,
+    make_tftp_root,
+    tftp_harness,
+    tftp_seeds,
+)
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
@@ -55,95 +55,50 @@ def mutated(seed: bytes) -> st.SearchStrategy[bytes]:
     )
 
 
-PXE_DISCOVER = bytes(
-    BOOTP(op=1, chaddr=bytes.fromhex("020000000001") + b"\0" * 10, xid=7, flags=0x8000)
-    / DHCP(
-        options=[
-            ("message-type", "discover"),
-            ("vendor_class_id", b"PXEClient:Arch:00007:UNDI:003016"),
-            (93, b"\x00\x07"),
-            "end",
-        ]
-    )
-)
-POLICY = PolicyConfig(
-    mode=DhcpMode.FULL, server_ip=IPv4Address("10.70.0.1"), http_port=8080, pxe_port=4011,
-    subnet=IPv4Network("10.70.0.0/24"), pool_start=IPv4Address("10.70.0.10"),
-    pool_end=IPv4Address("10.70.0.20"),
-)  # fmt: skip
+DHCP_SEEDS = dhcp_seeds()
+TFTP_SEEDS = tftp_seeds()
+DNS_SEEDS = dns_seeds()
 
 
-def dhcp_survives(data: bytes) -> None:
-    try:
-        packet = decode(data)
-    except DhcpDecodeError:
-        return  # refused: counted as malformed by the adapter
-    decide(packet, POLICY, port=67, leases=LeaseTable(), now=1000.0)
+@pytest.fixture(scope="module")
+def tftp_one(tmp_path_factory: pytest.TempPathFactory) -> Harness:
+    return tftp_harness(make_tftp_root(tmp_path_factory.mktemp("tftp")))
 
 
 @FUZZ
 @given(st.binary(max_size=700))
 def test_dhcp_random_bytes(data: bytes) -> None:
-    dhcp_survives(data)
+    dhcp_one(data)
 
 
 @FUZZ
-@given(mutated(PXE_DISCOVER))
-def test_dhcp_mutated_pxe_discover(data: bytes) -> None:
-    dhcp_survives(data)
-
-
-class _Service:
-    stats = TftpStats()
-
-
-def tftp_survives(data: bytes) -> None:
-    guard = _GuardedFactory(_Service(), busy=False)  # type: ignore[arg-type]
-    try:
-        guard.parse(data)
-    except tftpy.TftpException:
-        return  # refused: only this session ends
-
-
-RRQ = b"\x00\x01pxelinux/ipxe.efi\x00octet\x00blksize\x001428\x00tsize\x000\x00"
+@given(st.sampled_from(DHCP_SEEDS).flatmap(mutated))
+def test_dhcp_mutated_requests(data: bytes) -> None:
+    dhcp_one(data)
 
 
 @FUZZ
 @given(st.binary(max_size=600))
-def test_tftp_random_bytes(data: bytes) -> None:
-    tftp_survives(data)
+def test_tftp_random_bytes(tftp_one: Harness, data: bytes) -> None:
+    tftp_one(data)
 
 
 @FUZZ
-@given(mutated(RRQ))
-def test_tftp_mutated_request(data: bytes) -> None:
-    tftp_survives(data)
-
-
-ZONE = build_zone("cluster.lan", IPv4Address("10.70.0.1"), IPv4Network("10.70.0.0/24"),
-                  [("node0", "10.70.0.10")], [("c", "node0")])  # fmt: skip
-QUERY = dns.message.make_query("node0.cluster.lan", "A", use_edns=True, payload=1232).to_wire()
-
-
-def dns_survives(data: bytes) -> None:
-    for upstream in (False, True):
-        for tcp in (False, True):
-            got = answer(data, ZONE, upstream=upstream, tcp=tcp)
-            assert got is None or isinstance(got, (Reply, Forward))
-            if isinstance(got, Reply):
-                assert len(got.wire) <= (65535 if tcp else 4096)
+@given(st.sampled_from(TFTP_SEEDS).flatmap(mutated))
+def test_tftp_mutated_request(tftp_one: Harness, data: bytes) -> None:
+    tftp_one(data)
 
 
 @FUZZ
 @given(st.binary(max_size=600))
 def test_dns_random_bytes(data: bytes) -> None:
-    dns_survives(data)
+    dns_one(data)
 
 
 @FUZZ
-@given(mutated(QUERY))
+@given(st.sampled_from(DNS_SEEDS).flatmap(mutated))
 def test_dns_mutated_query(data: bytes) -> None:
-    dns_survives(data)
+    dns_one(data)
 
 
 MIXED = """$ lspci -nn | grep -i nvidia
@@ -179,14 +134,3 @@ def test_dumps_random_text(text: str) -> None:
 def test_dumps_shuffled_mixed_paste(lines: list[str], cut: int) -> None:
     text = "\n".join(lines[: len(lines) - cut % max(1, len(lines))])
     parse_dump(text)
-
-
-@pytest.mark.parametrize("seed", [PXE_DISCOVER, RRQ, QUERY])
-def test_the_seeds_are_accepted_unmutated(seed: bytes) -> None:
-    """The mutations start from inputs the parsers take (else the fuzzing tests refusals only)."""
-    if seed is PXE_DISCOVER:
-        assert decide(decode(seed), POLICY, port=67, leases=LeaseTable(), now=1.0).reply is not None
-    elif seed is RRQ:
-        assert _GuardedFactory(_Service(), busy=False).parse(seed) is not None  # type: ignore[arg-type]
-    else:
-        assert isinstance(answer(seed, ZONE, upstream=False), Reply)

@@ -90,6 +90,27 @@ def test_garbage_is_counted_not_raised(service: DhcpService) -> None:
     assert offer(service, "02:00:00:00:00:09") == IPv4Address("10.60.0.10")
 
 
+def test_a_reply_longer_than_the_requests_max_size_is_dropped_whole(
+    service: DhcpService,
+) -> None:
+    """Found while writing bench/fuzz_bench.py's DHCP harness: a request whose option 82
+    (echoed in every reply) is longer than its option 57 leaves room for. encode() raised
+    ValueError, the socket callback logged a traceback per datagram (internal-error), and
+    the lease the unsent reply offered stayed taken."""
+    mac = "02:00:00:00:00:0b"
+    small = ("max_dhcp_size", 576)
+    relay_info = ("relay_agent_information", b"\x01\xfe" + bytes(253))  # 2 instances (RFC 3396)
+    for kind in ("discover", "request"):
+        asked = packet(mac, kind, small, relay_info, relay_info, ("requested_addr", "10.60.0.10"))
+        assert service.handle(asked, ("0.0.0.0", 68), 67) is None
+    assert service.metrics.value("provisioner_dhcp_dropped_total", reason="reply-too-large") == 2
+    assert service.metrics.total("provisioner_dhcp_replies_total") == 0
+    assert service.leases.held_by(mac) is None
+    result = service.handle(packet(mac, "discover", small), ("0.0.0.0", 68), 67)
+    assert result is not None and len(result[0]) <= 576 - 28
+    assert decode(result[0]).yiaddr == IPv4Address("10.60.0.10")
+
+
 # ------------------------------------------------------------- a node's address
 
 

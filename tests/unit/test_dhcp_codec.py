@@ -23,7 +23,7 @@ from provisioner.boot.dhcp_codec import (
     option_text,
     reply_to,
 )
-from provisioner.errors import DhcpDecodeError
+from provisioner.errors import DhcpDecodeError, DhcpReplyTooLarge
 
 MAC = "52:54:00:ab:cd:ef"
 CHADDR = bytes.fromhex("525400ABCDEF")
@@ -363,9 +363,9 @@ def test_max_size_is_enforced() -> None:
     big = replace(_reply(), options=((53, b"\x02"), (43, bytes(600))))
     assert len(encode(big)) > 576
     encode(big, max_size=1500)
-    with pytest.raises(ValueError, match="at most 548"):
+    with pytest.raises(DhcpReplyTooLarge, match="at most 548"):
         encode(big, max_size=576)
-    with pytest.raises(ValueError, match="at most 548"):
+    with pytest.raises(DhcpReplyTooLarge, match="at most 548"):
         encode(big, max_size=300)  # below the legal minimum: treated as 576
     assert len(encode(_reply(), max_size=576)) == BOOTP_MIN_SIZE
 
