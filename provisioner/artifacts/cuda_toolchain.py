@@ -194,6 +194,11 @@ def cmake_flags(root: Path) -> list[str]:
         f"-DCUDAToolkit_ROOT={root}",
         f"-DCMAKE_CUDA_COMPILER={root / 'bin' / 'nvcc'}",
         "-DGGML_CUDA_NO_VMM=ON",  # no libcuda stub to link against in the wheels
+        # llama-server and the RPC server link libggml-cuda.so, which needs libcublas.so.13;
+        # ld finds a library's own needs only on its default paths (ld.so.conf, where a
+        # system CUDA is) or -rpath-link: without it, 364 of 366 steps built and the link
+        # of llama-server failed on "libcublas.so.13 ... not found" (seen here).
+        f"-DCMAKE_EXE_LINKER_FLAGS=-Wl,-rpath-link,{root / 'lib'}",
     ]
 
 

@@ -67,6 +67,8 @@ def test_cmake_points_at_the_wheels_tree_without_the_driver() -> None:
     assert "-DCUDAToolkit_ROOT=/c/tk/nvidia/cu13" in flags
     assert "-DCMAKE_CUDA_COMPILER=/c/tk/nvidia/cu13/bin/nvcc" in flags
     assert "-DGGML_CUDA_NO_VMM=ON" in flags  # no libcuda stub to link against
+    # the executables find libggml-cuda's own needs (libcublas.so.13) in the wheels' tree
+    assert "-DCMAKE_EXE_LINKER_FLAGS=-Wl,-rpath-link,/c/tk/nvidia/cu13/lib" in flags
 
 
 def test_the_linker_gets_an_unversioned_link_for_each_library() -> None:
