@@ -145,6 +145,9 @@ def test_node_console_follow_prints_lines_as_they_come(loopback_appliance: Appli
         [sys.executable, "-m", "provisioner.cli", "--config", str(app.config),
          "node", "console", MAC, "--follow", "--json", "--lines", "1"],
         stdout=subprocess.PIPE, text=True,
+        # Ctrl-C is how a user stops --follow. A job started with `&` by a non-interactive
+        # shell (CI run in the background) inherits SIGINT ignored, and so would the CLI.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         assert follow.stdout is not None
@@ -158,9 +161,15 @@ def test_node_console_follow_prints_lines_as_they_come(loopback_appliance: Appli
         assert second["text"] == "INFO: task kworker/0:1:42 blocked for more than 120 seconds."
     finally:
         os.kill(follow.pid, signal.SIGINT)  # the one process this test started
-        status = follow.wait(10)
-        if follow.stdout is not None:
-            follow.stdout.close()
+        try:
+            status = follow.wait(30)  # (a loaded 2-core CI machine: 10 s was once too few)
+        except subprocess.TimeoutExpired:
+            follow.kill()  # not left running into the next tests
+            follow.wait()
+            raise
+        finally:
+            if follow.stdout is not None:
+                follow.stdout.close()
     assert status == 0
     shown = json.loads(app.cli("node", "show", MAC, "--json").stdout)
     whats = [e["detail"]["what"] for e in shown["timeline"] if e["kind"] == "console"]
