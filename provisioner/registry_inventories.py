@@ -9,24 +9,17 @@ and state machine.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from contextlib import AbstractContextManager
 from typing import Any
 
 from provisioner.discovery.model import Inventory
 from provisioner.discovery.schema import inventory_of
 from provisioner.records import Detail, EventKind, Node, PendingInventory
+from provisioner.registry_part import RegistryPart
 from provisioner.states import NodeEvent
 
 
-class InventoryTable:
-    _db: Any  # the registry's connection
-    _lock: threading.RLock
-
-    def _tx(self) -> AbstractContextManager[Any]:
-        raise NotImplementedError  # the registry's transaction
-
+class InventoryTable(RegistryPart):
     def _event(
         self, db: Any, mac: str, kind: EventKind, detail: Detail, ts: float | None = None
     ) -> None:

@@ -6,13 +6,11 @@ it uses the registry's connection, lock and transactions and imports no SQLite i
 
 from __future__ import annotations
 
-import threading
 import time
-from contextlib import AbstractContextManager
 from ipaddress import IPv4Address
-from typing import Any
 
 from provisioner.records import EventKind, Lease, LeaseKind
+from provisioner.registry_part import RegistryPart
 
 
 def declined_owner(mac: str) -> str:
@@ -20,13 +18,7 @@ def declined_owner(mac: str) -> str:
     return f"declined-by-{mac}"
 
 
-class LeaseTable:
-    _db: Any  # the registry's sqlite3 connection
-    _lock: threading.RLock
-
-    def _tx(self) -> AbstractContextManager[Any]:
-        raise NotImplementedError  # the registry's transaction
-
+class LeaseTable(RegistryPart):
     def active_leases(self, now: float | None = None) -> dict[IPv4Address, str]:
         """Every address held (offered, bound or declined) and not expired: ip -> mac."""
         now = time.time() if now is None else now

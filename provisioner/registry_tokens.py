@@ -9,25 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import threading
 import time
-from contextlib import AbstractContextManager
-from typing import Any
 
 from provisioner.records import BootToken, TokenCheck
+from provisioner.registry_part import RegistryPart
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class TokenTable:
-    _db: Any  # the registry's connection
-    _lock: threading.RLock
-
-    def _tx(self) -> AbstractContextManager[Any]:
-        raise NotImplementedError  # the registry's transaction
-
+class TokenTable(RegistryPart):
     def issue_boot_token(
         self,
         mac: str,

@@ -44,12 +44,12 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from provisioner.artifacts import (
     ArtifactError,
@@ -74,6 +74,7 @@ from provisioner.artifacts.wheel_files import (
     render_requirements,
     scan_wheels,
 )
+from provisioner.artifacts.wheel_pins import Pin, parse_report, pins_file
 from provisioner.image.debs import sha256_file
 
 log = logging.getLogger(__name__)
@@ -208,51 +209,6 @@ def build_inputs(spec: WheelhouseSpec) -> dict[str, str]:
 # ---------------------------------------------------------------------------- resolution
 
 
-@dataclass(frozen=True)
-class Pin:
-    """One distribution pip's resolver chose."""
-
-    name: str  # PEP 503 normalized
-    version: str
-    url: str
-    sha256: str = ""
-
-    @property
-    def filename(self) -> str:
-        return unquote(urlsplit(self.url).path.rsplit("/", 1)[-1])
-
-    @property
-    def is_wheel(self) -> bool:
-        return self.filename.endswith(".whl")
-
-    def requirement(self, *, with_hash: bool) -> str:
-        line = f"{self.name}=={self.version}"
-        return f"{line} --hash=sha256:{self.sha256}" if with_hash else line
-
-
-def parse_report(report: Mapping[str, object]) -> list[Pin]:
-    """The pins of a ``pip install --dry-run --report`` installation report (version 1)."""
-    items = report.get("install")
-    if not isinstance(items, list):
-        raise ArtifactError("pip's report has no 'install' list")
-    pins = []
-    try:
-        for item in items:
-            meta, info = item["metadata"], item["download_info"]
-            hashes = info.get("archive_info", {}).get("hashes", {})
-            pins.append(
-                Pin(
-                    name=normalize(str(meta["name"])),
-                    version=str(meta["version"]),
-                    url=str(info["url"]),
-                    sha256=str(hashes.get("sha256", "")),
-                )
-            )
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ArtifactError(f"unexpected pip report entry: {exc!r}") from exc
-    return sorted(pins, key=lambda p: p.name)
-
-
 def check_resolution(spec: WheelhouseSpec, pins: Sequence[Pin]) -> None:
     """The resolver chose what this backend needs: the vLLM and Ray asked for, and for CPU a
     ``+cpu`` torch (else CUDA torch and gigabytes of nvidia-* libraries), for CUDA not."""
@@ -274,19 +230,6 @@ def check_resolution(spec: WheelhouseSpec, pins: Sequence[Pin]) -> None:
         )
     if spec.backend is VllmBackend.CUDA and cpu_build:
         raise ArtifactError(f"pip resolved torch {torch.version} ({torch.url}) for a CUDA build")
-
-
-def pins_file(pins: Iterable[Pin]) -> str:
-    """A requirements file pinning ``pins``, each with its sha256 (pip then checks every
-    file it fetches); a pin without one is refused, never downloaded unchecked."""
-    pins = list(pins)
-    unhashed = [f"{p.name}=={p.version}" for p in pins if not p.sha256]
-    if unhashed:
-        raise ArtifactError(
-            f"no sha256 for {', '.join(unhashed)} in pip's report: refused (every file a "
-            "node installs is hash-checked)"
-        )
-    return "".join(p.requirement(with_hash=True) + "\n" for p in pins)
 
 
 # ---------------------------------------------------------------------------- pip runs

@@ -10,21 +10,23 @@ import pytest
 
 from provisioner.discovery.dumps import parse_dump
 from provisioner.enroll.fingerprint import fingerprint
+from provisioner.lab.cgroups import (
+    cgroup_dirs,
+    cgroup_roots,
+    in_cgroups_argv,
+    inotify_needed,
+    scope_argv,
+)
 from provisioner.lab.containers import (
     BootArgs,
     ContainerError,
     ContainerSpec,
     Started,
-    cgroup_dirs,
-    cgroup_roots,
     container_specs,
-    in_cgroups_argv,
-    inotify_needed,
     is_ready,
     nspawn_argv,
     parse_boot_script,
     rootfs_dir,
-    scope_argv,
     steps_reached,
     veth_argv,
 )
