@@ -26,6 +26,7 @@ the run stops at collection with an error naming the path.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -133,6 +134,37 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"{dropped} slow-tier tests deselected ({', '.join(SLOW_TIERS)}): "
             "--tier all, -m MARKER, or a file or node id runs them"
         )
+
+
+def _mounts_under(folder: Path) -> list[str]:
+    """Mount points at or below ``folder`` (/proc/self/mountinfo, octal escapes decoded)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    points = [
+        line.split()[4].encode().decode("unicode_escape") for line in lines if len(line.split()) > 4
+    ]
+    root = str(folder)
+    return [p for p in points if p == root or p.startswith(root + "/")]
+
+
+@pytest.fixture(autouse=True)
+def _no_mount_left_in_tmp_path(request: pytest.FixtureRequest) -> Iterator[None]:
+    """pytest removes a passed test's folder (pyproject: tmp_path_retention_policy =
+    "failed", so that a full run does not keep ~20 GB of labs, images and venvs on a disk
+    it shares). A mount left in it would make that removal reach into what is mounted
+    (a host folder bound in, an image's loop device): such mounts are detached first and
+    the test errors, naming them."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    folder: Path = request.getfixturevalue("tmp_path")  # torn down after this fixture
+    yield
+    left = _mounts_under(folder)
+    for point in sorted(left, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+    assert not left, f"mounts left under the test's folder (detached): {left}"
 
 
 @pytest.fixture(scope="session")

@@ -60,31 +60,31 @@ def vulkan_build_started_early(
             build.wait(timeout=60)
 
 
-_E2E_FOLDERS: list[Path] = []  # each end-to-end test's own tmp_path (labs, logs, state)
+# What the per-test scans below found, for the session's summary (issue 20, item 7).
+_SCANNED: list[int] = []  # secrets known to each scanned folder
+_LEAKS: list[str] = []
 
 
 @pytest.fixture(autouse=True)
-def _e2e_folder(tmp_path: Path) -> Path:
-    """Remember this end-to-end test's folder for the secrets search below."""
-    _E2E_FOLDERS.append(tmp_path)
-    return tmp_path
+def _no_secret_in_the_tests_files(tmp_path: Path) -> Iterator[Path]:
+    """After each end-to-end test (issue 20, item 7), before pytest removes its folder
+    (pyproject: tmp_path_retention_policy): the API token, SSH private key and BMC
+    passwords of every lab's state folder in it appear in no other file of the folder:
+    the lab's logs (serve, dnsmasq, QEMU consoles, containers), its state folder and
+    whatever the test wrote. Other tiers' folders are not searched (their tests type
+    secrets on purpose: a browser's log, fixtures). A leak fails the session's last
+    teardown, naming the file."""
+    yield tmp_path
+    _SCANNED.append(len(secret_scan.secrets_under(tmp_path)))
+    _LEAKS.extend(secret_scan.leaks(tmp_path))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_secret_in_the_runs_files() -> Iterator[None]:
-    """After the end-to-end tests (issue 20, item 7): the API token, SSH private key and
-    BMC passwords of every lab's state folder appear in no other file of the e2e tests'
-    folders: the labs' logs (serve, dnsmasq, QEMU consoles, containers), their state
-    folders and whatever the tests wrote. Other tiers' folders are not searched (their
-    tests type secrets on purpose: a browser's log, fixtures). A leak fails the session's
-    last teardown, naming the file."""
+    """The session's verdict on the per-test scans above."""
     yield
-    started = time.monotonic()
-    found = [leak for folder in _E2E_FOLDERS for leak in secret_scan.leaks(folder)]
-    count = sum(len(secret_scan.secrets_under(folder)) for folder in _E2E_FOLDERS)
-    print(f"secret scan of {len(_E2E_FOLDERS)} e2e test folders: {count} secrets, "
-          f"{time.monotonic() - started:.1f} s")  # fmt: skip
-    assert not found, "secrets outside their files:\n" + "\n".join(found[:20])
+    print(f"secret scan of {len(_SCANNED)} e2e test folders: {sum(_SCANNED)} secrets")
+    assert not _LEAKS, "secrets outside their files:\n" + "\n".join(_LEAKS[:20])
 
 
 @dataclass(frozen=True)
