@@ -60,6 +60,14 @@ def perfdhcp(lab: LabNetwork, rate: int, seconds: int, clients: int) -> tuple[in
     return int(sent.group(1)), int(received.group(1))
 
 
+def udp_overflows(lab: LabNetwork, host: str) -> int:
+    """The kernel's count of UDP datagrams dropped for a full receive buffer, in one
+    namespace (/proc/net/snmp, Udp: RcvbufErrors)."""
+    snmp = lab.host(host).run(["cat", "/proc/net/snmp"]).stdout
+    lines = [line.split() for line in snmp.splitlines() if line.startswith("Udp:")]
+    return int(lines[1][lines[0].index("RcvbufErrors")])
+
+
 def wait_udp_listener(lab: LabNetwork, port: int) -> None:
     for _ in range(100):
         out = lab.host("srv").run(["ss", "-lun"], check=False).stdout
@@ -72,12 +80,19 @@ def wait_udp_listener(lab: LabNetwork, port: int) -> None:
 def measure(
     lab: LabNetwork, argv: list[str], log: Path, args: argparse.Namespace
 ) -> tuple[int, int]:
-    """Start a server in the server namespace, run perfdhcp against it, stop it by PID."""
+    """Start a server in the server namespace, run perfdhcp against it, stop it by PID.
+    Prints where datagrams were lost for full receive buffers (server, client)."""
     with open(log, "wb") as out:
         proc = lab.host("srv").popen(argv, stderr=out)
         try:
             wait_udp_listener(lab, 67)
-            return perfdhcp(lab, args.rate, args.seconds, args.clients)
+            before = [udp_overflows(lab, host) for host in ("srv", "cli")]
+            result = perfdhcp(lab, args.rate, args.seconds, args.clients)
+            after = [udp_overflows(lab, host) for host in ("srv", "cli")]
+            if not args.json:
+                print(f"  {Path(argv[0]).name}: receive buffer overflows: server "
+                      f"{after[0] - before[0]}, client {after[1] - before[1]}")  # fmt: skip
+            return result
         finally:
             proc.terminate()
             proc.wait(20)

@@ -42,9 +42,9 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -53,13 +53,13 @@ from prometheus_client.registry import Collector
 from provisioner import __version__
 from provisioner.records import Event, Node
 from provisioner.states import NodeState
-from provisioner.timeline import TIMED_STEPS, BootClock, powered_on
+from provisioner.timeline import TIMED_STEPS, BootClock, PowerOns
 
 log = logging.getLogger(__name__)
 
 AREAS = ("images", "tftp", "artifacts", "models")  # serve.py's FileAreas, routes_files.py
 # dhcp_policy's _ignore() reasons and the adapter's own (malformed, internal-error,
-# reply-too-large, not-recorded, lease-taken); not
+# reply-too-large, not-recorded, lease-taken, send-failed); not
 # release and decline (dhcp_server.QUIET_OUTCOMES: no reply by design, not drops).
 DHCP_DROP_REASONS = (
     "malformed",
@@ -80,6 +80,7 @@ DHCP_DROP_REASONS = (
     "not-recorded",  # a lease reply whose lease could not be written (disk full ...)
     "lease-taken",  # another serve sharing the registry gave the address first (issue 23)
     "reply-too-large",  # the request's option 57 cannot hold the reply (its option 82 echoed)
+    "send-failed",  # the reply's sendto failed (a full send buffer, no route): the client retries
 )
 DHCP_REPLY_TYPES = ("offer", "ack", "nak")
 # limits.Refusal reasons (the middleware), then the routes' own.
@@ -219,6 +220,8 @@ class Watched(Protocol):
 
     def events(self, mac: str, *, limit: int = ...) -> list[Event]: ...
 
+    def query(self, sql: str, args: Sequence[object] = ...) -> list[dict[str, Any]]: ...
+
 
 class Metrics:
     """The appliance's series on a registry of their own; :meth:`render` exposes them."""
@@ -302,12 +305,7 @@ class Metrics:
         The registry calls :meth:`on_event` under its lock, one event at a time."""
         self.registry.register(_NodeStates(registry.nodes))
 
-        def last_power_on(mac: str) -> float | None:
-            return max(
-                (e.ts for e in registry.events(mac, limit=50) if powered_on(e)), default=None
-            )
-
-        self.clock = BootClock(last_power_on)
+        self.clock = BootClock(PowerOns(registry.query))
         registry.on_event = self.on_event
 
     def on_event(self, event: Event) -> None:

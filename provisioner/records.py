@@ -77,6 +77,19 @@ class Node:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """A node seen on the network (a DHCP request): what ``Registry.seen_many`` records.
+    ``firmware_is_guess``: fill the firmware in only if none is known yet."""
+
+    mac: str
+    now: float
+    firmware: str | None = None
+    arch: int | None = None
+    firmware_is_guess: bool = False
+    dhcp_ip: str | None = None
+
+
 @dataclass(frozen=True)
 class Event:
     mac: str

@@ -36,6 +36,7 @@ from provisioner.records import (
     Event,
     EventKind,
     Node,
+    Sighting,
 )
 from provisioner.registry_inventories import InventoryTable
 from provisioner.registry_leases import LeaseTable
@@ -103,6 +104,23 @@ def _open_pg(url: str, *, readonly: bool) -> PgConnection:
         db.close()
         raise
     return db
+
+
+# A node seen: created at first sight (state new), else its last_seen moved on; and what
+# each kind of sighting does to its firmware (none said, reported, a guess: iPXE's requests
+# say less about the machine than its firmware's did).
+_SEEN = (
+    "INSERT INTO nodes(mac, state, first_seen, last_seen, firmware, arch) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(mac) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > nodes.last_seen"
+    " THEN excluded.last_seen ELSE nodes.last_seen END, first_seen = CASE WHEN"
+    " excluded.first_seen < nodes.first_seen THEN excluded.first_seen ELSE nodes.first_seen END"
+)
+_SEEN_FIRMWARE: dict[bool | None, str] = {
+    None: "",
+    False: ", firmware = excluded.firmware, arch = excluded.arch",
+    True: ", firmware = coalesce(nodes.firmware, excluded.firmware),"
+    " arch = CASE WHEN nodes.firmware IS NULL THEN excluded.arch ELSE nodes.arch END",
+}
 
 
 class Registry(LeaseTable, TokenTable, InventoryTable):
@@ -211,27 +229,32 @@ class Registry(LeaseTable, TokenTable, InventoryTable):
         """
         now = time.time() if now is None else now
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO nodes(mac, state, first_seen, last_seen) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(mac) DO UPDATE SET last_seen = excluded.last_seen",
-                (mac, NodeState.NEW.value, now, now),
-            )
+            self.seen_many([Sighting(mac, now, firmware, arch, firmware_is_guess, dhcp_ip)])
             if ip is not None:
                 db.execute("UPDATE nodes SET ip = ? WHERE mac = ?", (ip, mac))
-            if dhcp_ip is not None:
-                db.execute("UPDATE nodes SET dhcp_ip = ? WHERE mac = ?", (dhcp_ip, mac))
-            if firmware is not None and firmware_is_guess:
-                db.execute(
-                    "UPDATE nodes SET firmware = ?, arch = ? WHERE mac = ? AND firmware IS NULL",
-                    (firmware, arch, mac),
-                )
-            elif firmware is not None:
-                db.execute(
-                    "UPDATE nodes SET firmware = ?, arch = ? WHERE mac = ?", (firmware, arch, mac)
-                )
         node = self.node(mac)
         assert node is not None
         return node
+
+    def seen_many(self, sightings: Sequence[Sighting]) -> None:
+        """Record nodes seen (DHCP's batch: one a packet): one statement sent for each
+        kind of sighting, not one per sighting, with the result of recording them one by
+        one in order: reported firmware is written before guesses, which fill in only
+        what is still unknown, ``first_seen`` is the earliest and ``last_seen`` the newest."""
+        groups: dict[bool | None, list[tuple[object, ...]]] = {}
+        for s in sightings:
+            reported = None if s.firmware is None else s.firmware_is_guess
+            arch = None if s.firmware is None else s.arch
+            groups.setdefault(reported, []).append(
+                (s.mac, NodeState.NEW.value, s.now, s.now, s.firmware, arch)
+            )
+        named = [(s.dhcp_ip, s.mac) for s in sightings if s.dhcp_ip is not None]
+        with self._tx() as db:
+            for reported in (None, False, True):
+                if rows := groups.get(reported):
+                    db.executemany(_SEEN + _SEEN_FIRMWARE[reported], rows)
+            if named:
+                db.executemany("UPDATE nodes SET dhcp_ip = ? WHERE mac = ?", named)
 
     def node(self, key: str) -> Node | None:
         """A node by MAC or by hostname."""
@@ -510,6 +533,19 @@ class Registry(LeaseTable, TokenTable, InventoryTable):
     ) -> None:
         with self._tx() as db:
             self._event(db, mac, kind, detail, ts)
+
+    def add_events(self, events: Sequence[Event]) -> None:
+        """Several events in one statement sent for all (DHCP's batch: two per packet)."""
+        if not events:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO events(mac, ts, kind, detail) VALUES (?, ?, ?, ?)",
+                [(e.mac, e.ts, e.kind.value, json.dumps(dict(e.detail))) for e in events],
+            )
+            if self.on_event is not None:
+                for event in events:
+                    self.on_event(event)
 
     def _event(
         self,

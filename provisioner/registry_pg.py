@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -146,12 +147,25 @@ class PgConnection:
         if text is None:
             return _Empty()
         values = [int(v) if isinstance(v, bool) else v for v in args]
+        with self._errors(), self._lock:
+            if text.startswith("BEGIN; "):
+                self._conn.execute("BEGIN")
+                return self._conn.execute(text.removeprefix("BEGIN; "))
+            return self._conn.execute(text, values or None, prepare=bool(values))
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        """One statement for each row, sent together (sqlite3's ``executemany``)."""
+        text = translate(sql)
+        if text is None:
+            return
+        values = [[int(v) if isinstance(v, bool) else v for v in row] for row in rows]
+        with self._errors(), self._lock, self._conn.cursor() as cursor:
+            cursor.executemany(text, values)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
         try:
-            with self._lock:
-                if text.startswith("BEGIN; "):
-                    self._conn.execute("BEGIN")
-                    return self._conn.execute(text.removeprefix("BEGIN; "))
-                return self._conn.execute(text, values or None, prepare=bool(values))
+            yield
         except self._psycopg.errors.IntegrityError as exc:
             raise RegistryConflict(str(exc).splitlines()[0]) from exc
         except self._psycopg.Error as exc:

@@ -21,6 +21,7 @@ seconds after the boot's start each step was first reached (the boot-step histog
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
@@ -156,6 +157,68 @@ class BootClock:
         while len(self._boots) > self.max_boots:
             self._boots.popitem(last=False)
         return boot
+
+
+class PowerOns:
+    """``last_power_on`` for :class:`BootClock`, read from the registry: the newest
+    power-on of a node, whichever process recorded it (``enroll --power-cycle``).
+
+    A node's last power events are read once, at its first lookup; after that, each call
+    reads only the power events recorded since the call before (a range of ids, and the
+    newest id to go on from). A DHCP storm starts a boot at each DISCOVER: reading each
+    node's last 50 events there took a tenth of serve's time. ``query`` is the
+    registry's (SQL with ``?``, rows as dicts); at most ``max_nodes`` nodes are
+    remembered (the oldest is looked up again if it comes back).
+    """
+
+    def __init__(
+        self,
+        query: Callable[[str, tuple[object, ...]], list[dict[str, object]]],
+        *,
+        max_nodes: int = MAX_BOOTS * 4,
+    ):
+        self._query = query
+        self.max_nodes = max_nodes
+        self._after: int | None = None  # the newest event id read
+        self._latest: OrderedDict[str, float | None] = OrderedDict()
+
+    def __call__(self, mac: str) -> float | None:
+        self._catch_up()
+        if mac not in self._latest:
+            rows = self._query(
+                "SELECT ts, detail FROM events WHERE mac = ? AND kind = ? ORDER BY id DESC"
+                " LIMIT 50",
+                (mac, EventKind.POWER.value),
+            )
+            ons = [e.ts for e in (self._power_event(mac, r) for r in rows) if powered_on(e)]
+            self._latest[mac] = max(ons, default=None)
+            while len(self._latest) > self.max_nodes:
+                self._latest.popitem(last=False)
+        self._latest.move_to_end(mac)
+        return self._latest[mac]
+
+    def _catch_up(self) -> None:
+        if self._after is None:  # from now on; what came before, each node's first lookup reads
+            rows = self._query("SELECT max(id) AS id FROM events", ())
+            self._after = int(str(rows[0]["id"] or 0))
+            return
+        rows = self._query(
+            "SELECT id, mac, ts, kind, detail FROM events WHERE id > ?"
+            " AND (kind = ? OR id = (SELECT max(id) FROM events)) ORDER BY id",
+            (self._after, EventKind.POWER.value),
+        )
+        for row in rows:
+            self._after = int(str(row["id"]))
+            mac = str(row["mac"])
+            if row["kind"] != EventKind.POWER.value or mac not in self._latest:
+                continue  # not a power event, or a node whose first lookup reads it
+            event = self._power_event(mac, row)
+            if powered_on(event):
+                self._latest[mac] = max(event.ts, self._latest[mac] or 0.0)
+
+    @staticmethod
+    def _power_event(mac: str, row: dict[str, object]) -> Event:
+        return Event(mac, float(str(row["ts"])), EventKind.POWER, json.loads(str(row["detail"])))
 
 
 def _starts_boot(e: Event, boot: _Boot | None) -> bool:

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import cast
 
 from provisioner.boot.dhcp_codec import DhcpPacket, MessageType, decode, encode
 from provisioner.boot.dhcp_policy import (
@@ -36,14 +35,19 @@ from provisioner.config import Config, Mode
 from provisioner.errors import BootServiceError, DhcpDecodeError, DhcpReplyTooLarge
 from provisioner.instance import InstanceConflict
 from provisioner.metrics import Metrics
-from provisioner.records import EventKind, LeaseKind
+from provisioner.records import Event, EventKind, LeaseKind, Sighting
 from provisioner.registry import Registry, declined_owner
 
 log = logging.getLogger(__name__)
 
 BOOTP_CLIENT_PORT = 68
+_NO_ADDRESS = IPv4Address(0)
 DECLINE_HOLD_SECONDS = 600
 FLUSH_SECONDS = 0.02
+# Lease replies held for one batch at most: they leave together when it commits, and a
+# relay's (or perfdhcp's) socket took 80 at once badly at 4,000 DISCOVERs/s (its receive
+# buffer overflowed); a full batch commits at once, before its 20 ms.
+HELD_MAX = 32
 # A registry shared with other serves (PostgreSQL, issue 23): how often the lease table
 # learns the leases they gave (a survivor of a failover renews them).
 LEASE_SYNC_SECONDS = 2.0
@@ -51,6 +55,8 @@ QUIET_OUTCOMES = frozenset({"release", "decline"})  # no reply by design: not dr
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 RECEIVE_BUFFER = 4 * 1024 * 1024
+RECEIVE_SIZE = 65535  # the largest UDP payload: a longer datagram would be cut, not refused
+DRAIN_MAX = 64  # datagrams read at one wakeup before the loop runs its other work
 # A renewal answered while the registry cannot be written gets what it still holds, if at
 # least this long (a shorter lease would only bring the client back at once).
 MIN_UNRECORDED_LEASE = 60
@@ -122,10 +128,14 @@ class DhcpService:
         self.policy = policy_config(cfg)
         self.registry = registry
         self.metrics = metrics
-        for port in (cfg.dhcp.port, cfg.dhcp.pxe_port):
-            metrics.declare("provisioner_dhcp_packets_total", port=str(port))
-        self.transports: list[asyncio.DatagramTransport] = []
+        self.receivers: list[_Receiver] = []
         self._pending: list[Callable[[], object]] = []
+        self._sightings: list[Sighting] = []  # the nodes seen, written before _pending
+        self._events: list[Event] = []  # the timeline's events, written after _pending
+        # per-packet counters, their labels looked up once
+        self._packets = {p: metrics.counter("provisioner_dhcp_packets_total", port=str(p))
+                         for p in (cfg.dhcp.port, cfg.dhcp.pxe_port)}  # fmt: skip
+        self._replies: dict[MessageType | None, Callable[[], None]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         # Replies whose lease is in the batch being gathered: sent once it is committed,
         # unless that commit found the address given by another serve (shared registry).
@@ -147,9 +157,9 @@ class DhcpService:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for port in (self.cfg.dhcp.port, self.cfg.dhcp.pxe_port):
-            sock = open_socket(self.cfg.network.interface, port)
-            transport, _ = await loop.create_datagram_endpoint(_factory(self, port), sock=sock)
-            self.transports.append(transport)
+            receiver = _Receiver(self, port, open_socket(self.cfg.network.interface, port))
+            receiver.start(loop)
+            self.receivers.append(receiver)
         if self.cfg.registry_url is not None:
             self._sync = loop.create_task(self._sync_leases(), name="dhcp-lease-sync")
         log.info(
@@ -164,9 +174,9 @@ class DhcpService:
         if self._sync is not None:
             self._sync.cancel()
         self.flush()  # the held replies go out, their leases recorded, before the sockets close
-        for transport in self.transports:
-            transport.close()
-        self.transports.clear()
+        for receiver in self.receivers:
+            receiver.close()
+        self.receivers.clear()
 
     # ------------------------------------------------------------------ group commit
 
@@ -202,7 +212,10 @@ class DhcpService:
                 self._commit,
             )
         )
-        self._schedule()
+        if len(self._held) >= HELD_MAX:
+            self.flush()
+        else:
+            self._schedule()
 
     def _later(self, op: Callable[[], object]) -> None:
         """Queue a registry write; queued writes go in one transaction every 20 ms.
@@ -225,17 +238,23 @@ class DhcpService:
 
     def flush(self) -> None:
         """Commit the queued writes in one transaction, then send the replies held for it."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
         self._flush_handle = None
         pending, self._pending = self._pending, []
+        sightings, self._sightings = self._sightings, []
+        events, self._events = self._events, []
         held, self._held = self._held, []
         changes, self._unflushed = self._unflushed, []
         try:
-            if pending:
+            if pending or sightings or events:
                 with self.registry.batch():
+                    self.registry.seen_many(sightings)  # first: a bound lease names its node
                     for op in pending:
                         op()
+                    self.registry.add_events(events)
         except Exception as exc:
-            self._not_recorded(exc, len(pending), held)
+            self._not_recorded(exc, len(pending) + len(sightings) + len(events), held)
             return
         for mac, ip, expires in changes:
             if ip is None:
@@ -320,7 +339,11 @@ class DhcpService:
         self, data: bytes, source: tuple[str, int], port: int
     ) -> tuple[bytes, tuple[str, int]] | None:
         """Decode, decide, apply; returns the reply and where to send it (or None)."""
-        self.metrics.inc("provisioner_dhcp_packets_total", port=str(port))
+        counted = self._packets.get(port)
+        if counted is None:  # a port of its own (tests)
+            self.metrics.inc("provisioner_dhcp_packets_total", port=str(port))
+        else:
+            counted()
         self._fallback = None
         try:
             packet = decode(data)
@@ -347,9 +370,13 @@ class DhcpService:
                 self._drop(decision.reason, source, packet.mac or "-")
             return None
         dest = _destination(decision, packet, source)
-        self.metrics.inc(
-            "provisioner_dhcp_replies_total", type=_type_name(decision.reply.message_type)
-        )
+        kind = decision.reply.message_type
+        replied = self._replies.get(kind)
+        if replied is None:
+            replied = self._replies[kind] = self.metrics.counter(
+                "provisioner_dhcp_replies_total", type=_type_name(kind)
+            )
+        replied()
         self._fallback = self._unrecorded_renewal(decision, packet, now)
         return wire, dest
 
@@ -387,17 +414,10 @@ class DhcpService:
         # Never the node's ip: anyone can send a DHCP packet with any MAC. Its address comes
         # from a bound lease (full mode, _apply) or its token-checked report (proxy mode).
         # What a proxy-mode REQUEST names only says who may fetch its boot token.
-        self._later(
-            functools.partial(
-                self.registry.touch_node,
-                mac,
-                dhcp_ip=self._named_address(packet),
-                firmware=client.firmware.value,
-                arch=client.arch,
-                firmware_is_guess=client.is_ipxe,
-                now=now,
-            )
-        )
+        self._sightings.append(
+            Sighting(mac, now, client.firmware.value, client.arch, client.is_ipxe,
+                     self._named_address(packet))
+        )  # fmt: skip
         msg = _type_name(packet.message_type)
         detail: dict[str, str | int | None] = {
             "msg": msg,
@@ -405,26 +425,24 @@ class DhcpService:
             "arch": client.arch,
             "client": "ipxe" if client.is_ipxe else client.firmware.value,
         }
-        self._later(functools.partial(self.registry.add_event, mac, EventKind.DHCP, detail, ts=now))
+        self._events.append(Event(mac, now, EventKind.DHCP, detail))
         reply = decision.reply
         if reply is not None:
             answer = {
                 "msg": _type_name(reply.message_type),
-                "address": str(reply.yiaddr) if reply.yiaddr != IPv4Address(0) else None,
+                "address": str(reply.yiaddr) if reply.yiaddr != _NO_ADDRESS else None,
                 "boot": reply.file or None,
             }
-            self._later(
-                functools.partial(
-                    self.registry.add_event, mac, EventKind.DHCP_REPLY, answer, ts=now
-                )
+            self._events.append(Event(mac, now, EventKind.DHCP_REPLY, answer))
+        self._schedule()
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "dhcp %s mac=%s port=%d -> %s",
+                msg,
+                mac,
+                port,
+                _type_name(reply.message_type) if reply else decision.reason,
             )
-        log.info(
-            "dhcp %s mac=%s port=%d -> %s",
-            msg,
-            mac,
-            port,
-            _type_name(reply.message_type) if reply else decision.reason,
-        )
 
     def _named_address(self, packet: DhcpPacket) -> str | None:
         """Proxy mode: the address a REQUEST names (option 50, else ciaddr); else None."""
@@ -507,29 +525,49 @@ def _destination(
             return "255.255.255.255", BOOTP_CLIENT_PORT
 
 
-def _factory(service: DhcpService, port: int) -> Callable[[], _Protocol]:
-    return lambda: _Protocol(service, port)
+class _Receiver:
+    """One port's socket, read dry at each wakeup of the loop (up to :data:`DRAIN_MAX`
+    datagrams): one epoll round trip per burst, where asyncio's datagram transport made
+    one per datagram. Replies go straight to the socket: a UDP send does not wait, and
+    one that fails (a full send buffer, no route to a relay) is counted and dropped; the
+    client asks again, as after any lost datagram."""
 
-
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, service: DhcpService, port: int):
+    def __init__(self, service: DhcpService, port: int, sock: socket.socket):
         self.service = service
         self.port = port
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._ready)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            self.service.receive(data, addr, self.port, self._send)
-        except Exception:  # a bug must not stop serving; count it and go on
-            log.exception("dhcp: error handling a datagram from %s", addr[0])
-            self.service.metrics.inc("provisioner_dhcp_dropped_total", reason="internal-error")
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+        self.sock.close()
+
+    def _ready(self) -> None:
+        for _ in range(DRAIN_MAX):
+            try:
+                data, addr = self.sock.recvfrom(RECEIVE_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error queued on the socket: nothing to read
+                log.debug("dhcp socket error on port %d: %s", self.port, exc)
+                return
+            try:
+                self.service.receive(data, addr, self.port, self._send)
+            except Exception:  # a bug must not stop serving; count it and go on
+                log.exception("dhcp: error handling a datagram from %s", addr[0])
+                self.service.metrics.inc("provisioner_dhcp_dropped_total", reason="internal-error")
 
     def _send(self, reply: bytes, dest: tuple[str, int]) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(reply, dest)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("dhcp socket error on port %d: %s", self.port, exc)
+        if self.sock.fileno() < 0:  # closed: serve is stopping
+            return
+        try:
+            self.sock.sendto(reply, dest)
+        except OSError as exc:
+            self.service.metrics.inc("provisioner_dhcp_dropped_total", reason="send-failed")
+            log.debug("dhcp: sending to %s:%d failed: %s", dest[0], dest[1], exc)

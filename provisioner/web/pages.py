@@ -230,10 +230,12 @@ def router(board: Dashboard) -> APIRouter:
         return board.page(request, template, **found)
 
     @routes.get("/nodes/{key}")
-    def node_page(request: Request, key: str) -> Response:
+    async def node_page(request: Request, key: str) -> Response:
         if not board.may_read(request):
             return board.login_first(request)
-        return view(request, "node.html.j2", board.node_view(key), f"node {key}")
+        await board.feed.tick()  # its row as fresh as the registry (the feed may be idle)
+        found = await asyncio.to_thread(board.node_view, key)
+        return view(request, "node.html.j2", found, f"node {key}")
 
     @routes.get("/clusters/{name}")
     def cluster_page(request: Request, name: str) -> Response:

@@ -11,7 +11,7 @@ import pytest
 from scapy.layers.dhcp import BOOTP, DHCP
 
 from provisioner.boot.dhcp_codec import decode
-from provisioner.boot.dhcp_server import DhcpService
+from provisioner.boot.dhcp_server import HELD_MAX, DhcpService
 from provisioner.config import Mode, parse_config, render_config
 from provisioner.metrics import Metrics
 from provisioner.records import LeaseKind
@@ -26,18 +26,22 @@ def packet(mac: str, kind: str, *extra: tuple[str, object]) -> bytes:
     return bytes(BOOTP(op=1, chaddr=chaddr, xid=7, flags=0x8000) / DHCP(options=options))
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> DhcpService:
+def full_mode(state: Path, dhcp_range: str = "10.60.0.10-10.60.0.20") -> DhcpService:
     cfg = parse_config(
         render_config(
             interface="eth0",
             address="10.60.0.1/24",
             mode=Mode.FULL,
-            dhcp_range="10.60.0.10-10.60.0.20",
-            state_dir=tmp_path,
+            dhcp_range=dhcp_range,
+            state_dir=state,
         )
     )
     return DhcpService(cfg, Registry(cfg.registry_path), Metrics())
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> DhcpService:
+    return full_mode(tmp_path)
 
 
 def offer(service: DhcpService, mac: str) -> IPv4Address:
@@ -165,6 +169,13 @@ def test_proxy_mode_never_takes_an_address_from_a_dhcp_packet(proxy: DhcpService
 # lease is in the registry.
 
 
+class Scheduled:
+    """Stands for the loop's timer of a scheduled flush (flush() cancels it)."""
+
+    def cancel(self) -> None:
+        pass
+
+
 def request(service: DhcpService, mac: str) -> bytes:
     ip = offer(service, mac)
     service.flush()
@@ -186,7 +197,7 @@ def test_an_ack_leaves_only_after_its_lease_is_committed(service: DhcpService) -
         )
         fresh.close()
 
-    service._flush_handle = object()  # type: ignore[assignment]  # as if a flush were scheduled
+    service._flush_handle = Scheduled()  # type: ignore[assignment]  # as if a flush were scheduled
     service.receive(req, ("0.0.0.0", 68), 67, send)
     assert sent == []  # held: the batch is not committed yet
     service.flush()
@@ -200,7 +211,7 @@ def test_a_lease_that_cannot_be_written_is_not_handed_out(
     mac = "02:00:00:00:00:22"
     req = request(service, mac)
     sent: list[bytes] = []
-    service._flush_handle = object()  # type: ignore[assignment]
+    service._flush_handle = Scheduled()  # type: ignore[assignment]
 
     def full_disk(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
@@ -229,7 +240,7 @@ def test_replies_that_change_no_lease_are_not_held(tmp_path: Path) -> None:
         )
     )
     proxy = DhcpService(cfg, Registry(cfg.registry_path), Metrics())
-    proxy._flush_handle = object()  # type: ignore[assignment]  # a batch is open: no matter
+    proxy._flush_handle = Scheduled()  # type: ignore[assignment]  # a batch is open: no matter
     sent: list[bytes] = []
     proxy.receive(
         packet("02:00:00:00:00:23", "discover"), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r)
@@ -246,14 +257,14 @@ def test_an_address_another_serve_gave_first_is_not_handed_out(service: DhcpServ
                               LeaseKind.BOUND)  # fmt: skip
     other.close()
     sent: list[bytes] = []
-    service._flush_handle = object()  # type: ignore[assignment]  # as if a flush were scheduled
+    service._flush_handle = Scheduled()  # type: ignore[assignment]  # as if a flush were scheduled
     mac = "02:00:00:00:00:31"
     service.receive(packet(mac, "discover"), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
     service.flush()
     assert sent == []
     assert service.metrics.total("provisioner_dhcp_dropped_total") == 1  # lease-taken
     assert service.leases.owner(IPv4Address("10.60.0.10")) == "02:00:00:00:00:99"
-    service._flush_handle = object()  # type: ignore[assignment]
+    service._flush_handle = Scheduled()  # type: ignore[assignment]
     service.receive(packet(mac, "discover"), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
     service.flush()
     assert [decode(r).yiaddr for r in sent] == [IPv4Address("10.60.0.11")]
@@ -285,7 +296,7 @@ def test_on_a_full_disk_a_recorded_lease_is_renewed_for_its_recorded_time_only(
 
     monkeypatch.setattr(service.registry, "commit_lease", full_disk)
     monkeypatch.setattr(service.registry, "add_event", full_disk)
-    service._flush_handle = object()  # type: ignore[assignment]  # one batch for both
+    service._flush_handle = Scheduled()  # type: ignore[assignment]  # one batch for both
     renewal = packet(known, "request", ("requested_addr", str(recorded.ip)))
     sent.clear()
     service.receive(renewal, ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
@@ -324,13 +335,33 @@ def test_a_lease_unwritten_since_its_last_renewal_is_renewed_for_what_the_disk_h
     monkeypatch.setattr(service.registry, "commit_lease", full_disk)
     renewal = packet(mac, "request", ("requested_addr", str(recorded.ip)))
     for _ in range(2):
-        service._flush_handle = object()  # type: ignore[assignment]
+        service._flush_handle = Scheduled()  # type: ignore[assignment]
         service.receive(renewal, ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
         service.flush()
         assert lease_time(sent[-1]) <= recorded.expires - time.time() + 1
     service._recorded[mac] = (recorded.ip, time.time() + 30)  # as if nearly run out
     before = len(sent)
-    service._flush_handle = object()  # type: ignore[assignment]
+    service._flush_handle = Scheduled()  # type: ignore[assignment]
     service.receive(renewal, ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
     service.flush()
     assert len(sent) == before
+
+
+def test_a_full_batch_commits_at_once_and_its_replies_leave(tmp_path: Path) -> None:
+    """At most HELD_MAX lease replies wait for one batch: a relay's socket is not sent a
+    burst of hundreds at once, and a storm's batches stay small."""
+    service = full_mode(tmp_path, "10.60.0.10-10.60.0.250")
+    service._flush_handle = Scheduled()  # type: ignore[assignment]  # as if a flush were due
+    sent: list[bytes] = []
+    for i in range(HELD_MAX + 5):
+        mac = f"02:00:00:00:01:{i:02x}"
+        service.receive(packet(mac, "discover"), ("0.0.0.0", 68), 67, lambda r, d: sent.append(r))
+        if i == HELD_MAX - 2:
+            assert sent == []  # one short of a full batch: still held
+        if i == HELD_MAX - 1:
+            assert len(sent) == HELD_MAX  # the full batch was committed and sent at once
+            service._flush_handle = Scheduled()  # type: ignore[assignment]  # the next batch
+    assert len(sent) == HELD_MAX
+    assert len(service.registry.leases()) == HELD_MAX
+    service.flush()
+    assert len(sent) == HELD_MAX + 5

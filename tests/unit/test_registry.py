@@ -2,15 +2,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from provisioner.errors import IllegalTransition, RegistryError
-from provisioner.records import EventKind, LeaseKind, TokenCheck
+from provisioner.records import EventKind, LeaseKind, Sighting, TokenCheck
 from provisioner.registry import SCHEMA_VERSION, Registry
 from provisioner.states import NodeEvent, NodeState
 
@@ -318,3 +321,38 @@ def test_a_lease_another_mac_holds_is_not_taken(reg: Registry) -> None:
     held = reg.lease_of(ip)
     assert held is not None and held.mac == other
     assert reg.lease_of(IPv4Address("10.0.0.1")) is None
+
+
+_SIGHTINGS = st.builds(
+    Sighting,
+    mac=st.sampled_from(["02:00:00:00:00:01", "02:00:00:00:00:02"]),
+    now=st.floats(1000, 2000),
+    firmware=st.sampled_from([None, "bios", "uefi", "ipxe"]),
+    arch=st.sampled_from([0, 7]),
+    firmware_is_guess=st.booleans(),
+    dhcp_ip=st.sampled_from([None, "10.0.0.5", "10.0.0.6"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_SIGHTINGS, max_size=8))
+def test_a_batch_of_sightings_is_what_recording_them_in_order_gives(
+    sightings: list[Sighting],
+) -> None:
+    """seen_many sends one statement per kind of sighting (DHCP's batch), and ends where
+    recording them one at a time, in order, would."""
+    with tempfile.TemporaryDirectory() as tmp:
+        one, batch = Registry(Path(tmp) / "one.sqlite3"), Registry(Path(tmp) / "batch.sqlite3")
+        for s in sightings:
+            one.touch_node(s.mac, firmware=s.firmware, arch=s.arch, now=s.now,
+                     firmware_is_guess=s.firmware_is_guess, dhcp_ip=s.dhcp_ip)  # fmt: skip
+        for mac in {s.mac for s in sightings}:  # the first and last seen, in any order
+            times = [s.now for s in sightings if s.mac == mac]
+            one.execute("UPDATE nodes SET first_seen = ?, last_seen = ? WHERE mac = ?",
+                        [(min(times), max(times), mac)])  # fmt: skip
+        batch.seen_many(sightings)
+        columns = "mac, state, first_seen, last_seen, firmware, arch, dhcp_ip"
+        read = f"SELECT {columns} FROM nodes ORDER BY mac"
+        assert batch.query(read) == one.query(read)
+        one.close()
+        batch.close()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from provisioner.records import Detail, Event, EventKind
+from provisioner.registry import Registry
 from provisioner.timeline import (
     POWER_ON_WINDOW,
     TIMED_STEPS,
     BootClock,
+    PowerOns,
     powered_on,
     steps_reached,
 )
@@ -143,3 +147,42 @@ def test_nodes_are_followed_separately_and_the_oldest_forgotten() -> None:
 
 def test_every_step_but_the_start_is_timed() -> None:
     assert TIMED_STEPS[0] == "dhcp" and "powered" not in TIMED_STEPS
+
+
+def test_power_ons_reads_a_node_once_then_only_the_new_power_events(tmp_path: Path) -> None:
+    """serve's BootClock learns a power-on that another process (enroll --power-cycle)
+    recorded, without reading each node's events at each DISCOVER of a storm."""
+    serve, other = Registry(tmp_path / "r.sqlite3"), Registry(tmp_path / "r.sqlite3")
+    second = "52:54:00:00:00:02"
+    for mac in (MAC, second):
+        other.touch_node(mac)
+    sql: list[str] = []
+    per_node: list[object] = []  # the nodes whose power events were read whole
+
+    def query(text: str, args: tuple[object, ...]) -> list[dict[str, object]]:
+        sql.append(text)
+        if "mac = ?" in text:
+            per_node.append(args[0])
+        return serve.query(text, args)
+
+    ons = PowerOns(query)
+    other.add_event(MAC, K.POWER, {"op": "on", "ok": True}, ts=900.0)
+    assert ons(MAC) == 900.0  # its first lookup reads its events
+    other.add_event(MAC, K.POWER, {"op": "cycle", "ok": True}, ts=950.0)
+    other.add_event(MAC, K.POWER, {"op": "off", "ok": True}, ts=960.0)  # no boot
+    other.add_event(MAC, K.POWER, {"op": "on", "ok": False}, ts=965.0)  # failed: no boot
+    for ts in range(970, 1000):
+        other.add_event(MAC, K.DHCP, {"msg": "discover"}, ts=float(ts))
+    assert ons(MAC) == 950.0
+    assert ons(MAC) == 950.0
+    other.add_event(second, K.POWER, {"op": "on", "ok": True}, ts=990.0)
+    assert ons(second) == 990.0  # a node not looked up before: read once
+    other.add_event(second, K.POWER, {"op": "cycle", "ok": True}, ts=995.0)
+    assert (ons(second), ons(MAC)) == (995.0, 950.0)
+    assert per_node == [MAC, second]
+    assert all("id > ?" in text or "mac = ?" in text for text in sql[1:])  # new ids only
+    small = PowerOns(query, max_nodes=1)
+    small(MAC), small(second), small(MAC)
+    assert per_node[2:] == [MAC, second, MAC]  # the forgotten one is read again
+    serve.close()
+    other.close()

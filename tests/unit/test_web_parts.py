@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from provisioner.records import Event, EventKind
 from provisioner.registry import Registry
 from provisioner.states import NodeEvent
 from provisioner.web import session
-from provisioner.web.board import Board, event_label, power_label
+from provisioner.web.board import Board, Change, event_label, power_label
 from provisioner.web.drawing import series, smoke_history, timeline
 from provisioner.web.feed import Feed, FeedFull, sse
 
@@ -211,6 +212,51 @@ def test_the_feed_fans_out_and_bounds_its_subscribers(tmp_path: Path) -> None:
         await feed.stop()  # ends every stream
         assert [chunk async for chunk in stream] == []
         assert feed.subscribers == 1  # the other one never read; this one left
+
+    asyncio.run(scenario())
+    writer.close()
+
+
+class _CountingBoard(Board):
+    """A board whose reads are counted and take ``cost`` seconds each."""
+
+    def __init__(self, path: Path, cost: float):
+        super().__init__(path, label_accelerators=lambda doc: "-")
+        self.cost = cost
+        self.reads = 0
+
+    def refresh(self) -> list[Change]:
+        self.reads += 1
+        time.sleep(self.cost)
+        return super().refresh()
+
+
+def test_the_feed_reads_nothing_while_nobody_follows_and_backs_off_under_load(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.sqlite"
+    writer = Registry(path)
+    writer.touch_node(MAC)
+
+    async def scenario() -> None:
+        idle = _CountingBoard(path, cost=0.0)
+        feed = Feed(idle, tick_s=0.01)
+        feed.start()
+        await asyncio.sleep(0.2)
+        assert idle.reads == 0  # ~20 ticks, no browser: no read
+        queue = feed.subscribe()
+        stream = feed.stream(queue)
+        snapshot = await anext(stream)  # a new follower starts from a fresh read
+        assert MAC.encode() in snapshot and idle.reads >= 1
+        await feed.stop()
+
+        slow = _CountingBoard(path, cost=0.05)  # each read 50 ms: the next one 450 ms on
+        feed = Feed(slow, tick_s=0.01)
+        feed.subscribe()
+        feed.start()
+        await asyncio.sleep(1.0)
+        await feed.stop()
+        assert 2 <= slow.reads <= 3, slow.reads  # not ~16 (a read every 60 ms)
 
     asyncio.run(scenario())
     writer.close()
