@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from provisioner.boot import http_files
 from provisioner.boot.dhcp_server import DhcpService
 from provisioner.boot.http import create_app
 from provisioner.boot.http_context import AppContext
@@ -319,6 +320,7 @@ class BootServices:
             self._follower.cancel()
         if self._front is not None:
             self._front.close()
+            http_files.SENDERS.close()  # the big bodies in flight stop within a second
         if self.ra is not None:
             self.ra.stop()
         if self.app.state.dashboard is not None:  # first: it ends the browsers' streams

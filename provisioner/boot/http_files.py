@@ -29,11 +29,13 @@ from typing import IO, cast
 import h11
 
 from provisioner.boot.paths import confine
+from provisioner.boot.sendfile_pool import THREAD_MIN_BYTES, SendfilePool
 from provisioner.errors import TftpPathError
 
 log = logging.getLogger(__name__)
 
 IDLE_SECONDS = 30.0
+SENDERS = SendfilePool()  # big bodies are sent by its threads (sendfile_pool.py)
 MAX_HEAD_BYTES = 16 * 1024
 
 
@@ -321,6 +323,16 @@ class FrontProtocol(asyncio.Protocol):
         pieces = self.conn.send_with_data_passthrough(h11.Data(data=_Segment(plan.count)))  # type: ignore[arg-type]
         for piece in pieces or []:
             if isinstance(piece, _Segment):
+                sock = transport.get_extra_info("socket")
+                if (
+                    plan.count >= THREAD_MIN_BYTES
+                    and sock is not None
+                    and transport.get_write_buffer_size() == 0  # the head went out
+                    and SENDERS.take()
+                ):
+                    await SENDERS.send(sock.fileno(), fh.fileno(), plan.offset, plan.count,
+                                       transport.is_closing)  # fmt: skip
+                    continue
                 loop = asyncio.get_running_loop()
                 await loop.sendfile(transport, fh, plan.offset, plan.count)
             else:
