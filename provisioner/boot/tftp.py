@@ -2,35 +2,29 @@
 
 ``normalize_options()`` is pure; the path rule, ``confine()`` (the whole traversal
 defence, shared with the HTTP file routes), is in ``paths.py``. ``TftpService`` wires
-them into tftpy, which owns the sockets and the state machine:
+them into tftpy, which owns the packets and each session's state machine; the sockets
+and timers are our :class:`~provisioner.boot.tftp_sessions.SessionLoop` (tftpy's own
+listen loop rebuilt its list of sockets for select(2) at every datagram: slower than
+tftpd-hpa with many fetches at once, and dead past descriptor 1,024):
 
-- tftpy's listen loop catches only TftpException: a non-ASCII name, ``blksize=abc`` or a
-  3-byte ACK killed its thread. A dict subclass installed as ``TftpServer.sessions`` gives
-  each new session a guarded packet factory that turns any parse failure into a counted
-  TftpException ending that session alone, and checks and normalizes each request.
+- Each new session gets a guarded packet factory that turns any parse failure into a
+  counted TftpException ending that session alone, and checks and normalizes each
+  request (tftpy alone died on a non-ASCII name, ``blksize=abc`` or a 3-byte ACK).
 - The guard hands tftpy a token (one quoted path component) instead of the file name, so
   tftpy's own path check and ``os.path.exists`` shortcut, made against an empty private
   root, never decide anything: ``dyn_file_func`` unquotes it and asks ``confine()``.
 - Uploads go to ``upload_open``, which returns None: tftpy answers Access violation.
-- Should tftpy's loop die anyway (a failed ``sendto``), it is restarted on the same port.
-- tftpy waits on its sockets with select(2), which refuses a descriptor >= FD_SETSIZE
-  (1024): with a thousand HTTP connections open in serve, each new session's socket got
-  one and tftpy's loop died at once, restart after restart (no node could fetch iPXE).
-  Its module's ``select`` is replaced by :class:`_PollSelect` (poll(2): no such limit).
+- A session whose handling raises anything else ends alone (counted as ``errors``); a
+  failure of a loop itself is logged and counted (``restarts``), and the loop goes on.
 - Every datagram on the listening port is counted once (:class:`TftpStats`): a request,
-  malformed, busy, or stray (from the address and port of a session in progress, which
-  tftpy ignores: counted through its log record, which :class:`_TftpyLog` takes). tftpy's
-  ERROR line per ended session is left out: the reason is counted, and logged at debug.
+  malformed, busy, or stray (from the address and port of a session in progress).
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import io
 import logging
 import os
-import select
 import shutil
 import socket
 import tempfile
@@ -43,10 +37,12 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import tftpy
+from tftpy.TftpContexts import TftpContextServer
 from tftpy.TftpPacketFactory import TftpPacketFactory
 from tftpy.TftpPacketTypes import TftpPacketRRQ, TftpPacketWRQ
 
 from provisioner.boot.paths import confine
+from provisioner.boot.tftp_sessions import SessionKeys, SessionLoop
 from provisioner.errors import BootServiceError, TftpPathError
 
 log = logging.getLogger(__name__)
@@ -57,7 +53,9 @@ MAX_BLKSIZE = 65464  # RFC 2348; tftpy accepts up to 65536, which no UDP datagra
 MODES = frozenset({"octet", "netascii"})  # tftpy sends netascii files unconverted
 DEFAULT_TIMEOUT = 2.0  # seconds per retransmission; also how long tftpy's select() sleeps
 DEFAULT_RETRIES = 5
-MAX_SESSIONS = 256  # tftpy polls every session socket on each turn of its loop
+# Threads serving sessions (tftp_sessions.py): the sends spread over the cores.
+LOOPS = max(1, min(4, os.cpu_count() or 1))
+MAX_SESSIONS = 256  # sessions at once, all loops together: more requests are dropped (busy)
 TFTPY_LOG_LEVEL = logging.WARNING  # tftpy logs several INFO lines per packet
 _TOKEN_PREFIX = "t"  # never "", "." or "..": a token is always one plain path component
 
@@ -107,7 +105,17 @@ class TftpStats:
     malformed: int = 0  # datagrams tftpy could not parse, bad modes, stray first packets
     busy: int = 0  # requests dropped because MAX_SESSIONS were in progress
     stray: int = 0  # datagrams on the listening port from a session's own address and port
-    restarts: int = 0  # times tftpy's loop died and was started again
+    restarts: int = 0  # times a session loop failed itself (logged; it went on)
+    errors: int = 0  # sessions ended by an unexpected exception in the adapter (a bug)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, counter: str, amount: int = 1) -> None:
+        """Add to one counter: the session loops' threads count at once (a bare ``+=``
+        from two threads can lose one)."""
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + amount)
 
     def dropped(self) -> dict[str, int]:
         """What started no transfer, by reason: datagrams (malformed, busy, stray; with
@@ -115,50 +123,6 @@ class TftpStats:
         refused (refused, write-refused: a part of ``requests``)."""
         return {"malformed": self.malformed, "busy": self.busy, "stray": self.stray,
                 "refused": self.refused, "write-refused": self.write_refused}  # fmt: skip
-
-
-class _PollSelect:
-    """Stands in for the ``select`` module inside tftpy's server: its one call,
-    ``select.select(sockets, [], [], timeout)``, made with poll(2)."""
-
-    @staticmethod
-    def select(
-        rlist: list[Any], wlist: list[Any], xlist: list[Any], timeout: float | None = None
-    ) -> tuple[list[Any], list[Any], list[Any]]:
-        if wlist or xlist:
-            raise NotImplementedError("tftpy waits only for sockets to read")
-        poller = select.poll()
-        by_fd = {sock.fileno(): sock for sock in rlist}
-        for fd in by_fd:
-            poller.register(fd, select.POLLIN)
-        wait = None if timeout is None else max(0, int(timeout * 1000))
-        ready = poller.poll(wait)
-        return [by_fd[fd] for fd, _ in ready if fd in by_fd], [], []
-
-
-def use_poll_in_tftpy() -> None:
-    """Make tftpy's server loop wait with poll(2) (see the module docstring)."""
-    setattr(importlib.import_module("tftpy.TftpServer"), "select", _PollSelect)  # noqa: B010
-
-
-class _TftpyLog(logging.Filter):
-    """On tftpy's server logger: counts the datagrams tftpy drops with only a log line
-    (stray), and leaves out its ERROR lines per session ended and per retransmission
-    (counted: the drop reasons, ``provisioner_tftp_events_total{kind="failed"}``)."""
-
-    STRAY = "received traffic on main socket for existing session"
-    ENDED = ("Fatal exception thrown from session", "Timeout waiting for traffic")
-
-    def __init__(self, stats: Callable[[], TftpStats]) -> None:
-        super().__init__()
-        self._stats = stats
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = str(record.msg)
-        if message.startswith(self.STRAY):
-            self._stats().stray += 1
-            return False
-        return not message.startswith(self.ENDED)
 
 
 class _ServedFile(io.FileIO):
@@ -218,14 +182,14 @@ class _GuardedFactory:
         first, self._first = self._first, False
         stats = self._service.stats
         if first and self._busy:
-            stats.busy += 1
+            stats.add("busy")
             raise tftpy.TftpException("too many TFTP sessions")
         try:
             packet = self._inner.parse(buffer)
             if first:
                 self._admit(packet)
         except Exception as exc:  # any parse error: the datagram is hostile or broken
-            stats.malformed += 1
+            stats.add("malformed")
             log.debug("dropped malformed TFTP datagram %r: %s", buffer[:64], exc)
             raise tftpy.TftpException(f"malformed datagram: {exc}") from exc
         return packet
@@ -237,19 +201,7 @@ class _GuardedFactory:
             raise tftpy.TftpException(f"unsupported mode {packet.mode!r}")
         packet.options = normalize_options(packet.options)
         packet.filename = _TOKEN_PREFIX + quote(packet.filename, safe="")
-        self._service.stats.requests += 1  # last: a datagram is a request or malformed, once
-
-
-class _SessionTable(dict[str, Any]):
-    """Installed as ``TftpServer.sessions``: guards each session tftpy creates."""
-
-    def __init__(self, service: TftpService) -> None:
-        super().__init__()
-        self._service = service
-
-    def __setitem__(self, key: str, context: Any) -> None:
-        context.factory = _GuardedFactory(self._service, busy=len(self) >= MAX_SESSIONS)
-        super().__setitem__(key, context)
+        self._service.stats.add("requests")  # last: a datagram is a request or malformed, once
 
 
 class TftpService:
@@ -272,81 +224,79 @@ class TftpService:
         self._on_transfer = on_transfer
         self._timeout = timeout
         self._retries = retries
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._loops: list[SessionLoop] = []
+        self._threads: list[threading.Thread] = []
         self._private: str | None = None
-        self._failure: BaseException | None = None
-        self._stopping = threading.Event()
-        self._log_filter = _TftpyLog(lambda: self.stats)
 
     def start(self) -> None:
-        """Bind now (BootServiceError if that fails), then serve in a daemon thread."""
+        """Bind now (BootServiceError if that fails), then serve in daemon threads."""
         if not self.root.is_dir():
             raise BootServiceError(f"TFTP root {self.root} is not a directory")
         logging.getLogger("tftpy").setLevel(TFTPY_LOG_LEVEL)
-        use_poll_in_tftpy()
-        logging.getLogger("tftpy.TftpServer").addFilter(self._log_filter)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise BootServiceError(f"TFTP cannot listen on {self.host}:{self.port}: {exc}") from exc
+        self.port = sock.getsockname()[1]
         self._private = tempfile.mkdtemp(prefix="provisioner-tftpy-")
-        self._stopping.clear()
-        self._failure = None
-        self._server = tftpy.TftpServer(
-            self._private, dyn_file_func=self._open, upload_open=self._refuse_upload
-        )
-        self._thread = threading.Thread(target=self._serve, name="tftp", daemon=True)
-        self._thread.start()
-        while not self._server.is_running.wait(0.01):
-            if not self._thread.is_alive():
-                self._cleanup()
-                raise BootServiceError(
-                    f"TFTP cannot listen on {self.host}:{self.port}: {self._failure}"
-                ) from self._failure
-        self.port = self._server.listenport
+        keys = SessionKeys()
+        loops = [
+            SessionLoop(
+                sock if n == 0 else None,
+                keys,
+                self._new_session,
+                max_sessions=lambda: MAX_SESSIONS,
+                on_stray=self._stray,
+                on_error=self._error,
+                on_failure=self._failure,
+            )
+            for n in range(LOOPS)
+        ]
+        loops[0].peers = loops
+        self._loops = loops
+        self._threads = [
+            threading.Thread(target=loop.run, name=f"tftp-{n}", daemon=True)
+            for n, loop in enumerate(loops)
+        ]
+        for thread in self._threads:
+            thread.start()
         log.info("TFTP serving %s on %s:%d", self.root, self.host, self.port)
 
     def stop(self) -> None:
-        """End every session and the service thread; safe to call twice or before start."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
+        """End every session and the service threads; safe to call twice or before start."""
+        loops, threads = self._loops, self._threads
+        if not threads:
             return
-        self._stopping.set()
-        server.shutdown_gracefully = True  # ignore new requests, and
-        server.shutdown_immediately = True  # end all sessions at the top of the next loop
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wake:  # end select() now
-            host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
-            with contextlib.suppress(OSError):
-                wake.sendto(b"", (host, self.port))
-        thread.join(self._timeout + 5)
-        if thread.is_alive():
-            log.warning("TFTP thread did not stop within %.0f s", self._timeout + 5)
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        logging.getLogger("tftpy.TftpServer").removeFilter(self._log_filter)
+        for loop, thread in zip(loops, threads, strict=True):  # the first loop first: it
+            loop.stop()  # hands sessions to the others, which end what they were handed
+            thread.join(self._timeout + 5)
+            if thread.is_alive():
+                log.warning("TFTP thread did not stop within %.0f s", self._timeout + 5)
         if self._private is not None:
             shutil.rmtree(self._private, ignore_errors=True)
-        self._server = self._thread = self._private = None
+        self._loops, self._threads, self._private = [], [], None
 
-    def _serve(self) -> None:
-        server = self._server
-        while not self._stopping.is_set():
-            server.sessions = _SessionTable(self)
-            try:
-                server.listen(self.host, self.port, timeout=self._timeout, retries=self._retries)
-                return
-            except Exception as exc:  # tftpy raised past its loop: log, clean up, go on
-                with contextlib.suppress(OSError, AttributeError):
-                    server.sock.close()
-                if not server.is_running.is_set():  # the bind failed
-                    self._failure = exc
-                    log.error("TFTP cannot listen on %s:%d: %s", self.host, self.port, exc)
-                    return
-                log.exception("TFTP loop died; restarting it")
-                self.stats.restarts += 1
-                server.is_running.clear()
-                for context in list(server.sessions.values()):
-                    with contextlib.suppress(Exception):
-                        context.end()
-                self._stopping.wait(0.1)
+    def _new_session(self, ip: str, port: int, busy: bool) -> Any:
+        """A tftpy server context for a request from ``ip:port``, its datagrams parsed by
+        the guard (``busy``: MAX_SESSIONS are in progress, the request is dropped)."""
+        assert self._private is not None
+        context = TftpContextServer(
+            ip, port, self._timeout, self._private,
+            dyn_file_func=self._open, upload_open=self._refuse_upload, retries=self._retries,
+        )  # fmt: skip
+        context.factory = _GuardedFactory(self, busy=busy)
+        return context
+
+    def _stray(self) -> None:
+        self.stats.add("stray")
+
+    def _error(self) -> None:
+        self.stats.add("errors")
+
+    def _failure(self) -> None:
+        self.stats.add("restarts")
 
     def _open(self, token: str, raddress: str, rport: int) -> _ServedFile | None:
         """tftpy's dyn_file_func: every RRQ lands here, with its name as a token."""
@@ -354,26 +304,26 @@ class TftpService:
         try:
             path = confine(self.root, name)  # the one refusal: confine raises no OSError
         except TftpPathError as exc:
-            self.stats.refused += 1
+            self.stats.add("refused")
             log.info("TFTP refused %r to remote=%s:%d: %s", name, raddress, rport, exc)
             return None
         try:
             return _ServedFile(path, lambda f: self._finished(f, name, raddress, rport))
         except OSError as exc:  # confined, then gone or unreadable: ours, not the client's
-            self.stats.refused += 1
+            self.stats.add("refused")
             log.warning("TFTP cannot open %s for remote=%s:%d: %s", path, raddress, rport, exc)
             return None
 
     def _refuse_upload(self, path: str, context: Any) -> None:
         """tftpy's upload_open: None makes tftpy answer Access violation."""
-        self.stats.write_refused += 1
+        self.stats.add("write_refused")
         name = unquote(os.path.basename(path).removeprefix(_TOKEN_PREFIX))
         log.info("TFTP refused to write %r from remote=%s:%s", name, context.host, context.port)
 
     def _finished(self, served: _ServedFile, name: str, raddress: str, rport: int) -> None:
         sent, ok = served.sent, served.sent == served.size
-        self.stats.bytes_sent += sent
-        self.stats.files_sent += int(ok)
+        self.stats.add("bytes_sent", sent)
+        self.stats.add("files_sent", int(ok))
         error = None if ok else f"ended after {sent} of {served.size} bytes"
         seconds = time.monotonic() - served.opened
         event = TftpTransfer(raddress, rport, name, Path(served.name), sent, seconds, ok, error)
