@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL server for the registry's tests (issue 23): Debian's
 ``postgresql`` binaries, a data directory of its own, a Unix socket only (no TCP port),
 fsync off; stopped and removed at the end of the session. Each test gets a database of its
-own (``fresh_database``), so tests never see each other's rows.
+own (``fresh_database``), so tests never see each other's rows. fsync is off unless asked
+for (``durable``).
 
 As root the server runs as the ``postgres`` user (PostgreSQL refuses root); without root
 or the binaries the tests that need it are skipped (a failure under CI=true, as for every
@@ -32,8 +33,9 @@ def binaries() -> Path | None:
 
 
 @contextmanager
-def server() -> Iterator[str]:
-    """Start a server; yield the URL of its ``postgres`` database (over the socket)."""
+def server(*, durable: bool = False) -> Iterator[str]:
+    """Start a server; yield the URL of its ``postgres`` database (over the socket).
+    ``durable``: fsync and synchronous commits on, as a site runs it (the storm bench)."""
     bindir = binaries()
     if bindir is None:
         unavailable("needs Debian's postgresql (scripts/setup installs it)")
@@ -58,7 +60,9 @@ def server() -> Iterator[str]:
     try:
         as_postgres(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
                     "--no-sync", "-E", "UTF8")  # fmt: skip
-        options = f"-k {sock} -c listen_addresses='' -c fsync=off -c synchronous_commit=off"
+        options = f"-k {sock} -c listen_addresses='' -c max_connections=200"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off"
         as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w",
                     "-l", str(home / "server.log"), "start")  # fmt: skip
         try:
