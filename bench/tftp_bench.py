@@ -9,6 +9,10 @@ the median is reported. Ratios are ours / tftpd-hpa's throughput (for wall time:
 theirs / ours), so below 1 means slower than tftpd-hpa.
 
     .venv/bin/python bench/tftp_bench.py [--clients 64] [--repeat 5] [--json]
+
+Needs Debian's tftpd-hpa (its in.tftpd, started here) and curl. Installing it also enables
+its own service: `update-rc.d tftpd-hpa disable`, or it holds port 69 wherever this
+machine's root boots (tests/e2e/test_service_systemd.py's container saw serve refused).
 """
 
 from __future__ import annotations
