@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,28 @@ from provisioner.registry import Registry  # noqa: E402
 from tests import pg_server  # noqa: E402
 
 KERNEL_BYTES = 8 << 20
+# The kernel's ARP cache is one table for every namespace, 1,024 entries at most by
+# default: past that, "neighbor table overflow" and the boot servers' replies to new
+# addresses were dropped (a fifth of 10,000 clients timed out connecting). A control node
+# with more than ~1,000 nodes on its segments needs the same (docs/scale.md).
+NEIGH = "net.ipv4.neigh.default.gc_thresh{}"
+
+
+@contextmanager
+def arp_room(entries: int) -> Iterator[None]:
+    """Room for ``entries`` in the ARP cache for the storm; the old limits put back."""
+    names = [NEIGH.format(n) for n in (1, 2, 3)]
+    old = [subprocess.run(["sysctl", "-n", n], capture_output=True, text=True,
+                          check=True).stdout.strip() for n in names]  # fmt: skip
+    wanted = [entries, entries * 2, entries * 4]
+    try:
+        for name, before, value in zip(names, old, wanted, strict=True):
+            if int(before) < value:
+                subprocess.run(["sysctl", "-qw", f"{name}={value}"], check=True)
+        yield
+    finally:
+        for name, before in zip(names, old, strict=True):
+            subprocess.run(["sysctl", "-qw", f"{name}={before}"], check=False)
 
 
 def serve_config(state: Path, segment: int, registry_url: str | None) -> str:
@@ -165,7 +189,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     runs = []
-    with tempfile.TemporaryDirectory(prefix="pv-storm-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="pv-storm-") as tmp, arp_room(args.clients * 2):
         with pg_server.server(durable=True) as admin:
             url = pg_server.fresh_database(admin)
             runs.append(storm(Path(tmp) / "pg", args.segments, args.clients, url, admin))
