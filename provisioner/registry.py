@@ -18,7 +18,6 @@ online backup API (``provisioner backup``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -32,12 +31,12 @@ from typing import Any
 from provisioner import names, registry_pg
 from provisioner.errors import RegistryConflict, RegistryError
 from provisioner.records import (
-    Detail,
     Event,
     EventKind,
     Node,
     Sighting,
 )
+from provisioner.registry_events import EventTable
 from provisioner.registry_inventories import InventoryTable
 from provisioner.registry_leases import LeaseTable
 from provisioner.registry_leases import declined_owner as declined_owner
@@ -123,7 +122,7 @@ _SEEN_FIRMWARE: dict[bool | None, str] = {
 }
 
 
-class Registry(LeaseTable, TokenTable, InventoryTable):
+class Registry(LeaseTable, TokenTable, InventoryTable, EventTable):
     def __init__(self, path: Path | str, *, readonly: bool = False):
         """``path``: the SQLite file, or a ``postgresql://`` URL (registry_pg.py)."""
         self.path = path
@@ -140,6 +139,9 @@ class Registry(LeaseTable, TokenTable, InventoryTable):
         self._lock = threading.RLock()
         self._depth = 0
         self.on_event: Callable[[Event], None] | None = None  # each event recorded (metrics)
+
+    def _clock(self) -> float:
+        return time.time()
 
     def close(self) -> None:
         with self._lock:
@@ -505,7 +507,7 @@ class Registry(LeaseTable, TokenTable, InventoryTable):
             new = apply(old, event)
             if new is not old:
                 db.execute("UPDATE nodes SET state = ? WHERE mac = ?", (new.value, mac))
-                self._event(db, mac, EventKind.STATE, {"from": old, "to": new, "why": reason})
+                self.add_event(mac, EventKind.STATE, {"from": old, "to": new, "why": reason})
         return self._require(mac)
 
     def forget(self, mac: str) -> None:
@@ -525,54 +527,6 @@ class Registry(LeaseTable, TokenTable, InventoryTable):
         if node is None:
             raise RegistryError(f"no node with MAC {mac}")
         return node
-
-    # ------------------------------------------------------------------ events
-
-    def add_event(
-        self, mac: str, kind: EventKind, detail: Detail, *, ts: float | None = None
-    ) -> None:
-        with self._tx() as db:
-            self._event(db, mac, kind, detail, ts)
-
-    def add_events(self, events: Sequence[Event]) -> None:
-        """Several events in one statement sent for all (DHCP's batch: two per packet)."""
-        if not events:
-            return
-        with self._tx() as db:
-            db.executemany(
-                "INSERT INTO events(mac, ts, kind, detail) VALUES (?, ?, ?, ?)",
-                [(e.mac, e.ts, e.kind.value, json.dumps(dict(e.detail))) for e in events],
-            )
-            if self.on_event is not None:
-                for event in events:
-                    self.on_event(event)
-
-    def _event(
-        self,
-        db: sqlite3.Connection,
-        mac: str,
-        kind: EventKind,
-        detail: Detail,
-        ts: float | None = None,
-    ) -> None:
-        ts = time.time() if ts is None else ts
-        db.execute(
-            "INSERT INTO events(mac, ts, kind, detail) VALUES (?, ?, ?, ?)",
-            (mac, ts, kind.value, json.dumps(dict(detail))),
-        )
-        if self.on_event is not None:
-            self.on_event(Event(mac, ts, kind, detail))
-
-    def events(self, mac: str, *, limit: int = 500) -> list[Event]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM (SELECT * FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?)"
-                " AS recent ORDER BY id",
-                (mac, limit),
-            ).fetchall()
-        return [
-            Event(r["mac"], r["ts"], EventKind(r["kind"]), json.loads(r["detail"])) for r in rows
-        ]
 
     # ---- power settings (provisioner/power): one URL per node, never a password
 

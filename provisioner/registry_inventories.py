@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 from provisioner.discovery.model import Inventory
 from provisioner.discovery.schema import inventory_of
-from provisioner.records import Detail, EventKind, Node, PendingInventory
-from provisioner.registry_part import RegistryPart
+from provisioner.records import Detail, Event, EventKind, Node, PendingInventory
+from provisioner.registry_events import EventTable
 from provisioner.states import NodeEvent
 
 
-class InventoryTable(RegistryPart):
-    def _event(
-        self, db: Any, mac: str, kind: EventKind, detail: Detail, ts: float | None = None
-    ) -> None:
-        raise NotImplementedError  # the registry's event writer
-
+class InventoryTable(EventTable):
     def transition(self, mac: str, event: NodeEvent, *, reason: str | None = None) -> Node:
         raise NotImplementedError  # the registry's state machine
 
@@ -38,7 +32,7 @@ class InventoryTable(RegistryPart):
                 " SET received = excluded.received, data = excluded.data",
                 (mac, now, data),
             )
-            self._event(db, mac, EventKind.INVENTORY, {"bytes": len(data)}, now)
+            self.add_event(mac, EventKind.INVENTORY, {"bytes": len(data)}, ts=now)
         return self.transition(mac, NodeEvent.INVENTORY, reason="inventory received")
 
     def hold_inventory(
@@ -56,8 +50,10 @@ class InventoryTable(RegistryPart):
                 " changes = excluded.changes",
                 (mac, now, data, ip, json.dumps(dict(changes))),
             )
-            self._event(db, mac, EventKind.INVENTORY, {"bytes": len(data), "held": True}, now)
-            self._event(db, mac, EventKind.APPROVAL, {"status": "pending", **changes}, now)
+            self.add_events([
+                Event(mac, now, EventKind.INVENTORY, {"bytes": len(data), "held": True}),
+                Event(mac, now, EventKind.APPROVAL, {"status": "pending", **changes}),
+            ])  # fmt: skip
 
     def pending_inventory(self, mac: str) -> PendingInventory | None:
         with self._lock:

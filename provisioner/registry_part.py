@@ -15,3 +15,6 @@ class RegistryPart:
 
     def _tx(self) -> AbstractContextManager[Any]:
         raise NotImplementedError  # the registry's transaction
+
+    def _clock(self) -> float:
+        raise NotImplementedError  # the registry's time.time (tests set it)
